@@ -1,0 +1,79 @@
+"""The ``placement`` command line: one entry point, one module per subcommand in
+:mod:`placement.commands` (discovered automatically, so components add commands without touching this file).
+
+Exit codes: 0 success, 1 a check failed, 2 bad input or usage (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from placement import commands
+from placement.commands._common import CheckFailed, Command
+from placement.errors import PlacementError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def discover() -> list[Command]:
+    found: list[Command] = []
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"placement.commands.{info.name}")
+        command = getattr(module, "COMMAND", None)
+        if isinstance(command, Command):
+            found.append(command)
+    return sorted(found, key=lambda c: c.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="placement",
+        description="Expert placement for Mixture-of-Experts models: traces, solvers, simulator, reports.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for command in discover():
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(p)
+        p.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except PlacementError as exc:
+        sys.stderr.write(f"placement {args.command}: error: {exc}\n")
+        return 2
+    except CheckFailed as exc:
+        sys.stderr.write(f"placement {args.command}: check failed: {exc}\n")
+        return 1
+    except BrokenPipeError:  # output piped into head & co.: not an error
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        sys.stderr.write("placement: interrupted\n")
+        return 130
+    except MemoryError:
+        sys.stderr.write(f"placement {args.command}: error: out of memory; use a smaller input or limit\n")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

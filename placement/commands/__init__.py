@@ -1,0 +1,1 @@
+"""Subcommands of the ``placement`` CLI: each module defines ``COMMAND = Command(...)``."""

@@ -1,0 +1,394 @@
+"""The one metrics module: what a plan does to load, bytes and time, used by every other component.
+
+For a workload (trace or load-only), a plan, a cluster and an execution mode it computes, per MoE layer:
+
+* per-GPU load: (token, expert) assignments each GPU computes, and max/mean;
+* dispatch and combine token copies per GPU pair with DeepEP-style deduplication: a token is sent once
+  per destination GPU; across nodes once per destination node, over the NIC to the GPU with the sender's
+  local index (the forwarder), then fanned out over NVLink; combine is the reverse, reduced at the
+  forwarder;
+* intra- versus inter-node bytes, the busiest NIC's bytes;
+* an analytic layer time: roofline expert compute plus bottleneck-link communication.
+
+Execution modes: ``standard`` (dispatch from the token's home GPU, combine back to it) and ``coherent``
+(ExFlow: the token starts at its home GPU and continues on the GPU of its top-1 expert; dispatch goes from
+where the token is, combine to its top-1 expert's GPU, where it stays).
+
+Replica choice (the same everywhere): a token takes the *nearest* replica of its expert (on its own GPU,
+then its own node) while that replica has capacity left under its planned share of the expert's tokens;
+otherwise the replica with the *most capacity left* (least loaded relative to its share). The choice is a
+static table ``[layers, home GPU, expert] -> slot`` built from the per-home demand, as a serving engine's
+static dispatch map would be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from placement.cluster import ClusterSpec
+from placement.errors import PlacementError
+from placement.plan import Plan
+from placement.workload import Workload, home_gpus
+
+MODES = ("standard", "coherent")
+DEFAULT_TOKENS_PER_GPU = 4096
+
+
+def replica_table(plan: Plan, demand: np.ndarray) -> np.ndarray:
+    """Slot each (home GPU, expert) uses: ``[layers, gpus, experts]`` from ``demand[layers, gpus, experts]``."""
+    layers, gpus, experts = plan.num_layers, plan.num_gpus, plan.num_experts
+    gpn = plan.gpus_per_node
+    slot_gpu = plan.slot_gpu()
+    log2phy = plan.log2phy()
+    cnt = plan.logcnt()
+    shares = plan.shares()
+    table = np.broadcast_to(log2phy[:, None, :, 0], (layers, gpus, experts)).copy()
+    home_node = np.arange(gpus) // gpn
+    for layer in range(layers):
+        for expert in np.flatnonzero(cnt[layer] > 1):
+            slots = log2phy[layer, expert, : cnt[layer, expert]]
+            gpu_of = slot_gpu[slots]
+            node_of = gpu_of // gpn
+            d = demand[layer, :, expert]
+            capacity = shares[layer, slots] * d.sum()
+            chosen = np.full(gpus, -1)
+            for h in range(gpus):  # pass 1: a replica on the home GPU itself
+                local = np.flatnonzero(gpu_of == h)
+                if local.size and capacity[local[0]] > 0:
+                    chosen[h] = local[0]
+                    capacity[local[0]] -= d[h]
+            for h in np.flatnonzero(chosen < 0):  # pass 2: a replica in the home node
+                near = np.flatnonzero(node_of == home_node[h])
+                if near.size:
+                    best = near[np.argmax(capacity[near])]
+                    if capacity[best] > 0:
+                        chosen[h] = best
+                        capacity[best] -= d[h]
+            for h in np.flatnonzero(chosen < 0):  # pass 3: the least loaded replica anywhere
+                best = int(np.argmax(capacity))
+                chosen[h] = best
+                capacity[best] -= d[h]
+            table[layer, :, expert] = slots[chosen]
+    return table
+
+
+@dataclass
+class PairCopies:
+    """Token copies between GPU pairs for one phase: ``nvlink[src, dst]``, ``nic[src, dst]``, ``[gpus, gpus]``."""
+
+    nvlink: np.ndarray
+    nic: np.ndarray
+    local: float = 0.0
+
+    def __iadd__(self, other: PairCopies) -> PairCopies:
+        self.nvlink += other.nvlink
+        self.nic += other.nic
+        self.local += other.local
+        return self
+
+    def transposed(self) -> PairCopies:
+        return PairCopies(self.nvlink.T.copy(), self.nic.T.copy(), self.local)
+
+
+def dedup_copies(src: np.ndarray, dst: np.ndarray, num_gpus: int, gpus_per_node: int) -> PairCopies:
+    """DeepEP-deduplicated dispatch copies from ``src[n]`` GPUs to each token's ``dst[n, k]`` GPUs."""
+    n, k = dst.shape
+    G, gpn = num_gpus, gpus_per_node
+    rows = np.repeat(np.arange(n, dtype=np.int64), k)
+    pairs = np.unique(rows * G + dst.ravel())
+    row, gpu = pairs // G, pairs % G
+    s = src[row]
+    same_gpu = gpu == s
+    s_node, g_node = s // gpn, gpu // gpn
+    intra = (~same_gpu) & (g_node == s_node)
+    nvlink = np.bincount(s[intra] * G + gpu[intra], minlength=G * G).astype(np.float64)
+    remote = g_node != s_node
+    nic = np.zeros(G * G)
+    if remote.any():
+        r_row, r_gpu, r_src = row[remote], gpu[remote], s[remote]
+        forwarder = (r_gpu // gpn) * gpn + r_src % gpn
+        node_pairs, first = np.unique(r_row * G + forwarder, return_index=True)
+        del node_pairs
+        nic = np.bincount(r_src[first] * G + forwarder[first], minlength=G * G).astype(np.float64)
+        fan = r_gpu != forwarder
+        nvlink += np.bincount(forwarder[fan] * G + r_gpu[fan], minlength=G * G)
+    return PairCopies(nvlink.reshape(G, G), nic.reshape(G, G), float(same_gpu.sum()))
+
+
+def expected_copies_load_only(
+    plan: Plan, layer: int, load: np.ndarray, num_tokens: float
+) -> PairCopies:
+    """Expected dispatch copies when only loads are known: tokens spread evenly over home GPUs, each
+    slot chosen independently with probability ``load * share / tokens`` (an estimate, no co-activation)."""
+    G, gpn = plan.num_gpus, plan.gpus_per_node
+    nodes = G // gpn
+    p_slot = np.clip(load[plan.phy2log[layer]] * plan.shares()[layer] / max(num_tokens, 1.0), 0, 1)
+    miss_gpu = np.ones(G)
+    np.multiply.at(miss_gpu, plan.slot_gpu(), 1.0 - p_slot)
+    hit_gpu = 1.0 - miss_gpu
+    hit_node = 1.0 - miss_gpu.reshape(nodes, gpn).prod(axis=1)
+    per_home = num_tokens / G
+    node_of = np.arange(G) // gpn
+    same_node = node_of[:, None] == node_of[None, :]
+    nvlink = np.where(same_node, per_home * hit_gpu[None, :], 0.0)
+    np.fill_diagonal(nvlink, 0.0)
+    local = float(per_home * hit_gpu.sum())
+    nic = np.zeros((G, G))
+    for src in range(G):
+        for node in range(nodes):
+            if node == node_of[src]:
+                continue
+            fwd = node * gpn + src % gpn
+            nic[src, fwd] = per_home * hit_node[node]
+            # fan-out from the forwarder to the other GPUs of that node
+            for dst in range(node * gpn, (node + 1) * gpn):
+                if dst != fwd:
+                    nvlink[fwd, dst] += per_home * hit_gpu[dst]
+    return PairCopies(nvlink, nic, local)
+
+
+@dataclass
+class Evaluation:
+    """Everything the evaluator measured. Arrays are per layer; bytes are for the workload as given,
+    times for a step scaled to ``tokens_per_gpu`` tokens on every GPU (``scale`` = that over the trace)."""
+
+    mode: str
+    num_gpus: int
+    gpus_per_node: int
+    bytes_model: str
+    gpu_load: np.ndarray  # [layers, gpus] assignments
+    dispatch: list[PairCopies]
+    combine: list[PairCopies]
+    dispatch_bytes_per_copy: float
+    combine_bytes_per_copy: float
+    hops: np.ndarray  # [layers] tokens that changed GPU (coherent) or left their home GPU (standard)
+    node_hops: np.ndarray  # [layers] of those, the ones that changed node
+    compute_us: np.ndarray  # [layers, gpus]
+    dispatch_us: np.ndarray  # [layers]
+    combine_us: np.ndarray  # [layers]
+    scale: float
+    tokens: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.gpu_load.shape[0])
+
+    def max_over_mean(self) -> np.ndarray:
+        mean = self.gpu_load.mean(axis=1)
+        return np.where(mean > 0, self.gpu_load.max(axis=1) / np.where(mean > 0, mean, 1), 1.0)
+
+    def phase_bytes(self, phase: str) -> tuple[np.ndarray, np.ndarray]:
+        """(intra-node NVLink bytes, inter-node NIC bytes) per layer for ``dispatch`` or ``combine``."""
+        copies, per = (
+            (self.dispatch, self.dispatch_bytes_per_copy)
+            if phase == "dispatch"
+            else (self.combine, self.combine_bytes_per_copy)
+        )
+        intra = np.array([c.nvlink.sum() * per for c in copies])
+        inter = np.array([c.nic.sum() * per for c in copies])
+        return intra, inter
+
+    def busiest_nic_bytes(self) -> np.ndarray:
+        """Per layer, the most bytes any one GPU's NIC sends or receives over dispatch + combine."""
+        out = []
+        for d, c in zip(self.dispatch, self.combine, strict=True):
+            send = d.nic.sum(axis=1) * self.dispatch_bytes_per_copy + c.nic.sum(axis=1) * self.combine_bytes_per_copy
+            recv = d.nic.sum(axis=0) * self.dispatch_bytes_per_copy + c.nic.sum(axis=0) * self.combine_bytes_per_copy
+            out.append(max(send.max(), recv.max()))
+        return np.array(out)
+
+    def layer_us(self) -> np.ndarray:
+        return self.dispatch_us + self.compute_us.max(axis=1) + self.combine_us
+
+    def per_layer(self) -> list[dict[str, float]]:
+        mom = self.max_over_mean()
+        d_intra, d_inter = self.phase_bytes("dispatch")
+        c_intra, c_inter = self.phase_bytes("combine")
+        nic = self.busiest_nic_bytes()
+        layer_us = self.layer_us()
+        rows = []
+        for layer in range(self.num_layers):
+            rows.append(
+                {
+                    "layer": layer,
+                    "max_load": float(self.gpu_load[layer].max()),
+                    "mean_load": float(self.gpu_load[layer].mean()),
+                    "max_over_mean": float(mom[layer]),
+                    "dispatch_intra_bytes": float(d_intra[layer]),
+                    "dispatch_inter_bytes": float(d_inter[layer]),
+                    "combine_intra_bytes": float(c_intra[layer]),
+                    "combine_inter_bytes": float(c_inter[layer]),
+                    "busiest_nic_bytes": float(nic[layer]),
+                    "hops": float(self.hops[layer]),
+                    "node_hops": float(self.node_hops[layer]),
+                    "dispatch_us": float(self.dispatch_us[layer]),
+                    "compute_us": float(self.compute_us[layer].max()),
+                    "combine_us": float(self.combine_us[layer]),
+                    "layer_us": float(layer_us[layer]),
+                }
+            )
+        return rows
+
+    def summary(self) -> dict[str, float]:
+        mom = self.max_over_mean()
+        d_intra, d_inter = self.phase_bytes("dispatch")
+        c_intra, c_inter = self.phase_bytes("combine")
+        return {
+            "mean_max_over_mean": float(mom.mean()),
+            "worst_max_over_mean": float(mom.max()),
+            "intra_node_bytes": float(d_intra.sum() + c_intra.sum()),
+            "inter_node_bytes": float(d_inter.sum() + c_inter.sum()),
+            "dispatch_bytes": float(d_intra.sum() + d_inter.sum()),
+            "combine_bytes": float(c_intra.sum() + c_inter.sum()),
+            "busiest_nic_bytes": float(self.busiest_nic_bytes().sum()),
+            "hops": float(self.hops.sum()),
+            "node_hops": float(self.node_hops.sum()),
+            "dispatch_us": float(self.dispatch_us.sum()),
+            "compute_us": float(self.compute_us.max(axis=1).sum()),
+            "combine_us": float(self.combine_us.sum()),
+            "moe_time_us": float(self.layer_us().sum()),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "num_gpus": self.num_gpus,
+            "gpus_per_node": self.gpus_per_node,
+            "bytes_model": self.bytes_model,
+            "tokens": self.tokens,
+            "time_scale": self.scale,
+            "summary": self.summary(),
+            "layers": self.per_layer(),
+            **self.extra,
+        }
+
+
+def _phase_us(copies: PairCopies, bytes_per_copy: float, scale: float, cluster: ClusterSpec) -> float:
+    """Bottleneck-link time of one phase: the busiest GPU's NVLink or NIC direction, plus latency."""
+    nvl = copies.nvlink * bytes_per_copy * scale
+    nic = copies.nic * bytes_per_copy * scale
+    nvl_bw = cluster.nvlink_effective_gbytes_per_s * 1e9
+    nic_bw = cluster.nic_effective_gbytes_per_s * 1e9
+    t = 0.0
+    if nvl.any():
+        t = max(t, float(max(nvl.sum(axis=1).max(), nvl.sum(axis=0).max())) / nvl_bw)
+    if nic.any():
+        t = max(t, float(max(nic.sum(axis=1).max(), nic.sum(axis=0).max())) / nic_bw)
+    latency = cluster.nic_latency_us if nic.any() else (cluster.nvlink_latency_us if nvl.any() else 0.0)
+    return t * 1e6 + latency
+
+
+def compute_us(gpu_load: np.ndarray, active_experts: np.ndarray, workload: Workload, cluster: ClusterSpec,
+               scale: float) -> np.ndarray:
+    """Roofline expert-FFN time per GPU: max(FLOPs / peak, weight bytes / HBM bandwidth), in us."""
+    shape = workload.shape
+    peak = cluster.gpu.fp8_tflops if shape.compute_dtype == "fp8" else cluster.gpu.bf16_tflops
+    flops = gpu_load * scale * shape.flops_per_token_per_expert
+    t_flops = flops / (peak * 1e12 * cluster.compute_efficiency)
+    t_bytes = active_experts * shape.expert_weight_bytes / (cluster.gpu.hbm_gbytes_per_s * 1e9)
+    return np.maximum(t_flops, t_bytes) * 1e6
+
+
+def check_compatible(plan: Plan, cluster: ClusterSpec, workload: Workload) -> None:
+    if plan.num_gpus != cluster.num_gpus or plan.gpus_per_node != cluster.gpus_per_node:
+        raise PlacementError(
+            f"plan is for {plan.num_gpus} GPUs ({plan.gpus_per_node} per node) but the cluster has "
+            f"{cluster.num_gpus} ({cluster.gpus_per_node} per node); pass --gpus/--gpus-per-node"
+        )
+    if plan.num_experts != workload.num_experts or plan.num_layers != workload.num_layers:
+        raise PlacementError(
+            f"plan covers {plan.num_layers} layers x {plan.num_experts} experts but the trace has "
+            f"{workload.num_layers} x {workload.num_experts}"
+        )
+
+
+def evaluate(
+    plan: Plan,
+    cluster: ClusterSpec,
+    workload: Workload,
+    *,
+    mode: str = "standard",
+    tokens_per_gpu: int | None = DEFAULT_TOKENS_PER_GPU,
+    chunks: Iterable[Any] | None = None,
+) -> Evaluation:
+    """Evaluate ``plan`` on ``workload``; per-token traces are streamed once (``workload.chunks()``)."""
+    if mode not in MODES:
+        raise PlacementError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    check_compatible(plan, cluster, workload)
+    G, gpn, L = plan.num_gpus, plan.gpus_per_node, plan.num_layers
+    shape = workload.shape
+    tokens = max(int(workload.num_tokens), 1)
+    scale = 1.0 if tokens_per_gpu is None else tokens_per_gpu * G / tokens
+    d_bpc = shape.hidden_size * shape.dispatch_bytes_per_elem
+    c_bpc = shape.hidden_size * shape.combine_bytes_per_elem
+    slot_gpu = plan.slot_gpu()
+    dispatch = [PairCopies(np.zeros((G, G)), np.zeros((G, G))) for _ in range(L)]
+    combine = [PairCopies(np.zeros((G, G)), np.zeros((G, G))) for _ in range(L)]
+    hops = np.zeros(L)
+    node_hops = np.zeros(L)
+    gpu_load = np.zeros((L, G))
+    if workload.per_token:
+        table = replica_table(plan, workload.demand(G))
+        source = chunks if chunks is not None else workload.chunks()
+        for chunk in source:
+            ids = chunk.expert_ids
+            cur = home_gpus(chunk.seq_id, chunk.pos, G, workload.home_policy)
+            for layer in range(L):
+                gpus = slot_gpu[table[layer][cur[:, None], ids[layer]]]
+                gpu_load[layer] += np.bincount(gpus.ravel(), minlength=G)
+                dispatch[layer] += dedup_copies(cur, gpus, G, gpn)
+                if mode == "standard":
+                    combine[layer] += dedup_copies(cur, gpus, G, gpn).transposed()
+                    moved = (gpus != cur[:, None]).any(axis=1)
+                    hops[layer] += moved.sum()
+                    node_hops[layer] += ((gpus // gpn) != (cur // gpn)[:, None]).any(axis=1).sum()
+                else:
+                    nxt = gpus[:, 0]
+                    combine[layer] += dedup_copies(nxt, gpus, G, gpn).transposed()
+                    hops[layer] += (nxt != cur).sum()
+                    node_hops[layer] += ((nxt // gpn) != (cur // gpn)).sum()
+                    cur = nxt
+        bytes_model = "per-token (deduplicated)"
+    else:
+        if mode == "coherent":
+            raise PlacementError(
+                f"coherent mode needs per-token routing, but {workload.source} is load-only: give a Parquet trace"
+            )
+        shares = plan.shares()
+        for layer in range(L):
+            slot_load = workload.load[layer][plan.phy2log[layer]] * shares[layer]
+            gpu_load[layer] = np.bincount(slot_gpu, weights=slot_load, minlength=G)
+            copies = expected_copies_load_only(plan, layer, workload.load[layer], float(tokens))
+            dispatch[layer] = copies
+            combine[layer] = copies.transposed()
+            hops[layer] = float(copies.nvlink.sum() + copies.nic.sum())
+        bytes_model = "independent-choice estimate (load-only input)"
+    active = np.zeros((L, G))
+    for layer in range(L):
+        np.add.at(active[layer], slot_gpu, workload.load[layer][plan.phy2log[layer]] > 0)
+    comp = compute_us(gpu_load, active, workload, cluster, scale)
+    d_us = np.array([_phase_us(dispatch[layer], d_bpc, scale, cluster) for layer in range(L)])
+    c_us = np.array([_phase_us(combine[layer], c_bpc, scale, cluster) for layer in range(L)])
+    return Evaluation(
+        mode=mode,
+        num_gpus=G,
+        gpus_per_node=gpn,
+        bytes_model=bytes_model,
+        gpu_load=gpu_load,
+        dispatch=dispatch,
+        combine=combine,
+        dispatch_bytes_per_copy=d_bpc,
+        combine_bytes_per_copy=c_bpc,
+        hops=hops,
+        node_hops=node_hops,
+        compute_us=comp,
+        dispatch_us=d_us,
+        combine_us=c_us,
+        scale=scale,
+        tokens=tokens,
+    )

@@ -1,0 +1,304 @@
+"""The placement plan: one type used by solvers, evaluator, simulator, executor, reports and disk.
+
+Per MoE layer, ``phy2log[layer, slot]`` names the logical expert held by physical slot ``slot``; slot
+``s`` lives on GPU ``s // slots_per_gpu``. Replicas are allowed (an expert in several slots, never twice
+on one GPU). ``replica_share[layer, slot]`` is the share of its expert's tokens a slot takes (absent: an
+even split over the expert's replicas).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from placement.atomic import write_json
+from placement.errors import PlacementError
+
+PLAN_SCHEMA_VERSION = 1
+
+
+class PlanInvariantError(PlacementError):
+    """A plan breaks one of its invariants; the message names which."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How a plan was made: which solver, what it reached, what it proved, how long it took."""
+
+    solver: str
+    objective: float | None = None
+    bound: float | None = None
+    gap: float | None = None
+    seconds: float = 0.0
+    method: str = ""
+    objective_name: str = ""
+    trace_fingerprint: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "solver": self.solver,
+            "objective": self.objective,
+            "bound": self.bound,
+            "gap": self.gap,
+            "seconds": self.seconds,
+            "method": self.method,
+            "objective_name": self.objective_name,
+            "trace_fingerprint": self.trace_fingerprint,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Provenance:
+        return cls(
+            solver=str(data.get("solver", "unknown")),
+            objective=data.get("objective"),
+            bound=data.get("bound"),
+            gap=data.get("gap"),
+            seconds=float(data.get("seconds", 0.0) or 0.0),
+            method=str(data.get("method", "")),
+            objective_name=str(data.get("objective_name", "")),
+            trace_fingerprint=str(data.get("trace_fingerprint", "")),
+            extra=dict(data.get("extra", {}) or {}),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """Expert placement for every MoE layer. Arrays: ``phy2log[layers, slots]`` (int),
+    ``replica_share[layers, slots]`` (float, optional)."""
+
+    num_gpus: int
+    gpus_per_node: int
+    slots_per_gpu: int
+    num_experts: int
+    phy2log: np.ndarray
+    replica_share: np.ndarray | None = None
+    provenance: Provenance = field(default_factory=lambda: Provenance(solver="unknown"))
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.phy2log.shape[0])
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_gpus * self.slots_per_gpu
+
+    @property
+    def num_nodes(self) -> int:
+        return self.num_gpus // self.gpus_per_node
+
+    @property
+    def num_redundant(self) -> int:
+        return self.num_slots - self.num_experts
+
+    def slot_gpu(self) -> np.ndarray:
+        """GPU of each slot, ``[slots]``."""
+        return np.arange(self.num_slots) // self.slots_per_gpu
+
+    def logcnt(self) -> np.ndarray:
+        """Replica count per logical expert, ``[layers, experts]``."""
+        out = np.zeros((self.num_layers, self.num_experts), dtype=np.int64)
+        for layer in range(self.num_layers):
+            out[layer] = np.bincount(self.phy2log[layer], minlength=self.num_experts)
+        return out
+
+    def log2phy(self) -> np.ndarray:
+        """Physical slots of each logical expert, ``[layers, experts, max_replicas]``, -1 padded."""
+        cnt = self.logcnt()
+        width = max(1, int(cnt.max()))
+        out = np.full((self.num_layers, self.num_experts, width), -1, dtype=np.int64)
+        for layer in range(self.num_layers):
+            order = np.argsort(self.phy2log[layer], kind="stable")
+            experts = self.phy2log[layer][order]
+            starts = np.searchsorted(experts, np.arange(self.num_experts))
+            rank = np.arange(order.size) - starts[experts]
+            out[layer, experts, rank] = order
+        return out
+
+    def shares(self) -> np.ndarray:
+        """Share of its expert's tokens each slot takes, ``[layers, slots]`` (even split if unset)."""
+        if self.replica_share is not None:
+            return np.asarray(self.replica_share, dtype=np.float64)
+        cnt = self.logcnt()
+        return 1.0 / np.take_along_axis(cnt, self.phy2log.astype(np.int64), axis=1)
+
+    def validate(self) -> Plan:
+        """Raise :class:`PlanInvariantError` naming the first invariant that fails; return self."""
+
+        def fail(msg: str) -> PlanInvariantError:
+            return PlanInvariantError(f"plan invalid: {msg}")
+
+        if self.num_gpus < 1 or self.gpus_per_node < 1 or self.slots_per_gpu < 1:
+            raise fail("num_gpus, gpus_per_node and slots_per_gpu must be >= 1")
+        if self.num_gpus % self.gpus_per_node:
+            raise fail(f"num_gpus ({self.num_gpus}) not a multiple of gpus_per_node ({self.gpus_per_node})")
+        if self.num_experts < 1:
+            raise fail("num_experts must be >= 1")
+        p2l = self.phy2log
+        if p2l.ndim != 2 or p2l.shape[0] < 1:
+            raise fail(f"phy2log must be [layers, slots], got shape {p2l.shape}")
+        if p2l.shape[1] != self.num_slots:
+            raise fail(
+                f"phy2log has {p2l.shape[1]} slots per layer, expected num_gpus*slots_per_gpu = {self.num_slots}"
+            )
+        if not np.issubdtype(p2l.dtype, np.integer):
+            raise fail("phy2log must hold integers")
+        if p2l.min() < 0 or p2l.max() >= self.num_experts:
+            raise fail(f"phy2log holds an expert id outside [0, {self.num_experts})")
+        cnt = self.logcnt()
+        missing = np.argwhere(cnt == 0)
+        if missing.size:
+            layer, expert = missing[0]
+            raise fail(f"every expert placed: layer {layer} has no slot for expert {expert}")
+        per_gpu = p2l.reshape(self.num_layers, self.num_gpus, self.slots_per_gpu)
+        sorted_ids = np.sort(per_gpu, axis=2)
+        dup = np.argwhere(sorted_ids[:, :, 1:] == sorted_ids[:, :, :-1])
+        if dup.size:
+            layer, gpu, _ = dup[0]
+            raise fail(f"no two replicas of one expert on one GPU: layer {layer} GPU {gpu}")
+        if self.replica_share is not None:
+            share = np.asarray(self.replica_share, dtype=np.float64)
+            if share.shape != p2l.shape:
+                raise fail(f"replica_share shape {share.shape} differs from phy2log {p2l.shape}")
+            if not np.all(np.isfinite(share)) or share.min() < 0:
+                raise fail("replica_share must be finite and >= 0")
+            for layer in range(self.num_layers):
+                sums = np.bincount(p2l[layer], weights=share[layer], minlength=self.num_experts)
+                worst = int(np.argmax(np.abs(sums - 1.0)))
+                if abs(sums[worst] - 1.0) > 1e-6:
+                    raise fail(
+                        f"replica shares of an expert sum to 1: layer {layer} expert {worst} sums to {sums[worst]:.6f}"
+                    )
+        return self
+
+    # ---- disk -------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema_version": PLAN_SCHEMA_VERSION,
+            "num_gpus": self.num_gpus,
+            "gpus_per_node": self.gpus_per_node,
+            "slots_per_gpu": self.slots_per_gpu,
+            "num_experts": self.num_experts,
+            "num_layers": self.num_layers,
+            "phy2log": self.phy2log.astype(int).tolist(),
+        }
+        if self.replica_share is not None:
+            out["replica_share"] = np.round(np.asarray(self.replica_share, dtype=float), 9).tolist()
+        out["provenance"] = self.provenance.to_dict()
+        return out
+
+    def fingerprint(self) -> str:
+        """Short hash of the placement itself (maps and shares, not provenance)."""
+        digest = hashlib.sha256()
+        digest.update(np.ascontiguousarray(self.phy2log, dtype=np.int64).tobytes())
+        digest.update(f"{self.num_gpus}/{self.gpus_per_node}/{self.slots_per_gpu}".encode())
+        if self.replica_share is not None:
+            digest.update(np.round(np.asarray(self.replica_share, dtype=float), 9).tobytes())
+        return digest.hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        try:
+            version = int(data.get("schema_version", 0))
+            if version != PLAN_SCHEMA_VERSION:
+                raise PlacementError(f"plan schema_version {version} is not supported (expected {PLAN_SCHEMA_VERSION})")
+            phy2log = np.asarray(data["phy2log"], dtype=np.int64)
+            share = data.get("replica_share")
+            num_experts = int(data.get("num_experts", int(phy2log.max()) + 1))
+            plan = cls(
+                num_gpus=int(data["num_gpus"]),
+                gpus_per_node=int(data["gpus_per_node"]),
+                slots_per_gpu=int(data["slots_per_gpu"]),
+                num_experts=num_experts,
+                phy2log=phy2log,
+                replica_share=None if share is None else np.asarray(share, dtype=np.float64),
+                provenance=Provenance.from_dict(data.get("provenance", {}) or {}),
+            )
+        except KeyError as exc:
+            raise PlacementError(f"plan is missing key {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, PlacementError):
+                raise
+            raise PlacementError(f"plan is malformed: {exc}") from None
+        return plan.validate()
+
+    def save(self, path: str | Path) -> None:
+        self.validate()
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        if not path.exists():
+            raise PlacementError(f"plan file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PlacementError(f"plan file {path} is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise PlacementError(f"plan file {path}: expected a JSON object")
+        return cls.from_dict(data)
+
+    # ---- exporters --------------------------------------------------------------------------------
+
+    def _full_layers(self, total_layers: int | None, first_moe_layer: int) -> np.ndarray:
+        """phy2log padded with identity-like rows for dense layers, as engines index by model layer."""
+        if total_layers is None:
+            return self.phy2log
+        if first_moe_layer + self.num_layers > total_layers:
+            raise PlacementError("total layers smaller than first MoE layer + MoE layers")
+        filler = np.arange(self.num_slots) % self.num_experts
+        out = np.tile(filler, (total_layers, 1))
+        out[first_moe_layer : first_moe_layer + self.num_layers] = self.phy2log
+        return out
+
+    def export(self, fmt: str, total_layers: int | None = None, first_moe_layer: int = 0) -> dict[str, Any]:
+        """Maps for serving engines: ``sglang`` (``--init-expert-location``), ``vllm`` (EPLB state) or
+        ``eplb`` (DeepSeek EPLB's ``phy2log``/``log2phy``/``logcnt``)."""
+        phy2log = self._full_layers(total_layers, first_moe_layer)
+        padded = Plan(
+            self.num_gpus, self.gpus_per_node, self.slots_per_gpu, self.num_experts, phy2log
+        )
+        log2phy = padded.log2phy()
+        logcnt = padded.logcnt()
+        if fmt == "sglang":
+            return {"physical_to_logical_map": phy2log.tolist()}
+        if fmt == "vllm":
+            return {
+                "physical_to_logical_map": phy2log.tolist(),
+                "logical_to_physical_map": log2phy.tolist(),
+                "logical_replica_count": logcnt.tolist(),
+            }
+        if fmt == "eplb":
+            return {"phy2log": phy2log.tolist(), "log2phy": log2phy.tolist(), "logcnt": logcnt.tolist()}
+        raise PlacementError(f"unknown export format {fmt!r}; known: sglang, vllm, eplb")
+
+
+def plan_from_assignment(
+    phy2log: np.ndarray,
+    num_gpus: int,
+    gpus_per_node: int,
+    num_experts: int,
+    provenance: Provenance,
+    replica_share: np.ndarray | None = None,
+) -> Plan:
+    """Build and validate a plan from ``phy2log[layers, slots]``."""
+    phy2log = np.asarray(phy2log, dtype=np.int64)
+    if phy2log.shape[1] % num_gpus:
+        raise PlanInvariantError("plan invalid: slots per layer not a multiple of num_gpus")
+    return Plan(
+        num_gpus=num_gpus,
+        gpus_per_node=gpus_per_node,
+        slots_per_gpu=phy2log.shape[1] // num_gpus,
+        num_experts=num_experts,
+        phy2log=phy2log,
+        replica_share=replica_share,
+        provenance=provenance,
+    ).validate()

@@ -1,0 +1,16 @@
+"""Placement solvers: one signature ``solve(problem, config, *, rng) -> Plan`` and a registry.
+
+Importing this package registers every built-in solver.
+"""
+
+from solvers import baselines as _baselines  # noqa: F401  (registers the baselines)
+from solvers.base import (
+    REGISTRY,
+    PlacementProblem,
+    SolverConfig,
+    get_solver,
+    register,
+    run_solver,
+)
+
+__all__ = ["REGISTRY", "PlacementProblem", "SolverConfig", "get_solver", "register", "run_solver"]

@@ -1,0 +1,134 @@
+"""Trace schema, version 1.
+
+One row per (token, MoE layer)::
+
+    step int32, seq_id int64, pos int32, layer int16,
+    expert_ids fixed_size_list<int16>[k]   (ordered by descending gate weight; [0] is the top-1),
+    weights    fixed_size_list<float32>[k],
+    domain     string (optional)
+
+Layout invariant (what makes streaming and cross-layer joins cheap): every row group holds *complete*
+tokens, layer-major: all of its n tokens at layer 0, then the same n tokens in the same order at layer 1,
+and so on. File metadata (key ``moe_placement.trace``) is a JSON object with the fields of
+:class:`TraceMeta`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from placement.errors import PlacementError
+from placement.shapes import ModelShape
+
+TRACE_SCHEMA_VERSION = 1
+META_KEY = b"moe_placement.trace"
+REQUIRED_META = (
+    "schema_version",
+    "model_name",
+    "num_moe_layers",
+    "num_experts",
+    "top_k",
+    "hidden_size",
+    "expert_intermediate_size",
+    "shared_experts",
+    "dispatch_bytes_per_elem",
+    "combine_bytes_per_elem",
+    "source",
+)
+
+
+@dataclass(frozen=True)
+class TraceMeta:
+    """What a trace says about the model and where it came from."""
+
+    model_name: str
+    num_moe_layers: int
+    num_experts: int
+    top_k: int
+    hidden_size: int
+    expert_intermediate_size: int
+    shared_experts: int = 0
+    dispatch_bytes_per_elem: float = 2.0
+    combine_bytes_per_elem: float = 2.0
+    source: str = "unknown"
+    schema_version: int = TRACE_SCHEMA_VERSION
+    moe_layer_ids: list[int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in ("num_moe_layers", "num_experts", "top_k", "hidden_size", "expert_intermediate_size"):
+            if int(getattr(self, key)) < 1:
+                raise PlacementError(f"trace metadata: {key} must be >= 1")
+        if self.top_k > self.num_experts:
+            raise PlacementError("trace metadata: top_k larger than num_experts")
+        if self.num_experts > 32767:
+            raise PlacementError("trace metadata: at most 32767 experts (ids are int16)")
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TraceMeta:
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            raise PlacementError("trace metadata is not valid JSON") from None
+        missing = [k for k in REQUIRED_META if k not in data]
+        if missing:
+            raise PlacementError(f"trace metadata missing: {', '.join(missing)}")
+        if int(data["schema_version"]) != TRACE_SCHEMA_VERSION:
+            raise PlacementError(
+                f"trace schema_version {data['schema_version']} not supported (expected {TRACE_SCHEMA_VERSION})"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def shape(self) -> ModelShape:
+        first = self.moe_layer_ids[0] if self.moe_layer_ids else 0
+        return ModelShape(
+            name=self.model_name,
+            num_moe_layers=self.num_moe_layers,
+            num_experts=self.num_experts,
+            top_k=self.top_k,
+            hidden_size=self.hidden_size,
+            expert_intermediate_size=self.expert_intermediate_size,
+            shared_experts=self.shared_experts,
+            dispatch_bytes_per_elem=self.dispatch_bytes_per_elem,
+            combine_bytes_per_elem=self.combine_bytes_per_elem,
+            first_moe_layer=first,
+        )
+
+    @classmethod
+    def from_shape(cls, shape: ModelShape, source: str, **extra: Any) -> TraceMeta:
+        return cls(
+            model_name=shape.name,
+            num_moe_layers=shape.num_moe_layers,
+            num_experts=shape.num_experts,
+            top_k=shape.top_k,
+            hidden_size=shape.hidden_size,
+            expert_intermediate_size=shape.expert_intermediate_size,
+            shared_experts=shape.shared_experts,
+            dispatch_bytes_per_elem=shape.dispatch_bytes_per_elem,
+            combine_bytes_per_elem=shape.combine_bytes_per_elem,
+            source=source,
+            **extra,
+        )
+
+
+def arrow_schema(meta: TraceMeta, with_domain: bool) -> pa.Schema:
+    fields = [
+        pa.field("step", pa.int32(), nullable=False),
+        pa.field("seq_id", pa.int64(), nullable=False),
+        pa.field("pos", pa.int32(), nullable=False),
+        pa.field("layer", pa.int16(), nullable=False),
+        pa.field("expert_ids", pa.list_(pa.int16(), meta.top_k), nullable=False),
+        pa.field("weights", pa.list_(pa.float32(), meta.top_k), nullable=False),
+    ]
+    if with_domain:
+        fields.append(pa.field("domain", pa.string()))
+    return pa.schema(fields, metadata={META_KEY: meta.to_json()})
