@@ -1,0 +1,1 @@
+"""What-if capacity-planning reports and CI regression checks of placement quality."""
