@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def set_default_mode(path: Path) -> None:
+    """mkstemp makes 0600 files; results should get the usual umask-based mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` if the block succeeds."""
@@ -22,6 +29,7 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    set_default_mode(tmp)
     try:
         yield tmp
         os.replace(tmp, target)

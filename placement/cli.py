@@ -71,7 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("placement: interrupted\n")
         return 130
     except MemoryError:
-        sys.stderr.write(f"placement {args.command}: error: out of memory; use a smaller input or limit\n")
+        sys.stderr.write(
+            f"placement {args.command}: error: out of memory; use a smaller input or limit\n"
+        )
         return 2
 
 

@@ -37,7 +37,9 @@ class GPUSpec:
     def __post_init__(self) -> None:
         for key in ("bf16_tflops", "fp8_tflops", "hbm_gbytes_per_s", "memory_gib"):
             if not getattr(self, key) > 0:
-                raise PlacementError(f"gpu {self.name}: {key} must be > 0, got {getattr(self, key)}")
+                raise PlacementError(
+                    f"gpu {self.name}: {key} must be > 0, got {getattr(self, key)}"
+                )
         if self.nvlink_gbytes_per_s < 0:
             raise PlacementError(f"gpu {self.name}: nvlink_gbytes_per_s must be >= 0")
 
@@ -153,14 +155,18 @@ class ClusterSpec:
     def node_of(self, gpu: int) -> int:
         return gpu // self.gpus_per_node
 
-    def with_counts(self, num_gpus: int | None = None, gpus_per_node: int | None = None) -> ClusterSpec:
+    def with_counts(
+        self, num_gpus: int | None = None, gpus_per_node: int | None = None
+    ) -> ClusterSpec:
         """The same hardware with another GPU count or node size (``--gpus``, ``--gpus-per-node``)."""
         per_node = gpus_per_node if gpus_per_node is not None else self.gpus_per_node
         total = num_gpus if num_gpus is not None else self.num_nodes * per_node
         if per_node < 1 or total < 1:
             raise PlacementError("--gpus and --gpus-per-node must be >= 1")
         if total % per_node:
-            raise PlacementError(f"--gpus ({total}) must be a multiple of --gpus-per-node ({per_node})")
+            raise PlacementError(
+                f"--gpus ({total}) must be a multiple of --gpus-per-node ({per_node})"
+            )
         nodes = total // per_node
         changes: dict[str, Any] = {"num_nodes": nodes, "gpus_per_node": per_node}
         if self.fabric == "multi-plane":
@@ -212,33 +218,65 @@ def _preset_table() -> dict[str, ClusterSpec]:
         # DeepSeek's training/serving cluster (Insights into DeepSeek-V3): H800, 8 x CX7 400G per node,
         # multi-plane fat-tree. NVLink 200 GB/s per direction at 0.8 efficiency ~ 160 GB/s achieved.
         "h800-mpft": ClusterSpec(
-            name="h800-mpft", gpu=GPU_TYPES["H800"], num_nodes=8, gpus_per_node=8,
-            nvlink_efficiency=0.8, nic_gbits_per_s=400.0, nic_efficiency=0.92,
-            fabric="multi-plane", planes=8,
+            name="h800-mpft",
+            gpu=GPU_TYPES["H800"],
+            num_nodes=8,
+            gpus_per_node=8,
+            nvlink_efficiency=0.8,
+            nic_gbits_per_s=400.0,
+            nic_efficiency=0.92,
+            fabric="multi-plane",
+            planes=8,
         ),
         "h100-multirail": ClusterSpec(
-            name="h100-multirail", gpu=GPU_TYPES["H100"], num_nodes=8, gpus_per_node=8,
-            nic_gbits_per_s=400.0, fabric="multi-rail",
+            name="h100-multirail",
+            gpu=GPU_TYPES["H100"],
+            num_nodes=8,
+            gpus_per_node=8,
+            nic_gbits_per_s=400.0,
+            fabric="multi-rail",
         ),
         "h100-single-node": ClusterSpec(
-            name="h100-single-node", gpu=GPU_TYPES["H100"], num_nodes=1, gpus_per_node=8,
-            nics_per_gpu=1, fabric="none",
+            name="h100-single-node",
+            gpu=GPU_TYPES["H100"],
+            num_nodes=1,
+            gpus_per_node=8,
+            nics_per_gpu=1,
+            fabric="none",
         ),
         "h200-multirail": ClusterSpec(
-            name="h200-multirail", gpu=GPU_TYPES["H200"], num_nodes=8, gpus_per_node=8,
-            nic_gbits_per_s=400.0, fabric="multi-rail", gpu_hour_usd=3.5,
+            name="h200-multirail",
+            gpu=GPU_TYPES["H200"],
+            num_nodes=8,
+            gpus_per_node=8,
+            nic_gbits_per_s=400.0,
+            fabric="multi-rail",
+            gpu_hour_usd=3.5,
         ),
         "b200-multirail": ClusterSpec(
-            name="b200-multirail", gpu=GPU_TYPES["B200"], num_nodes=8, gpus_per_node=8,
-            nic_gbits_per_s=400.0, fabric="multi-rail", gpu_hour_usd=5.0,
+            name="b200-multirail",
+            gpu=GPU_TYPES["B200"],
+            num_nodes=8,
+            gpus_per_node=8,
+            nic_gbits_per_s=400.0,
+            fabric="multi-rail",
+            gpu_hour_usd=5.0,
         ),
         "a100-fat-tree": ClusterSpec(
-            name="a100-fat-tree", gpu=GPU_TYPES["A100"], num_nodes=8, gpus_per_node=8,
-            nic_gbits_per_s=200.0, fabric="three-tier", gpu_hour_usd=1.5,
+            name="a100-fat-tree",
+            gpu=GPU_TYPES["A100"],
+            num_nodes=8,
+            gpus_per_node=8,
+            nic_gbits_per_s=200.0,
+            fabric="three-tier",
+            gpu_hour_usd=1.5,
             network_cost_per_endpoint_usd=7500.0,
         ),
         "h100-single-switch": ClusterSpec(
-            name="h100-single-switch", gpu=GPU_TYPES["H100"], num_nodes=2, gpus_per_node=8,
+            name="h100-single-switch",
+            gpu=GPU_TYPES["H100"],
+            num_nodes=2,
+            gpus_per_node=8,
             fabric="single-switch",
         ),
     }

@@ -61,14 +61,14 @@ def replica_table(plan: Plan, demand: np.ndarray) -> np.ndarray:
                 if local.size and capacity[local[0]] > 0:
                     chosen[h] = local[0]
                     capacity[local[0]] -= d[h]
-            for h in np.flatnonzero(chosen < 0):  # pass 2: a replica in the home node
+            for h in map(int, np.flatnonzero(chosen < 0)):  # pass 2: a replica in the home node
                 near = np.flatnonzero(node_of == home_node[h])
                 if near.size:
                     best = near[np.argmax(capacity[near])]
                     if capacity[best] > 0:
                         chosen[h] = best
                         capacity[best] -= d[h]
-            for h in np.flatnonzero(chosen < 0):  # pass 3: the least loaded replica anywhere
+            for h in map(int, np.flatnonzero(chosen < 0)):  # pass 3: the least loaded replica anywhere
                 best = int(np.argmax(capacity))
                 chosen[h] = best
                 capacity[best] -= d[h]
@@ -165,7 +165,9 @@ class Evaluation:
     combine: list[PairCopies]
     dispatch_bytes_per_copy: float
     combine_bytes_per_copy: float
-    hops: np.ndarray  # [layers] tokens that changed GPU (coherent) or left their home GPU (standard)
+    hops: (
+        np.ndarray
+    )  # [layers] tokens that changed GPU (coherent) or left their home GPU (standard)
     node_hops: np.ndarray  # [layers] of those, the ones that changed node
     compute_us: np.ndarray  # [layers, gpus]
     dispatch_us: np.ndarray  # [layers]
@@ -197,8 +199,14 @@ class Evaluation:
         """Per layer, the most bytes any one GPU's NIC sends or receives over dispatch + combine."""
         out = []
         for d, c in zip(self.dispatch, self.combine, strict=True):
-            send = d.nic.sum(axis=1) * self.dispatch_bytes_per_copy + c.nic.sum(axis=1) * self.combine_bytes_per_copy
-            recv = d.nic.sum(axis=0) * self.dispatch_bytes_per_copy + c.nic.sum(axis=0) * self.combine_bytes_per_copy
+            send = (
+                d.nic.sum(axis=1) * self.dispatch_bytes_per_copy
+                + c.nic.sum(axis=1) * self.combine_bytes_per_copy
+            )
+            recv = (
+                d.nic.sum(axis=0) * self.dispatch_bytes_per_copy
+                + c.nic.sum(axis=0) * self.combine_bytes_per_copy
+            )
             out.append(max(send.max(), recv.max()))
         return np.array(out)
 
@@ -268,7 +276,9 @@ class Evaluation:
         }
 
 
-def _phase_us(copies: PairCopies, bytes_per_copy: float, scale: float, cluster: ClusterSpec) -> float:
+def _phase_us(
+    copies: PairCopies, bytes_per_copy: float, scale: float, cluster: ClusterSpec
+) -> float:
     """Bottleneck-link time of one phase: the busiest GPU's NVLink or NIC direction, plus latency."""
     nvl = copies.nvlink * bytes_per_copy * scale
     nic = copies.nic * bytes_per_copy * scale
@@ -279,12 +289,19 @@ def _phase_us(copies: PairCopies, bytes_per_copy: float, scale: float, cluster: 
         t = max(t, float(max(nvl.sum(axis=1).max(), nvl.sum(axis=0).max())) / nvl_bw)
     if nic.any():
         t = max(t, float(max(nic.sum(axis=1).max(), nic.sum(axis=0).max())) / nic_bw)
-    latency = cluster.nic_latency_us if nic.any() else (cluster.nvlink_latency_us if nvl.any() else 0.0)
+    latency = (
+        cluster.nic_latency_us if nic.any() else (cluster.nvlink_latency_us if nvl.any() else 0.0)
+    )
     return t * 1e6 + latency
 
 
-def compute_us(gpu_load: np.ndarray, active_experts: np.ndarray, workload: Workload, cluster: ClusterSpec,
-               scale: float) -> np.ndarray:
+def compute_us(
+    gpu_load: np.ndarray,
+    active_experts: np.ndarray,
+    workload: Workload,
+    cluster: ClusterSpec,
+    scale: float,
+) -> np.ndarray:
     """Roofline expert-FFN time per GPU: max(FLOPs / peak, weight bytes / HBM bandwidth), in us."""
     shape = workload.shape
     peak = cluster.gpu.fp8_tflops if shape.compute_dtype == "fp8" else cluster.gpu.bf16_tflops

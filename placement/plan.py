@@ -137,7 +137,9 @@ class Plan:
         if self.num_gpus < 1 or self.gpus_per_node < 1 or self.slots_per_gpu < 1:
             raise fail("num_gpus, gpus_per_node and slots_per_gpu must be >= 1")
         if self.num_gpus % self.gpus_per_node:
-            raise fail(f"num_gpus ({self.num_gpus}) not a multiple of gpus_per_node ({self.gpus_per_node})")
+            raise fail(
+                f"num_gpus ({self.num_gpus}) not a multiple of gpus_per_node ({self.gpus_per_node})"
+            )
         if self.num_experts < 1:
             raise fail("num_experts must be >= 1")
         p2l = self.phy2log
@@ -208,7 +210,9 @@ class Plan:
         try:
             version = int(data.get("schema_version", 0))
             if version != PLAN_SCHEMA_VERSION:
-                raise PlacementError(f"plan schema_version {version} is not supported (expected {PLAN_SCHEMA_VERSION})")
+                raise PlacementError(
+                    f"plan schema_version {version} is not supported (expected {PLAN_SCHEMA_VERSION})"
+                )
             phy2log = np.asarray(data["phy2log"], dtype=np.int64)
             share = data.get("replica_share")
             num_experts = int(data.get("num_experts", int(phy2log.max()) + 1))
@@ -259,7 +263,9 @@ class Plan:
         out[first_moe_layer : first_moe_layer + self.num_layers] = self.phy2log
         return out
 
-    def export(self, fmt: str, total_layers: int | None = None, first_moe_layer: int = 0) -> dict[str, Any]:
+    def export(
+        self, fmt: str, total_layers: int | None = None, first_moe_layer: int = 0
+    ) -> dict[str, Any]:
         """Maps for serving engines: ``sglang`` (``--init-expert-location``), ``vllm`` (EPLB state) or
         ``eplb`` (DeepSeek EPLB's ``phy2log``/``log2phy``/``logcnt``)."""
         phy2log = self._full_layers(total_layers, first_moe_layer)
@@ -277,7 +283,11 @@ class Plan:
                 "logical_replica_count": logcnt.tolist(),
             }
         if fmt == "eplb":
-            return {"phy2log": phy2log.tolist(), "log2phy": log2phy.tolist(), "logcnt": logcnt.tolist()}
+            return {
+                "phy2log": phy2log.tolist(),
+                "log2phy": log2phy.tolist(),
+                "logcnt": logcnt.tolist(),
+            }
         raise PlacementError(f"unknown export format {fmt!r}; known: sglang, vllm, eplb")
 
 

@@ -32,7 +32,13 @@ class ModelShape:
     compute_dtype: str = "bf16"
 
     def __post_init__(self) -> None:
-        for key in ("num_moe_layers", "num_experts", "top_k", "hidden_size", "expert_intermediate_size"):
+        for key in (
+            "num_moe_layers",
+            "num_experts",
+            "top_k",
+            "hidden_size",
+            "expert_intermediate_size",
+        ):
             if getattr(self, key) < 1:
                 raise PlacementError(f"model shape {self.name}: {key} must be >= 1")
         if self.top_k > self.num_experts:
@@ -54,15 +60,30 @@ class ModelShape:
 
 MODEL_SHAPES: dict[str, ModelShape] = {
     "deepseek-v3": ModelShape(
-        "deepseek-v3", 58, 256, 8, 7168, 2048, shared_experts=1,
-        dispatch_bytes_per_elem=FP8_WITH_SCALES, combine_bytes_per_elem=2.0,
-        weight_bytes_per_elem=1.0, first_moe_layer=3, compute_dtype="fp8",
+        "deepseek-v3",
+        58,
+        256,
+        8,
+        7168,
+        2048,
+        shared_experts=1,
+        dispatch_bytes_per_elem=FP8_WITH_SCALES,
+        combine_bytes_per_elem=2.0,
+        weight_bytes_per_elem=1.0,
+        first_moe_layer=3,
+        compute_dtype="fp8",
     ),
     "qwen3-30b-a3b": ModelShape("qwen3-30b-a3b", 48, 128, 8, 2048, 768),
     "mixtral-8x7b": ModelShape("mixtral-8x7b", 32, 8, 2, 4096, 14336),
     "olmoe-1b-7b": ModelShape("olmoe-1b-7b", 16, 64, 8, 2048, 1024),
     "gpt-oss-120b": ModelShape(
-        "gpt-oss-120b", 36, 128, 4, 2880, 2880, weight_bytes_per_elem=0.53125,
+        "gpt-oss-120b",
+        36,
+        128,
+        4,
+        2880,
+        2880,
+        weight_bytes_per_elem=0.53125,
     ),
 }
 
@@ -77,7 +98,8 @@ def model_shape(name: str) -> ModelShape:
 def guess_shape(num_moe_layers: int, num_experts: int) -> ModelShape | None:
     """The named shape whose layer and expert counts match, if exactly one does."""
     hits = [
-        s for s in MODEL_SHAPES.values()
+        s
+        for s in MODEL_SHAPES.values()
         if s.num_moe_layers == num_moe_layers and s.num_experts == num_experts
     ]
     return hits[0] if len(hits) == 1 else None

@@ -28,7 +28,9 @@ class Chunk(Protocol):
     expert_ids: np.ndarray
 
 
-def home_gpus(seq_id: np.ndarray, pos: np.ndarray, num_gpus: int, policy: str = "token") -> np.ndarray:
+def home_gpus(
+    seq_id: np.ndarray, pos: np.ndarray, num_gpus: int, policy: str = "token"
+) -> np.ndarray:
     """The data-parallel rank (home GPU) of each token.
 
     ``token``: tokens spread round-robin by (sequence, position), as when a batch's tokens are split

@@ -133,7 +133,9 @@ class SolverConfig:
 
 
 class SolverFn(Protocol):
-    def __call__(self, problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator) -> Plan: ...
+    def __call__(
+        self, problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator
+    ) -> Plan: ...
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,9 @@ class SolverEntry:
 REGISTRY: dict[str, SolverEntry] = {}
 
 
-def register(name: str, description: str, *, baseline: bool = False) -> Callable[[SolverFn], SolverFn]:
+def register(
+    name: str, description: str, *, baseline: bool = False
+) -> Callable[[SolverFn], SolverFn]:
     """Decorator adding a solver to :data:`REGISTRY` under ``name``."""
 
     def wrap(fn: SolverFn) -> SolverFn:

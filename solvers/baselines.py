@@ -34,7 +34,9 @@ def _copies(counts: np.ndarray) -> np.ndarray:
     return np.concatenate([np.arange(counts.size), extras])
 
 
-def fill_in_order(items: np.ndarray, gpu_order: np.ndarray, num_gpus: int, slots_per_gpu: int) -> np.ndarray:
+def fill_in_order(
+    items: np.ndarray, gpu_order: np.ndarray, num_gpus: int, slots_per_gpu: int
+) -> np.ndarray:
     """Put each item on its preferred GPU (``gpu_order[i]``) or, if full or already holding that expert,
     the next GPU that can take it. Returns ``phy2log[slots]``."""
     held: list[list[int]] = [[] for _ in range(num_gpus)]
@@ -70,8 +72,14 @@ def _baseline(problem: PlacementProblem, name: str, layout) -> Plan:  # type: ig
     )
 
 
-@register("contiguous", "experts in id order, slots filled GPU by GPU (the engines' default)", baseline=True)
-def contiguous(problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator) -> Plan:
+@register(
+    "contiguous",
+    "experts in id order, slots filled GPU by GPU (the engines' default)",
+    baseline=True,
+)
+def contiguous(
+    problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator
+) -> Plan:
     spg, G = problem.slots_per_gpu, problem.num_gpus
 
     def layout(layer: int, counts: np.ndarray, load: np.ndarray) -> np.ndarray:
@@ -82,7 +90,9 @@ def contiguous(problem: PlacementProblem, config: SolverConfig, *, rng: np.rando
 
 
 @register("round-robin", "expert i on GPU i mod G", baseline=True)
-def round_robin(problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator) -> Plan:
+def round_robin(
+    problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator
+) -> Plan:
     spg, G = problem.slots_per_gpu, problem.num_gpus
 
     def layout(layer: int, counts: np.ndarray, load: np.ndarray) -> np.ndarray:
@@ -93,7 +103,9 @@ def round_robin(problem: PlacementProblem, config: SolverConfig, *, rng: np.rand
 
 
 @register("random", "a seeded random permutation of the slots", baseline=True)
-def random_layout(problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator) -> Plan:
+def random_layout(
+    problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator
+) -> Plan:
     spg, G = problem.slots_per_gpu, problem.num_gpus
 
     def layout(layer: int, counts: np.ndarray, load: np.ndarray) -> np.ndarray:
@@ -103,8 +115,14 @@ def random_layout(problem: PlacementProblem, config: SolverConfig, *, rng: np.ra
     return _baseline(problem, "random", layout)
 
 
-@register("greedy", "greedy LPT: heaviest replica first onto the least loaded GPU with room", baseline=True)
-def greedy_lpt(problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator) -> Plan:
+@register(
+    "greedy",
+    "greedy LPT: heaviest replica first onto the least loaded GPU with room",
+    baseline=True,
+)
+def greedy_lpt(
+    problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator
+) -> Plan:
     spg, G = problem.slots_per_gpu, problem.num_gpus
 
     def layout(layer: int, counts: np.ndarray, load: np.ndarray) -> np.ndarray:

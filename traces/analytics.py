@@ -58,7 +58,11 @@ def trace_stats(workload: Workload, other: Workload | None = None) -> dict[str, 
     cv = load.std(axis=1) / np.maximum(mean, 1e-12)
     per_layer: list[dict[str, Any]] = []
     for layer in range(layers):
-        row: dict[str, Any] = {"layer": layer, "max_over_mean": float(mom[layer]), "cv": float(cv[layer])}
+        row: dict[str, Any] = {
+            "layer": layer,
+            "max_over_mean": float(mom[layer]),
+            "cv": float(cv[layer]),
+        }
         if workload.coact is not None:
             row["coactivation_strength"] = nmi_from_joint(workload.coact[layer])
         if workload.top1_transitions is not None and layer + 1 < layers:
@@ -80,9 +84,13 @@ def trace_stats(workload: Workload, other: Workload | None = None) -> dict[str, 
     nmis = [r["nmi_next"] for r in per_layer if "nmi_next" in r]
     if nmis:
         out["mean_nmi"] = float(np.mean(nmis))
-        out["mean_top_successor_share"] = float(np.mean([r["top_successor_share"] for r in per_layer if "top_successor_share" in r]))
+        out["mean_top_successor_share"] = float(
+            np.mean([r["top_successor_share"] for r in per_layer if "top_successor_share" in r])
+        )
     if workload.coact is not None:
-        out["mean_coactivation_strength"] = float(np.mean([r["coactivation_strength"] for r in per_layer]))
+        out["mean_coactivation_strength"] = float(
+            np.mean([r["coactivation_strength"] for r in per_layer])
+        )
     if other is not None and other.load.shape == load.shape:
         drift = [js_divergence(load[i], other.load[i]) for i in range(layers)]
         out["drift_js"] = float(np.mean(drift))
@@ -131,9 +139,17 @@ def plot_stats(workload: Workload, stats: dict[str, Any], folder: str | Path) ->
     if "mean_nmi" in stats:
         fig, ax = plt.subplots(figsize=(8, 3.5))
         with_next = [r for r in rows if "nmi_next" in r]
-        ax.bar([r["layer"] for r in with_next], [r["nmi_next"] for r in with_next], label="NMI(top-1, next top-1)")
-        ax.plot([r["layer"] for r in with_next], [r["top_successor_share"] for r in with_next], "k.-",
-                label="top successor share")
+        ax.bar(
+            [r["layer"] for r in with_next],
+            [r["nmi_next"] for r in with_next],
+            label="NMI(top-1, next top-1)",
+        )
+        ax.plot(
+            [r["layer"] for r in with_next],
+            [r["top_successor_share"] for r in with_next],
+            "k.-",
+            label="top successor share",
+        )
         ax.set_xlabel("MoE layer l (to l+1)")
         ax.set_ylabel("affinity")
         ax.set_ylim(0, 1)

@@ -35,13 +35,19 @@ def derive_workload(
     tokens = 0
     iterator = trace.iter_chunks()
     bar = tqdm(
-        iterator, total=trace.num_row_groups, desc="reading trace", unit="group",
-        disable=None if progress else True, leave=False,
+        iterator,
+        total=trace.num_row_groups,
+        desc="reading trace",
+        unit="group",
+        disable=None if progress else True,
+        leave=False,
     )
     for chunk in bar:
         ids = chunk.expert_ids
         tokens += chunk.num_tokens
-        home = None if num_gpus is None else home_gpus(chunk.seq_id, chunk.pos, num_gpus, home_policy)
+        home = (
+            None if num_gpus is None else home_gpus(chunk.seq_id, chunk.pos, num_gpus, home_policy)
+        )
         for layer in range(layers):
             ids_l = ids[layer]
             load[layer] += np.bincount(ids_l.ravel(), minlength=experts)
@@ -52,9 +58,11 @@ def derive_workload(
             if layer + 1 < layers:
                 trans[layer] += _pair_counts(ids_l, ids[layer + 1], experts)
                 top1[layer] += _pair_counts(ids_l[:, :1], ids[layer + 1][:, :1], experts)
-            if demand is not None and home is not None:
-                flat = (np.repeat(home, k) * experts + ids_l.ravel())
-                demand[layer] += np.bincount(flat, minlength=num_gpus * experts).reshape(num_gpus, experts)
+            if demand is not None and home is not None and num_gpus is not None:
+                flat = np.repeat(home, k) * experts + ids_l.ravel()
+                demand[layer] += np.bincount(flat, minlength=num_gpus * experts).reshape(
+                    num_gpus, experts
+                )
     return Workload(
         shape=shape if shape is not None else meta.shape(),
         load=load,

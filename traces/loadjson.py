@@ -31,11 +31,15 @@ def read_logical_count(path: str | Path) -> tuple[np.ndarray, list[int]]:
     try:
         counts = np.asarray(data["logical_count"], dtype=np.float64)
     except (TypeError, ValueError):
-        raise PlacementError(f"{path}: logical_count must be a rectangular list of numbers") from None
+        raise PlacementError(
+            f"{path}: logical_count must be a rectangular list of numbers"
+        ) from None
     if counts.ndim == 3:  # SGLang may dump [ranks, layers, experts]: sum over ranks
         counts = counts.sum(axis=0)
     if counts.ndim != 2 or counts.shape[1] < 1:
-        raise PlacementError(f"{path}: logical_count must be [layers][experts], got shape {counts.shape}")
+        raise PlacementError(
+            f"{path}: logical_count must be [layers][experts], got shape {counts.shape}"
+        )
     if not np.isfinite(counts).all() or counts.min() < 0:
         raise PlacementError(f"{path}: logical_count must be finite and >= 0")
     keep = np.flatnonzero(counts.sum(axis=1) > 0)
@@ -64,7 +68,7 @@ def load_logical_count(path: str | Path, shape: ModelShape | None = None) -> Wor
             f"({shape.num_moe_layers} x {shape.num_experts})"
         )
     shape = shape.replace(first_moe_layer=layer_ids[0])
-    tokens = int(round(float(load.sum(axis=1).mean()) / shape.top_k))
+    tokens = round(float(load.sum(axis=1).mean()) / shape.top_k)
     return Workload(
         shape=shape,
         load=load,

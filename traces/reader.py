@@ -58,11 +58,15 @@ class TraceFile:
             self._file = pq.ParquetFile(self.path)
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise PlacementError(f"trace {self.path} is not a readable Parquet file: {first}") from None
+            raise PlacementError(
+                f"trace {self.path} is not a readable Parquet file: {first}"
+            ) from None
         schema = self._file.schema_arrow
         raw = (schema.metadata or {}).get(META_KEY)
         if raw is None:
-            raise PlacementError(f"trace {self.path}: metadata missing (no {META_KEY.decode()} key)")
+            raise PlacementError(
+                f"trace {self.path}: metadata missing (no {META_KEY.decode()} key)"
+            )
         self.meta = TraceMeta.from_json(raw)
         missing = [c for c in COLUMNS if c not in schema.names]
         if missing:
@@ -106,7 +110,9 @@ class TraceFile:
                 table = self._file.read_row_group(group, columns=columns)
             except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise PlacementError(f"trace {self.path}: row group {group} unreadable: {first}") from None
+                raise PlacementError(
+                    f"trace {self.path}: row group {group} unreadable: {first}"
+                ) from None
             rows = table.num_rows
             where = f"trace {self.path} row group {group}"
             if rows % layers:
@@ -114,19 +120,29 @@ class TraceFile:
             n = rows // layers
             layer = table.column("layer").to_numpy()
             if not np.array_equal(layer, np.repeat(np.arange(layers), n)):
-                raise PlacementError(f"{where}: layers not contiguous 0..{layers - 1} (layer-major, whole tokens)")
+                raise PlacementError(
+                    f"{where}: layers not contiguous 0..{layers - 1} (layer-major, whole tokens)"
+                )
             step = table.column("step").to_numpy().reshape(layers, n)
             seq = table.column("seq_id").to_numpy().reshape(layers, n)
             pos = table.column("pos").to_numpy().reshape(layers, n)
             if layers > 1 and not (
                 (seq == seq[0]).all() and (pos == pos[0]).all() and (step == step[0]).all()
             ):
-                raise PlacementError(f"{where}: tokens differ between layers (each layer must list the same tokens)")
-            ids = _fixed_list_to_numpy(table.column("expert_ids"), k, "expert_ids").reshape(layers, n, k)
-            weights = _fixed_list_to_numpy(table.column("weights"), k, "weights").reshape(layers, n, k)
+                raise PlacementError(
+                    f"{where}: tokens differ between layers (each layer must list the same tokens)"
+                )
+            ids = _fixed_list_to_numpy(table.column("expert_ids"), k, "expert_ids").reshape(
+                layers, n, k
+            )
+            weights = _fixed_list_to_numpy(table.column("weights"), k, "weights").reshape(
+                layers, n, k
+            )
             if ids.size and (ids.min() < 0 or ids.max() >= meta.num_experts):
                 bad = int(ids.max()) if ids.max() >= meta.num_experts else int(ids.min())
-                raise PlacementError(f"{where}: expert id {bad} out of range [0, {meta.num_experts})")
+                raise PlacementError(
+                    f"{where}: expert id {bad} out of range [0, {meta.num_experts})"
+                )
             if k > 1:
                 srt = np.sort(ids, axis=2)
                 if (srt[..., 1:] == srt[..., :-1]).any():

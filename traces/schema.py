@@ -61,7 +61,13 @@ class TraceMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for key in ("num_moe_layers", "num_experts", "top_k", "hidden_size", "expert_intermediate_size"):
+        for key in (
+            "num_moe_layers",
+            "num_experts",
+            "top_k",
+            "hidden_size",
+            "expert_intermediate_size",
+        ):
             if int(getattr(self, key)) < 1:
                 raise PlacementError(f"trace metadata: {key} must be >= 1")
         if self.top_k > self.num_experts:

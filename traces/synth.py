@@ -50,7 +50,9 @@ class SynthConfig:
             raise PlacementError("synth: zipf, coactivation must be >= 0; group size, domains >= 1")
 
 
-def generate(config: SynthConfig, out: str | os.PathLike[str], seed: int = 0, progress: bool = False) -> int:
+def generate(
+    config: SynthConfig, out: str | os.PathLike[str], seed: int = 0, progress: bool = False
+) -> int:
     """Write a synthetic trace to ``out``; return the number of tokens written."""
     config.validate()
     rng = np.random.default_rng(seed)
@@ -59,7 +61,9 @@ def generate(config: SynthConfig, out: str | os.PathLike[str], seed: int = 0, pr
     base = -config.zipf_s * np.log(ranks)
     logp = np.stack([base[rng.permutation(experts)] for _ in range(layers)])  # [layers, experts]
     logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
-    tilt = rng.normal(0.0, 0.7, size=(config.domains, layers, experts)) if config.domains > 1 else None
+    tilt = (
+        rng.normal(0.0, 0.7, size=(config.domains, layers, experts)) if config.domains > 1 else None
+    )
     groups = np.stack([rng.permutation(experts) // config.group_size for _ in range(layers)])
     successor = np.stack([rng.permutation(experts) for _ in range(max(layers - 1, 1))])
     meta = TraceMeta(
@@ -77,7 +81,13 @@ def generate(config: SynthConfig, out: str | os.PathLike[str], seed: int = 0, pr
     chunk_tokens = max(1, min(config.num_tokens, max(256, 2_000_000 // (experts * layers))))
     domain_names = np.array([f"domain{d}" for d in range(config.domains)], dtype=object)
     with TraceWriter(out, meta, with_domain=config.domains > 1) as writer:
-        bar = tqdm(total=config.num_tokens, desc="synth", unit="tok", disable=None if progress else True, leave=False)
+        bar = tqdm(
+            total=config.num_tokens,
+            desc="synth",
+            unit="tok",
+            disable=None if progress else True,
+            leave=False,
+        )
         for start in range(0, config.num_tokens, chunk_tokens):
             n = min(chunk_tokens, config.num_tokens - start)
             token = np.arange(start, start + n)
@@ -112,7 +122,11 @@ def generate(config: SynthConfig, out: str | os.PathLike[str], seed: int = 0, pr
                 wts[layer] = weight
                 prev_top1 = chosen[:, 0]
             writer.write(
-                np.zeros(n, dtype=np.int32), seq_id, pos, ids, wts,
+                np.zeros(n, dtype=np.int32),
+                seq_id,
+                pos,
+                ids,
+                wts,
                 domain_names[dom] if config.domains > 1 else None,
             )
             bar.update(n)

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from placement.atomic import set_default_mode
 from placement.errors import PlacementError
 from traces.schema import TraceMeta, arrow_schema
 
@@ -36,10 +37,15 @@ class TraceWriter:
         self.row_group_tokens = max(1, row_group_tokens)
         self.schema = arrow_schema(meta, with_domain)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
         os.close(fd)
         self._tmp = Path(tmp)
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        set_default_mode(self._tmp)
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+            self._tmp, self.schema, compression="zstd"
+        )
         self._buffer: list[tuple[np.ndarray, ...]] = []
         self._buffered = 0
         self.tokens_written = 0
@@ -57,7 +63,10 @@ class TraceWriter:
         expert_ids = np.asarray(expert_ids)
         weights = np.asarray(weights, dtype=np.float32)
         n = len(seq_id)
-        if expert_ids.shape != (meta.num_moe_layers, n, meta.top_k) or weights.shape != expert_ids.shape:
+        if (
+            expert_ids.shape != (meta.num_moe_layers, n, meta.top_k)
+            or weights.shape != expert_ids.shape
+        ):
             raise PlacementError(
                 f"trace writer: expected expert_ids/weights of shape {(meta.num_moe_layers, n, meta.top_k)}, "
                 f"got {expert_ids.shape} and {weights.shape}"
@@ -90,11 +99,14 @@ class TraceWriter:
         if not self._buffered or self._writer is None:
             return
         step, seq, pos, ids, wts, dom = (
-            np.concatenate([b[i] for b in self._buffer], axis=1 if i in (3, 4) else 0) for i in range(6)
+            np.concatenate([b[i] for b in self._buffer], axis=1 if i in (3, 4) else 0)
+            for i in range(6)
         )
         take = self._buffered if limit is None else min(limit, self._buffered)
         rest = (step[take:], seq[take:], pos[take:], ids[:, take:], wts[:, take:], dom[take:])
-        self._write_group(step[:take], seq[:take], pos[:take], ids[:, :take], wts[:, :take], dom[:take])
+        self._write_group(
+            step[:take], seq[:take], pos[:take], ids[:, :take], wts[:, :take], dom[:take]
+        )
         self._buffered -= take
         self._buffer = [rest] if self._buffered else []
 
@@ -105,8 +117,12 @@ class TraceWriter:
             "seq_id": pa.array(np.tile(seq, layers), pa.int64()),
             "pos": pa.array(np.tile(pos, layers), pa.int32()),
             "layer": pa.array(np.repeat(np.arange(layers, dtype=np.int16), n), pa.int16()),
-            "expert_ids": pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1), pa.int16()), k),
-            "weights": pa.FixedSizeListArray.from_arrays(pa.array(wts.reshape(-1), pa.float32()), k),
+            "expert_ids": pa.FixedSizeListArray.from_arrays(
+                pa.array(ids.reshape(-1), pa.int16()), k
+            ),
+            "weights": pa.FixedSizeListArray.from_arrays(
+                pa.array(wts.reshape(-1), pa.float32()), k
+            ),
         }
         if self.with_domain:
             columns["domain"] = pa.array(np.tile(dom, layers).tolist(), pa.string())
@@ -138,7 +154,10 @@ class TraceWriter:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if exc_type is None:
             self.close()

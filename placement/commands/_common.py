@@ -19,7 +19,7 @@ from placement.shapes import model_shape
 from placement.workload import HOME_POLICIES, Workload
 
 
-class CheckFailed(Exception):
+class CheckFailed(Exception):  # noqa: N818  (the CLI contract name)
     """A check the user asked for failed (exit code 1)."""
 
 
@@ -32,13 +32,18 @@ class Command:
 
 
 def add_cluster_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cluster", default=None, help="preset name or YAML/TOML/JSON file (default h100-multirail)")
+    parser.add_argument(
+        "--cluster",
+        default=None,
+        help="preset name or YAML/TOML/JSON file (default h100-multirail)",
+    )
     parser.add_argument("--gpus", type=int, default=None, help="override the cluster's GPU count")
     parser.add_argument("--gpus-per-node", type=int, default=None, help="override GPUs per node")
 
 
-def resolve_cluster(args: argparse.Namespace, default_gpus: int | None = None,
-                    default_per_node: int | None = None) -> ClusterSpec:
+def resolve_cluster(
+    args: argparse.Namespace, default_gpus: int | None = None, default_per_node: int | None = None
+) -> ClusterSpec:
     spec = load_cluster(args.cluster)
     gpus = args.gpus if args.gpus is not None else default_gpus
     per_node = args.gpus_per_node if args.gpus_per_node is not None else default_per_node
@@ -51,15 +56,27 @@ def resolve_cluster(args: argparse.Namespace, default_gpus: int | None = None,
 
 def add_trace_args(parser: argparse.ArgumentParser, multiple: bool = True) -> None:
     parser.add_argument(
-        "--trace", action="append" if multiple else "store", required=True, metavar="PATH",
+        "--trace",
+        action="append" if multiple else "store",
+        required=True,
+        metavar="PATH",
         help="trace Parquet file or logical_count JSON" + (" (repeatable)" if multiple else ""),
     )
-    parser.add_argument("--model", default=None, help="model shape for load-only JSON (deepseek-v3, ...)")
-    parser.add_argument("--home", default="token", choices=HOME_POLICIES, help="how tokens map to home GPUs")
+    parser.add_argument(
+        "--model", default=None, help="model shape for load-only JSON (deepseek-v3, ...)"
+    )
+    parser.add_argument(
+        "--home", default="token", choices=HOME_POLICIES, help="how tokens map to home GPUs"
+    )
 
 
-def load_workload(path: str, num_gpus: int | None, home: str = "token", model: str | None = None,
-                  progress: bool = True) -> Workload:
+def load_workload(
+    path: str,
+    num_gpus: int | None,
+    home: str = "token",
+    model: str | None = None,
+    progress: bool = True,
+) -> Workload:
     """A Parquet trace (derived in one streaming pass) or a load-only logical_count JSON."""
     from traces.derive import derive_workload
     from traces.loadjson import is_logical_count_file, load_logical_count
@@ -70,8 +87,13 @@ def load_workload(path: str, num_gpus: int | None, home: str = "token", model: s
         return load_logical_count(path, shape)
     if not Path(path).exists():
         raise PlacementError(f"trace file not found: {path}")
-    return derive_workload(TraceFile(path), num_gpus=num_gpus, home_policy=home, shape=shape,
-                           progress=progress and sys.stderr.isatty())
+    return derive_workload(
+        TraceFile(path),
+        num_gpus=num_gpus,
+        home_policy=home,
+        shape=shape,
+        progress=progress and sys.stderr.isatty(),
+    )
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -108,7 +130,9 @@ def fmt(value: Any) -> str:
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain aligned text table."""
     cells = [[fmt(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
     line = "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]

@@ -6,7 +6,14 @@ import argparse
 from typing import Any
 
 from placement.commands._common import (
-    Command, add_cluster_args, add_trace_args, human_bytes, load_workload, print_json, resolve_cluster, table,
+    Command,
+    add_cluster_args,
+    add_trace_args,
+    human_bytes,
+    load_workload,
+    print_json,
+    resolve_cluster,
+    table,
 )
 from placement.metrics import DEFAULT_TOKENS_PER_GPU, MODES, Evaluation, evaluate
 from placement.plan import Plan
@@ -17,8 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", required=True, help="plan JSON")
     add_cluster_args(p)
     p.add_argument("--mode", default="standard", choices=MODES)
-    p.add_argument("--tokens-per-gpu", type=int, default=DEFAULT_TOKENS_PER_GPU,
-                   help="tokens per GPU per step for the time estimate")
+    p.add_argument(
+        "--tokens-per-gpu",
+        type=int,
+        default=DEFAULT_TOKENS_PER_GPU,
+        help="tokens per GPU per step for the time estimate",
+    )
     p.add_argument("--json", action="store_true")
 
 
@@ -30,14 +41,38 @@ def evaluation_report(ev: Evaluation, plan: Plan) -> dict[str, Any]:
 
 def print_evaluation(ev: Evaluation, title: str) -> None:
     rows = [
-        [r["layer"], r["max_over_mean"], human_bytes(r["dispatch_intra_bytes"] + r["combine_intra_bytes"]),
-         human_bytes(r["dispatch_inter_bytes"] + r["combine_inter_bytes"]), human_bytes(r["busiest_nic_bytes"]),
-         int(r["hops"]), r["dispatch_us"], r["compute_us"], r["combine_us"], r["layer_us"]]
+        [
+            r["layer"],
+            r["max_over_mean"],
+            human_bytes(r["dispatch_intra_bytes"] + r["combine_intra_bytes"]),
+            human_bytes(r["dispatch_inter_bytes"] + r["combine_inter_bytes"]),
+            human_bytes(r["busiest_nic_bytes"]),
+            int(r["hops"]),
+            r["dispatch_us"],
+            r["compute_us"],
+            r["combine_us"],
+            r["layer_us"],
+        ]
         for r in ev.per_layer()
     ]
     print(title)
-    print(table(["layer", "max/mean", "NVLink", "NIC", "busiest NIC", "hops", "disp us", "comp us",
-                 "comb us", "layer us"], rows))
+    print(
+        table(
+            [
+                "layer",
+                "max/mean",
+                "NVLink",
+                "NIC",
+                "busiest NIC",
+                "hops",
+                "disp us",
+                "comp us",
+                "comb us",
+                "layer us",
+            ],
+            rows,
+        )
+    )
     s = ev.summary()
     print(
         f"total: mean max/mean {s['mean_max_over_mean']:.4f} (worst {s['worst_max_over_mean']:.4f}), "
@@ -55,8 +90,16 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(evaluation_report(ev, plan))
     else:
-        print_evaluation(ev, f"plan {args.plan} ({plan.provenance.solver}) on {cluster.name}, {cluster.num_gpus} GPUs")
+        print_evaluation(
+            ev,
+            f"plan {args.plan} ({plan.provenance.solver}) on {cluster.name}, {cluster.num_gpus} GPUs",
+        )
     return 0
 
 
-COMMAND = Command("evaluate", "evaluate a plan: load balance, deduplicated bytes, time estimate", add_arguments, run)
+COMMAND = Command(
+    "evaluate",
+    "evaluate a plan: load balance, deduplicated bytes, time estimate",
+    add_arguments,
+    run,
+)

@@ -6,7 +6,13 @@ import argparse
 from typing import Any
 
 from placement.commands._common import (
-    Command, add_cluster_args, add_trace_args, load_workload, print_json, resolve_cluster, table,
+    Command,
+    add_cluster_args,
+    add_trace_args,
+    load_workload,
+    print_json,
+    resolve_cluster,
+    table,
 )
 from placement.commands.evaluate import evaluation_report, print_evaluation
 from placement.errors import PlacementError
@@ -23,14 +29,24 @@ def default_solver() -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_trace_args(p, multiple=True)
     add_cluster_args(p)
-    p.add_argument("--solver", default=None, help="solver name, or 'all' to compare every solver (default: the best)")
-    p.add_argument("--redundant", type=int, default=0, help="redundant slots for replicas (per layer)")
+    p.add_argument(
+        "--solver",
+        default=None,
+        help="solver name, or 'all' to compare every solver (default: the best)",
+    )
+    p.add_argument(
+        "--redundant", type=int, default=0, help="redundant slots for replicas (per layer)"
+    )
     p.add_argument("--time-limit", type=float, default=None, help="solver time limit in seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", default="standard", choices=MODES)
     p.add_argument("--current", default=None, help="current plan JSON (incremental re-placement)")
-    p.add_argument("--max-moves", type=int, default=None, help="at most this many moved expert slots")
-    p.add_argument("--weights", default=None, help="comma-separated weight per --trace (robust placement)")
+    p.add_argument(
+        "--max-moves", type=int, default=None, help="at most this many moved expert slots"
+    )
+    p.add_argument(
+        "--weights", default=None, help="comma-separated weight per --trace (robust placement)"
+    )
     p.add_argument("--robust", default="weighted", choices=("weighted", "worst"))
     p.add_argument("--tokens-per-gpu", type=int, default=DEFAULT_TOKENS_PER_GPU)
     p.add_argument("--out", default="plan.json", help="where to write the plan (default plan.json)")
@@ -50,8 +66,13 @@ def build_problem(args: argparse.Namespace) -> Any:
             raise PlacementError("--weights must be comma-separated numbers") from None
     current = Plan.load(args.current) if args.current else None
     problem = PlacementProblem(
-        workloads=workloads, cluster=cluster, num_redundant=args.redundant, mode=args.mode,
-        weights=weights, current=current, max_moves=args.max_moves,
+        workloads=workloads,
+        cluster=cluster,
+        num_redundant=args.redundant,
+        mode=args.mode,
+        weights=weights,
+        current=current,
+        max_moves=args.max_moves,
     )
     return problem
 
@@ -76,31 +97,68 @@ def run(args: argparse.Namespace) -> int:
         rows, results = [], []
         for solver in sorted(REGISTRY):
             plan = run_solver(solver, problem, config)
-            ev = evaluate(plan, cluster, problem.workload, mode=args.mode, tokens_per_gpu=args.tokens_per_gpu)
+            ev = evaluate(
+                plan, cluster, problem.workload, mode=args.mode, tokens_per_gpu=args.tokens_per_gpu
+            )
             s = ev.summary()
             prov = plan.provenance
-            rows.append([solver, s["mean_max_over_mean"], s["worst_max_over_mean"], s["inter_node_bytes"],
-                         s["hops"], s["moe_time_us"], prov.seconds, prov.gap if prov.gap is not None else "-"])
+            rows.append(
+                [
+                    solver,
+                    s["mean_max_over_mean"],
+                    s["worst_max_over_mean"],
+                    s["inter_node_bytes"],
+                    s["hops"],
+                    s["moe_time_us"],
+                    prov.seconds,
+                    prov.gap if prov.gap is not None else "-",
+                ]
+            )
             results.append({"solver": solver, "summary": s, "provenance": prov.to_dict()})
         if args.json:
             print_json({"cluster": cluster.name, "num_gpus": cluster.num_gpus, "solvers": results})
         else:
-            print(table(["solver", "mean max/mean", "worst", "NIC bytes", "hops", "MoE us", "solve s", "gap"], rows))
+            print(
+                table(
+                    [
+                        "solver",
+                        "mean max/mean",
+                        "worst",
+                        "NIC bytes",
+                        "hops",
+                        "MoE us",
+                        "solve s",
+                        "gap",
+                    ],
+                    rows,
+                )
+            )
         return 0
     plan = run_solver(name, problem, config)
     plan.save(args.out)
-    ev = evaluate(plan, cluster, problem.workload, mode=args.mode, tokens_per_gpu=args.tokens_per_gpu)
+    ev = evaluate(
+        plan, cluster, problem.workload, mode=args.mode, tokens_per_gpu=args.tokens_per_gpu
+    )
     if args.json:
         report = evaluation_report(ev, plan)
         report["out"] = args.out
         print_json(report)
     else:
         prov = plan.provenance
-        bound = "" if prov.bound is None else f", bound {prov.bound:.6g}, gap {prov.gap if prov.gap is not None else 0:.3%}"
-        print_evaluation(ev, f"solver {name} ({prov.method}) in {prov.seconds:.2f} s{bound}; "
-                         f"{cluster.num_gpus} GPUs x {plan.slots_per_gpu} slots on {cluster.name}")
+        bound = (
+            ""
+            if prov.bound is None
+            else f", bound {prov.bound:.6g}, gap {prov.gap if prov.gap is not None else 0:.3%}"
+        )
+        print_evaluation(
+            ev,
+            f"solver {name} ({prov.method}) in {prov.seconds:.2f} s{bound}; "
+            f"{cluster.num_gpus} GPUs x {plan.slots_per_gpu} slots on {cluster.name}",
+        )
         print(f"plan written to {args.out}")
     return 0
 
 
-COMMAND = Command("solve", "choose an expert placement for a trace and a cluster", add_arguments, run)
+COMMAND = Command(
+    "solve", "choose an expert placement for a trace and a cluster", add_arguments, run
+)

@@ -30,8 +30,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(stats)
         return 0
-    print(f"{workload.source}: {stats['model']} , {stats['tokens']} tokens, {stats['layers']} MoE layers, "
-          f"{stats['experts']} experts, top-{stats['top_k']} ({'per-token' if workload.per_token else 'load-only'})")
+    print(
+        f"{workload.source}: {stats['model']} , {stats['tokens']} tokens, {stats['layers']} MoE layers, "
+        f"{stats['experts']} experts, top-{stats['top_k']} ({'per-token' if workload.per_token else 'load-only'})"
+    )
     headers = ["layer", "max/mean", "CV"]
     per_token = workload.per_token
     if per_token:
@@ -40,7 +42,11 @@ def run(args: argparse.Namespace) -> int:
     for row in stats["per_layer"]:
         r = [row["layer"], row["max_over_mean"], row["cv"]]
         if per_token:
-            r += [row["coactivation_strength"], row.get("nmi_next", "-"), row.get("top_successor_share", "-")]
+            r += [
+                row["coactivation_strength"],
+                row.get("nmi_next", "-"),
+                row.get("top_successor_share", "-"),
+            ]
         rows.append(r)
     print(table(headers, rows))
     for key in ("mean_max_over_mean", "mean_nmi", "mean_top_successor_share", "drift_js"):
@@ -49,4 +55,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND = Command("stats", "trace statistics: skew, co-activation, inter-layer affinity, drift", add_arguments, run)
+COMMAND = Command(
+    "stats",
+    "trace statistics: skew, co-activation, inter-layer affinity, drift",
+    add_arguments,
+    run,
+)

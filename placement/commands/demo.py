@@ -1,0 +1,148 @@
+"""``placement demo``: the main job end to end on the embedded default, with no arguments.
+
+trace (the bundled tiny-MoE trace, else a synthetic one) -> stats and plots -> solver comparison ->
+the best plan -> evaluation -> engine export -> simulation and a what-if report (when those components
+are installed). Everything lands in ``--out`` (default ``demo-out/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from pathlib import Path
+
+from placement.commands._common import Command
+from placement.errors import PlacementError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
+    p.add_argument("--trace", default=None, help="trace to use instead of the embedded default")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--gpus-per-node", type=int, default=4)
+    p.add_argument("--redundant", type=int, default=8)
+    p.add_argument("--time-limit", type=float, default=10.0)
+
+
+def default_trace(out: Path) -> Path:
+    try:  # the bundled tiny-MoE capture
+        bundled = Path(importlib.import_module("traces.data").DEFAULT_TRACE)
+        if bundled.exists():
+            return bundled
+    except (ImportError, AttributeError):
+        pass
+    from traces.synth import SynthConfig, generate
+
+    path = out / "synthetic_trace.parquet"
+    generate(SynthConfig(num_layers=4, num_experts=16, top_k=2, num_tokens=8192), path, seed=0)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    from placement.cli import discover, main
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    commands = {c.name for c in discover()}
+    trace = Path(args.trace) if args.trace else default_trace(out)
+    counts = ["--gpus", str(args.gpus), "--gpus-per-node", str(args.gpus_per_node)]
+    plan = out / "plan.json"
+    steps: list[tuple[str, list[str]]] = [
+        ("trace statistics", ["stats", "--trace", str(trace), "--plots", str(out / "stats")]),
+        (
+            "solver comparison",
+            [
+                "solve",
+                "--trace",
+                str(trace),
+                *counts,
+                "--redundant",
+                str(args.redundant),
+                "--solver",
+                "all",
+                "--time-limit",
+                str(args.time_limit),
+            ],
+        ),
+        (
+            "best plan",
+            [
+                "solve",
+                "--trace",
+                str(trace),
+                *counts,
+                "--redundant",
+                str(args.redundant),
+                "--time-limit",
+                str(args.time_limit),
+                "--out",
+                str(plan),
+            ],
+        ),
+        (
+            "export for SGLang",
+            [
+                "export",
+                "--plan",
+                str(plan),
+                "--format",
+                "sglang",
+                "--out",
+                str(out / "sglang_map.json"),
+            ],
+        ),
+    ]
+    if "simulate" in commands:
+        steps.append(
+            (
+                "network simulation",
+                [
+                    "simulate",
+                    "--trace",
+                    str(trace),
+                    "--plan",
+                    str(plan),
+                    *counts,
+                    "--algo",
+                    "deepep",
+                    "--overlap",
+                    "two-batch",
+                ],
+            )
+        )
+    if "whatif" in commands:
+        steps.append(
+            (
+                "what-if report",
+                [
+                    "whatif",
+                    "--trace",
+                    str(trace),
+                    "--sweep",
+                    "gpus=4,8",
+                    "--sweep",
+                    "solver=contiguous,best",
+                    "--out",
+                    str(out / "whatif"),
+                ],
+            )
+        )
+    for title, argv in steps:
+        print(f"\n== {title}: placement {' '.join(argv)}", flush=True)
+        start = time.perf_counter()
+        code = main(argv)
+        if code != 0:
+            raise PlacementError(f"demo step '{title}' failed with exit code {code}")
+        print(f"   ({time.perf_counter() - start:.1f} s)")
+    print(
+        f"\ndemo finished: results in {out}/ (plan.json, sglang_map.json, stats/*.png"
+        + (", whatif/report.html" if "whatif" in commands else "")
+        + ")"
+    )
+    return 0
+
+
+COMMAND = Command(
+    "demo", "run the whole pipeline end to end on the embedded default trace", add_arguments, run
+)

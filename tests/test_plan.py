@@ -1,0 +1,154 @@
+"""Plan invariants (each named on failure), JSON round trip (golden), and engine exporters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from placement.errors import PlacementError
+from placement.plan import Plan, PlanInvariantError, Provenance
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def sample_plan() -> Plan:
+    # 2 layers, 4 GPUs (2 per node), 3 slots per GPU, 10 experts + 2 redundant
+    phy2log = np.array(
+        [
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1],
+            [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 9, 5],
+        ]
+    )
+    return Plan(
+        4,
+        2,
+        3,
+        10,
+        phy2log,
+        provenance=Provenance(
+            "golden", objective=1.5, bound=1.4, gap=0.0667, seconds=0.25, method="test"
+        ),
+    )
+
+
+def test_golden_plan_json() -> None:
+    expected = json.loads((GOLDEN / "plan_v1.json").read_text())
+    assert sample_plan().to_dict() == expected
+    loaded = Plan.load(GOLDEN / "plan_v1.json")
+    np.testing.assert_array_equal(loaded.phy2log, sample_plan().phy2log)
+    assert loaded.provenance == sample_plan().provenance
+
+
+def test_round_trip_with_shares(tmp_path: Path) -> None:
+    plan = sample_plan()
+    share = plan.shares().copy()
+    share[0, 0], share[0, 10] = 0.25, 0.75
+    plan = Plan(4, 2, 3, 10, plan.phy2log, replica_share=share, provenance=plan.provenance)
+    plan.save(tmp_path / "p.json")
+    again = Plan.load(tmp_path / "p.json")
+    np.testing.assert_allclose(again.shares(), share)
+    assert again.fingerprint() == plan.fingerprint()
+
+
+def test_maps_agree() -> None:
+    plan = sample_plan()
+    log2phy, cnt = plan.log2phy(), plan.logcnt()
+    assert cnt[0, 0] == 2 and cnt[0, 2] == 1 and cnt[1, 9] == 2
+    for layer in range(2):
+        for e in range(10):
+            slots = log2phy[layer, e][log2phy[layer, e] >= 0]
+            assert len(slots) == cnt[layer, e]
+            assert (plan.phy2log[layer, slots] == e).all()
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda p: p.__setitem__((0, 1), 0), "no two replicas of one expert on one GPU"),
+        (lambda p: p.__setitem__((0, 11), 99), "outside"),
+        (lambda p: p.__setitem__((1, 1), 5), "every expert placed"),
+    ],
+)
+def test_validate_names_the_invariant(mutate, message) -> None:  # type: ignore[no-untyped-def]
+    phy2log = sample_plan().phy2log.copy()
+    mutate(phy2log)
+    with pytest.raises(PlanInvariantError, match=message):
+        Plan(4, 2, 3, 10, phy2log).validate()
+
+
+def test_validate_shape_and_shares() -> None:
+    with pytest.raises(PlanInvariantError, match="slots per layer"):
+        Plan(4, 2, 2, 10, sample_plan().phy2log).validate()
+    with pytest.raises(PlanInvariantError, match="multiple of gpus_per_node"):
+        Plan(3, 2, 4, 10, sample_plan().phy2log).validate()
+    bad = np.ones((2, 12))
+    with pytest.raises(PlanInvariantError, match="sum to 1"):
+        Plan(4, 2, 3, 10, sample_plan().phy2log, replica_share=bad).validate()
+
+
+def test_load_rejects_bad_files(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text("{not json")
+    with pytest.raises(PlacementError, match="not JSON"):
+        Plan.load(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text(json.dumps({"schema_version": 1, "num_gpus": 4}))
+    with pytest.raises(PlacementError, match="missing key"):
+        Plan.load(tmp_path / "b.json")
+    (tmp_path / "c.json").write_text(json.dumps({**sample_plan().to_dict(), "schema_version": 7}))
+    with pytest.raises(PlacementError, match="schema_version"):
+        Plan.load(tmp_path / "c.json")
+
+
+def test_exporters() -> None:
+    plan = sample_plan()
+    sg = plan.export("sglang", total_layers=5, first_moe_layer=3)
+    assert np.asarray(sg["physical_to_logical_map"]).shape == (5, 12)
+    assert sg["physical_to_logical_map"][3] == plan.phy2log[0].tolist()
+    vl = plan.export("vllm")
+    l2p = np.asarray(vl["logical_to_physical_map"])
+    assert (
+        l2p.shape == (2, 10, 2) and l2p[0, 0].tolist() == [0, 10] and l2p[0, 2].tolist() == [2, -1]
+    )
+    assert vl["logical_replica_count"][0][0] == 2
+    assert set(plan.export("eplb")) == {"phy2log", "log2phy", "logcnt"}
+    with pytest.raises(PlacementError):
+        plan.export("tensorrt")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    gpus=st.integers(1, 6),
+    per_node=st.sampled_from([1, 2]),
+    experts=st.integers(1, 12),
+    extra=st.integers(0, 6),
+    seed=st.integers(0, 1000),
+)
+def test_maps_are_inverse(gpus: int, per_node: int, experts: int, extra: int, seed: int) -> None:
+    """For any valid random layout, log2phy/logcnt invert phy2log."""
+    gpus = gpus * per_node
+    slots = experts + extra
+    if slots % gpus or slots // gpus > experts:
+        return
+    rng = np.random.default_rng(seed)
+    spg = slots // gpus
+    # build a valid layout: experts once each, extras on GPUs that lack them
+    held: list[list[int]] = [[] for _ in range(gpus)]
+    order = list(rng.permutation(experts)) + list(rng.integers(0, experts, size=extra))
+    for e in order:
+        options = [g for g in range(gpus) if len(held[g]) < spg and e not in held[g]]
+        if not options:
+            return
+        held[int(rng.choice(options))].append(int(e))
+    plan = Plan(gpus, per_node, spg, experts, np.array([[x for g in held for x in g]])).validate()
+    log2phy = plan.log2phy()
+    recovered = np.full(slots, -1)
+    for e in range(experts):
+        for s in log2phy[0, e]:
+            if s >= 0:
+                recovered[s] = e
+    np.testing.assert_array_equal(recovered, plan.phy2log[0])
+    assert plan.shares().sum() == pytest.approx(experts)
