@@ -358,9 +358,10 @@ def evaluate(
             for layer in range(L):
                 gpus = slot_gpu[table[layer][cur[:, None], ids[layer]]]
                 gpu_load[layer] += np.bincount(gpus.ravel(), minlength=G)
-                dispatch[layer] += dedup_copies(cur, gpus, G, gpn)
+                copies = dedup_copies(cur, gpus, G, gpn)
+                dispatch[layer] += copies
                 if mode == "standard":
-                    combine[layer] += dedup_copies(cur, gpus, G, gpn).transposed()
+                    combine[layer] += copies.transposed()  # the reverse path, reduced at forwarders
                     moved = (gpus != cur[:, None]).any(axis=1)
                     hops[layer] += moved.sum()
                     node_hops[layer] += ((gpus // gpn) != (cur // gpn)[:, None]).any(axis=1).sum()

@@ -163,13 +163,17 @@ def improve_layout(
         side_a = pool_w @ masks.T  # [partners, ways]
         side_b = pool_w.sum(axis=1, keepdims=True) - side_a
         worst = np.maximum(side_a, side_b)
-        # reject splits putting one expert twice on one GPU (only when replicas exist)
-        if spg > 1 and (pool_id[:, :, None] == pool_id[:, None, :]).sum() > pool_id.size:
-            dup = pool_id[:, :, None] == pool_id[:, None, :]
-            np.einsum("pii->pi", dup)[:] = False
-            a_dup = np.einsum("wi,pij,wj->pw", masks, dup.astype(float), masks) > 0
-            b_dup = np.einsum("wi,pij,wj->pw", 1 - masks, dup.astype(float), 1 - masks) > 0
-            worst = np.where(a_dup | b_dup, np.inf, worst)
+        # reject splits putting one expert twice on one GPU: only partners sharing an expert with the
+        # busiest GPU can produce one, so check just those
+        shared = (ids[m][None, :, None] == ids[others][:, None, :]).any(axis=(1, 2))
+        for p in np.flatnonzero(shared).tolist():
+            dup = pool_id[p][:, None] == pool_id[p][None, :]
+            np.fill_diagonal(dup, False)
+            d = dup.astype(float)
+            bad = (np.einsum("wi,ij,wj->w", masks, d, masks) > 0) | (
+                np.einsum("wi,ij,wj->w", 1 - masks, d, 1 - masks) > 0
+            )
+            worst[p] = np.where(bad, np.inf, worst[p])
         p, way = np.unravel_index(int(np.argmin(worst)), worst.shape)
         if not worst[p, way] < peak - tol:
             break
