@@ -293,19 +293,15 @@ class FluidNetwork:
             if self._csr_dirty:
                 self._build_csr()
             if done_ids.size or keep_below == -np.inf:
-                # a completed flow's rate must not shield flows that shared its level
+                # flows just under the finished flow's level are refilled too (float ties)
                 threshold = keep_below * (1.0 - 1e-12) if np.isfinite(keep_below) else keep_below
-                # the lazily held remaining bytes need the rate in force before this recompute
-                n = self._size
+                n = self.num_flows
                 _, worst = _fill(self.fl_ptr, self.fl_link, self.fl_coef, self.lk_ptr, self.lk_flow, self.cap,
-                                 self.active[:n], self._rate_scratch(), threshold, self.changed)
+                                 self.active[:n], self.rate[:n], threshold, self.changed[:n])
                 self.recomputes += 1
                 self.worst_utilisation = max(self.worst_utilisation, worst)
             next_finish = _advance(now, self.active, self.rate, self.changed, self.remaining, self.t_upd,
                                    self.old_rate, self.finish)
-
-    def _rate_scratch(self) -> np.ndarray:
-        return self.rate
 
     def _complete(self, done_ids: np.ndarray, now: float) -> None:
         self.active[done_ids] = False

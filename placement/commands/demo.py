@@ -8,11 +8,13 @@ are installed). Everything lands in ``--out`` (default ``demo-out/``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import time
 from pathlib import Path
 
-from placement.commands._common import Command
+from placement.atomic import atomic_open
+from placement.commands._common import Command, print_json
 from placement.errors import PlacementError
 
 
@@ -23,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-node", type=int, default=4)
     p.add_argument("--redundant", type=int, default=8)
     p.add_argument("--time-limit", type=float, default=10.0)
+    p.add_argument("--json", action="store_true", help="print one JSON summary; each step's JSON goes to OUT/*.json")
 
 
 def default_trace(out: Path) -> Path:
@@ -128,13 +131,26 @@ def run(args: argparse.Namespace) -> int:
                 ],
             )
         )
+    results: list[dict[str, object]] = []
     for title, argv in steps:
-        print(f"\n== {title}: placement {' '.join(argv)}", flush=True)
         start = time.perf_counter()
-        code = main(argv)
+        if args.json:
+            target = out / f"{argv[0]}_{len(results)}.json"
+            with atomic_open(target) as handle, contextlib.redirect_stdout(handle):
+                code = main([*argv, "--json"])
+        else:
+            print(f"\n== {title}: placement {' '.join(argv)}", flush=True)
+            code = main(argv)
         if code != 0:
             raise PlacementError(f"demo step '{title}' failed with exit code {code}")
-        print(f"   ({time.perf_counter() - start:.1f} s)")
+        seconds = time.perf_counter() - start
+        results.append({"step": title, "argv": argv, "seconds": round(seconds, 3),
+                        **({"json": str(target)} if args.json else {})})
+        if not args.json:
+            print(f"   ({seconds:.1f} s)")
+    if args.json:
+        print_json({"out": str(out), "trace": str(trace), "steps": results})
+        return 0
     print(
         f"\ndemo finished: results in {out}/ (plan.json, sglang_map.json, stats/*.png"
         + (", whatif/report.html" if "whatif" in commands else "")
