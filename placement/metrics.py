@@ -119,6 +119,16 @@ def dedup_copies(src: np.ndarray, dst: np.ndarray, num_gpus: int, gpus_per_node:
     return PairCopies(nvlink.reshape(G, G), nic.reshape(G, G), float(same_gpu.sum()))
 
 
+def gpu_pair_copies(src: np.ndarray, dst: np.ndarray, num_gpus: int) -> np.ndarray:
+    """Token copies per GPU pair ``[gpus, gpus]`` deduplicated per destination GPU only (no node-level
+    forwarding): what a direct pairwise all-to-all moves. The diagonal holds GPU-local copies."""
+    n, k = dst.shape
+    G = num_gpus
+    rows = np.repeat(np.arange(n, dtype=np.int64), k)
+    pairs = np.unique(rows * G + dst.ravel())
+    return np.bincount(src[pairs // G] * G + pairs % G, minlength=G * G).astype(np.float64).reshape(G, G)
+
+
 def expected_copies_load_only(
     plan: Plan, layer: int, load: np.ndarray, num_tokens: float
 ) -> PairCopies:
@@ -151,6 +161,15 @@ def expected_copies_load_only(
     return PairCopies(nvlink, nic, local)
 
 
+def _expected_gpu_pairs_load_only(plan: Plan, layer: int, load: np.ndarray, num_tokens: float) -> np.ndarray:
+    """Expected direct (per destination GPU) copies ``[gpus, gpus]`` under the independent-choice estimate."""
+    G = plan.num_gpus
+    p_slot = np.clip(load[plan.phy2log[layer]] * plan.shares()[layer] / max(num_tokens, 1.0), 0, 1)
+    miss_gpu = np.ones(G)
+    np.multiply.at(miss_gpu, plan.slot_gpu(), 1.0 - p_slot)
+    return np.broadcast_to((num_tokens / G) * (1.0 - miss_gpu)[None, :], (G, G)).copy()
+
+
 @dataclass
 class Evaluation:
     """Everything the evaluator measured. Arrays are per layer; bytes are for the workload as given,
@@ -175,6 +194,10 @@ class Evaluation:
     scale: float
     tokens: int
     extra: dict[str, Any] = field(default_factory=dict)
+    # Per layer ``[gpus, gpus]`` copies deduplicated per destination GPU only (direct all-to-all), filled
+    # when ``evaluate(..., gpu_pairs=True)``; ``None`` otherwise.
+    dispatch_pairs: list[np.ndarray] | None = None
+    combine_pairs: list[np.ndarray] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -332,6 +355,7 @@ def evaluate(
     mode: str = "standard",
     tokens_per_gpu: int | None = DEFAULT_TOKENS_PER_GPU,
     chunks: Iterable[Any] | None = None,
+    gpu_pairs: bool = False,
 ) -> Evaluation:
     """Evaluate ``plan`` on ``workload``; per-token traces are streamed once (``workload.chunks()``)."""
     if mode not in MODES:
@@ -349,6 +373,8 @@ def evaluate(
     hops = np.zeros(L)
     node_hops = np.zeros(L)
     gpu_load = np.zeros((L, G))
+    d_pairs = [np.zeros((G, G)) for _ in range(L)] if gpu_pairs else None
+    c_pairs = [np.zeros((G, G)) for _ in range(L)] if gpu_pairs else None
     if workload.per_token:
         table = replica_table(plan, workload.demand(G))
         source = chunks if chunks is not None else workload.chunks()
@@ -360,6 +386,10 @@ def evaluate(
                 gpu_load[layer] += np.bincount(gpus.ravel(), minlength=G)
                 copies = dedup_copies(cur, gpus, G, gpn)
                 dispatch[layer] += copies
+                if d_pairs is not None and c_pairs is not None:
+                    d_pairs[layer] += gpu_pair_copies(cur, gpus, G)
+                    src_c = cur if mode == "standard" else gpus[:, 0]
+                    c_pairs[layer] += gpu_pair_copies(src_c, gpus, G).T
                 if mode == "standard":
                     combine[layer] += copies.transposed()  # the reverse path, reduced at forwarders
                     moved = (gpus != cur[:, None]).any(axis=1)
@@ -384,6 +414,10 @@ def evaluate(
             copies = expected_copies_load_only(plan, layer, workload.load[layer], float(tokens))
             dispatch[layer] = copies
             combine[layer] = copies.transposed()
+            if d_pairs is not None and c_pairs is not None:
+                direct = _expected_gpu_pairs_load_only(plan, layer, workload.load[layer], float(tokens))
+                d_pairs[layer] = direct
+                c_pairs[layer] = direct.T.copy()
             hops[layer] = float(copies.nvlink.sum() + copies.nic.sum())
         bytes_model = "independent-choice estimate (load-only input)"
     active = np.zeros((L, G))
@@ -409,4 +443,6 @@ def evaluate(
         combine_us=c_us,
         scale=scale,
         tokens=tokens,
+        dispatch_pairs=d_pairs,
+        combine_pairs=c_pairs,
     )

@@ -11,14 +11,18 @@ number in a report means the same as in ``placement evaluate``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from placement.cluster import ClusterSpec, PRESETS
+from placement.cluster import PRESETS, ClusterSpec
 from placement.errors import PlacementError
 from placement.metrics import Evaluation, evaluate
 from placement.plan import Plan
@@ -50,13 +54,37 @@ def simulator_fn() -> Callable[..., Any] | None:
 
 
 def timing_engine() -> str:
-    """Name (and version, when the package states one) of the engine that times scenarios."""
-    if simulator_fn() is None:
-        return "analytic"
-    import simulator
+    """``simulator`` when the network simulator is importable, else ``analytic``."""
+    return "analytic" if simulator_fn() is None else "simulator"
 
-    version = getattr(simulator, "__version__", "")
-    return f"simulator{'-' + str(version) if version else ''}"
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of the source that turns a scenario into numbers (solvers, evaluator, simulator, this
+    module), so cached results are recomputed when any of it changes."""
+    import placement
+    import reports
+    import solvers
+    import traces
+
+    roots = [Path(solvers.__file__).parent, Path(reports.__file__).parent / "engine.py"]
+    placement_dir = Path(placement.__file__).parent
+    roots += [
+        placement_dir / f
+        for f in ("metrics.py", "cluster.py", "workload.py", "plan.py", "shapes.py")
+    ]
+    roots.append(Path(traces.__file__).parent / "derive.py")
+    if simulator_fn() is not None:
+        import simulator
+
+        roots.append(Path(simulator.__file__).parent)
+    digest = hashlib.sha256()
+    for root in roots:
+        files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
+        for path in files:
+            digest.update(str(path.relative_to(path.parents[1])).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def workload_for(trace: str, fingerprint: str, num_gpus: int) -> Workload:
@@ -118,42 +146,89 @@ def analytic_layers(ev: Evaluation, overlap: str) -> list[dict[str, float]]:
 
 
 def simulate_layers(
-    plan: Plan, cluster: ClusterSpec, workload: Workload, scenario: Scenario, ev: Evaluation
+    plan: Plan,
+    cluster: ClusterSpec,
+    workload: Workload,
+    ev: Evaluation,
+    *,
+    mode: str,
+    algo: str,
+    overlap: str,
+    tokens_per_gpu: int,
 ) -> tuple[list[dict[str, float]], str]:
     """Per-layer times ``[{layer, dispatch_us, compute_us, combine_us, layer_us, exposed_comm_us}]`` and
-    the engine that produced them."""
+    the engine that produced them (``ev`` is the analytic evaluation of the same plan, the fallback)."""
     simulate = simulator_fn()
     if simulate is None:
-        return analytic_layers(ev, scenario.overlap), "analytic"
+        return analytic_layers(ev, overlap), "analytic"
+    optional: dict[str, Any] = {}
+    if "progress" in inspect.signature(simulate).parameters:
+        optional["progress"] = (
+            False  # the sweep shows one bar over scenarios, not one per simulation
+        )
     res = simulate(
-        plan, cluster, workload, mode=scenario.mode, algo=scenario.algo, overlap=scenario.overlap,
-        tokens_per_gpu=scenario.tokens_per_gpu,
+        plan,
+        cluster,
+        workload,
+        mode=mode,
+        algo=algo,
+        overlap=overlap,
+        tokens_per_gpu=tokens_per_gpu,
+        **optional,
     )
     keys = ("dispatch_us", "compute_us", "combine_us", "layer_us", "exposed_comm_us")
     rows = [{"layer": int(r["layer"]), **{k: float(r[k]) for k in keys}} for r in res.per_layer]
     return rows, timing_engine()
 
 
-def run_scenario(scenario: Scenario, base: ClusterSpec, key: str | None = None) -> dict[str, Any]:
+def engine_id() -> str:
+    """Engine name and code version, as it enters the cache key: ``simulator@1a2b3c...``."""
+    return f"{timing_engine()}@{code_version()}"
+
+
+def run_scenario(
+    scenario: Scenario, base: ClusterSpec, key: str | None = None, engine: str | None = None
+) -> dict[str, Any]:
     """Solve and time one scenario. Returns a flat record: the scenario's fields, ``status`` (``ok`` or
     ``infeasible`` with ``error``), the metrics, and ``layers`` (per-layer rows). Infeasible scenarios
     (say, experts + redundant not a multiple of the GPU count) are recorded, not raised, so one bad
     corner of a sweep does not lose the rest."""
     from solvers import PlacementProblem, SolverConfig, run_solver
 
-    key = key if key is not None else scenario.key(base, timing_engine())
+    engine_now = engine_id()
+    if engine is not None and engine != engine_now:
+        # A Ray worker with other code than the driver would file results under the wrong cache key.
+        raise PlacementError(
+            f"the worker's timing engine/code ({engine_now}) differs from the driver's ({engine}); "
+            "install the same version everywhere"
+        )
+    key = key if key is not None else scenario.key(base, engine_now)
     record: dict[str, Any] = {"key": key, **scenario.to_dict()}
     started = time.perf_counter()
     try:
         cluster = scenario.cluster(base)
         workload = workload_for(scenario.trace, scenario.trace_fingerprint, cluster.num_gpus)
         problem = PlacementProblem(
-            workloads=(workload,), cluster=cluster, num_redundant=scenario.redundant, mode=scenario.mode
+            workloads=(workload,),
+            cluster=cluster,
+            num_redundant=scenario.redundant,
+            mode=scenario.mode,
         )
         config = SolverConfig(time_limit_s=scenario.time_limit_s, seed=scenario.seed)
         plan = run_solver(scenario.solver, problem, config)
-        ev = evaluate(plan, cluster, workload, mode=scenario.mode, tokens_per_gpu=scenario.tokens_per_gpu)
-        layers, engine = simulate_layers(plan, cluster, workload, scenario, ev)
+        ev = evaluate(
+            plan, cluster, workload, mode=scenario.mode, tokens_per_gpu=scenario.tokens_per_gpu
+        )
+        layers, engine = simulate_layers(
+            plan,
+            cluster,
+            workload,
+            ev,
+            mode=scenario.mode,
+            algo=scenario.algo,
+            overlap=scenario.overlap,
+            tokens_per_gpu=scenario.tokens_per_gpu,
+        )
     except PlacementError as exc:
         record.update(status="infeasible", error=str(exc), layers=[])
         record["wall_s"] = time.perf_counter() - started
@@ -213,7 +288,9 @@ def metrics(
         "planes": cluster.planes,
         "nics_per_gpu": cluster.nics_per_gpu,
         # A one-node cluster needs no scale-out network: no endpoints to pay for.
-        "network_endpoints": cluster.num_gpus * cluster.nics_per_gpu if cluster.num_nodes > 1 else 0,
+        "network_endpoints": cluster.num_gpus * cluster.nics_per_gpu
+        if cluster.num_nodes > 1
+        else 0,
         "gpu_hour_usd": gpu_hour_usd_for(scenario.gpu, base),
         "endpoint_usd": endpoint_usd_for(scenario.topology, base),
     }

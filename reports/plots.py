@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -27,7 +28,7 @@ def to_base64_png(fig: Figure) -> str:
 
 
 def line_plot(
-    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     *,
     title: str,
     xlabel: str,
@@ -55,11 +56,11 @@ def line_plot(
 
 def breakdown_plot(
     labels: Sequence[str],
-    compute_us: Sequence[float],
-    dispatch_us: Sequence[float],
-    combine_us: Sequence[float],
-    exposed_us: Sequence[float],
-    layer_us: Sequence[float],
+    compute_us: npt.ArrayLike,
+    dispatch_us: npt.ArrayLike,
+    combine_us: npt.ArrayLike,
+    exposed_us: npt.ArrayLike,
+    layer_us: npt.ArrayLike,
     *,
     title: str,
 ) -> str:
@@ -91,14 +92,20 @@ def breakdown_plot(
     ax.invert_yaxis()
     ax.set_xlabel("time per MoE layer (us, mean over layers)")
     ax.set_title(title)
-    ax.legend(fontsize="small", loc="lower right")
+    # Below the axes, so the legend never hides a bar.
+    ax.legend(
+        fontsize="small",
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.5 / fig.get_figheight()),
+        ncol=3,
+    )
     ax.grid(True, axis="x", alpha=0.3)
     return to_base64_png(fig)
 
 
 def grouped_bars(
     groups: Sequence[str],
-    series: dict[str, Sequence[float]],
+    series: Mapping[str, Sequence[float]],
     *,
     title: str,
     ylabel: str,
@@ -110,7 +117,13 @@ def grouped_bars(
     x = np.arange(len(groups))
     width = 0.8 / max(len(series), 1)
     for i, (name, values) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, color=COLORS[i % len(COLORS)])
+        ax.bar(
+            x + (i - (len(series) - 1) / 2) * width,
+            values,
+            width,
+            label=name,
+            color=COLORS[i % len(COLORS)],
+        )
     if reference_line is not None:
         ax.axhline(reference_line, color="black", linewidth=0.8, linestyle="--")
     ax.set_xticks(x)
@@ -132,8 +145,14 @@ def cost_scatter(
     fig = Figure(figsize=(7.0, 4.5))
     ax = fig.add_subplot()
     for i, (label, cost, tps) in enumerate(points):
-        ax.scatter([cost], [tps], color=COLORS[i % len(COLORS)], marker=MARKERS[i % len(MARKERS)], s=60,
-                   label=label)
+        ax.scatter(
+            [cost],
+            [tps],
+            color=COLORS[i % len(COLORS)],
+            marker=MARKERS[i % len(MARKERS)],
+            s=60,
+            label=label,
+        )
     ax.set_xlabel("cost (USD per million tokens)")
     ax.set_ylabel("throughput (tokens/s, MoE layers)")
     ax.set_title(title)

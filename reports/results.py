@@ -36,7 +36,15 @@ def records_to_frames(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.D
     results = pd.DataFrame(rows)
     layers = pd.DataFrame(
         layer_rows,
-        columns=["key", "layer", "dispatch_us", "compute_us", "combine_us", "layer_us", "exposed_comm_us"],
+        columns=[
+            "key",
+            "layer",
+            "dispatch_us",
+            "compute_us",
+            "combine_us",
+            "layer_us",
+            "exposed_comm_us",
+        ],
     )
     return results, layers
 
@@ -58,7 +66,9 @@ def load_results(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[
     out = Path(out_dir)
     for name in (RESULTS_FILE, LAYERS_FILE, META_FILE):
         if not (out / name).exists():
-            raise PlacementError(f"{out} has no {name}: run placement whatif without --report-only first")
+            raise PlacementError(
+                f"{out} has no {name}: run placement whatif without --report-only first"
+            )
     try:
         results = pd.read_parquet(out / RESULTS_FILE)
         layers = pd.read_parquet(out / LAYERS_FILE)

@@ -80,7 +80,9 @@ def _solver_name(axis: str, text: str) -> str:
     from solvers import REGISTRY
 
     if text not in REGISTRY:
-        raise PlacementError(f"--sweep {axis}: unknown solver {text!r}; known: {', '.join(sorted(REGISTRY))}")
+        raise PlacementError(
+            f"--sweep {axis}: unknown solver {text!r}; known: {', '.join(sorted(REGISTRY))}"
+        )
     return text
 
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from placement.atomic import write_json
 from placement.cluster import ClusterSpec
 from placement.errors import PlacementError
-from reports.engine import run_scenario, timing_engine
+from reports.engine import engine_id, run_scenario
 from reports.scenario import Scenario
 
 
@@ -61,7 +61,7 @@ def run_sweep(
     """Results for ``scenarios`` (cached ones read back, the rest computed and cached)."""
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    engine = timing_engine()
+    engine = engine_id()
     keys = [s.key(base, engine) for s in scenarios]
     records: dict[str, dict[str, Any]] = {}
     todo: list[tuple[Scenario, str]] = []
@@ -78,21 +78,23 @@ def run_sweep(
     bar = tqdm(total=len(todo), desc="scenarios", unit="scn", disable=None if progress else True)
     try:
         if use_ray:
-            _run_ray(todo, base, cache, records, bar, address=address, num_cpus=num_cpus)
+            _run_ray(todo, base, cache, records, bar, engine, address=address, num_cpus=num_cpus)
         else:
             for scenario, key in todo:
-                record = run_scenario(scenario, base, key)
+                record = run_scenario(scenario, base, key, engine)
                 write_json(cache / f"{key}.json", record)
                 records[key] = record
                 bar.update(1)
     finally:
         bar.close()
     backend = "ray" if use_ray else "serial"
-    return SweepOutcome([records[k] for k in keys], computed=len(todo), cached=cached, backend=backend)
+    return SweepOutcome(
+        [records[k] for k in keys], computed=len(todo), cached=cached, backend=backend
+    )
 
 
-def _run_remote(scenario: Scenario, base: ClusterSpec, key: str) -> dict[str, Any]:
-    return run_scenario(scenario, base, key)
+def _run_remote(scenario: Scenario, base: ClusterSpec, key: str, engine: str) -> dict[str, Any]:
+    return run_scenario(scenario, base, key, engine)
 
 
 def _run_ray(
@@ -101,6 +103,7 @@ def _run_ray(
     cache: Path,
     records: dict[str, dict[str, Any]],
     bar: Any,
+    engine: str,
     *,
     address: str | None,
     num_cpus: int,
@@ -113,14 +116,16 @@ def _run_ray(
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         else:
             ray.init(
-                num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
                 log_to_driver=False,
             )
         started_here = True
     try:
         remote = ray.remote(num_cpus=1)(_run_remote)
         base_ref = ray.put(base)
-        pending = {remote.remote(s, base_ref, k): k for s, k in todo}
+        pending = {remote.remote(s, base_ref, k, engine): k for s, k in todo}
         waiting = list(pending)
         while waiting:
             done, waiting = ray.wait(waiting, num_returns=1)

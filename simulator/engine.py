@@ -49,41 +49,57 @@ FINISH_TOL = 1e-9
 
 
 @_njit(cache=True)
+def _link_index(act: np.ndarray, fl_ptr: np.ndarray, fl_link: np.ndarray, num_links: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Link -> active flows CSR ``(lk_ptr[links + 1], lk_flow[nnz])``, flows in ``act`` order per link."""
+    counts = np.zeros(num_links + 1, dtype=np.int64)
+    for f in act:
+        for j in range(fl_ptr[f], fl_ptr[f + 1]):
+            counts[fl_link[j] + 1] += 1
+    lk_ptr = np.cumsum(counts)
+    fill = lk_ptr[:-1].copy()
+    lk_flow = np.empty(lk_ptr[-1], dtype=np.int64)
+    for f in act:
+        for j in range(fl_ptr[f], fl_ptr[f + 1]):
+            m = fl_link[j]
+            lk_flow[fill[m]] = f
+            fill[m] += 1
+    return lk_ptr, lk_flow
+
+
+@_njit(cache=True)
 def _fill(
+    act: np.ndarray,
     fl_ptr: np.ndarray,
     fl_link: np.ndarray,
     fl_coef: np.ndarray,
     lk_ptr: np.ndarray,
     lk_flow: np.ndarray,
     cap: np.ndarray,
-    active: np.ndarray,
     rate: np.ndarray,
     keep_below: float,
     changed: np.ndarray,
 ) -> tuple[int, float]:
-    """Max-min fair rates by progressive filling, in place in ``rate``.
+    """Max-min fair rates of the active flows ``act`` by progressive filling, in place in ``rate``.
 
-    Flows with ``active`` and ``rate < keep_below`` keep their rate (their usage is subtracted first);
-    every other active flow is refilled. ``changed[f]`` is set to 1 where a flow's rate changed.
-    Returns (number of refilled flows, the highest link utilisation reached, for the capacity check).
+    Flows with ``rate < keep_below`` keep their rate (their usage is subtracted first); every other
+    active flow is refilled. ``changed[f]`` is set to 1 where a flow's rate changed. Returns (number of
+    refilled flows, the highest link utilisation reached, for the capacity check).
     """
     num_links = cap.shape[0]
-    num_flows = active.shape[0]
     used = np.zeros(num_links)
     unfrozen_coef = np.zeros(num_links)
     unfrozen_cnt = np.zeros(num_links, dtype=np.int64)
-    frozen = np.ones(num_flows, dtype=np.bool_)
     version = np.zeros(num_links, dtype=np.int64)
+    frozen = np.ones(rate.shape[0], dtype=np.bool_)  # flows not in ``act`` (stale index entries) stay out
     refill = 0
-    for f in range(num_flows):
-        if not active[f]:
-            continue
+    for f in act:
         if rate[f] < keep_below:
             for j in range(fl_ptr[f], fl_ptr[f + 1]):
                 used[fl_link[j]] += fl_coef[j] * rate[f]
         else:
-            frozen[f] = False
             refill += 1
+            frozen[f] = False
             for j in range(fl_ptr[f], fl_ptr[f + 1]):
                 unfrozen_coef[fl_link[j]] += fl_coef[j]
                 unfrozen_cnt[fl_link[j]] += 1
@@ -94,10 +110,13 @@ def _fill(
             heap.append((max(cap[link] - used[link], 0.0) / unfrozen_coef[link], np.int64(link), np.int64(0)))
     heapq.heapify(heap)
     remaining = refill
+    touched = np.zeros(num_links, dtype=np.int64)
+    mark = np.zeros(num_links, dtype=np.bool_)
     while remaining > 0 and len(heap) > 0:
         level, link, ver = heapq.heappop(heap)
         if ver != version[link] or unfrozen_cnt[link] == 0:
             continue
+        ntouched = 0
         for j in range(lk_ptr[link], lk_ptr[link + 1]):
             f = lk_flow[j]
             if frozen[f]:
@@ -112,9 +131,17 @@ def _fill(
                 used[m] += fl_coef[i] * level
                 unfrozen_coef[m] -= fl_coef[i]
                 unfrozen_cnt[m] -= 1
-                version[m] += 1
-                if unfrozen_cnt[m] > 0:
-                    heapq.heappush(heap, (max(cap[m] - used[m], 0.0) / max(unfrozen_coef[m], 1e-300), m, version[m]))
+                if not mark[m]:
+                    mark[m] = True
+                    touched[ntouched] = m
+                    ntouched += 1
+        # one heap entry per link whose level moved, not one per flow crossing it
+        for t in range(ntouched):
+            m = touched[t]
+            mark[m] = False
+            version[m] += 1
+            if unfrozen_cnt[m] > 0:
+                heapq.heappush(heap, (max(cap[m] - used[m], 0.0) / max(unfrozen_coef[m], 1e-300), m, version[m]))
     worst = 0.0
     for link in range(num_links):
         if cap[link] > 0:
@@ -125,7 +152,7 @@ def _fill(
 @_njit(cache=True)
 def _advance(
     now: float,
-    active: np.ndarray,
+    act: np.ndarray,
     rate: np.ndarray,
     changed: np.ndarray,
     remaining: np.ndarray,
@@ -133,11 +160,9 @@ def _advance(
     old_rate: np.ndarray,
     finish: np.ndarray,
 ) -> float:
-    """Bring flows whose rate changed up to date (lazily) and return the earliest finish time."""
+    """Bring active flows whose rate changed up to date (lazily); return the earliest finish time."""
     best = np.inf
-    for f in range(active.shape[0]):
-        if not active[f]:
-            continue
+    for f in act:
         if changed[f]:
             remaining[f] -= old_rate[f] * (now - t_upd[f])
             if remaining[f] < 0.0:
@@ -152,13 +177,13 @@ def _advance(
 
 
 @_njit(cache=True)
-def _finished(now: float, active: np.ndarray, finish: np.ndarray, tol: float) -> np.ndarray:
-    """Ids of active flows finishing by ``now`` (within the relative tolerance)."""
-    out = []
-    for f in range(active.shape[0]):
-        if active[f] and finish[f] <= now + tol * max(now, 1.0):
-            out.append(f)
-    return np.array(out, dtype=np.int64)
+def _finished(now: float, act: np.ndarray, finish: np.ndarray, tol: float) -> np.ndarray:
+    """Mask over ``act`` of the flows finishing by ``now`` (within the relative tolerance)."""
+    out = np.zeros(act.shape[0], dtype=np.bool_)
+    limit = now + tol * max(now, 1.0)
+    for i in range(act.shape[0]):
+        out[i] = finish[act[i]] <= limit
+    return out
 
 
 class FluidNetwork:
@@ -170,69 +195,55 @@ class FluidNetwork:
     """
 
     def __init__(self, env: simpy.Environment, capacity_bytes_per_us: Sequence[float], *,
-                 max_flows: int = 1024) -> None:
+                 max_flows: int = 1024, binding: Sequence[bool] | np.ndarray | None = None) -> None:
         self.env = env
         self.cap = np.asarray(capacity_bytes_per_us, dtype=np.float64)
-        if (self.cap <= 0).any():
-            raise PlacementError("every link needs a capacity > 0")
+        if self.cap.size == 0 or (self.cap <= 0).any():
+            raise PlacementError("a network needs links, each with a capacity > 0")
+        # Links that can never saturate (their load is bounded by other links' capacity) are left out of
+        # the rate computation - exactly, since they never freeze a flow - but still count bytes.
+        self.binding = np.ones(self.cap.size, dtype=bool) if binding is None else np.asarray(binding, dtype=bool)
+        self._paths: list[tuple[np.ndarray, np.ndarray]] = []
         self.num_links = int(self.cap.shape[0])
         self.link_bytes = np.zeros(self.num_links)
+        self._size = 0
         self._grow(max(16, max_flows))
         self.num_flows = 0
-        self._paths: list[tuple[np.ndarray, np.ndarray]] = []
-        self._csr_dirty = True
+        # flow -> links CSR, append-only: flow f uses fl_link[fl_ptr[f]:fl_ptr[f + 1]]
+        self.fl_ptr = np.zeros(self._size + 1, dtype=np.int64)
+        self.fl_link = np.zeros(8 * self._size, dtype=np.int64)
+        self.fl_coef = np.zeros(8 * self._size)
+        self.act = np.zeros(0, dtype=np.int64)  # active flow ids, in arrival order
         self._pending: list[int] = []
         self._wakeup: simpy.Event | None = None
         self._callbacks: list[tuple[simpy.Event, simpy.Event, float]] = []
         self.recomputes = 0
+        self.refilled = 0  # flows whose rate was recomputed, summed over recomputes
         self.events = 0
+        self._index: tuple[np.ndarray, np.ndarray] | None = None
+        self._index_size = 0
         self.worst_utilisation = 0.0
-        self.flows_done = 0
-        self.on_done: Callable[[int, float], None] | None = None
         env.process(self._run())
 
-    # -- flow storage -------------------------------------------------------------------------------
     def _grow(self, size: int) -> None:
-        old = getattr(self, "_size", 0)
+        old = self._size
         self._size = size
 
-        def grown(arr: np.ndarray | None, dtype: Any) -> np.ndarray:
+        def grown(name: str, dtype: Any) -> None:
             new = np.zeros(size, dtype=dtype)
-            if arr is not None and old:
-                new[:old] = arr[:old]
-            return new
+            if old:
+                new[:old] = getattr(self, name)[:old]
+            setattr(self, name, new)
 
-        self.active = grown(getattr(self, "active", None), np.bool_)
-        self.rate = grown(getattr(self, "rate", None), np.float64)
-        self.old_rate = grown(getattr(self, "old_rate", None), np.float64)
-        self.changed = grown(getattr(self, "changed", None), np.int8)
-        self.remaining = grown(getattr(self, "remaining", None), np.float64)
-        self.size_bytes = grown(getattr(self, "size_bytes", None), np.float64)
-        self.t_upd = grown(getattr(self, "t_upd", None), np.float64)
-        self.finish = grown(getattr(self, "finish", None), np.float64)
-        self.latency_us = grown(getattr(self, "latency_us", None), np.float64)
-        self.start_us = grown(getattr(self, "start_us", None), np.float64)
-        self.end_us = grown(getattr(self, "end_us", None), np.float64)
-
-    def _build_csr(self) -> None:
-        n = self.num_flows
-        lens = np.array([len(p[0]) for p in self._paths[:n]], dtype=np.int64)
-        self.fl_ptr = np.zeros(self._size + 1, dtype=np.int64)
-        self.fl_ptr[1 : n + 1] = np.cumsum(lens)
-        self.fl_ptr[n + 1 :] = self.fl_ptr[n]
-        if n:
-            self.fl_link = np.concatenate([p[0] for p in self._paths[:n]]).astype(np.int64)
-            self.fl_coef = np.concatenate([p[1] for p in self._paths[:n]]).astype(np.float64)
-        else:
-            self.fl_link = np.zeros(0, dtype=np.int64)
-            self.fl_coef = np.zeros(0)
-        flow_of = np.repeat(np.arange(n, dtype=np.int64), lens)
-        order = np.lexsort((flow_of, self.fl_link))  # by link, then flow id: deterministic tie order
-        self.lk_flow = flow_of[order]
-        counts = np.bincount(self.fl_link, minlength=self.num_links)
-        self.lk_ptr = np.zeros(self.num_links + 1, dtype=np.int64)
-        self.lk_ptr[1:] = np.cumsum(counts)
-        self._csr_dirty = False
+        for name, dtype in (("rate", np.float64), ("old_rate", np.float64), ("changed", np.int8),
+                            ("remaining", np.float64), ("size_bytes", np.float64), ("t_upd", np.float64),
+                            ("finish", np.float64), ("latency_us", np.float64), ("start_us", np.float64),
+                            ("end_us", np.float64)):
+            grown(name, dtype)
+        if old:
+            ptr = np.full(size + 1, self.fl_ptr[old], dtype=np.int64)
+            ptr[: old + 1] = self.fl_ptr[: old + 1]
+            self.fl_ptr = ptr
 
     def transfer(self, links: Sequence[int] | np.ndarray, bytes_: float, *, coefs: Sequence[float] | None = None,
                  latency_us: float = 0.0) -> tuple[simpy.Event, simpy.Event]:
@@ -240,17 +251,30 @@ class FluidNetwork:
         sent, done = self.env.event(), self.env.event()
         link_arr = np.asarray(links, dtype=np.int64)
         if bytes_ <= 0 or link_arr.size == 0:
-            # Nothing to move (or a GPU-local copy): delivered after the latency alone.
+            # Nothing to move over the network (a GPU-local copy): delivered after the latency alone.
             self.env.timeout(0).callbacks.append(lambda _e: sent.succeed(-1))
             self.env.timeout(latency_us).callbacks.append(lambda _e: done.succeed(-1))
             return sent, done
+        if link_arr.min() < 0 or link_arr.max() >= self.num_links:
+            raise PlacementError(f"flow uses a link outside 0..{self.num_links - 1}")
         coef_arr = np.ones(link_arr.size) if coefs is None else np.asarray(coefs, dtype=np.float64)
         fid = self.num_flows
+        self._paths.append((link_arr, coef_arr))
+        keep = self.binding[link_arr]
+        if not keep.any():
+            keep = np.ones(link_arr.size, dtype=bool)  # an unconstrained flow still needs a rate limit
+        link_arr, coef_arr = link_arr[keep], coef_arr[keep]
         if fid >= self._size:
             self._grow(2 * self._size)
+        start = self.fl_ptr[fid]
+        end = start + link_arr.size
+        if end > self.fl_link.size:
+            self.fl_link = np.concatenate([self.fl_link, np.zeros(max(end, self.fl_link.size), dtype=np.int64)])
+            self.fl_coef = np.concatenate([self.fl_coef, np.zeros(max(end, self.fl_coef.size))])
+        self.fl_link[start:end] = link_arr
+        self.fl_coef[start:end] = coef_arr
+        self.fl_ptr[fid + 1 :] = end
         self.num_flows += 1
-        self._paths.append((link_arr, coef_arr))
-        self._csr_dirty = True
         self.size_bytes[fid] = bytes_
         self.remaining[fid] = bytes_
         self.latency_us[fid] = latency_us
@@ -261,7 +285,6 @@ class FluidNetwork:
             self._wakeup.succeed()
         return sent, done
 
-    # -- the SimPy process --------------------------------------------------------------------------
     def _run(self) -> Any:
         env = self.env
         next_finish = np.inf
@@ -276,42 +299,46 @@ class FluidNetwork:
             self._wakeup = None
             self.events += 1
             now = env.now
-            done_ids = _finished(now, self.active, self.finish, FINISH_TOL)
+            done_mask = _finished(now, self.act, self.finish, FINISH_TOL)
             keep_below = np.inf
-            if done_ids.size:
+            if done_mask.any():
+                done_ids = self.act[done_mask]
                 keep_below = float(self.rate[done_ids].min())
+                self.act = self.act[~done_mask]
                 self._complete(done_ids, now)
             if self._pending:
-                for fid in self._pending:
-                    self.active[fid] = True
-                    self.t_upd[fid] = now
-                    self.rate[fid] = np.inf  # refill it
-                    self.old_rate[fid] = 0.0
-                    self.changed[fid] = 1
+                new = np.asarray(self._pending, dtype=np.int64)
                 self._pending.clear()
+                self.t_upd[new] = now
+                self.rate[new] = np.inf  # refilled below
+                self.old_rate[new] = 0.0
+                self.changed[new] = 1
+                self.act = np.concatenate([self.act, new])
+                self._index = None
                 keep_below = -np.inf  # an arrival can lower rates at any level: refill all
-            if self._csr_dirty:
-                self._build_csr()
-            if done_ids.size or keep_below == -np.inf:
+            if keep_below < np.inf and self.act.size:
                 # flows just under the finished flow's level are refilled too (float ties)
                 threshold = keep_below * (1.0 - 1e-12) if np.isfinite(keep_below) else keep_below
-                n = self.num_flows
-                _, worst = _fill(self.fl_ptr, self.fl_link, self.fl_coef, self.lk_ptr, self.lk_flow, self.cap,
-                                 self.active[:n], self.rate[:n], threshold, self.changed[:n])
+                if self._index is None or self.act.size * 2 < self._index_size:
+                    # rebuilt on arrivals (or when mostly stale); finished flows in it are skipped
+                    self._index = _link_index(self.act, self.fl_ptr, self.fl_link, self.num_links)
+                    self._index_size = self.act.size
+                lk_ptr, lk_flow = self._index
+                refilled, worst = _fill(self.act, self.fl_ptr, self.fl_link, self.fl_coef, lk_ptr, lk_flow,
+                                        self.cap, self.rate, threshold, self.changed)
+                self.refilled += refilled
                 self.recomputes += 1
                 self.worst_utilisation = max(self.worst_utilisation, worst)
-            next_finish = _advance(now, self.active, self.rate, self.changed, self.remaining, self.t_upd,
+            next_finish = _advance(now, self.act, self.rate, self.changed, self.remaining, self.t_upd,
                                    self.old_rate, self.finish)
 
     def _complete(self, done_ids: np.ndarray, now: float) -> None:
-        self.active[done_ids] = False
         self.rate[done_ids] = 0.0
         self.remaining[done_ids] = 0.0
         for fid in done_ids.tolist():
             links, coefs = self._paths[fid]
             np.add.at(self.link_bytes, links, coefs * self.size_bytes[fid])
             self.end_us[fid] = now
-            self.flows_done += 1
             sent, done, lat = self._callbacks[fid]
             sent.succeed(fid)
             if lat > 0:

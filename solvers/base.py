@@ -173,6 +173,9 @@ def run_solver(name: str, problem: PlacementProblem, config: SolverConfig | None
     config = config or SolverConfig()
     entry = get_solver(name)
     rng = np.random.default_rng(config.seed)
+    from solvers.common import check_memory
+
+    check_memory(problem, config)  # every solver, baselines included, must respect GPU memory
     start = time.perf_counter()
     plan = entry.fn(problem, config, rng=rng)
     seconds = time.perf_counter() - start
@@ -181,5 +184,16 @@ def run_solver(name: str, problem: PlacementProblem, config: SolverConfig | None
         seconds=plan.provenance.seconds or seconds,
         trace_fingerprint=",".join(w.fingerprint for w in problem.workloads),
     )
+    if prov.objective is None or prov.bound is None:
+        # baselines report no objective of their own: score them with the solvers' time model so
+        # that every plan's provenance is comparable (objective, bound, gap, method)
+        from solvers.common import gap_of
+        from solvers.ilp import OBJECTIVE_NAME, score_plan
+
+        objective, bound = score_plan(problem, config, plan)
+        prov = replace(
+            prov, objective=objective, bound=bound, gap=gap_of(objective, bound),
+            objective_name=prov.objective_name or OBJECTIVE_NAME, method=prov.method or name,
+        )
     plan = replace(plan, provenance=prov)
     return plan.validate()

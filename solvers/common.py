@@ -8,8 +8,7 @@ Abbreviations: ``E`` experts, ``G`` GPUs, ``N`` nodes, ``gpn`` GPUs per node, ``
 The time model turns token counts into microseconds the way :mod:`placement.metrics` does, so that the
 solvers' objective is the predicted MoE time rather than a proxy: the busiest GPU's roofline compute
 (``us_per_assignment`` per (token, expert) assignment at the evaluator's step size) plus communication,
-priced per token copy on the NIC and on NVLink. Communication in the solvers' model is the *average*
-per-GPU link time (total copies / G), which never exceeds the evaluator's bottleneck-link time.
+priced per token copy through one NIC and through one GPU's NVLink port (see :mod:`solvers.cpsat`).
 """
 
 from __future__ import annotations
@@ -30,8 +29,8 @@ class TimeModel:
     """Linear prices (us) of one unit of work in one MoE layer, at the evaluator's step size."""
 
     us_per_assignment: float  # busiest GPU: one (token, expert) assignment of compute
-    us_per_nic_copy: float  # one token copy over a NIC (dispatch + combine), averaged over G NICs
-    us_per_nvlink_copy: float  # one token copy over NVLink (dispatch + combine), averaged over G GPUs
+    us_per_nic_copy: float  # one token copy through one NIC (dispatch + combine)
+    us_per_nvlink_copy: float  # one token copy through one GPU's NVLink port (dispatch + combine)
 
     @classmethod
     def of(cls, problem: PlacementProblem, tokens_per_gpu: int = DEFAULT_TOKENS_PER_GPU) -> TimeModel:
@@ -42,9 +41,9 @@ class TimeModel:
         peak = cl.gpu.fp8_tflops if shape.compute_dtype == "fp8" else cl.gpu.bf16_tflops
         comp = scale * shape.flops_per_token_per_expert / (peak * 1e12 * cl.compute_efficiency) * 1e6
         copy_bytes = shape.hidden_size * (shape.dispatch_bytes_per_elem + shape.combine_bytes_per_elem)
-        nic = scale * copy_bytes / (cl.nic_effective_gbytes_per_s * 1e9) * 1e6 / G
+        nic = scale * copy_bytes / (cl.nic_effective_gbytes_per_s * 1e9) * 1e6
         nvl_bw = max(cl.nvlink_effective_gbytes_per_s, 1e-9)
-        nvl = scale * copy_bytes / (nvl_bw * 1e9) * 1e6 / G
+        nvl = scale * copy_bytes / (nvl_bw * 1e9) * 1e6
         return cls(comp, nic, nvl)
 
 
@@ -186,14 +185,29 @@ def improve_layout(
     return ids.tolist(), w.tolist()
 
 
-def greedy_layout(load: np.ndarray, cnt: np.ndarray, num_gpus: int, spg: int) -> list[list[int]]:
-    """The warm start: LPT on replicas of weight ``load / cnt`` then :func:`improve_layout`."""
+def group_gpus(held: list[list[int]], gpu_load: np.ndarray, gpus_per_node: int) -> list[list[int]]:
+    """Reorder GPUs so that nodes are balanced too (the busiest NIC carries its node's hits): GPUs are
+    the items, nodes the bins, solved by the same LPT and re-splitting as experts onto GPUs."""
+    G = len(held)
+    if gpus_per_node >= G or gpus_per_node <= 1:
+        return held
+    groups = lpt(np.arange(G), gpu_load, G // gpus_per_node, gpus_per_node)
+    weights = [[float(gpu_load[g]) for g in grp] for grp in groups]
+    groups, _ = improve_layout(groups, weights, gpus_per_node)
+    return [held[g] for grp in groups for g in grp]
+
+
+def greedy_layout(
+    load: np.ndarray, cnt: np.ndarray, num_gpus: int, spg: int, gpus_per_node: int = 1
+) -> list[list[int]]:
+    """The warm start: LPT on replicas of weight ``load / cnt`` then :func:`improve_layout`, then GPUs
+    grouped into balanced nodes (:func:`group_gpus`)."""
     items = np.repeat(np.arange(load.size), cnt)
     weight = load[items] / cnt[items]
     held = lpt(items, weight, num_gpus, spg)
     weights = [[float(load[e] / cnt[e]) for e in h] for h in held]
-    held, _ = improve_layout(held, weights, spg)
-    return held
+    held, weights = improve_layout(held, weights, spg)
+    return group_gpus(held, np.array([sum(w) for w in weights]), gpus_per_node)
 
 
 def optimal_shares(load: np.ndarray, held: list[list[int]]) -> tuple[np.ndarray, float]:

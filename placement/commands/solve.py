@@ -49,6 +49,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--robust", default="weighted", choices=("weighted", "worst"))
     p.add_argument("--tokens-per-gpu", type=int, default=DEFAULT_TOKENS_PER_GPU)
+    p.add_argument("--balance-weight", type=float, default=1.0, help="weight of compute balance in the objective")
+    p.add_argument("--traffic-weight", type=float, default=1.0, help="weight of link traffic in the objective")
+    p.add_argument("--free-memory-gib", type=float, default=None,
+                   help="free GPU memory for expert weights; too little -> infeasible (exit 2)")
+    p.add_argument("--workers", type=int, default=2, help="CP-SAT worker threads")
+    p.add_argument("--deterministic", action="store_true",
+                   help="one CP-SAT worker and a deterministic time limit: identical plans run to run")
     p.add_argument("--out", default="plan.json", help="where to write the plan (default plan.json)")
     p.add_argument("--json", action="store_true")
 
@@ -80,7 +87,15 @@ def build_problem(args: argparse.Namespace) -> Any:
 def solver_config(args: argparse.Namespace) -> Any:
     from solvers import SolverConfig
 
-    kwargs: dict[str, Any] = {"seed": args.seed, "robust": args.robust}
+    kwargs: dict[str, Any] = {
+        "seed": args.seed, "robust": args.robust, "balance_weight": args.balance_weight,
+        "traffic_weight": args.traffic_weight, "free_memory_gib": args.free_memory_gib,
+        "workers": args.workers, "extra": {"deterministic": bool(args.deterministic)},
+    }
+    if args.balance_weight < 0 or args.traffic_weight < 0:
+        raise PlacementError("--balance-weight and --traffic-weight must be >= 0")
+    if args.workers < 1:
+        raise PlacementError("--workers must be >= 1")
     if args.time_limit is not None:
         kwargs["time_limit_s"] = args.time_limit
     return SolverConfig(**kwargs)
@@ -110,8 +125,10 @@ def run(args: argparse.Namespace) -> int:
                     s["inter_node_bytes"],
                     s["hops"],
                     s["moe_time_us"],
+                    prov.objective if prov.objective is not None else "-",
                     prov.seconds,
                     prov.gap if prov.gap is not None else "-",
+                    prov.method,
                 ]
             )
             results.append({"solver": solver, "summary": s, "provenance": prov.to_dict()})
@@ -127,8 +144,10 @@ def run(args: argparse.Namespace) -> int:
                         "NIC bytes",
                         "hops",
                         "MoE us",
+                        "model us",
                         "solve s",
                         "gap",
+                        "method",
                     ],
                     rows,
                 )

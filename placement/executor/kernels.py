@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+from torch.nn import functional
 
 from placement.executor.routing import RankLayer
 
@@ -33,7 +33,13 @@ def expert_seed(seed: int, layer: int, expert: int) -> int:
 
 
 def expert_weights(
-    seed: int, layer: int, expert: int, hidden: int, inter: int, dtype: torch.dtype, device: torch.device
+    seed: int,
+    layer: int,
+    expert: int,
+    hidden: int,
+    inter: int,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SwiGLU weights of one expert: gate ``[inter, hidden]``, up ``[inter, hidden]``, down ``[hidden, inter]``."""
     gen = torch.Generator().manual_seed(expert_seed(seed, layer, expert))
@@ -47,11 +53,14 @@ def expert_weights(
 def swiglu(x: torch.Tensor, w: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """The routed expert FFN: ``down(silu(gate x) * up x)``; three GEMMs."""
     gate, up, down = w
-    return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
+    return functional.linear(
+        functional.silu(functional.linear(x, gate)) * functional.linear(x, up), down
+    )
 
 
-def token_activations(seed: int, layer: int, rank: int, n: int, hidden: int, dtype: torch.dtype,
-                      device: torch.device) -> torch.Tensor:
+def token_activations(
+    seed: int, layer: int, rank: int, n: int, hidden: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
     """Layer input of a rank's home tokens ``[n, hidden]`` (seeded, so a reference can recompute it)."""
     gen = torch.Generator().manual_seed(expert_seed(seed + 7, layer, 100_000 + rank))
     return torch.randn(n, hidden, generator=gen).to(device, dtype)
@@ -75,7 +84,9 @@ class DeviceLayer:
     @classmethod
     def from_info(cls, info: RankLayer, dtype: torch.dtype, device: torch.device) -> DeviceLayer:
         off = info.slot_offsets
-        bounds = [(s, int(off[s]), int(off[s + 1])) for s in range(len(off) - 1) if off[s + 1] > off[s]]
+        bounds = [
+            (s, int(off[s]), int(off[s + 1])) for s in range(len(off) - 1) if off[s + 1] > off[s]
+        ]
         return cls(
             info=info,
             d1_send_idx=torch.as_tensor(info.d1_send_idx, dtype=torch.long, device=device),
@@ -90,8 +101,14 @@ class DeviceLayer:
         )
 
 
-def _a2a(out: torch.Tensor, inp: torch.Tensor, out_splits: list[int], in_splits: list[int],
-         group: Any, async_op: bool = False) -> Any:
+def _a2a(
+    out: torch.Tensor,
+    inp: torch.Tensor,
+    out_splits: list[int],
+    in_splits: list[int],
+    group: Any,
+    async_op: bool = False,
+) -> Any:
     return dist.all_to_all_single(out, inp, out_splits, in_splits, group=group, async_op=async_op)
 
 
@@ -116,8 +133,10 @@ class LayerRunner:
     def notify(self, layers: list[DeviceLayer]) -> None:
         """Exchange send counts (as a real dispatcher must before sizing its receive buffers) and check
         they equal the planned receive counts: the replay moves exactly the planned rows."""
-        send = torch.tensor([[lay.d1_send[p], lay.d2_send[p]] for p in range(self.world) for lay in layers],
-                            dtype=torch.long).reshape(self.world, len(layers), 2)
+        send = torch.tensor(
+            [[lay.d1_send[p], lay.d2_send[p]] for p in range(self.world) for lay in layers],
+            dtype=torch.long,
+        ).reshape(self.world, len(layers), 2)
         recv = torch.empty_like(send)
         if self.device.type == "cuda":
             send, recv = send.to(self.device), recv.to(self.device)
@@ -126,7 +145,9 @@ class LayerRunner:
         for i, lay in enumerate(layers):
             want = np.stack([lay.info.d1_recv_counts, lay.info.d2_recv_counts], axis=1)
             if not np.array_equal(got[:, i, :], want):
-                raise RuntimeError("count exchange disagrees with the planned routing (ranks out of step)")
+                raise RuntimeError(
+                    "count exchange disagrees with the planned routing (ranks out of step)"
+                )
 
     def dispatch(self, lay: DeviceLayer, x: torch.Tensor, stage2: bool) -> torch.Tensor:
         """Move home rows to destinations (D1, then the forwarders' D2 when any rank forwards: a
@@ -141,8 +162,12 @@ class LayerRunner:
             parts.append(r2)
         return torch.cat(parts)
 
-    def compute(self, lay: DeviceLayer, w: torch.Tensor,
-                experts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def compute(
+        self,
+        lay: DeviceLayer,
+        w: torch.Tensor,
+        experts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
         """Per local slot, SwiGLU on the rows routed to it; gate-weighted partial sums per row of W."""
         y = torch.zeros_like(w)
         for slot, start, end in lay.slot_bounds:
@@ -166,9 +191,13 @@ class LayerRunner:
 
     # ---- schedules ---------------------------------------------------------------------------------
 
-    def run_phased(self, lay: DeviceLayer, x: torch.Tensor,
-                   experts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                   stage2: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    def run_phased(
+        self,
+        lay: DeviceLayer,
+        x: torch.Tensor,
+        experts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        stage2: bool,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """One layer, phase by phase; returns the home tokens' output and this rank's phase times (us)."""
         times: dict[str, float] = {}
         self.barrier()
@@ -193,9 +222,13 @@ class LayerRunner:
         times["combine_us"] = (time.perf_counter() - t0) * 1e6
         return out, times
 
-    def run_overlapped(self, chunks: list[DeviceLayer], xs: list[torch.Tensor],
-                       experts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                       stage2: bool) -> tuple[list[torch.Tensor], float]:
+    def run_overlapped(
+        self,
+        chunks: list[DeviceLayer],
+        xs: list[torch.Tensor],
+        experts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        stage2: bool,
+    ) -> tuple[list[torch.Tensor], float]:
         """Pipelined chunks with asynchronous collectives; returns outputs per chunk and the time (us)."""
         self.notify(chunks)  # one count exchange for all chunks, outside the timed region
         self.barrier()
@@ -211,12 +244,18 @@ class LayerRunner:
 
     def _issue_d1(self, lay: DeviceLayer, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         r1 = torch.empty(lay.info.n_r1, x.shape[1], dtype=x.dtype, device=x.device)
-        work = _a2a(r1, x.index_select(0, lay.d1_send_idx), lay.d1_recv, lay.d1_send, self.group, True)
+        work = _a2a(
+            r1, x.index_select(0, lay.d1_send_idx), lay.d1_recv, lay.d1_send, self.group, True
+        )
         return r1, work
 
-    def _pipeline(self, chunks: list[DeviceLayer], xs: list[torch.Tensor],
-                  experts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                  stage2: bool) -> list[torch.Tensor]:
+    def _pipeline(
+        self,
+        chunks: list[DeviceLayer],
+        xs: list[torch.Tensor],
+        experts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        stage2: bool,
+    ) -> list[torch.Tensor]:
         n = len(chunks)
         pending = self._issue_d1(chunks[0], xs[0])
         combines: list[tuple[DeviceLayer, torch.Tensor, torch.Tensor, Any]] = []
@@ -235,7 +274,9 @@ class LayerRunner:
             n_home, n_r1 = lay.info.n_home, lay.info.n_r1
             y_r1 = y[n_home : n_home + n_r1]
             if stage2:
-                back2 = torch.empty(int(sum(lay.d2_send)), x.shape[1], dtype=y.dtype, device=y.device)
+                back2 = torch.empty(
+                    int(sum(lay.d2_send)), x.shape[1], dtype=y.dtype, device=y.device
+                )
                 _a2a(back2, y[n_home + n_r1 :].contiguous(), lay.d2_send, lay.d2_recv, self.group)
                 y_r1 = y_r1.index_add(0, lay.d2_send_idx, back2)
             back1 = torch.empty(int(sum(lay.d1_send)), x.shape[1], dtype=y.dtype, device=y.device)

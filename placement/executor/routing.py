@@ -81,7 +81,9 @@ class LayerRouting:
     stage2: bool
 
 
-def _grouped(keys: np.ndarray, values: np.ndarray, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
+def _grouped(
+    keys: np.ndarray, values: np.ndarray, num_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``values`` sorted by (key, value) and the count per key in ``[0, num_groups)``."""
     order = np.lexsort((values, keys))
     return values[order], np.bincount(keys, minlength=num_groups).astype(np.int64)
@@ -106,7 +108,7 @@ def route_layer(
     token_ids = tok if token_ids is None else np.asarray(token_ids, dtype=np.int64)
     dst_gpu = slots // spg
     # Unique (token, destination GPU) pairs: the deduplication.
-    pair = np.unique((np.repeat(tok, k) * G + dst_gpu.ravel()))
+    pair = np.unique(np.repeat(tok, k) * G + dst_gpu.ravel())
     p_tok, p_gpu = pair // G, pair % G
     p_src = home[p_tok]
     same_node = (p_gpu // gpn) == (p_src // gpn)
@@ -246,7 +248,7 @@ def build_replay(
     if chunks < 1:
         raise PlacementError("--chunks must be >= 1")
     L, n, _k = expert_ids.shape
-    if L != plan.num_layers:
+    if plan.num_layers != L:
         raise PlacementError(f"trace has {L} layers but the plan {plan.num_layers}")
     G = plan.num_gpus
     table = replica_table(plan, demand)
@@ -265,7 +267,9 @@ def build_replay(
         for c in range(chunks):
             sel = np.flatnonzero(chunk_of == c)
             entries.append(
-                route_layer(home[sel], slots[sel], w[sel], G, plan.gpus_per_node, plan.slots_per_gpu, sel)
+                route_layer(
+                    home[sel], slots[sel], w[sel], G, plan.gpus_per_node, plan.slots_per_gpu, sel
+                )
             )
         layers.append(entries)
     return Replay(

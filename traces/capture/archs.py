@@ -156,7 +156,7 @@ def _deepseek_v3(v: int) -> Any:
         **common, intermediate_size=128, moe_intermediate_size=32, n_routed_experts=16, num_experts_per_tok=4,
         n_shared_experts=1, n_group=4, topk_group=2, first_k_dense_replace=1, routed_scaling_factor=2.5,
         norm_topk_prob=True, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8,
-        v_head_dim=16,
+        v_head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     )
 
 
@@ -191,7 +191,7 @@ def _dbrx(v: int) -> Any:
     return DbrxConfig(
         vocab_size=v, d_model=64, n_heads=4, n_layers=3, max_seq_len=512, pad_token_id=1, eos_token_id=0,
         bos_token_id=None,
-        attn_config={"kv_n_heads": 2, "rope_theta": 10000.0},
+        attn_config={"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
         ffn_config={"ffn_hidden_size": 32, "moe_num_experts": 8, "moe_top_k": 2},
     )
 

@@ -1,0 +1,175 @@
+"""Executor bench: calibrate on the workers, then measure held-out plans and sizes against the simulator.
+
+Calibration uses uniform all-to-alls and a GEMM grid only; the validation runs replay synthetic traces
+(token counts and plans never used in the fit) and compare per-layer measured time with the simulator's
+prediction from the calibrated spec. Target: |simulated / measured - 1| <= 20% per layer.
+
+    .venv/bin/python bench/executor_accuracy.py            # default: 4 gloo workers, ~1-2 min
+    .venv/bin/python bench/executor_accuracy.py --full     # more sizes and plans
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from placement.cli import main as cli
+from placement.commands._common import table
+from placement.executor.calibrate import run_calibration
+from placement.executor.driver import ExecConfig, load_replay_input, measure
+from placement.executor.group import WorkerGroup
+from placement.executor.validate import compare
+from placement.plan import Plan
+
+
+def make_inputs(
+    root: Path, tokens: int, hidden: int, inter: int, workers: int, solvers: list[str], seed: int
+) -> tuple[str, dict[str, str]]:
+    trace = str(root / f"t{tokens}_{hidden}.parquet")
+    assert (
+        cli(
+            [
+                "synth",
+                "--out",
+                trace,
+                "--layers",
+                "4",
+                "--experts",
+                "16",
+                "--top-k",
+                "2",
+                "--tokens",
+                str(tokens),
+                "--seed",
+                str(seed),
+                "--hidden",
+                str(hidden),
+                "--intermediate",
+                str(inter),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    plans = {}
+    for solver in solvers:
+        out = str(root / f"{Path(trace).stem}_{solver}.json")
+        assert (
+            cli(
+                [
+                    "solve",
+                    "--trace",
+                    trace,
+                    "--gpus",
+                    str(workers),
+                    "--gpus-per-node",
+                    str(workers),
+                    "--solver",
+                    solver,
+                    "--out",
+                    out,
+                    "--json",
+                ]
+            )
+            == 0
+        )
+        plans[solver] = out
+    return trace, plans
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--full", action="store_true", help="more token counts, shapes and plans")
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    import contextlib
+    import io
+
+    sizes = [(1024, 256, 128), (4096, 256, 128)]
+    solvers = ["contiguous", "greedy"]
+    if args.full:
+        sizes += [(2048, 512, 256), (8192, 256, 128)]
+        solvers += ["round-robin", "random"]
+    rows = []
+    errors: list[float] = []
+    tmp = tempfile.TemporaryDirectory()
+    with contextlib.redirect_stdout(io.StringIO()):
+        inputs = [
+            make_inputs(Path(tmp.name), t, h, i, args.workers, solvers, seed=11 + n)
+            for n, (t, h, i) in enumerate(sizes)
+        ]
+    start = time.monotonic()
+    with tmp, WorkerGroup(args.workers, timeout_s=120) as group:
+        cal_hidden, cal_inter = 256, 128
+        cal = run_calibration(
+            group, hidden=cal_hidden, inter=cal_inter, dtype="float32", reps=args.reps
+        )
+        rep = cal.report()
+        for (tokens, hidden, _inter), (trace, plans) in zip(sizes, inputs, strict=True):
+            config = ExecConfig(workers=args.workers, reps=args.reps, warmup=1, chunks=4)
+            data = load_replay_input(trace, args.workers, config)
+            for solver, path in plans.items():
+                plan = Plan.load(path)
+                res = compare(
+                    plan, measure(group, plan, data, config), cal.spec, data, config.chunks
+                )
+                layer_err = [r["error"]["layer_us"] for r in res["layers"]]
+                errors += layer_err
+                rows.append(
+                    [
+                        tokens,
+                        hidden,
+                        solver,
+                        res["measured_us"] / 4,
+                        res["simulated_us"] / 4,
+                        f"{res['mean_abs_layer_error']:.1%}",
+                        f"{max(abs(e) for e in layer_err):.1%}",
+                        f"{res.get('overlap_speedup', float('nan')):.2f}x",
+                        "yes" if res["copies_match_evaluator"] else "NO",
+                    ]
+                )
+    import os
+
+    load = os.getloadavg()[0]
+    print(
+        f"machine: {platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {load:.1f}), {args.workers} gloo workers, predictor: {res['predictor']}, "
+        f"{time.monotonic() - start:.0f} s"
+    )
+    print(
+        f"calibration (hidden {cal_hidden}, inter {cal_inter}): all-to-all {rep['all_to_all']['gbytes_per_s']:.3f} "
+        f"GB/s + {rep['all_to_all']['latency_us']:.0f} us (fit error {rep['all_to_all']['mean_abs_rel_error']:.1%}); "
+        f"GEMM {rep['gemm']['tflops'] * 1e3:.2f} GFLOP/s, weights {rep['gemm']['mem_gbytes_per_s']:.2f} GB/s "
+        f"(fit error {rep['gemm']['mean_abs_rel_error']:.1%})"
+    )
+    print(
+        table(
+            [
+                "tokens",
+                "hidden",
+                "plan",
+                "measured us/layer",
+                "simulated us/layer",
+                "mean |err|",
+                "max |err|",
+                "overlap",
+                "rows = evaluator",
+            ],
+            rows,
+        )
+    )
+    err = np.abs(np.array(errors))
+    print(
+        f"held-out layers: {err.size}, mean |error| {err.mean():.1%}, median {np.median(err):.1%}, "
+        f"within 20%: {(err <= 0.2).mean():.0%} (target: all)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""``placement calibrate``: fit a cluster spec (bandwidth, latency, compute) on the executor's workers."""
+
+from __future__ import annotations
+
+import argparse
+
+from placement.commands._common import Command, print_json, table
+from placement.commands.validate import add_exec_args, exec_config
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_exec_args(p)
+    p.add_argument(
+        "--out", required=True, help="cluster spec to write (YAML; load it with --cluster)"
+    )
+    p.add_argument("--trace", default=None, help="take hidden and expert sizes from this trace")
+    p.add_argument(
+        "--hidden", type=int, default=1024, help="hidden size of the benchmarks (before scaling)"
+    )
+    p.add_argument(
+        "--intermediate", type=int, default=512, help="expert intermediate size (before scaling)"
+    )
+    p.add_argument("--reps", type=int, default=5)
+
+
+def run(args: argparse.Namespace) -> int:
+    from placement.errors import PlacementError
+    from placement.executor.calibrate import run_calibration, save_calibrated
+    from placement.executor.driver import executed_shape
+    from placement.executor.group import WorkerGroup
+    from placement.shapes import ModelShape
+
+    config = exec_config(args)
+    if args.trace:
+        from traces.reader import TraceFile
+
+        base = TraceFile(args.trace).meta.shape()
+    else:
+        if args.hidden < 1 or args.intermediate < 1:
+            raise PlacementError("--hidden and --intermediate must be >= 1")
+        base = ModelShape("benchmark", 1, 1, 1, args.hidden, args.intermediate)
+    if args.reps < 1:
+        raise PlacementError("--reps must be >= 1")
+    shape = executed_shape(base, config)
+    with WorkerGroup(
+        config.workers,
+        backend=config.backend,
+        address=config.address,
+        timeout_s=config.timeout_s,
+        threads=config.threads,
+    ) as group:
+        cal = run_calibration(
+            group,
+            hidden=shape.hidden_size,
+            inter=shape.expert_intermediate_size,
+            dtype=config.torch_dtype,
+            reps=args.reps,
+        )
+    save_calibrated(cal, args.out)
+    rep = cal.report()
+    if args.json:
+        print_json({"out": args.out, **rep})
+        return 0
+    a2a, gemm = rep["all_to_all"], rep["gemm"]
+    print(
+        table(
+            ["all-to-all bytes/rank", "measured us", "fitted us"],
+            [[int(p["bytes"]), p["measured_us"], p["fitted_us"]] for p in a2a["points"]],
+        )
+    )
+    print(
+        table(
+            ["GEMM FLOPs/rank", "weight bytes", "measured us", "fitted us"],
+            [
+                [p["flops"], p["weight_bytes"], p["measured_us"], p["fitted_us"]]
+                for p in gemm["points"]
+            ],
+        )
+    )
+    print(
+        f"fitted: all-to-all {a2a['gbytes_per_s']:.3f} GB/s per rank + {a2a['latency_us']:.0f} us "
+        f"(mean error {a2a['mean_abs_rel_error']:.1%}); GEMMs {gemm['tflops'] * 1e3:.2f} GFLOP/s per rank, "
+        f"weights {gemm['mem_gbytes_per_s']:.2f} GB/s (mean error {gemm['mean_abs_rel_error']:.1%})"
+    )
+    print(f"wrote {args.out} (use it with --cluster {args.out})")
+    return 0
+
+
+COMMAND = Command(
+    "calibrate",
+    "fit a cluster spec on the executor's workers (all-to-all, GEMM throughput)",
+    add_arguments,
+    run,
+)

@@ -1,0 +1,189 @@
+"""``validate``: replay a plan (and a baseline) on real collectives, predict the same run, compare.
+
+The prediction uses the cluster spec fitted on the same workers (calibrated first unless one is given),
+the executed shape (hidden size scaled, the run's dtype) and exactly the replayed tokens, so measured and
+simulated times describe one run. The rows the workers moved are checked against the evaluator's
+deduplicated copies pair by pair.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from placement.cluster import ClusterSpec, load_cluster
+from placement.errors import PlacementError
+from placement.executor.calibrate import Calibration, run_calibration
+from placement.executor.driver import (
+    ExecConfig,
+    Measurement,
+    ReplayInput,
+    load_replay_input,
+    measure,
+    preflight,
+    relative_error,
+)
+from placement.executor.group import WorkerGroup
+from placement.executor.predict import predict_layers
+from placement.metrics import evaluate
+from placement.plan import Plan
+
+TIME_KEYS = ("dispatch_us", "compute_us", "combine_us", "layer_us")
+
+
+def _check_plan(plan: Plan, data: ReplayInput, what: str) -> None:
+    if plan.num_layers != data.workload.num_layers or plan.num_experts != data.workload.num_experts:
+        raise PlacementError(
+            f"{what} covers {plan.num_layers} layers x {plan.num_experts} experts but the trace has "
+            f"{data.workload.num_layers} x {data.workload.num_experts}"
+        )
+
+
+def plan_cluster(spec: ClusterSpec, plan: Plan) -> ClusterSpec:
+    """The calibrated hardware with the plan's GPU and node counts."""
+    return spec.with_counts(plan.num_gpus, plan.gpus_per_node)
+
+
+def compare(
+    plan: Plan, meas: Measurement, spec: ClusterSpec, data: ReplayInput, chunks: int
+) -> dict[str, Any]:
+    """Per-layer measured vs simulated times and errors, and the copies check."""
+    cluster = plan_cluster(spec, plan)
+    sim, predictor = predict_layers(plan, cluster, data.workload)
+    sim_over: list[dict[str, float]] = []
+    if "overlap_layer_us" in meas.per_layer[0]:
+        sim_over, _ = predict_layers(plan, cluster, data.workload, overlap="chunked", chunks=chunks)
+    ev = evaluate(plan, cluster, data.workload, mode="standard", tokens_per_gpu=None)
+    copies_ok = all(
+        np.array_equal(
+            meas.sent_copies[layer],
+            (ev.dispatch[layer].nvlink + ev.dispatch[layer].nic).astype(np.int64),
+        )
+        for layer in range(plan.num_layers)
+    )
+    layers: list[dict[str, Any]] = []
+    for layer in range(plan.num_layers):
+        m, s = meas.per_layer[layer], sim[layer]
+        measured = {k: m[k] for k in ("notify_us", *TIME_KEYS)}
+        simulated = {k: s[k] for k in TIME_KEYS}
+        error = {k: relative_error(s[k], m[k]) for k in TIME_KEYS}
+        if "overlap_layer_us" in m:
+            measured["overlap_layer_us"] = m["overlap_layer_us"]
+            if sim_over:
+                simulated["overlap_layer_us"] = sim_over[layer]["layer_us"]
+                error["overlap_layer_us"] = relative_error(
+                    sim_over[layer]["layer_us"], m["overlap_layer_us"]
+                )
+        row: dict[str, Any] = {
+            "layer": layer,
+            "measured": measured,
+            "simulated": simulated,
+            "error": error,
+            "moved_rows": int(meas.sent_copies[layer].sum()),
+        }
+        layers.append(row)
+    err = np.array([row["error"]["layer_us"] for row in layers])
+    total_m = float(sum(r["measured"]["layer_us"] for r in layers))
+    total_s = float(sum(r["simulated"]["layer_us"] for r in layers))
+    out: dict[str, Any] = {
+        "fingerprint": plan.fingerprint(),
+        "solver": plan.provenance.solver,
+        "gpus_per_node": plan.gpus_per_node,
+        "slots_per_gpu": plan.slots_per_gpu,
+        "predictor": predictor,
+        "copies_match_evaluator": bool(copies_ok),
+        "layers": layers,
+        "measured_us": total_m,
+        "simulated_us": total_s,
+        "error": relative_error(total_s, total_m),
+        "mean_abs_layer_error": float(np.nanmean(np.abs(err))) if err.size else math.nan,
+        "max_abs_layer_error": float(np.nanmax(np.abs(err))) if err.size else math.nan,
+        "weight_bytes_per_rank": meas.weight_bytes,
+    }
+    if layers and "overlap_layer_us" in layers[0]["measured"]:
+        over = float(sum(r["measured"]["overlap_layer_us"] for r in layers))
+        out["measured_overlap_us"] = over
+        out["overlap_speedup"] = total_m / over if over > 0 else math.nan
+        if sim_over:
+            out["simulated_overlap_us"] = float(
+                sum(r["simulated"]["overlap_layer_us"] for r in layers)
+            )
+    return out
+
+
+def run_validate(
+    trace: str,
+    plan_path: str,
+    baseline_path: str | None,
+    config: ExecConfig,
+    *,
+    cluster: str | None = None,
+    fault: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Measure the plan (and the baseline) and the prediction; the whole report as a dict."""
+    plan = Plan.load(plan_path)
+    baseline = Plan.load(baseline_path) if baseline_path else None
+    if baseline is not None and (baseline.num_gpus != plan.num_gpus):
+        raise PlacementError(
+            f"the baseline plan is for {baseline.num_gpus} GPUs but the plan for {plan.num_gpus}"
+        )
+    spec = load_cluster(cluster) if cluster else None
+    data = load_replay_input(trace, plan.num_gpus, config)
+    plans = [("plan", plan)] + ([("baseline", baseline)] if baseline is not None else [])
+    for what, p in plans:
+        _check_plan(p, data, what)
+        preflight(p, config, data.shape, data.workload.num_tokens)
+    calibration: Calibration | None = None
+    measured: dict[str, Measurement] = {}
+    with WorkerGroup(
+        config.workers,
+        backend=config.backend,
+        address=config.address,
+        timeout_s=config.timeout_s,
+        threads=config.threads,
+    ) as group:
+        if spec is None:
+            calibration = run_calibration(
+                group,
+                hidden=data.shape.hidden_size,
+                inter=data.shape.expert_intermediate_size,
+                dtype=config.torch_dtype,
+            )
+            spec = calibration.spec
+        for what, p in plans:
+            measured[what] = measure(
+                group, p, data, config, fault=fault if what == "plan" else None
+            )
+        devices = sorted({str(i["device"]) for i in group.info})
+    report: dict[str, Any] = {
+        "trace": trace,
+        "tokens": data.workload.num_tokens,
+        "workers": config.workers,
+        "backend": config.backend,
+        "devices": devices,
+        "dtype": config.torch_dtype,
+        "hidden_size": data.shape.hidden_size,
+        "intermediate_size": data.shape.expert_intermediate_size,
+        "top_k": data.shape.top_k,
+        "warmup": config.warmup,
+        "reps": config.reps,
+        "chunks": config.chunks,
+        "cluster": spec.name,
+        "calibration": calibration.report() if calibration is not None else None,
+        "plans": {what: compare(p, measured[what], spec, data, config.chunks) for what, p in plans},
+    }
+    if baseline is not None:
+        a, b = report["plans"]["plan"], report["plans"]["baseline"]
+        report["speedup"] = {
+            "measured": b["measured_us"] / a["measured_us"] if a["measured_us"] > 0 else math.nan,
+            "simulated": b["simulated_us"] / a["simulated_us"]
+            if a["simulated_us"] > 0
+            else math.nan,
+        }
+        if "measured_overlap_us" in a and "measured_overlap_us" in b:
+            report["speedup"]["measured_overlap"] = (
+                b["measured_overlap_us"] / a["measured_overlap_us"]
+            )
+    return report

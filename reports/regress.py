@@ -1,0 +1,258 @@
+"""Regression checks of placement quality against a stored baseline, for CI.
+
+For each trace, a placement is solved (or loaded) and measured: load balance (``max_load``: busiest GPU's
+(token, expert) assignments, mean over layers; ``max_over_mean``: max/mean GPU load, mean over layers),
+deduplicated inter-node bytes (``inter_node_bytes``, for the trace as given), the simulated MoE layer time
+(``layer_us``, mean over layers) and the solve time (``solve_s``). Every metric is lower-is-better; a
+metric regresses when ``current > baseline * (1 + rel) + abs`` with per-metric tolerances stored in the
+baseline file. Results print as a table with the change of each metric, and optionally as JUnit XML.
+
+Baseline file (JSON): ``schema_version``, ``config`` (the solve options), ``engine`` (what timed it),
+``tolerances`` (metric -> ``{"rel", "abs"}``) and ``traces`` (trace file name -> ``path``,
+``fingerprint``, ``metrics``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from placement.atomic import atomic_open, write_json
+from placement.cluster import ClusterSpec
+from placement.errors import PlacementError
+from placement.metrics import evaluate
+from placement.plan import Plan
+
+BASELINE_SCHEMA_VERSION = 1
+
+# metric -> (description, default relative tolerance, default absolute tolerance)
+METRICS: dict[str, tuple[str, float, float]] = {
+    "max_load": ("busiest GPU's assignments, mean over layers", 0.02, 0.0),
+    "max_over_mean": ("max/mean GPU load, mean over layers", 0.02, 0.0),
+    "inter_node_bytes": ("deduplicated inter-node bytes, dispatch + combine", 0.02, 0.0),
+    "layer_us": ("simulated MoE layer time (us), mean over layers", 0.05, 0.0),
+    # Wall-clock time on shared CI machines is noisy: only a several-fold slowdown fails.
+    "solve_s": ("solver wall time (s)", 3.0, 2.0),
+}
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "cluster": "h100-multirail",
+    "gpus": 8,
+    "gpus_per_node": 4,
+    "solver": None,
+    "redundant": 0,
+    "mode": "standard",
+    "tokens_per_gpu": 4096,
+    "overlap": "none",
+    "algo": "deepep",
+    "seed": 0,
+    "time_limit_s": 10.0,
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One (trace, metric) comparison. ``status``: ``pass``, ``fail``, ``new`` or ``skipped``."""
+
+    trace: str
+    metric: str
+    baseline: float | None
+    current: float
+    limit: float | None
+    status: str
+    message: str
+
+    @property
+    def change(self) -> float | None:
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.current / self.baseline - 1.0
+
+
+def default_tolerances() -> dict[str, dict[str, float]]:
+    return {m: {"rel": rel, "abs": abs_} for m, (_, rel, abs_) in METRICS.items()}
+
+
+def load_baseline(path: str | Path) -> dict[str, Any] | None:
+    """The baseline file's contents, or ``None`` if it does not exist; malformed -> PlacementError."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PlacementError(f"baseline {path} is not readable JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("schema_version") != BASELINE_SCHEMA_VERSION:
+        raise PlacementError(
+            f"baseline {path}: expected a JSON object with schema_version {BASELINE_SCHEMA_VERSION}"
+        )
+    if not isinstance(data.get("traces"), dict):
+        raise PlacementError(f"baseline {path}: missing 'traces'")
+    return data
+
+
+def measure(
+    trace: str,
+    cluster: ClusterSpec,
+    config: dict[str, Any],
+    plan_path: str | None = None,
+) -> tuple[dict[str, float], str, str]:
+    """Solve (or load ``plan_path``) and measure one trace: (metrics, trace fingerprint, engine)."""
+    from reports.engine import simulate_layers, workload_for
+    from solvers import PlacementProblem, SolverConfig, run_solver
+    from traces.reader import TraceFile
+
+    fingerprint = TraceFile(trace).fingerprint()
+    workload = workload_for(str(Path(trace).resolve()), fingerprint, cluster.num_gpus)
+    if plan_path is not None:
+        plan = Plan.load(plan_path)
+    else:
+        problem = PlacementProblem(
+            workloads=(workload,),
+            cluster=cluster,
+            num_redundant=int(config["redundant"]),
+            mode=str(config["mode"]),
+        )
+        solver_config = SolverConfig(
+            time_limit_s=float(config["time_limit_s"]), seed=int(config["seed"])
+        )
+        plan = run_solver(str(config["solver"]), problem, solver_config)
+    ev = evaluate(
+        plan,
+        cluster,
+        workload,
+        mode=str(config["mode"]),
+        tokens_per_gpu=int(config["tokens_per_gpu"]),
+    )
+    layers, engine = simulate_layers(
+        plan,
+        cluster,
+        workload,
+        ev,
+        mode=str(config["mode"]),
+        algo=str(config["algo"]),
+        overlap=str(config["overlap"]),
+        tokens_per_gpu=int(config["tokens_per_gpu"]),
+    )
+    summary = ev.summary()
+    metrics = {
+        "max_load": float(ev.gpu_load.max(axis=1).mean()),
+        "max_over_mean": summary["mean_max_over_mean"],
+        "inter_node_bytes": summary["inter_node_bytes"],
+        "layer_us": float(sum(r["layer_us"] for r in layers) / max(len(layers), 1)),
+        "solve_s": float(plan.provenance.seconds),
+    }
+    return metrics, fingerprint, engine
+
+
+def compare(
+    name: str,
+    current: dict[str, float],
+    entry: dict[str, Any] | None,
+    tolerances: dict[str, dict[str, float]],
+    *,
+    engine_changed: bool,
+) -> list[Check]:
+    """Checks of ``current`` against a baseline ``entry`` (``None``: every metric is new)."""
+    checks = []
+    stored = (entry or {}).get("metrics", {})
+    for metric, value in current.items():
+        base = stored.get(metric)
+        tol = tolerances.get(metric, default_tolerances()[metric])
+        if base is None:
+            checks.append(Check(name, metric, None, value, None, "new", "not in the baseline"))
+            continue
+        base = float(base)
+        limit = base * (1.0 + float(tol.get("rel", 0.0))) + float(tol.get("abs", 0.0))
+        if metric == "layer_us" and engine_changed:
+            checks.append(
+                Check(
+                    name,
+                    metric,
+                    base,
+                    value,
+                    limit,
+                    "skipped",
+                    "timing engine differs from the baseline's; run --update-baseline",
+                )
+            )
+        elif value > limit:
+            checks.append(
+                Check(
+                    name,
+                    metric,
+                    base,
+                    value,
+                    limit,
+                    "fail",
+                    f"{metric} regressed: {value:.6g} > limit {limit:.6g} (baseline {base:.6g}, "
+                    f"{(value / base - 1) * 100 if base else float('inf'):+.2f}%, tolerance "
+                    f"{float(tol.get('rel', 0.0)) * 100:g}% + {float(tol.get('abs', 0.0)):g})",
+                )
+            )
+        else:
+            checks.append(Check(name, metric, base, value, limit, "pass", ""))
+    return checks
+
+
+def write_junit(path: str | Path, checks: list[Check], seconds: float) -> None:
+    """JUnit XML: one test case per (trace, metric), a ``failure`` element for each regression."""
+    suites = ET.Element("testsuites")
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name="placement.regress",
+        tests=str(len(checks)),
+        failures=str(sum(c.status == "fail" for c in checks)),
+        skipped=str(sum(c.status == "skipped" for c in checks)),
+        errors="0",
+        time=f"{seconds:.3f}",
+    )
+    for c in checks:
+        case = ET.SubElement(
+            suite, "testcase", classname=f"regress.{c.trace}", name=c.metric, time="0"
+        )
+        props = f"baseline={c.baseline} current={c.current} limit={c.limit}"
+        if c.status == "fail":
+            failure = ET.SubElement(case, "failure", message=c.message, type="regression")
+            failure.text = props
+        elif c.status == "skipped":
+            ET.SubElement(case, "skipped", message=c.message)
+        else:
+            ET.SubElement(case, "system-out").text = props + (
+                f" ({c.message})" if c.message else ""
+            )
+    ET.indent(suites)
+    with atomic_open(path) as handle:
+        handle.write('<?xml version="1.0" encoding="utf-8"?>\n')
+        handle.write(ET.tostring(suites, encoding="unicode"))
+        handle.write("\n")
+
+
+def write_baseline(
+    path: str | Path,
+    previous: dict[str, Any] | None,
+    config: dict[str, Any],
+    engine: str,
+    tolerances: dict[str, dict[str, float]],
+    measured: dict[str, tuple[str, str, dict[str, float]]],
+) -> None:
+    """Write (or update) a baseline file: traces measured now replace their entries, others stay."""
+    traces = dict((previous or {}).get("traces", {}))
+    for name, (trace_path, fingerprint, metrics) in measured.items():
+        traces[name] = {"path": trace_path, "fingerprint": fingerprint, "metrics": metrics}
+    write_json(
+        path,
+        {
+            "schema_version": BASELINE_SCHEMA_VERSION,
+            "config": config,
+            "engine": engine,
+            "tolerances": tolerances,
+            "traces": dict(sorted(traces.items())),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )

@@ -1,0 +1,683 @@
+"""The what-if report: a pure function of stored sweep results (``results.parquet``, ``layers.parquet``,
+``sweep.json``) to one self-contained HTML file (plots embedded as base64 PNG) and a Markdown summary.
+
+It answers, in order: tokens/s and per-layer latency versus GPU count; where the time goes; what placement
+optimisation buys over the default layout (``contiguous``) and over EPLB; which topology and NIC bandwidth
+are worth paying for (cost per million tokens); the smallest cluster meeting a stated target.
+
+Throughput counts the MoE layers only (dispatch, expert compute, combine, as simulated); attention and
+dense layers are not modelled, so tokens/s is an upper bound on the whole model's. Cost per hour is
+``GPUs x price per GPU-hour + network endpoints x cost per endpoint / amortisation hours``.
+
+Where a plot fixes the axes it does not show, they sit at the sweep's reference point: the first value
+given for each swept axis (the command line's value for the others).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from placement.atomic import atomic_open
+from reports import plots
+from reports.results import load_results
+from reports.scenario import AXES
+
+HOURS_PER_YEAR = 8760.0
+REFERENCE_SOLVERS = ("contiguous", "eplb")
+MAX_BARS = 40
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Targets and prices a report is built with (they can change without re-running the sweep).
+
+    ``gpu_hour_usd`` overrides the price per GPU-hour by GPU type; ``endpoint_usd`` the network cost per
+    endpoint by topology; the network is amortised over ``amortisation_years``.
+    """
+
+    target_tokens_per_s: float | None = None
+    target_layer_us: float | None = None
+    gpu_hour_usd: dict[str, float] = field(default_factory=dict)
+    endpoint_usd: dict[str, float] = field(default_factory=dict)
+    amortisation_years: float = 3.0
+
+
+@dataclass
+class Report:
+    """The rendered report: HTML text, Markdown text, and the headline findings as data."""
+
+    html: str
+    markdown: str
+    findings: dict[str, Any]
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v):
+            return "-"
+        if math.isinf(v):
+            return "inf"
+        if v == 0:
+            return "0"
+        if v.is_integer() and abs(v) < 1e6:
+            return f"{int(v):,}"
+        if abs(v) >= 1e6:
+            return f"{v:.3e}"
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        return f"{v:.3g}"
+    return str(value)
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    if not rows:
+        return "_(none)_\n"
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(out) + "\n"
+
+
+def _html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    if not rows:
+        return "<p><em>(none)</em></p>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class _Doc:
+    """Builds the HTML and the Markdown side by side so both say the same things."""
+
+    def __init__(self) -> None:
+        self.html: list[str] = []
+        self.md: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        self.md.append(f"\n{'#' * level} {text}\n")
+
+    def para(self, text: str) -> None:
+        self.html.append(f"<p>{html.escape(text)}</p>")
+        self.md.append(text + "\n")
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self.html.append(_html_table(headers, rows))
+        self.md.append(_md_table(headers, rows))
+
+    def image(self, png_b64: str, alt: str) -> None:
+        self.html.append(
+            f'<figure><img src="data:image/png;base64,{png_b64}" alt="{html.escape(alt)}">'
+            f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+        )
+        self.md.append(f"_Figure (in report.html): {alt}_\n")
+
+
+_CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; max-width: 1100px;
+       margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f0f0f0; }
+td:first-child, th:first-child { text-align: left; }
+figure { margin: 1em 0; }
+figcaption { font-size: 0.85em; color: #555; }
+img { max-width: 100%; }
+.finding { background: #eef6ee; border-left: 4px solid #2ca02c; padding: 0.4em 0.8em; }
+"""
+
+
+# ---- the report ------------------------------------------------------------------------------------
+
+
+def _field(axis: str) -> str:
+    return str(AXES[axis][0])
+
+
+def add_costs(frame: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
+    """Add ``usd_per_hour`` and ``usd_per_million_tokens`` from the stored prices and any overrides."""
+    out = frame.copy()
+    gpu_price = out["gpu_hour_usd"].astype(float)
+    for gpu, price in options.gpu_hour_usd.items():
+        gpu_price = gpu_price.where(out["gpu"].str.upper() != gpu.upper(), float(price))
+    endpoint = out["endpoint_usd"].astype(float)
+    for topo, price in options.endpoint_usd.items():
+        endpoint = endpoint.where(out["topology"] != topo, float(price))
+    hours = options.amortisation_years * HOURS_PER_YEAR
+    out["gpu_hour_usd"] = gpu_price
+    out["endpoint_usd"] = endpoint
+    out["usd_per_hour"] = out["gpus"] * gpu_price + out["network_endpoints"] * endpoint / hours
+    out["usd_per_million_tokens"] = out["usd_per_hour"] / (out["tokens_per_s"] * 3600.0) * 1e6
+    return out
+
+
+class _Slicer:
+    """Rows of a results frame at the sweep's reference point, except on the axes left free."""
+
+    def __init__(self, reference: dict[str, Any]) -> None:
+        self.reference = reference
+
+    def __call__(self, frame: pd.DataFrame, free: Sequence[str], **fixed: Any) -> pd.DataFrame:
+        mask = pd.Series(True, index=frame.index)
+        for axis in AXES:
+            if axis in free:
+                continue
+            col = _field(axis)
+            value = fixed.get(axis, self.reference.get(axis))
+            if value is None or col not in frame:
+                continue
+            if axis == "gpus_per_node":
+                # The sweep caps GPUs per node at the GPU count; follow that cap here.
+                mask &= frame[col] == np.minimum(int(value), frame["gpus"])
+            else:
+                mask &= frame[col] == value
+        return frame[mask]
+
+
+def _chosen_solver(solvers: Sequence[str]) -> str:
+    """The placement the report recommends: CP-SAT ``best`` when present, else the first non-reference."""
+    if "best" in solvers:
+        return "best"
+    others = [s for s in solvers if s not in REFERENCE_SOLVERS]
+    return others[0] if others else solvers[0]
+
+
+def build_report(out_dir: str | Path, options: ReportOptions | None = None) -> Report:
+    """Build ``report.html`` and ``summary.md`` in ``out_dir`` from the results stored there."""
+    options = options or ReportOptions()
+    out = Path(out_dir)
+    results, layers, meta = load_results(out)
+    report = render(results, layers, meta, options)
+    with atomic_open(out / "report.html") as handle:
+        handle.write(report.html)
+    with atomic_open(out / "summary.md") as handle:
+        handle.write(report.markdown)
+    return report
+
+
+def render(
+    results: pd.DataFrame, layers: pd.DataFrame, meta: dict[str, Any], options: ReportOptions
+) -> Report:
+    """The report as text, from the stored tables (no file access, no computation of new scenarios)."""
+    doc = _Doc()
+    findings: dict[str, Any] = {}
+    axes: dict[str, list[Any]] = meta.get("axes", {})
+    reference: dict[str, Any] = meta.get("reference", {})
+    ok = results[results["status"] == "ok"] if "status" in results else results.iloc[0:0]
+    bad = results[results["status"] != "ok"] if "status" in results else results
+    ok = add_costs(ok, options) if len(ok) else ok
+    varying = [a for a in AXES if _field(a) in ok and ok[_field(a)].nunique() > 1]
+    slicer = _Slicer(reference)
+    solvers = list(dict.fromkeys(ok["solver"])) if len(ok) else []
+    chosen = _chosen_solver(solvers) if solvers else ""
+    findings["chosen_solver"] = chosen
+
+    doc.heading("What-if capacity report", 1)
+    doc.para(
+        f"Trace {meta.get('trace', '?')} ({meta.get('trace_shape', '')}); base cluster "
+        f"{meta.get('base_cluster', {}).get('name', '?')}; timing engine {meta.get('engine', '?')}; "
+        f"{len(results)} scenarios, {len(ok)} solved, {len(bad)} infeasible."
+    )
+    doc.para(
+        "Throughput counts the MoE layers only (dispatch, expert compute, combine); attention and dense "
+        "layers are not modelled, so tokens/s is an upper bound for the whole model. Axes a plot does not "
+        "show sit at the reference point: the first value of each swept axis."
+    )
+    doc.table(
+        ["axis", "values swept", "reference"],
+        [
+            [a, ", ".join(_fmt(v) for v in vals), _fmt(reference.get(a, ""))]
+            for a, vals in axes.items()
+        ],
+    )
+    if meta.get("engine") == "analytic":
+        doc.para(
+            "Timing engine: analytic fallback (busiest-link communication + roofline compute; overlap "
+            "modelled as a pipeline of 2 or 4 pieces; the all-to-all algorithm axis has no effect). The "
+            "network simulator was not importable when these results were computed."
+        )
+    if not len(ok):
+        doc.para("No scenario could be solved; see the infeasible list below.")
+        _infeasible(doc, bad)
+        return _finish(doc, findings)
+
+    _throughput_section(doc, ok, layers, slicer, solvers, varying, findings)
+    _breakdown_section(doc, ok, slicer, varying)
+    _placement_section(doc, ok, varying, chosen, findings)
+    _network_section(doc, ok, slicer, varying, chosen, options, findings)
+    _target_section(doc, ok, varying, options, findings)
+    doc.heading("All scenarios")
+    cols = [_field(a) for a in AXES if a in varying] or ["solver"]
+    headers = [
+        *cols,
+        "tokens/s",
+        "layer us",
+        "exposed comm us",
+        "max/mean",
+        "inter-node B",
+        "$/M tok",
+    ]
+    rows = [
+        [
+            *(r[c] for c in cols),
+            r["tokens_per_s"],
+            r["layer_us"],
+            r["exposed_comm_us"],
+            r["mean_max_over_mean"],
+            r["inter_node_bytes"],
+            r["usd_per_million_tokens"],
+        ]
+        for _, r in ok.iterrows()
+    ]
+    doc.table(headers, rows)
+    _infeasible(doc, bad)
+    return _finish(doc, findings)
+
+
+def _finish(doc: _Doc, findings: dict[str, Any]) -> Report:
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>What-if capacity report</title>"
+        f"<style>{_CSS}</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n"
+    )
+    return Report(page, "\n".join(doc.md), findings)
+
+
+def _infeasible(doc: _Doc, bad: pd.DataFrame) -> None:
+    if not len(bad):
+        return
+    doc.heading("Infeasible scenarios")
+    rows = [
+        [r["gpus"], r["gpus_per_node"], r["redundant"], r["solver"], r["error"]]
+        for _, r in bad.iterrows()
+    ]
+    doc.table(["gpus", "per node", "redundant", "solver", "reason"], rows)
+
+
+def _row_of_max(frame: pd.DataFrame, column: str, *, lowest: bool = False) -> pd.Series:
+    """The row with the largest (or smallest) ``column``; the first such row on ties."""
+    values = frame[column].to_numpy(dtype=float)
+    return frame.iloc[int(np.argmin(values) if lowest else np.argmax(values))]
+
+
+def _label(row: pd.Series, axes: Sequence[str]) -> str:
+    parts = []
+    for axis in axes:
+        value = row[_field(axis)]
+        parts.append(f"{axis}={_fmt(value)}")
+    return " ".join(parts) or str(row["solver"])
+
+
+def _throughput_section(
+    doc: _Doc,
+    ok: pd.DataFrame,
+    layers: pd.DataFrame,
+    slicer: _Slicer,
+    solvers: list[str],
+    varying: list[str],
+    findings: dict[str, Any],
+) -> None:
+    doc.heading("1. Throughput and per-layer latency versus GPU count")
+    if "gpus" not in varying:
+        doc.para("The GPU count was not swept (add --sweep gpus=...); throughput per scenario:")
+        rows = [
+            [_label(r, varying), r["gpus"], r["tokens_per_s"], r["layer_us"]]
+            for _, r in ok.iterrows()
+        ]
+        doc.table(["scenario", "gpus", "tokens/s", "layer us"], rows)
+        return
+    part = slicer(ok, ["gpus", "gpus_per_node", "solver"])
+    tps: dict[str, tuple[list[float], list[float]]] = {}
+    lat: dict[str, tuple[list[float], list[float]]] = {}
+    rows = []
+    for solver in solvers:
+        sub = part[part["solver"] == solver].sort_values("gpus")
+        if not len(sub):
+            continue
+        tps[solver] = (sub["gpus"].tolist(), sub["tokens_per_s"].tolist())
+        lat[solver] = (sub["gpus"].tolist(), sub["layer_us"].tolist())
+        rows += [
+            [
+                solver,
+                r["gpus"],
+                r["num_nodes"],
+                r["tokens_per_s"],
+                r["tokens_per_s"] / r["gpus"],
+                r["layer_us"],
+                r["worst_layer_us"],
+                r["usd_per_million_tokens"],
+            ]
+            for _, r in sub.iterrows()
+        ]
+    doc.image(
+        plots.line_plot(
+            tps,
+            title="Throughput versus GPU count",
+            xlabel="GPUs",
+            ylabel="tokens/s (MoE layers)",
+            logx=True,
+        ),
+        "Throughput (tokens/s) versus GPU count, one line per solver",
+    )
+    doc.image(
+        plots.line_plot(
+            lat,
+            title="MoE layer latency versus GPU count",
+            xlabel="GPUs",
+            ylabel="latency per MoE layer (us, mean)",
+            logx=True,
+        ),
+        "Mean MoE layer latency (us) versus GPU count, one line per solver",
+    )
+    doc.table(
+        [
+            "solver",
+            "gpus",
+            "nodes",
+            "tokens/s",
+            "tokens/s per GPU",
+            "layer us (mean)",
+            "layer us (worst)",
+            "$/M tok",
+        ],
+        rows,
+    )
+    # Per-layer profile of the chosen solver at each GPU count.
+    chosen = _chosen_solver(solvers)
+    sub = part[part["solver"] == chosen].sort_values("gpus")
+    profile: dict[str, tuple[list[float], list[float]]] = {}
+    for _, r in sub.iterrows():
+        lay = layers[layers["key"] == r["key"]].sort_values("layer")
+        if len(lay):
+            profile[f"{r['gpus']} GPUs"] = (lay["layer"].tolist(), lay["layer_us"].tolist())
+    if profile:
+        doc.image(
+            plots.line_plot(
+                profile,
+                title=f"Per-layer latency ({chosen})",
+                xlabel="MoE layer index",
+                ylabel="layer latency (us)",
+            ),
+            f"Latency of each MoE layer (us) at each GPU count, solver {chosen}",
+        )
+    best = _row_of_max(ok, "tokens_per_s")
+    findings["max_tokens_per_s"] = float(best["tokens_per_s"])
+    doc.html.append(
+        f'<p class="finding">Highest throughput: {_fmt(best["tokens_per_s"])} tokens/s at '
+        f"{html.escape(_label(best, varying))}.</p>"
+    )
+    doc.md.append(
+        f"**Highest throughput:** {_fmt(best['tokens_per_s'])} tokens/s at {_label(best, varying)}.\n"
+    )
+
+
+def _breakdown_section(doc: _Doc, ok: pd.DataFrame, slicer: _Slicer, varying: list[str]) -> None:
+    doc.heading("2. Where the time goes")
+    frame = ok
+    note = ""
+    if len(frame) > MAX_BARS:
+        # Too many bars to read: keep the two most informative axes free, the rest at the reference.
+        free = [a for a in ("gpus", "gpus_per_node", "solver", "overlap") if a in varying][:3]
+        frame = slicer(ok, free)
+        note = f" (axes other than {', '.join(free)} at the reference point)"
+    frame = frame.head(MAX_BARS)
+    labels = [_label(r, varying) for _, r in frame.iterrows()]
+    doc.image(
+        plots.breakdown_plot(
+            labels,
+            frame["compute_us"],
+            frame["dispatch_us"],
+            frame["combine_us"],
+            frame["exposed_comm_us"],
+            frame["layer_us"],
+            title="Time per MoE layer by phase" + note,
+        ),
+        "Per scenario: compute, exposed dispatch and combine, communication hidden by overlap; "
+        "the black tick is the layer time" + note,
+    )
+    share = (frame["exposed_comm_us"] / frame["layer_us"]).replace([np.inf, -np.inf], np.nan)
+    rows = [
+        [
+            lab,
+            r["compute_us"],
+            r["dispatch_us"],
+            r["combine_us"],
+            r["exposed_comm_us"],
+            r["layer_us"],
+            s,
+        ]
+        for lab, (_, r), s in zip(labels, frame.iterrows(), share, strict=True)
+    ]
+    doc.table(
+        [
+            "scenario",
+            "compute us",
+            "dispatch us",
+            "combine us",
+            "exposed comm us",
+            "layer us",
+            "exposed share",
+        ],
+        rows,
+    )
+
+
+def _placement_section(
+    doc: _Doc, ok: pd.DataFrame, varying: list[str], chosen: str, findings: dict[str, Any]
+) -> None:
+    doc.heading("3. What placement optimisation buys")
+    refs = [s for s in REFERENCE_SOLVERS if s in set(ok["solver"])]
+    others = [s for s in dict.fromkeys(ok["solver"]) if s not in REFERENCE_SOLVERS]
+    if not refs or not others:
+        doc.para("Needs an optimising solver and a reference (contiguous or eplb) in the sweep.")
+        return
+    group_axes = [a for a in varying if a != "solver"]
+    group_cols = [_field(a) for a in group_axes]
+    rows = []
+    bars: dict[str, list[float]] = {f"{s} vs {r}": [] for s in others for r in refs}
+    groups: list[str] = []
+    grouped = ok.groupby(group_cols, sort=False) if group_cols else [((), ok)]
+    for _, sub in grouped:
+        by_solver = {r["solver"]: r for _, r in sub.iterrows()}
+        if not any(r in by_solver for r in refs):
+            continue
+        first = next(iter(by_solver.values()))
+        groups.append(_label(first, group_axes) or "all")
+        for s in others:
+            for r in refs:
+                if s in by_solver and r in by_solver:
+                    a, b = by_solver[s], by_solver[r]
+                    speedup = b["step_us"] / a["step_us"]
+                    bytes_saved = (
+                        1 - a["inter_node_bytes"] / b["inter_node_bytes"]
+                        if b["inter_node_bytes"]
+                        else 0.0
+                    )
+                    rows.append(
+                        [
+                            groups[-1],
+                            s,
+                            r,
+                            speedup,
+                            bytes_saved,
+                            a["mean_max_over_mean"],
+                            b["mean_max_over_mean"],
+                        ]
+                    )
+                    bars[f"{s} vs {r}"].append(speedup)
+                else:
+                    bars[f"{s} vs {r}"].append(float("nan"))
+    if len(groups) <= MAX_BARS:
+        doc.image(
+            plots.grouped_bars(
+                groups,
+                bars,
+                title="Speedup of the MoE layers over the reference layouts",
+                ylabel="speedup (reference step time / solver step time)",
+                reference_line=1.0,
+            ),
+            "Speedup of each solver over contiguous (the engines' default) and EPLB; above 1 is faster",
+        )
+    doc.table(
+        [
+            "scenario",
+            "solver",
+            "versus",
+            "speedup",
+            "inter-node bytes saved",
+            "max/mean",
+            "max/mean (versus)",
+        ],
+        rows,
+    )
+    for r in refs:
+        vals = [row[3] for row in rows if row[1] == chosen and row[2] == r]
+        if vals:
+            findings[f"speedup_vs_{r}"] = float(np.median(vals))
+            text = (
+                f"{chosen} versus {r}: median speedup {np.median(vals):.3f}x "
+                f"(range {min(vals):.3f}-{max(vals):.3f}x over {len(vals)} scenarios)."
+            )
+            doc.html.append(f'<p class="finding">{html.escape(text)}</p>')
+            doc.md.append(f"**{text}**\n")
+
+
+def _network_section(
+    doc: _Doc,
+    ok: pd.DataFrame,
+    slicer: _Slicer,
+    varying: list[str],
+    chosen: str,
+    options: ReportOptions,
+    findings: dict[str, Any],
+) -> None:
+    doc.heading("4. Which topology and NIC bandwidth are worth paying for")
+    doc.para(
+        f"Cost per hour = GPUs x price per GPU-hour + network endpoints x cost per endpoint / "
+        f"({options.amortisation_years:g} years x {HOURS_PER_YEAR:g} h). Endpoint costs from the "
+        "Insights into DeepSeek-V3 paper (two-tier fat-tree, multi-plane 4.39 k$, three-tier 7.5 k$) "
+        "unless overridden; a one-node cluster has no scale-out endpoints."
+    )
+    free: list[str] = [a for a in ("topology", "nic_gbps", "gpu") if a in varying]
+    if not free:
+        doc.para(
+            "Neither topology, NIC bandwidth nor GPU type was swept (add --sweep topology=... "
+            "or nic_gbps=...)."
+        )
+        return
+    # The network only matters across nodes: compare at every swept GPU count that spans nodes.
+    free += [a for a in ("gpus", "gpus_per_node") if a in varying]
+    part = slicer(ok, free, solver=chosen)
+    if not len(part):
+        part = slicer(ok, [*free, "solver"])
+    if (part["num_nodes"] > 1).any():
+        part = part[part["num_nodes"] > 1]
+    part = part.sort_values("usd_per_million_tokens")
+    points = [
+        (_label(r, free), r["usd_per_million_tokens"], r["tokens_per_s"])
+        for _, r in part.iterrows()
+    ]
+    doc.image(
+        plots.cost_scatter(points, title=f"Cost against throughput ({chosen})"),
+        "Cost per million tokens against throughput, one point per topology / NIC / GPU choice; "
+        "lower right is better",
+    )
+    rows = [
+        [
+            _label(r, free),
+            r["tokens_per_s"],
+            r["layer_us"],
+            r["exposed_comm_us"],
+            r["usd_per_hour"],
+            r["usd_per_million_tokens"],
+        ]
+        for _, r in part.iterrows()
+    ]
+    doc.table(
+        ["configuration", "tokens/s", "layer us", "exposed comm us", "$/hour", "$/M tok"], rows
+    )
+    if len(part):
+        cheapest = part.iloc[0]
+        fastest = _row_of_max(part, "tokens_per_s")
+        findings["cheapest_network"] = _label(cheapest, free)
+        text = (
+            f"Cheapest per token: {_label(cheapest, free)} at "
+            f"{_fmt(cheapest['usd_per_million_tokens'])} $/M tokens; fastest: {_label(fastest, free)} "
+            f"at {_fmt(fastest['tokens_per_s'])} tokens/s "
+            f"({_fmt(fastest['usd_per_million_tokens'])} $/M tokens)."
+        )
+        doc.html.append(f'<p class="finding">{html.escape(text)}</p>')
+        doc.md.append(f"**{text}**\n")
+
+
+def _target_section(
+    doc: _Doc,
+    ok: pd.DataFrame,
+    varying: list[str],
+    options: ReportOptions,
+    findings: dict[str, Any],
+) -> None:
+    doc.heading("5. Smallest cluster meeting the target")
+    frontier = []
+    for gpus, sub in ok.groupby("gpus"):
+        best = _row_of_max(sub, "tokens_per_s")
+        fastest = _row_of_max(sub, "layer_us", lowest=True)
+        frontier.append(
+            [
+                gpus,
+                best["tokens_per_s"],
+                _label(best, varying),
+                fastest["layer_us"],
+                best["usd_per_million_tokens"],
+            ]
+        )
+    if options.target_tokens_per_s is None and options.target_layer_us is None:
+        doc.para(
+            "No target stated (pass --target-tokens-per-s and/or --target-layer-us); the best each "
+            "GPU count reached:"
+        )
+    else:
+        want = []
+        meets = pd.Series(True, index=ok.index)
+        if options.target_tokens_per_s is not None:
+            meets &= ok["tokens_per_s"] >= options.target_tokens_per_s
+            want.append(f"at least {_fmt(options.target_tokens_per_s)} tokens/s")
+        if options.target_layer_us is not None:
+            meets &= ok["layer_us"] <= options.target_layer_us
+            want.append(f"at most {_fmt(options.target_layer_us)} us per MoE layer")
+        hits = ok[meets].sort_values(["gpus", "usd_per_million_tokens"])
+        if len(hits):
+            h = hits.iloc[0]
+            findings["smallest_cluster_gpus"] = int(h["gpus"])
+            findings["smallest_cluster"] = _label(h, varying)
+            text = (
+                f"Target ({' and '.join(want)}): the smallest cluster that meets it has {h['gpus']} GPUs "
+                f"({h['num_nodes']} nodes): {_label(h, varying)}, {_fmt(h['tokens_per_s'])} tokens/s, "
+                f"{_fmt(h['layer_us'])} us per layer, {_fmt(h['usd_per_million_tokens'])} $/M tokens."
+            )
+        else:
+            findings["smallest_cluster_gpus"] = None
+            text = (
+                f"Target ({' and '.join(want)}): no swept scenario meets it; the best each GPU count "
+                "reached is below. Sweep larger clusters."
+            )
+        doc.html.append(f'<p class="finding">{html.escape(text)}</p>')
+        doc.md.append(f"**{text}**\n")
+    doc.table(["gpus", "best tokens/s", "at", "lowest layer us", "$/M tok (best)"], frontier)

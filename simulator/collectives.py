@@ -1,0 +1,224 @@
+"""MoE all-to-all collectives as flows: direct pairwise, DeepEP hierarchical, Tutel 2DH.
+
+A :class:`PhasePlan` is what one dispatch or combine moves, in bytes: ``direct[src, dst]`` sent straight
+(over NVLink in a node, over the NIC - with PXN when cross-rail - across nodes), and an optional relay:
+``stage1[src, relay]`` then ``stage2[relay, dst]``. DeepEP relays *pipelined* (the forwarder passes data on
+as chunks land); 2DH relays *store-and-forward* (the second all-to-all starts once a GPU holds all its first
+stage data). :func:`run_phase` turns a plan into flows on a :class:`~simulator.engine.FluidNetwork`.
+
+Byte matrices come from the evaluator (:mod:`placement.metrics`): ``PairCopies`` (DeepEP deduplicated:
+``nic[src, forwarder]``, ``nvlink`` = intra-node copies + the forwarder's fan-out) and the per-GPU-pair
+copies of a direct all-to-all; each times bytes per copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import simpy
+
+from placement.errors import PlacementError
+from simulator.engine import FluidNetwork
+from simulator.topology import Topology
+
+ALGOS = ("direct", "deepep", "2dh")
+_TOL = 1e-9
+
+
+@dataclass
+class PhasePlan:
+    """Bytes of one phase. ``direct``/``stage1``/``stage2`` are ``[gpus, gpus]``; ``relay`` is
+    ``"pipelined"`` or ``"store-and-forward"``."""
+
+    name: str
+    direct: np.ndarray
+    stage1: np.ndarray | None = None
+    stage2: np.ndarray | None = None
+    relay: str = "pipelined"
+
+    def scaled(self, factor: float) -> PhasePlan:
+        return PhasePlan(
+            self.name, self.direct * factor,
+            None if self.stage1 is None else self.stage1 * factor,
+            None if self.stage2 is None else self.stage2 * factor,
+            self.relay,
+        )
+
+    def incoming_bytes(self) -> np.ndarray:
+        """Bytes each GPU must receive (final destination) for the phase to be complete there."""
+        inc = self.direct.sum(axis=0).copy()
+        if self.stage2 is not None:
+            inc += self.stage2.sum(axis=0)
+        return inc
+
+
+def _same_node(num_gpus: int, gpn: int) -> np.ndarray:
+    node = np.arange(num_gpus) // gpn
+    return node[:, None] == node[None, :]
+
+
+def _two_hop(pairs: np.ndarray, gpn: int, relay_on_dst_rail: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Split cross-node ``pairs[src, dst]`` over relay GPUs: the GPU of the source node on the destination's
+    local index (dispatch) or of the destination node on the source's local index (combine)."""
+    G = pairs.shape[0]
+    idx = np.arange(G)
+    src, dst = np.meshgrid(idx, idx, indexing="ij")
+    cross = (src // gpn) != (dst // gpn)
+    relay = np.where(relay_on_dst_rail, (src // gpn) * gpn + dst % gpn, (dst // gpn) * gpn + src % gpn)
+    w = np.where(cross, pairs, 0.0)
+    stage1 = np.bincount((src * G + relay).ravel(), weights=w.ravel(), minlength=G * G).reshape(G, G)
+    stage2 = np.bincount((relay * G + dst).ravel(), weights=w.ravel(), minlength=G * G).reshape(G, G)
+    return stage1, stage2
+
+
+def build_phase(algo: str, phase: str, *, pairs: np.ndarray, nic: np.ndarray, nvlink: np.ndarray,
+                bytes_per_copy: float, gpus_per_node: int) -> PhasePlan:
+    """Bytes of ``phase`` (``dispatch`` or ``combine``) under ``algo``.
+
+    ``pairs[src, dst]``: per-GPU-pair copies (direct all-to-all; diagonal ignored); ``nic``/``nvlink``:
+    the evaluator's DeepEP-deduplicated copies for the same phase (combine already transposed).
+    """
+    if algo not in ALGOS:
+        raise PlacementError(f"unknown algo {algo!r}; known: {', '.join(ALGOS)}")
+    G = pairs.shape[0]
+    same = _same_node(G, gpus_per_node)
+    off = pairs * (1 - np.eye(G))
+    if algo == "direct":
+        return PhasePlan(phase, off * bytes_per_copy)
+    intra = np.where(same, off, 0.0)
+    if algo == "deepep":
+        if phase == "dispatch":  # NIC to the forwarder, then the forwarder's NVLink fan-out
+            fan = np.clip(nvlink - intra, 0.0, None)
+            stage1, stage2 = nic, fan
+        else:  # NVLink fan-in to the forwarder (reduced there), then the NIC back home
+            fan = np.clip(nvlink - intra, 0.0, None)
+            stage1, stage2 = fan, nic
+        return PhasePlan(phase, intra * bytes_per_copy, stage1 * bytes_per_copy, stage2 * bytes_per_copy,
+                         "pipelined")
+    s1, s2 = _two_hop(off, gpus_per_node, relay_on_dst_rail=(phase == "dispatch"))
+    return PhasePlan(phase, intra * bytes_per_copy, s1 * bytes_per_copy, s2 * bytes_per_copy,
+                     "store-and-forward")
+
+
+@dataclass
+class PhaseRun:
+    """What happened in one phase: per-GPU send start and receive completion times, in us."""
+
+    name: str
+    done: list[simpy.Event]
+    start_us: np.ndarray
+    end_us: np.ndarray
+    flows: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def span_us(self) -> float:
+        started = self.start_us[np.isfinite(self.start_us)]
+        return float(self.end_us.max() - started.min()) if started.size else 0.0
+
+
+def run_phase(env: simpy.Environment, net: FluidNetwork, topo: Topology, plan: PhasePlan,
+              ready: Sequence[simpy.Event], *, chunks: int = 8) -> PhaseRun:
+    """Start ``plan``'s flows as each source GPU becomes ``ready``; ``done[g]`` fires when GPU g has
+    received everything addressed to it. ``chunks``: pieces a pipelined relay's first stage is cut into."""
+    G = plan.direct.shape[0]
+    expected = plan.incoming_bytes()
+    got = np.zeros(G)
+    run = PhaseRun(plan.name, [env.event() for _ in range(G)], np.full(G, np.inf), np.zeros(G))
+
+    def deliver(dst: int, bytes_: float) -> None:
+        got[dst] += bytes_
+        if not run.done[dst].triggered and got[dst] >= expected[dst] * (1 - _TOL):
+            run.end_us[dst] = env.now
+            run.done[dst].succeed()
+
+    def send(src: int, dst: int, bytes_: float, direct_nic: bool, on_done: Any, on_sent: Any = None) -> None:
+        route = topo.route(src, dst, direct_nic=direct_nic)
+        sent, done = net.transfer(route.links, bytes_, coefs=route.coefs, latency_us=route.latency_us)
+        run.flows += 1
+        done.callbacks.append(lambda _e: on_done(bytes_))
+        if on_sent is not None:
+            sent.callbacks.append(lambda _e: on_sent())
+
+    s1 = plan.stage1
+    s2 = plan.stage2
+    relay_in = s1.sum(axis=0) if s1 is not None else np.zeros(G)
+    arrived = np.zeros(G)
+    released = np.zeros((G, G))
+    pending = np.zeros((G, G))
+    inflight = np.zeros((G, G), dtype=bool)
+
+    def launch(r: int, d: int) -> None:
+        amount = pending[r, d]
+        if amount <= 0 or inflight[r, d]:
+            return
+        pending[r, d] = 0.0
+        inflight[r, d] = True
+
+        def sent_cb() -> None:
+            inflight[r, d] = False
+            launch(r, d)
+
+        send(r, d, amount, True, lambda b, d=d: deliver(d, b), sent_cb)
+
+    def relay_arrive(r: int, bytes_: float) -> None:
+        assert s2 is not None
+        arrived[r] += bytes_
+        complete = arrived[r] >= relay_in[r] * (1 - _TOL)
+        if plan.relay == "store-and-forward" and not complete:
+            return
+        for d in np.flatnonzero(s2[r]).tolist():
+            target = s2[r, d] if complete else s2[r, d] * min(arrived[r] / relay_in[r], 1.0)
+            add = target - released[r, d]
+            if add > 0:
+                released[r, d] = target
+                pending[r, d] += add
+                launch(r, d)
+
+    def stage1_chain(s: int, r: int, total: float, pieces: int) -> None:
+        piece = total / pieces
+        left = [pieces]
+
+        def next_piece() -> None:
+            if left[0] == 0:
+                return
+            left[0] -= 1
+            send(s, r, piece, True, lambda b: relay_arrive(r, b), next_piece)
+
+        next_piece()
+
+    def start(s: int) -> None:
+        run.start_us[s] = env.now
+        for d in np.flatnonzero(plan.direct[s]).tolist():
+            send(s, d, float(plan.direct[s, d]), False, lambda b, d=d: deliver(d, b))
+        if s1 is not None:
+            for r in np.flatnonzero(s1[s]).tolist():
+                pieces = chunks if plan.relay == "pipelined" else 1
+                stage1_chain(s, r, float(s1[s, r]), pieces)
+        if s2 is not None and relay_in[s] <= 0:
+            relay_arrive(s, 0.0)  # a relay with nothing coming in (cannot happen for stage2 > 0)
+
+    for s in range(G):
+        when(ready[s], lambda s=s: start(s))
+    for g in range(G):
+        if expected[g] <= 0:
+            # nothing to receive: complete as soon as the GPU itself is ready
+            when(ready[g], lambda g=g: _finish_empty(run, g, env))
+    return run
+
+
+def when(event: simpy.Event, fn: Any) -> None:
+    """Call ``fn()`` once ``event`` has fired (now, if it already has been processed)."""
+    if event.processed:
+        fn()
+    else:
+        event.callbacks.append(lambda _e: fn())
+
+
+def _finish_empty(run: PhaseRun, gpu: int, env: simpy.Environment) -> None:
+    if not run.done[gpu].triggered:
+        run.end_us[gpu] = env.now
+        run.done[gpu].succeed()

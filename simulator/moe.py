@@ -1,0 +1,476 @@
+"""MoE layers on the simulated network: dispatch, expert compute, combine, with overlap modes.
+
+:func:`simulate_moe` takes the evaluator's per-pair copies and per-GPU expert compute times
+(:func:`placement.metrics.evaluate`) and plays every MoE layer out on a :class:`~simulator.topology.Topology`
+with a :class:`~simulator.engine.FluidNetwork`:
+
+* ``overlap="none"``: attention, dispatch, expert FFN (+ shared expert), combine, one after another; a GPU
+  starts its experts once everything addressed to it has landed, and sends its combine when done;
+* ``"two-batch"``: the step is split into two micro-batches that share each GPU's compute stream (a SimPy
+  resource), so one computes while the other communicates (DeepSeek's dual micro-batch overlap);
+* ``"chunked"``: attention once, then ``chunks`` pieces whose dispatches go out back to back; chunk i's
+  GEMM starts on a GPU when chunk i has landed there (Comet / FlashDMoE style fine-grained pipelining).
+
+When communication overlaps compute its kernels hold ``cluster.comm_sm_fraction`` of the SMs, so compute
+runs ``1 / (1 - comm_sm_fraction)`` slower in the overlapped modes (a stated fraction, not a fit).
+
+:func:`simulate_uniform` is the microbenchmark of DeepEP's tests: T tokens per GPU, each choosing top-k
+experts uniformly at random (optionally within its top ``node_limit`` nodes), experts split evenly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import simpy
+from tqdm import tqdm
+
+from placement.atomic import atomic_open
+from placement.cluster import ClusterSpec
+from placement.errors import PlacementError
+from placement.metrics import DEFAULT_TOKENS_PER_GPU, dedup_copies, evaluate, gpu_pair_copies
+from placement.plan import Plan
+from placement.workload import Workload
+from simulator.collectives import ALGOS, PhasePlan, PhaseRun, build_phase, run_phase, when
+from simulator.engine import FluidNetwork
+from simulator.topology import Topology
+
+OVERLAPS = ("none", "two-batch", "chunked")
+
+
+@dataclass
+class Span:
+    """One interval on one GPU's timeline (for the Chrome trace)."""
+
+    name: str
+    cat: str
+    gpu: int
+    start_us: float
+    end_us: float
+
+
+@dataclass
+class SimResult:
+    """The outcome of a simulation. ``per_layer``: one dict per simulated MoE layer; times in us."""
+
+    per_layer: list[dict[str, Any]]
+    total_us: float
+    link_names: list[str]
+    link_kinds: list[str]
+    link_bytes: np.ndarray
+    link_cap_bytes_per_us: np.ndarray
+    sim_end_us: float
+    spans: list[Span] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    gpus_per_node: int = 8
+
+    @property
+    def lower_bound_us(self) -> float:
+        """Communication lower bound summed over layers: each layer's busiest link bytes over its bandwidth."""
+        return float(sum(r["comm_lower_bound_us"] for r in self.per_layer))
+
+    def per_gpu_bytes(self, kind_prefix: str) -> np.ndarray:
+        """Bytes each GPU sent on links named ``{kind_prefix}/{gpu}...`` (``nvl-tx``, ``nic-tx``)."""
+        gpus = self.config.get("num_gpus", 0)
+        out = np.zeros(gpus)
+        for name, b in zip(self.link_names, self.link_bytes, strict=True):
+            if name.startswith(kind_prefix + "/"):
+                out[int(name.split("/")[1].split(".")[0])] += b
+        return out
+
+    def link_table(self) -> list[dict[str, Any]]:
+        span = max(self.sim_end_us, 1e-9)
+        return [
+            {"link": n, "kind": k, "bytes": float(b), "gbytes_per_s": float(c / 1e3),
+             "utilisation": float(b / (c * span))}
+            for n, k, b, c in zip(self.link_names, self.link_kinds, self.link_bytes, self.link_cap_bytes_per_us,
+                                  strict=True)
+            if b > 0
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        comm = float(sum(r["dispatch_us"] + r["combine_us"] for r in self.per_layer))
+        lb = self.lower_bound_us
+        return {
+            "total_us": self.total_us,
+            "dispatch_us": float(sum(r["dispatch_us"] for r in self.per_layer)),
+            "compute_us": float(sum(r["compute_us"] for r in self.per_layer)),
+            "combine_us": float(sum(r["combine_us"] for r in self.per_layer)),
+            "exposed_comm_us": float(sum(r["exposed_comm_us"] for r in self.per_layer)),
+            "comm_lower_bound_us": lb,
+            "comm_vs_lower_bound": comm / lb if lb > 0 else None,
+            "nvlink_bytes_sent": float(self.per_gpu_bytes("nvl-tx").sum()),
+            "nic_bytes_sent": float(self.per_gpu_bytes("nic-tx").sum()),
+            **self.stats,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "summary": self.summary(),
+            "per_layer": self.per_layer,
+            "per_gpu": {
+                "nvlink_bytes_sent": self.per_gpu_bytes("nvl-tx").tolist(),
+                "nic_bytes_sent": self.per_gpu_bytes("nic-tx").tolist(),
+            },
+            "links": self.link_table(),
+            "lower_bound_us": self.lower_bound_us,
+        }
+
+    def write_chrome_trace(self, path: str | Path) -> None:
+        """Chrome / Perfetto trace: one process per node, one thread per GPU, ``X`` events in us."""
+        gpn = max(1, self.gpus_per_node)
+        events: list[dict[str, Any]] = []
+        for gpu in sorted({s.gpu for s in self.spans}):
+            events.append({"name": "thread_name", "ph": "M", "pid": gpu // gpn, "tid": gpu,
+                           "args": {"name": f"gpu {gpu}"}})
+        for s in self.spans:
+            events.append({"name": s.name, "cat": s.cat, "ph": "X", "pid": s.gpu // gpn, "tid": s.gpu,
+                           "ts": s.start_us, "dur": max(s.end_us - s.start_us, 0.0)})
+        with atomic_open(path) as handle:
+            json.dump({"traceEvents": events, "displayTimeUnit": "ns"}, handle)
+
+
+def _layer_phases(ev: Any, layer: int, algo: str, scale: float) -> tuple[PhasePlan, PhasePlan]:
+    gpn = ev.gpus_per_node
+    d = ev.dispatch[layer]
+    c = ev.combine[layer]
+    dispatch = build_phase(algo, "dispatch", pairs=ev.dispatch_pairs[layer], nic=d.nic, nvlink=d.nvlink,
+                           bytes_per_copy=ev.dispatch_bytes_per_copy * scale, gpus_per_node=gpn)
+    combine = build_phase(algo, "combine", pairs=ev.combine_pairs[layer], nic=c.nic, nvlink=c.nvlink,
+                          bytes_per_copy=ev.combine_bytes_per_copy * scale, gpus_per_node=gpn)
+    return dispatch, combine
+
+
+class _Runner:
+    """Plays layers on one network; keeps spans and per-layer link byte snapshots."""
+
+    def __init__(self, cluster: ClusterSpec, *, routing: str, pxn: bool, seed: int, chunks: int) -> None:
+        self.cluster = cluster
+        self.env = simpy.Environment()
+        self.topo = Topology(cluster, routing=routing, pxn=pxn, seed=seed)
+        # every GPU-to-GPU route up front so that every link exists before the network is built
+        G = cluster.num_gpus
+        for s in range(G):
+            for d in range(G):
+                self.topo.route(s, d)
+                if s % cluster.gpus_per_node == d % cluster.gpus_per_node:
+                    self.topo.route(s, d, direct_nic=True)
+        self.net = FluidNetwork(self.env, self.topo.capacity(), max_flows=max(1024, G * G),
+                                binding=self.topo.binding())
+        self.spans: list[Span] = []
+        self.chunks = chunks
+        self.flows = 0
+
+    def compute(self, gpu: int, stream: simpy.Resource, dur_us: float, name: str, after: simpy.Event) -> simpy.Event:
+        """Run ``dur_us`` of compute on ``gpu``'s stream once ``after`` fired; returns the finish event."""
+        env = self.env
+        finished = env.event()
+
+        def proc() -> Any:
+            yield after
+            with stream.request() as req:
+                yield req
+                start = env.now
+                if dur_us > 0:
+                    yield env.timeout(dur_us)
+                if dur_us > 0:
+                    self.spans.append(Span(name, "compute", gpu, start, env.now))
+            finished.succeed()
+
+        env.process(proc())
+        return finished
+
+    def phase(self, plan: PhasePlan, ready: list[simpy.Event], label: str) -> PhaseRun:
+        run = run_phase(self.env, self.net, self.topo, plan, ready, chunks=self.chunks)
+        for g in range(len(ready)):
+            when(run.done[g], lambda g=g, run=run: self._phase_span(run, g, label))
+        return run
+
+    def _phase_span(self, run: PhaseRun, gpu: int, label: str) -> None:
+        start = run.start_us[gpu] if np.isfinite(run.start_us[gpu]) else run.end_us[gpu]
+        self.spans.append(Span(label, "comm", gpu, float(min(start, run.end_us[gpu])), float(run.end_us[gpu])))
+
+
+def simulate_moe(
+    plan: Plan,
+    cluster: ClusterSpec,
+    workload: Workload,
+    *,
+    mode: str = "standard",
+    algo: str = "deepep",
+    overlap: str = "none",
+    tokens_per_gpu: int = DEFAULT_TOKENS_PER_GPU,
+    layers: list[int] | None = None,
+    attention_us: float = 0.0,
+    shared_expert_us: float = 0.0,
+    seed: int = 0,
+    routing: str = "spray",
+    pxn: bool = True,
+    chunks: int = 4,
+    relay_chunks: int = 8,
+    progress: bool = True,
+) -> SimResult:
+    """Simulate every MoE layer of ``plan`` on ``cluster`` for ``workload`` (see the module docstring).
+
+    ``layers``: which MoE layers (default all); ``attention_us`` / ``shared_expert_us``: per-GPU times of
+    the full step's attention and shared expert; ``chunks``: pieces in ``overlap="chunked"``;
+    ``relay_chunks``: pieces DeepEP's forwarder pipeline cuts the NIC stage into.
+    """
+    if algo not in ALGOS:
+        raise PlacementError(f"unknown algo {algo!r}; known: {', '.join(ALGOS)}")
+    if overlap not in OVERLAPS:
+        raise PlacementError(f"unknown overlap {overlap!r}; known: {', '.join(OVERLAPS)}")
+    if attention_us < 0 or shared_expert_us < 0:
+        raise PlacementError("attention_us and shared_expert_us must be >= 0")
+    if chunks < 1 or relay_chunks < 1:
+        raise PlacementError("chunks and relay_chunks must be >= 1")
+    wall0 = time.perf_counter()
+    ev = evaluate(plan, cluster, workload, mode=mode, tokens_per_gpu=tokens_per_gpu, gpu_pairs=True)
+    chosen = list(range(ev.num_layers)) if layers is None else list(layers)
+    for layer in chosen:
+        if not 0 <= layer < ev.num_layers:
+            raise PlacementError(f"layer {layer} out of range (the plan has {ev.num_layers} MoE layers)")
+    runner = _Runner(cluster, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks)
+    env, G = runner.env, cluster.num_gpus
+    micro = {"none": 1, "two-batch": 2, "chunked": chunks}[overlap]
+    slow = 1.0 / (1.0 - cluster.comm_sm_fraction) if micro > 1 else 1.0
+    rows: list[dict[str, Any]] = []
+
+    def layer_proc(layer: int) -> Any:
+        t0 = env.now
+        bytes_before = runner.net.link_bytes.copy()
+        dispatch, combine = _layer_phases(ev, layer, algo, ev.scale)
+        streams = [simpy.Resource(env, capacity=1) for _ in range(G)]
+        go = env.event()
+        go.succeed()
+        fractions = [1.0 / micro] * micro
+        d_runs: list[PhaseRun] = []
+        c_runs: list[PhaseRun] = []
+        ends: list[simpy.Event] = []
+        busy = np.zeros(G)
+        attn_done: list[simpy.Event] | None = None
+        if overlap == "chunked":
+            attn_done = [runner.compute(g, streams[g], attention_us * slow, "attention", go) for g in range(G)]
+            busy += attention_us * slow
+        prev_dispatch: simpy.Event | None = None
+        for m, frac in enumerate(fractions):
+            tag = f"L{layer}" + (f".mb{m}" if micro > 1 else "")
+            if overlap == "chunked":
+                assert attn_done is not None
+                gate = prev_dispatch if prev_dispatch is not None else go
+                ready = [env.all_of([attn_done[g], gate]) for g in range(G)]
+            else:
+                ready = [runner.compute(g, streams[g], attention_us * frac * slow, f"attention {tag}", go)
+                         for g in range(G)]
+                busy += attention_us * frac * slow
+            d_run = runner.phase(dispatch.scaled(frac), ready, f"dispatch {tag}")
+            prev_dispatch = env.all_of(d_run.done)
+            comp_done = []
+            for g in range(G):
+                dur = (ev.compute_us[layer, g] + shared_expert_us) * frac * slow
+                busy[g] += dur
+                comp_done.append(runner.compute(g, streams[g], dur, f"experts {tag}", d_run.done[g]))
+            c_run = runner.phase(combine.scaled(frac), comp_done, f"combine {tag}")
+            d_runs.append(d_run)
+            c_runs.append(c_run)
+            ends.extend(c_run.done)
+        yield env.all_of(ends)
+        layer_us = env.now - t0
+        moved = runner.net.link_bytes - bytes_before
+        lb = float((moved / runner.net.cap).max()) if moved.any() else 0.0
+        compute_max = float((ev.compute_us[layer] + shared_expert_us).max() * slow)
+        rows.append({
+            "layer": layer,
+            "dispatch_us": float(sum(r.span_us for r in d_runs)),
+            "compute_us": compute_max,
+            "combine_us": float(sum(r.span_us for r in c_runs)),
+            "layer_us": float(layer_us),
+            "exposed_comm_us": float(max(layer_us - busy.max(), 0.0)),
+            "attention_us": float(attention_us * slow),
+            "comm_lower_bound_us": lb,
+            "flows": int(sum(r.flows for r in d_runs + c_runs)),
+        })
+
+    def main() -> Any:
+        bar = tqdm(chosen, desc="simulate", unit="layer", disable=None if progress else True, leave=False)
+        for layer in bar:
+            yield env.process(layer_proc(layer))
+        bar.close()
+
+    env.process(main())
+    env.run()
+    wall = time.perf_counter() - wall0
+    return SimResult(
+        per_layer=rows,
+        total_us=float(sum(r["layer_us"] for r in rows)),
+        link_names=list(runner.topo.link_names),
+        link_kinds=list(runner.topo.link_kinds),
+        link_bytes=runner.net.link_bytes.copy(),
+        link_cap_bytes_per_us=runner.net.cap.copy(),
+        sim_end_us=float(env.now),
+        spans=runner.spans,
+        stats={"events": runner.net.events, "recomputes": runner.net.recomputes, "flows": runner.net.num_flows,
+               "worst_link_utilisation": runner.net.worst_utilisation, "wall_s": wall},
+        config={"cluster": cluster.name, "num_gpus": G, "gpus_per_node": cluster.gpus_per_node,
+                "fabric": cluster.fabric, "algo": algo, "overlap": overlap, "mode": mode,
+                "tokens_per_gpu": tokens_per_gpu, "routing": routing, "pxn": runner.topo.pxn,
+                "bytes_model": ev.bytes_model, "comm_sm_fraction": cluster.comm_sm_fraction,
+                "attention_us": attention_us, "shared_expert_us": shared_expert_us},
+        gpus_per_node=cluster.gpus_per_node,
+    )
+
+
+def uniform_routing(num_gpus: int, gpus_per_node: int, *, tokens: int, top_k: int, num_experts: int,
+                    node_limit: int | None, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """DeepEP-test routing: per token, random scores; top ``node_limit`` node groups by their best score,
+    then the top-k experts among them. Experts are split evenly over GPUs.
+
+    Returns ``(pairs[G, G], nic[G, G], nvlink[G, G], node_pairs[G])``: direct per-GPU-pair copies
+    (diagonal: GPU-local), the DeepEP-deduplicated NIC / NVLink copies from
+    :func:`placement.metrics.dedup_copies`, and per source GPU its (token, destination node) pairs.
+    """
+    G, gpn = num_gpus, gpus_per_node
+    nodes = G // gpn
+    per_gpu = num_experts // G
+    pairs = np.zeros((G, G))
+    nic = np.zeros((G, G))
+    nvlink = np.zeros((G, G))
+    node_pairs = np.zeros(G)
+    rows = np.repeat(np.arange(tokens, dtype=np.int64), top_k)
+    for s in range(G):
+        scores = rng.random((tokens, per_gpu * G), dtype=np.float32)
+        if node_limit is not None and node_limit < nodes:
+            group = scores.reshape(tokens, nodes, -1).max(axis=2)
+            keep = np.argpartition(-group, node_limit - 1, axis=1)[:, :node_limit]
+            mask = np.zeros((tokens, nodes), dtype=bool)
+            np.put_along_axis(mask, keep, True, axis=1)
+            scores = np.where(np.repeat(mask, per_gpu * gpn, axis=1), scores, -1.0)
+        top = np.argpartition(-scores, top_k - 1, axis=1)[:, :top_k]
+        dst = top // per_gpu
+        src = np.full(tokens, s, dtype=np.int64)
+        pairs += gpu_pair_copies(src, dst, G)
+        copies = dedup_copies(src, dst, G, gpn)
+        nic += copies.nic
+        nvlink += copies.nvlink
+        node_pairs[s] = np.unique(rows * nodes + (dst // gpn).ravel()).size
+    return pairs, nic, nvlink, node_pairs
+
+
+def simulate_uniform(
+    cluster: ClusterSpec,
+    *,
+    tokens: int = 4096,
+    hidden: int = 7168,
+    top_k: int = 8,
+    node_limit: int | None = None,
+    dispatch_bytes: float = 1.0 + 4.0 / 128.0,
+    combine_bytes: float = 2.0,
+    algo: str = "deepep",
+    seed: int = 0,
+    num_experts: int = 256,
+    routing: str = "spray",
+    pxn: bool = True,
+    relay_chunks: int = 8,
+) -> dict[str, Any]:
+    """Dispatch then combine of uniformly routed tokens (``tokens`` per GPU), as DeepEP's tests do.
+
+    Returns times (us), per-GPU bytes sent over NVLink and NIC, and the bandwidths the way DeepEP counts
+    them: ``nvl_gbytes_per_s`` = received token copies (own GPU included) x hidden x bytes / time per GPU,
+    ``rdma_gbytes_per_s`` = (token, destination node) pairs (own node included) x hidden x bytes / time.
+    """
+    if algo not in ALGOS:
+        raise PlacementError(f"unknown algo {algo!r}; known: {', '.join(ALGOS)}")
+    G, gpn = cluster.num_gpus, cluster.gpus_per_node
+    if tokens < 1 or hidden < 1 or top_k < 1:
+        raise PlacementError("tokens, hidden and top_k must be >= 1")
+    experts = (num_experts // G) * G
+    if experts < top_k:
+        raise PlacementError(f"{num_experts} experts over {G} GPUs leaves fewer than top_k={top_k}")
+    if node_limit is not None and node_limit < 1:
+        raise PlacementError("node_limit must be >= 1")
+    wall0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    pairs, nic, nvlink, node_pairs_sent = uniform_routing(G, gpn, tokens=tokens, top_k=top_k, num_experts=experts,
+                                         node_limit=node_limit, rng=rng)
+    runner = _Runner(cluster, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks)
+    env = runner.env
+    d_bpc, c_bpc = hidden * dispatch_bytes, hidden * combine_bytes
+    dispatch = build_phase(algo, "dispatch", pairs=pairs, nic=nic, nvlink=nvlink, bytes_per_copy=d_bpc,
+                           gpus_per_node=gpn)
+    combine = build_phase(algo, "combine", pairs=pairs.T, nic=nic.T, nvlink=nvlink.T, bytes_per_copy=c_bpc,
+                          gpus_per_node=gpn)
+    out: dict[str, Any] = {}
+    snaps: list[np.ndarray] = []
+
+    def main() -> Any:
+        go = env.event()
+        go.succeed()
+        d_run = runner.phase(dispatch, [go] * G, "dispatch")
+        yield env.all_of(d_run.done)
+        out["dispatch_us"] = d_run.span_us
+        snaps.append(runner.net.link_bytes.copy())
+        go2 = env.event()
+        go2.succeed()
+        c_run = runner.phase(combine, [go2] * G, "combine")
+        yield env.all_of(c_run.done)
+        out["combine_us"] = c_run.span_us
+        snaps.append(runner.net.link_bytes.copy())
+
+    env.process(main())
+    env.run()
+    cap = runner.net.cap
+    d_bytes, c_bytes = snaps[0], snaps[1] - snaps[0]
+    names = runner.topo.link_names
+
+    def per_gpu(link_bytes: np.ndarray, prefix: str) -> list[float]:
+        arr = np.zeros(G)
+        for name, b in zip(names, link_bytes, strict=True):
+            if name.startswith(prefix + "/"):
+                arr[int(name.split("/")[1].split(".")[0])] += b
+        return arr.tolist()
+
+    # DeepEP's counting: copies received per GPU including its own, (token, node) pairs per sender
+    recv_copies = pairs.sum(axis=0)
+    d_us, c_us = out["dispatch_us"], out["combine_us"]
+    result = {
+        "num_gpus": G,
+        "gpus_per_node": gpn,
+        "algo": algo,
+        "tokens_per_gpu": tokens,
+        "hidden": hidden,
+        "top_k": top_k,
+        "num_experts": experts,
+        "node_limit": node_limit,
+        "dispatch_us": d_us,
+        "combine_us": c_us,
+        "dispatch": {
+            "nvlink_bytes_sent": per_gpu(d_bytes, "nvl-tx"), "nic_bytes_sent": per_gpu(d_bytes, "nic-tx"),
+            "lower_bound_us": float((d_bytes / cap).max()),
+        },
+        "combine": {
+            "nvlink_bytes_sent": per_gpu(c_bytes, "nvl-tx"), "nic_bytes_sent": per_gpu(c_bytes, "nic-tx"),
+            "lower_bound_us": float((c_bytes / cap).max()),
+        },
+        "nvlink_bytes_sent": per_gpu(d_bytes + c_bytes, "nvl-tx"),
+        "nic_bytes_sent": per_gpu(d_bytes + c_bytes, "nic-tx"),
+        "dispatch_nvl_gbytes_per_s": float(recv_copies.mean() * d_bpc / d_us / 1e3),
+        "combine_nvl_gbytes_per_s": float(recv_copies.mean() * c_bpc / c_us / 1e3),
+        "dispatch_rdma_gbytes_per_s": float(node_pairs_sent.mean() * d_bpc / d_us / 1e3) if G > gpn else None,
+        "combine_rdma_gbytes_per_s": float(node_pairs_sent.mean() * c_bpc / c_us / 1e3) if G > gpn else None,
+        "events": runner.net.events,
+        "recomputes": runner.net.recomputes,
+        "flows": runner.net.num_flows,
+        "worst_link_utilisation": runner.net.worst_utilisation,
+        "wall_s": time.perf_counter() - wall0,
+    }
+    return result
+
+

@@ -1,0 +1,98 @@
+"""Topology and collectives: DeepEP validation, sanity checks the issue asks for, closed forms."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from placement.cluster import load_cluster
+from placement.errors import PlacementError
+from simulator import simulate_uniform
+from simulator.topology import Topology
+
+# DeepEP normal kernels, H800 + CX7 (DOMAIN.md section 3): (EP, kind, dispatch GB/s, combine GB/s)
+DEEPEP = [(8, "nvl", 153.0, 158.0), (32, "rdma", 58.0, 57.0)]
+
+
+@pytest.mark.parametrize(("ep", "kind", "dispatch_gbps", "combine_gbps"), DEEPEP)
+def test_deepep_validation_within_15_percent(ep: int, kind: str, dispatch_gbps: float, combine_gbps: float) -> None:
+    cluster = load_cluster("h800-mpft").with_counts(ep, 8)
+    res = simulate_uniform(cluster, tokens=4096, hidden=7168, top_k=8, node_limit=min(ep // 8, 4), algo="deepep")
+    for phase, published in (("dispatch", dispatch_gbps), ("combine", combine_gbps)):
+        simulated = res[f"{phase}_{kind}_gbytes_per_s"]
+        assert abs(simulated / published - 1) <= 0.15, (phase, simulated, published)
+    assert res["worst_link_utilisation"] <= 1 + 1e-9
+
+
+def _uniform_us(cluster, **kw) -> float:  # type: ignore[no-untyped-def]
+    res = simulate_uniform(cluster, tokens=kw.pop("tokens", 512), **kw)
+    assert res["worst_link_utilisation"] <= 1 + 1e-9
+    return float(res["dispatch_us"] + res["combine_us"])
+
+
+def test_more_nic_bandwidth_is_faster_and_more_gpus_changes_the_answer() -> None:
+    base = load_cluster("h100-multirail").with_counts(16, 8)
+    fast = dataclasses.replace(base, nic_gbits_per_s=800.0, pcie_gbytes_per_s=128.0)
+    t_base, t_fast = _uniform_us(base, algo="direct"), _uniform_us(fast, algo="direct")
+    assert t_fast < t_base * 0.8
+    t_32 = _uniform_us(base.with_counts(32, 8), algo="direct")
+    assert t_32 != pytest.approx(t_base, rel=0.01)
+
+
+def test_mpft_like_multirail_with_pxn_and_slower_without() -> None:
+    mpft = load_cluster("h800-mpft").with_counts(32, 8)
+    rail = dataclasses.replace(mpft, fabric="multi-rail", planes=1)
+    t_mpft = _uniform_us(mpft, algo="direct")
+    t_rail = _uniform_us(rail, algo="direct", pxn=True)
+    t_rail_nopxn = _uniform_us(rail, algo="direct", pxn=False, routing="ecmp")
+    assert t_rail == pytest.approx(t_mpft, rel=0.05)
+    assert t_rail_nopxn > t_rail * 1.05
+
+
+def test_topology_changes_the_answer_and_ecmp_is_no_faster_than_spray() -> None:
+    rail = load_cluster("h100-multirail").with_counts(32, 8)
+    ft3 = dataclasses.replace(rail, fabric="three-tier", switch_radix=8)
+    t_rail = _uniform_us(rail, algo="direct", pxn=False)
+    t_ecmp = _uniform_us(rail, algo="direct", pxn=False, routing="ecmp")
+    t_ft3 = _uniform_us(ft3, algo="direct", pxn=False, routing="ecmp")
+    assert t_ecmp >= t_rail * (1 - 1e-9)
+    assert t_ft3 != pytest.approx(t_rail, rel=1e-3)
+
+
+def test_uncongested_single_pair_is_the_closed_form() -> None:
+    # two nodes of one GPU: a single NIC flow each way, nothing shared
+    cluster = load_cluster("h100-single-switch").with_counts(2, 1)
+    res = simulate_uniform(cluster, tokens=64, hidden=1024, top_k=1, num_experts=2, algo="direct",
+                           dispatch_bytes=2.0, seed=3)
+    topo = Topology(cluster)
+    route = topo.route(0, 1)
+    per_copy = 1024 * 2.0
+    sent = res["dispatch"]["nic_bytes_sent"]
+    expected = max(sent) / (cluster.nic_effective_gbytes_per_s * 1e3) + route.latency_us
+    assert res["dispatch_us"] == pytest.approx(expected, rel=1e-9)
+    assert sum(sent) % per_copy == pytest.approx(0.0, abs=1e-6)
+
+
+def test_graph_and_routes() -> None:
+    cluster = load_cluster("h800-mpft").with_counts(16, 8)
+    topo = Topology(cluster)
+    g = topo.graph
+    assert g.number_of_nodes() > 16
+    import networkx as nx
+
+    assert nx.has_path(g, ("gpu", 0), ("gpu", 15))
+    # MPFT: cross-plane traffic relays over NVLink (PXN) before the NIC
+    names = [topo.link_names[i] for i in topo.route(0, 9).links]
+    assert names[0] == "nvl-tx/0" and names[1] == "nvl-rx/1" and "nic-tx/1.0" in names
+    assert topo.route(0, 9).latency_us == pytest.approx(cluster.nvlink_latency_us + cluster.nic_latency_us)
+    with pytest.raises(PlacementError):
+        Topology(cluster, routing="random")
+
+
+def test_uniform_rejects_bad_input() -> None:
+    cluster = load_cluster("h800-mpft").with_counts(8, 8)
+    with pytest.raises(PlacementError):
+        simulate_uniform(cluster, algo="ring")
+    with pytest.raises(PlacementError):
+        simulate_uniform(cluster, top_k=0)
