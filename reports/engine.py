@@ -11,7 +11,6 @@ number in a report means the same as in ``placement evaluate``.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import inspect
 import math
@@ -58,10 +57,10 @@ def timing_engine() -> str:
     return "analytic" if simulator_fn() is None else "simulator"
 
 
-@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Hash of the source that turns a scenario into numbers (solvers, evaluator, simulator, this
-    module), so cached results are recomputed when any of it changes."""
+    module), so cached results are recomputed when any of it changes. Read from disk on every call
+    (a few milliseconds): a long-lived process must not keep an outdated version."""
     import placement
     import reports
     import solvers

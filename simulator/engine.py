@@ -150,6 +150,176 @@ def _fill(
 
 
 @_njit(cache=True)
+def _fill_set(
+    members: np.ndarray,
+    fl_ptr: np.ndarray,
+    fl_link: np.ndarray,
+    fl_coef: np.ndarray,
+    lk_ptr: np.ndarray,
+    lk_flow: np.ndarray,
+    in_set: np.ndarray,
+    cap: np.ndarray,
+    used: np.ndarray,
+    rate: np.ndarray,
+    changed: np.ndarray,
+) -> None:
+    """Progressive filling of the flows ``members`` (``in_set`` marks them) on the capacity left by the
+    other flows (``used`` excludes the members on entry and includes them on exit)."""
+    num_links = cap.shape[0]
+    unfrozen_coef = np.zeros(num_links)
+    unfrozen_cnt = np.zeros(num_links, dtype=np.int64)
+    version = np.zeros(num_links, dtype=np.int64)
+    frozen = np.zeros(rate.shape[0], dtype=np.bool_)
+    links_seen = np.zeros(num_links, dtype=np.bool_)
+    seen: list[int] = [0]
+    seen.pop()
+    for f in members:
+        for j in range(fl_ptr[f], fl_ptr[f + 1]):
+            m = fl_link[j]
+            unfrozen_coef[m] += fl_coef[j]
+            unfrozen_cnt[m] += 1
+            if not links_seen[m]:
+                links_seen[m] = True
+                seen.append(m)
+    heap = [(0.0, np.int64(0), np.int64(0))]
+    heap.pop()
+    for m in seen:
+        heap.append((max(cap[m] - used[m], 0.0) / unfrozen_coef[m], np.int64(m), np.int64(0)))
+    heapq.heapify(heap)
+    remaining = members.shape[0]
+    touched = np.zeros(num_links, dtype=np.int64)
+    mark = np.zeros(num_links, dtype=np.bool_)
+    while remaining > 0 and len(heap) > 0:
+        level, link, ver = heapq.heappop(heap)
+        if ver != version[link] or unfrozen_cnt[link] == 0:
+            continue
+        ntouched = 0
+        for j in range(lk_ptr[link], lk_ptr[link + 1]):
+            f = lk_flow[j]
+            if not in_set[f] or frozen[f]:
+                continue
+            frozen[f] = True
+            remaining -= 1
+            if rate[f] != level:
+                changed[f] = 1
+            rate[f] = level
+            for i in range(fl_ptr[f], fl_ptr[f + 1]):
+                m = fl_link[i]
+                used[m] += fl_coef[i] * level
+                unfrozen_coef[m] -= fl_coef[i]
+                unfrozen_cnt[m] -= 1
+                if not mark[m]:
+                    mark[m] = True
+                    touched[ntouched] = m
+                    ntouched += 1
+        for t in range(ntouched):
+            m = touched[t]
+            mark[m] = False
+            version[m] += 1
+            if unfrozen_cnt[m] > 0:
+                heapq.heappush(heap, (max(cap[m] - used[m], 0.0) / max(unfrozen_coef[m], 1e-300), m, version[m]))
+
+
+@_njit(cache=True)
+def _refill(
+    seed_flows: np.ndarray,
+    seed_links: np.ndarray,
+    keep_below: float,
+    is_active: np.ndarray,
+    fl_ptr: np.ndarray,
+    fl_link: np.ndarray,
+    fl_coef: np.ndarray,
+    lk_ptr: np.ndarray,
+    lk_flow: np.ndarray,
+    cap: np.ndarray,
+    used: np.ndarray,
+    rate: np.ndarray,
+    changed: np.ndarray,
+) -> int:
+    """Exact local recomputation of the max-min fair rates after flows arrived or finished.
+
+    Start from the new flows and the flows at or above ``keep_below`` on the links of finished flows;
+    refill that set on the capacity the others leave, then check the max-min condition (every flow has
+    a saturated link on which no flow is faster) for every flow sharing a link with the set. Flows that
+    fail join the set and it is refilled, until all pass: the result is then *the* max-min fair
+    allocation (Bertsekas and Gallager, Data Networks, 6.5.2), found without touching the rest.
+    ``used[link]`` (load of the active flows) is kept up to date. Returns how many flows were refilled.
+    """
+    num_links = cap.shape[0]
+    in_set = np.zeros(rate.shape[0], dtype=np.bool_)
+    members: list[int] = [0]
+    members.pop()
+    for f in seed_flows:
+        if not in_set[f]:
+            in_set[f] = True
+            members.append(f)
+    for link in seed_links:
+        for j in range(lk_ptr[link], lk_ptr[link + 1]):
+            f = lk_flow[j]
+            if is_active[f] and not in_set[f] and rate[f] >= keep_below:
+                in_set[f] = True
+                members.append(f)
+    stamp = np.zeros(num_links, dtype=np.int64)
+    max_rate = np.zeros(num_links)
+    visit = np.zeros(num_links, dtype=np.int64)
+    it = 0
+    while True:
+        it += 1
+        arr = np.array(members, dtype=np.int64)
+        for f in arr:
+            if rate[f] > 0 and np.isfinite(rate[f]):
+                for j in range(fl_ptr[f], fl_ptr[f + 1]):
+                    used[fl_link[j]] -= fl_coef[j] * rate[f]
+        _fill_set(arr, fl_ptr, fl_link, fl_coef, lk_ptr, lk_flow, in_set, cap, used, rate, changed)
+        added = 0
+        for f in arr:
+            for j in range(fl_ptr[f], fl_ptr[f + 1]):
+                link = fl_link[j]
+                if visit[link] == it:
+                    continue
+                visit[link] = it
+                for q in range(lk_ptr[link], lk_ptr[link + 1]):
+                    g = lk_flow[q]
+                    if not is_active[g]:
+                        continue
+                    # does g have a bottleneck: a saturated link where no flow is faster than g?
+                    ok = False
+                    for i in range(fl_ptr[g], fl_ptr[g + 1]):
+                        m = fl_link[i]
+                        if used[m] < cap[m] * (1.0 - 1e-9):
+                            continue
+                        if stamp[m] != it:
+                            stamp[m] = it
+                            best = 0.0
+                            for r in range(lk_ptr[m], lk_ptr[m + 1]):
+                                h = lk_flow[r]
+                                if is_active[h] and rate[h] > best:
+                                    best = rate[h]
+                            max_rate[m] = best
+                        if rate[g] >= max_rate[m] * (1.0 - 1e-9):
+                            ok = True
+                            break
+                    if ok:
+                        continue
+                    if not in_set[g]:
+                        in_set[g] = True
+                        members.append(g)
+                        added += 1
+                    else:
+                        # a member beaten on its saturated links: the faster flows there must be refilled too
+                        for i in range(fl_ptr[g], fl_ptr[g + 1]):
+                            m = fl_link[i]
+                            for r in range(lk_ptr[m], lk_ptr[m + 1]):
+                                h = lk_flow[r]
+                                if is_active[h] and not in_set[h] and rate[h] > rate[g]:
+                                    in_set[h] = True
+                                    members.append(h)
+                                    added += 1
+        if added == 0:
+            return len(members)
+
+
+@_njit(cache=True)
 def _advance(
     now: float,
     act: np.ndarray,
@@ -195,7 +365,8 @@ class FluidNetwork:
     """
 
     def __init__(self, env: simpy.Environment, capacity_bytes_per_us: Sequence[float], *,
-                 max_flows: int = 1024, binding: Sequence[bool] | np.ndarray | None = None) -> None:
+                 max_flows: int = 1024, binding: Sequence[bool] | np.ndarray | None = None,
+                 incremental: bool = True) -> None:
         self.env = env
         self.cap = np.asarray(capacity_bytes_per_us, dtype=np.float64)
         if self.cap.size == 0 or (self.cap <= 0).any():
@@ -204,6 +375,10 @@ class FluidNetwork:
         # the rate computation - exactly, since they never freeze a flow - but still count bytes.
         self.binding = np.ones(self.cap.size, dtype=bool) if binding is None else np.asarray(binding, dtype=bool)
         self._paths: list[tuple[np.ndarray, np.ndarray]] = []
+        # incremental: local refill checked against the max-min condition; otherwise refill every flow
+        # at or above the finished flows' level (both exact; the second is the reference in tests)
+        self.incremental = incremental
+        self.used = np.zeros(self.cap.size)  # load of the active flows per link, bytes per us
         self.num_links = int(self.cap.shape[0])
         self.link_bytes = np.zeros(self.num_links)
         self._size = 0
@@ -235,7 +410,7 @@ class FluidNetwork:
                 new[:old] = getattr(self, name)[:old]
             setattr(self, name, new)
 
-        for name, dtype in (("rate", np.float64), ("old_rate", np.float64), ("changed", np.int8),
+        for name, dtype in (("is_active", np.bool_), ("rate", np.float64), ("old_rate", np.float64), ("changed", np.int8),
                             ("remaining", np.float64), ("size_bytes", np.float64), ("t_upd", np.float64),
                             ("finish", np.float64), ("latency_us", np.float64), ("start_us", np.float64),
                             ("end_us", np.float64)):
@@ -301,16 +476,21 @@ class FluidNetwork:
             now = env.now
             done_mask = _finished(now, self.act, self.finish, FINISH_TOL)
             keep_below = np.inf
+            seed_links = np.zeros(0, dtype=np.int64)
+            new = np.zeros(0, dtype=np.int64)
             if done_mask.any():
                 done_ids = self.act[done_mask]
                 keep_below = float(self.rate[done_ids].min())
                 self.act = self.act[~done_mask]
+                self.is_active[done_ids] = False
+                seed_links = self._drop_usage(done_ids)
                 self._complete(done_ids, now)
             if self._pending:
                 new = np.asarray(self._pending, dtype=np.int64)
                 self._pending.clear()
                 self.t_upd[new] = now
-                self.rate[new] = np.inf  # refilled below
+                self.rate[new] = 0.0 if self.incremental else np.inf  # refilled below
+                self.is_active[new] = True
                 self.old_rate[new] = 0.0
                 self.changed[new] = 1
                 self.act = np.concatenate([self.act, new])
@@ -324,13 +504,28 @@ class FluidNetwork:
                     self._index = _link_index(self.act, self.fl_ptr, self.fl_link, self.num_links)
                     self._index_size = self.act.size
                 lk_ptr, lk_flow = self._index
-                refilled, worst = _fill(self.act, self.fl_ptr, self.fl_link, self.fl_coef, lk_ptr, lk_flow,
-                                        self.cap, self.rate, threshold, self.changed)
+                if self.incremental:
+                    refilled = _refill(new, seed_links, threshold, self.is_active, self.fl_ptr, self.fl_link,
+                                       self.fl_coef, lk_ptr, lk_flow, self.cap, self.used, self.rate, self.changed)
+                    worst = float((self.used / self.cap).max())
+                else:
+                    refilled, worst = _fill(self.act, self.fl_ptr, self.fl_link, self.fl_coef, lk_ptr, lk_flow,
+                                            self.cap, self.rate, threshold, self.changed)
                 self.refilled += refilled
                 self.recomputes += 1
                 self.worst_utilisation = max(self.worst_utilisation, worst)
             next_finish = _advance(now, self.act, self.rate, self.changed, self.remaining, self.t_upd,
                                    self.old_rate, self.finish)
+
+    def _drop_usage(self, done_ids: np.ndarray) -> np.ndarray:
+        """Remove finished flows' load from ``used``; return the links they crossed (in the solver)."""
+        links = []
+        for fid in done_ids.tolist():
+            a, b = self.fl_ptr[fid], self.fl_ptr[fid + 1]
+            np.subtract.at(self.used, self.fl_link[a:b], self.fl_coef[a:b] * self.rate[fid])
+            links.append(self.fl_link[a:b])
+        np.maximum(self.used, 0.0, out=self.used)
+        return np.unique(np.concatenate(links)) if links else np.zeros(0, dtype=np.int64)
 
     def _complete(self, done_ids: np.ndarray, now: float) -> None:
         self.rate[done_ids] = 0.0

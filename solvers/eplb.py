@@ -40,15 +40,42 @@ def balanced_packing(weight: np.ndarray, items: np.ndarray, num_packs: int, per_
                 best = p
                 break
         if best < 0:
-            raise InfeasibleError("EPLB packing: no pack has room for another replica of an expert")
+            best = _make_room(packs, held, pack_load, weight, items, e, per_pack)
         packs[best].append(i)
         held[best].add(e)
         pack_load[best] += weight[i]
     return packs
 
 
+def _make_room(
+    packs: list[list[int]], held: list[set[int]], pack_load: np.ndarray, weight: np.ndarray,
+    items: np.ndarray, e: int, per_pack: int,
+) -> int:
+    """Every pack with room already holds expert ``e``: move one item from a full pack without ``e`` into
+    a pack with room, freeing a slot for ``e`` there. Returns the freed pack."""
+    for p in (p for p in range(len(packs)) if len(packs[p]) < per_pack):
+        for q in np.argsort(pack_load, kind="stable").tolist():
+            if e in held[q] or len(packs[q]) < per_pack:
+                continue
+            for j in packs[q]:
+                f = int(items[j])
+                if f not in held[p]:
+                    packs[q].remove(j)
+                    held[q].discard(f)
+                    pack_load[q] -= weight[j]
+                    packs[p].append(j)
+                    held[p].add(f)
+                    pack_load[p] += weight[j]
+                    return q
+    raise InfeasibleError("EPLB packing: no pack can take another replica of an expert")
+
+
 def replicate(load: np.ndarray, num_slots: int, max_replicas: int) -> np.ndarray:
     """Water-filling replica counts ``[experts]`` filling ``num_slots`` slots."""
+    if num_slots > load.size * max_replicas:
+        raise InfeasibleError(
+            f"{num_slots} slots need more than {max_replicas} replicas of some of {load.size} experts"
+        )
     counts = np.ones(load.size, dtype=np.int64)
     for _ in range(num_slots - load.size):
         per = np.where(counts < max_replicas, load / counts, -np.inf)
@@ -92,7 +119,8 @@ def _eplb(problem: PlacementProblem, config: SolverConfig, hierarchical: bool, n
     groups = default_groups(problem, config)
     use_hier = hierarchical and groups > 0 and problem.num_experts % groups == 0 and groups % N == 0
     # a node must be able to hold its groups' experts; otherwise fall back to global as EPLB would
-    if use_hier and problem.num_experts // N > gpn * spg:
+    # (and fill its slots without two replicas of one expert on one GPU)
+    if use_hier and not (spg <= problem.num_experts // N <= gpn * spg):
         use_hier = False
     rows = []
     for layer in range(problem.num_layers):
