@@ -43,47 +43,91 @@ def alltoall(gpus: int, seed: int = 0) -> dict[str, float]:
     env.process(proc())
     env.run()
     net = runner.net
-    return {"gpus": gpus, "flows": net.num_flows, "events": net.events, "recomputes": net.recomputes,
-            "refilled_per_event": net.refilled / max(net.recomputes, 1), "sim_us": out["sim_us"],
-            "wall_s": time.perf_counter() - t0}
+    return {
+        "gpus": gpus,
+        "flows": net.num_flows,
+        "events": net.events,
+        "recomputes": net.recomputes,
+        "refilled_per_event": net.refilled / max(net.recomputes, 1),
+        "rounds": net.rounds,
+        "sim_us": out["sim_us"],
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def forward_ep64(layers: int = 58) -> dict[str, float]:
-    """A DeepSeek-V3 forward step (58 MoE layers) at EP64 from a load-only workload (Zipf loads)."""
+    """A DeepSeek-V3 forward step (58 MoE layers) at EP64 from a load-only workload (log-normal loads)."""
     shape = model_shape("deepseek-v3")
     rng = np.random.default_rng(0)
-    load = rng.zipf(1.5, (layers, shape.num_experts)).astype(np.float64).clip(max=2000) * 100
+    load = rng.lognormal(0.0, 0.6, (layers, shape.num_experts)) * 1000.0
     tokens = int(load.sum(axis=1).mean() / shape.top_k)
-    workload = Workload(shape=shape.replace(num_moe_layers=layers), load=load, num_tokens=tokens, source="bench")
+    workload = Workload(
+        shape=shape.replace(num_moe_layers=layers), load=load, num_tokens=tokens, source="bench"
+    )
     phy2log = np.tile(np.arange(shape.num_experts), (layers, 1))
-    plan = Plan(64, 8, shape.num_experts // 64, shape.num_experts, phy2log, provenance=Provenance("round-robin"))
+    plan = Plan(
+        64,
+        8,
+        shape.num_experts // 64,
+        shape.num_experts,
+        phy2log,
+        provenance=Provenance("round-robin"),
+    )
     cluster = load_cluster("h800-mpft").with_counts(64, 8)
     t0 = time.perf_counter()
     res = simulate_moe(plan, cluster, workload, algo="deepep", progress=True)
-    return {"layers": layers, "events": res.stats["events"], "flows": res.stats["flows"],
-            "sim_us": res.total_us, "wall_s": time.perf_counter() - t0}
+    return {
+        "layers": layers,
+        "events": res.stats["events"],
+        "flows": res.stats["flows"],
+        "sim_us": res.total_us,
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="also 128 and 256 GPUs and the 58-layer forward")
+    parser.add_argument(
+        "--full", action="store_true", help="also 128 and 256 GPUs and the 58-layer forward"
+    )
     args = parser.parse_args()
     alltoall(16)  # load the compiled kernels once, outside the timings
     sizes = [16, 32, 64] + ([128, 256] if args.full else [])
     rows = []
     for g in sizes:
         r = alltoall(g)
-        rows.append([g, r["flows"], r["events"], r["recomputes"], r["refilled_per_event"], r["sim_us"], r["wall_s"]])
+        rows.append(
+            [
+                g,
+                r["flows"],
+                r["events"],
+                r["recomputes"],
+                r["refilled_per_event"],
+                r["sim_us"],
+                r["wall_s"],
+            ]
+        )
         print(f"  {g} GPUs: {r['wall_s']:.2f} s", flush=True)
-    print(table(["GPUs", "flows", "events", "recomputes", "refilled/event", "simulated us", "wall s"], rows))
+    print(
+        table(
+            ["GPUs", "flows", "events", "recomputes", "refilled/event", "simulated us", "wall s"],
+            rows,
+        )
+    )
     if len(rows) >= 2:
         g = np.log([r[0] for r in rows])
         w = np.log([r[6] for r in rows])
-        print(f"wall time grows ~ GPUs^{np.polyfit(g[1:], w[1:], 1)[0]:.2f} (fit over the larger sizes)")
+        print(
+            f"wall time grows ~ GPUs^{np.polyfit(g[1:], w[1:], 1)[0]:.2f} (fit over the larger sizes)"
+        )
     if args.full:
         f = forward_ep64()
-        print(table(["MoE layers", "flows", "events", "simulated us", "wall s"],
-                    [[f["layers"], f["flows"], f["events"], f["sim_us"], f["wall_s"]]]))
+        print(
+            table(
+                ["MoE layers", "flows", "events", "simulated us", "wall s"],
+                [[f["layers"], f["flows"], f["events"], f["sim_us"], f["wall_s"]]],
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -185,24 +185,20 @@ def engine_id() -> str:
     return f"{timing_engine()}@{code_version()}"
 
 
-def run_scenario(
-    scenario: Scenario, base: ClusterSpec, key: str | None = None, engine: str | None = None
-) -> dict[str, Any]:
-    """Solve and time one scenario. Returns a flat record: the scenario's fields, ``status`` (``ok`` or
-    ``infeasible`` with ``error``), the metrics, and ``layers`` (per-layer rows). Infeasible scenarios
-    (say, experts + redundant not a multiple of the GPU count) are recorded, not raised, so one bad
-    corner of a sweep does not lose the rest."""
+def run_scenario(scenario: Scenario, base: ClusterSpec) -> dict[str, Any]:
+    """Solve and time one scenario. Returns a flat record: ``key`` (the cache key under the code that
+    actually ran, which a Ray worker may see differently from the driver), ``code_version``, the
+    scenario's fields, ``status`` (``ok`` or ``infeasible`` with ``error``), the metrics, and ``layers``
+    (per-layer rows). Infeasible scenarios (say, experts + redundant not a multiple of the GPU count)
+    are recorded, not raised, so one bad corner of a sweep does not lose the rest."""
     from solvers import PlacementProblem, SolverConfig, run_solver
 
     engine_now = engine_id()
-    if engine is not None and engine != engine_now:
-        # A Ray worker with other code than the driver would file results under the wrong cache key.
-        raise PlacementError(
-            f"the worker's timing engine/code ({engine_now}) differs from the driver's ({engine}); "
-            "install the same version everywhere"
-        )
-    key = key if key is not None else scenario.key(base, engine_now)
-    record: dict[str, Any] = {"key": key, **scenario.to_dict()}
+    record: dict[str, Any] = {
+        "key": scenario.key(base, engine_now),
+        "code_version": engine_now,
+        **scenario.to_dict(),
+    }
     started = time.perf_counter()
     try:
         cluster = scenario.cluster(base)

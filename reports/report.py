@@ -253,6 +253,12 @@ def render(
             "modelled as a pipeline of 2 or 4 pieces; the all-to-all algorithm axis has no effect). The "
             "network simulator was not importable when these results were computed."
         )
+    if "code_version" in results and results["code_version"].nunique() > 1:
+        doc.para(
+            f"Note: these results come from {results['code_version'].nunique()} versions of the solver "
+            "and simulator source (it changed while the sweep ran); re-run the sweep to recompute the "
+            "stale ones."
+        )
     if not len(ok):
         doc.para("No scenario could be solved; see the infeasible list below.")
         _infeasible(doc, bad)

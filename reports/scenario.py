@@ -7,7 +7,8 @@ overlap). Its :meth:`Scenario.key` hashes all of that plus the result-format ver
 so a cached result is reused exactly when nothing that could change it has changed.
 
 Axes (``--sweep AXIS=V1,V2,...``): ``gpus``, ``gpus_per_node``, ``gpu``, ``topology``, ``nic_gbps``,
-``tokens``, ``redundant``, ``solver``, ``overlap``, ``algo``, ``mode``. Topology values are the cluster
+``tokens``, ``redundant``, ``experts`` (synthetic profiles only), ``solver``, ``overlap``, ``algo``,
+``mode``. Topology values are the cluster
 fabrics ``single-switch``, ``multi-rail``, ``multi-plane``, ``three-tier``.
 """
 
@@ -95,6 +96,7 @@ AXES: dict[str, tuple[str, Any]] = {
     "nic_gbps": ("nic_gbps", _positive_float),
     "tokens": ("tokens_per_gpu", _positive_int),
     "redundant": ("redundant", _nonneg_int),
+    "experts": ("experts", _positive_int),
     "solver": ("solver", _solver_name),
     "overlap": ("overlap", _choice(OVERLAPS)),
     "algo": ("algo", _choice(ALGOS)),
@@ -115,6 +117,7 @@ class Scenario:
     nic_gbps: float
     tokens_per_gpu: int = 4096
     redundant: int = 0
+    experts: int = 0  # the trace's expert count (a synthetic profile's trace is chosen by it)
     solver: str = "greedy"
     overlap: str = "none"
     algo: str = "deepep"

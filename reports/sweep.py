@@ -78,11 +78,11 @@ def run_sweep(
     bar = tqdm(total=len(todo), desc="scenarios", unit="scn", disable=None if progress else True)
     try:
         if use_ray:
-            _run_ray(todo, base, cache, records, bar, engine, address=address, num_cpus=num_cpus)
+            _run_ray(todo, base, cache, records, bar, address=address, num_cpus=num_cpus)
         else:
             for scenario, key in todo:
-                record = run_scenario(scenario, base, key, engine)
-                write_json(cache / f"{key}.json", record)
+                record = run_scenario(scenario, base)
+                _store(cache, record)
                 records[key] = record
                 bar.update(1)
     finally:
@@ -93,8 +93,15 @@ def run_sweep(
     )
 
 
-def _run_remote(scenario: Scenario, base: ClusterSpec, key: str, engine: str) -> dict[str, Any]:
-    return run_scenario(scenario, base, key, engine)
+def _store(cache: Path, record: dict[str, Any]) -> None:
+    """Cache a record under the key of the code that computed it. If the source changed while the sweep
+    ran (a worker saw other code than the driver), the record still lands under its true key and the
+    next run, under the new code, recomputes what it must."""
+    write_json(cache / f"{record['key']}.json", record)
+
+
+def _run_remote(scenario: Scenario, base: ClusterSpec) -> dict[str, Any]:
+    return run_scenario(scenario, base)
 
 
 def _run_ray(
@@ -103,7 +110,6 @@ def _run_ray(
     cache: Path,
     records: dict[str, dict[str, Any]],
     bar: Any,
-    engine: str,
     *,
     address: str | None,
     num_cpus: int,
@@ -125,15 +131,20 @@ def _run_ray(
     try:
         remote = ray.remote(num_cpus=1)(_run_remote)
         base_ref = ray.put(base)
-        pending = {remote.remote(s, base_ref, k, engine): k for s, k in todo}
+        pending = {remote.remote(s, base_ref): k for s, k in todo}
         waiting = list(pending)
         while waiting:
             done, waiting = ray.wait(waiting, num_returns=1)
             for ref in done:
-                record = ray.get(ref)
-                key = pending[ref]
-                write_json(cache / f"{key}.json", record)
-                records[key] = record
+                try:
+                    record = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, PlacementError):  # one line for the user, not a traceback
+                        raise PlacementError(str(cause)) from None
+                    raise
+                _store(cache, record)
+                records[pending[ref]] = record
                 bar.update(1)
     finally:
         if started_here:

@@ -41,7 +41,8 @@ class PhasePlan:
 
     def scaled(self, factor: float) -> PhasePlan:
         return PhasePlan(
-            self.name, self.direct * factor,
+            self.name,
+            self.direct * factor,
             None if self.stage1 is None else self.stage1 * factor,
             None if self.stage2 is None else self.stage2 * factor,
             self.relay,
@@ -67,15 +68,29 @@ def _two_hop(pairs: np.ndarray, gpn: int, relay_on_dst_rail: bool) -> tuple[np.n
     idx = np.arange(G)
     src, dst = np.meshgrid(idx, idx, indexing="ij")
     cross = (src // gpn) != (dst // gpn)
-    relay = np.where(relay_on_dst_rail, (src // gpn) * gpn + dst % gpn, (dst // gpn) * gpn + src % gpn)
+    relay = np.where(
+        relay_on_dst_rail, (src // gpn) * gpn + dst % gpn, (dst // gpn) * gpn + src % gpn
+    )
     w = np.where(cross, pairs, 0.0)
-    stage1 = np.bincount((src * G + relay).ravel(), weights=w.ravel(), minlength=G * G).reshape(G, G)
-    stage2 = np.bincount((relay * G + dst).ravel(), weights=w.ravel(), minlength=G * G).reshape(G, G)
+    stage1 = np.bincount((src * G + relay).ravel(), weights=w.ravel(), minlength=G * G).reshape(
+        G, G
+    )
+    stage2 = np.bincount((relay * G + dst).ravel(), weights=w.ravel(), minlength=G * G).reshape(
+        G, G
+    )
     return stage1, stage2
 
 
-def build_phase(algo: str, phase: str, *, pairs: np.ndarray, nic: np.ndarray, nvlink: np.ndarray,
-                bytes_per_copy: float, gpus_per_node: int) -> PhasePlan:
+def build_phase(
+    algo: str,
+    phase: str,
+    *,
+    pairs: np.ndarray,
+    nic: np.ndarray,
+    nvlink: np.ndarray,
+    bytes_per_copy: float,
+    gpus_per_node: int,
+) -> PhasePlan:
     """Bytes of ``phase`` (``dispatch`` or ``combine``) under ``algo``.
 
     ``pairs[src, dst]``: per-GPU-pair copies (direct all-to-all; diagonal ignored); ``nic``/``nvlink``:
@@ -96,11 +111,17 @@ def build_phase(algo: str, phase: str, *, pairs: np.ndarray, nic: np.ndarray, nv
         else:  # NVLink fan-in to the forwarder (reduced there), then the NIC back home
             fan = np.clip(nvlink - intra, 0.0, None)
             stage1, stage2 = fan, nic
-        return PhasePlan(phase, intra * bytes_per_copy, stage1 * bytes_per_copy, stage2 * bytes_per_copy,
-                         "pipelined")
+        return PhasePlan(
+            phase,
+            intra * bytes_per_copy,
+            stage1 * bytes_per_copy,
+            stage2 * bytes_per_copy,
+            "pipelined",
+        )
     s1, s2 = _two_hop(off, gpus_per_node, relay_on_dst_rail=(phase == "dispatch"))
-    return PhasePlan(phase, intra * bytes_per_copy, s1 * bytes_per_copy, s2 * bytes_per_copy,
-                     "store-and-forward")
+    return PhasePlan(
+        phase, intra * bytes_per_copy, s1 * bytes_per_copy, s2 * bytes_per_copy, "store-and-forward"
+    )
 
 
 @dataclass
@@ -120,8 +141,15 @@ class PhaseRun:
         return float(self.end_us.max() - started.min()) if started.size else 0.0
 
 
-def run_phase(env: simpy.Environment, net: FluidNetwork, topo: Topology, plan: PhasePlan,
-              ready: Sequence[simpy.Event], *, chunks: int = 8) -> PhaseRun:
+def run_phase(
+    env: simpy.Environment,
+    net: FluidNetwork,
+    topo: Topology,
+    plan: PhasePlan,
+    ready: Sequence[simpy.Event],
+    *,
+    chunks: int = 8,
+) -> PhaseRun:
     """Start ``plan``'s flows as each source GPU becomes ``ready``; ``done[g]`` fires when GPU g has
     received everything addressed to it. ``chunks``: pieces a pipelined relay's first stage is cut into."""
     G = plan.direct.shape[0]
@@ -135,9 +163,13 @@ def run_phase(env: simpy.Environment, net: FluidNetwork, topo: Topology, plan: P
             run.end_us[dst] = env.now
             run.done[dst].succeed()
 
-    def send(src: int, dst: int, bytes_: float, direct_nic: bool, on_done: Any, on_sent: Any = None) -> None:
+    def send(
+        src: int, dst: int, bytes_: float, direct_nic: bool, on_done: Any, on_sent: Any = None
+    ) -> None:
         route = topo.route(src, dst, direct_nic=direct_nic)
-        sent, done = net.transfer(route.links, bytes_, coefs=route.coefs, latency_us=route.latency_us)
+        sent, done = net.transfer(
+            route.links, bytes_, coefs=route.coefs, latency_us=route.latency_us
+        )
         run.flows += 1
         done.callbacks.append(lambda _e: on_done(bytes_))
         if on_sent is not None:
@@ -150,10 +182,17 @@ def run_phase(env: simpy.Environment, net: FluidNetwork, topo: Topology, plan: P
     released = np.zeros((G, G))
     pending = np.zeros((G, G))
     inflight = np.zeros((G, G), dtype=bool)
+    s2_full = s2 if s2 is not None else np.zeros((G, G))
+    s2_total_chunk = s2_full / max(chunks, 1)
 
     def launch(r: int, d: int) -> None:
         amount = pending[r, d]
         if amount <= 0 or inflight[r, d]:
+            return
+        # the forwarder moves data on in chunks, not byte by byte: wait for a chunk's worth (or the rest)
+        if amount < s2_total_chunk[r, d] * (1 - _TOL) and released[r, d] < s2_full[r, d] * (
+            1 - _TOL
+        ):
             return
         pending[r, d] = 0.0
         inflight[r, d] = True

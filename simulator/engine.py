@@ -31,17 +31,22 @@ import simpy
 
 from placement.errors import PlacementError
 
-try:  # compiled kernels when numba is present; the same code runs as plain Python otherwise (slow)
-    from numba import njit as _njit
 
+def _plain(*args: Any, **kwargs: Any) -> Any:
+    """Stand-in for ``numba.njit`` when numba is absent: the kernels run as plain Python (slow)."""
+    if args and callable(args[0]):
+        return args[0]
+    return lambda fn: fn
+
+
+try:  # compiled kernels when numba is present
+    from numba import njit
+
+    _njit: Any = njit
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only without numba
+    _njit = _plain
     HAVE_NUMBA = False
-
-    def _njit(*args: Any, **kwargs: Any) -> Any:
-        if args and callable(args[0]):
-            return args[0]
-        return lambda fn: fn
 
 
 # Relative tolerance under which two finish times count as simultaneous (batched into one event).
@@ -49,8 +54,9 @@ FINISH_TOL = 1e-9
 
 
 @_njit(cache=True)
-def _link_index(act: np.ndarray, fl_ptr: np.ndarray, fl_link: np.ndarray, num_links: int
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _link_index(
+    act: np.ndarray, fl_ptr: np.ndarray, fl_link: np.ndarray, num_links: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Link -> active flows CSR ``(lk_ptr[links + 1], lk_flow[nnz])``, flows in ``act`` order per link."""
     counts = np.zeros(num_links + 1, dtype=np.int64)
     for f in act:
@@ -91,7 +97,9 @@ def _fill(
     unfrozen_coef = np.zeros(num_links)
     unfrozen_cnt = np.zeros(num_links, dtype=np.int64)
     version = np.zeros(num_links, dtype=np.int64)
-    frozen = np.ones(rate.shape[0], dtype=np.bool_)  # flows not in ``act`` (stale index entries) stay out
+    frozen = np.ones(
+        rate.shape[0], dtype=np.bool_
+    )  # flows not in ``act`` (stale index entries) stay out
     refill = 0
     for f in act:
         if rate[f] < keep_below:
@@ -107,17 +115,23 @@ def _fill(
     heap.pop()
     for link in range(num_links):
         if unfrozen_cnt[link] > 0:
-            heap.append((max(cap[link] - used[link], 0.0) / unfrozen_coef[link], np.int64(link), np.int64(0)))
+            heap.append(
+                (
+                    max(cap[link] - used[link], 0.0) / unfrozen_coef[link],
+                    np.int64(link),
+                    np.int64(0),
+                )
+            )
     heapq.heapify(heap)
     remaining = refill
     touched = np.zeros(num_links, dtype=np.int64)
     mark = np.zeros(num_links, dtype=np.bool_)
     while remaining > 0 and len(heap) > 0:
-        level, link, ver = heapq.heappop(heap)
-        if ver != version[link] or unfrozen_cnt[link] == 0:
+        level, top, ver = heapq.heappop(heap)
+        if ver != version[top] or unfrozen_cnt[top] == 0:
             continue
         ntouched = 0
-        for j in range(lk_ptr[link], lk_ptr[link + 1]):
+        for j in range(lk_ptr[top], lk_ptr[top + 1]):
             f = lk_flow[j]
             if frozen[f]:
                 continue
@@ -141,7 +155,10 @@ def _fill(
             mark[m] = False
             version[m] += 1
             if unfrozen_cnt[m] > 0:
-                heapq.heappush(heap, (max(cap[m] - used[m], 0.0) / max(unfrozen_coef[m], 1e-300), m, version[m]))
+                heapq.heappush(
+                    heap,
+                    (max(cap[m] - used[m], 0.0) / max(unfrozen_coef[m], 1e-300), m, version[m]),
+                )
     worst = 0.0
     for link in range(num_links):
         if cap[link] > 0:
@@ -162,6 +179,7 @@ def _fill_set(
     used: np.ndarray,
     rate: np.ndarray,
     changed: np.ndarray,
+    bottleneck: np.ndarray,
 ) -> None:
     """Progressive filling of the flows ``members`` (``in_set`` marks them) on the capacity left by the
     other flows (``used`` excludes the members on entry and includes them on exit)."""
@@ -202,6 +220,9 @@ def _fill_set(
             remaining -= 1
             if rate[f] != level:
                 changed[f] = 1
+                # a provisional bottleneck; the check that follows confirms or replaces it (an unchanged
+                # rate keeps its verified one)
+                bottleneck[f] = link
             rate[f] = level
             for i in range(fl_ptr[f], fl_ptr[f + 1]):
                 m = fl_link[i]
@@ -217,7 +238,10 @@ def _fill_set(
             mark[m] = False
             version[m] += 1
             if unfrozen_cnt[m] > 0:
-                heapq.heappush(heap, (max(cap[m] - used[m], 0.0) / max(unfrozen_coef[m], 1e-300), m, version[m]))
+                heapq.heappush(
+                    heap,
+                    (max(cap[m] - used[m], 0.0) / max(unfrozen_coef[m], 1e-300), m, version[m]),
+                )
 
 
 @_njit(cache=True)
@@ -235,15 +259,17 @@ def _refill(
     used: np.ndarray,
     rate: np.ndarray,
     changed: np.ndarray,
-) -> int:
+    bottleneck: np.ndarray,
+) -> tuple[int, int]:
     """Exact local recomputation of the max-min fair rates after flows arrived or finished.
 
-    Start from the new flows and the flows at or above ``keep_below`` on the links of finished flows;
+    Start from the new flows and the flows bounded by (``bottleneck``) the saturated links that finished
+    flows left (``seed_links``; only flows at or above ``keep_below`` can change at all);
     refill that set on the capacity the others leave, then check the max-min condition (every flow has
     a saturated link on which no flow is faster) for every flow sharing a link with the set. Flows that
     fail join the set and it is refilled, until all pass: the result is then *the* max-min fair
     allocation (Bertsekas and Gallager, Data Networks, 6.5.2), found without touching the rest.
-    ``used[link]`` (load of the active flows) is kept up to date. Returns how many flows were refilled.
+    ``used[link]`` (load of the active flows) is kept up to date. Returns (flows refilled, rounds).
     """
     num_links = cap.shape[0]
     in_set = np.zeros(rate.shape[0], dtype=np.bool_)
@@ -256,23 +282,43 @@ def _refill(
     for link in seed_links:
         for j in range(lk_ptr[link], lk_ptr[link + 1]):
             f = lk_flow[j]
-            if is_active[f] and not in_set[f] and rate[f] >= keep_below:
+            if is_active[f] and not in_set[f] and rate[f] >= keep_below and bottleneck[f] == link:
                 in_set[f] = True
                 members.append(f)
     stamp = np.zeros(num_links, dtype=np.int64)
     max_rate = np.zeros(num_links)
     visit = np.zeros(num_links, dtype=np.int64)
     it = 0
+    last_count = 0
     while True:
         it += 1
         arr = np.array(members, dtype=np.int64)
+        before = rate[arr].copy()
         for f in arr:
             if rate[f] > 0 and np.isfinite(rate[f]):
                 for j in range(fl_ptr[f], fl_ptr[f + 1]):
                     used[fl_link[j]] -= fl_coef[j] * rate[f]
-        _fill_set(arr, fl_ptr, fl_link, fl_coef, lk_ptr, lk_flow, in_set, cap, used, rate, changed)
+        _fill_set(
+            arr,
+            fl_ptr,
+            fl_link,
+            fl_coef,
+            lk_ptr,
+            lk_flow,
+            in_set,
+            cap,
+            used,
+            rate,
+            changed,
+            bottleneck,
+        )
+        verified = last_count  # members [0, verified) were checked in the previous round
+        last_count = arr.shape[0]
         added = 0
-        for f in arr:
+        for k in range(arr.shape[0]):
+            f = arr[k]
+            if rate[f] == before[k] and k < verified:
+                continue  # a member checked last round whose rate did not move changes nothing around it
             for j in range(fl_ptr[f], fl_ptr[f + 1]):
                 link = fl_link[j]
                 if visit[link] == it:
@@ -282,6 +328,8 @@ def _refill(
                     g = lk_flow[q]
                     if not is_active[g]:
                         continue
+                    if not in_set[g] and visit[bottleneck[g]] != it:
+                        continue  # nothing moved on the link that bounds g: it still does
                     # does g have a bottleneck: a saturated link where no flow is faster than g?
                     ok = False
                     for i in range(fl_ptr[g], fl_ptr[g + 1]):
@@ -298,6 +346,7 @@ def _refill(
                             max_rate[m] = best
                         if rate[g] >= max_rate[m] * (1.0 - 1e-9):
                             ok = True
+                            bottleneck[g] = m
                             break
                     if ok:
                         continue
@@ -316,7 +365,7 @@ def _refill(
                                     members.append(h)
                                     added += 1
         if added == 0:
-            return len(members)
+            return len(members), it
 
 
 @_njit(cache=True)
@@ -364,16 +413,40 @@ class FluidNetwork:
     highest link utilisation any allocation reached (``worst_utilisation``, must stay <= 1).
     """
 
-    def __init__(self, env: simpy.Environment, capacity_bytes_per_us: Sequence[float], *,
-                 max_flows: int = 1024, binding: Sequence[bool] | np.ndarray | None = None,
-                 incremental: bool = True) -> None:
+    # per-flow state, indexed by flow id (grown by doubling)
+    is_active: np.ndarray
+    bottleneck: np.ndarray
+    rate: np.ndarray
+    old_rate: np.ndarray
+    changed: np.ndarray
+    remaining: np.ndarray
+    size_bytes: np.ndarray
+    t_upd: np.ndarray
+    finish: np.ndarray
+    latency_us: np.ndarray
+    start_us: np.ndarray
+    end_us: np.ndarray
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        capacity_bytes_per_us: Sequence[float] | np.ndarray,
+        *,
+        max_flows: int = 1024,
+        binding: Sequence[bool] | np.ndarray | None = None,
+        incremental: bool = True,
+    ) -> None:
         self.env = env
         self.cap = np.asarray(capacity_bytes_per_us, dtype=np.float64)
         if self.cap.size == 0 or (self.cap <= 0).any():
             raise PlacementError("a network needs links, each with a capacity > 0")
         # Links that can never saturate (their load is bounded by other links' capacity) are left out of
         # the rate computation - exactly, since they never freeze a flow - but still count bytes.
-        self.binding = np.ones(self.cap.size, dtype=bool) if binding is None else np.asarray(binding, dtype=bool)
+        self.binding = (
+            np.ones(self.cap.size, dtype=bool)
+            if binding is None
+            else np.asarray(binding, dtype=bool)
+        )
         self._paths: list[tuple[np.ndarray, np.ndarray]] = []
         # incremental: local refill checked against the max-min condition; otherwise refill every flow
         # at or above the finished flows' level (both exact; the second is the reference in tests)
@@ -394,6 +467,7 @@ class FluidNetwork:
         self._callbacks: list[tuple[simpy.Event, simpy.Event, float]] = []
         self.recomputes = 0
         self.refilled = 0  # flows whose rate was recomputed, summed over recomputes
+        self.rounds = 0  # refill-and-check rounds of the incremental solver
         self.events = 0
         self._index: tuple[np.ndarray, np.ndarray] | None = None
         self._index_size = 0
@@ -410,25 +484,41 @@ class FluidNetwork:
                 new[:old] = getattr(self, name)[:old]
             setattr(self, name, new)
 
-        for name, dtype in (("is_active", np.bool_), ("rate", np.float64), ("old_rate", np.float64), ("changed", np.int8),
-                            ("remaining", np.float64), ("size_bytes", np.float64), ("t_upd", np.float64),
-                            ("finish", np.float64), ("latency_us", np.float64), ("start_us", np.float64),
-                            ("end_us", np.float64)):
+        for name, dtype in (
+            ("is_active", np.bool_),
+            ("bottleneck", np.int64),
+            ("rate", np.float64),
+            ("old_rate", np.float64),
+            ("changed", np.int8),
+            ("remaining", np.float64),
+            ("size_bytes", np.float64),
+            ("t_upd", np.float64),
+            ("finish", np.float64),
+            ("latency_us", np.float64),
+            ("start_us", np.float64),
+            ("end_us", np.float64),
+        ):
             grown(name, dtype)
         if old:
             ptr = np.full(size + 1, self.fl_ptr[old], dtype=np.int64)
             ptr[: old + 1] = self.fl_ptr[: old + 1]
             self.fl_ptr = ptr
 
-    def transfer(self, links: Sequence[int] | np.ndarray, bytes_: float, *, coefs: Sequence[float] | None = None,
-                 latency_us: float = 0.0) -> tuple[simpy.Event, simpy.Event]:
+    def transfer(
+        self,
+        links: Sequence[int] | np.ndarray,
+        bytes_: float,
+        *,
+        coefs: Sequence[float] | np.ndarray | None = None,
+        latency_us: float = 0.0,
+    ) -> tuple[simpy.Event, simpy.Event]:
         """Start a flow of ``bytes_`` over ``links`` now; returns ``(sent, done)`` events (value: flow id)."""
         sent, done = self.env.event(), self.env.event()
         link_arr = np.asarray(links, dtype=np.int64)
         if bytes_ <= 0 or link_arr.size == 0:
             # Nothing to move over the network (a GPU-local copy): delivered after the latency alone.
-            self.env.timeout(0).callbacks.append(lambda _e: sent.succeed(-1))
-            self.env.timeout(latency_us).callbacks.append(lambda _e: done.succeed(-1))
+            self.env.timeout(0).callbacks.append(_succeed_later(sent, -1))
+            self.env.timeout(latency_us).callbacks.append(_succeed_later(done, -1))
             return sent, done
         if link_arr.min() < 0 or link_arr.max() >= self.num_links:
             raise PlacementError(f"flow uses a link outside 0..{self.num_links - 1}")
@@ -437,14 +527,18 @@ class FluidNetwork:
         self._paths.append((link_arr, coef_arr))
         keep = self.binding[link_arr]
         if not keep.any():
-            keep = np.ones(link_arr.size, dtype=bool)  # an unconstrained flow still needs a rate limit
+            keep = np.ones(
+                link_arr.size, dtype=bool
+            )  # an unconstrained flow still needs a rate limit
         link_arr, coef_arr = link_arr[keep], coef_arr[keep]
         if fid >= self._size:
             self._grow(2 * self._size)
         start = self.fl_ptr[fid]
         end = start + link_arr.size
         if end > self.fl_link.size:
-            self.fl_link = np.concatenate([self.fl_link, np.zeros(max(end, self.fl_link.size), dtype=np.int64)])
+            self.fl_link = np.concatenate(
+                [self.fl_link, np.zeros(max(end, self.fl_link.size), dtype=np.int64)]
+            )
             self.fl_coef = np.concatenate([self.fl_coef, np.zeros(max(end, self.fl_coef.size))])
         self.fl_link[start:end] = link_arr
         self.fl_coef[start:end] = coef_arr
@@ -505,25 +599,62 @@ class FluidNetwork:
                     self._index_size = self.act.size
                 lk_ptr, lk_flow = self._index
                 if self.incremental:
-                    refilled = _refill(new, seed_links, threshold, self.is_active, self.fl_ptr, self.fl_link,
-                                       self.fl_coef, lk_ptr, lk_flow, self.cap, self.used, self.rate, self.changed)
+                    refilled, rounds = _refill(
+                        new,
+                        seed_links,
+                        threshold,
+                        self.is_active,
+                        self.fl_ptr,
+                        self.fl_link,
+                        self.fl_coef,
+                        lk_ptr,
+                        lk_flow,
+                        self.cap,
+                        self.used,
+                        self.rate,
+                        self.changed,
+                        self.bottleneck,
+                    )
                     worst = float((self.used / self.cap).max())
+                    self.rounds += rounds
                 else:
-                    refilled, worst = _fill(self.act, self.fl_ptr, self.fl_link, self.fl_coef, lk_ptr, lk_flow,
-                                            self.cap, self.rate, threshold, self.changed)
+                    refilled, worst = _fill(
+                        self.act,
+                        self.fl_ptr,
+                        self.fl_link,
+                        self.fl_coef,
+                        lk_ptr,
+                        lk_flow,
+                        self.cap,
+                        self.rate,
+                        threshold,
+                        self.changed,
+                    )
                 self.refilled += refilled
                 self.recomputes += 1
                 self.worst_utilisation = max(self.worst_utilisation, worst)
-            next_finish = _advance(now, self.act, self.rate, self.changed, self.remaining, self.t_upd,
-                                   self.old_rate, self.finish)
+            next_finish = _advance(
+                now,
+                self.act,
+                self.rate,
+                self.changed,
+                self.remaining,
+                self.t_upd,
+                self.old_rate,
+                self.finish,
+            )
 
     def _drop_usage(self, done_ids: np.ndarray) -> np.ndarray:
-        """Remove finished flows' load from ``used``; return the links they crossed (in the solver)."""
+        """Remove finished flows' load from ``used``; return the saturated links they crossed: only a
+        bottleneck that gains capacity can change other flows' rates."""
         links = []
         for fid in done_ids.tolist():
             a, b = self.fl_ptr[fid], self.fl_ptr[fid + 1]
+            path = self.fl_link[a:b]
+            links.append(path[self.used[path] >= self.cap[path] * (1.0 - 1e-9)])
+        for fid in done_ids.tolist():
+            a, b = self.fl_ptr[fid], self.fl_ptr[fid + 1]
             np.subtract.at(self.used, self.fl_link[a:b], self.fl_coef[a:b] * self.rate[fid])
-            links.append(self.fl_link[a:b])
         np.maximum(self.used, 0.0, out=self.used)
         return np.unique(np.concatenate(links)) if links else np.zeros(0, dtype=np.int64)
 
@@ -537,6 +668,13 @@ class FluidNetwork:
             sent, done, lat = self._callbacks[fid]
             sent.succeed(fid)
             if lat > 0:
-                self.env.timeout(lat).callbacks.append(lambda _e, d=done, f=fid: d.succeed(f))
+                self.env.timeout(lat).callbacks.append(_succeed_later(done, fid))
             else:
                 done.succeed(fid)
+
+
+def _succeed_later(event: simpy.Event, value: int) -> Callable[[simpy.Event], None]:
+    def fire(_e: simpy.Event) -> None:
+        event.succeed(value)
+
+    return fire

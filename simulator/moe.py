@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,10 +88,20 @@ class SimResult:
     def link_table(self) -> list[dict[str, Any]]:
         span = max(self.sim_end_us, 1e-9)
         return [
-            {"link": n, "kind": k, "bytes": float(b), "gbytes_per_s": float(c / 1e3),
-             "utilisation": float(b / (c * span))}
-            for n, k, b, c in zip(self.link_names, self.link_kinds, self.link_bytes, self.link_cap_bytes_per_us,
-                                  strict=True)
+            {
+                "link": n,
+                "kind": k,
+                "bytes": float(b),
+                "gbytes_per_s": float(c / 1e3),
+                "utilisation": float(b / (c * span)),
+            }
+            for n, k, b, c in zip(
+                self.link_names,
+                self.link_kinds,
+                self.link_bytes,
+                self.link_cap_bytes_per_us,
+                strict=True,
+            )
             if b > 0
         ]
 
@@ -128,11 +139,27 @@ class SimResult:
         gpn = max(1, self.gpus_per_node)
         events: list[dict[str, Any]] = []
         for gpu in sorted({s.gpu for s in self.spans}):
-            events.append({"name": "thread_name", "ph": "M", "pid": gpu // gpn, "tid": gpu,
-                           "args": {"name": f"gpu {gpu}"}})
+            events.append(
+                {
+                    "name": "thread_name",
+                    "ph": "M",
+                    "pid": gpu // gpn,
+                    "tid": gpu,
+                    "args": {"name": f"gpu {gpu}"},
+                }
+            )
         for s in self.spans:
-            events.append({"name": s.name, "cat": s.cat, "ph": "X", "pid": s.gpu // gpn, "tid": s.gpu,
-                           "ts": s.start_us, "dur": max(s.end_us - s.start_us, 0.0)})
+            events.append(
+                {
+                    "name": s.name,
+                    "cat": s.cat,
+                    "ph": "X",
+                    "pid": s.gpu // gpn,
+                    "tid": s.gpu,
+                    "ts": s.start_us,
+                    "dur": max(s.end_us - s.start_us, 0.0),
+                }
+            )
         with atomic_open(path) as handle:
             json.dump({"traceEvents": events, "displayTimeUnit": "ns"}, handle)
 
@@ -141,17 +168,33 @@ def _layer_phases(ev: Any, layer: int, algo: str, scale: float) -> tuple[PhasePl
     gpn = ev.gpus_per_node
     d = ev.dispatch[layer]
     c = ev.combine[layer]
-    dispatch = build_phase(algo, "dispatch", pairs=ev.dispatch_pairs[layer], nic=d.nic, nvlink=d.nvlink,
-                           bytes_per_copy=ev.dispatch_bytes_per_copy * scale, gpus_per_node=gpn)
-    combine = build_phase(algo, "combine", pairs=ev.combine_pairs[layer], nic=c.nic, nvlink=c.nvlink,
-                          bytes_per_copy=ev.combine_bytes_per_copy * scale, gpus_per_node=gpn)
+    dispatch = build_phase(
+        algo,
+        "dispatch",
+        pairs=ev.dispatch_pairs[layer],
+        nic=d.nic,
+        nvlink=d.nvlink,
+        bytes_per_copy=ev.dispatch_bytes_per_copy * scale,
+        gpus_per_node=gpn,
+    )
+    combine = build_phase(
+        algo,
+        "combine",
+        pairs=ev.combine_pairs[layer],
+        nic=c.nic,
+        nvlink=c.nvlink,
+        bytes_per_copy=ev.combine_bytes_per_copy * scale,
+        gpus_per_node=gpn,
+    )
     return dispatch, combine
 
 
 class _Runner:
     """Plays layers on one network; keeps spans and per-layer link byte snapshots."""
 
-    def __init__(self, cluster: ClusterSpec, *, routing: str, pxn: bool, seed: int, chunks: int) -> None:
+    def __init__(
+        self, cluster: ClusterSpec, *, routing: str, pxn: bool, seed: int, chunks: int
+    ) -> None:
         self.cluster = cluster
         self.env = simpy.Environment()
         self.topo = Topology(cluster, routing=routing, pxn=pxn, seed=seed)
@@ -162,13 +205,16 @@ class _Runner:
                 self.topo.route(s, d)
                 if s % cluster.gpus_per_node == d % cluster.gpus_per_node:
                     self.topo.route(s, d, direct_nic=True)
-        self.net = FluidNetwork(self.env, self.topo.capacity(), max_flows=max(1024, G * G),
-                                binding=self.topo.binding())
+        self.net = FluidNetwork(
+            self.env, self.topo.capacity(), max_flows=max(1024, G * G), binding=self.topo.binding()
+        )
         self.spans: list[Span] = []
         self.chunks = chunks
         self.flows = 0
 
-    def compute(self, gpu: int, stream: simpy.Resource, dur_us: float, name: str, after: simpy.Event) -> simpy.Event:
+    def compute(
+        self, gpu: int, stream: simpy.Resource, dur_us: float, name: str, after: simpy.Event
+    ) -> simpy.Event:
         """Run ``dur_us`` of compute on ``gpu``'s stream once ``after`` fired; returns the finish event."""
         env = self.env
         finished = env.event()
@@ -187,7 +233,7 @@ class _Runner:
         env.process(proc())
         return finished
 
-    def phase(self, plan: PhasePlan, ready: list[simpy.Event], label: str) -> PhaseRun:
+    def phase(self, plan: PhasePlan, ready: Sequence[simpy.Event], label: str) -> PhaseRun:
         run = run_phase(self.env, self.net, self.topo, plan, ready, chunks=self.chunks)
         for g in range(len(ready)):
             when(run.done[g], lambda g=g, run=run: self._phase_span(run, g, label))
@@ -195,7 +241,9 @@ class _Runner:
 
     def _phase_span(self, run: PhaseRun, gpu: int, label: str) -> None:
         start = run.start_us[gpu] if np.isfinite(run.start_us[gpu]) else run.end_us[gpu]
-        self.spans.append(Span(label, "comm", gpu, float(min(start, run.end_us[gpu])), float(run.end_us[gpu])))
+        self.spans.append(
+            Span(label, "comm", gpu, float(min(start, run.end_us[gpu])), float(run.end_us[gpu]))
+        )
 
 
 def simulate_moe(
@@ -236,7 +284,9 @@ def simulate_moe(
     chosen = list(range(ev.num_layers)) if layers is None else list(layers)
     for layer in chosen:
         if not 0 <= layer < ev.num_layers:
-            raise PlacementError(f"layer {layer} out of range (the plan has {ev.num_layers} MoE layers)")
+            raise PlacementError(
+                f"layer {layer} out of range (the plan has {ev.num_layers} MoE layers)"
+            )
     runner = _Runner(cluster, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks)
     env, G = runner.env, cluster.num_gpus
     micro = {"none": 1, "two-batch": 2, "chunked": chunks}[overlap]
@@ -257,7 +307,10 @@ def simulate_moe(
         busy = np.zeros(G)
         attn_done: list[simpy.Event] | None = None
         if overlap == "chunked":
-            attn_done = [runner.compute(g, streams[g], attention_us * slow, "attention", go) for g in range(G)]
+            attn_done = [
+                runner.compute(g, streams[g], attention_us * slow, "attention", go)
+                for g in range(G)
+            ]
             busy += attention_us * slow
         prev_dispatch: simpy.Event | None = None
         for m, frac in enumerate(fractions):
@@ -265,10 +318,14 @@ def simulate_moe(
             if overlap == "chunked":
                 assert attn_done is not None
                 gate = prev_dispatch if prev_dispatch is not None else go
-                ready = [env.all_of([attn_done[g], gate]) for g in range(G)]
+                ready: list[simpy.Event] = [env.all_of([attn_done[g], gate]) for g in range(G)]
             else:
-                ready = [runner.compute(g, streams[g], attention_us * frac * slow, f"attention {tag}", go)
-                         for g in range(G)]
+                ready = [
+                    runner.compute(
+                        g, streams[g], attention_us * frac * slow, f"attention {tag}", go
+                    )
+                    for g in range(G)
+                ]
                 busy += attention_us * frac * slow
             d_run = runner.phase(dispatch.scaled(frac), ready, f"dispatch {tag}")
             prev_dispatch = env.all_of(d_run.done)
@@ -276,7 +333,9 @@ def simulate_moe(
             for g in range(G):
                 dur = (ev.compute_us[layer, g] + shared_expert_us) * frac * slow
                 busy[g] += dur
-                comp_done.append(runner.compute(g, streams[g], dur, f"experts {tag}", d_run.done[g]))
+                comp_done.append(
+                    runner.compute(g, streams[g], dur, f"experts {tag}", d_run.done[g])
+                )
             c_run = runner.phase(combine.scaled(frac), comp_done, f"combine {tag}")
             d_runs.append(d_run)
             c_runs.append(c_run)
@@ -286,20 +345,24 @@ def simulate_moe(
         moved = runner.net.link_bytes - bytes_before
         lb = float((moved / runner.net.cap).max()) if moved.any() else 0.0
         compute_max = float((ev.compute_us[layer] + shared_expert_us).max() * slow)
-        rows.append({
-            "layer": layer,
-            "dispatch_us": float(sum(r.span_us for r in d_runs)),
-            "compute_us": compute_max,
-            "combine_us": float(sum(r.span_us for r in c_runs)),
-            "layer_us": float(layer_us),
-            "exposed_comm_us": float(max(layer_us - busy.max(), 0.0)),
-            "attention_us": float(attention_us * slow),
-            "comm_lower_bound_us": lb,
-            "flows": int(sum(r.flows for r in d_runs + c_runs)),
-        })
+        rows.append(
+            {
+                "layer": layer,
+                "dispatch_us": float(sum(r.span_us for r in d_runs)),
+                "compute_us": compute_max,
+                "combine_us": float(sum(r.span_us for r in c_runs)),
+                "layer_us": float(layer_us),
+                "exposed_comm_us": float(max(layer_us - busy.max(), 0.0)),
+                "attention_us": float(attention_us * slow),
+                "comm_lower_bound_us": lb,
+                "flows": int(sum(r.flows for r in d_runs + c_runs)),
+            }
+        )
 
     def main() -> Any:
-        bar = tqdm(chosen, desc="simulate", unit="layer", disable=None if progress else True, leave=False)
+        bar = tqdm(
+            chosen, desc="simulate", unit="layer", disable=None if progress else True, leave=False
+        )
         for layer in bar:
             yield env.process(layer_proc(layer))
         bar.close()
@@ -316,20 +379,43 @@ def simulate_moe(
         link_cap_bytes_per_us=runner.net.cap.copy(),
         sim_end_us=float(env.now),
         spans=runner.spans,
-        stats={"events": runner.net.events, "recomputes": runner.net.recomputes, "flows": runner.net.num_flows,
-               "worst_link_utilisation": runner.net.worst_utilisation, "wall_s": wall},
-        config={"cluster": cluster.name, "num_gpus": G, "gpus_per_node": cluster.gpus_per_node,
-                "fabric": cluster.fabric, "algo": algo, "overlap": overlap, "mode": mode,
-                "tokens_per_gpu": tokens_per_gpu, "routing": routing, "pxn": runner.topo.pxn,
-                "bytes_model": ev.bytes_model, "comm_sm_fraction": cluster.comm_sm_fraction,
-                "attention_us": attention_us, "shared_expert_us": shared_expert_us},
+        stats={
+            "events": runner.net.events,
+            "recomputes": runner.net.recomputes,
+            "flows": runner.net.num_flows,
+            "worst_link_utilisation": runner.net.worst_utilisation,
+            "wall_s": wall,
+        },
+        config={
+            "cluster": cluster.name,
+            "num_gpus": G,
+            "gpus_per_node": cluster.gpus_per_node,
+            "fabric": cluster.fabric,
+            "algo": algo,
+            "overlap": overlap,
+            "mode": mode,
+            "tokens_per_gpu": tokens_per_gpu,
+            "routing": routing,
+            "pxn": runner.topo.pxn,
+            "bytes_model": ev.bytes_model,
+            "comm_sm_fraction": cluster.comm_sm_fraction,
+            "attention_us": attention_us,
+            "shared_expert_us": shared_expert_us,
+        },
         gpus_per_node=cluster.gpus_per_node,
     )
 
 
-def uniform_routing(num_gpus: int, gpus_per_node: int, *, tokens: int, top_k: int, num_experts: int,
-                    node_limit: int | None, rng: np.random.Generator
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def uniform_routing(
+    num_gpus: int,
+    gpus_per_node: int,
+    *,
+    tokens: int,
+    top_k: int,
+    num_experts: int,
+    node_limit: int | None,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """DeepEP-test routing: per token, random scores; top ``node_limit`` node groups by their best score,
     then the top-k experts among them. Experts are split evenly over GPUs.
 
@@ -398,15 +484,30 @@ def simulate_uniform(
         raise PlacementError("node_limit must be >= 1")
     wall0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    pairs, nic, nvlink, node_pairs_sent = uniform_routing(G, gpn, tokens=tokens, top_k=top_k, num_experts=experts,
-                                         node_limit=node_limit, rng=rng)
+    pairs, nic, nvlink, node_pairs_sent = uniform_routing(
+        G, gpn, tokens=tokens, top_k=top_k, num_experts=experts, node_limit=node_limit, rng=rng
+    )
     runner = _Runner(cluster, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks)
     env = runner.env
     d_bpc, c_bpc = hidden * dispatch_bytes, hidden * combine_bytes
-    dispatch = build_phase(algo, "dispatch", pairs=pairs, nic=nic, nvlink=nvlink, bytes_per_copy=d_bpc,
-                           gpus_per_node=gpn)
-    combine = build_phase(algo, "combine", pairs=pairs.T, nic=nic.T, nvlink=nvlink.T, bytes_per_copy=c_bpc,
-                          gpus_per_node=gpn)
+    dispatch = build_phase(
+        algo,
+        "dispatch",
+        pairs=pairs,
+        nic=nic,
+        nvlink=nvlink,
+        bytes_per_copy=d_bpc,
+        gpus_per_node=gpn,
+    )
+    combine = build_phase(
+        algo,
+        "combine",
+        pairs=pairs.T,
+        nic=nic.T,
+        nvlink=nvlink.T,
+        bytes_per_copy=c_bpc,
+        gpus_per_node=gpn,
+    )
     out: dict[str, Any] = {}
     snaps: list[np.ndarray] = []
 
@@ -452,19 +553,25 @@ def simulate_uniform(
         "dispatch_us": d_us,
         "combine_us": c_us,
         "dispatch": {
-            "nvlink_bytes_sent": per_gpu(d_bytes, "nvl-tx"), "nic_bytes_sent": per_gpu(d_bytes, "nic-tx"),
+            "nvlink_bytes_sent": per_gpu(d_bytes, "nvl-tx"),
+            "nic_bytes_sent": per_gpu(d_bytes, "nic-tx"),
             "lower_bound_us": float((d_bytes / cap).max()),
         },
         "combine": {
-            "nvlink_bytes_sent": per_gpu(c_bytes, "nvl-tx"), "nic_bytes_sent": per_gpu(c_bytes, "nic-tx"),
+            "nvlink_bytes_sent": per_gpu(c_bytes, "nvl-tx"),
+            "nic_bytes_sent": per_gpu(c_bytes, "nic-tx"),
             "lower_bound_us": float((c_bytes / cap).max()),
         },
         "nvlink_bytes_sent": per_gpu(d_bytes + c_bytes, "nvl-tx"),
         "nic_bytes_sent": per_gpu(d_bytes + c_bytes, "nic-tx"),
         "dispatch_nvl_gbytes_per_s": float(recv_copies.mean() * d_bpc / d_us / 1e3),
         "combine_nvl_gbytes_per_s": float(recv_copies.mean() * c_bpc / c_us / 1e3),
-        "dispatch_rdma_gbytes_per_s": float(node_pairs_sent.mean() * d_bpc / d_us / 1e3) if G > gpn else None,
-        "combine_rdma_gbytes_per_s": float(node_pairs_sent.mean() * c_bpc / c_us / 1e3) if G > gpn else None,
+        "dispatch_rdma_gbytes_per_s": float(node_pairs_sent.mean() * d_bpc / d_us / 1e3)
+        if gpn < G
+        else None,
+        "combine_rdma_gbytes_per_s": float(node_pairs_sent.mean() * c_bpc / c_us / 1e3)
+        if gpn < G
+        else None,
         "events": runner.net.events,
         "recomputes": runner.net.recomputes,
         "flows": runner.net.num_flows,
@@ -472,5 +579,3 @@ def simulate_uniform(
         "wall_s": time.perf_counter() - wall0,
     }
     return result
-
-

@@ -62,7 +62,9 @@ class Topology:
         if self.routing not in ROUTINGS:
             raise PlacementError(f"unknown routing {self.routing!r}; known: {', '.join(ROUTINGS)}")
         if c.fabric == "multi-plane":
-            self.pxn = True  # planes do not connect: cross-plane traffic must be relayed inside the node
+            self.pxn = (
+                True  # planes do not connect: cross-plane traffic must be relayed inside the node
+            )
         self.gpn = c.gpus_per_node
         self.npg = max(1, c.nics_per_gpu)
         self.rails = self.gpn * self.npg
@@ -135,7 +137,9 @@ class Topology:
         if ls == ld:
             return [], 0
         if c.fabric == "multi-plane" and rs != rd:
-            raise PlacementError("internal: cross-plane traffic must be relayed inside the node (PXN)")
+            raise PlacementError(
+                "internal: cross-plane traffic must be relayed inside the node (PXN)"
+            )
         trunk = self.uplinks * self.port_bw
         if c.fabric in ("multi-rail", "multi-plane"):
             tier = f"p{rs}" if c.fabric == "multi-plane" else "all"
@@ -155,8 +159,10 @@ class Topology:
             hops = 2
             if pod_s != pod_d:
                 pod_trunk = self.half * self.uplinks * self.port_bw
-                links += [self._add(f"pod-up/{pod_s}", "fabric", pod_trunk),
-                          self._add(f"pod-down/{pod_d}", "fabric", pod_trunk)]
+                links += [
+                    self._add(f"pod-up/{pod_s}", "fabric", pod_trunk),
+                    self._add(f"pod-down/{pod_d}", "fabric", pod_trunk),
+                ]
                 hops = 4
             links.append(self._add(f"leaf-down/{li_d}", "fabric", trunk))
             return links, hops
@@ -166,8 +172,10 @@ class Topology:
         hops = 2
         if pod_s != pod_d:
             core = (h // self.half) % self.half
-            links += [self._add(f"core-up/{pod_s}.{agg}.{core}", "fabric", self.port_bw),
-                      self._add(f"core-down/{agg}.{core}.{pod_d}", "fabric", self.port_bw)]
+            links += [
+                self._add(f"core-up/{pod_s}.{agg}.{core}", "fabric", self.port_bw),
+                self._add(f"core-down/{agg}.{core}.{pod_d}", "fabric", self.port_bw),
+            ]
             hops = 4
         links.append(self._add(f"agg-down/{agg}.{li_d}", "fabric", self.port_bw))
         return links, hops
@@ -203,8 +211,11 @@ class Topology:
         if src == dst:
             route = Route(np.zeros(0, dtype=np.int64), np.zeros(0), 0.0)
         elif src // self.gpn == dst // self.gpn:
-            route = Route(np.array([self._ids[f"nvl-tx/{src}"], self._ids[f"nvl-rx/{dst}"]]), np.ones(2),
-                          c.nvlink_latency_us)
+            route = Route(
+                np.array([self._ids[f"nvl-tx/{src}"], self._ids[f"nvl-rx/{dst}"]]),
+                np.ones(2),
+                c.nvlink_latency_us,
+            )
         else:
             links: list[int] = []
             coefs: list[float] = []

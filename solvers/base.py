@@ -192,8 +192,12 @@ def run_solver(name: str, problem: PlacementProblem, config: SolverConfig | None
 
         objective, bound = score_plan(problem, config, plan)
         prov = replace(
-            prov, objective=objective, bound=bound, gap=gap_of(objective, bound),
-            objective_name=prov.objective_name or OBJECTIVE_NAME, method=prov.method or name,
+            prov,
+            objective=objective,
+            bound=bound,
+            gap=gap_of(objective, bound),
+            objective_name=prov.objective_name or OBJECTIVE_NAME,
+            method=prov.method or name,
         )
     plan = replace(plan, provenance=prov)
     return plan.validate()

@@ -33,14 +33,20 @@ class TimeModel:
     us_per_nvlink_copy: float  # one token copy through one GPU's NVLink port (dispatch + combine)
 
     @classmethod
-    def of(cls, problem: PlacementProblem, tokens_per_gpu: int = DEFAULT_TOKENS_PER_GPU) -> TimeModel:
+    def of(
+        cls, problem: PlacementProblem, tokens_per_gpu: int = DEFAULT_TOKENS_PER_GPU
+    ) -> TimeModel:
         wl, cl = problem.workload, problem.cluster
         shape = wl.shape
         G = cl.num_gpus
         scale = tokens_per_gpu * G / max(int(wl.num_tokens), 1)
         peak = cl.gpu.fp8_tflops if shape.compute_dtype == "fp8" else cl.gpu.bf16_tflops
-        comp = scale * shape.flops_per_token_per_expert / (peak * 1e12 * cl.compute_efficiency) * 1e6
-        copy_bytes = shape.hidden_size * (shape.dispatch_bytes_per_elem + shape.combine_bytes_per_elem)
+        comp = (
+            scale * shape.flops_per_token_per_expert / (peak * 1e12 * cl.compute_efficiency) * 1e6
+        )
+        copy_bytes = shape.hidden_size * (
+            shape.dispatch_bytes_per_elem + shape.combine_bytes_per_elem
+        )
         nic = scale * copy_bytes / (cl.nic_effective_gbytes_per_s * 1e9) * 1e6
         nvl_bw = max(cl.nvlink_effective_gbytes_per_s, 1e-9)
         nvl = scale * copy_bytes / (nvl_bw * 1e9) * 1e6
@@ -165,14 +171,14 @@ def improve_layout(
         # reject splits putting one expert twice on one GPU: only partners sharing an expert with the
         # busiest GPU can produce one, so check just those
         shared = (ids[m][None, :, None] == ids[others][:, None, :]).any(axis=(1, 2))
-        for p in np.flatnonzero(shared).tolist():
-            dup = pool_id[p][:, None] == pool_id[p][None, :]
+        for q in np.flatnonzero(shared).tolist():
+            dup = pool_id[q][:, None] == pool_id[q][None, :]
             np.fill_diagonal(dup, False)
             d = dup.astype(float)
             bad = (np.einsum("wi,ij,wj->w", masks, d, masks) > 0) | (
                 np.einsum("wi,ij,wj->w", 1 - masks, d, 1 - masks) > 0
             )
-            worst[p] = np.where(bad, np.inf, worst[p])
+            worst[q] = np.where(bad, np.inf, worst[q])
         p, way = np.unravel_index(int(np.argmin(worst)), worst.shape)
         if not worst[p, way] < peak - tol:
             break
@@ -281,10 +287,14 @@ def make_plan(
     ).validate()
 
 
-def layer_gpu_load(plan_row: np.ndarray, share_row: np.ndarray, load: np.ndarray, G: int) -> np.ndarray:
+def layer_gpu_load(
+    plan_row: np.ndarray, share_row: np.ndarray, load: np.ndarray, G: int
+) -> np.ndarray:
     """``[G]`` load of one layer under a layout and its shares."""
     spg = plan_row.size // G
-    return np.bincount(np.arange(plan_row.size) // spg, weights=load[plan_row] * share_row, minlength=G)
+    return np.bincount(
+        np.arange(plan_row.size) // spg, weights=load[plan_row] * share_row, minlength=G
+    )
 
 
 def gap_of(objective: float, bound: float) -> float:

@@ -37,9 +37,11 @@ from ortools.sat.python import cp_model
 from placement.errors import InfeasibleError
 from solvers.common import TimeModel, load_bound
 
-SHARE_UNITS = 100  # Q: replica shares in the CP-SAT model are multiples of 1/Q (the LP refines them)
+SHARE_UNITS = (
+    100  # Q: replica shares in the CP-SAT model are multiples of 1/Q (the LP refines them)
+)
 LOAD_UNITS = 100_000  # loads are scaled so that one layer's tokens sum to about this many units
-MAX_PAIR_TERMS = 24_000  # pair variables beyond this are dropped (weakest co-activations first)
+MAX_PAIR_TERMS = 12_000  # pair variables beyond this are dropped (weakest co-activations first)
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,9 @@ class LayerSpec:
     counts: np.ndarray | None = None  # fixed replica counts, or None: free within the slot budget
     current: np.ndarray | None = None  # [E, G] 0/1 current placement
     max_moves: int | None = None
-    link_gpus_per_node: int | None = None  # NICs per node when a "GPU" of this model is a whole node
+    link_gpus_per_node: int | None = (
+        None  # NICs per node when a "GPU" of this model is a whole node
+    )
 
     @property
     def num_experts(self) -> int:
@@ -99,7 +103,9 @@ class LayerSpec:
         G, gpn = self.num_gpus, self.gpus_per_node
         if G <= 1:
             return 0.0
-        per = (self.time.us_per_nic_copy * (G - gpn) + self.time.us_per_nvlink_copy * (gpn - 1)) / (G - 1)
+        per = (self.time.us_per_nic_copy * (G - gpn) + self.time.us_per_nvlink_copy * (gpn - 1)) / (
+            G - 1
+        )
         return self.traffic_weight * per / G
 
     @property
@@ -152,7 +158,9 @@ def objective_us(spec: LayerSpec, held: list[list[int]], share: np.ndarray) -> f
     G, spg = spec.num_gpus, spec.slots_per_gpu
     flat = np.asarray(held, dtype=np.int64).ravel()
     gpu_of = np.arange(flat.size) // spg
-    peaks = [float(np.bincount(gpu_of, weights=ld[flat] * share, minlength=G).max()) for ld in spec.loads]
+    peaks = [
+        float(np.bincount(gpu_of, weights=ld[flat] * share, minlength=G).max()) for ld in spec.loads
+    ]
     out = spec.balance_weight * spec.time.us_per_assignment * _aggregate(spec, peaks)
     out += spec.constant_us()
     if spec.standard and spec.traffic_weight > 0:
@@ -222,7 +230,7 @@ def solve_layer(
     build_start = time.perf_counter()
     E, G, gpn, spg = spec.num_experts, spec.num_gpus, spec.gpus_per_node, spec.slots_per_gpu
     N = spec.num_nodes
-    replicas = E < G * spg
+    replicas = G * spg > E
     Q = SHARE_UNITS if replicas else 1
     m = cp_model.CpModel()
     x = [[m.new_bool_var(f"x{e}_{g}") for g in range(G)] for e in range(E)]
@@ -233,7 +241,7 @@ def solve_layer(
             m.add(sum(x[e]) == int(spec.counts[e]))
         else:
             m.add(sum(x[e]) >= 1)
-    no_replicas = spec.counts is not None and int(np.max(spec.counts)) == 1 or not replicas
+    no_replicas = (spec.counts is not None and int(np.max(spec.counts)) == 1) or not replicas
     if no_replicas and spec.current is None and spec.affinity is None:
         # GPUs inside a node are interchangeable, and so are nodes: order nodes, and GPUs inside each
         # node, by their smallest expert id; then expert e sits on node <= e and local GPU <= e
@@ -253,7 +261,7 @@ def solve_layer(
         if not replicas or fixed_single:
             r.append([Q * x[e][g] for g in range(G)])
             continue
-        row = []
+        row: list[cp_model.LinearExprT] = []
         for g in range(G):
             v = m.new_int_var(0, Q, f"r{e}_{g}")
             m.add(v <= Q * x[e][g])
@@ -271,7 +279,7 @@ def solve_layer(
     F = 1000.0 / max(coef_unit * max(spec.trace_weights), link_unit, spec.hop_us(), 1e-300)
     for t, ld in enumerate(spec.loads):
         ints = np.floor(ld * scale).astype(np.int64)
-        lb = int(math.floor(load_bound(ints.astype(float), G, spg, num_redundant))) * Q
+        lb = math.floor(load_bound(ints.astype(float), G, spg, num_redundant)) * Q
         ub = int(ints.sum()) * Q
         peak = m.new_int_var(min(lb, ub), ub, f"peak{t}")
         for g in range(G):
@@ -279,7 +287,7 @@ def solve_layer(
         peaks.append(peak)
         peak_ubs.append(ub)
     # floor keeps the model below the true objective; the 1e-9 guards 99.999999 -> 99 round-off
-    weights_int = [int(math.floor(coef_unit * w * F * (1 + 1e-12) + 1e-9)) for w in spec.trace_weights]
+    weights_int = [math.floor(coef_unit * w * F * (1 + 1e-12) + 1e-9) for w in spec.trace_weights]
     if spec.robust == "worst" and len(peaks) > 1:
         top = max(ub * w for ub, w in zip(peak_ubs, weights_int, strict=True))
         worst = m.new_int_var(0, top, "worst")
@@ -292,15 +300,17 @@ def solve_layer(
     if spec.standard and spec.traffic_weight > 0:
         # hits in the peaks' integer units (loads floored, savings ceiled: never above the true hits)
         prim = np.floor(spec.loads[0] * scale).astype(np.int64)
-        nic_int = int(math.floor(spec.nic_hit_us() / (scale * Q) * F))
-        nvl_int = int(math.floor(spec.nvlink_hit_us() / (scale * Q) * F))
+        nic_int = math.floor(spec.nic_hit_us() / (scale * Q) * F)
+        nvl_int = math.floor(spec.nvlink_hit_us() / (scale * Q) * F)
         use_nic, use_nvl = N > 1 and nic_int > 0, gpn > 1 and nvl_int > 0
         pairs: list[tuple[int, int, float]] = []
         if spec.coact is not None:
             per_pair_vars = (N if use_nic else 0) + (G if use_nvl else 0)
-            pairs = _pairs(spec.coact, MAX_PAIR_TERMS // max(per_pair_vars, 1)) if per_pair_vars else []
+            pairs = (
+                _pairs(spec.coact, MAX_PAIR_TERMS // max(per_pair_vars, 1)) if per_pair_vars else []
+            )
         pair_count = len(pairs)
-        saving = [int(math.ceil(spec.pair_factor * c * scale * Q)) for _, _, c in pairs]
+        saving = [math.ceil(spec.pair_factor * c * scale * Q) for _, _, c in pairs]
         gpu_hits: list[list[cp_model.LinearExprT]] = [
             [int(prim[e]) * r[e][g] for e in range(E) if prim[e] > 0] for g in range(G)
         ]
@@ -308,22 +318,28 @@ def solve_layer(
         comm = m.new_int_var(0, max(comm_ub, 0), "comm")
         objective_terms.append(comm)
         if use_nic:
-            node_hits = [[t for g in range(n * gpn, (n + 1) * gpn) for t in gpu_hits[g]] for n in range(N)]
+            node_hits = [
+                [t for g in range(n * gpn, (n + 1) * gpn) for t in gpu_hits[g]] for n in range(N)
+            ]
             if pairs:
-                on_node = [[m.new_bool_var(f"n{e}_{n}") for n in range(N)] for e in range(E)]
-                for e in range(E):
-                    for n in range(N):
-                        m.add_max_equality(on_node[e][n], [x[e][g] for g in range(n * gpn, (n + 1) * gpn)])
+                on_node = x  # one GPU per node (the node level of the hierarchy): the same variable
+                if gpn > 1:
+                    on_node = [[m.new_bool_var(f"n{e}_{n}") for n in range(N)] for e in range(E)]
+                    for e in range(E):
+                        for n in range(N):
+                            m.add_max_equality(
+                                on_node[e][n], [x[e][g] for g in range(n * gpn, (n + 1) * gpn)]
+                            )
                 partners_n: dict[tuple[int, int], list[cp_model.IntVar]] = {}
                 for (e, f, _), sav in zip(pairs, saving, strict=True):
-                    w = [m.new_bool_var(f"wn{e}_{f}_{n}") for n in range(N)]
+                    wv = [m.new_bool_var(f"wn{e}_{f}_{n}") for n in range(N)]
                     for n in range(N):
-                        m.add_implication(w[n], on_node[e][n])
-                        m.add_implication(w[n], on_node[f][n])
-                        partners_n.setdefault((e, n), []).append(w[n])
-                        partners_n.setdefault((f, n), []).append(w[n])
-                        node_hits[n].append(-sav * w[n])
-                    m.add(sum(w) <= 1)
+                        m.add_implication(wv[n], on_node[e][n])
+                        m.add_implication(wv[n], on_node[f][n])
+                        partners_n.setdefault((e, n), []).append(wv[n])
+                        partners_n.setdefault((f, n), []).append(wv[n])
+                        node_hits[n].append(-sav * wv[n])
+                    m.add(sum(wv) <= 1)
                 # an expert on a node has at most (slots in the node - 1) partners there: a strong cut
                 # for the LP relaxation, which otherwise pairs everything with everything at 1/N
                 for (e, n), ws in partners_n.items():
@@ -336,14 +352,14 @@ def solve_layer(
             if pairs:
                 partners_g: dict[tuple[int, int], list[cp_model.IntVar]] = {}
                 for (e, f, _), sav in zip(pairs, saving, strict=True):
-                    w = [m.new_bool_var(f"wg{e}_{f}_{g}") for g in range(G)]
+                    wv = [m.new_bool_var(f"wg{e}_{f}_{g}") for g in range(G)]
                     for g in range(G):
-                        m.add_implication(w[g], x[e][g])
-                        m.add_implication(w[g], x[f][g])
-                        partners_g.setdefault((e, g), []).append(w[g])
-                        partners_g.setdefault((f, g), []).append(w[g])
-                        hits[g].append(-sav * w[g])
-                    m.add(sum(w) <= 1)
+                        m.add_implication(wv[g], x[e][g])
+                        m.add_implication(wv[g], x[f][g])
+                        partners_g.setdefault((e, g), []).append(wv[g])
+                        partners_g.setdefault((f, g), []).append(wv[g])
+                        hits[g].append(-sav * wv[g])
+                    m.add(sum(wv) <= 1)
                 for (e, g), ws in partners_g.items():
                     m.add(sum(ws) <= (spg - 1) * x[e][g])
             for g in range(G):

@@ -24,7 +24,9 @@ from solvers.base import PlacementProblem, SolverConfig, register
 from solvers.common import check_memory
 
 
-def balanced_packing(weight: np.ndarray, items: np.ndarray, num_packs: int, per_pack: int) -> list[list[int]]:
+def balanced_packing(
+    weight: np.ndarray, items: np.ndarray, num_packs: int, per_pack: int
+) -> list[list[int]]:
     """Heaviest first onto the lightest pack with room that does not hold the same item id yet.
 
     ``weight[i]`` and ``items[i]`` (expert ids, repeated for replicas); returns item indices per pack."""
@@ -48,8 +50,13 @@ def balanced_packing(weight: np.ndarray, items: np.ndarray, num_packs: int, per_
 
 
 def _make_room(
-    packs: list[list[int]], held: list[set[int]], pack_load: np.ndarray, weight: np.ndarray,
-    items: np.ndarray, e: int, per_pack: int,
+    packs: list[list[int]],
+    held: list[set[int]],
+    pack_load: np.ndarray,
+    weight: np.ndarray,
+    items: np.ndarray,
+    e: int,
+    per_pack: int,
 ) -> int:
     """Every pack with room already holds expert ``e``: move one item from a full pack without ``e`` into
     a pack with room, freeing a slot for ``e`` there. Returns the freed pack."""
@@ -83,18 +90,26 @@ def replicate(load: np.ndarray, num_slots: int, max_replicas: int) -> np.ndarray
     return counts
 
 
-def eplb_layer(load: np.ndarray, num_groups: int, num_nodes: int, gpus_per_node: int, spg: int) -> np.ndarray:
+def eplb_layer(
+    load: np.ndarray, num_groups: int, num_nodes: int, gpus_per_node: int, spg: int
+) -> np.ndarray:
     """One layer's ``phy2log[slots]``: groups to nodes, replicas inside nodes, replicas to GPUs."""
     E = load.size
     group_size = E // num_groups
     group_load = load.reshape(num_groups, group_size).sum(axis=1)
-    node_groups = balanced_packing(group_load, np.arange(num_groups), num_nodes, num_groups // num_nodes)
+    node_groups = balanced_packing(
+        group_load, np.arange(num_groups), num_nodes, num_groups // num_nodes
+    )
     row: list[int] = []
     slots_per_node = gpus_per_node * spg
     for groups in node_groups:
-        experts = np.concatenate([np.arange(g * group_size, (g + 1) * group_size) for g in sorted(groups)])
+        experts = np.concatenate(
+            [np.arange(g * group_size, (g + 1) * group_size) for g in sorted(groups)]
+        )
         if experts.size > slots_per_node:
-            raise InfeasibleError(f"EPLB: {experts.size} experts do not fit in a node's {slots_per_node} slots")
+            raise InfeasibleError(
+                f"EPLB: {experts.size} experts do not fit in a node's {slots_per_node} slots"
+            )
         counts = replicate(load[experts], slots_per_node, gpus_per_node)
         items = np.repeat(experts, counts)
         weight = load[items] / np.repeat(counts, counts)
@@ -131,17 +146,26 @@ def _eplb(problem: PlacementProblem, config: SolverConfig, hierarchical: bool, n
     phy2log = np.stack(rows)
     # objective, bound and gap are filled in by run_solver with the same time model as every solver
     prov = Provenance(
-        solver=name, method="eplb-hierarchical" if use_hier else "eplb-global",
+        solver=name,
+        method="eplb-hierarchical" if use_hier else "eplb-global",
         extra={"num_groups": groups if use_hier else 1},
     )
     return Plan(G, gpn, spg, problem.num_experts, phy2log, provenance=prov)
 
 
-@register("eplb", "EPLB-equivalent greedy, hierarchical (groups to nodes) when groups % nodes == 0", baseline=True)
-def eplb_hierarchical(problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator) -> Plan:
+@register(
+    "eplb",
+    "EPLB-equivalent greedy, hierarchical (groups to nodes) when groups % nodes == 0",
+    baseline=True,
+)
+def eplb_hierarchical(
+    problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator
+) -> Plan:
     return _eplb(problem, config, hierarchical=True, name="eplb")
 
 
 @register("eplb-global", "EPLB-equivalent greedy, global replication and packing", baseline=True)
-def eplb_global(problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator) -> Plan:
+def eplb_global(
+    problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator
+) -> Plan:
     return _eplb(problem, config, hierarchical=False, name="eplb-global")

@@ -37,6 +37,7 @@ from solvers.common import (
     greedy_layout,
     group_gpus,
     load_bound,
+    lpt,
     make_plan,
     optimal_shares,
     water_fill,
@@ -44,7 +45,8 @@ from solvers.common import (
 from solvers.cpsat import LayerResult, LayerSpec, analytic_bound_us, objective_us, solve_layer
 
 MONOLITHIC_CELLS = 512  # experts x GPUs up to which one CP-SAT model per layer is used
-GAP_DONE = 1e-4  # a layer this close to its bound needs no more search
+GAP_DONE = 1e-4
+MIN_MODEL_S = 0.05  # below this much time for a sub-model, the greedy answer is kept  # a layer this close to its bound needs no more search
 OBJECTIVE_NAME = "predicted MoE time (us): busiest-GPU roofline compute + modelled link copies"
 
 
@@ -68,14 +70,22 @@ def _context(problem: PlacementProblem, config: SolverConfig) -> _Context:
         raise PlacementError(f"unknown mode {problem.mode!r}; known: standard, coherent")
     primary_total = problem.workload.load.sum(axis=1, keepdims=True).mean()
     loads = np.stack(
-        [w.load / max(w.load.sum(axis=1, keepdims=True).mean(), 1e-12) * primary_total for w in problem.workloads]
+        [
+            w.load / max(w.load.sum(axis=1, keepdims=True).mean(), 1e-12) * primary_total
+            for w in problem.workloads
+        ]
     )
     weights = problem.weights or tuple(1.0 for _ in problem.workloads)
     norm = tuple(float(w) / float(sum(weights)) for w in weights)
     # keep a little of the limit for shares, validation and the caller's bookkeeping
     deadline = time.perf_counter() + 0.85 * config.time_limit_s
     return _Context(
-        problem, config, TimeModel.of(problem), loads, norm, deadline,
+        problem,
+        config,
+        TimeModel.of(problem),
+        loads,
+        norm,
+        deadline,
         bool(config.extra.get("deterministic", False)),
     )
 
@@ -130,12 +140,20 @@ def _solve_with_current(ctx: _Context, layer: int, budget: int | None) -> LayerR
     if int(counts.sum()) != p.num_experts + p.num_redundant:
         raise PlacementError("--current plan has a different slot count than --redundant asks for")
     spec = _spec(
-        ctx, layer, counts=counts, current=_current_matrix(p.current, layer, p.num_experts),
+        ctx,
+        layer,
+        counts=counts,
+        current=_current_matrix(p.current, layer, p.num_experts),
         max_moves=budget,
     )
     return solve_layer(
-        spec, hint=cur_held, time_limit_s=ctx.budget(p.num_layers - layer), seed=ctx.config.seed,
-        workers=ctx.config.workers, num_redundant=p.num_redundant, deterministic=ctx.deterministic,
+        spec,
+        hint=cur_held,
+        time_limit_s=ctx.budget(p.num_layers - layer),
+        seed=ctx.config.seed,
+        workers=ctx.config.workers,
+        num_redundant=p.num_redundant,
+        deterministic=ctx.deterministic,
     )
 
 
@@ -168,13 +186,23 @@ def _lns_balance(
         counts = np.array([items.count(e) for e in sub_ids])
         sub_time = dataclasses.replace(ctx.time)
         spec = LayerSpec(
-            loads=(sub_load,), trace_weights=(1.0,), robust="weighted", num_gpus=len(group),
-            gpus_per_node=len(group), slots_per_gpu=spg, time=sub_time, counts=counts,
+            loads=(sub_load,),
+            trace_weights=(1.0,),
+            robust="weighted",
+            num_gpus=len(group),
+            gpus_per_node=len(group),
+            slots_per_gpu=spg,
+            time=sub_time,
+            counts=counts,
         )
         hint = [[index[e] for e in held[g]] for g in group]
         res = solve_layer(
-            spec, hint=hint, time_limit_s=min(0.5, max(0.02, until - time.perf_counter())),
-            seed=int(rng.integers(1 << 30)), workers=1, num_redundant=int(counts.sum() - counts.size),
+            spec,
+            hint=hint,
+            time_limit_s=min(0.5, max(0.02, until - time.perf_counter())),
+            seed=int(rng.integers(1 << 30)),
+            workers=1,
+            num_redundant=int(counts.sum() - counts.size),
             deterministic=ctx.deterministic,
         )
         new = [[sub_ids[i] for i in row] for row in res.held]
@@ -190,10 +218,74 @@ def _lns_balance(
     return held
 
 
-def _hierarchical(ctx: _Context, layer: int, counts: np.ndarray, hint: list[list[int]]) -> list[list[int]]:
+def _node_lns(
+    ctx: _Context, node_spec: LayerSpec, node_held: list[list[int]], until: float
+) -> tuple[list[list[int]], np.ndarray]:
+    """Large-neighbourhood search over nodes: the busiest node (by the model's objective) and one other
+    node at a time, their experts re-split exactly by CP-SAT (balance, pair savings, replica shares);
+    a move is kept when the whole layer's node-level objective falls. Returns nodes' experts and the
+    share of each expert's load per slot, in ``node_held`` order."""
+    N, per = node_spec.num_gpus, node_spec.slots_per_gpu
+    held = [list(h) for h in node_held]
+    flat = np.asarray(held).ravel()
+    share = 1.0 / np.bincount(flat)[flat]
+    best = objective_us(node_spec, held, share)
+    full = node_spec.loads
+    partner = 0
+    tries_without_gain = 0
+    while time.perf_counter() < until and N > 1 and tries_without_gain < N - 1:
+        slot_load = full[0][np.asarray(held).ravel()] * share
+        node_load = slot_load.reshape(N, per).sum(axis=1)
+        u = int(np.argmax(node_load))
+        partner = (partner + 1) % N
+        v = partner if partner != u else (partner + 1) % N
+        if v == u:
+            break
+        pair_slots = list(range(u * per, (u + 1) * per)) + list(range(v * per, (v + 1) * per))
+        ids = sorted({int(flat[s]) for s in pair_slots})
+        index = {e: i for i, e in enumerate(ids)}
+        portion = np.zeros(len(ids))  # each expert's share of its load held by these two nodes
+        counts = np.zeros(len(ids), dtype=np.int64)
+        for s in pair_slots:
+            portion[index[int(flat[s])]] += share[s]
+            counts[index[int(flat[s])]] += 1
+        sub_loads = tuple(ld[ids] * portion for ld in full)
+        sub_coact = None if node_spec.coact is None else node_spec.coact[np.ix_(ids, ids)]
+        sub = dataclasses.replace(
+            node_spec, loads=sub_loads, num_gpus=2, coact=sub_coact, counts=counts
+        )
+        hint = [[index[e] for e in held[u]], [index[e] for e in held[v]]]
+        res = solve_layer(
+            sub,
+            hint=hint,
+            time_limit_s=min(0.5, max(0.02, until - time.perf_counter())),
+            seed=ctx.config.seed,
+            workers=ctx.config.workers,
+            num_redundant=int(counts.sum() - counts.size),
+            deterministic=ctx.deterministic,
+        )
+        new_held = [list(h) for h in held]
+        new_share = share.copy()
+        for side, node in enumerate((u, v)):
+            new_held[node] = [ids[i] for i in res.held[side]]
+            for k, i in enumerate(res.held[side]):
+                new_share[node * per + k] = res.share[side * per + k] * portion[i]
+        new_flat = np.asarray(new_held).ravel()
+        value = objective_us(node_spec, new_held, new_share)
+        if value < best - 1e-9 * max(abs(best), 1.0):
+            held, share, flat, best = new_held, new_share, new_flat, value
+            tries_without_gain = 0
+        else:
+            tries_without_gain += 1
+    return held, share
+
+
+def _hierarchical(
+    ctx: _Context, layer: int, counts: np.ndarray, hint: list[list[int]]
+) -> list[list[int]]:
     """Experts to nodes (balance + NIC savings), then each node's experts to its GPUs."""
     p = ctx.problem
-    G, gpn, spg, N = p.num_gpus, p.gpus_per_node, p.slots_per_gpu, p.num_gpus // p.gpus_per_node
+    gpn, spg, N = p.gpus_per_node, p.slots_per_gpu, p.num_gpus // p.gpus_per_node
     spec = _spec(ctx, layer)
     node_time = dataclasses.replace(
         ctx.time, us_per_assignment=ctx.time.us_per_assignment / gpn, us_per_nvlink_copy=0.0
@@ -205,44 +297,63 @@ def _hierarchical(ctx: _Context, layer: int, counts: np.ndarray, hint: list[list
         per = np.where(node_counts < N, ctx.loads[0, layer] / node_counts, -np.inf)
         node_counts[int(np.argmax(per))] += 1
         deficit -= 1
-    node_hint = [sorted({e for g in range(n * gpn, (n + 1) * gpn) for e in hint[g]}) for n in range(N)]
+    node_hint = [
+        sorted({e for g in range(n * gpn, (n + 1) * gpn) for e in hint[g]}) for n in range(N)
+    ]
     if any(len(h) != gpn * spg for h in node_hint) or not np.array_equal(
         np.bincount([e for h in node_hint for e in h], minlength=p.num_experts), node_counts
     ):
-        node_hint = None  # type: ignore[assignment]
+        items = np.repeat(np.arange(p.num_experts), node_counts)
+        node_hint = lpt(items, ctx.loads[0, layer][items] / node_counts[items], N, gpn * spg)
     node_spec = dataclasses.replace(
-        spec, num_gpus=N, gpus_per_node=1, slots_per_gpu=gpn * spg, time=node_time, counts=node_counts,
+        spec,
+        num_gpus=N,
+        gpus_per_node=1,
+        slots_per_gpu=gpn * spg,
+        time=node_time,
+        counts=node_counts,
         link_gpus_per_node=gpn,
     )
-    nodes = solve_layer(
-        node_spec, hint=node_hint, time_limit_s=ctx.budget(p.num_layers - layer, 0.5),
-        seed=ctx.config.seed, workers=ctx.config.workers, num_redundant=p.num_redundant,
-        deterministic=ctx.deterministic,
-    )
+    until = time.perf_counter() + ctx.budget(p.num_layers - layer, 0.5)
+    node_held, node_share = _node_lns(ctx, node_spec, node_hint, until)
     held: list[list[int]] = []
     for n in range(N):
-        members = nodes.held[n]
-        shares = nodes.share[n * gpn * spg : (n + 1) * gpn * spg]
+        members = node_held[n]
+        shares = node_share[n * gpn * spg : (n + 1) * gpn * spg]
         sub_load = tuple(
             np.array([ctx.loads[t, layer, e] * s for e, s in zip(members, shares, strict=True)])
             for t in range(ctx.loads.shape[0])
         )
         sub_coact = None if spec.coact is None else spec.coact[np.ix_(members, members)]
         gpu_spec = dataclasses.replace(
-            spec, loads=sub_load, num_gpus=gpn, gpus_per_node=gpn, coact=sub_coact,
+            spec,
+            loads=sub_load,
+            num_gpus=gpn,
+            gpus_per_node=gpn,
+            coact=sub_coact,
             counts=np.ones(len(members), dtype=np.int64),
         )
         sub_hint = greedy_layout(sub_load[0], np.ones(len(members), dtype=np.int64), gpn, spg)
+        gpu_budget = ctx.budget(p.num_layers - layer, 0.5 / N)
+        if gpu_budget < MIN_MODEL_S:  # building a model would cost more than the time left
+            held += [[members[i] for i in row] for row in sub_hint]
+            continue
         res = solve_layer(
-            gpu_spec, hint=sub_hint, time_limit_s=ctx.budget(p.num_layers - layer, 0.5 / N),
-            seed=ctx.config.seed, workers=ctx.config.workers, num_redundant=0,
+            gpu_spec,
+            hint=sub_hint,
+            time_limit_s=gpu_budget,
+            seed=ctx.config.seed,
+            workers=ctx.config.workers,
+            num_redundant=0,
             deterministic=ctx.deterministic,
         )
         held += [[members[i] for i in row] for row in res.held]
     return held
 
 
-def _standard(ctx: _Context, rng: np.random.Generator, monolithic_only: bool) -> tuple[list, list, float, float, dict]:
+def _standard(
+    ctx: _Context, rng: np.random.Generator, monolithic_only: bool
+) -> tuple[list, list, float, float, dict]:
     p = ctx.problem
     G, spg, L = p.num_gpus, p.slots_per_gpu, p.num_layers
     rows, shares = [], []
@@ -265,14 +376,21 @@ def _standard(ctx: _Context, rng: np.random.Generator, monolithic_only: bool) ->
             hint = greedy_layout(combined[layer], counts, G, spg, p.gpus_per_node)
             free = dataclasses.replace(spec, counts=None if small else counts)
             res = solve_layer(
-                free, hint=hint, time_limit_s=ctx.budget(L - layer), seed=ctx.config.seed,
-                workers=ctx.config.workers, num_redundant=p.num_redundant, deterministic=ctx.deterministic,
+                free,
+                hint=hint,
+                time_limit_s=ctx.budget(L - layer),
+                seed=ctx.config.seed,
+                workers=ctx.config.workers,
+                num_redundant=p.num_redundant,
+                deterministic=ctx.deterministic,
             )
             held, method, layer_bound = res.held, "cpsat-monolithic", res.bound_us
             optimal_layers += int(res.optimal)
         else:
             hint = greedy_layout(combined[layer], counts, G, spg, p.gpus_per_node)
-            if spec.coact is not None and p.gpus_per_node < G:
+            if time.perf_counter() >= ctx.deadline:
+                held, method = hint, "greedy (time limit reached)"
+            elif spec.coact is not None and p.gpus_per_node < G:
                 held, method = _hierarchical(ctx, layer, counts, hint), "cpsat-hierarchical"
             elif p.num_redundant > 0:
                 # free replica shares (the LP below) already balance a good layout almost perfectly
@@ -285,7 +403,9 @@ def _standard(ctx: _Context, rng: np.random.Generator, monolithic_only: bool) ->
                 held, method = group_gpus(held, gpu_w, p.gpus_per_node), "greedy+cpsat-lns"
             layer_bound = analytic_bound_us(dataclasses.replace(spec, counts=None), p.num_redundant)
         share, _ = optimal_shares(spec.loads[0], held)
-        if len(spec.loads) > 1:  # robust: keep the CP-SAT shares' even default, LP only balances one trace
+        if (
+            len(spec.loads) > 1
+        ):  # robust: keep the CP-SAT shares' even default, LP only balances one trace
             share = 1.0 / np.bincount(np.asarray(held).ravel())[np.asarray(held).ravel()]
         obj = objective_us(spec, held, share)
         rows.append(np.asarray(held, dtype=np.int64).ravel())
@@ -293,7 +413,9 @@ def _standard(ctx: _Context, rng: np.random.Generator, monolithic_only: bool) ->
         objective += obj
         bound += min(layer_bound, obj)
         gpu_load = np.bincount(
-            np.arange(G * spg) // spg, weights=spec.loads[0][np.asarray(held).ravel()] * share, minlength=G
+            np.arange(G * spg) // spg,
+            weights=spec.loads[0][np.asarray(held).ravel()] * share,
+            minlength=G,
         )
         load_objective += float(gpu_load.max())
         load_bound_total += load_bound(spec.loads[0], G, spg, p.num_redundant)
@@ -309,7 +431,9 @@ def _standard(ctx: _Context, rng: np.random.Generator, monolithic_only: bool) ->
     return rows, shares, objective, bound, extra
 
 
-def _affinity_prev(ctx: _Context, layer: int, prev_row: np.ndarray | None, prev_share: np.ndarray | None) -> np.ndarray:
+def _affinity_prev(
+    ctx: _Context, layer: int, prev_row: np.ndarray | None, prev_share: np.ndarray | None
+) -> np.ndarray:
     """``[E, G]`` tokens that reach layer ``layer``'s expert e while sitting on GPU g."""
     p = ctx.problem
     wl = p.workload
@@ -370,18 +494,27 @@ def _coherent(ctx: _Context, rng: np.random.Generator) -> tuple[list, list, floa
     tokens = float(p.workload.num_tokens)
     counts_all = [water_fill(combined[layer], p.num_redundant, G) for layer in range(L)]
 
-    def solve(layer: int, affinity: np.ndarray, hint: list[list[int]], share_of_time: float) -> LayerResult:
+    def solve(
+        layer: int, affinity: np.ndarray, hint: list[list[int]], share_of_time: float
+    ) -> LayerResult:
         counts = counts_all[layer]
         spec = _spec(ctx, layer, coact=None, affinity=affinity, hop_total=tokens, counts=counts)
         if p.current is not None:
             spec = dataclasses.replace(
-                spec, counts=p.current.logcnt()[layer],
-                current=_current_matrix(p.current, layer, p.num_experts), max_moves=budgets[layer],
+                spec,
+                counts=p.current.logcnt()[layer],
+                current=_current_matrix(p.current, layer, p.num_experts),
+                max_moves=budgets[layer],
             )
             hint = _held_of(p.current, layer)
         return solve_layer(
-            spec, hint=hint, time_limit_s=ctx.budget(L - layer, share_of_time), seed=ctx.config.seed,
-            workers=ctx.config.workers, num_redundant=p.num_redundant, deterministic=ctx.deterministic,
+            spec,
+            hint=hint,
+            time_limit_s=ctx.budget(L - layer, share_of_time),
+            seed=ctx.config.seed,
+            workers=ctx.config.workers,
+            num_redundant=p.num_redundant,
+            deterministic=ctx.deterministic,
         )
 
     for layer in tqdm(range(L), desc="coherent forward", unit="layer", disable=None, leave=False):
@@ -396,7 +529,9 @@ def _coherent(ctx: _Context, rng: np.random.Generator) -> tuple[list, list, floa
         for layer in range(L - 1, -1, -1):
             if time.perf_counter() >= ctx.deadline:
                 break
-            aff = _affinity_prev(ctx, layer, rows[layer - 1] if layer else None, shares[layer - 1] if layer else None)
+            aff = _affinity_prev(
+                ctx, layer, rows[layer - 1] if layer else None, shares[layer - 1] if layer else None
+            )
             if layer + 1 < L:
                 aff = aff + _affinity_next(ctx, layer, rows[layer + 1])
             hint = rows[layer].reshape(G, spg).tolist()
@@ -406,16 +541,24 @@ def _coherent(ctx: _Context, rng: np.random.Generator) -> tuple[list, list, floa
             optimal_layers += int(res.optimal)
     objective = bound = 0.0
     for layer in range(L):
-        aff = _affinity_prev(ctx, layer, rows[layer - 1] if layer else None, shares[layer - 1] if layer else None)
+        aff = _affinity_prev(
+            ctx, layer, rows[layer - 1] if layer else None, shares[layer - 1] if layer else None
+        )
         spec = _spec(ctx, layer, coact=None, affinity=aff, hop_total=tokens)
         held = rows[layer].reshape(G, spg).tolist()
         objective += objective_us(spec, held, shares[layer])
         bound += _coherent_bound(ctx, layer, spec)
-    extra = {"methods": {"cpsat-layer-sweeps": L}, "sweeps": sweeps, "optimal_layers_last_sweep": optimal_layers}
+    extra = {
+        "methods": {"cpsat-layer-sweeps": L},
+        "sweeps": sweeps,
+        "optimal_layers_last_sweep": optimal_layers,
+    }
     return rows, shares, objective, min(bound, objective), extra
 
 
-def _run(problem: PlacementProblem, config: SolverConfig, rng: np.random.Generator, name: str) -> Plan:
+def _run(
+    problem: PlacementProblem, config: SolverConfig, rng: np.random.Generator, name: str
+) -> Plan:
     start = time.perf_counter()
     ctx = _context(problem, config)
     if problem.mode == "coherent":
@@ -426,8 +569,14 @@ def _run(problem: PlacementProblem, config: SolverConfig, rng: np.random.Generat
         method = "+".join(sorted(extra["methods"]))
     seconds = time.perf_counter() - start
     prov = Provenance(
-        solver=name, objective=objective, bound=bound, gap=gap_of(objective, bound), seconds=seconds,
-        method=method, objective_name=OBJECTIVE_NAME, extra=extra,
+        solver=name,
+        objective=objective,
+        bound=bound,
+        gap=gap_of(objective, bound),
+        seconds=seconds,
+        method=method,
+        objective_name=OBJECTIVE_NAME,
+        extra=extra,
     )
     return make_plan(problem, rows, shares, prov)
 
@@ -443,9 +592,14 @@ def score_plan(problem: PlacementProblem, config: SolverConfig, plan: Plan) -> t
         if problem.mode == "coherent":
             problem.workload.require_per_token("context-coherent placement")
             aff = _affinity_prev(
-                ctx, layer, plan.phy2log[layer - 1] if layer else None, shares[layer - 1] if layer else None
+                ctx,
+                layer,
+                plan.phy2log[layer - 1] if layer else None,
+                shares[layer - 1] if layer else None,
             )
-            spec = _spec(ctx, layer, coact=None, affinity=aff, hop_total=float(problem.workload.num_tokens))
+            spec = _spec(
+                ctx, layer, coact=None, affinity=aff, hop_total=float(problem.workload.num_tokens)
+            )
             bound += _coherent_bound(ctx, layer, spec)
         else:
             spec = _spec(ctx, layer)
@@ -455,10 +609,14 @@ def score_plan(problem: PlacementProblem, config: SolverConfig, plan: Plan) -> t
 
 
 @register("cpsat", "one CP-SAT model per layer (monolithic), greedy warm start, time limit")
-def cpsat_solver(problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator) -> Plan:
+def cpsat_solver(
+    problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator
+) -> Plan:
     return _run(problem, config, rng, "cpsat")
 
 
 @register("best", "CP-SAT where it scales, decomposed (hierarchical, LNS, layer sweeps) where not")
-def best_solver(problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator) -> Plan:
+def best_solver(
+    problem: PlacementProblem, config: SolverConfig, *, rng: np.random.Generator
+) -> Plan:
     return _run(problem, config, rng, "best")

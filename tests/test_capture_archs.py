@@ -32,7 +32,8 @@ TEXT = {
     "Glou. It did always seem so to us; but now, in the division of the kingdom, it appears not "
     "which of the Dukes he values most.\n" * 3,
     "code": "def mean(values):\n    total = 0\n    for v in values:\n        total += v\n"
-    "    return total / len(values)\n\nclass Box:\n    def __init__(self, size):\n        self.size = size\n" * 3,
+    "    return total / len(values)\n\nclass Box:\n    def __init__(self, size):\n        self.size = size\n"
+    * 3,
 }
 OPTIONS = CaptureOptions(tokens=160, batch=3, seq_len=40)
 
@@ -69,11 +70,19 @@ def _independent_selection(loaded: Any, text_dir: Path) -> tuple[np.ndarray, np.
         else:
 
             def pre(_m: Any, args: Any, index: int = index) -> None:
-                seen[index].append((args[1].reshape(-1, args[1].shape[-1]).numpy(),
-                                    args[2].reshape(-1, args[2].shape[-1]).float().sum(dim=1).numpy()))
+                seen[index].append(
+                    (
+                        args[1].reshape(-1, args[1].shape[-1]).numpy(),
+                        args[2].reshape(-1, args[2].shape[-1]).float().sum(dim=1).numpy(),
+                    )
+                )
 
-            handles.append(modules[_experts_module_path(site.path, site.kind)].register_forward_pre_hook(pre))
-    seqs = make_sequences(read_documents([text_dir]), loaded.tokenizer, OPTIONS.seq_len, OPTIONS.tokens)
+            handles.append(
+                modules[_experts_module_path(site.path, site.kind)].register_forward_pre_hook(pre)
+            )
+    seqs = make_sequences(
+        read_documents([text_dir]), loaded.tokenizer, OPTIONS.seq_len, OPTIONS.tokens
+    )
     pad = loaded.tokenizer.pad_token_id
     masks = []
     try:
@@ -86,7 +95,11 @@ def _independent_selection(loaded: Any, text_dir: Path) -> tuple[np.ndarray, np.
                 ids[row, : len(s.ids)] = s.ids
                 mask[row, : len(s.ids)] = 1
             with torch.inference_mode():
-                model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), use_cache=False)
+                model(
+                    input_ids=torch.from_numpy(ids),
+                    attention_mask=torch.from_numpy(mask),
+                    use_cache=False,
+                )
             masks.append(mask.ravel().astype(bool))
     finally:
         for handle in handles:
@@ -120,13 +133,19 @@ def test_deepseek_v3_selection_is_biased_and_group_limited(text_dir: Path, tmp_p
     result = capture(loaded, [text_dir], tmp_path / "t.parquet", OPTIONS, progress=False)
     ids = TraceFile(result.path).read_all().expert_ids
     group_size = config.n_routed_experts // config.n_group
-    groups_used = np.array([[len(set((row // group_size).tolist())) for row in layer] for layer in ids])
+    groups_used = np.array(
+        [[len(set((row // group_size).tolist())) for row in layer] for layer in ids]
+    )
     assert groups_used.max() <= config.topk_group
     logits: list[np.ndarray] = []
     sites = find_router_sites(loaded.model)
     modules = dict(loaded.model.named_modules())
-    handle = modules[sites[0].path].register_forward_hook(lambda _m, _i, out: logits.append(out[0].numpy()))
-    seqs = make_sequences(read_documents([text_dir]), loaded.tokenizer, OPTIONS.seq_len, OPTIONS.tokens)
+    handle = modules[sites[0].path].register_forward_hook(
+        lambda _m, _i, out: logits.append(out[0].numpy())
+    )
+    seqs = make_sequences(
+        read_documents([text_dir]), loaded.tokenizer, OPTIONS.seq_len, OPTIONS.tokens
+    )
     try:
         with torch.inference_mode():
             loaded.model(input_ids=torch.from_numpy(seqs[0].ids[None, :]))
@@ -144,7 +163,9 @@ def test_decode_mode_records_steps(text_dir: Path, tmp_path: Path) -> None:
     result = capture(loaded, [text_dir], tmp_path / "d.parquet", options, progress=False)
     chunk = TraceFile(result.path).read_all()
     assert result.tokens == 120
-    assert chunk.step.max() == 5  # the prompt pass is step 0; new tokens 2..6 are forwarded as steps 1..5
+    assert (
+        chunk.step.max() == 5
+    )  # the prompt pass is step 0; new tokens 2..6 are forwarded as steps 1..5
     for seq in np.unique(chunk.seq_id):
         rows = chunk.seq_id == seq
         pos, step = chunk.pos[rows], chunk.step[rows]

@@ -13,10 +13,10 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from placement.cli import main  # noqa: E402
-from traces.data import DEFAULT_TRACE, HELDOUT_DIR  # noqa: E402
-from traces.reader import TraceFile  # noqa: E402
-from traces.tinymoe import CHECKPOINT_DIR  # noqa: E402
+from placement.cli import main
+from traces.data import DEFAULT_TRACE, HELDOUT_DIR
+from traces.reader import TraceFile
+from traces.tinymoe import CHECKPOINT_DIR
 
 needs_bundled = pytest.mark.skipif(
     not (CHECKPOINT_DIR / "model.safetensors").exists(), reason="bundled tiny MoE absent"
@@ -24,7 +24,9 @@ needs_bundled = pytest.mark.skipif(
 
 
 @needs_bundled
-def test_default_capture_uses_the_bundled_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_default_capture_uses_the_bundled_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "t.parquet"
     assert main(["capture", "--out", str(out), "--tokens", "600", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -38,14 +40,38 @@ def test_default_capture_uses_the_bundled_model(tmp_path: Path, capsys: pytest.C
 @needs_bundled
 def test_jsonl_prompts_and_decode(tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps(x) for x in [
-        {"text": "To be, or not to be, that is the question:", "domain": "verse"},
-        {"prompt": "def fib(n):\n    return n if n < 2 else", "domain": "code"},
-        "A plain string prompt about the weather in Paris.",
-    ]) + "\n")
+    prompts.write_text(
+        "\n".join(
+            json.dumps(x)
+            for x in [
+                {"text": "To be, or not to be, that is the question:", "domain": "verse"},
+                {"prompt": "def fib(n):\n    return n if n < 2 else", "domain": "code"},
+                "A plain string prompt about the weather in Paris.",
+            ]
+        )
+        + "\n"
+    )
     out = tmp_path / "d.parquet"
-    assert main(["capture", "--input", str(prompts), "--mode", "decode", "--new-tokens", "5", "--tokens", "200",
-                 "--batch", "3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "--input",
+                str(prompts),
+                "--mode",
+                "decode",
+                "--new-tokens",
+                "5",
+                "--tokens",
+                "200",
+                "--batch",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     chunk = TraceFile(out).read_all()
     assert set(np.unique(chunk.domain)) == {"verse", "code", "prompts"}
     assert chunk.step.max() == 4
@@ -57,7 +83,22 @@ def test_arch_capture_from_cli(tmp_path: Path) -> None:
     text = tmp_path / "in.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
     out = tmp_path / "g.parquet"
-    assert main(["capture", "--arch", "gpt-oss", "--input", str(text), "--tokens", "100", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "--arch",
+                "gpt-oss",
+                "--input",
+                str(text),
+                "--tokens",
+                "100",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert TraceFile(out).meta.model_name == "tiny-gpt-oss"
 
 
@@ -68,7 +109,20 @@ def test_capture_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["capture", "--model", str(tmp_path / "missing"), "--out", out]) == 2
     assert "not found" in capsys.readouterr().err
     if (CHECKPOINT_DIR / "tokenizer.json").exists():
-        assert main(["capture", "--arch", "mixtral", "--input", str(tmp_path / "nope.txt"), "--out", out]) == 2
+        assert (
+            main(
+                [
+                    "capture",
+                    "--arch",
+                    "mixtral",
+                    "--input",
+                    str(tmp_path / "nope.txt"),
+                    "--out",
+                    out,
+                ]
+            )
+            == 2
+        )
         assert "input not found" in capsys.readouterr().err
     assert main(["capture", "--tokens", "0", "--out", out]) == 2
     with pytest.raises(SystemExit) as exc:
@@ -83,8 +137,16 @@ def test_model_without_moe_layers(tmp_path: Path, capsys: pytest.CaptureFixture[
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path / "dense"
-    LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(folder)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=1024,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(CHECKPOINT_DIR / name, folder / name)
     assert main(["capture", "--model", str(folder), "--out", str(tmp_path / "x.parquet")]) == 2

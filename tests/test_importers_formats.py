@@ -39,7 +39,9 @@ def test_logical_count_is_load_only(tmp_path: Path) -> None:
 
 def test_exflow_top1(tmp_path: Path) -> None:
     raw = np.load(FIXTURES / "exflow_top1.npy")
-    imported = importers.load("exflow-npy", FIXTURES / "exflow_top1.npy", ImportOptions(num_experts=8))
+    imported = importers.load(
+        "exflow-npy", FIXTURES / "exflow_top1.npy", ImportOptions(num_experts=8)
+    )
     out = imported.write(tmp_path / "x.parquet")
     trace = TraceFile(out)
     chunk = trace.read_all()
@@ -65,7 +67,9 @@ def test_csv_weights_and_layers(tmp_path: Path) -> None:
     imported = importers.load("csv", FIXTURES / "routing.csv")
     trace = TraceFile(imported.write(tmp_path / "c.parquet"))
     chunk = trace.read_all()
-    assert trace.meta.moe_layer_ids == [3, 5] and trace.meta.top_k == 2 and trace.meta.num_experts == 6
+    assert (
+        trace.meta.moe_layer_ids == [3, 5] and trace.meta.top_k == 2 and trace.meta.num_experts == 6
+    )
     np.testing.assert_allclose(chunk.weights[..., 0], 0.7, rtol=1e-6)
     assert chunk.seq_id.tolist() == [0, 0, 1, 1]
 
@@ -80,15 +84,27 @@ def test_csv_rejects_ragged_top_k(tmp_path: Path) -> None:
 def _sglang_dump(path: Path) -> None:
     torch = pytest.importorskip("torch")
     # 4 model layers (layer 0 dense: all -1), 10 physical slots for 8 logical experts, top-2 padded to 8.
-    p2l = torch.tensor([list(range(8)) + [0, 1]] * 4)
+    p2l = torch.tensor([[*range(8), 0, 1]] * 4)
     extend = torch.full((4, 5, 8), -1, dtype=torch.int32)
     extend[1:, :, :2] = torch.tensor([[8, 2], [1, 3], [4, 9], [5, 6], [7, 0]], dtype=torch.int32)
     decode = torch.full((4, 2, 8), -1, dtype=torch.int32)
     decode[1:, :, :2] = torch.tensor([[2, 3], [6, 7]], dtype=torch.int32)
     records = [
-        {"forward_pass_id": 0, "rank": 0, "rids": ["a", "b"], "extend_seq_lens": [3, 2], "forward_mode": 1,
-         "topk_ids_of_layer": extend},
-        {"forward_pass_id": 1, "rank": 0, "rids": ["a", "b"], "forward_mode": 2, "topk_ids_of_layer": decode},
+        {
+            "forward_pass_id": 0,
+            "rank": 0,
+            "rids": ["a", "b"],
+            "extend_seq_lens": [3, 2],
+            "forward_mode": 1,
+            "topk_ids_of_layer": extend,
+        },
+        {
+            "forward_pass_id": 1,
+            "rank": 0,
+            "rids": ["a", "b"],
+            "forward_mode": 2,
+            "topk_ids_of_layer": decode,
+        },
     ]
     torch.save({"records": records, "last_physical_to_logical_map": p2l}, path)
 
@@ -109,16 +125,29 @@ def test_sglang_per_token_dump(tmp_path: Path) -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(
-    tokens=st.integers(1, 30), layers=st.integers(1, 4), experts=st.integers(2, 12), k=st.integers(1, 3),
+    tokens=st.integers(1, 30),
+    layers=st.integers(1, 4),
+    experts=st.integers(2, 12),
+    k=st.integers(1, 3),
     seed=st.integers(0, 2**16),
 )
-def test_round_trips_keep_routing(tokens: int, layers: int, experts: int, k: int, seed: int,
-                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_round_trips_keep_routing(
+    tokens: int,
+    layers: int,
+    experts: int,
+    k: int,
+    seed: int,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     """Random routing written as vLLM .npy, ExFlow .npy and CSV comes back unchanged."""
     k = min(k, experts)
     rng = np.random.default_rng(seed)
-    ids = np.stack([np.stack([rng.choice(experts, k, replace=False) for _ in range(layers)])
-                    for _ in range(tokens)])  # [tokens, layers, k]
+    ids = np.stack(
+        [
+            np.stack([rng.choice(experts, k, replace=False) for _ in range(layers)])
+            for _ in range(tokens)
+        ]
+    )  # [tokens, layers, k]
     folder = tmp_path_factory.mktemp("rt")
     np.save(folder / "req.npy", ids)
     vllm = importers.load("vllm", folder / "req.npy", ImportOptions(num_experts=experts))
@@ -134,22 +163,75 @@ def test_round_trips_keep_routing(tokens: int, layers: int, experts: int, k: int
             lines.append(f"{layer},{tok}," + ",".join(map(str, row)))
     (folder / "r.csv").write_text("\n".join(lines) + "\n")
     csv = importers.load("csv", folder / "r.csv")
-    np.testing.assert_array_equal(np.sort(csv.expert_ids, axis=2), np.sort(ids.transpose(1, 0, 2), axis=2))
+    np.testing.assert_array_equal(
+        np.sort(csv.expert_ids, axis=2), np.sort(ids.transpose(1, 0, 2), axis=2)
+    )
     out = csv.write(folder / "r.parquet", ImportOptions(num_experts=experts))
     assert TraceFile(out).validate() == tokens
 
 
 def test_import_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "v.parquet"
-    assert main(["import", "--format", "vllm", str(FIXTURES / "vllm_routed.jsonl"), "--out", str(out),
-                 "--experts", "8", "--json"]) == 0
+    assert (
+        main(
+            [
+                "import",
+                "--format",
+                "vllm",
+                str(FIXTURES / "vllm_routed.jsonl"),
+                "--out",
+                str(out),
+                "--experts",
+                "8",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["tokens"] == 12
     assert main(["stats", "--trace", str(out)]) == 0
-    assert main(["import", "--format", "logical-count", str(FIXTURES / "logical_count.json"),
-                 "--out", str(tmp_path / "lc.json")]) == 0
-    assert main(["import", "--format", "logical-count", str(FIXTURES / "logical_count.json"),
-                 "--out", str(tmp_path / "lc.parquet")]) == 2
-    assert main(["import", "--format", "csv", str(tmp_path / "missing.csv"), "--out", str(out)]) == 2
-    assert main(["import", "--format", "exflow-npy", str(FIXTURES / "exflow_top1.npy"), "--out", str(out),
-                 "--experts", "4"]) == 2  # ids reach 7
+    assert (
+        main(
+            [
+                "import",
+                "--format",
+                "logical-count",
+                str(FIXTURES / "logical_count.json"),
+                "--out",
+                str(tmp_path / "lc.json"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "import",
+                "--format",
+                "logical-count",
+                str(FIXTURES / "logical_count.json"),
+                "--out",
+                str(tmp_path / "lc.parquet"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(["import", "--format", "csv", str(tmp_path / "missing.csv"), "--out", str(out)]) == 2
+    )
+    assert (
+        main(
+            [
+                "import",
+                "--format",
+                "exflow-npy",
+                str(FIXTURES / "exflow_top1.npy"),
+                "--out",
+                str(out),
+                "--experts",
+                "4",
+            ]
+        )
+        == 2
+    )  # ids reach 7
     assert "expert id" in capsys.readouterr().err

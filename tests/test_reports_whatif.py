@@ -15,8 +15,9 @@ from reports.results import load_results
 from reports.sweep import ray_available
 from solvers import REGISTRY
 
-# Wall-clock columns: the only ones allowed to differ between two runs of the same sweep.
-TIMING_COLUMNS = ["solve_s", "wall_s"]
+# Wall-clock columns: the only ones allowed to differ between two runs of the same sweep. The key and
+# the source hash differ too if someone edits solvers or the simulator between the two runs.
+TIMING_COLUMNS = ["solve_s", "wall_s", "key", "code_version"]
 
 # The sweep adds contiguous (and eplb, once registered) to the solver axis for comparison.
 SOLVERS = ["greedy", "contiguous"] + (["eplb"] if "eplb" in REGISTRY else [])
@@ -106,19 +107,45 @@ def test_report_is_self_contained_and_answers_the_questions(serial_run: Path) ->
 
 
 def test_rerun_with_one_changed_axis_computes_only_new(
-    serial_run: Path, tiny_trace: Path, capsys: pytest.CaptureFixture[str]
+    tiny_trace: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    out = serial_run.parent / "rerun"
-    out.mkdir()
-    (out / "cache").symlink_to(serial_run / "cache", target_is_directory=True)
-    argv = _whatif(tiny_trace, out, "--serial", "--json")
+    # Pin the source hash: other work may edit solvers or the simulator while this test runs, and a
+    # changed source rightly invalidates the cache; this test is about the scenario part of the key.
+    monkeypatch.setattr("reports.engine.code_version", lambda: "pinned")
+    argv = [
+        "whatif",
+        "--trace",
+        str(tiny_trace),
+        "--gpus-per-node",
+        "2",
+        "--solver",
+        "greedy",
+        "--no-reference-solvers",
+        "--sweep",
+        "gpus=2,4",
+        "--sweep",
+        "nic_gbps=200,400",
+        "--sweep",
+        "overlap=none",
+        "--serial",
+        "--json",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["computed"] == 4
     argv[argv.index("nic_gbps=200,400")] = "nic_gbps=200,400,800"
     assert main(argv) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["scenarios"] == N * 3 // 2 and info["computed"] == N // 2 and info["cached"] == N
+    assert info["scenarios"] == 6 and info["computed"] == 2 and info["cached"] == 4
     assert main(argv) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["computed"] == 0 and info["cached"] == N * 3 // 2
+    assert info["computed"] == 0 and info["cached"] == 6
+    results, _, _ = load_results(tmp_path)
+    assert sorted(results["nic_gbps"].unique()) == [200.0, 400.0, 800.0]
 
 
 @pytest.mark.skipif(not ray_available(), reason="ray not installed")
@@ -129,7 +156,7 @@ def test_ray_and_serial_give_identical_results(serial_run: Path, tiny_trace: Pat
     b, lb, meta = load_results(out)
     assert json.loads((out / "sweep.json").read_text())["scenarios"] == N
     pd.testing.assert_frame_equal(a.drop(columns=TIMING_COLUMNS), b.drop(columns=TIMING_COLUMNS))
-    pd.testing.assert_frame_equal(la, lb)
+    pd.testing.assert_frame_equal(la.drop(columns="key"), lb.drop(columns="key"))
     assert meta["engine"] == json.loads((serial_run / "sweep.json").read_text())["engine"]
 
 
@@ -200,3 +227,46 @@ def test_bad_input_exits_2(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("placement whatif: error:") and "\n" not in err
+
+
+def test_model_shape_with_synthetic_profile_sweeps_experts(tmp_path: Path) -> None:
+    argv = [
+        "whatif",
+        "--model",
+        "mixtral-8x7b",
+        "--synth-tokens",
+        "512",
+        "--synth-layers",
+        "2",
+        "--gpus",
+        "4",
+        "--gpus-per-node",
+        "2",
+        "--sweep",
+        "experts=8,16",
+        "--sweep",
+        "solver=greedy",
+        "--no-reference-solvers",
+        "--serial",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) == 0
+    results, _, meta = load_results(tmp_path)
+    assert list(results["experts"]) == [8, 16] and list(results["num_experts"]) == [8, 16]
+    assert results["trace_fingerprint"].nunique() == 2
+    assert "synthetic profile of mixtral-8x7b" in meta["trace"]
+    # the generator is seeded: a re-run finds the same traces and hence every result cached
+    assert main(argv) == 0
+    assert len(list((tmp_path / "traces").glob("*.parquet"))) == 2
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2
+
+
+def test_experts_axis_needs_a_model(
+    tiny_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["whatif", "--trace", str(tiny_trace), "--sweep", "experts=8", "--out", str(tmp_path)])
+        == 2
+    )
+    assert "needs --model" in capsys.readouterr().err

@@ -12,7 +12,9 @@ from placement.errors import PlacementError
 from simulator.engine import FluidNetwork, _fill, _link_index
 
 
-def _run_flows(caps: list[float], flows: list[tuple[list[int], float, float, float]]) -> list[float]:
+def _run_flows(
+    caps: list[float], flows: list[tuple[list[int], float, float, float]]
+) -> list[float]:
     """Each flow: (links, bytes, start_us, latency_us). Returns delivery times."""
     env = simpy.Environment()
     net = FluidNetwork(env, caps)
@@ -57,7 +59,18 @@ def test_textbook_max_min() -> None:
     act = np.arange(3)
     lk_ptr, lk_flow = _link_index(act, fl_ptr, fl_link, 2)
     rate = np.full(3, np.inf)
-    _fill(act, fl_ptr, fl_link, coef, lk_ptr, lk_flow, np.array([1.0, 2.0]), rate, -np.inf, np.zeros(3, np.int8))
+    _fill(
+        act,
+        fl_ptr,
+        fl_link,
+        coef,
+        lk_ptr,
+        lk_flow,
+        np.array([1.0, 2.0]),
+        rate,
+        -np.inf,
+        np.zeros(3, np.int8),
+    )
     assert rate == pytest.approx([0.5, 0.5, 1.5])
 
 
@@ -71,18 +84,36 @@ def test_rejects_bad_links() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(min_value=1, max_value=6), st.integers(min_value=1, max_value=25), st.integers(0, 10_000))
+@given(
+    st.integers(min_value=1, max_value=6),
+    st.integers(min_value=1, max_value=25),
+    st.integers(0, 10_000),
+)
 def test_max_min_invariants(num_links: int, num_flows: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     cap = rng.uniform(1.0, 10.0, num_links)
-    paths = [np.unique(rng.integers(0, num_links, rng.integers(1, num_links + 1))) for _ in range(num_flows)]
+    paths = [
+        np.unique(rng.integers(0, num_links, rng.integers(1, num_links + 1)))
+        for _ in range(num_flows)
+    ]
     fl_ptr = np.concatenate([[0], np.cumsum([len(p) for p in paths])]).astype(np.int64)
     fl_link = np.concatenate(paths).astype(np.int64)
     coef = np.ones(fl_link.size)
     act = np.arange(num_flows)
     lk_ptr, lk_flow = _link_index(act, fl_ptr, fl_link, num_links)
     rate = np.full(num_flows, np.inf)
-    _, worst = _fill(act, fl_ptr, fl_link, coef, lk_ptr, lk_flow, cap, rate, -np.inf, np.zeros(num_flows, np.int8))
+    _, worst = _fill(
+        act,
+        fl_ptr,
+        fl_link,
+        coef,
+        lk_ptr,
+        lk_flow,
+        cap,
+        rate,
+        -np.inf,
+        np.zeros(num_flows, np.int8),
+    )
     load = np.bincount(fl_link, weights=np.repeat(rate, np.diff(fl_ptr)), minlength=num_links)
     assert (load <= cap * (1 + 1e-9)).all() and worst <= 1 + 1e-9
     # max-min optimality: every flow crosses a saturated link on which no flow is faster than it
@@ -98,9 +129,74 @@ def test_max_min_invariants(num_links: int, num_flows: int, seed: int) -> None:
         gone = int(rng.integers(0, num_flows))
         keep = np.array([f for f in range(num_flows) if f != gone])
         partial = rate.copy()
-        _fill(keep, fl_ptr, fl_link, coef, lk_ptr, lk_flow, cap, partial, rate[gone] * (1 - 1e-12),
-              np.zeros(num_flows, np.int8))
+        _fill(
+            keep,
+            fl_ptr,
+            fl_link,
+            coef,
+            lk_ptr,
+            lk_flow,
+            cap,
+            partial,
+            rate[gone] * (1 - 1e-12),
+            np.zeros(num_flows, np.int8),
+        )
         full = rate.copy()
         full[keep] = np.inf
-        _fill(keep, fl_ptr, fl_link, coef, lk_ptr, lk_flow, cap, full, -np.inf, np.zeros(num_flows, np.int8))
+        _fill(
+            keep,
+            fl_ptr,
+            fl_link,
+            coef,
+            lk_ptr,
+            lk_flow,
+            cap,
+            full,
+            -np.inf,
+            np.zeros(num_flows, np.int8),
+        )
         assert partial[keep] == pytest.approx(full[keep], rel=1e-9)
+
+
+def _delivery_times(
+    caps: np.ndarray, flows: list[tuple[np.ndarray, float, float]], incremental: bool
+) -> np.ndarray:
+    env = simpy.Environment()
+    net = FluidNetwork(env, caps, incremental=incremental)
+    out = np.zeros(len(flows))
+
+    def start(i: int, links: np.ndarray, size: float, t0: float):  # type: ignore[no-untyped-def]
+        yield env.timeout(t0)
+        _, done = net.transfer(links, size)
+        yield done
+        out[i] = env.now
+
+    for i, (links, size, t0) in enumerate(flows):
+        env.process(start(i, links, size, t0))
+    env.run()
+    assert net.worst_utilisation <= 1 + 1e-9
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(min_value=2, max_value=8),
+    st.integers(min_value=2, max_value=40),
+    st.integers(0, 10_000),
+)
+def test_incremental_refill_equals_full_recompute(
+    num_links: int, num_flows: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    caps = rng.uniform(1.0, 10.0, num_links)
+    flows = [
+        (
+            np.unique(rng.integers(0, num_links, rng.integers(1, 4))),
+            float(rng.uniform(1, 100)),
+            float(rng.choice([0.0, 0.0, rng.uniform(0, 20)])),
+        )
+        for _ in range(num_flows)
+    ]
+    fast = _delivery_times(caps, flows, incremental=True)
+    full = _delivery_times(caps, flows, incremental=False)
+    assert fast == pytest.approx(full, rel=1e-7)

@@ -18,7 +18,14 @@ from simulator import SimResult, simulate_moe
 
 def _plan(layers: int = 4, experts: int = 16, gpus: int = 8, per_node: int = 4) -> Plan:
     phy2log = np.tile(np.arange(experts), (layers, 1))
-    return Plan(gpus, per_node, experts // gpus, experts, phy2log, provenance=Provenance(solver="round-robin"))
+    return Plan(
+        gpus,
+        per_node,
+        experts // gpus,
+        experts,
+        phy2log,
+        provenance=Provenance(solver="round-robin"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +41,14 @@ def test_per_layer_outputs(setup, algo: str) -> None:  # type: ignore[no-untyped
     assert isinstance(res, SimResult)
     assert len(res.per_layer) == plan.num_layers
     for row in res.per_layer:
-        for key in ("layer", "dispatch_us", "compute_us", "combine_us", "layer_us", "exposed_comm_us"):
+        for key in (
+            "layer",
+            "dispatch_us",
+            "compute_us",
+            "combine_us",
+            "layer_us",
+            "exposed_comm_us",
+        ):
             assert key in row
         # GPUs move on as their own data lands, so phases of different GPUs may overlap a little
         assert row["dispatch_us"] + row["compute_us"] + row["combine_us"] >= row["layer_us"] - 1e-6
@@ -54,7 +68,13 @@ def test_deepep_moves_fewer_nic_bytes_than_direct(setup) -> None:  # type: ignor
 
 def test_overlap_hides_communication(setup) -> None:  # type: ignore[no-untyped-def]
     plan, cluster, workload = setup
-    kw = {"algo": "deepep", "layers": [1], "attention_us": 400.0, "shared_expert_us": 100.0, "progress": False}
+    kw = {
+        "algo": "deepep",
+        "layers": [1],
+        "attention_us": 400.0,
+        "shared_expert_us": 100.0,
+        "progress": False,
+    }
     none = simulate_moe(plan, cluster, workload, overlap="none", **kw)
     two = simulate_moe(plan, cluster, workload, overlap="two-batch", **kw)
     chunked = simulate_moe(plan, cluster, workload, overlap="chunked", **kw)
@@ -65,7 +85,9 @@ def test_overlap_hides_communication(setup) -> None:  # type: ignore[no-untyped-
 
 def test_chrome_trace(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     plan, cluster, workload = setup
-    res = simulate_moe(plan, cluster, workload, layers=[0], overlap="two-batch", attention_us=50.0, progress=False)
+    res = simulate_moe(
+        plan, cluster, workload, layers=[0], overlap="two-batch", attention_us=50.0, progress=False
+    )
     out = tmp_path / "trace.json"
     res.write_chrome_trace(out)
     events = json.loads(out.read_text())["traceEvents"]
@@ -89,16 +111,58 @@ def test_bad_arguments(setup) -> None:  # type: ignore[no-untyped-def]
 def test_cli(tiny_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plan_path = tmp_path / "plan.json"
     _plan().save(plan_path)
-    args = ["simulate", "--trace", str(tiny_trace), "--plan", str(plan_path), "--cluster", "h800-mpft"]
-    assert main([*args, "--algo", "deepep", "--overlap", "two-batch", "--json", "--layers", "0,1",
-                 "--chrome-trace", str(tmp_path / "t.json")]) == 0
+    args = [
+        "simulate",
+        "--trace",
+        str(tiny_trace),
+        "--plan",
+        str(plan_path),
+        "--cluster",
+        "h800-mpft",
+    ]
+    assert (
+        main(
+            [
+                *args,
+                "--algo",
+                "deepep",
+                "--overlap",
+                "two-batch",
+                "--json",
+                "--layers",
+                "0,1",
+                "--chrome-trace",
+                str(tmp_path / "t.json"),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert len(out["per_layer"]) == 2 and out["summary"]["total_us"] > 0
     assert (tmp_path / "t.json").exists()
     assert main([*args, "--algo", "2dh"]) == 0
     assert "layer us" in capsys.readouterr().out
-    uni = ["simulate", "--traffic", "uniform", "--cluster", "h800-mpft", "--gpus", "16", "--gpus-per-node", "8",
-           "--tokens", "256", "--hidden", "1024", "--top-k", "4", "--node-limit", "2", "--algo", "deepep"]
+    uni = [
+        "simulate",
+        "--traffic",
+        "uniform",
+        "--cluster",
+        "h800-mpft",
+        "--gpus",
+        "16",
+        "--gpus-per-node",
+        "8",
+        "--tokens",
+        "256",
+        "--hidden",
+        "1024",
+        "--top-k",
+        "4",
+        "--node-limit",
+        "2",
+        "--algo",
+        "deepep",
+    ]
     assert main([*uni, "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     for key in ("dispatch_us", "combine_us", "nvlink_bytes_sent", "nic_bytes_sent"):

@@ -16,9 +16,13 @@ DEEPEP = [(8, "nvl", 153.0, 158.0), (32, "rdma", 58.0, 57.0)]
 
 
 @pytest.mark.parametrize(("ep", "kind", "dispatch_gbps", "combine_gbps"), DEEPEP)
-def test_deepep_validation_within_15_percent(ep: int, kind: str, dispatch_gbps: float, combine_gbps: float) -> None:
+def test_deepep_validation_within_15_percent(
+    ep: int, kind: str, dispatch_gbps: float, combine_gbps: float
+) -> None:
     cluster = load_cluster("h800-mpft").with_counts(ep, 8)
-    res = simulate_uniform(cluster, tokens=4096, hidden=7168, top_k=8, node_limit=min(ep // 8, 4), algo="deepep")
+    res = simulate_uniform(
+        cluster, tokens=4096, hidden=7168, top_k=8, node_limit=min(ep // 8, 4), algo="deepep"
+    )
     for phase, published in (("dispatch", dispatch_gbps), ("combine", combine_gbps)):
         simulated = res[f"{phase}_{kind}_gbytes_per_s"]
         assert abs(simulated / published - 1) <= 0.15, (phase, simulated, published)
@@ -63,8 +67,16 @@ def test_topology_changes_the_answer_and_ecmp_is_no_faster_than_spray() -> None:
 def test_uncongested_single_pair_is_the_closed_form() -> None:
     # two nodes of one GPU: a single NIC flow each way, nothing shared
     cluster = load_cluster("h100-single-switch").with_counts(2, 1)
-    res = simulate_uniform(cluster, tokens=64, hidden=1024, top_k=1, num_experts=2, algo="direct",
-                           dispatch_bytes=2.0, seed=3)
+    res = simulate_uniform(
+        cluster,
+        tokens=64,
+        hidden=1024,
+        top_k=1,
+        num_experts=2,
+        algo="direct",
+        dispatch_bytes=2.0,
+        seed=3,
+    )
     topo = Topology(cluster)
     route = topo.route(0, 1)
     per_copy = 1024 * 2.0
@@ -85,7 +97,9 @@ def test_graph_and_routes() -> None:
     # MPFT: cross-plane traffic relays over NVLink (PXN) before the NIC
     names = [topo.link_names[i] for i in topo.route(0, 9).links]
     assert names[0] == "nvl-tx/0" and names[1] == "nvl-rx/1" and "nic-tx/1.0" in names
-    assert topo.route(0, 9).latency_us == pytest.approx(cluster.nvlink_latency_us + cluster.nic_latency_us)
+    assert topo.route(0, 9).latency_us == pytest.approx(
+        cluster.nvlink_latency_us + cluster.nic_latency_us
+    )
     with pytest.raises(PlacementError):
         Topology(cluster, routing="random")
 

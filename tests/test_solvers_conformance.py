@@ -25,7 +25,9 @@ FAST = SolverConfig(time_limit_s=1.0, extra={"deterministic": True})
 @pytest.fixture(scope="module")
 def trace_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("solvers") / "tiny.parquet"
-    cfg = SynthConfig(num_layers=3, num_experts=8, top_k=2, num_tokens=1024, seq_len=64, affinity=0.8)
+    cfg = SynthConfig(
+        num_layers=3, num_experts=8, top_k=2, num_tokens=1024, seq_len=64, affinity=0.8
+    )
     generate(cfg, path, seed=3)
     return path
 
@@ -43,7 +45,9 @@ def workload(trace_path: Path, cluster) -> Workload:  # type: ignore[no-untyped-
 def load_only(load: np.ndarray) -> Workload:
     layers, experts = load.shape
     shape = ModelShape("tiny", layers, experts, 2, 256, 128)
-    return Workload(shape=shape, load=load, num_tokens=int(load.sum(axis=1).mean() / 2), source="test")
+    return Workload(
+        shape=shape, load=load, num_tokens=int(load.sum(axis=1).mean() / 2), source="test"
+    )
 
 
 def check_plan(plan, problem: PlacementProblem) -> None:  # type: ignore[no-untyped-def]
@@ -114,7 +118,9 @@ def test_coherent_cuts_hops(workload: Workload, cluster) -> None:  # type: ignor
 def test_migration_budget(workload: Workload, cluster) -> None:  # type: ignore[no-untyped-def]
     start = run_solver("contiguous", PlacementProblem(workloads=(workload,), cluster=cluster), FAST)
     for budget in (0, 3):
-        problem = PlacementProblem(workloads=(workload,), cluster=cluster, current=start, max_moves=budget)
+        problem = PlacementProblem(
+            workloads=(workload,), cluster=cluster, current=start, max_moves=budget
+        )
         plan = run_solver("best", problem, FAST)
         moved = 0
         for layer in range(plan.num_layers):
@@ -127,7 +133,9 @@ def test_migration_budget(workload: Workload, cluster) -> None:  # type: ignore[
 def test_robust_several_traces(workload: Workload, cluster) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(1)
     other = load_only(rng.integers(1, 1000, size=workload.load.shape).astype(float))
-    other = Workload(shape=workload.shape, load=other.load, num_tokens=other.num_tokens, source="other")
+    other = Workload(
+        shape=workload.shape, load=other.load, num_tokens=other.num_tokens, source="other"
+    )
     for robust in ("weighted", "worst"):
         problem = PlacementProblem(workloads=(other, other), cluster=cluster, weights=(1.0, 2.0))
         plan = run_solver("best", problem, SolverConfig(time_limit_s=1.0, robust=robust))
@@ -136,17 +144,33 @@ def test_robust_several_traces(workload: Workload, cluster) -> None:  # type: ig
 
 def test_infeasible_inputs(workload: Workload, cluster) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InfeasibleError):
-        PlacementProblem(workloads=(workload,), cluster=load_cluster("h100-multirail").with_counts(16, 8))
+        PlacementProblem(
+            workloads=(workload,), cluster=load_cluster("h100-multirail").with_counts(16, 8)
+        )
     problem = PlacementProblem(workloads=(workload,), cluster=cluster)
     for name in sorted(REGISTRY):
         with pytest.raises(InfeasibleError, match="GiB"):
             run_solver(name, problem, SolverConfig(free_memory_gib=1e-4))
     with pytest.raises(PlacementError):
-        run_solver("best", PlacementProblem(workloads=(load_only(workload.load),), cluster=cluster, mode="coherent"))
+        run_solver(
+            "best",
+            PlacementProblem(
+                workloads=(load_only(workload.load),), cluster=cluster, mode="coherent"
+            ),
+        )
 
 
 def test_cli(trace_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    common = ["--trace", str(trace_path), "--gpus", "4", "--gpus-per-node", "2", "--time-limit", "0.5"]
+    common = [
+        "--trace",
+        str(trace_path),
+        "--gpus",
+        "4",
+        "--gpus-per-node",
+        "2",
+        "--time-limit",
+        "0.5",
+    ]
     out = tmp_path / "plan.json"
     assert main(["solve", *common, "--out", str(out), "--redundant", "4", "--deterministic"]) == 0
     assert out.exists()
@@ -155,7 +179,20 @@ def test_cli(trace_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     for name in REGISTRY:
         assert name in text
     again = tmp_path / "again.json"
-    code = main(["solve", *common, "--out", str(again), "--redundant", "4", "--current", str(out), "--max-moves", "2"])
+    code = main(
+        [
+            "solve",
+            *common,
+            "--out",
+            str(again),
+            "--redundant",
+            "4",
+            "--current",
+            str(out),
+            "--max-moves",
+            "2",
+        ]
+    )
     assert code == 0
     assert main(["solve", *common, "--mode", "coherent", "--json", "--out", str(out)]) == 0
     assert main(["solve", *common, "--free-memory-gib", "0.00001", "--out", str(out)]) == 2

@@ -25,7 +25,10 @@ def workload(load: np.ndarray, coact: np.ndarray | None = None, top_k: int = 2) 
     layers, experts = load.shape
     shape = ModelShape("tiny", layers, experts, top_k, 256, 128)
     return Workload(
-        shape=shape, load=load, num_tokens=max(1, int(load.sum(axis=1).mean() / top_k)), source="test",
+        shape=shape,
+        load=load,
+        num_tokens=max(1, int(load.sum(axis=1).mean() / top_k)),
+        source="test",
         coact=coact,
     )
 
@@ -43,7 +46,9 @@ def layouts(experts: int, gpus: int, spg: int):  # type: ignore[no-untyped-def]
     st.booleans(),
     st.integers(0, 2**16),
 )
-def test_best_equals_brute_force(loads: list[int], gpus: tuple[int, int], with_coact: bool, seed: int) -> None:
+def test_best_equals_brute_force(
+    loads: list[int], gpus: tuple[int, int], with_coact: bool, seed: int
+) -> None:
     G, gpn = gpus
     E = 4
     load = np.array([loads], dtype=float)
@@ -54,7 +59,9 @@ def test_best_equals_brute_force(loads: list[int], gpus: tuple[int, int], with_c
         c = np.triu(c, 1)
         coact = (c + c.T)[None]
     wl = workload(load, coact)
-    problem = PlacementProblem(workloads=(wl,), cluster=load_cluster("h100-multirail").with_counts(G, gpn))
+    problem = PlacementProblem(
+        workloads=(wl,), cluster=load_cluster("h100-multirail").with_counts(G, gpn)
+    )
     plan = run_solver("best", problem, CONFIG)
     ctx = _context(problem, CONFIG)
     spec = _spec(ctx, 0)
@@ -74,7 +81,8 @@ def test_best_equals_brute_force(loads: list[int], gpus: tuple[int, int], with_c
 def test_bound_below_objective(loads: list[int], redundant: int, name: str) -> None:
     load = np.array([loads], dtype=float) + 1.0
     problem = PlacementProblem(
-        workloads=(workload(load),), cluster=load_cluster("h100-multirail").with_counts(4, 2),
+        workloads=(workload(load),),
+        cluster=load_cluster("h100-multirail").with_counts(4, 2),
         num_redundant=redundant,
     )
     plan = run_solver(name, problem, CONFIG)

@@ -57,7 +57,9 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 
 
-def _window_coverage(ids: np.ndarray, seq: np.ndarray, window: int, cache: int, experts: int) -> tuple[float, float]:
+def _window_coverage(
+    ids: np.ndarray, seq: np.ndarray, window: int, cache: int, experts: int
+) -> tuple[float, float]:
     """(served assignments, all assignments) over the full windows of one chunk; ``ids[n, k]``."""
     n, k = ids.shape
     if n < window:
@@ -159,18 +161,25 @@ def token_level_stats(
         names = sorted(domain_counts)
         out["domains"] = {name: domain_tokens[name] for name in names}
         out["domain_load"] = {
-            name: (domain_counts[name] / np.maximum(domain_counts[name].sum(axis=1, keepdims=True), 1)).tolist()
+            name: (
+                domain_counts[name] / np.maximum(domain_counts[name].sum(axis=1, keepdims=True), 1)
+            ).tolist()
             for name in names
         }
         if len(names) > 1:
             out["domain_nmi"] = [
-                nmi_from_joint(np.stack([domain_top1[name][layer] for name in names])) for layer in range(layers)
+                nmi_from_joint(np.stack([domain_top1[name][layer] for name in names]))
+                for layer in range(layers)
             ]
     return out
 
 
 def trace_stats(
-    workload: Workload, other: Workload | None = None, *, window: int = 16, cache_experts: int | None = None
+    workload: Workload,
+    other: Workload | None = None,
+    *,
+    window: int = 16,
+    cache_experts: int | None = None,
 ) -> dict[str, Any]:
     """Per-layer and overall statistics of a workload (and its drift against ``other``)."""
     load = workload.load
@@ -219,7 +228,9 @@ def trace_stats(
         out["drift_js_per_layer"] = drift
         if workload.top1_transitions is not None and other.top1_transitions is not None:
             trans = [
-                js_divergence(workload.top1_transitions[i].ravel(), other.top1_transitions[i].ravel())
+                js_divergence(
+                    workload.top1_transitions[i].ravel(), other.top1_transitions[i].ravel()
+                )
                 for i in range(workload.top1_transitions.shape[0])
             ]
             if trans:
@@ -230,15 +241,25 @@ def trace_stats(
     if workload.per_token:
         local = token_level_stats(workload, window=window, cache_experts=cache_experts)
         for layer, row in enumerate(per_layer):
-            for key in ("repeat_share", "repeat_share_shuffled", "window_coverage", "window_coverage_shuffled",
-                        "drift_js_halves"):
+            for key in (
+                "repeat_share",
+                "repeat_share_shuffled",
+                "window_coverage",
+                "window_coverage_shuffled",
+                "drift_js_halves",
+            ):
                 row[key] = local[key][layer]
             if "domain_nmi" in local:
                 row["domain_nmi"] = local["domain_nmi"][layer]
         out["window"] = local["window"]
         out["cache_experts"] = local["cache_experts"]
-        for key in ("repeat_share", "repeat_share_shuffled", "window_coverage", "window_coverage_shuffled",
-                    "drift_js_halves"):
+        for key in (
+            "repeat_share",
+            "repeat_share_shuffled",
+            "window_coverage",
+            "window_coverage_shuffled",
+            "drift_js_halves",
+        ):
             out[f"mean_{key}"] = float(np.mean(local[key]))
         if "domains" in local:
             out["domains"] = local["domains"]
@@ -327,12 +348,17 @@ def plot_stats(workload: Workload, stats: dict[str, Any], folder: str | Path) ->
         fig, ax = plt.subplots(figsize=(8, 3.5))
         x = np.array([r["layer"] for r in rows])
         width = 0.2
-        for i, (key, label) in enumerate((
-            ("window_coverage", f"window coverage (w={stats['window']}, top {stats['cache_experts']})"),
-            ("window_coverage_shuffled", "same, shuffled tokens"),
-            ("repeat_share", "repeat share (t-1 -> t)"),
-            ("repeat_share_shuffled", "same, shuffled tokens"),
-        )):
+        for i, (key, label) in enumerate(
+            (
+                (
+                    "window_coverage",
+                    f"window coverage (w={stats['window']}, top {stats['cache_experts']})",
+                ),
+                ("window_coverage_shuffled", "same, shuffled tokens"),
+                ("repeat_share", "repeat share (t-1 -> t)"),
+                ("repeat_share_shuffled", "same, shuffled tokens"),
+            )
+        ):
             ax.bar(x + (i - 1.5) * width, [r[key] for r in rows], width, label=label)
         ax.set_xlabel("MoE layer")
         ax.set_ylabel("share of assignments")
@@ -353,7 +379,9 @@ def plot_stats(workload: Workload, stats: dict[str, Any], folder: str | Path) ->
         save(fig, "domain_preference.png")
     if "drift_js_per_layer" in stats:
         fig, ax = plt.subplots(figsize=(8, 3.5))
-        ax.bar(range(len(stats["drift_js_per_layer"])), stats["drift_js_per_layer"], color="tab:red")
+        ax.bar(
+            range(len(stats["drift_js_per_layer"])), stats["drift_js_per_layer"], color="tab:red"
+        )
         ax.set_xlabel("MoE layer")
         ax.set_ylabel("JS divergence of expert load")
         ax.set_title("Drift against the compared trace")

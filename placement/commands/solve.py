@@ -49,13 +49,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--robust", default="weighted", choices=("weighted", "worst"))
     p.add_argument("--tokens-per-gpu", type=int, default=DEFAULT_TOKENS_PER_GPU)
-    p.add_argument("--balance-weight", type=float, default=1.0, help="weight of compute balance in the objective")
-    p.add_argument("--traffic-weight", type=float, default=1.0, help="weight of link traffic in the objective")
-    p.add_argument("--free-memory-gib", type=float, default=None,
-                   help="free GPU memory for expert weights; too little -> infeasible (exit 2)")
+    p.add_argument(
+        "--balance-weight",
+        type=float,
+        default=1.0,
+        help="weight of compute balance in the objective",
+    )
+    p.add_argument(
+        "--traffic-weight", type=float, default=1.0, help="weight of link traffic in the objective"
+    )
+    p.add_argument(
+        "--free-memory-gib",
+        type=float,
+        default=None,
+        help="free GPU memory for expert weights; too little -> infeasible (exit 2)",
+    )
     p.add_argument("--workers", type=int, default=2, help="CP-SAT worker threads")
-    p.add_argument("--deterministic", action="store_true",
-                   help="one CP-SAT worker and a deterministic time limit: identical plans run to run")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="one CP-SAT worker and a deterministic time limit: identical plans run to run",
+    )
     p.add_argument("--out", default="plan.json", help="where to write the plan (default plan.json)")
     p.add_argument("--json", action="store_true")
 
@@ -88,9 +102,13 @@ def solver_config(args: argparse.Namespace) -> Any:
     from solvers import SolverConfig
 
     kwargs: dict[str, Any] = {
-        "seed": args.seed, "robust": args.robust, "balance_weight": args.balance_weight,
-        "traffic_weight": args.traffic_weight, "free_memory_gib": args.free_memory_gib,
-        "workers": args.workers, "extra": {"deterministic": bool(args.deterministic)},
+        "seed": args.seed,
+        "robust": args.robust,
+        "balance_weight": args.balance_weight,
+        "traffic_weight": args.traffic_weight,
+        "free_memory_gib": args.free_memory_gib,
+        "workers": args.workers,
+        "extra": {"deterministic": bool(args.deterministic)},
     }
     if args.balance_weight < 0 or args.traffic_weight < 0:
         raise PlacementError("--balance-weight and --traffic-weight must be >= 0")

@@ -16,8 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", default="token", choices=HOME_POLICIES)
     p.add_argument("--compare", default=None, help="a second trace: report drift between the two")
     p.add_argument("--window", type=int, default=16, help="tokens per window for local consistency")
-    p.add_argument("--cache-experts", type=int, default=None,
-                   help="experts a window may keep for window coverage (default 2 x top-k)")
+    p.add_argument(
+        "--cache-experts",
+        type=int,
+        default=None,
+        help="experts a window may keep for window coverage (default 2 x top-k)",
+    )
     p.add_argument("--plots", default=None, help="folder for PNG plots")
     p.add_argument("--json", action="store_true")
 
@@ -37,28 +41,54 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(stats)
         return 0
-    print(f"{workload.source}: {stats['model']} , {stats['tokens']} tokens, {stats['layers']} MoE layers, "
-          f"{stats['experts']} experts, top-{stats['top_k']} ({'per-token' if workload.per_token else 'load-only'})")
+    print(
+        f"{workload.source}: {stats['model']} , {stats['tokens']} tokens, {stats['layers']} MoE layers, "
+        f"{stats['experts']} experts, top-{stats['top_k']} ({'per-token' if workload.per_token else 'load-only'})"
+    )
     headers = ["layer", "max/mean", "CV"]
     per_token = workload.per_token
     if per_token:
-        headers += ["coact", "NMI next", "top succ", "window cov", "(shuffled)", "repeat", "(shuffled)"]
+        headers += [
+            "coact",
+            "NMI next",
+            "top succ",
+            "window cov",
+            "(shuffled)",
+            "repeat",
+            "(shuffled)",
+        ]
         if "mean_domain_nmi" in stats:
             headers.append("domain NMI")
     rows = []
     for row in stats["per_layer"]:
         r = [row["layer"], row["max_over_mean"], row["cv"]]
         if per_token:
-            r += [row["coactivation_strength"], row.get("nmi_next", "-"), row.get("top_successor_share", "-"),
-                  row["window_coverage"], row["window_coverage_shuffled"], row["repeat_share"],
-                  row["repeat_share_shuffled"]]
+            r += [
+                row["coactivation_strength"],
+                row.get("nmi_next", "-"),
+                row.get("top_successor_share", "-"),
+                row["window_coverage"],
+                row["window_coverage_shuffled"],
+                row["repeat_share"],
+                row["repeat_share_shuffled"],
+            ]
             if "mean_domain_nmi" in stats:
                 r.append(row["domain_nmi"])
         rows.append(r)
     print(table(headers, rows))
-    for key in ("mean_max_over_mean", "mean_nmi", "mean_top_successor_share", "mean_window_coverage",
-                "mean_window_coverage_shuffled", "mean_repeat_share", "mean_repeat_share_shuffled",
-                "mean_drift_js_halves", "mean_domain_nmi", "drift_js", "drift_js_transitions"):
+    for key in (
+        "mean_max_over_mean",
+        "mean_nmi",
+        "mean_top_successor_share",
+        "mean_window_coverage",
+        "mean_window_coverage_shuffled",
+        "mean_repeat_share",
+        "mean_repeat_share_shuffled",
+        "mean_drift_js_halves",
+        "mean_domain_nmi",
+        "drift_js",
+        "drift_js_transitions",
+    ):
         if key in stats and stats[key] is not None:
             print(f"{key}: {stats[key]:.4f}")
     if "drift_note" in stats:
@@ -70,5 +100,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND = Command("stats", "trace statistics: skew, co-activation, affinity, local consistency, domains, drift",
-                  add_arguments, run)
+COMMAND = Command(
+    "stats",
+    "trace statistics: skew, co-activation, affinity, local consistency, domains, drift",
+    add_arguments,
+    run,
+)

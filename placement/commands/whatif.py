@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,20 @@ def _prices(text: str | None, what: str) -> dict[str, float]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from reports.scenario import ALGOS, AXES, OVERLAPS
 
+    p.add_argument("--trace", default=None, help="trace Parquet file (or --model)")
     p.add_argument(
-        "--trace", default=None, help="trace Parquet file (required unless --report-only)"
+        "--model",
+        default=None,
+        help="model shape (deepseek-v3, qwen3-30b-a3b, ...) with a seeded synthetic routing profile "
+        "instead of a trace; allows --sweep experts=...",
+    )
+    p.add_argument("--synth-layers", type=int, default=4, help="synthetic profile: MoE layers")
+    p.add_argument("--synth-tokens", type=int, default=4096, help="synthetic profile: tokens")
+    p.add_argument(
+        "--synth-zipf", type=float, default=0.8, help="synthetic profile: popularity skew"
+    )
+    p.add_argument(
+        "--synth-affinity", type=float, default=0.6, help="synthetic profile: P(top-1 follows)"
     )
     add_cluster_args(p)
     p.add_argument(
@@ -89,19 +102,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], Any, dict[str, Any]]:
     """The scenarios, the base cluster and the sweep's metadata from the command line."""
     from placement.commands.solve import default_solver
+    from placement.shapes import model_shape
     from reports.engine import engine_id, timing_engine
     from reports.scenario import AXES, Scenario, expand, parse_sweep
+    from reports.synthetic import SyntheticProfile, synthetic_trace
     from solvers import REGISTRY
     from traces.reader import TraceFile
 
-    if not args.trace:
-        raise PlacementError("--trace is required (or pass --report-only)")
+    if bool(args.trace) == bool(args.model):
+        raise PlacementError(
+            "give --trace or --model (a synthetic routing profile), not both or neither"
+        )
     if args.redundant < 0 or args.tokens_per_gpu < 1:
         raise PlacementError("--redundant must be >= 0 and --tokens-per-gpu >= 1")
-    trace = TraceFile(args.trace)
+    sweep = parse_sweep(args.sweep)
+    traces: dict[int, Path] = {}
+    if args.model:
+        shape = model_shape(args.model)
+        profile = SyntheticProfile(
+            layers=args.synth_layers,
+            tokens=args.synth_tokens,
+            zipf_s=args.synth_zipf,
+            affinity=args.synth_affinity,
+            seed=args.seed,
+        )
+        for experts in sweep.get("experts", [shape.num_experts]):
+            traces[experts] = synthetic_trace(shape, experts, profile, Path(args.out) / "traces")
+        trace_path = next(iter(traces.values()))
+    else:
+        if "experts" in sweep:
+            raise PlacementError("--sweep experts needs --model (a trace fixes the expert count)")
+        trace_path = Path(args.trace)
+    trace = TraceFile(trace_path)
     base = resolve_cluster(args)
     scenario = Scenario(
-        trace=str(Path(args.trace).resolve()),
+        trace=str(trace_path.resolve()),
         trace_fingerprint=trace.fingerprint(),
         gpus=base.num_gpus,
         gpus_per_node=base.gpus_per_node,
@@ -110,6 +145,7 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], Any, dict[str, Any]
         nic_gbps=float(base.nic_gbits_per_s),
         tokens_per_gpu=args.tokens_per_gpu,
         redundant=args.redundant,
+        experts=trace.meta.num_experts,
         solver=args.solver or default_solver(),
         overlap=args.overlap,
         algo=args.algo,
@@ -121,16 +157,23 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], Any, dict[str, Any]
         raise PlacementError(
             f"unknown solver {scenario.solver!r}; known: {', '.join(sorted(REGISTRY))}"
         )
-    sweep = parse_sweep(args.sweep)
     if not args.no_reference_solvers:
         solvers = sweep.get("solver", [scenario.solver])
         sweep["solver"] = solvers + [
             s for s in ("contiguous", "eplb") if s in REGISTRY and s not in solvers
         ]
     scenarios = expand(scenario, sweep)
+    if traces:  # each expert count runs on its own synthetic trace
+        prints = {e: TraceFile(p).fingerprint() for e, p in traces.items()}
+        scenarios = [
+            dataclasses.replace(
+                s, trace=str(traces[s.experts].resolve()), trace_fingerprint=prints[s.experts]
+            )
+            for s in scenarios
+        ]
     reference = {a: sweep[a][0] if a in sweep else getattr(scenario, AXES[a][0]) for a in AXES}
     meta = {
-        "trace": args.trace,
+        "trace": args.trace or f"synthetic profile of {args.model} ({trace.meta.source})",
         "trace_fingerprint": scenario.trace_fingerprint,
         "trace_shape": f"{trace.meta.num_moe_layers} MoE layers x {trace.meta.num_experts} experts, "
         f"top-{trace.meta.top_k}, {trace.num_tokens} tokens",

@@ -6,8 +6,21 @@ every token's real top-k expert ids and gate weights per MoE layer into a trace.
 are imported lazily, so this package imports without them.
 """
 
-from traces.capture.archs import ROUTER_PATTERNS, TINY_CONFIGS, RouterSite, find_router_sites, tiny_config
-from traces.capture.run import MODES, CaptureOptions, CaptureResult, LoadedModel, capture, load_model
+from traces.capture.archs import (
+    ROUTER_PATTERNS,
+    TINY_CONFIGS,
+    RouterSite,
+    find_router_sites,
+    tiny_config,
+)
+from traces.capture.run import (
+    MODES,
+    CaptureOptions,
+    CaptureResult,
+    LoadedModel,
+    capture,
+    load_model,
+)
 
 __all__ = [
     "MODES",

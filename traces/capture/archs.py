@@ -97,9 +97,13 @@ def find_router_sites(model: Any) -> list[RouterSite]:
         )
     sites.sort(key=lambda s: s.layer)
     if len({s.layer for s in sites}) != len(sites):
-        raise PlacementError(f"model {model_type}: more than one router per layer; cannot map layers")
+        raise PlacementError(
+            f"model {model_type}: more than one router per layer; cannot map layers"
+        )
     if len({s.num_experts for s in sites}) != 1:
-        raise PlacementError(f"model {model_type}: MoE layers differ in expert count; not supported")
+        raise PlacementError(
+            f"model {model_type}: MoE layers differ in expert count; not supported"
+        )
     return sites
 
 
@@ -117,18 +121,31 @@ def _tiny_common(vocab_size: int) -> dict[str, Any]:
     }
 
 
+def _untyped(**kwargs: Any) -> dict[str, Any]:
+    """Config keywords the configs accept but their typed signatures omit (such as ``head_dim``)."""
+    return kwargs
+
+
 def _mixtral(v: int) -> Any:
     from transformers import MixtralConfig
 
-    return MixtralConfig(**_tiny_common(v), intermediate_size=64, num_local_experts=8, num_experts_per_tok=2)
+    return MixtralConfig(
+        **_tiny_common(v), intermediate_size=64, num_local_experts=8, num_experts_per_tok=2
+    )
 
 
 def _qwen2_moe(v: int) -> Any:
     from transformers import Qwen2MoeConfig
 
     return Qwen2MoeConfig(
-        **_tiny_common(v), intermediate_size=128, moe_intermediate_size=32, shared_expert_intermediate_size=64,
-        num_experts=8, num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[],
+        **_tiny_common(v),
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=64,
+        num_experts=8,
+        num_experts_per_tok=2,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
     )
 
 
@@ -136,15 +153,23 @@ def _qwen3_moe(v: int) -> Any:
     from transformers import Qwen3MoeConfig
 
     return Qwen3MoeConfig(
-        **_tiny_common(v), head_dim=16, intermediate_size=128, moe_intermediate_size=32, num_experts=8,
-        num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[],
+        **_tiny_common(v),
+        **_untyped(head_dim=16),
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_experts=8,
+        num_experts_per_tok=2,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
     )
 
 
 def _olmoe(v: int) -> Any:
     from transformers import OlmoeConfig
 
-    return OlmoeConfig(**_tiny_common(v), intermediate_size=32, num_experts=16, num_experts_per_tok=4)
+    return OlmoeConfig(
+        **_tiny_common(v), intermediate_size=32, num_experts=16, num_experts_per_tok=4
+    )
 
 
 def _deepseek_v3(v: int) -> Any:
@@ -153,10 +178,23 @@ def _deepseek_v3(v: int) -> Any:
     common = _tiny_common(v)
     common["num_key_value_heads"] = 4
     return DeepseekV3Config(
-        **common, intermediate_size=128, moe_intermediate_size=32, n_routed_experts=16, num_experts_per_tok=4,
-        n_shared_experts=1, n_group=4, topk_group=2, first_k_dense_replace=1, routed_scaling_factor=2.5,
-        norm_topk_prob=True, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8,
-        v_head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        **common,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        n_routed_experts=16,
+        num_experts_per_tok=4,
+        n_shared_experts=1,
+        n_group=4,
+        topk_group=2,
+        first_k_dense_replace=1,
+        routed_scaling_factor=2.5,
+        norm_topk_prob=True,
+        kv_lora_rank=16,
+        q_lora_rank=32,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=16,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     )
 
 
@@ -165,23 +203,34 @@ def _gpt_oss(v: int) -> Any:
 
     common = _tiny_common(v)
     return GptOssConfig(
-        **common, head_dim=16, intermediate_size=32, num_local_experts=8, num_experts_per_tok=2,
-        sliding_window=64, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        **common,
+        head_dim=16,
+        intermediate_size=32,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        sliding_window=64,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
     )
 
 
 def _granitemoe(v: int) -> Any:
     from transformers import GraniteMoeConfig
 
-    return GraniteMoeConfig(**_tiny_common(v), intermediate_size=32, num_local_experts=8, num_experts_per_tok=2)
+    return GraniteMoeConfig(
+        **_tiny_common(v), intermediate_size=32, num_local_experts=8, num_experts_per_tok=2
+    )
 
 
 def _phimoe(v: int) -> Any:
     from transformers import PhimoeConfig
 
     return PhimoeConfig(
-        **_tiny_common(v), intermediate_size=32, num_local_experts=8, num_experts_per_tok=2,
-        router_jitter_noise=0.01, input_jitter_noise=0.0,
+        **_tiny_common(v),
+        intermediate_size=32,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        router_jitter_noise=0.01,
+        input_jitter_noise=0.0,
     )
 
 
@@ -189,7 +238,13 @@ def _dbrx(v: int) -> Any:
     from transformers import DbrxConfig
 
     return DbrxConfig(
-        vocab_size=v, d_model=64, n_heads=4, n_layers=3, max_seq_len=512, pad_token_id=1, eos_token_id=0,
+        vocab_size=v,
+        d_model=64,
+        n_heads=4,
+        n_layers=3,
+        max_seq_len=512,
+        pad_token_id=1,
+        eos_token_id=0,
         bos_token_id=None,
         attn_config={"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
         ffn_config={"ffn_hidden_size": 32, "moe_num_experts": 8, "moe_top_k": 2},
@@ -200,9 +255,18 @@ def _jetmoe(v: int) -> Any:
     from transformers import JetMoeConfig
 
     return JetMoeConfig(
-        vocab_size=v, hidden_size=64, num_hidden_layers=3, num_key_value_heads=2, kv_channels=16,
-        intermediate_size=32, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=512,
-        pad_token_id=1, eos_token_id=0, bos_token_id=None,
+        vocab_size=v,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_key_value_heads=2,
+        kv_channels=16,
+        intermediate_size=32,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        max_position_embeddings=512,
+        pad_token_id=1,
+        eos_token_id=0,
+        bos_token_id=None,
     )
 
 

@@ -27,7 +27,9 @@ def _jetmoe_selection(output: tuple[Any, ...], top_k: int) -> tuple[Any, Any]:
 
     index_sorted, _batch_index, batch_gates, expert_size, _logits = output
     sizes = torch.as_tensor(expert_size, device=index_sorted.device)
-    expert_of_sorted = torch.repeat_interleave(torch.arange(len(expert_size), device=sizes.device), sizes)
+    expert_of_sorted = torch.repeat_interleave(
+        torch.arange(len(expert_size), device=sizes.device), sizes
+    )
     flat_ids = torch.empty_like(index_sorted)
     flat_ids[index_sorted] = expert_of_sorted
     flat_gates = torch.empty_like(batch_gates)
@@ -53,7 +55,9 @@ class RouterRecorder:
         if self.top_k is None:
             self.top_k = k
         elif self.top_k != k:
-            raise PlacementError(f"router {self.sites[index].path}: top-k {k} differs from {self.top_k}")
+            raise PlacementError(
+                f"router {self.sites[index].path}: top-k {k} differs from {self.top_k}"
+            )
         self._records.setdefault(index, []).append((ids_np, w_np))
 
     def _make_hook(self, index: int, site: RouterSite) -> Any:
@@ -61,7 +65,9 @@ class RouterRecorder:
 
             def hook(_module: Any, _inputs: Any, output: Any) -> None:
                 if not isinstance(output, tuple) or len(output) < 3:
-                    raise PlacementError(f"router {site.path} did not return (logits, weights, indices)")
+                    raise PlacementError(
+                        f"router {site.path} did not return (logits, weights, indices)"
+                    )
                 self._store(index, output[2], output[1])
 
             return hook
@@ -77,7 +83,9 @@ class RouterRecorder:
             ids = kwargs.get("top_k_index", args[1] if len(args) > 1 else None)
             weights = kwargs.get("top_k_weights", args[2] if len(args) > 2 else None)
             if ids is None or weights is None:
-                raise PlacementError(f"experts module {site.path} called without (top_k_index, top_k_weights)")
+                raise PlacementError(
+                    f"experts module {site.path} called without (top_k_index, top_k_weights)"
+                )
             self._store(index, ids, weights)
 
         return pre_hook
@@ -94,7 +102,10 @@ class RouterRecorder:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         for handle in self._handles:
             handle.remove()
@@ -102,7 +113,9 @@ class RouterRecorder:
 
     def pop(self) -> tuple[np.ndarray, np.ndarray]:
         """``(expert_ids[layers, T, k], weights[layers, T, k])`` of the calls since the last pop."""
-        if len(self._records) != len(self.sites) or any(len(v) != 1 for v in self._records.values()):
+        if len(self._records) != len(self.sites) or any(
+            len(v) != 1 for v in self._records.values()
+        ):
             got = {self.sites[i].path: len(v) for i, v in self._records.items()}
             self._records.clear()
             raise PlacementError(

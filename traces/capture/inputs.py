@@ -8,9 +8,12 @@ sorted order.
 
 from __future__ import annotations
 
+import collections.abc
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +49,7 @@ def _read_jsonl(path: Path) -> list[Document]:
                 item = json.loads(line)
             except json.JSONDecodeError:
                 raise PlacementError(f"{path}:{number}: not valid JSON") from None
+            text: Any
             if isinstance(item, str):
                 text, domain = item, path.stem
             elif isinstance(item, dict):
@@ -54,7 +58,9 @@ def _read_jsonl(path: Path) -> list[Document]:
             else:
                 text, domain = None, path.stem
             if not isinstance(text, str) or not text:
-                raise PlacementError(f"{path}:{number}: expected a string or an object with 'text' or 'prompt'")
+                raise PlacementError(
+                    f"{path}:{number}: expected a string or an object with 'text' or 'prompt'"
+                )
             docs.append(Document(text, domain, f"{path}:{number}", prompt=True))
     return docs
 
@@ -69,7 +75,7 @@ def _read_file(path: Path) -> list[Document]:
     return [Document(text, path.stem, str(path))] if text.strip() else []
 
 
-def read_documents(paths: list[str | Path]) -> list[Document]:
+def read_documents(paths: collections.abc.Sequence[str | os.PathLike[str]]) -> list[Document]:
     """Every document of the given files and folders; raises on a missing path or no text."""
     docs: list[Document] = []
     for raw in paths:
@@ -78,8 +84,10 @@ def read_documents(paths: list[str | Path]) -> list[Document]:
             raise PlacementError(f"input not found: {path}")
         if path.is_dir():
             files = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             for file in files:
                 docs.extend(_read_file(file))
@@ -90,7 +98,9 @@ def read_documents(paths: list[str | Path]) -> list[Document]:
     return docs
 
 
-def make_sequences(docs: list[Document], tokenizer: object, seq_len: int, budget_tokens: int) -> list[Sequence]:
+def make_sequences(
+    docs: list[Document], tokenizer: object, seq_len: int, budget_tokens: int
+) -> list[Sequence]:
     """Tokenise and cut into sequences of at most ``seq_len`` tokens, about ``budget_tokens`` in all.
 
     Sequences are interleaved round-robin over domains so that a token budget smaller than the input
@@ -103,8 +113,14 @@ def make_sequences(docs: list[Document], tokenizer: object, seq_len: int, budget
         ids = np.asarray(tokenizer(doc.text, add_special_tokens=False)["input_ids"], dtype=np.int64)  # type: ignore[operator]
         if ids.size == 0:
             continue
-        pieces = [ids[:seq_len]] if doc.prompt else [ids[i : i + seq_len] for i in range(0, len(ids), seq_len)]
-        per_domain.setdefault(doc.domain, []).extend(Sequence(p, doc.domain) for p in pieces if p.size >= 2)
+        pieces = (
+            [ids[:seq_len]]
+            if doc.prompt
+            else [ids[i : i + seq_len] for i in range(0, len(ids), seq_len)]
+        )
+        per_domain.setdefault(doc.domain, []).extend(
+            Sequence(p, doc.domain) for p in pieces if p.size >= 2
+        )
     if not per_domain:
         raise PlacementError("the inputs produced no tokens")
     out: list[Sequence] = []

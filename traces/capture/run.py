@@ -45,11 +45,15 @@ class CaptureOptions:
         if self.mode not in MODES:
             raise PlacementError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
         if min(self.tokens, self.batch, self.new_tokens, self.prompt_len) < 1 or self.seq_len < 2:
-            raise PlacementError("capture: tokens, batch, new tokens, prompt length must be >= 1, seq len >= 2")
+            raise PlacementError(
+                "capture: tokens, batch, new tokens, prompt length must be >= 1, seq len >= 2"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise PlacementError(f"unknown device {self.device!r}; use auto, cpu or cuda")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise PlacementError(f"unknown dtype {self.dtype!r}; use auto, float32, bfloat16 or float16")
+            raise PlacementError(
+                f"unknown dtype {self.dtype!r}; use auto, float32, bfloat16 or float16"
+            )
 
 
 @dataclass
@@ -101,7 +105,9 @@ def _bundled_tokenizer() -> Any:
     from traces.tinymoe import CHECKPOINT_DIR
 
     if not (CHECKPOINT_DIR / "tokenizer.json").exists():
-        raise PlacementError(f"bundled tokenizer missing at {CHECKPOINT_DIR}; retrain: python -m traces.tinymoe.train")
+        raise PlacementError(
+            f"bundled tokenizer missing at {CHECKPOINT_DIR}; retrain: python -m traces.tinymoe.train"
+        )
     return AutoTokenizer.from_pretrained(CHECKPOINT_DIR, local_files_only=True)
 
 
@@ -143,17 +149,23 @@ def load_model(
             path = CHECKPOINT_DIR
             name, origin = BUNDLED_NAME, "bundled"
             if not (path / "config.json").exists():
-                raise PlacementError(f"bundled model missing at {path}; retrain: python -m traces.tinymoe.train")
+                raise PlacementError(
+                    f"bundled model missing at {path}; retrain: python -m traces.tinymoe.train"
+                )
         else:
             path = Path(model_path)
             if not path.exists():
                 raise PlacementError(f"model path not found: {path}")
             if not (path / "config.json").exists():
-                raise PlacementError(f"{path}: no config.json (expected a transformers checkpoint folder)")
+                raise PlacementError(
+                    f"{path}: no config.json (expected a transformers checkpoint folder)"
+                )
             name, origin = path.resolve().name, f"path:{path}"
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, dtype=torch_dtype
+            )
         except (OSError, ValueError, KeyError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise PlacementError(f"cannot load model from {path}: {first}") from None
@@ -176,11 +188,21 @@ def _config_value(config: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
-def _trace_meta(loaded: LoadedModel, recorder: RouterRecorder, top_k: int, options: CaptureOptions,
-                inputs: list[str], domains: list[str]) -> TraceMeta:
+def _trace_meta(
+    loaded: LoadedModel,
+    recorder: RouterRecorder,
+    top_k: int,
+    options: CaptureOptions,
+    inputs: list[str],
+    domains: list[str],
+) -> TraceMeta:
     config = loaded.model.config
     hidden = int(_config_value(config, "hidden_size", "d_model", default=1))
-    inter = int(_config_value(config, "moe_intermediate_size", "ffn_hidden_size", "intermediate_size", default=1))
+    inter = int(
+        _config_value(
+            config, "moe_intermediate_size", "ffn_hidden_size", "intermediate_size", default=1
+        )
+    )
     shared = _config_value(config, "n_shared_experts", "num_shared_experts", default=0)
     if not shared and _config_value(config, "shared_expert_intermediate_size", default=0):
         shared = 1
@@ -210,16 +232,30 @@ def _trace_meta(loaded: LoadedModel, recorder: RouterRecorder, top_k: int, optio
 class _Sink:
     """Creates the writer on the first pass (when top-k is known) and keeps count per domain."""
 
-    def __init__(self, out: Path, loaded: LoadedModel, recorder: RouterRecorder, options: CaptureOptions,
-                 inputs: list[str], domains: list[str], bar: Any) -> None:
+    def __init__(
+        self,
+        out: Path,
+        loaded: LoadedModel,
+        recorder: RouterRecorder,
+        options: CaptureOptions,
+        inputs: list[str],
+        domains: list[str],
+        bar: Any,
+    ) -> None:
         self.out, self.loaded, self.recorder, self.options = out, loaded, recorder, options
         self.inputs, self.domains, self.bar = inputs, domains, bar
         self.writer: TraceWriter | None = None
         self.tokens = 0
         self.per_domain: dict[str, int] = {}
 
-    def write(self, keep: np.ndarray, step: np.ndarray, seq: np.ndarray, pos: np.ndarray,
-              domain: np.ndarray) -> None:
+    def write(
+        self,
+        keep: np.ndarray,
+        step: np.ndarray,
+        seq: np.ndarray,
+        pos: np.ndarray,
+        domain: np.ndarray,
+    ) -> None:
         """Write the kept tokens (a mask over the pass's flattened tokens) of the last forward pass."""
         ids, weights = self.recorder.pop()
         if ids.shape[1] != keep.shape[0]:
@@ -230,10 +266,15 @@ class _Sink:
         if n == 0:
             return
         if self.writer is None:
-            meta = _trace_meta(self.loaded, self.recorder, ids.shape[2], self.options, self.inputs, self.domains)
-            self.writer = TraceWriter(self.out, meta, with_domain=True,
-                                      row_group_tokens=self.options.row_group_tokens)
-        self.writer.write(step[keep], seq[keep], pos[keep], ids[:, keep], weights[:, keep], domain[keep])
+            meta = _trace_meta(
+                self.loaded, self.recorder, ids.shape[2], self.options, self.inputs, self.domains
+            )
+            self.writer = TraceWriter(
+                self.out, meta, with_domain=True, row_group_tokens=self.options.row_group_tokens
+            )
+        self.writer.write(
+            step[keep], seq[keep], pos[keep], ids[:, keep], weights[:, keep], domain[keep]
+        )
         self.tokens += n
         for name, count in zip(*np.unique(domain[keep], return_counts=True), strict=True):
             self.per_domain[str(name)] = self.per_domain.get(str(name), 0) + int(count)
@@ -244,7 +285,9 @@ class _Sink:
         return self.tokens >= self.options.tokens
 
 
-def _prefill(loaded: LoadedModel, seqs: list[Sequence], sink: _Sink, options: CaptureOptions) -> None:
+def _prefill(
+    loaded: LoadedModel, seqs: list[Sequence], sink: _Sink, options: CaptureOptions
+) -> None:
     import torch
 
     pad = int(loaded.tokenizer.pad_token_id)
@@ -267,56 +310,66 @@ def _prefill(loaded: LoadedModel, seqs: list[Sequence], sink: _Sink, options: Ca
         seq_id = np.repeat(np.arange(start, start + len(batch)), width)
         pos = np.tile(np.arange(width), len(batch))
         domain = np.repeat(np.asarray([s.domain for s in batch], dtype=object), width)
-        sink.write(mask.ravel().astype(bool), np.zeros(seq_id.size, dtype=np.int32), seq_id, pos, domain)
+        sink.write(
+            mask.ravel().astype(bool), np.zeros(seq_id.size, dtype=np.int32), seq_id, pos, domain
+        )
 
 
-def _decode(loaded: LoadedModel, seqs: list[Sequence], sink: _Sink, options: CaptureOptions) -> None:
+def _decode(
+    loaded: LoadedModel, seqs: list[Sequence], sink: _Sink, options: CaptureOptions
+) -> None:
+    for start in range(0, len(seqs), options.batch):
+        if sink.full:
+            break
+        _decode_batch(loaded, seqs[start : start + options.batch], start, sink, options)
+
+
+def _decode_batch(
+    loaded: LoadedModel, batch: list[Sequence], first_seq: int, sink: _Sink, options: CaptureOptions
+) -> None:
+    """``generate`` on one batch of prompts; a hook on the whole model writes each forward pass."""
     import torch
 
     pad = int(loaded.tokenizer.pad_token_id)
-    prompts = [s.ids[: options.prompt_len] for s in seqs]
-    for start in range(0, len(prompts), options.batch):
-        if sink.full:
-            break
-        batch = prompts[start : start + options.batch]
-        lengths = np.asarray([len(p) for p in batch])
-        width = int(lengths.max())
-        ids = np.full((len(batch), width), pad, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        for row, p in enumerate(batch):  # left padding, as generate expects for decoder-only models
-            ids[row, width - len(p) :] = p
-            mask[row, width - len(p) :] = 1
-        seq_ids = np.arange(start, start + len(batch))
-        domains = np.asarray([s.domain for s in seqs[start : start + len(batch)]], dtype=object)
-        state = {"step": 0}
+    prompts = [s.ids[: options.prompt_len] for s in batch]
+    lengths = np.asarray([len(p) for p in prompts])
+    width = int(lengths.max())
+    ids = np.full((len(prompts), width), pad, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=np.int64)
+    for row, p in enumerate(prompts):  # left padding, as generate expects for decoder-only models
+        ids[row, width - len(p) :] = p
+        mask[row, width - len(p) :] = 1
+    seq_ids = np.arange(first_seq, first_seq + len(prompts))
+    domains = np.asarray([s.domain for s in batch], dtype=object)
+    state = {"step": 0}
 
-        def after_forward(_module: Any, _inputs: Any, _output: Any) -> None:
-            step = state["step"]
-            if step == 0:
-                keep = mask.ravel().astype(bool)
-                pos = (np.cumsum(mask, axis=1) - 1).ravel()
-                seq = np.repeat(seq_ids, width)
-                dom = np.repeat(domains, width)
-            else:
-                keep = np.ones(len(batch), dtype=bool)
-                pos = lengths + step - 1
-                seq, dom = seq_ids, domains
-            sink.write(keep, np.full(keep.size, step, dtype=np.int32), seq, pos, dom)
-            state["step"] = step + 1
+    def after_forward(_module: Any, _inputs: Any, _output: Any) -> None:
+        step = state["step"]
+        if step == 0:  # the prompt pass: real (unpadded) positions 0..len-1
+            keep = mask.ravel().astype(bool)
+            pos = (np.cumsum(mask, axis=1) - 1).ravel()
+            seq = np.repeat(seq_ids, width)
+            dom = np.repeat(domains, width)
+        else:  # one new token per sequence: the token generated at the previous step
+            keep = np.ones(len(prompts), dtype=bool)
+            pos = lengths + step - 1
+            seq, dom = seq_ids, domains
+        sink.write(keep, np.full(keep.size, step, dtype=np.int32), seq, pos, dom)
+        state["step"] = step + 1
 
-        handle = loaded.model.register_forward_hook(after_forward)
-        try:
-            with torch.inference_mode():
-                loaded.model.generate(
-                    input_ids=torch.from_numpy(ids).to(loaded.device),
-                    attention_mask=torch.from_numpy(mask).to(loaded.device),
-                    max_new_tokens=options.new_tokens,
-                    min_new_tokens=options.new_tokens,  # no early stop: every sequence decodes every step
-                    do_sample=False,
-                    pad_token_id=pad,
-                )
-        finally:
-            handle.remove()
+    handle = loaded.model.register_forward_hook(after_forward)
+    try:
+        with torch.inference_mode():
+            loaded.model.generate(
+                input_ids=torch.from_numpy(ids).to(loaded.device),
+                attention_mask=torch.from_numpy(mask).to(loaded.device),
+                max_new_tokens=options.new_tokens,
+                min_new_tokens=options.new_tokens,  # no early stop: every sequence decodes every step
+                do_sample=False,
+                pad_token_id=pad,
+            )
+    finally:
+        handle.remove()
 
 
 def capture(
@@ -332,14 +385,20 @@ def capture(
 
     options = options or CaptureOptions()
     options.validate()
+    sites = find_router_sites(loaded.model)  # a model without MoE layers fails before any work
     docs = read_documents(list(inputs))
     seq_len = options.seq_len if options.mode == "prefill" else options.prompt_len
     # Decode needs fewer prompt tokens than it records, but tokenising a surplus is cheap and the sink
     # stops at the budget; so both modes ask for the full budget of input tokens.
     seqs = make_sequences(docs, loaded.tokenizer, seq_len, options.tokens)
     domains = sorted({s.domain for s in seqs})
-    recorder = RouterRecorder(loaded.model, find_router_sites(loaded.model))
-    bar = tqdm(total=options.tokens, desc=f"capture {loaded.name}", unit="tok", disable=None if progress else True)
+    recorder = RouterRecorder(loaded.model, sites)
+    bar = tqdm(
+        total=options.tokens,
+        desc=f"capture {loaded.name}",
+        unit="tok",
+        disable=None if progress else True,
+    )
     sink = _Sink(Path(out), loaded, recorder, options, [str(p) for p in inputs], domains, bar)
     start = time.perf_counter()
     try:
@@ -355,4 +414,6 @@ def capture(
         raise
     finally:
         bar.close()
-    return CaptureResult(path, sink.tokens, seconds, path.stat().st_size, sink.writer.meta, sink.per_domain)
+    return CaptureResult(
+        path, sink.tokens, seconds, path.stat().st_size, sink.writer.meta, sink.per_domain
+    )

@@ -22,7 +22,9 @@ FORMATS: dict[str, Callable[..., ImportedTrace]] = {
 }
 
 
-def load(fmt: str, path: str | os.PathLike[str], options: ImportOptions | None = None) -> ImportedTrace:
+def load(
+    fmt: str, path: str | os.PathLike[str], options: ImportOptions | None = None
+) -> ImportedTrace:
     """Run the importer for ``fmt`` on ``path``."""
     if fmt not in FORMATS:
         raise PlacementError(f"unknown import format {fmt!r}; known: {', '.join(FORMATS)}")

@@ -91,10 +91,14 @@ class ImportedTrace:
             total_layers = max(self.layer_ids) + 1
             full = np.zeros((total_layers, self.num_experts))
             full[self.layer_ids] = self.load
-            write_json(out, {"logical_count": full.tolist(), "source": self.source, "format": self.format})
+            write_json(
+                out, {"logical_count": full.tolist(), "source": self.source, "format": self.format}
+            )
             return out
         if out.suffix.lower() == ".json":
-            raise PlacementError("per-token routing is written as a Parquet trace: use --out NAME.parquet")
+            raise PlacementError(
+                "per-token routing is written as a Parquet trace: use --out NAME.parquet"
+            )
         meta = self.meta(options)
         assert self.expert_ids is not None and self.weights is not None
         n = self.num_tokens
@@ -123,7 +127,9 @@ def resolve_shape(layers: int, experts: int, options: ImportOptions) -> ModelSha
     guessed = guess_shape(layers, experts)
     if guessed is not None:
         return guessed
-    return ModelShape("imported", layers, experts, 1, options.hidden_size, options.expert_intermediate_size)
+    return ModelShape(
+        "imported", layers, experts, 1, options.hidden_size, options.expert_intermediate_size
+    )
 
 
 def check_ids(ids: np.ndarray, num_experts: int | None, where: str) -> int:

@@ -39,7 +39,9 @@ def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> 
             continue
         match = _EXPERT_COLUMN.match(col)
         if match is None:
-            raise PlacementError(f"{path}: column {col!r} is neither an expert index nor a known column")
+            raise PlacementError(
+                f"{path}: column {col!r} is neither an expert index nor a known column"
+            )
         experts_cols[int(match.group(1))] = col
     if not experts_cols:
         raise PlacementError(f"{path}: no expert columns")
@@ -55,13 +57,19 @@ def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> 
     k = int(per_row.max())
     if k == 0 or (per_row != k).any():
         bad = int(np.flatnonzero(per_row != k)[0]) if k else 0
-        raise PlacementError(f"{path}: row {bad + 2} chooses {int(per_row[bad])} experts, others {k}")
+        raise PlacementError(
+            f"{path}: row {bad + 2} chooses {int(per_row[bad])} experts, others {k}"
+        )
     layer_values = np.sort(frame["layer_id"].unique())
     token_values = np.sort(frame["token_id"].unique())
     layers, tokens = len(layer_values), len(token_values)
     if len(frame) != layers * tokens:
-        raise PlacementError(f"{path}: {len(frame)} rows, expected every one of {tokens} tokens at {layers} layers")
-    frame = frame.assign(_row=np.arange(len(frame))).sort_values(["layer_id", "token_id"], kind="stable")
+        raise PlacementError(
+            f"{path}: {len(frame)} rows, expected every one of {tokens} tokens at {layers} layers"
+        )
+    frame = frame.assign(_row=np.arange(len(frame))).sort_values(
+        ["layer_id", "token_id"], kind="stable"
+    )
     if frame.duplicated(["layer_id", "token_id"]).any():
         raise PlacementError(f"{path}: a (layer_id, token_id) pair appears twice")
     rows = frame["_row"].to_numpy()
@@ -78,11 +86,16 @@ def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> 
     first_layer = frame[frame["layer_id"] == layer_values[0]]
     extra_cols = {c: first_layer[c].to_numpy() for c in OPTIONAL if c in frame.columns}
     return ImportedTrace(
-        source=str(path), format="csv", layer_ids=[int(v) for v in layer_values], num_experts=experts,
-        expert_ids=ids.astype(np.int64), weights=weights,
+        source=str(path),
+        format="csv",
+        layer_ids=[int(v) for v in layer_values],
+        num_experts=experts,
+        expert_ids=ids.astype(np.int64),
+        weights=weights,
         step=extra_cols["step"].astype(np.int32) if "step" in extra_cols else None,
         seq_id=extra_cols["seq_id"].astype(np.int64) if "seq_id" in extra_cols else None,
-        pos=extra_cols["pos"].astype(np.int32) if "pos" in extra_cols
+        pos=extra_cols["pos"].astype(np.int32)
+        if "pos" in extra_cols
         else np.searchsorted(token_values, first_layer["token_id"].to_numpy()).astype(np.int32),
         domain=extra_cols["domain"].astype(str).astype(object) if "domain" in extra_cols else None,
     )

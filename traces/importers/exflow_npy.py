@@ -11,7 +11,13 @@ import os
 import numpy as np
 
 from placement.errors import PlacementError
-from traces.importers.base import ImportedTrace, ImportOptions, check_ids, require_file, uniform_weights
+from traces.importers.base import (
+    ImportedTrace,
+    ImportOptions,
+    check_ids,
+    require_file,
+    uniform_weights,
+)
 
 
 def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> ImportedTrace:
@@ -20,19 +26,29 @@ def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> 
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise PlacementError(f"{path}: not a NumPy .npy array ({str(exc).splitlines()[0]})") from None
+        raise PlacementError(
+            f"{path}: not a NumPy .npy array ({str(exc).splitlines()[0]})"
+        ) from None
     if not isinstance(array, np.ndarray):
         raise PlacementError(f"{path}: expected one array, got an archive")
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3:
-        raise PlacementError(f"{path}: expected [tokens, layers] (or [tokens, layers, k]), got shape {array.shape}")
+        raise PlacementError(
+            f"{path}: expected [tokens, layers] (or [tokens, layers, k]), got shape {array.shape}"
+        )
     ids = np.ascontiguousarray(array.transpose(1, 0, 2))
     experts = check_ids(ids, options.num_experts, str(path))
     ids = ids.astype(np.int64)
     n = ids.shape[1]
     return ImportedTrace(
-        source=str(path), format="exflow-npy", layer_ids=list(range(ids.shape[0])), num_experts=experts,
-        expert_ids=ids, weights=uniform_weights(ids), step=np.zeros(n, dtype=np.int32),
-        seq_id=np.zeros(n, dtype=np.int64), pos=np.arange(n, dtype=np.int32),
+        source=str(path),
+        format="exflow-npy",
+        layer_ids=list(range(ids.shape[0])),
+        num_experts=experts,
+        expert_ids=ids,
+        weights=uniform_weights(ids),
+        step=np.zeros(n, dtype=np.int32),
+        seq_id=np.zeros(n, dtype=np.int64),
+        pos=np.arange(n, dtype=np.int32),
     )

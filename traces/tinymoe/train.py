@@ -38,6 +38,11 @@ EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 
 
+def _untyped(**kwargs: Any) -> dict[str, Any]:
+    """Config keywords the config accepts but its typed signature omits (``head_dim``)."""
+    return kwargs
+
+
 def model_config(vocab_size: int) -> Any:
     """The tiny Qwen3-MoE configuration (every layer is MoE)."""
     from transformers import Qwen3MoeConfig
@@ -50,7 +55,7 @@ def model_config(vocab_size: int) -> Any:
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=32,
+        **_untyped(head_dim=32),
         num_experts=16,
         num_experts_per_tok=2,
         norm_topk_prob=True,
@@ -127,7 +132,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     CHECKPOINT_DIR.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(tok_texts, args.vocab, CHECKPOINT_DIR)
     streams = {name: _encode(tokenizer, corpus[name].train) for name in DOMAINS}
-    heldout = {name: _encode(tokenizer, corpus[name].heldout)[: 64 * args.seq_len] for name in DOMAINS}
+    heldout = {
+        name: _encode(tokenizer, corpus[name].heldout)[: 64 * args.seq_len] for name in DOMAINS
+    }
     prep_s = time.perf_counter() - t0
 
     config = model_config(len(tokenizer))
@@ -142,7 +149,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     bar = tqdm(range(args.steps), desc="training tiny MoE", unit="step", disable=None)
     t1 = time.perf_counter()
     for step in bar:
-        rows = []
+        rows: list[np.ndarray] = []
         for name in DOMAINS:
             stream = streams[name]
             starts = rng.integers(0, len(stream) - args.seq_len - 1, size=per_domain)
@@ -156,7 +163,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
         aux = float(out.aux_loss.detach()) if out.aux_loss is not None else float("nan")
-        entry = {"step": step, "loss": float(out.loss.detach()) - args_aux(config, aux), "aux_loss": aux}
+        entry = {
+            "step": step,
+            "loss": float(out.loss.detach()) - args_aux(config, aux),
+            "aux_loss": aux,
+        }
         if step % args.eval_every == 0 or step == args.steps - 1:
             entry["heldout_loss"] = heldout_loss(model, heldout, args.seq_len)
         log.append(entry)
@@ -165,7 +176,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model.eval()
     # bf16 halves the checkpoint; capture upcasts to fp32 on CPU, and the model card's statistics are
     # measured on this saved (rounded) checkpoint, so what ships is what was measured.
-    model.to(torch.bfloat16).save_pretrained(CHECKPOINT_DIR)
+    model.bfloat16().save_pretrained(CHECKPOINT_DIR)
     for path in CHECKPOINT_DIR.iterdir():
         path.chmod(0o644)
     tokens_per_step = per_domain * len(DOMAINS) * args.seq_len
@@ -179,7 +190,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_steps": args.warmup,
         "vocab_size": len(tokenizer),
         "parameters": params,
-        "train_tokens_per_domain": {k: int(len(v)) for k, v in streams.items()},
+        "train_tokens_per_domain": {k: len(v) for k, v in streams.items()},
         "prep_s": prep_s,
         "train_s": train_s,
         "threads": args.threads,
@@ -216,9 +227,13 @@ def heldout_loss(model: Any, heldout: dict[str, np.ndarray], seq_len: int) -> fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m traces.tinymoe.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m traces.tinymoe.train", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--batch", type=int, default=48, help="sequences per step (split over the domains)")
+    parser.add_argument(
+        "--batch", type=int, default=48, help="sequences per step (split over the domains)"
+    )
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup", type=int, default=50)
@@ -226,8 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "moe-placement" / "tinymoe"))
-    parser.add_argument("--skip-train", action="store_true", help="only evaluate the saved checkpoint")
+    parser.add_argument(
+        "--cache", default=str(Path.home() / ".cache" / "moe-placement" / "tinymoe")
+    )
+    parser.add_argument(
+        "--skip-train", action="store_true", help="only evaluate the saved checkpoint"
+    )
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false")
     args = parser.parse_args(argv)
     if not args.skip_train:

@@ -1,0 +1,109 @@
+"""Benchmark of ``placement whatif``: the same sweep serially, on a local Ray, and re-run from the cache.
+
+Run: ``.venv/bin/python bench/reports_whatif.py`` (short: a 4-layer, 16-expert synthetic trace, 2-8 GPUs)
+or ``--full`` (64 experts, 8 layers, 8-32 GPUs). Prints one table row per run: wall seconds, scenarios
+computed, seconds per computed scenario, and whether the results matched the serial run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from placement.cli import main
+from reports.results import load_results
+from reports.sweep import ray_available
+from traces.synth import SynthConfig, generate
+
+TIMING_COLUMNS = ["solve_s", "wall_s"]
+
+
+def _run(argv: list[str]) -> tuple[float, dict]:  # type: ignore[type-arg]
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = main([*argv, "--json"])
+    if code != 0:
+        sys.exit(f"placement {' '.join(argv)} exited {code}")
+    return time.perf_counter() - start, json.loads(out.getvalue())
+
+
+def bench(full: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        trace = root / "trace.parquet"
+        if full:
+            config = SynthConfig(num_layers=8, num_experts=64, top_k=4, num_tokens=16384)
+            sweep = ["gpus=8,16,32", "nic_gbps=200,400", "overlap=none,two-batch"]
+            per_node = "8"
+        else:
+            config = SynthConfig(num_layers=4, num_experts=16, top_k=2, num_tokens=4096)
+            sweep = ["gpus=2,4,8", "nic_gbps=200,400", "overlap=none,two-batch"]
+            per_node = "4"
+        generate(config, trace, seed=0)
+        common = [
+            "whatif",
+            "--trace",
+            str(trace),
+            "--gpus-per-node",
+            per_node,
+            "--solver",
+            "greedy",
+        ]
+        for item in sweep:
+            common += ["--sweep", item]
+        rows = []
+        serial_out = root / "serial"
+        wall, info = _run([*common, "--serial", "--out", str(serial_out)])
+        rows.append(
+            [
+                "serial",
+                info["scenarios"],
+                info["computed"],
+                wall,
+                wall / max(info["computed"], 1),
+                "-",
+            ]
+        )
+        wall, info = _run([*common, "--serial", "--out", str(serial_out)])
+        rows.append(
+            ["serial, cached", info["scenarios"], info["computed"], wall, float("nan"), "-"]
+        )
+        if ray_available():
+            ray_out = root / "ray"
+            wall, info = _run([*common, "--out", str(ray_out)])
+            a, _, _ = load_results(serial_out)
+            b, _, _ = load_results(ray_out)
+            same = a.drop(columns=TIMING_COLUMNS).equals(b.drop(columns=TIMING_COLUMNS))
+            rows.append(
+                [
+                    "ray (2 CPUs)",
+                    info["scenarios"],
+                    info["computed"],
+                    wall,
+                    wall / max(info["computed"], 1),
+                    "yes" if same else "NO",
+                ]
+            )
+        print(
+            f"trace: {config.num_layers} layers x {config.num_experts} experts, top-{config.top_k}, "
+            f"{config.num_tokens} tokens; sweep {' '.join(sweep)} (+ contiguous, eplb); engine {info['engine']}"
+        )
+        frame = pd.DataFrame(
+            rows,
+            columns=["run", "scenarios", "computed", "wall s", "s per scenario", "same as serial"],
+        )
+        print(frame.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="the larger sweep")
+    bench(parser.parse_args().full)
