@@ -28,7 +28,7 @@ def alltoall(gpus: int, seed: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     sizes = rng.uniform(0.5e6, 1.5e6, (gpus, gpus))
     np.fill_diagonal(sizes, 0.0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     runner = _Runner(cluster, routing="spray", pxn=True, seed=seed, chunks=8)
     env = runner.env
     go = env.event()
@@ -52,6 +52,7 @@ def alltoall(gpus: int, seed: int = 0) -> dict[str, float]:
         "rounds": net.rounds,
         "sim_us": out["sim_us"],
         "wall_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,
     }
 
 
@@ -74,7 +75,7 @@ def forward_ep64(layers: int = 58) -> dict[str, float]:
         provenance=Provenance("round-robin"),
     )
     cluster = load_cluster("h800-mpft").with_counts(64, 8)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = simulate_moe(plan, cluster, workload, algo="deepep", progress=True)
     return {
         "layers": layers,
@@ -82,6 +83,7 @@ def forward_ep64(layers: int = 58) -> dict[str, float]:
         "flows": res.stats["flows"],
         "sim_us": res.total_us,
         "wall_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,
     }
 
 
@@ -90,9 +92,15 @@ def main() -> None:
     parser.add_argument(
         "--full", action="store_true", help="also 128 and 256 GPUs and the 58-layer forward"
     )
+    parser.add_argument("--gpus", default=None, help="comma-separated GPU counts (multiples of 8)")
+    parser.add_argument(
+        "--forward-layers", type=int, default=0, help="also a forward of this many layers"
+    )
     args = parser.parse_args()
     alltoall(16)  # load the compiled kernels once, outside the timings
     sizes = [16, 32, 64] + ([128, 256] if args.full else [])
+    if args.gpus:
+        sizes = [int(x) for x in args.gpus.split(",")]
     rows = []
     for g in sizes:
         r = alltoall(g)
@@ -101,31 +109,30 @@ def main() -> None:
                 g,
                 r["flows"],
                 r["events"],
-                r["recomputes"],
                 r["refilled_per_event"],
                 r["sim_us"],
+                r["cpu_s"],
                 r["wall_s"],
             ]
         )
-        print(f"  {g} GPUs: {r['wall_s']:.2f} s", flush=True)
+        print(f"  {g} GPUs: {r['wall_s']:.2f} s wall", flush=True)
     print(
         table(
-            ["GPUs", "flows", "events", "recomputes", "refilled/event", "simulated us", "wall s"],
-            rows,
+            ["GPUs", "flows", "events", "refilled/event", "simulated us", "cpu s", "wall s"], rows
         )
     )
-    if len(rows) >= 2:
+    if len(rows) >= 3:
         g = np.log([r[0] for r in rows])
-        w = np.log([r[6] for r in rows])
-        print(
-            f"wall time grows ~ GPUs^{np.polyfit(g[1:], w[1:], 1)[0]:.2f} (fit over the larger sizes)"
-        )
-    if args.full:
-        f = forward_ep64()
+        c = np.log([r[5] for r in rows])
+        slope = np.polyfit(g[-2:], c[-2:], 1)[0]
+        print(f"cpu time grows ~ GPUs^{slope:.2f} between the two largest sizes")
+    layers = 58 if args.full else args.forward_layers
+    if layers:
+        f = forward_ep64(layers)
         print(
             table(
-                ["MoE layers", "flows", "events", "simulated us", "wall s"],
-                [[f["layers"], f["flows"], f["events"], f["sim_us"], f["wall_s"]]],
+                ["MoE layers (EP64, deepep)", "flows", "events", "simulated us", "cpu s", "wall s"],
+                [[f["layers"], f["flows"], f["events"], f["sim_us"], f["cpu_s"], f["wall_s"]]],
             )
         )
 

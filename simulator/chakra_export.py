@@ -48,8 +48,14 @@ class _RankTrace:
         self.rank = rank
         self.nodes: list[Any] = []
 
-    def add(self, name: str, kind: int, deps: list[int], attrs: dict[str, tuple[str, Any]],
-            duration_us: float = 0.0) -> int:
+    def add(
+        self,
+        name: str,
+        kind: int,
+        deps: list[int],
+        attrs: dict[str, tuple[str, Any]],
+        duration_us: float = 0.0,
+    ) -> int:
         node = self.et.Node()
         node.id = len(self.nodes)
         node.name = name
@@ -64,15 +70,29 @@ class _RankTrace:
         return int(node.id)
 
 
-def _comm(trace: _RankTrace, phase: str, kind: int, src: int, dst: int, bytes_: float, tag: int,
-          deps: list[int]) -> int:
-    attrs = {"comm_src": ("int32_val", src), "comm_dst": ("int32_val", dst),
-             "comm_size": ("int64_val", int(round(bytes_))), "comm_tag": ("int32_val", tag)}
+def _comm(
+    trace: _RankTrace,
+    phase: str,
+    kind: int,
+    src: int,
+    dst: int,
+    bytes_: float,
+    tag: int,
+    deps: list[int],
+) -> int:
+    attrs = {
+        "comm_src": ("int32_val", src),
+        "comm_dst": ("int32_val", dst),
+        "comm_size": ("int64_val", int(round(bytes_))),
+        "comm_tag": ("int32_val", tag),
+    }
     verb = "send" if kind == trace.et.COMM_SEND_NODE else "recv"
     return trace.add(f"{phase} {verb} {src}->{dst}", kind, deps, attrs)
 
 
-def _phase(traces: list[_RankTrace], plan: PhasePlan, start: list[list[int]], tag: int) -> list[list[int]]:
+def _phase(
+    traces: list[_RankTrace], plan: PhasePlan, start: list[list[int]], tag: int
+) -> list[list[int]]:
     """Write one phase; ``start[g]``: node ids rank g's sends depend on. Returns each rank's receive ids."""
     et = traces[0].et
     G = len(traces)
@@ -87,8 +107,19 @@ def _phase(traces: list[_RankTrace], plan: PhasePlan, start: list[list[int]], ta
             if s == d:
                 continue
             deps = start[s] if hop != 2 else start[s] + stage1_recvs[s]
-            _comm(traces[s], plan.name, et.COMM_SEND_NODE, s, d, float(matrix[s, d]), tag + hop, deps)
-            rid = _comm(traces[d], plan.name, et.COMM_RECV_NODE, s, d, float(matrix[s, d]), tag + hop, start[d])
+            _comm(
+                traces[s], plan.name, et.COMM_SEND_NODE, s, d, float(matrix[s, d]), tag + hop, deps
+            )
+            rid = _comm(
+                traces[d],
+                plan.name,
+                et.COMM_RECV_NODE,
+                s,
+                d,
+                float(matrix[s, d]),
+                tag + hop,
+                start[d],
+            )
             if hop == 1:
                 stage1_recvs[d].append(rid)
             else:
@@ -96,9 +127,17 @@ def _phase(traces: list[_RankTrace], plan: PhasePlan, start: list[list[int]], ta
     return [recvs[g] + stage1_recvs[g] for g in range(G)]
 
 
-def export_chakra(plan: Plan, cluster: ClusterSpec, workload: Workload, prefix: str | Path, *,
-                  algo: str = "direct", mode: str = "standard", tokens_per_gpu: int = DEFAULT_TOKENS_PER_GPU,
-                  layers: list[int] | None = None) -> list[Path]:
+def export_chakra(
+    plan: Plan,
+    cluster: ClusterSpec,
+    workload: Workload,
+    prefix: str | Path,
+    *,
+    algo: str = "direct",
+    mode: str = "standard",
+    tokens_per_gpu: int = DEFAULT_TOKENS_PER_GPU,
+    layers: list[int] | None = None,
+) -> list[Path]:
     """Write ``{prefix}.{rank}.et`` for every rank; returns the paths."""
     et, encode = _chakra()
     ev = evaluate(plan, cluster, workload, mode=mode, tokens_per_gpu=tokens_per_gpu, gpu_pairs=True)
@@ -110,8 +149,15 @@ def export_chakra(plan: Plan, cluster: ClusterSpec, workload: Workload, prefix: 
         dispatch, combine = _layer_phases(ev, layer, algo, ev.scale)
         landed = _phase(traces, dispatch, last, tag=1000 * i)
         comp = [
-            [traces[g].add(f"L{layer} experts", et.COMP_NODE, landed[g] + last[g],
-                           {"num_ops": ("int64_val", 0)}, duration_us=float(ev.compute_us[layer, g]))]
+            [
+                traces[g].add(
+                    f"L{layer} experts",
+                    et.COMP_NODE,
+                    landed[g] + last[g],
+                    {"num_ops": ("int64_val", 0)},
+                    duration_us=float(ev.compute_us[layer, g]),
+                )
+            ]
             for g in range(G)
         ]
         last = _phase(traces, combine, comp, tag=1000 * i + 500)

@@ -183,6 +183,7 @@ def run_phase(
     pending = np.zeros((G, G))
     inflight = np.zeros((G, G), dtype=bool)
     s2_full = s2 if s2 is not None else np.zeros((G, G))
+    s2_targets = [np.flatnonzero(s2_full[r]).tolist() for r in range(G)]
     s2_total_chunk = s2_full / max(chunks, 1)
 
     def launch(r: int, d: int) -> None:
@@ -209,7 +210,7 @@ def run_phase(
         complete = arrived[r] >= relay_in[r] * (1 - _TOL)
         if plan.relay == "store-and-forward" and not complete:
             return
-        for d in np.flatnonzero(s2[r]).tolist():
+        for d in s2_targets[r]:
             target = s2[r, d] if complete else s2[r, d] * min(arrived[r] / relay_in[r], 1.0)
             add = target - released[r, d]
             if add > 0:

@@ -448,6 +448,9 @@ class FluidNetwork:
             else np.asarray(binding, dtype=bool)
         )
         self._paths: list[tuple[np.ndarray, np.ndarray]] = []
+        self._path_cache: dict[
+            int, tuple[Any, Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+        ] = {}
         # incremental: local refill checked against the max-min condition; otherwise refill every flow
         # at or above the finished flows' level (both exact; the second is the reference in tests)
         self.incremental = incremental
@@ -514,23 +517,32 @@ class FluidNetwork:
     ) -> tuple[simpy.Event, simpy.Event]:
         """Start a flow of ``bytes_`` over ``links`` now; returns ``(sent, done)`` events (value: flow id)."""
         sent, done = self.env.event(), self.env.event()
-        link_arr = np.asarray(links, dtype=np.int64)
-        if bytes_ <= 0 or link_arr.size == 0:
+        key = id(links)
+        hit = self._path_cache.get(key)
+        if hit is not None and hit[0] is links and hit[1] is coefs:
+            _, _, full_links, full_coefs, link_arr, coef_arr = hit
+        else:
+            full_links = np.asarray(links, dtype=np.int64)
+            if full_links.size and (full_links.min() < 0 or full_links.max() >= self.num_links):
+                raise PlacementError(f"flow uses a link outside 0..{self.num_links - 1}")
+            full_coefs = (
+                np.ones(full_links.size) if coefs is None else np.asarray(coefs, dtype=np.float64)
+            )
+            keep = self.binding[full_links]
+            if not keep.any():
+                keep[:] = True  # an unconstrained flow still needs a rate limit
+            link_arr, coef_arr = full_links[keep], full_coefs[keep]
+            if isinstance(
+                links, np.ndarray
+            ):  # routes are reused arrays: remember their solver path
+                self._path_cache[key] = (links, coefs, full_links, full_coefs, link_arr, coef_arr)
+        if bytes_ <= 0 or full_links.size == 0:
             # Nothing to move over the network (a GPU-local copy): delivered after the latency alone.
             self.env.timeout(0).callbacks.append(_succeed_later(sent, -1))
             self.env.timeout(latency_us).callbacks.append(_succeed_later(done, -1))
             return sent, done
-        if link_arr.min() < 0 or link_arr.max() >= self.num_links:
-            raise PlacementError(f"flow uses a link outside 0..{self.num_links - 1}")
-        coef_arr = np.ones(link_arr.size) if coefs is None else np.asarray(coefs, dtype=np.float64)
         fid = self.num_flows
-        self._paths.append((link_arr, coef_arr))
-        keep = self.binding[link_arr]
-        if not keep.any():
-            keep = np.ones(
-                link_arr.size, dtype=bool
-            )  # an unconstrained flow still needs a rate limit
-        link_arr, coef_arr = link_arr[keep], coef_arr[keep]
+        self._paths.append((full_links, full_coefs))
         if fid >= self._size:
             self._grow(2 * self._size)
         start = self.fl_ptr[fid]
@@ -542,7 +554,7 @@ class FluidNetwork:
             self.fl_coef = np.concatenate([self.fl_coef, np.zeros(max(end, self.fl_coef.size))])
         self.fl_link[start:end] = link_arr
         self.fl_coef[start:end] = coef_arr
-        self.fl_ptr[fid + 1 :] = end
+        self.fl_ptr[fid + 1] = end
         self.num_flows += 1
         self.size_bytes[fid] = bytes_
         self.remaining[fid] = bytes_
@@ -647,16 +659,14 @@ class FluidNetwork:
     def _drop_usage(self, done_ids: np.ndarray) -> np.ndarray:
         """Remove finished flows' load from ``used``; return the saturated links they crossed: only a
         bottleneck that gains capacity can change other flows' rates."""
-        links = []
-        for fid in done_ids.tolist():
-            a, b = self.fl_ptr[fid], self.fl_ptr[fid + 1]
-            path = self.fl_link[a:b]
-            links.append(path[self.used[path] >= self.cap[path] * (1.0 - 1e-9)])
-        for fid in done_ids.tolist():
-            a, b = self.fl_ptr[fid], self.fl_ptr[fid + 1]
-            np.subtract.at(self.used, self.fl_link[a:b], self.fl_coef[a:b] * self.rate[fid])
+        starts, ends = self.fl_ptr[done_ids], self.fl_ptr[done_ids + 1]
+        lens = ends - starts
+        idx = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+        links = self.fl_link[idx]
+        seeds = np.unique(links[self.used[links] >= self.cap[links] * (1.0 - 1e-9)])
+        np.subtract.at(self.used, links, self.fl_coef[idx] * np.repeat(self.rate[done_ids], lens))
         np.maximum(self.used, 0.0, out=self.used)
-        return np.unique(np.concatenate(links)) if links else np.zeros(0, dtype=np.int64)
+        return seeds
 
     def _complete(self, done_ids: np.ndarray, now: float) -> None:
         self.rate[done_ids] = 0.0

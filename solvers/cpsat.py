@@ -125,6 +125,7 @@ class LayerResult:
     bound_us: float
     optimal: bool
     status: str
+    deterministic_s: float = 0.0  # CP-SAT's deterministic time (reproducible work measure)
 
 
 def _aggregate(spec: LayerSpec, peaks: list[float]) -> float:
@@ -372,7 +373,8 @@ def solve_layer(
                     objective_terms.append(-math.ceil(hop_c * spec.affinity[e, g]) * x[e][g])
     m.minimize(sum(objective_terms))
     # building a large model takes time too: charge it against this layer's limit
-    time_limit_s = max(0.01, time_limit_s - (time.perf_counter() - build_start))
+    if not deterministic:  # wall-clock build time would make deterministic runs differ
+        time_limit_s = max(0.01, time_limit_s - (time.perf_counter() - build_start))
     if hint is not None:
         on = {(e, g) for g, row in enumerate(hint) for e in row}
         for e in range(E):
@@ -390,6 +392,7 @@ def solve_layer(
         solver.parameters.max_time_in_seconds = max(time_limit_s, 0.01)
     status = solver.solve(m)
     name = solver.status_name(status)
+    det_s = float(solver.deterministic_time)
     if status == cp_model.INFEASIBLE:
         raise InfeasibleError(
             "no placement satisfies the constraints (migration budget too small for the slot counts?)"
@@ -400,7 +403,7 @@ def solve_layer(
         held = [list(h) for h in hint]
         share = _even_share(held)
         bound = analytic_bound_us(spec, num_redundant)
-        return LayerResult(held, share, objective_us(spec, held, share), bound, False, name)
+        return LayerResult(held, share, objective_us(spec, held, share), bound, False, name, det_s)
     held = [[e for e in range(E) if solver.boolean_value(x[e][g])] for g in range(G)]
     share = np.zeros(G * spg)
     for g in range(G):
@@ -417,7 +420,7 @@ def solve_layer(
     cp_bound = solver.best_objective_bound / F + const
     bound = max(cp_bound, analytic_bound_us(spec, num_redundant))
     obj = objective_us(spec, held, share)
-    res = LayerResult(held, share, obj, min(bound, obj), status == cp_model.OPTIMAL, name)
+    res = LayerResult(held, share, obj, min(bound, obj), status == cp_model.OPTIMAL, name, det_s)
     res.status = f"{name} ({pair_count} pairs)" if pair_count else name
     return res
 

@@ -60,8 +60,21 @@ class _Context:
     deadline: float
     deterministic: bool
 
+    virtual_s: float = 0.0  # deterministic mode: CP-SAT deterministic time spent so far
+
+    def now(self) -> float:
+        """Wall time, or in deterministic mode a clock that only CP-SAT's deterministic time moves,
+        so that every budget, and hence the plan, is the same on every run."""
+        return self.virtual_s if self.deterministic else time.perf_counter()
+
     def budget(self, layers_left: int, share: float = 1.0) -> float:
-        return max(0.01, (self.deadline - time.perf_counter()) / max(layers_left, 1) * share)
+        return max(0.01, (self.deadline - self.now()) / max(layers_left, 1) * share)
+
+    def solve(self, spec: LayerSpec, **kwargs: object) -> LayerResult:
+        """:func:`solve_layer` with this context's determinism, charging the virtual clock."""
+        res = solve_layer(spec, deterministic=self.deterministic, **kwargs)  # type: ignore[arg-type]
+        self.virtual_s += res.deterministic_s
+        return res
 
 
 def _context(problem: PlacementProblem, config: SolverConfig) -> _Context:
@@ -78,7 +91,8 @@ def _context(problem: PlacementProblem, config: SolverConfig) -> _Context:
     weights = problem.weights or tuple(1.0 for _ in problem.workloads)
     norm = tuple(float(w) / float(sum(weights)) for w in weights)
     # keep a little of the limit for shares, validation and the caller's bookkeeping
-    deadline = time.perf_counter() + 0.85 * config.time_limit_s
+    deterministic = bool(config.extra.get("deterministic", False))
+    deadline = (0.0 if deterministic else time.perf_counter()) + 0.85 * config.time_limit_s
     return _Context(
         problem,
         config,
@@ -86,7 +100,7 @@ def _context(problem: PlacementProblem, config: SolverConfig) -> _Context:
         loads,
         norm,
         deadline,
-        bool(config.extra.get("deterministic", False)),
+        deterministic,
     )
 
 
@@ -146,14 +160,13 @@ def _solve_with_current(ctx: _Context, layer: int, budget: int | None) -> LayerR
         current=_current_matrix(p.current, layer, p.num_experts),
         max_moves=budget,
     )
-    return solve_layer(
+    return ctx.solve(
         spec,
         hint=cur_held,
         time_limit_s=ctx.budget(p.num_layers - layer),
         seed=ctx.config.seed,
         workers=ctx.config.workers,
         num_redundant=p.num_redundant,
-        deterministic=ctx.deterministic,
     )
 
 
@@ -169,7 +182,7 @@ def _lns_balance(
     lb = load_bound(load, G, spg, p.num_redundant)
     size = min(G, 4)
     for _ in range(200):
-        if time.perf_counter() >= until:
+        if ctx.now() >= until:
             break
         gpu_load = np.array([weight[h].sum() for h in held])
         peak = float(gpu_load.max())
@@ -196,14 +209,13 @@ def _lns_balance(
             counts=counts,
         )
         hint = [[index[e] for e in held[g]] for g in group]
-        res = solve_layer(
+        res = ctx.solve(
             spec,
             hint=hint,
-            time_limit_s=min(0.5, max(0.02, until - time.perf_counter())),
+            time_limit_s=min(0.5, max(0.02, until - ctx.now())),
             seed=int(rng.integers(1 << 30)),
             workers=1,
             num_redundant=int(counts.sum() - counts.size),
-            deterministic=ctx.deterministic,
         )
         new = [[sub_ids[i] for i in row] for row in res.held]
         new_peak = max(weight[row].sum() for row in new)
@@ -233,7 +245,7 @@ def _node_lns(
     full = node_spec.loads
     partner = 0
     tries_without_gain = 0
-    while time.perf_counter() < until and N > 1 and tries_without_gain < N - 1:
+    while ctx.now() < until and N > 1 and tries_without_gain < N - 1:
         slot_load = full[0][np.asarray(held).ravel()] * share
         node_load = slot_load.reshape(N, per).sum(axis=1)
         u = int(np.argmax(node_load))
@@ -255,14 +267,13 @@ def _node_lns(
             node_spec, loads=sub_loads, num_gpus=2, coact=sub_coact, counts=counts
         )
         hint = [[index[e] for e in held[u]], [index[e] for e in held[v]]]
-        res = solve_layer(
+        res = ctx.solve(
             sub,
             hint=hint,
-            time_limit_s=min(0.5, max(0.02, until - time.perf_counter())),
+            time_limit_s=min(0.5, max(0.02, until - ctx.now())),
             seed=ctx.config.seed,
             workers=ctx.config.workers,
             num_redundant=int(counts.sum() - counts.size),
-            deterministic=ctx.deterministic,
         )
         new_held = [list(h) for h in held]
         new_share = share.copy()
@@ -314,7 +325,7 @@ def _hierarchical(
         counts=node_counts,
         link_gpus_per_node=gpn,
     )
-    until = time.perf_counter() + ctx.budget(p.num_layers - layer, 0.5)
+    until = ctx.now() + ctx.budget(p.num_layers - layer, 0.5)
     node_held, node_share = _node_lns(ctx, node_spec, node_hint, until)
     held: list[list[int]] = []
     for n in range(N):
@@ -338,14 +349,13 @@ def _hierarchical(
         if gpu_budget < MIN_MODEL_S:  # building a model would cost more than the time left
             held += [[members[i] for i in row] for row in sub_hint]
             continue
-        res = solve_layer(
+        res = ctx.solve(
             gpu_spec,
             hint=sub_hint,
             time_limit_s=gpu_budget,
             seed=ctx.config.seed,
             workers=ctx.config.workers,
             num_redundant=0,
-            deterministic=ctx.deterministic,
         )
         held += [[members[i] for i in row] for row in res.held]
     return held
@@ -367,7 +377,16 @@ def _standard(
         spec = _spec(ctx, layer)
         counts = water_fill(combined[layer], p.num_redundant, G)
         small = p.num_experts * G <= MONOLITHIC_CELLS
-        if p.current is not None:
+        late = ctx.budget(L - layer) < MIN_MODEL_S and not small
+        if late and p.current is not None:
+            # out of time: keep the current layout (zero moves) rather than overrun the limit
+            held, method = _held_of(p.current, layer), "current (time limit reached)"
+            layer_bound = analytic_bound_us(spec, p.num_redundant)
+        elif late:
+            held = greedy_layout(combined[layer], counts, G, spg, p.gpus_per_node)
+            method = "greedy (time limit reached)"
+            layer_bound = analytic_bound_us(spec, p.num_redundant)
+        elif p.current is not None:
             res = _solve_with_current(ctx, layer, budgets[layer])
             held, method = res.held, "cpsat-migration"
             layer_bound = res.bound_us
@@ -375,20 +394,19 @@ def _standard(
         elif small or monolithic_only:
             hint = greedy_layout(combined[layer], counts, G, spg, p.gpus_per_node)
             free = dataclasses.replace(spec, counts=None if small else counts)
-            res = solve_layer(
+            res = ctx.solve(
                 free,
                 hint=hint,
                 time_limit_s=ctx.budget(L - layer),
                 seed=ctx.config.seed,
                 workers=ctx.config.workers,
                 num_redundant=p.num_redundant,
-                deterministic=ctx.deterministic,
             )
             held, method, layer_bound = res.held, "cpsat-monolithic", res.bound_us
             optimal_layers += int(res.optimal)
         else:
             hint = greedy_layout(combined[layer], counts, G, spg, p.gpus_per_node)
-            if time.perf_counter() >= ctx.deadline:
+            if ctx.now() >= ctx.deadline:
                 held, method = hint, "greedy (time limit reached)"
             elif spec.coact is not None and p.gpus_per_node < G:
                 held, method = _hierarchical(ctx, layer, counts, hint), "cpsat-hierarchical"
@@ -396,7 +414,7 @@ def _standard(
                 # free replica shares (the LP below) already balance a good layout almost perfectly
                 held, method = hint, "greedy+lp-shares"
             else:
-                until = time.perf_counter() + ctx.budget(L - layer)
+                until = ctx.now() + ctx.budget(L - layer)
                 held = _lns_balance(ctx, combined[layer], hint, rng, until)
                 flat_cnt = np.bincount(np.asarray(held).ravel(), minlength=p.num_experts)
                 gpu_w = np.array([float((combined[layer][h] / flat_cnt[h]).sum()) for h in held])
@@ -507,14 +525,13 @@ def _coherent(ctx: _Context, rng: np.random.Generator) -> tuple[list, list, floa
                 max_moves=budgets[layer],
             )
             hint = _held_of(p.current, layer)
-        return solve_layer(
+        return ctx.solve(
             spec,
             hint=hint,
             time_limit_s=ctx.budget(L - layer, share_of_time),
             seed=ctx.config.seed,
             workers=ctx.config.workers,
             num_redundant=p.num_redundant,
-            deterministic=ctx.deterministic,
         )
 
     for layer in tqdm(range(L), desc="coherent forward", unit="layer", disable=None, leave=False):
@@ -524,10 +541,10 @@ def _coherent(ctx: _Context, rng: np.random.Generator) -> tuple[list, list, floa
         rows.append(np.asarray(res.held, dtype=np.int64).ravel())
         shares.append(res.share)
     sweeps = 1
-    if L > 1 and time.perf_counter() < ctx.deadline:
+    if L > 1 and ctx.now() < ctx.deadline:
         sweeps = 2
         for layer in range(L - 1, -1, -1):
-            if time.perf_counter() >= ctx.deadline:
+            if ctx.now() >= ctx.deadline:
                 break
             aff = _affinity_prev(
                 ctx, layer, rows[layer - 1] if layer else None, shares[layer - 1] if layer else None

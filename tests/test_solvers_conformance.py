@@ -217,3 +217,24 @@ def test_dsv3_targets() -> None:
     assert (best <= greedy * (1 + 1e-9)).all()
     bound = np.array([load_bound(wl.load[layer], 64, 4, 0) for layer in range(wl.num_layers)])
     assert best.mean() <= bound.mean() * 1.005
+
+
+def test_deterministic_on_decomposed_paths(tmp_path: Path) -> None:
+    """--deterministic must give identical plans on the LNS and hierarchical paths too."""
+    rng = np.random.default_rng(5)
+    lo = load_only(rng.zipf(1.5, size=(2, 128)).astype(float))
+    cl = load_cluster("h100-multirail").with_counts(16, 8)
+    config = SolverConfig(time_limit_s=1.0, extra={"deterministic": True})
+    problem = PlacementProblem(workloads=(lo,), cluster=cl)
+    a, b = run_solver("best", problem, config), run_solver("best", problem, config)
+    assert "lns" in a.provenance.method
+    assert np.array_equal(a.phy2log, b.phy2log)
+    path = tmp_path / "wide.parquet"
+    generate(
+        SynthConfig(num_layers=2, num_experts=64, top_k=4, num_tokens=512, seq_len=64), path, seed=4
+    )
+    wl = derive_workload(TraceFile(path), num_gpus=16)
+    problem = PlacementProblem(workloads=(wl,), cluster=cl)
+    a, b = run_solver("best", problem, config), run_solver("best", problem, config)
+    assert "hierarchical" in a.provenance.method
+    assert np.array_equal(a.phy2log, b.phy2log)
