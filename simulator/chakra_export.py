@@ -62,7 +62,7 @@ class _RankTrace:
         node.type = kind
         node.data_deps.extend(deps)
         if duration_us:
-            node.duration_micros = int(round(duration_us))
+            node.duration_micros = round(duration_us)
         node.attr.append(self.et.AttributeProto(name="is_cpu_op", bool_val=False))
         for key, (field, value) in attrs.items():
             node.attr.append(self.et.AttributeProto(name=key, **{field: value}))
@@ -83,7 +83,7 @@ def _comm(
     attrs = {
         "comm_src": ("int32_val", src),
         "comm_dst": ("int32_val", dst),
-        "comm_size": ("int64_val", int(round(bytes_))),
+        "comm_size": ("int64_val", round(bytes_)),
         "comm_tag": ("int32_val", tag),
     }
     verb = "send" if kind == trace.et.COMM_SEND_NODE else "recv"

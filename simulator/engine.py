@@ -358,6 +358,8 @@ def _refill(
                         # a member beaten on its saturated links: the faster flows there must be refilled too
                         for i in range(fl_ptr[g], fl_ptr[g + 1]):
                             m = fl_link[i]
+                            if used[m] < cap[m] * (1.0 - 1e-9):
+                                continue  # an unsaturated link bounds nobody
                             for r in range(lk_ptr[m], lk_ptr[m + 1]):
                                 h = lk_flow[r]
                                 if is_active[h] and not in_set[h] and rate[h] > rate[g]:

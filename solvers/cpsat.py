@@ -36,12 +36,13 @@ from ortools.sat.python import cp_model
 
 from placement.errors import InfeasibleError
 from solvers.common import TimeModel, load_bound
+from solvers.pairsearch import partition_pair_bound
 
 SHARE_UNITS = (
     100  # Q: replica shares in the CP-SAT model are multiples of 1/Q (the LP refines them)
 )
 LOAD_UNITS = 100_000  # loads are scaled so that one layer's tokens sum to about this many units
-MAX_PAIR_TERMS = 12_000  # pair variables beyond this are dropped (weakest co-activations first)
+MAX_PAIR_TERMS = 16_384  # pair variables beyond this are dropped (weakest co-activations first)
 
 
 @dataclass(frozen=True)
@@ -185,11 +186,10 @@ def analytic_bound_us(spec: LayerSpec, num_redundant: int) -> float:
         node_pairs = gpu_pairs = 0.0
         if spec.coact is not None:
             if num_redundant == 0:
-                # each expert has at most (slots in its node - 1) node partners and (spg - 1) GPU
-                # partners; its strongest ones, summed from both ends of every pair, count it twice
-                desc = -np.sort(-spec.coact, axis=1)
-                node_pairs = 0.5 * float(desc[:, : spec.gpus_per_node * spg - 1].sum())
-                gpu_pairs = 0.5 * float(desc[:, : spg - 1].sum())
+                # the co-activation mass any partition into node- / GPU-sized groups can keep inside
+                # its groups: the per-expert strongest-partners bound and the spectral bound
+                node_pairs = partition_pair_bound(spec.coact, N, spec.gpus_per_node * spg)
+                gpu_pairs = partition_pair_bound(spec.coact, G, spg)
             else:
                 node_pairs = gpu_pairs = float(np.triu(spec.coact, 1).sum())
         # the busiest node / GPU has at least the average hits
@@ -298,6 +298,7 @@ def solve_layer(
     else:
         objective_terms += [w * p for p, w in zip(peaks, weights_int, strict=True)]
     pair_count = 0
+    dropped_slack_us = 0.0
     if spec.standard and spec.traffic_weight > 0:
         # hits in the peaks' integer units (loads floored, savings ceiled: never above the true hits)
         prim = np.floor(spec.loads[0] * scale).astype(np.int64)
@@ -311,6 +312,20 @@ def solve_layer(
                 _pairs(spec.coact, MAX_PAIR_TERMS // max(per_pair_vars, 1)) if per_pair_vars else []
             )
         pair_count = len(pairs)
+        if spec.coact is not None and (use_nic or use_nvl):
+            # pairs left out of the model make it over-state hits: CP-SAT's bound is then valid only
+            # after subtracting the most the dropped pairs could save on one node / GPU
+            dropped = np.triu(spec.coact, 1).astype(np.float64)
+            for e, f, _ in pairs:
+                dropped[e, f] = 0.0
+            dropped = dropped + dropped.T
+            if dropped.any():
+                slack_us = 0.0
+                for link_us, group in ((spec.nic_hit_us(), gpn * spg), (spec.nvlink_hit_us(), spg)):
+                    per = (-np.sort(-dropped, axis=1))[:, : group - 1].sum(axis=1)
+                    worst = 0.5 * float(np.sort(per)[::-1][:group].sum())
+                    slack_us = max(slack_us, link_us * spec.pair_factor * worst)
+                dropped_slack_us = slack_us
         saving = [math.ceil(spec.pair_factor * c * scale * Q) for _, _, c in pairs]
         gpu_hits: list[list[cp_model.LinearExprT]] = [
             [int(prim[e]) * r[e][g] for e in range(E) if prim[e] > 0] for g in range(G)
@@ -417,10 +432,17 @@ def solve_layer(
     sums = np.bincount(flat, weights=share, minlength=E)
     share = share / sums[flat]
     const = spec.constant_us()
-    cp_bound = solver.best_objective_bound / F + const
+    cp_bound = solver.best_objective_bound / F + const - dropped_slack_us
     bound = max(cp_bound, analytic_bound_us(spec, num_redundant))
     obj = objective_us(spec, held, share)
-    res = LayerResult(held, share, obj, min(bound, obj), status == cp_model.OPTIMAL, name, det_s)
+    if hint is not None and not replicas:
+        # the model rounds and may leave pairs out: never return worse than the hint it was given
+        hint_share = _even_share([list(h) for h in hint])
+        hint_obj = objective_us(spec, hint, hint_share)
+        if hint_obj < obj - 1e-9 * max(abs(obj), 1.0):
+            held, share, obj = [list(h) for h in hint], hint_share, hint_obj
+    proven = status == cp_model.OPTIMAL and dropped_slack_us == 0.0
+    res = LayerResult(held, share, obj, min(bound, obj), proven, name, det_s)
     res.status = f"{name} ({pair_count} pairs)" if pair_count else name
     return res
 

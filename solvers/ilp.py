@@ -43,10 +43,13 @@ from solvers.common import (
     water_fill,
 )
 from solvers.cpsat import LayerResult, LayerSpec, analytic_bound_us, objective_us, solve_layer
+from solvers.pairsearch import swap_search
 
 MONOLITHIC_CELLS = 512  # experts x GPUs up to which one CP-SAT model per layer is used
-GAP_DONE = 1e-4
-MIN_MODEL_S = 0.05  # below this much time for a sub-model, the greedy answer is kept  # a layer this close to its bound needs no more search
+GAP_DONE = 1e-4  # a layer this close to its bound needs no more search
+MIN_MODEL_S = 0.05  # below this much time for a sub-model, the greedy answer is kept
+PAIR_SEARCH_SHARE = 0.3  # of a monolithic layer's time: swap search before CP-SAT
+PAIR_SEARCH_DETERMINISTIC_STEPS = 400  # deterministic mode bounds the swap search by steps
 OBJECTIVE_NAME = "predicted MoE time (us): busiest-GPU roofline compute + modelled link copies"
 
 
@@ -361,6 +364,46 @@ def _hierarchical(
     return held
 
 
+def _pair_search_applies(ctx: _Context, spec: LayerSpec) -> bool:
+    """The swap search prices one NVLink node, one replica per expert, one trace, no migration."""
+    p = ctx.problem
+    return (
+        spec.coact is not None
+        and spec.traffic_weight > 0
+        and p.gpus_per_node >= p.num_gpus
+        and p.num_redundant == 0
+        and len(spec.loads) == 1
+        and p.current is None
+        and p.slots_per_gpu > 1
+    )
+
+
+def _pair_search(
+    ctx: _Context,
+    spec: LayerSpec,
+    hint: list[list[int]],
+    rng: np.random.Generator,
+    seconds: float,
+) -> list[list[int]]:
+    """Swap local search on the layer objective (see :mod:`solvers.pairsearch`) before CP-SAT, so the
+    model starts from a layout that already keeps co-activated experts together."""
+    assert spec.coact is not None
+    steps = PAIR_SEARCH_DETERMINISTIC_STEPS if ctx.deterministic else 1_000_000
+    # deterministic mode: the virtual clock does not move here, so the step count bounds the search
+    return swap_search(
+        spec.loads[0],
+        spec.coact,
+        hint,
+        compute_us=spec.balance_weight * spec.time.us_per_assignment,
+        hit_us=spec.nvlink_hit_us(),
+        pair_factor=spec.pair_factor,
+        until=ctx.now() + seconds,
+        rng=rng,
+        clock=ctx.now,
+        max_steps=steps,
+    )
+
+
 def _standard(
     ctx: _Context, rng: np.random.Generator, monolithic_only: bool
 ) -> tuple[list, list, float, float, dict]:
@@ -393,11 +436,15 @@ def _standard(
             optimal_layers += int(res.optimal)
         elif small or monolithic_only:
             hint = greedy_layout(combined[layer], counts, G, spg, p.gpus_per_node)
+            layer_s = ctx.budget(L - layer)
+            if _pair_search_applies(ctx, spec):
+                hint = _pair_search(ctx, spec, hint, rng, PAIR_SEARCH_SHARE * layer_s)
+                layer_s = ctx.budget(L - layer)
             free = dataclasses.replace(spec, counts=None if small else counts)
             res = ctx.solve(
                 free,
                 hint=hint,
-                time_limit_s=ctx.budget(L - layer),
+                time_limit_s=layer_s,
                 seed=ctx.config.seed,
                 workers=ctx.config.workers,
                 num_redundant=p.num_redundant,

@@ -38,7 +38,9 @@ def test_sends_match_receives(tiny_trace: Path, tmp_path: Path, algo: str) -> No
 
     from simulator.chakra_export import export_chakra
 
-    plan = Plan(8, 4, 2, 16, np.tile(np.arange(16), (4, 1)), provenance=Provenance(solver="round-robin"))
+    plan = Plan(
+        8, 4, 2, 16, np.tile(np.arange(16), (4, 1)), provenance=Provenance(solver="round-robin")
+    )
     cluster = load_cluster("h800-mpft").with_counts(8, 4)
     workload = load_workload(str(tiny_trace), 8, progress=False)
     paths = export_chakra(plan, cluster, workload, tmp_path / "moe", algo=algo, layers=[0, 1])
@@ -61,7 +63,25 @@ def test_sends_match_receives(tiny_trace: Path, tmp_path: Path, algo: str) -> No
 
 def test_cli_chakra(tiny_trace: Path, tmp_path: Path) -> None:
     plan_path = tmp_path / "plan.json"
-    Plan(8, 4, 2, 16, np.tile(np.arange(16), (4, 1)), provenance=Provenance(solver="rr")).save(plan_path)
-    assert main(["simulate", "--trace", str(tiny_trace), "--plan", str(plan_path), "--cluster", "h800-mpft",
-                 "--layers", "0", "--chakra", str(tmp_path / "et")]) == 0
+    Plan(8, 4, 2, 16, np.tile(np.arange(16), (4, 1)), provenance=Provenance(solver="rr")).save(
+        plan_path
+    )
+    assert (
+        main(
+            [
+                "simulate",
+                "--trace",
+                str(tiny_trace),
+                "--plan",
+                str(plan_path),
+                "--cluster",
+                "h800-mpft",
+                "--layers",
+                "0",
+                "--chakra",
+                str(tmp_path / "et"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "et.7.et").exists()

@@ -64,8 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--chrome-trace", default=None, metavar="FILE", help="write a Chrome/Perfetto trace"
     )
-    p.add_argument("--chakra", default=None, metavar="PREFIX",
-                   help="also write Chakra execution traces PREFIX.<rank>.et (needs mlc-chakra)")
+    p.add_argument(
+        "--chakra",
+        default=None,
+        metavar="PREFIX",
+        help="also write Chakra execution traces PREFIX.<rank>.et (needs mlc-chakra)",
+    )
     p.add_argument("--json", action="store_true")
 
 
@@ -155,8 +159,16 @@ def run(args: argparse.Namespace) -> int:
     if args.chakra:
         from simulator.chakra_export import export_chakra
 
-        export_chakra(plan, cluster, workload, args.chakra, algo=args.algo, mode=args.mode,
-                      tokens_per_gpu=args.tokens_per_gpu, layers=layers)
+        export_chakra(
+            plan,
+            cluster,
+            workload,
+            args.chakra,
+            algo=args.algo,
+            mode=args.mode,
+            tokens_per_gpu=args.tokens_per_gpu,
+            layers=layers,
+        )
     if args.json:
         print_json(res.to_dict())
         return 0

@@ -1,0 +1,238 @@
+"""Swap local search and a spectral bound for the pairwise co-location part of the layer model.
+
+The CP-SAT layer model (:mod:`solvers.cpsat`) starts from a balance-only greedy hint, which ignores
+co-activation: on OLMoE-shaped layers (64 experts, top-8, 8 GPUs) that hint keeps only the savings of a
+random partition, and CP-SAT does not find the co-activation groups from there within seconds. Two
+pieces close the gap from both sides:
+
+* :func:`swap_search`: iterated local search over expert swaps between GPUs, on the model's own
+  objective for one NVLink node (``A max_g load[g] + B max_g hits[g]``, hits = load minus the pair
+  savings ``c sum coact`` of experts sharing a GPU). All ``E^2`` swaps are scored at once in NumPy
+  (``O(E^2)`` per step from the per-(expert, GPU) co-activation sums); ties on the objective are broken
+  by total savings, so the search walks plateaus of the max-terms; random kicks restart it.
+* :func:`partition_pair_bound`: an upper bound on the co-activation mass that *any* partition of the
+  experts into ``groups`` groups of ``size`` can keep inside groups (Donath-Hoffman: with indicator
+  columns ``x_g``, ``sum_g x_g' C x_g <= size * sum of the top-``groups`` eigenvalues of C + diag(d)
+  minus trace(d)`` for every ``d``; ``d`` is improved by subgradient steps and every iterate is valid).
+  It is combined (min) with the per-expert bound (each expert keeps at most its ``size - 1`` strongest
+  partners).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+MAX_SPECTRAL_EXPERTS = 160  # eigen-decompositions above this size cost more than the bound is worth
+
+
+def partition_pair_bound(coact: np.ndarray, groups: int, size: int, iters: int = 60) -> float:
+    """Upper bound on ``sum over groups of sum_{e<f in group} coact[e, f]`` over every partition of the
+    experts into ``groups`` groups of ``size`` (``coact[E, E]`` symmetric, ``E = groups * size``)."""
+    E = coact.shape[0]
+    per_expert = 0.5 * float((-np.sort(-coact, axis=1))[:, : max(size - 1, 0)].sum())
+    if size <= 1:
+        return 0.0
+    if groups <= 1 or E > MAX_SPECTRAL_EXPERTS or E != groups * size:
+        return per_expert
+    digest = hashlib.blake2b(np.ascontiguousarray(coact, dtype=np.float64).tobytes(), digest_size=16)
+    return min(per_expert, _spectral(digest.hexdigest(), coact.astype(np.float64), groups, size, iters))
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Multi-threaded BLAS on tiny matrices runs ~100x slower on a busy 2-core machine: use one thread
+    (when threadpoolctl is installed; otherwise leave the BLAS as it is)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield
+
+
+_CACHE: dict[tuple[str, int, int, int], float] = {}
+
+
+def _spectral(key: str, coact: np.ndarray, groups: int, size: int, iters: int) -> float:
+    memo = (key, groups, size, iters)
+    if memo in _CACHE:
+        return _CACHE[memo]
+    with one_blas_thread():
+        out = _spectral_iterate(coact, groups, size, iters)
+    if len(_CACHE) > 512:
+        _CACHE.clear()
+    _CACHE[memo] = out
+    return out
+
+
+def _spectral_iterate(coact: np.ndarray, groups: int, size: int, iters: int) -> float:
+    C = coact.copy()
+    np.fill_diagonal(C, 0.0)
+    E = C.shape[0]
+    d = np.zeros(E)
+    best = np.inf
+    step0 = 0.5 * float(np.abs(C).sum()) / max(E, 1)
+    for it in range(iters):
+        w, V = np.linalg.eigh(C + np.diag(d))
+        best = min(best, size * float(w[-groups:].sum()) - float(d.sum()))
+        grad = size * (V[:, -groups:] ** 2).sum(axis=1) - 1.0
+        norm = float(np.linalg.norm(grad))
+        if norm < 1e-12:
+            break
+        d -= step0 / np.sqrt(it + 1.0) * grad / norm
+    return max(0.0, 0.5 * best)  # each pair counted from both ends
+
+
+def _max_excluding(values: np.ndarray) -> np.ndarray:
+    """``[G, G]``: the largest of ``values`` over GPUs other than ``a`` and ``b`` (``-inf`` if none)."""
+    G = values.size
+    order = np.argsort(-values, kind="stable")[:3]
+    out = np.full((G, G), -np.inf)
+    for a in range(G):
+        for b in range(G):
+            for g in order:
+                if g != a and g != b:
+                    out[a, b] = values[g]
+                    break
+    return out
+
+
+def swap_search(
+    load: np.ndarray,
+    coact: np.ndarray,
+    held: list[list[int]],
+    **kwargs: object,
+) -> list[list[int]]:
+    """Iterated swap search minimising ``compute_us * max load + hit_us * max (load - c pairs)`` for
+    one NVLink node with one replica per expert; returns the best layout found before ``until``
+    (read on ``clock``). ``held[G][spg]`` is the start; see :func:`_swap_search` for the keywords."""
+    with one_blas_thread():
+        return _swap_search(load, coact, held, **kwargs)  # type: ignore[arg-type]
+
+
+def _swap_search(
+    load: np.ndarray,
+    coact: np.ndarray,
+    held: list[list[int]],
+    *,
+    compute_us: float,
+    hit_us: float,
+    pair_factor: float,
+    until: float,
+    rng: np.random.Generator,
+    clock: object = time.perf_counter,
+    max_steps: int = 20_000,
+) -> list[list[int]]:
+    """The search itself: ``compute_us``/``hit_us`` price the busiest GPU's load / hits, ``pair_factor``
+    the hits saved per co-activation, ``max_steps`` bounds the swaps (deterministic runs)."""
+    now = clock  # type: ignore[assignment]
+    G, spg = len(held), len(held[0])
+    E = load.size
+    C = coact.astype(np.float64).copy()
+    np.fill_diagonal(C, 0.0)
+    grp = np.empty(E, dtype=np.int64)
+    for g, row in enumerate(held):
+        grp[row] = g
+    onehot = np.zeros((E, G))
+    onehot[np.arange(E), grp] = 1.0
+    M = C @ onehot  # [E, G] co-activation of e with GPU g's experts
+    L = np.bincount(grp, weights=load, minlength=G).astype(np.float64)
+    S = 0.5 * (onehot * M).sum(axis=0)
+    tol = 1e-9 * max(float(load.sum()), 1.0) * max(compute_us, hit_us, 1e-12)
+
+    def score(L: np.ndarray, S: np.ndarray) -> float:
+        return compute_us * float(L.max()) + hit_us * float((L - pair_factor * S).max())
+
+    cur = score(L, S)
+    best, best_grp = cur, grp.copy()
+    diff = grp[:, None] != grp[None, :]
+    steps = 0
+    stale = 0
+    while steps < max_steps and now() < until:  # type: ignore[operator]
+        steps += 1
+        a, b = grp[:, None], grp[None, :]  # e on a, f on b
+        le, lf = load[:, None], load[None, :]
+        La = L[a] - le + lf
+        Lb = L[b] - lf + le
+        # the two GPUs' new pair sums (M[f, a] still counts C[f, e], removed once more by - C):
+        # S_a' = S_a - M[e, a] + M[f, a] - C[e, f];  S_b' = S_b - M[f, b] + M[e, b] - C[e, f]
+        Mea = M[np.arange(E)[:, None], a]  # M[e, a]
+        Mfa = M[np.arange(E)[None, :], a]  # M[f, a]
+        Mfb = M[np.arange(E)[None, :], b]  # M[f, b]
+        Meb = M[np.arange(E)[:, None], b]  # M[e, b]
+        Sa = S[a] - Mea + Mfa - C
+        Sb = S[b] - Mfb + Meb - C
+        Ha, Hb = La - pair_factor * Sa, Lb - pair_factor * Sb
+        H = L - pair_factor * S
+        Lrest = _max_excluding(L)[a, b]
+        Hrest = _max_excluding(H)[a, b]
+        new = compute_us * np.maximum(np.maximum(La, Lb), Lrest) + hit_us * np.maximum(
+            np.maximum(Ha, Hb), Hrest
+        )
+        # tie-break: more pairs kept overall (lower average hits)
+        gain_pairs = (Sa + Sb) - (S[a] + S[b])
+        key = np.where(diff, new - 1e-6 * tol * gain_pairs, np.inf)
+        e, f = np.unravel_index(int(np.argmin(key)), key.shape)
+        improves = new[e, f] < cur - tol or (
+            new[e, f] <= cur + tol and gain_pairs[e, f] > 1e-9 and stale < 4 * E
+        )
+        if not improves:
+            if cur < best - tol:
+                best, best_grp = cur, grp.copy()
+            # kick: a few random swaps from the best layout, then descend again
+            grp = best_grp.copy()
+            for _ in range(int(rng.integers(2, 5))):
+                u, v = rng.choice(E, size=2, replace=False)
+                if grp[u] != grp[v]:
+                    grp[u], grp[v] = grp[v], grp[u]
+            onehot[:] = 0.0
+            onehot[np.arange(E), grp] = 1.0
+            M = C @ onehot
+            L = np.bincount(grp, weights=load, minlength=G).astype(np.float64)
+            S = 0.5 * (onehot * M).sum(axis=0)
+            cur = score(L, S)
+            diff = grp[:, None] != grp[None, :]
+            stale = 0
+            continue
+        stale = stale + 1 if new[e, f] >= cur - tol else 0
+        ga, gb = int(grp[e]), int(grp[f])
+        L[ga], L[gb] = La[e, f], Lb[e, f]
+        S[ga], S[gb] = Sa[e, f], Sb[e, f]
+        M[:, ga] += C[:, f] - C[:, e]
+        M[:, gb] += C[:, e] - C[:, f]
+        grp[e], grp[f] = gb, ga
+        diff[e, :] = grp[e] != grp
+        diff[:, e] = diff[e, :]
+        diff[f, :] = grp[f] != grp
+        diff[:, f] = diff[f, :]
+        cur = new[e, f]
+        if cur < best - tol:
+            best, best_grp = cur, grp.copy()
+    return [sorted(np.flatnonzero(best_grp == g).tolist()) for g in range(G)]
+
+
+def cluster_start(load: np.ndarray, coact: np.ndarray, num_gpus: int, spg: int) -> list[list[int]]:
+    """A co-activation-first layout: seed each GPU with the hottest unplaced expert and grow it by the
+    expert with the most co-activation with the GPU's members (ties to the hotter one). Balance is
+    left to :func:`swap_search`."""
+    E = load.size
+    free = np.ones(E, dtype=bool)
+    held: list[list[int]] = []
+    for _ in range(num_gpus):
+        seed = int(np.argmax(np.where(free, load, -np.inf)))
+        members = [seed]
+        free[seed] = False
+        link = coact[seed].astype(np.float64).copy()
+        while len(members) < spg:
+            pick = int(np.argmax(np.where(free, link + 1e-9 * load, -np.inf)))
+            members.append(pick)
+            free[pick] = False
+            link += coact[pick]
+        held.append(sorted(members))
+    return held
