@@ -128,6 +128,8 @@ class SolverConfig:
     def __post_init__(self) -> None:
         if self.time_limit_s <= 0:
             raise PlacementError("--time-limit must be > 0")
+        if self.node_limit is not None and self.node_limit < 1:
+            raise PlacementError("--node-limit must be >= 1")
         if self.robust not in ("weighted", "worst"):
             raise PlacementError("robust must be 'weighted' or 'worst'")
 

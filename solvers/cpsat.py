@@ -70,6 +70,7 @@ class LayerSpec:
     link_gpus_per_node: int | None = (
         None  # NICs per node when a "GPU" of this model is a whole node
     )
+    node_limit: int | None = None  # DeepSeek-style: each token reaches at most this many nodes
 
     @property
     def num_experts(self) -> int:
@@ -94,6 +95,19 @@ class LayerSpec:
             return 0.0
         per_hit = (gpn - 1) / G + (1 - 1 / N) * (gpn - 1) / gpn
         return self.traffic_weight * self.time.us_per_nvlink_copy * per_hit
+
+    def node_limit_scale(self, node_hits_total: float) -> float:
+        """Node-limited routing: a token reaches at most ``node_limit`` nodes, so the router folds the
+        hits beyond that into nodes the token already reaches; the layout's node hits, summed over
+        nodes, shrink to at most ``node_limit x tokens``, spread in proportion over the nodes."""
+        if self.node_limit is None or self.num_nodes <= self.node_limit or node_hits_total <= 0:
+            return 1.0
+        tokens = float(self.loads[0].sum()) / max(self.top_k, 1)
+        return min(1.0, self.node_limit * tokens / node_hits_total)
+
+    def node_limit_floor(self) -> float:
+        """The smallest :meth:`node_limit_scale` of any layout (hits never exceed the loads)."""
+        return self.node_limit_scale(float(self.loads[0].sum()))
 
     @property
     def pair_factor(self) -> float:
@@ -136,7 +150,8 @@ def _aggregate(spec: LayerSpec, peaks: list[float]) -> float:
 
 
 def _hits(spec: LayerSpec, flat: np.ndarray, share: np.ndarray) -> tuple[float, float]:
-    """(busiest node's hits, busiest GPU's hits) of a layout, primary trace, pair savings included."""
+    """(busiest node's hits, busiest GPU's hits) of a layout, primary trace, pair savings included;
+    node hits scaled down by node-limited routing (:meth:`LayerSpec.node_limit_scale`)."""
     G, spg, gpn = spec.num_gpus, spec.slots_per_gpu, spec.gpus_per_node
     N = spec.num_nodes
     gpu_of = np.arange(flat.size) // spg
@@ -152,7 +167,9 @@ def _hits(spec: LayerSpec, flat: np.ndarray, share: np.ndarray) -> tuple[float, 
         gpu_hits -= spec.pair_factor * np.einsum("eg,ef,fg->g", on_gpu, upper, on_gpu)
         on_node = np.minimum(on_gpu.reshape(E, N, gpn).sum(axis=2), 1.0)
         node_hits -= spec.pair_factor * np.einsum("en,ef,fn->n", on_node, upper, on_node)
-    return float(node_hits.max()), float(gpu_hits.max())
+    node_hits = np.maximum(node_hits, 0.0)
+    scale = spec.node_limit_scale(float(node_hits.sum()))
+    return float(node_hits.max()) * scale, float(gpu_hits.max())
 
 
 def objective_us(spec: LayerSpec, held: list[list[int]], share: np.ndarray) -> float:
@@ -194,10 +211,14 @@ def analytic_bound_us(spec: LayerSpec, num_redundant: int) -> float:
                 node_pairs = gpu_pairs = float(np.triu(spec.coact, 1).sum())
         # the busiest node / GPU has at least the average hits
         node_avg = max(0.0, total - spec.pair_factor * node_pairs) / N
+        if spec.node_limit is not None and spec.node_limit < N:
+            # scaled hits sum to min(hits, limit x tokens): the busiest node has their average
+            node_avg = min(node_avg, spec.node_limit * total / max(spec.top_k, 1) / N)
         gpu_avg = max(0.0, total - spec.pair_factor * gpu_pairs) / G
         if spec.coact is None:  # hits are loads: the load bounds apply at node and GPU granularity
             gpn = spec.gpus_per_node
             node_avg = load_bound(spec.loads[0], N, gpn * spg, num_redundant)
+            node_avg *= spec.node_limit_floor()
             gpu_avg = load_bound(spec.loads[0], G, spg, num_redundant)
         out += max(spec.nic_hit_us() * node_avg, spec.nvlink_hit_us() * gpu_avg)
     if spec.affinity is not None:
@@ -302,7 +323,9 @@ def solve_layer(
     if spec.standard and spec.traffic_weight > 0:
         # hits in the peaks' integer units (loads floored, savings ceiled: never above the true hits)
         prim = np.floor(spec.loads[0] * scale).astype(np.int64)
-        nic_int = math.floor(spec.nic_hit_us() / (scale * Q) * F)
+        # node-limited routing scales node hits by at least node_limit_floor(): pricing the NIC at
+        # that floor keeps the model below the true objective, hence its bound valid
+        nic_int = math.floor(spec.nic_hit_us() * spec.node_limit_floor() / (scale * Q) * F)
         nvl_int = math.floor(spec.nvlink_hit_us() / (scale * Q) * F)
         use_nic, use_nvl = N > 1 and nic_int > 0, gpn > 1 and nvl_int > 0
         pairs: list[tuple[int, int, float]] = []
@@ -316,15 +339,15 @@ def solve_layer(
             # pairs left out of the model make it over-state hits: CP-SAT's bound is then valid only
             # after subtracting the most the dropped pairs could save on one node / GPU
             dropped = np.triu(spec.coact, 1).astype(np.float64)
-            for e, f, _ in pairs:
-                dropped[e, f] = 0.0
+            for pe, pf, _ in pairs:
+                dropped[pe, pf] = 0.0
             dropped = dropped + dropped.T
             if dropped.any():
                 slack_us = 0.0
                 for link_us, group in ((spec.nic_hit_us(), gpn * spg), (spec.nvlink_hit_us(), spg)):
                     per = (-np.sort(-dropped, axis=1))[:, : group - 1].sum(axis=1)
-                    worst = 0.5 * float(np.sort(per)[::-1][:group].sum())
-                    slack_us = max(slack_us, link_us * spec.pair_factor * worst)
+                    most = 0.5 * float(np.sort(per)[::-1][:group].sum())
+                    slack_us = max(slack_us, float(link_us * spec.pair_factor * most))
                 dropped_slack_us = slack_us
         saving = [math.ceil(spec.pair_factor * c * scale * Q) for _, _, c in pairs]
         gpu_hits: list[list[cp_model.LinearExprT]] = [

@@ -124,6 +124,7 @@ def _spec(ctx: _Context, layer: int, **changes: object) -> LayerSpec:
         traffic_weight=ctx.config.traffic_weight,
         top_k=p.workload.shape.top_k,
         coact=coact,
+        node_limit=ctx.config.node_limit,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 

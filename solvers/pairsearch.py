@@ -37,10 +37,14 @@ def partition_pair_bound(coact: np.ndarray, groups: int, size: int, iters: int =
     per_expert = 0.5 * float((-np.sort(-coact, axis=1))[:, : max(size - 1, 0)].sum())
     if size <= 1:
         return 0.0
-    if groups <= 1 or E > MAX_SPECTRAL_EXPERTS or E != groups * size:
+    if groups <= 1 or E > MAX_SPECTRAL_EXPERTS or groups * size != E:
         return per_expert
-    digest = hashlib.blake2b(np.ascontiguousarray(coact, dtype=np.float64).tobytes(), digest_size=16)
-    return min(per_expert, _spectral(digest.hexdigest(), coact.astype(np.float64), groups, size, iters))
+    digest = hashlib.blake2b(
+        np.ascontiguousarray(coact, dtype=np.float64).tobytes(), digest_size=16
+    )
+    return min(
+        per_expert, _spectral(digest.hexdigest(), coact.astype(np.float64), groups, size, iters)
+    )
 
 
 @contextlib.contextmanager
@@ -132,7 +136,7 @@ def _swap_search(
     """The search itself: ``compute_us``/``hit_us`` price the busiest GPU's load / hits, ``pair_factor``
     the hits saved per co-activation, ``max_steps`` bounds the swaps (deterministic runs)."""
     now = clock  # type: ignore[assignment]
-    G, spg = len(held), len(held[0])
+    G = len(held)
     E = load.size
     C = coact.astype(np.float64).copy()
     np.fill_diagonal(C, 0.0)

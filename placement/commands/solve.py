@@ -27,13 +27,19 @@ def default_solver() -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_trace_args(p, multiple=True)
-    add_cluster_args(p)
+    add_problem_arguments(p)
     p.add_argument(
         "--solver",
         default=None,
         help="solver name, or 'all' to compare every solver (default: the best)",
     )
+    p.add_argument("--out", default="plan.json", help="where to write the plan (default plan.json)")
+
+
+def add_problem_arguments(p: argparse.ArgumentParser) -> None:
+    """Everything but the solver choice and the output: shared with ``placement compare``."""
+    add_trace_args(p, multiple=True)
+    add_cluster_args(p)
     p.add_argument(
         "--redundant", type=int, default=0, help="redundant slots for replicas (per layer)"
     )
@@ -64,13 +70,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="free GPU memory for expert weights; too little -> infeasible (exit 2)",
     )
+    p.add_argument(
+        "--node-limit",
+        type=int,
+        default=None,
+        help="DeepSeek-style node-limited routing: each token reaches at most this many nodes",
+    )
     p.add_argument("--workers", type=int, default=2, help="CP-SAT worker threads")
     p.add_argument(
         "--deterministic",
         action="store_true",
         help="one CP-SAT worker and a deterministic time limit: identical plans run to run",
     )
-    p.add_argument("--out", default="plan.json", help="where to write the plan (default plan.json)")
     p.add_argument("--json", action="store_true")
 
 
@@ -108,6 +119,7 @@ def solver_config(args: argparse.Namespace) -> Any:
         "traffic_weight": args.traffic_weight,
         "free_memory_gib": args.free_memory_gib,
         "workers": args.workers,
+        "node_limit": args.node_limit,
         "extra": {"deterministic": bool(args.deterministic)},
     }
     if args.balance_weight < 0 or args.traffic_weight < 0:
@@ -127,50 +139,7 @@ def run(args: argparse.Namespace) -> int:
     cluster = problem.cluster
     name = args.solver or default_solver()
     if name == "all":
-        rows, results = [], []
-        for solver in sorted(REGISTRY):
-            plan = run_solver(solver, problem, config)
-            ev = evaluate(
-                plan, cluster, problem.workload, mode=args.mode, tokens_per_gpu=args.tokens_per_gpu
-            )
-            s = ev.summary()
-            prov = plan.provenance
-            rows.append(
-                [
-                    solver,
-                    s["mean_max_over_mean"],
-                    s["worst_max_over_mean"],
-                    s["inter_node_bytes"],
-                    s["hops"],
-                    s["moe_time_us"],
-                    prov.objective if prov.objective is not None else "-",
-                    prov.seconds,
-                    prov.gap if prov.gap is not None else "-",
-                    prov.method,
-                ]
-            )
-            results.append({"solver": solver, "summary": s, "provenance": prov.to_dict()})
-        if args.json:
-            print_json({"cluster": cluster.name, "num_gpus": cluster.num_gpus, "solvers": results})
-        else:
-            print(
-                table(
-                    [
-                        "solver",
-                        "mean max/mean",
-                        "worst",
-                        "NIC bytes",
-                        "hops",
-                        "MoE us",
-                        "model us",
-                        "solve s",
-                        "gap",
-                        "method",
-                    ],
-                    rows,
-                )
-            )
-        return 0
+        return compare_solvers(args, problem, config, sorted(REGISTRY))
     plan = run_solver(name, problem, config)
     plan.save(args.out)
     ev = evaluate(
@@ -193,6 +162,57 @@ def run(args: argparse.Namespace) -> int:
             f"{cluster.num_gpus} GPUs x {plan.slots_per_gpu} slots on {cluster.name}",
         )
         print(f"plan written to {args.out}")
+    return 0
+
+
+def compare_solvers(args: argparse.Namespace, problem: Any, config: Any, names: list[str]) -> int:
+    """Run each solver in ``names`` on one problem; print one table side by side (or JSON)."""
+    from solvers import run_solver
+
+    cluster = problem.cluster
+    rows, results = [], []
+    for solver in names:
+        plan = run_solver(solver, problem, config)
+        ev = evaluate(
+            plan, cluster, problem.workload, mode=args.mode, tokens_per_gpu=args.tokens_per_gpu
+        )
+        s = ev.summary()
+        prov = plan.provenance
+        rows.append(
+            [
+                solver,
+                s["mean_max_over_mean"],
+                s["worst_max_over_mean"],
+                s["inter_node_bytes"],
+                s["hops"],
+                s["moe_time_us"],
+                prov.objective if prov.objective is not None else "-",
+                prov.seconds,
+                prov.gap if prov.gap is not None else "-",
+                prov.method,
+            ]
+        )
+        results.append({"solver": solver, "summary": s, "provenance": prov.to_dict()})
+    if args.json:
+        print_json({"cluster": cluster.name, "num_gpus": cluster.num_gpus, "solvers": results})
+    else:
+        print(
+            table(
+                [
+                    "solver",
+                    "mean max/mean",
+                    "worst",
+                    "NIC bytes",
+                    "hops",
+                    "MoE us",
+                    "model us",
+                    "solve s",
+                    "gap",
+                    "method",
+                ],
+                rows,
+            )
+        )
     return 0
 
 
