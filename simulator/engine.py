@@ -52,6 +52,11 @@ except ImportError:  # pragma: no cover - exercised only without numba
 # Relative tolerance under which two finish times count as simultaneous (batched into one event).
 FINISH_TOL = 1e-9
 
+# Solver links loaded below this fraction of their capacity leave the solver at a regrouping (lazy).
+# Any value is exact (a lazy link that would overload rejoins); a clear margin keeps links whose load
+# is about to grow back (NVLink while intra-node flows drain) from flapping in and out.
+LAZY_BELOW = 0.9
+
 
 @_njit(cache=True)
 def _link_index(
@@ -376,35 +381,289 @@ def _advance(
     act: np.ndarray,
     rate: np.ndarray,
     changed: np.ndarray,
-    remaining: np.ndarray,
+    prog: np.ndarray,
     t_upd: np.ndarray,
     old_rate: np.ndarray,
+    next_target: np.ndarray,
     finish: np.ndarray,
 ) -> float:
-    """Bring active flows whose rate changed up to date (lazily); return the earliest finish time."""
+    """Bring classes whose rate changed up to date (lazily); return the earliest finish time.
+
+    ``prog[c]``: bytes each member of class ``c`` has moved since the class was formed, as of ``t_upd``;
+    the class's next member finishes when ``prog`` reaches ``next_target``."""
     best = np.inf
-    for f in act:
-        if changed[f]:
-            remaining[f] -= old_rate[f] * (now - t_upd[f])
-            if remaining[f] < 0.0:
-                remaining[f] = 0.0
-            t_upd[f] = now
-            old_rate[f] = rate[f]
-            finish[f] = now + remaining[f] / rate[f] if rate[f] > 0 else np.inf
-            changed[f] = 0
-        if finish[f] < best:
-            best = finish[f]
+    for c in act:
+        if changed[c]:
+            prog[c] += old_rate[c] * (now - t_upd[c])
+            t_upd[c] = now
+            old_rate[c] = rate[c]
+            left = next_target[c] - prog[c]
+            if left < 0.0:
+                left = 0.0
+            finish[c] = now + left / rate[c] if rate[c] > 0 else np.inf
+            changed[c] = 0
+        if finish[c] < best:
+            best = finish[c]
     return best
 
 
 @_njit(cache=True)
 def _finished(now: float, act: np.ndarray, finish: np.ndarray, tol: float) -> np.ndarray:
-    """Mask over ``act`` of the flows finishing by ``now`` (within the relative tolerance)."""
+    """Mask over ``act`` of the classes whose next member finishes by ``now`` (relative tolerance)."""
     out = np.zeros(act.shape[0], dtype=np.bool_)
     limit = now + tol * max(now, 1.0)
     for i in range(act.shape[0]):
         out[i] = finish[act[i]] <= limit
     return out
+
+
+@_njit(cache=True)
+def _pop_members(
+    now: float,
+    tol: float,
+    done_cls: np.ndarray,
+    rate: np.ndarray,
+    prog: np.ndarray,
+    t_upd: np.ndarray,
+    next_target: np.ndarray,
+    changed: np.ndarray,
+    c_head: np.ndarray,
+    c_end: np.ndarray,
+    cm_flow: np.ndarray,
+    target: np.ndarray,
+    cl_ptr: np.ndarray,
+    cl_link: np.ndarray,
+    cl_coef: np.ndarray,
+    cl_unit: np.ndarray,
+    fl_ptr: np.ndarray,
+    fl_link: np.ndarray,
+    fl_coef: np.ndarray,
+    lazy: np.ndarray,
+    cap: np.ndarray,
+    used: np.ndarray,
+    lazy_used: np.ndarray,
+    lazy_rate: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Finish the members of ``done_cls`` whose finish time is within the tolerance of ``now``.
+
+    A member leaving takes its share off the class's coefficients and its load off ``used`` (solver
+    links) and ``lazy_used`` (lazy links). Returns (finished flow ids, the saturated solver links they
+    left - only there can other rates change -, the classes now empty, the lowest rate that finished).
+    """
+    limit = now + tol * max(now, 1.0)
+    out: list[int] = [0]
+    out.pop()
+    empty: list[int] = [0]
+    empty.pop()
+    num_links = cap.shape[0]
+    seed_mark = np.zeros(num_links, dtype=np.bool_)
+    seeds: list[int] = [0]
+    seeds.pop()
+    low = np.inf
+    for c in done_cls:
+        r = rate[c]
+        p0, t0 = prog[c], t_upd[c]  # the member finish times below use the values _advance used
+        k = c_head[c]
+        while k < c_end[c]:
+            f = cm_flow[k]
+            if r <= 0 or t0 + (target[f] - p0) / r > limit:
+                break
+            out.append(f)
+            k += 1
+            for i in range(fl_ptr[f], fl_ptr[f + 1]):
+                m = fl_link[i]
+                if lazy[m]:
+                    lazy_used[m] -= fl_coef[i] * lazy_rate[c]
+                    if lazy_used[m] < 0.0:
+                        lazy_used[m] = 0.0
+        gone = k - c_head[c]
+        if gone == 0:
+            continue
+        low = min(low, r)
+        c_head[c] = k
+        for j in range(cl_ptr[c], cl_ptr[c + 1]):
+            m = cl_link[j]
+            if used[m] >= cap[m] * (1.0 - 1e-9) and not seed_mark[m]:
+                seed_mark[m] = True
+                seeds.append(m)
+            used[m] -= cl_unit[j] * gone * r
+            if used[m] < 0.0:
+                used[m] = 0.0
+            cl_coef[j] = cl_unit[j] * (c_end[c] - k)
+        prog[c] = p0 + r * (now - t0)
+        t_upd[c] = now
+        if k == c_end[c]:
+            empty.append(c)
+            rate[c] = 0.0
+        else:
+            next_target[c] = target[cm_flow[k]]
+            changed[c] = 1
+    return (
+        np.array(out, dtype=np.int64),
+        np.array(seeds, dtype=np.int64),
+        np.array(empty, dtype=np.int64),
+        low,
+    )
+
+
+@_njit(cache=True)
+def _lazy_update(
+    act: np.ndarray,
+    changed: np.ndarray,
+    rate: np.ndarray,
+    lazy_rate: np.ndarray,
+    c_head: np.ndarray,
+    c_end: np.ndarray,
+    cm_flow: np.ndarray,
+    fl_ptr: np.ndarray,
+    fl_link: np.ndarray,
+    fl_coef: np.ndarray,
+    lazy: np.ndarray,
+    lazy_used: np.ndarray,
+) -> None:
+    """Carry the classes' rate changes into the loads of the lazy links their members cross
+    (``lazy_rate[c]``: the rate ``lazy_used`` holds for class ``c``)."""
+    for c in act:
+        if not changed[c]:
+            continue  # a rate change always sets ``changed`` (cleared only by _advance, after this)
+        delta = rate[c] - lazy_rate[c]
+        if delta == 0.0:
+            continue
+        lazy_rate[c] = rate[c]
+        for k in range(c_head[c], c_end[c]):
+            f = cm_flow[k]
+            for i in range(fl_ptr[f], fl_ptr[f + 1]):
+                m = fl_link[i]
+                if lazy[m]:
+                    lazy_used[m] += fl_coef[i] * delta
+
+
+@_njit(cache=True)
+def _orphans(flows: np.ndarray, fl_ptr: np.ndarray, fl_link: np.ndarray, lazy: np.ndarray, cap: np.ndarray) -> bool:
+    """Every flow needs a solver link: for flows whose links are all lazy, the lowest-capacity one
+    rejoins the solver (in place). Returns whether any did."""
+    any_ = False
+    for f in flows:
+        orphan = True
+        best = -1
+        for j in range(fl_ptr[f], fl_ptr[f + 1]):
+            m = fl_link[j]
+            if not lazy[m]:
+                orphan = False
+                break
+            if best < 0 or cap[m] < cap[best]:
+                best = m
+        if orphan and best >= 0:
+            lazy[best] = False
+            any_ = True
+    return any_
+
+
+@_njit(cache=True)
+def _build_classes(
+    first_class: int,
+    members: np.ndarray,
+    bounds: np.ndarray,
+    target: np.ndarray,
+    fl_ptr: np.ndarray,
+    fl_link: np.ndarray,
+    fl_coef: np.ndarray,
+    lazy: np.ndarray,
+    cl_ptr: np.ndarray,
+    cl_link: np.ndarray,
+    cl_unit: np.ndarray,
+    cl_coef: np.ndarray,
+    cm_flow: np.ndarray,
+    cm_start: int,
+    c_head: np.ndarray,
+    c_end: np.ndarray,
+    cls: np.ndarray,
+    next_target: np.ndarray,
+) -> None:
+    """Classes ``first_class + i`` from ``members[bounds[i]:bounds[i + 1]]`` (already ordered by finish
+    target): solver links and coefficients from the first member, times the member count."""
+    for i in range(bounds.shape[0] - 1):
+        c = first_class + i
+        lo, hi = bounds[i], bounds[i + 1]
+        n = hi - lo
+        first = members[lo]
+        pos = cl_ptr[c]
+        for j in range(fl_ptr[first], fl_ptr[first + 1]):
+            m = fl_link[j]
+            if lazy[m]:
+                continue
+            cl_link[pos] = m
+            cl_unit[pos] = fl_coef[j]
+            cl_coef[pos] = fl_coef[j] * n
+            pos += 1
+        cl_ptr[c + 1] = pos
+        c_head[c] = cm_start + lo
+        c_end[c] = cm_start + hi
+        for k in range(lo, hi):
+            cm_flow[cm_start + k] = members[k]
+            cls[members[k]] = c
+        next_target[c] = target[first]
+
+
+@_njit(cache=True)
+def _group(
+    flows: np.ndarray,
+    fl_ptr: np.ndarray,
+    fl_link: np.ndarray,
+    fl_coef: np.ndarray,
+    lazy: np.ndarray,
+) -> np.ndarray:
+    """Class index (0, 1, ... in order of first appearance) of each of ``flows``: flows whose solver
+    links (not ``lazy``) and coefficients are identical, in the same order, share a class."""
+    n = flows.shape[0]
+    h = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        f = flows[i]
+        x = np.uint64(1469598103934665603)
+        for j in range(fl_ptr[f], fl_ptr[f + 1]):
+            m = fl_link[j]
+            if lazy[m]:
+                continue
+            x = (x ^ np.uint64(m + 1)) * np.uint64(1099511628211)
+            x = (x ^ np.uint64(np.int64(fl_coef[j] * 1e9))) * np.uint64(1099511628211)
+        h[i] = x
+    order = np.argsort(h, kind="mergesort")  # stable: equal hashes stay in flow order
+    group = np.empty(n, dtype=np.int64)
+    ngroups = 0
+    prev = -1
+    for idx in range(n):
+        i = order[idx]
+        same = prev >= 0 and h[i] == h[prev]
+        if same:  # confirm (hash collisions start a new group: a missed merge, never a wrong one)
+            a, b = flows[i], flows[prev]
+            ja, jb = fl_ptr[a], fl_ptr[b]
+            while same:
+                while ja < fl_ptr[a + 1] and lazy[fl_link[ja]]:
+                    ja += 1
+                while jb < fl_ptr[b + 1] and lazy[fl_link[jb]]:
+                    jb += 1
+                end_a, end_b = ja >= fl_ptr[a + 1], jb >= fl_ptr[b + 1]
+                if end_a or end_b:
+                    same = end_a and end_b
+                    break
+                if fl_link[ja] != fl_link[jb] or fl_coef[ja] != fl_coef[jb]:
+                    same = False
+                ja += 1
+                jb += 1
+        if not same:
+            ngroups += 1
+        group[i] = ngroups - 1
+        prev = i
+    # renumber by first appearance in ``flows`` (deterministic, independent of hash values)
+    first = np.full(ngroups, n, dtype=np.int64)
+    for i in range(n):
+        if i < first[group[i]]:
+            first[group[i]] = i
+    rank = np.empty(ngroups, dtype=np.int64)
+    rank[np.argsort(first, kind="mergesort")] = np.arange(ngroups)
+    for i in range(n):
+        group[i] = rank[group[i]]
+    return group
 
 
 class FluidNetwork:
@@ -413,21 +672,16 @@ class FluidNetwork:
     Call :meth:`transfer` from SimPy processes; it returns ``(sent, done)`` events. The network keeps
     per-link byte counters (``link_bytes``), the number of rate recomputations (``recomputes``) and the
     highest link utilisation any allocation reached (``worst_utilisation``, must stay <= 1).
-    """
 
-    # per-flow state, indexed by flow id (grown by doubling)
-    is_active: np.ndarray
-    bottleneck: np.ndarray
-    rate: np.ndarray
-    old_rate: np.ndarray
-    changed: np.ndarray
-    remaining: np.ndarray
-    size_bytes: np.ndarray
-    t_upd: np.ndarray
-    finish: np.ndarray
-    latency_us: np.ndarray
-    start_us: np.ndarray
-    end_us: np.ndarray
+    Flows are solved as *classes*: flows whose solver links (and coefficients) coincide get the same
+    max-min rate, so the solver sees one entity per class, with coefficients times its member count; a
+    member finishing lowers the count. With ``aggregate`` the network also takes links that are not
+    saturated out of the solver (*lazy* links; their load is still tracked and a lazy link that would be
+    overloaded joins the solver again, with a full recomputation), which makes more flows share a class
+    - e.g. the eight PXN flows of a node pair behind one NIC pair once NVLink is no longer the bottleneck.
+    Both keep the allocation the exact max-min one: a feasible allocation in which every flow has a
+    bottleneck among the solver links is *the* max-min fair allocation of the whole network.
+    """
 
     def __init__(
         self,
@@ -437,6 +691,7 @@ class FluidNetwork:
         max_flows: int = 1024,
         binding: Sequence[bool] | np.ndarray | None = None,
         incremental: bool = True,
+        aggregate: bool = True,
     ) -> None:
         self.env = env
         self.cap = np.asarray(capacity_bytes_per_us, dtype=np.float64)
@@ -453,62 +708,166 @@ class FluidNetwork:
         self._path_cache: dict[
             int, tuple[Any, Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
         ] = {}
-        # incremental: local refill checked against the max-min condition; otherwise refill every flow
+        # incremental: local refill checked against the max-min condition; otherwise refill every class
         # at or above the finished flows' level (both exact; the second is the reference in tests)
         self.incremental = incremental
-        self.used = np.zeros(self.cap.size)  # load of the active flows per link, bytes per us
+        self.aggregate = aggregate
         self.num_links = int(self.cap.shape[0])
+        self.used = np.zeros(self.num_links)  # load of the active classes per solver link, bytes/us
+        self.lazy = np.zeros(self.num_links, dtype=np.bool_)  # links out of the solver (unsaturated)
+        self.lazy_used = np.zeros(self.num_links)  # load of the active flows per lazy link
+        self._strikes = np.zeros(self.num_links, dtype=np.int64)  # times a lazy link overloaded
+        self._barred_until = np.zeros(self.num_links, dtype=np.int64)  # no lazy before this regroup
         self.link_bytes = np.zeros(self.num_links)
-        self._size = 0
-        self._grow(max(16, max_flows))
+        # per flow (id = arrival order), grown by doubling
+        self._fsize = 0
         self.num_flows = 0
-        # flow -> links CSR, append-only: flow f uses fl_link[fl_ptr[f]:fl_ptr[f + 1]]
-        self.fl_ptr = np.zeros(self._size + 1, dtype=np.int64)
-        self.fl_link = np.zeros(8 * self._size, dtype=np.int64)
-        self.fl_coef = np.zeros(8 * self._size)
-        self.act = np.zeros(0, dtype=np.int64)  # active flow ids, in arrival order
+        self._grow_flows(max(16, max_flows))
+        # flow -> binding links CSR, append-only: flow f uses fl_link[fl_ptr[f]:fl_ptr[f + 1]]
+        self.fl_ptr = np.zeros(self._fsize + 1, dtype=np.int64)
+        self.fl_link = np.zeros(8 * self._fsize, dtype=np.int64)
+        self.fl_coef = np.zeros(8 * self._fsize)
+        # per class, append-only (a class is formed at an arrival or a regrouping and only shrinks)
+        self._csize = 0
+        self.num_classes = 0
+        self._grow_classes(max(16, max_flows))
+        self.cl_ptr = np.zeros(self._csize + 1, dtype=np.int64)  # class -> solver links CSR
+        self.cl_link = np.zeros(4 * self._csize, dtype=np.int64)
+        self.cl_unit = np.zeros(4 * self._csize)  # one member's coefficient
+        self.cl_coef = np.zeros(4 * self._csize)  # times the members left
+        self.cm_flow = np.zeros(self._fsize, dtype=np.int64)  # members, by finish target
+        self._cm_used = 0
+        self.act = np.zeros(0, dtype=np.int64)  # active class ids, in creation order
         self._pending: list[int] = []
         self._wakeup: simpy.Event | None = None
         self._callbacks: list[tuple[simpy.Event, simpy.Event, float]] = []
         self.recomputes = 0
-        self.refilled = 0  # flows whose rate was recomputed, summed over recomputes
+        self.refilled = 0  # classes whose rate was recomputed, summed over recomputes
         self.rounds = 0  # refill-and-check rounds of the incremental solver
         self.events = 0
+        self._active_count = 0  # flows in flight
+        self.regroups = 0  # full regroupings of the active flows into classes
+        self._since_regroup = 0
+        self._new_since_regroup = 0
+        # regroup cadence: at least this many events apart, and at least active flows / this many
+        self.regroup_min_events = 64
+        self.regroup_flows_per_event = 32
         self._index: tuple[np.ndarray, np.ndarray] | None = None
         self._index_size = 0
         self.worst_utilisation = 0.0
         env.process(self._run())
 
-    def _grow(self, size: int) -> None:
-        old = self._size
-        self._size = size
-
-        def grown(name: str, dtype: Any) -> None:
+    # -- storage ------------------------------------------------------------------------------------
+    def _grow_flows(self, size: int) -> None:
+        old = self._fsize
+        self._fsize = size
+        for name, dtype in (
+            ("target", np.float64),
+            ("size_bytes", np.float64),
+            ("latency_us", np.float64),
+            ("start_us", np.float64),
+            ("end_us", np.float64),
+            ("cls", np.int64),
+        ):
             new = np.zeros(size, dtype=dtype)
             if old:
                 new[:old] = getattr(self, name)[:old]
             setattr(self, name, new)
-
-        for name, dtype in (
-            ("is_active", np.bool_),
-            ("bottleneck", np.int64),
-            ("rate", np.float64),
-            ("old_rate", np.float64),
-            ("changed", np.int8),
-            ("remaining", np.float64),
-            ("size_bytes", np.float64),
-            ("t_upd", np.float64),
-            ("finish", np.float64),
-            ("latency_us", np.float64),
-            ("start_us", np.float64),
-            ("end_us", np.float64),
-        ):
-            grown(name, dtype)
         if old:
             ptr = np.full(size + 1, self.fl_ptr[old], dtype=np.int64)
             ptr[: old + 1] = self.fl_ptr[: old + 1]
             self.fl_ptr = ptr
 
+    def _grow_classes(self, size: int) -> None:
+        old = self._csize
+        self._csize = size
+        for name, dtype in (
+            ("is_active", np.bool_),
+            ("bottleneck", np.int64),
+            ("rate", np.float64),
+            ("old_rate", np.float64),
+            ("lazy_rate", np.float64),
+            ("changed", np.int8),
+            ("prog", np.float64),
+            ("t_upd", np.float64),
+            ("next_target", np.float64),
+            ("finish", np.float64),
+            ("c_head", np.int64),
+            ("c_end", np.int64),
+        ):
+            new = np.zeros(size, dtype=dtype)
+            if old:
+                new[:old] = getattr(self, name)[:old]
+            setattr(self, name, new)
+        if old:
+            ptr = np.full(size + 1, self.cl_ptr[old], dtype=np.int64)
+            ptr[: old + 1] = self.cl_ptr[: old + 1]
+            self.cl_ptr = ptr
+
+    @staticmethod
+    def _ensure(arr: np.ndarray, size: int) -> np.ndarray:
+        if size <= arr.size:
+            return arr
+        return np.concatenate([arr, np.zeros(max(size, arr.size), dtype=arr.dtype)])
+
+    def _new_classes(self, flows: np.ndarray, groups: np.ndarray, now: float) -> np.ndarray:
+        """Form one class per group of ``flows`` (``groups[i]``: 0, 1, ...); returns the class ids."""
+        order = np.lexsort((flows, self.target[flows], groups))  # members by finish target, then id
+        members = flows[order]
+        bounds = np.concatenate(
+            [[0], np.flatnonzero(np.diff(groups[order])) + 1, [members.size]]
+        ).astype(np.int64)
+        count = bounds.size - 1
+        first = self.num_classes
+        while first + count >= self._csize:
+            self._grow_classes(2 * self._csize)
+        # room for the solver links (at most the members' own) and the member list
+        heads = members[bounds[:-1]]
+        need = self.cl_ptr[first] + int((self.fl_ptr[heads + 1] - self.fl_ptr[heads]).sum())
+        self.cl_link = self._ensure(self.cl_link, need)
+        self.cl_unit = self._ensure(self.cl_unit, need)
+        self.cl_coef = self._ensure(self.cl_coef, need)
+        self.cm_flow = self._ensure(self.cm_flow, self._cm_used + members.size)
+        _build_classes(
+            first,
+            members,
+            bounds,
+            self.target,
+            self.fl_ptr,
+            self.fl_link,
+            self.fl_coef,
+            self.lazy,
+            self.cl_ptr,
+            self.cl_link,
+            self.cl_unit,
+            self.cl_coef,
+            self.cm_flow,
+            self._cm_used,
+            self.c_head,
+            self.c_end,
+            self.cls,
+            self.next_target,
+        )
+        self._cm_used += members.size
+        self.num_classes += count
+        ids = np.arange(first, first + count, dtype=np.int64)
+        self.is_active[ids] = True
+        self.rate[ids] = 0.0 if self.incremental else np.inf  # filled by the next recompute
+        self.old_rate[ids] = 0.0
+        self.lazy_rate[ids] = 0.0
+        self.changed[ids] = 1
+        self.prog[ids] = 0.0
+        self.t_upd[ids] = now
+        self.bottleneck[ids] = 0
+        return ids
+
+    def _classes_for(self, flows: np.ndarray) -> np.ndarray:
+        """Class index of each flow: identical solver paths share one when aggregating."""
+        if not self.aggregate:
+            return np.arange(flows.size, dtype=np.int64)
+        return _group(flows, self.fl_ptr, self.fl_link, self.fl_coef, self.lazy)
+
+    # -- flows --------------------------------------------------------------------------------------
     def transfer(
         self,
         links: Sequence[int] | np.ndarray,
@@ -545,21 +904,17 @@ class FluidNetwork:
             return sent, done
         fid = self.num_flows
         self._paths.append((full_links, full_coefs))
-        if fid >= self._size:
-            self._grow(2 * self._size)
+        if fid >= self._fsize:
+            self._grow_flows(2 * self._fsize)
         start = self.fl_ptr[fid]
         end = start + link_arr.size
-        if end > self.fl_link.size:
-            self.fl_link = np.concatenate(
-                [self.fl_link, np.zeros(max(end, self.fl_link.size), dtype=np.int64)]
-            )
-            self.fl_coef = np.concatenate([self.fl_coef, np.zeros(max(end, self.fl_coef.size))])
+        self.fl_link = self._ensure(self.fl_link, end)
+        self.fl_coef = self._ensure(self.fl_coef, end)
         self.fl_link[start:end] = link_arr
         self.fl_coef[start:end] = coef_arr
         self.fl_ptr[fid + 1] = end
         self.num_flows += 1
         self.size_bytes[fid] = bytes_
-        self.remaining[fid] = bytes_
         self.latency_us[fid] = latency_us
         self.start_us[fid] = self.env.now
         self._callbacks.append((sent, done, latency_us))
@@ -568,6 +923,7 @@ class FluidNetwork:
             self._wakeup.succeed()
         return sent, done
 
+    # -- the event loop -----------------------------------------------------------------------------
     def _run(self) -> Any:
         env = self.env
         next_finish = np.inf
@@ -581,98 +937,226 @@ class FluidNetwork:
             yield env.timeout(0)
             self._wakeup = None
             self.events += 1
-            now = env.now
-            done_mask = _finished(now, self.act, self.finish, FINISH_TOL)
-            keep_below = np.inf
-            seed_links = np.zeros(0, dtype=np.int64)
-            new = np.zeros(0, dtype=np.int64)
-            if done_mask.any():
-                done_ids = self.act[done_mask]
-                keep_below = float(self.rate[done_ids].min())
-                self.act = self.act[~done_mask]
-                self.is_active[done_ids] = False
-                seed_links = self._drop_usage(done_ids)
-                self._complete(done_ids, now)
-            if self._pending:
-                new = np.asarray(self._pending, dtype=np.int64)
-                self._pending.clear()
-                self.t_upd[new] = now
-                self.rate[new] = 0.0 if self.incremental else np.inf  # refilled below
-                self.is_active[new] = True
-                self.old_rate[new] = 0.0
-                self.changed[new] = 1
-                self.act = np.concatenate([self.act, new])
-                self._index = None
-                keep_below = -np.inf  # an arrival can lower rates at any level: refill all
-            if keep_below < np.inf and self.act.size:
-                # flows just under the finished flow's level are refilled too (float ties)
-                threshold = keep_below * (1.0 - 1e-12) if np.isfinite(keep_below) else keep_below
-                if self._index is None or self.act.size * 2 < self._index_size:
-                    # rebuilt on arrivals (or when mostly stale); finished flows in it are skipped
-                    self._index = _link_index(self.act, self.fl_ptr, self.fl_link, self.num_links)
-                    self._index_size = self.act.size
-                lk_ptr, lk_flow = self._index
-                if self.incremental:
-                    refilled, rounds = _refill(
-                        new,
-                        seed_links,
-                        threshold,
-                        self.is_active,
-                        self.fl_ptr,
-                        self.fl_link,
-                        self.fl_coef,
-                        lk_ptr,
-                        lk_flow,
-                        self.cap,
-                        self.used,
-                        self.rate,
-                        self.changed,
-                        self.bottleneck,
-                    )
-                    worst = float((self.used / self.cap).max())
-                    self.rounds += rounds
-                else:
-                    refilled, worst = _fill(
-                        self.act,
-                        self.fl_ptr,
-                        self.fl_link,
-                        self.fl_coef,
-                        lk_ptr,
-                        lk_flow,
-                        self.cap,
-                        self.rate,
-                        threshold,
-                        self.changed,
-                    )
-                self.refilled += refilled
-                self.recomputes += 1
-                self.worst_utilisation = max(self.worst_utilisation, worst)
-            next_finish = _advance(
+            self._since_regroup += 1
+            next_finish = self._step(env.now)
+
+    def _step(self, now: float) -> float:
+        keep_below = np.inf
+        seed_links = np.zeros(0, dtype=np.int64)
+        seed_cls: list[np.ndarray] = []
+        done_mask = _finished(now, self.act, self.finish, FINISH_TOL)
+        if done_mask.any():
+            done_cls = self.act[done_mask]
+            done_ids, seed_links, empty, low = _pop_members(
                 now,
-                self.act,
+                FINISH_TOL,
+                done_cls,
+                self.rate,
+                self.prog,
+                self.t_upd,
+                self.next_target,
+                self.changed,
+                self.c_head,
+                self.c_end,
+                self.cm_flow,
+                self.target,
+                self.cl_ptr,
+                self.cl_link,
+                self.cl_coef,
+                self.cl_unit,
+                self.fl_ptr,
+                self.fl_link,
+                self.fl_coef,
+                self.lazy,
+                self.cap,
+                self.used,
+                self.lazy_used,
+                self.lazy_rate,
+            )
+            keep_below = low
+            self._active_count -= done_ids.size
+            if empty.size:
+                self.is_active[empty] = False
+                self.act = self.act[self.is_active[self.act]]
+            # classes that lost members but go on: their coefficients changed, refill them
+            shrunk = done_cls[self.is_active[done_cls]]
+            seed_cls.append(shrunk)
+            self._complete(done_ids, now)
+        if self._pending:
+            new = np.asarray(self._pending, dtype=np.int64)
+            self._pending.clear()
+            self.target[new] = self.size_bytes[new]
+            self._active_count += new.size
+            # a new flow whose links are all lazy would have no rate limit: one rejoins the solver
+            if self.lazy.any() and _orphans(new, self.fl_ptr, self.fl_link, self.lazy, self.cap):
+                self._regroup(now, extra=new)
+                return self._settle(now)
+            # arrivals form classes of their own (with each other when their paths coincide)
+            ids = self._new_classes(new, self._classes_for(new), now)
+            self.act = np.concatenate([self.act, ids])
+            seed_cls.append(ids)
+            self._new_since_regroup += new.size
+            self._index = None
+            keep_below = -np.inf  # an arrival can lower rates at any level: refill all
+        if keep_below < np.inf and self.act.size:
+            self._solve(now, keep_below, seed_cls, seed_links)
+            if self.aggregate and self._lazy_overloaded():
+                self._regroup(now)
+        if self.aggregate and self._regroup_due():
+            self._lazify()
+            self._regroup(now)
+        return self._settle(now)
+
+    def _settle(self, now: float) -> float:
+        return _advance(
+            now,
+            self.act,
+            self.rate,
+            self.changed,
+            self.prog,
+            self.t_upd,
+            self.old_rate,
+            self.next_target,
+            self.finish,
+        )
+
+    def _solve(
+        self, now: float, keep_below: float, seed_cls: list[np.ndarray], seed_links: np.ndarray
+    ) -> None:
+        # classes just under the finished flow's level are refilled too (float ties)
+        threshold = keep_below * (1.0 - 1e-12) if np.isfinite(keep_below) else keep_below
+        if self._index is None or self.act.size * 2 < self._index_size:
+            # rebuilt on arrivals (or when mostly stale); finished classes in it are skipped
+            self._index = _link_index(self.act, self.cl_ptr, self.cl_link, self.num_links)
+            self._index_size = self.act.size
+        lk_ptr, lk_flow = self._index
+        if self.incremental:
+            seeds = np.concatenate(seed_cls) if seed_cls else np.zeros(0, dtype=np.int64)
+            refilled, rounds = _refill(
+                seeds,
+                seed_links,
+                threshold,
+                self.is_active,
+                self.cl_ptr,
+                self.cl_link,
+                self.cl_coef,
+                lk_ptr,
+                lk_flow,
+                self.cap,
+                self.used,
                 self.rate,
                 self.changed,
-                self.remaining,
-                self.t_upd,
-                self.old_rate,
-                self.finish,
+                self.bottleneck,
             )
+            worst = float((self.used / self.cap).max())
+            self.rounds += rounds
+        else:
+            refilled, worst = _fill(
+                self.act,
+                self.cl_ptr,
+                self.cl_link,
+                self.cl_coef,
+                lk_ptr,
+                lk_flow,
+                self.cap,
+                self.rate,
+                threshold,
+                self.changed,
+            )
+        if self.aggregate:
+            _lazy_update(
+                self.act,
+                self.changed,
+                self.rate,
+                self.lazy_rate,
+                self.c_head,
+                self.c_end,
+                self.cm_flow,
+                self.fl_ptr,
+                self.fl_link,
+                self.fl_coef,
+                self.lazy,
+                self.lazy_used,
+            )
+        self.refilled += refilled
+        self.recomputes += 1
+        self.worst_utilisation = max(self.worst_utilisation, worst)
 
-    def _drop_usage(self, done_ids: np.ndarray) -> np.ndarray:
-        """Remove finished flows' load from ``used``; return the saturated links they crossed: only a
-        bottleneck that gains capacity can change other flows' rates."""
-        starts, ends = self.fl_ptr[done_ids], self.fl_ptr[done_ids + 1]
-        lens = ends - starts
-        idx = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
-        links = self.fl_link[idx]
-        seeds = np.unique(links[self.used[links] >= self.cap[links] * (1.0 - 1e-9)])
-        np.subtract.at(self.used, links, self.fl_coef[idx] * np.repeat(self.rate[done_ids], lens))
-        np.maximum(self.used, 0.0, out=self.used)
-        return seeds
+    # -- lazy links and regrouping ------------------------------------------------------------------
+    def _lazy_overloaded(self) -> bool:
+        """A lazy link over its capacity rejoins the solver (the caller then regroups and re-solves).
+        The allocation is not kept: no time passes before the re-solve."""
+        if not self.lazy.any():
+            return False
+        over = self.lazy & (self.lazy_used > self.cap * (1.0 + 1e-9))
+        if not over.any():
+            worst = float((self.lazy_used[self.lazy] / self.cap[self.lazy]).max())
+            self.worst_utilisation = max(self.worst_utilisation, worst)
+            return False
+        self.lazy[over] = False
+        # back off: a link that came back stays in the solver for 2, 4, 8, ... regroupings
+        self._strikes[over] += 1
+        self._barred_until[over] = self.regroups + 2 ** np.minimum(self._strikes[over], 20)
+        return True
+
+    def _regroup_due(self) -> bool:
+        """Regroup when it pays (its cost ~ the active flows, so at most every ``active / 64`` events):
+        solver links left with clear slack, or many arrivals in classes of their own."""
+        if (
+            self._since_regroup < self.regroup_min_events
+            or self._since_regroup * self.regroup_flows_per_event < self._active_count
+        ):
+            return False
+        if not self.act.size:
+            return False
+        if self._new_since_regroup * 4 > self.act.size:
+            return True
+        slack = ~self.lazy & (self.used > 0.0) & (self.used < self.cap * LAZY_BELOW)
+        return bool(slack.any())
+
+    def _lazify(self) -> None:
+        """Solver links with clear slack leave the solver; every flow keeps at least one solver link."""
+        self.lazy |= (self.used < self.cap * LAZY_BELOW) & (self._barred_until <= self.regroups)
+        _orphans(self._active_flows(), self.fl_ptr, self.fl_link, self.lazy, self.cap)
+
+    def _active_flows(self) -> np.ndarray:
+        if not self.act.size:
+            return np.zeros(0, dtype=np.int64)
+        heads, ends = self.c_head[self.act], self.c_end[self.act]
+        lens = ends - heads
+        idx = np.repeat(heads - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+        return np.sort(self.cm_flow[idx])
+
+    def _regroup(self, now: float, extra: np.ndarray | None = None) -> None:
+        """Re-form all classes from the active flows (plus ``extra`` new ones) under the current lazy
+        set, and solve from scratch."""
+        self.regroups += 1
+        self._since_regroup = 0
+        self._new_since_regroup = 0
+        flows = self._active_flows()
+        if flows.size:
+            # bring members up to date: what is left of each is its target in a fresh class
+            c = self.cls[flows]
+            prog_now = self.prog[c] + self.old_rate[c] * (now - self.t_upd[c])
+            self.target[flows] = np.maximum(self.target[flows] - prog_now, 0.0)
+        if extra is not None and extra.size:
+            flows = np.sort(np.concatenate([flows, extra]))
+        # all classes are re-formed: their storage starts over
+        self.is_active[: self.num_classes] = False
+        self.num_classes = 0
+        self._cm_used = 0
+        self.act = np.zeros(0, dtype=np.int64)
+        self.used[:] = 0.0
+        self.lazy_used[:] = 0.0
+        self._index = None
+        if not flows.size:
+            return
+        self.act = self._new_classes(flows, self._classes_for(flows), now)
+        self._solve(now, -np.inf, [self.act], np.zeros(0, dtype=np.int64))
+        if self._lazy_overloaded():  # the new rates overload a lazy link: it rejoins, solve again
+            self._regroup(now)
 
     def _complete(self, done_ids: np.ndarray, now: float) -> None:
-        self.rate[done_ids] = 0.0
-        self.remaining[done_ids] = 0.0
         for fid in done_ids.tolist():
             links, coefs = self._paths[fid]
             np.add.at(self.link_bytes, links, coefs * self.size_bytes[fid])

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+MAX_KICKS_WITHOUT_GAIN = 60  # restarts from the best layout before the search gives up
 MAX_SPECTRAL_EXPERTS = 160  # eigen-decompositions above this size cost more than the bound is worth
 
 
@@ -158,6 +159,7 @@ def _swap_search(
     diff = grp[:, None] != grp[None, :]
     steps = 0
     stale = 0
+    kicks_without_gain = 0
     while steps < max_steps and now() < until:  # type: ignore[operator]
         steps += 1
         a, b = grp[:, None], grp[None, :]  # e on a, f on b
@@ -189,6 +191,10 @@ def _swap_search(
         if not improves:
             if cur < best - tol:
                 best, best_grp = cur, grp.copy()
+                kicks_without_gain = 0
+            kicks_without_gain += 1
+            if kicks_without_gain > MAX_KICKS_WITHOUT_GAIN:
+                break
             # kick: a few random swaps from the best layout, then descend again
             grp = best_grp.copy()
             for _ in range(int(rng.integers(2, 5))):

@@ -172,3 +172,49 @@ def test_decode_mode_records_steps(text_dir: Path, tmp_path: Path) -> None:
         assert np.array_equal(np.sort(pos), np.arange(len(pos)))
         prompt_len = int((step == 0).sum())
         assert np.array_equal(pos[step > 0], prompt_len + step[step > 0] - 1)
+
+
+def test_unlisted_architecture_from_a_checkpoint_folder(text_dir: Path, tmp_path: Path) -> None:
+    """GLM-4-MoE is not in the router table: the generic router-class match finds its gates, and a
+    checkpoint folder loads through ``--model PATH``; the ids still equal the experts' inputs."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, Glm4MoeConfig
+
+    config = Glm4MoeConfig(
+        vocab_size=1024,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
+        first_k_dense_replace=1,
+        moe_intermediate_size=16,
+        intermediate_size=32,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path / "glm"
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(CHECKPOINT_DIR / name, folder / name)
+    loaded = load_model(folder, device="cpu")
+    result = capture(loaded, [text_dir], tmp_path / "t.parquet", OPTIONS, progress=False)
+    trace = TraceFile(result.path)
+    assert trace.meta.moe_layer_ids == [1, 2] and trace.meta.model_name == "glm"
+    expected_ids, _ = _independent_selection(loaded, text_dir)
+    np.testing.assert_array_equal(
+        np.sort(trace.read_all().expert_ids, axis=2), np.sort(expected_ids, axis=2)
+    )
+
+
+def test_streaming_writes_bounded_row_groups(text_dir: Path, tmp_path: Path) -> None:
+    loaded = load_model(arch="mixtral", seed=0, device="cpu")
+    options = CaptureOptions(tokens=160, batch=1, seq_len=40, row_group_tokens=32)
+    trace = TraceFile(
+        capture(loaded, [text_dir], tmp_path / "s.parquet", options, progress=False).path
+    )
+    assert trace.num_row_groups >= 5
+    assert trace.validate() == 160

@@ -171,6 +171,10 @@ def load_model(
             raise PlacementError(f"cannot load model from {path}: {first}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # Capture reads the routers through hooks; router-logit outputs and the aux loss would only cost time
+    # (and transformers' aux-loss path fails under generate with an attention mask).
+    if getattr(model.config, "output_router_logits", False):
+        model.config.output_router_logits = False
     model = model.to(device=dev, dtype=torch_dtype)
     model.eval()
     return LoadedModel(model, tokenizer, name, dev, str(torch_dtype).replace("torch.", ""), origin)

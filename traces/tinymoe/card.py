@@ -184,13 +184,17 @@ def _write_card(train: dict[str, Any], summary: dict[str, Any]) -> None:
     held = [e for e in log if "heldout_loss" in e]
     size_mb = (CHECKPOINT_DIR / "model.safetensors").stat().st_size / 1e6
     layers = trained["layers"]
+
+    def cell(row: dict[str, Any], key: str) -> str:
+        return f"{row[key]:.3f}" if key in row else "-"
+
     rows = []
     for t_row, r_row in zip(trained["per_layer"], rand["per_layer"], strict=True):
         rows.append(
-            f"| {t_row['layer']} | {t_row['max_over_mean']:.2f} | {t_row.get('nmi_next', float('nan')):.3f} "
-            f"| {r_row.get('nmi_next', float('nan')):.3f} | {t_row.get('top_successor_share', float('nan')):.3f} "
-            f"| {t_row.get('domain_nmi', float('nan')):.3f} | {r_row.get('domain_nmi', float('nan')):.3f} "
-            f"| {t_row['window_coverage']:.3f} | {t_row['window_coverage_shuffled']:.3f} |"
+            f"| {t_row['layer']} | {t_row['max_over_mean']:.2f} | {cell(t_row, 'nmi_next')} "
+            f"| {cell(r_row, 'nmi_next')} | {cell(t_row, 'top_successor_share')} "
+            f"| {cell(t_row, 'domain_nmi')} | {cell(r_row, 'domain_nmi')} "
+            f"| {cell(t_row, 'window_coverage')} | {cell(t_row, 'window_coverage_shuffled')} |"
         )
     mid = layers // 2
     domain_rows = [
@@ -229,7 +233,7 @@ Each batch draws equally from the three domains.
 {train["batch_sequences"]} sequences x {train["seq_len"]} tokens ({train["tokens_seen"] / 1e6:.2f}M tokens seen),
 peak learning rate {train["lr_peak"]} (linear warm-up {train["warmup_steps"]} steps, cosine to 10%),
 load-balancing loss coefficient 0.01, gradient clipping 1.0. Training took {train["train_s"] / 60:.1f} min
-wall ({train["threads"]} threads, torch {train["torch"]}, {train["machine"]}, a 2-core machine shared with
+wall (torch threads: {train["threads"]}; torch {train["torch"]}, {train["machine"]}, a 2-core machine shared with
 other jobs) plus {train["prep_s"]:.0f} s of data preparation.
 Language-model loss: {log[0]["loss"]:.2f} -> {np.mean([e["loss"] for e in log[-20:]]):.2f} (train, last 20 steps),
 held-out {held[0]["heldout_loss"]:.2f} -> {held[-1]["heldout_loss"]:.2f} nats/token.

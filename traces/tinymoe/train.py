@@ -183,6 +183,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model.eval()
     # bf16 halves the checkpoint; capture upcasts to fp32 on CPU, and the model card's statistics are
     # measured on this saved (rounded) checkpoint, so what ships is what was measured.
+    # The aux loss was for training; at inference it only costs time (and transformers' aux-loss
+    # path breaks under generate with an attention mask).
+    model.config.output_router_logits = False
     model.bfloat16().save_pretrained(CHECKPOINT_DIR)
     for path in CHECKPOINT_DIR.iterdir():
         path.chmod(0o644)
