@@ -443,6 +443,9 @@ def _pop_members(
     used: np.ndarray,
     lazy_used: np.ndarray,
     lazy_rate: np.ndarray,
+    cz_ptr: np.ndarray,
+    cz_link: np.ndarray,
+    cz_coef: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Finish the members of ``done_cls`` whose finish time is within the tolerance of ``now``.
 
@@ -476,6 +479,10 @@ def _pop_members(
                     lazy_used[m] -= fl_coef[i] * lazy_rate[c]
                     if lazy_used[m] < 0.0:
                         lazy_used[m] = 0.0
+                    for z in range(cz_ptr[c], cz_ptr[c + 1]):
+                        if cz_link[z] == m:
+                            cz_coef[z] -= fl_coef[i]
+                            break
         gone = k - c_head[c]
         if gone == 0:
             continue
@@ -512,17 +519,14 @@ def _lazy_update(
     changed: np.ndarray,
     rate: np.ndarray,
     lazy_rate: np.ndarray,
-    c_head: np.ndarray,
-    c_end: np.ndarray,
-    cm_flow: np.ndarray,
-    fl_ptr: np.ndarray,
-    fl_link: np.ndarray,
-    fl_coef: np.ndarray,
-    lazy: np.ndarray,
+    cz_ptr: np.ndarray,
+    cz_link: np.ndarray,
+    cz_coef: np.ndarray,
     lazy_used: np.ndarray,
 ) -> None:
     """Carry the classes' rate changes into the loads of the lazy links their members cross
-    (``lazy_rate[c]``: the rate ``lazy_used`` holds for class ``c``)."""
+    (``lazy_rate[c]``: the rate ``lazy_used`` holds for class ``c``; ``cz_*``: the class's lazy links,
+    coefficients summed over its members)."""
     for c in act:
         if not changed[c]:
             continue  # a rate change always sets ``changed`` (cleared only by _advance, after this)
@@ -530,12 +534,8 @@ def _lazy_update(
         if delta == 0.0:
             continue
         lazy_rate[c] = rate[c]
-        for k in range(c_head[c], c_end[c]):
-            f = cm_flow[k]
-            for i in range(fl_ptr[f], fl_ptr[f + 1]):
-                m = fl_link[i]
-                if lazy[m]:
-                    lazy_used[m] += fl_coef[i] * delta
+        for j in range(cz_ptr[c], cz_ptr[c + 1]):
+            lazy_used[cz_link[j]] += cz_coef[j] * delta
 
 
 @_njit(cache=True)
@@ -579,6 +579,9 @@ def _build_classes(
     c_end: np.ndarray,
     cls: np.ndarray,
     next_target: np.ndarray,
+    cz_ptr: np.ndarray,
+    cz_link: np.ndarray,
+    cz_coef: np.ndarray,
 ) -> None:
     """Classes ``first_class + i`` from ``members[bounds[i]:bounds[i + 1]]`` (already ordered by finish
     target): solver links and coefficients from the first member, times the member count."""
@@ -603,6 +606,26 @@ def _build_classes(
             cm_flow[cm_start + k] = members[k]
             cls[members[k]] = c
         next_target[c] = target[first]
+        # the members' lazy links, coefficients summed per link
+        z0 = cz_ptr[c]
+        zpos = z0
+        for k in range(lo, hi):
+            f = members[k]
+            for j in range(fl_ptr[f], fl_ptr[f + 1]):
+                m = fl_link[j]
+                if not lazy[m]:
+                    continue
+                found = False
+                for z in range(z0, zpos):
+                    if cz_link[z] == m:
+                        cz_coef[z] += fl_coef[j]
+                        found = True
+                        break
+                if not found:
+                    cz_link[zpos] = m
+                    cz_coef[zpos] = fl_coef[j]
+                    zpos += 1
+        cz_ptr[c + 1] = zpos
 
 
 @_njit(cache=True)
@@ -735,6 +758,9 @@ class FluidNetwork:
         self.cl_link = np.zeros(4 * self._csize, dtype=np.int64)
         self.cl_unit = np.zeros(4 * self._csize)  # one member's coefficient
         self.cl_coef = np.zeros(4 * self._csize)  # times the members left
+        self.cz_ptr = np.zeros(self._csize + 1, dtype=np.int64)  # class -> lazy links CSR
+        self.cz_link = np.zeros(4 * self._csize, dtype=np.int64)
+        self.cz_coef = np.zeros(4 * self._csize)  # summed over the members left
         self.cm_flow = np.zeros(self._fsize, dtype=np.int64)  # members, by finish target
         self._cm_used = 0
         self.act = np.zeros(0, dtype=np.int64)  # active class ids, in creation order
@@ -800,9 +826,11 @@ class FluidNetwork:
                 new[:old] = getattr(self, name)[:old]
             setattr(self, name, new)
         if old:
-            ptr = np.full(size + 1, self.cl_ptr[old], dtype=np.int64)
-            ptr[: old + 1] = self.cl_ptr[: old + 1]
-            self.cl_ptr = ptr
+            for name in ("cl_ptr", "cz_ptr"):
+                cur = getattr(self, name)
+                ptr = np.full(size + 1, cur[old], dtype=np.int64)
+                ptr[: old + 1] = cur[: old + 1]
+                setattr(self, name, ptr)
 
     @staticmethod
     def _ensure(arr: np.ndarray, size: int) -> np.ndarray:
@@ -828,6 +856,9 @@ class FluidNetwork:
         self.cl_unit = self._ensure(self.cl_unit, need)
         self.cl_coef = self._ensure(self.cl_coef, need)
         self.cm_flow = self._ensure(self.cm_flow, self._cm_used + members.size)
+        zneed = self.cz_ptr[first] + int((self.fl_ptr[members + 1] - self.fl_ptr[members]).sum())
+        self.cz_link = self._ensure(self.cz_link, zneed)
+        self.cz_coef = self._ensure(self.cz_coef, zneed)
         _build_classes(
             first,
             members,
@@ -847,6 +878,9 @@ class FluidNetwork:
             self.c_end,
             self.cls,
             self.next_target,
+            self.cz_ptr,
+            self.cz_link,
+            self.cz_coef,
         )
         self._cm_used += members.size
         self.num_classes += count
@@ -972,6 +1006,9 @@ class FluidNetwork:
                 self.used,
                 self.lazy_used,
                 self.lazy_rate,
+                self.cz_ptr,
+                self.cz_link,
+                self.cz_coef,
             )
             keep_below = low
             self._active_count -= done_ids.size
@@ -1069,13 +1106,9 @@ class FluidNetwork:
                 self.changed,
                 self.rate,
                 self.lazy_rate,
-                self.c_head,
-                self.c_end,
-                self.cm_flow,
-                self.fl_ptr,
-                self.fl_link,
-                self.fl_coef,
-                self.lazy,
+                self.cz_ptr,
+                self.cz_link,
+                self.cz_coef,
                 self.lazy_used,
             )
         self.refilled += refilled

@@ -33,8 +33,25 @@ def test_logical_count_is_load_only(tmp_path: Path) -> None:
     np.testing.assert_array_equal(imported.load, raw[1:])
     out = imported.write(tmp_path / "lc.json")
     assert json.loads(out.read_text())["logical_count"] == raw.tolist()
+    # The contract's `--out T.parquet` writes a load-only Parquet that every command reads as load-only.
+    from traces.loadjson import is_load_parquet, load_load_parquet
+    from traces.reader import TraceFile
+
+    pq_out = imported.write(tmp_path / "lc.parquet")
+    assert is_load_parquet(pq_out)
+    workload = load_load_parquet(pq_out, model_shape_for_fixture())
+    np.testing.assert_array_equal(workload.load, raw[1:])
+    assert not workload.per_token
     with pytest.raises(PlacementError, match="load-only"):
-        imported.write(tmp_path / "lc.parquet")
+        TraceFile(pq_out)
+    with pytest.raises(PlacementError, match="load-only"):
+        imported.write(tmp_path / "lc.csv")
+
+
+def model_shape_for_fixture():  # type: ignore[no-untyped-def]
+    from placement.shapes import ModelShape
+
+    return ModelShape("fixture", 3, 8, 2, 16, 16)
 
 
 def test_exflow_top1(tmp_path: Path) -> None:
@@ -214,8 +231,9 @@ def test_import_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                 str(tmp_path / "lc.parquet"),
             ]
         )
-        == 2
+        == 0
     )
+    assert main(["stats", "--trace", str(tmp_path / "lc.parquet"), "--json"]) == 2  # shape unknown: one line
     assert (
         main(["import", "--format", "csv", str(tmp_path / "missing.csv"), "--out", str(out)]) == 2
     )

@@ -76,3 +76,90 @@ def load_logical_count(path: str | Path, shape: ModelShape | None = None) -> Wor
         source=str(path),
         fingerprint=hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16],
     )
+
+
+# ---- load-only Parquet -----------------------------------------------------------------------------
+# What `placement import --format logical-count IN --out T.parquet` writes: one row per (MoE layer,
+# expert) with its count, and metadata under its own key, so that no reader mistakes it for per-token
+# routing. Every command that accepts a trace accepts it as a load-only input.
+
+LOAD_META_KEY = b"moe_placement.load"
+LOAD_SCHEMA_VERSION = 1
+
+
+def is_load_parquet(path: str | Path) -> bool:
+    """True for a load-only Parquet file written by :func:`write_load_parquet`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not str(path).lower().endswith(".parquet") or not Path(path).is_file():
+        return False
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError):
+        return False
+    return LOAD_META_KEY in (schema.metadata or {})
+
+
+def write_load_parquet(
+    path: str | Path, load: np.ndarray, layer_ids: list[int], shape: ModelShape | None, source: str
+) -> Path:
+    """Write ``load[moe_layers, experts]`` as a load-only Parquet file, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from placement.atomic import atomic_path
+
+    layers, experts = load.shape
+    meta = {
+        "schema_version": LOAD_SCHEMA_VERSION,
+        "kind": "load-only",
+        "num_moe_layers": layers,
+        "num_experts": experts,
+        "moe_layer_ids": list(map(int, layer_ids)),
+        "model_name": shape.name if shape is not None else None,
+        "source": source,
+    }
+    table = pa.table(
+        {
+            "layer": pa.array(np.repeat(np.arange(layers), experts), pa.int16()),
+            "expert": pa.array(np.tile(np.arange(experts), layers), pa.int32()),
+            "count": pa.array(load.reshape(-1), pa.float64()),
+        }
+    ).replace_schema_metadata({LOAD_META_KEY: json.dumps(meta).encode()})
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def load_load_parquet(path: str | Path, shape: ModelShape | None = None) -> Workload:
+    """A load-only :class:`Workload` from a file written by :func:`write_load_parquet`."""
+    import pyarrow.parquet as pq
+
+    from placement.shapes import model_shape
+
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[LOAD_META_KEY])
+    if int(meta.get("schema_version", 0)) != LOAD_SCHEMA_VERSION:
+        raise PlacementError(f"{path}: load-only schema_version {meta.get('schema_version')} not supported")
+    layers, experts = int(meta["num_moe_layers"]), int(meta["num_experts"])
+    load = np.zeros((layers, experts))
+    load[table.column("layer").to_numpy(), table.column("expert").to_numpy()] = table.column("count").to_numpy()
+    if shape is None and meta.get("model_name"):
+        try:
+            shape = model_shape(str(meta["model_name"]))
+        except PlacementError:
+            shape = None
+    if shape is None:
+        shape = guess_shape(layers, experts)
+    if shape is None:
+        raise PlacementError(f"{path}: {layers} layers x {experts} experts matches no known model; pass --model NAME")
+    layer_ids = list(meta.get("moe_layer_ids") or range(layers))
+    shape = shape.replace(first_moe_layer=layer_ids[0])
+    return Workload(
+        shape=shape,
+        load=load,
+        num_tokens=round(float(load.sum(axis=1).mean()) / shape.top_k),
+        source=str(path),
+        fingerprint=hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16],
+    )

@@ -63,6 +63,11 @@ class TraceFile:
             ) from None
         schema = self._file.schema_arrow
         raw = (schema.metadata or {}).get(META_KEY)
+        if raw is None and b"moe_placement.load" in (schema.metadata or {}):
+            raise PlacementError(
+                f"{self.path} is a load-only file (expert counts, no per-token routing): "
+                "this needs a per-token trace"
+            )
         if raw is None:
             raise PlacementError(
                 f"trace {self.path}: metadata missing (no {META_KEY.decode()} key)"

@@ -79,12 +79,19 @@ def load_workload(
 ) -> Workload:
     """A Parquet trace (derived in one streaming pass) or a load-only logical_count JSON."""
     from traces.derive import derive_workload
-    from traces.loadjson import is_logical_count_file, load_logical_count
+    from traces.loadjson import (
+        is_load_parquet,
+        is_logical_count_file,
+        load_load_parquet,
+        load_logical_count,
+    )
     from traces.reader import TraceFile
 
     shape = model_shape(model) if model else None
     if is_logical_count_file(path):
         return load_logical_count(path, shape)
+    if is_load_parquet(path):
+        return load_load_parquet(path, shape)
     if not Path(path).exists():
         raise PlacementError(f"trace file not found: {path}")
     return derive_workload(

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         required=True,
-        help="output: Parquet trace, or logical_count JSON for the load-only logical-count format",
+        help="output Parquet trace (load-only inputs: a load-only Parquet, or a logical_count JSON with --out X.json)",
     )
     p.add_argument(
         "--model", default=None, help="named model shape (deepseek-v3, ...) when the input has none"

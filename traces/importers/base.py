@@ -78,16 +78,24 @@ class ImportedTrace:
         )
 
     def write(self, out: str | os.PathLike[str], options: ImportOptions | None = None) -> Path:
-        """Write a Parquet trace (per-token) or a ``logical_count`` JSON (load-only), atomically."""
+        """Write a Parquet trace (per-token), or for load-only inputs a load-only Parquet file or a
+        ``logical_count`` JSON, atomically."""
         options = options or ImportOptions()
         out = Path(out)
         if self.load_only:
+            assert self.load is not None
+            if out.suffix.lower() == ".parquet":
+                # A load-only Parquet (its own schema and metadata key): no tokens are invented.
+                from traces.loadjson import write_load_parquet
+
+                shape = guess_shape(*self.load.shape)
+                if options.model:
+                    shape = model_shape(options.model)
+                return write_load_parquet(out, self.load, self.layer_ids, shape, self.source)
             if out.suffix.lower() != ".json":
                 raise PlacementError(
-                    f"{self.format} input is load-only (no per-token routing): write it as a "
-                    f"logical_count JSON (--out {out.with_suffix('.json').name}), which every command reads"
+                    f"{self.format} input is load-only: write it as --out NAME.parquet or NAME.json"
                 )
-            assert self.load is not None
             total_layers = max(self.layer_ids) + 1
             full = np.zeros((total_layers, self.num_experts))
             full[self.layer_ids] = self.load
