@@ -14,11 +14,11 @@ Execution modes: ``standard`` (dispatch from the token's home GPU, combine back 
 (ExFlow: the token starts at its home GPU and continues on the GPU of its top-1 expert; dispatch goes from
 where the token is, combine to its top-1 expert's GPU, where it stays).
 
-Replica choice (the same everywhere): a token takes the *nearest* replica of its expert (on its own GPU,
-then its own node) while that replica has capacity left under its planned share of the expert's tokens;
-otherwise the replica with the *most capacity left* (least loaded relative to its share). The choice is a
-static table ``[layers, home GPU, expert] -> slot`` built from the per-home demand, as a serving engine's
-static dispatch map would be.
+Replica choice (the same everywhere, :class:`ReplicaRouter`): a token takes the *nearest* replica of its
+expert (on its own GPU, then its own node) while that replica has capacity left under its planned share of
+the expert's tokens; otherwise the replicas with the *most capacity left* (least loaded relative to their
+shares). The split is computed per (home GPU, expert) from the per-home demand, and each token draws its
+replica from it by a deterministic hash of its identity, so realised loads follow the planned shares.
 """
 
 from __future__ import annotations
@@ -38,42 +38,107 @@ MODES = ("standard", "coherent")
 DEFAULT_TOKENS_PER_GPU = 4096
 
 
-def replica_table(plan: Plan, demand: np.ndarray) -> np.ndarray:
-    """Slot each (home GPU, expert) uses: ``[layers, gpus, experts]`` from ``demand[layers, gpus, experts]``."""
-    layers, gpus, experts = plan.num_layers, plan.num_gpus, plan.num_experts
-    gpn = plan.gpus_per_node
-    slot_gpu = plan.slot_gpu()
-    log2phy = plan.log2phy()
-    cnt = plan.logcnt()
-    shares = plan.shares()
-    table = np.broadcast_to(log2phy[:, None, :, 0], (layers, gpus, experts)).copy()
-    home_node = np.arange(gpus) // gpn
-    for layer in range(layers):
-        for expert in np.flatnonzero(cnt[layer] > 1):
-            slots = log2phy[layer, expert, : cnt[layer, expert]]
-            gpu_of = slot_gpu[slots]
-            node_of = gpu_of // gpn
-            d = demand[layer, :, expert]
-            capacity = shares[layer, slots] * d.sum()
-            chosen = np.full(gpus, -1)
-            for h in range(gpus):  # pass 1: a replica on the home GPU itself
-                local = np.flatnonzero(gpu_of == h)
-                if local.size and capacity[local[0]] > 0:
-                    chosen[h] = local[0]
-                    capacity[local[0]] -= d[h]
-            for h in map(int, np.flatnonzero(chosen < 0)):  # pass 2: a replica in the home node
-                near = np.flatnonzero(node_of == home_node[h])
-                if near.size:
-                    best = near[np.argmax(capacity[near])]
-                    if capacity[best] > 0:
-                        chosen[h] = best
-                        capacity[best] -= d[h]
-            for h in map(int, np.flatnonzero(chosen < 0)):  # pass 3: the least loaded replica anywhere
-                best = int(np.argmax(capacity))
-                chosen[h] = best
-                capacity[best] -= d[h]
-            table[layer, :, expert] = slots[chosen]
-    return table
+def _token_uniform(seq_id: np.ndarray, pos: np.ndarray, layer: int, expert: int) -> np.ndarray:
+    """A deterministic uniform [0, 1) number per (token, layer, expert): splitmix64 of the token's identity."""
+    with np.errstate(over="ignore"):
+        x = (
+            np.asarray(seq_id).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            + np.asarray(pos).astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+            + np.uint64(layer * 65537 + expert + 1) * np.uint64(0x94D049BB133111EB)
+        )
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def replica_split(
+    gpu_of: np.ndarray, capacity: np.ndarray, demand: np.ndarray, gpus_per_node: int
+) -> np.ndarray:
+    """Share of each home GPU's tokens sent to each replica, ``[gpus, replicas]`` (rows sum to 1).
+
+    ``gpu_of[replicas]``: the replicas' GPUs; ``capacity[replicas]``: tokens each should take (its planned
+    share of the expert's demand); ``demand[gpus]``: the expert's tokens by home GPU. Nearest first (a
+    replica on the home GPU, then in the home node) while it has capacity left, then the replicas with the
+    most capacity left, water-filling.
+    """
+    gpus = demand.shape[0]
+    replicas = gpu_of.shape[0]
+    cap = capacity.astype(np.float64).copy()
+    left = demand.astype(np.float64).copy()
+    taken = np.zeros((gpus, replicas))
+    node_of = gpu_of // gpus_per_node
+
+    def take(h: int, candidates: np.ndarray) -> None:
+        for r in candidates[np.argsort(-cap[candidates], kind="stable")]:
+            if left[h] <= 0:
+                return
+            amount = min(left[h], max(cap[r], 0.0))
+            if amount > 0:
+                taken[h, r] += amount
+                cap[r] -= amount
+                left[h] -= amount
+
+    for h in range(gpus):  # pass 1: a replica on the home GPU itself
+        take(h, np.flatnonzero(gpu_of == h))
+    for h in range(gpus):  # pass 2: replicas in the home node
+        if left[h] > 0:
+            take(h, np.flatnonzero(node_of == h // gpus_per_node))
+    everyone = np.arange(replicas)
+    for h in range(gpus):  # pass 3: the replicas with the most capacity left
+        if left[h] > 0:
+            take(h, everyone)
+        if left[h] > 1e-9:  # rounding: the rest to the replica with the most capacity left
+            taken[h, int(np.argmax(cap))] += left[h]
+            left[h] = 0.0
+    total = taken.sum(axis=1, keepdims=True)
+    fallback = capacity / max(float(capacity.sum()), 1e-12)
+    return np.where(total > 0, taken / np.where(total > 0, total, 1.0), fallback[None, :])
+
+
+class ReplicaRouter:
+    """The replica each token uses, the same everywhere (evaluator, simulator, executor).
+
+    Policy: per (home GPU, expert), the token stream is split over the expert's replicas by
+    :func:`replica_split` (nearest replica while it has capacity under its planned share, then the replicas
+    with the most capacity left); each token picks its replica from that split by a deterministic hash of
+    its identity (sequence, position), so realised loads follow the planned shares.
+    """
+
+    def __init__(self, plan: Plan, demand: np.ndarray) -> None:
+        self.plan = plan
+        log2phy = plan.log2phy()
+        cnt = plan.logcnt()
+        shares = plan.shares()
+        slot_gpu = plan.slot_gpu()
+        self.primary = log2phy[:, :, 0]
+        self.replicated: list[dict[int, tuple[np.ndarray, np.ndarray]]] = []
+        for layer in range(plan.num_layers):
+            per_layer: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            for expert in map(int, np.flatnonzero(cnt[layer] > 1)):
+                slots = log2phy[layer, expert, : cnt[layer, expert]]
+                d = demand[layer, :, expert]
+                split = replica_split(
+                    slot_gpu[slots], shares[layer, slots] * d.sum(), d, plan.gpus_per_node
+                )
+                per_layer[expert] = (slots, np.cumsum(split, axis=1))
+            self.replicated.append(per_layer)
+
+    def slots(
+        self, layer: int, src: np.ndarray, ids: np.ndarray, seq_id: np.ndarray, pos: np.ndarray
+    ) -> np.ndarray:
+        """Slot of each chosen expert, ``[n, k]``, for tokens at GPUs ``src[n]`` choosing ``ids[n, k]``."""
+        out = self.primary[layer][ids]
+        for expert, (slots, cum) in self.replicated[layer].items():
+            rows, cols = np.nonzero(ids == expert)
+            if rows.size == 0:
+                continue
+            u = _token_uniform(seq_id[rows], pos[rows], layer, expert)
+            pick = (u[:, None] >= cum[src[rows]]).sum(axis=1)
+            out[rows, cols] = slots[np.minimum(pick, slots.size - 1)]
+        return out
 
 
 @dataclass
@@ -126,7 +191,11 @@ def gpu_pair_copies(src: np.ndarray, dst: np.ndarray, num_gpus: int) -> np.ndarr
     G = num_gpus
     rows = np.repeat(np.arange(n, dtype=np.int64), k)
     pairs = np.unique(rows * G + dst.ravel())
-    return np.bincount(src[pairs // G] * G + pairs % G, minlength=G * G).astype(np.float64).reshape(G, G)
+    return (
+        np.bincount(src[pairs // G] * G + pairs % G, minlength=G * G)
+        .astype(np.float64)
+        .reshape(G, G)
+    )
 
 
 def expected_copies_load_only(
@@ -161,7 +230,9 @@ def expected_copies_load_only(
     return PairCopies(nvlink, nic, local)
 
 
-def _expected_gpu_pairs_load_only(plan: Plan, layer: int, load: np.ndarray, num_tokens: float) -> np.ndarray:
+def _expected_gpu_pairs_load_only(
+    plan: Plan, layer: int, load: np.ndarray, num_tokens: float
+) -> np.ndarray:
     """Expected direct (per destination GPU) copies ``[gpus, gpus]`` under the independent-choice estimate."""
     G = plan.num_gpus
     p_slot = np.clip(load[plan.phy2log[layer]] * plan.shares()[layer] / max(num_tokens, 1.0), 0, 1)
@@ -376,13 +447,13 @@ def evaluate(
     d_pairs = [np.zeros((G, G)) for _ in range(L)] if gpu_pairs else None
     c_pairs = [np.zeros((G, G)) for _ in range(L)] if gpu_pairs else None
     if workload.per_token:
-        table = replica_table(plan, workload.demand(G))
+        router = ReplicaRouter(plan, workload.demand(G))
         source = chunks if chunks is not None else workload.chunks()
         for chunk in source:
             ids = chunk.expert_ids
             cur = home_gpus(chunk.seq_id, chunk.pos, G, workload.home_policy)
             for layer in range(L):
-                gpus = slot_gpu[table[layer][cur[:, None], ids[layer]]]
+                gpus = slot_gpu[router.slots(layer, cur, ids[layer], chunk.seq_id, chunk.pos)]
                 gpu_load[layer] += np.bincount(gpus.ravel(), minlength=G)
                 copies = dedup_copies(cur, gpus, G, gpn)
                 dispatch[layer] += copies
@@ -415,7 +486,9 @@ def evaluate(
             dispatch[layer] = copies
             combine[layer] = copies.transposed()
             if d_pairs is not None and c_pairs is not None:
-                direct = _expected_gpu_pairs_load_only(plan, layer, workload.load[layer], float(tokens))
+                direct = _expected_gpu_pairs_load_only(
+                    plan, layer, workload.load[layer], float(tokens)
+                )
                 d_pairs[layer] = direct
                 c_pairs[layer] = direct.T.copy()
             hops[layer] = float(copies.nvlink.sum() + copies.nic.sum())

@@ -10,7 +10,7 @@ import pytest
 
 from placement.cluster import load_cluster
 from placement.errors import PlacementError
-from placement.metrics import dedup_copies, evaluate, replica_table
+from placement.metrics import ReplicaRouter, dedup_copies, evaluate, replica_split
 from placement.plan import Plan, Provenance
 from placement.shapes import ModelShape
 from placement.workload import Workload, home_gpus
@@ -102,14 +102,49 @@ def test_evaluate_coherent_hops(tmp_path: Path) -> None:
     assert std.phase_bytes("combine")[1].sum() > 0  # standard mode always returns home
 
 
-def test_replica_table_prefers_nearest_then_capacity() -> None:
+def test_replicas_prefer_nearest_then_capacity() -> None:
     # 4 GPUs x 2 slots, expert 0 replicated on GPU 0 and GPU 2 (one per node)
     phy2log = np.array([[0, 1, 2, 3, 0, 1, 2, 3]])
     plan = Plan(4, 2, 2, 4, phy2log)
-    demand = np.ones((1, 4, 4))
-    table = replica_table(plan, demand)
-    gpu = table[0, :, 0] // 2
-    assert gpu.tolist() == [0, 0, 2, 2]  # homes 0,1 use node 0's replica; homes 2,3 node 1's
+    router = ReplicaRouter(plan, np.ones((1, 4, 4)))
+    src = np.arange(4)
+    gpus = router.slots(0, src, np.zeros((4, 1), dtype=np.int64), np.zeros(4), np.arange(4)) // 2
+    assert gpus[:, 0].tolist() == [0, 0, 2, 2]  # homes 0,1 use node 0's replica; homes 2,3 node 1's
+
+
+def test_replica_split_follows_uneven_shares() -> None:
+    # replicas on GPUs 0 and 1 of one node, planned 80/20; every home has the same demand
+    split = replica_split(np.array([0, 1]), np.array([80.0, 20.0]), np.full(4, 25.0), 2)
+    np.testing.assert_allclose(split.sum(axis=1), 1.0)
+    np.testing.assert_allclose((split * 25.0).sum(axis=0), [80.0, 20.0])
+    assert split[0, 0] == 1.0 and split[1, 1] == pytest.approx(
+        0.8
+    )  # home 1 first uses its own replica
+
+
+def test_realised_loads_follow_shares(tmp_path: Path) -> None:
+    # one expert chosen by 4000 tokens, replicated on 2 GPUs with shares 0.7 / 0.3
+    n = 4000
+    meta = TraceMeta("r", 1, 4, 1, 8, 8)
+    with TraceWriter(tmp_path / "r.parquet", meta) as w:
+        w.write(
+            np.zeros(n),
+            np.arange(n),
+            np.zeros(n),
+            np.zeros((1, n, 1), dtype=np.int64),
+            np.ones((1, n, 1)),
+        )
+    wl = derive_workload(TraceFile(tmp_path / "r.parquet"), num_gpus=4, home_policy="sequence")
+    phy2log = np.array([[0, 1, 2, 3, 0, 1, 2, 3]])
+    share = np.array([[0.7, 1.0, 1.0, 1.0, 0.3, 0.0, 0.0, 0.0]])
+    share[0, 1], share[0, 5] = 0.5, 0.5
+    share[0, 2], share[0, 6] = 0.5, 0.5
+    share[0, 3], share[0, 7] = 0.5, 0.5
+    plan = Plan(4, 2, 2, 4, phy2log, replica_share=share).validate()
+    ev = evaluate(plan, CLUSTER, wl, tokens_per_gpu=None)
+    # slot 0 on GPU 0, slot 4 on GPU 2
+    assert ev.gpu_load[0, 0] == pytest.approx(2800, rel=0.05)
+    assert ev.gpu_load[0, 2] == pytest.approx(1200, rel=0.1)
 
 
 def test_load_only_uses_planned_shares() -> None:

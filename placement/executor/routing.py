@@ -2,7 +2,7 @@
 
 The driver turns a plan and a per-token trace into per-rank instructions; the workers only execute them.
 The home-rank mapping (:func:`placement.workload.home_gpus`), the replica choice
-(:func:`placement.metrics.replica_table`) and the DeepEP-style deduplication are exactly the evaluator's,
+(:class:`placement.metrics.ReplicaRouter`) and the DeepEP-style deduplication are exactly the evaluator's,
 so the rows the workers move equal the evaluator's token copies pair by pair:
 
 * a token is sent once per destination GPU (never once per expert);
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from placement.errors import PlacementError
-from placement.metrics import replica_table
+from placement.metrics import ReplicaRouter
 from placement.plan import Plan
 from placement.workload import home_gpus
 
@@ -240,7 +240,7 @@ def build_replay(
     chunks: int = 1,
 ) -> Replay:
     """Routing for ``expert_ids[layers, n, k]`` under ``plan``; ``demand[layers, gpus, experts]`` is the
-    per-home demand the replica table is built from (the evaluator's ``workload.demand``).
+    per-home demand the replica split is built from (the evaluator's ``workload.demand``).
 
     Entry 0 of each layer is the whole layer; entries 1..``chunks`` split every rank's home tokens into
     ``chunks`` contiguous pieces, for the pipelined (overlap) run.
@@ -251,7 +251,7 @@ def build_replay(
     if plan.num_layers != L:
         raise PlacementError(f"trace has {L} layers but the plan {plan.num_layers}")
     G = plan.num_gpus
-    table = replica_table(plan, demand)
+    router = ReplicaRouter(plan, demand)
     home = home_gpus(seq_id, pos, G, home_policy)
     # Chunk of each token: its position among its home rank's tokens, cut into `chunks` pieces.
     chunk_of = np.zeros(n, dtype=np.int64)
@@ -261,7 +261,7 @@ def build_replay(
             chunk_of[idx] = np.arange(idx.size) * chunks // idx.size
     layers: list[list[LayerRouting]] = []
     for layer in range(L):
-        slots = table[layer][home[:, None], expert_ids[layer]]
+        slots = router.slots(layer, home, expert_ids[layer], seq_id, pos)
         w = gate_weights[layer]
         entries = [route_layer(home, slots, w, G, plan.gpus_per_node, plan.slots_per_gpu)]
         for c in range(chunks):
