@@ -1,5 +1,5 @@
 """Simulator speed: one uneven direct all-to-all at growing GPU counts (event-exact), and optionally a
-58-layer DeepSeek-V3 forward at EP64. Prints a table: GPUs, flows, events, recomputes, wall seconds.
+58-layer DeepSeek-V3 forward at EP64. Prints a table: GPUs, flows, events, classes refilled per event, regroupings, CPU and wall seconds.
 
     .venv/bin/python bench/simulator_scaling.py           # 16, 32, 64 GPUs (< 1 min)
     .venv/bin/python bench/simulator_scaling.py --full    # adds 128, 256 GPUs and the 58-layer forward
@@ -50,6 +50,7 @@ def alltoall(gpus: int, seed: int = 0) -> dict[str, float]:
         "recomputes": net.recomputes,
         "refilled_per_event": net.refilled / max(net.recomputes, 1),
         "rounds": net.rounds,
+        "regroups": net.regroups,
         "sim_us": out["sim_us"],
         "wall_s": time.perf_counter() - t0,
         "cpu_s": time.process_time() - c0,
@@ -110,20 +111,31 @@ def main() -> None:
                 r["flows"],
                 r["events"],
                 r["refilled_per_event"],
+                r["regroups"],
                 r["sim_us"],
                 r["cpu_s"],
                 r["wall_s"],
             ]
         )
-        print(f"  {g} GPUs: {r['wall_s']:.2f} s wall", flush=True)
+        print(f"  {g} GPUs: {r['cpu_s']:.2f} s cpu, {r['wall_s']:.2f} s wall", flush=True)
     print(
         table(
-            ["GPUs", "flows", "events", "refilled/event", "simulated us", "cpu s", "wall s"], rows
+            [
+                "GPUs",
+                "flows",
+                "events",
+                "classes refilled/event",
+                "regroups",
+                "simulated us",
+                "cpu s",
+                "wall s",
+            ],
+            rows,
         )
     )
     if len(rows) >= 3:
         g = np.log([r[0] for r in rows])
-        c = np.log([r[5] for r in rows])
+        c = np.log([r[6] for r in rows])
         slope = np.polyfit(g[-2:], c[-2:], 1)[0]
         print(f"cpu time grows ~ GPUs^{slope:.2f} between the two largest sizes")
     layers = 58 if args.full else args.forward_layers

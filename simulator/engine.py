@@ -8,12 +8,16 @@ event one path latency later (delivery).
 
 Why this is fast enough for real sizes (DOMAIN.md section 4):
 
-* the progressive filling runs in compiled code (numba) with a heap of link levels, O(nnz log links);
-* after *completions only*, flows whose rate is below the smallest rate among the finished flows keep
-  their rate exactly (in progressive filling every level below that is reached the same way), so only the
-  flows at or above that level are refilled;
-* flow state is updated lazily: a flow's remaining bytes are brought up to date only when its rate
-  changes, and the next completion comes from a per-flow finish time scan in compiled code;
+* flows are solved as *classes*: flows whose solver links coincide get the same max-min rate, so one
+  class stands for all of them (coefficients times its member count; a member finishing lowers the count
+  and is still an exact event). Links with clear slack leave the solver (*lazy* links, their load still
+  tracked); a lazy link that would be overloaded rejoins it with a full recomputation. Once NVLink has
+  slack, the eight flows of a PXN node pair on one rail are one class behind their NIC pair;
+* the progressive filling runs in compiled code (numba, cached on disk) with a heap of link levels;
+* after completions only the classes bounded by the saturated links they left are refilled, then the
+  max-min condition is checked around every class that moved, widening the refill until it holds;
+* class state is updated lazily: progress is brought up to date only when a rate changes, and the next
+  completion comes from a per-class finish time scan in compiled code;
 * simultaneous arrivals (same simulated time) and completions within a tiny tolerance are batched into
   one recomputation.
 
@@ -539,7 +543,9 @@ def _lazy_update(
 
 
 @_njit(cache=True)
-def _orphans(flows: np.ndarray, fl_ptr: np.ndarray, fl_link: np.ndarray, lazy: np.ndarray, cap: np.ndarray) -> bool:
+def _orphans(
+    flows: np.ndarray, fl_ptr: np.ndarray, fl_link: np.ndarray, lazy: np.ndarray, cap: np.ndarray
+) -> bool:
     """Every flow needs a solver link: for flows whose links are all lazy, the lowest-capacity one
     rejoins the solver (in place). Returns whether any did."""
     any_ = False
@@ -706,6 +712,26 @@ class FluidNetwork:
     bottleneck among the solver links is *the* max-min fair allocation of the whole network.
     """
 
+    # per flow (id = arrival order) and per class, grown by doubling (see _grow_flows, _grow_classes)
+    target: np.ndarray
+    size_bytes: np.ndarray
+    latency_us: np.ndarray
+    start_us: np.ndarray
+    end_us: np.ndarray
+    cls: np.ndarray
+    is_active: np.ndarray
+    bottleneck: np.ndarray
+    rate: np.ndarray
+    old_rate: np.ndarray
+    lazy_rate: np.ndarray
+    changed: np.ndarray
+    prog: np.ndarray
+    t_upd: np.ndarray
+    next_target: np.ndarray
+    finish: np.ndarray
+    c_head: np.ndarray
+    c_end: np.ndarray
+
     def __init__(
         self,
         env: simpy.Environment,
@@ -737,7 +763,9 @@ class FluidNetwork:
         self.aggregate = aggregate
         self.num_links = int(self.cap.shape[0])
         self.used = np.zeros(self.num_links)  # load of the active classes per solver link, bytes/us
-        self.lazy = np.zeros(self.num_links, dtype=np.bool_)  # links out of the solver (unsaturated)
+        self.lazy = np.zeros(
+            self.num_links, dtype=np.bool_
+        )  # links out of the solver (unsaturated)
         self.lazy_used = np.zeros(self.num_links)  # load of the active flows per lazy link
         self._strikes = np.zeros(self.num_links, dtype=np.int64)  # times a lazy link overloaded
         self._barred_until = np.zeros(self.num_links, dtype=np.int64)  # no lazy before this regroup
@@ -1133,7 +1161,8 @@ class FluidNetwork:
         return True
 
     def _regroup_due(self) -> bool:
-        """Regroup when it pays (its cost ~ the active flows, so at most every ``active / 64`` events):
+        """Regroup when it pays (its cost ~ the flows in flight, so at most every ``in flight /
+        regroup_flows_per_event`` events and ``regroup_min_events`` apart):
         solver links left with clear slack, or many arrivals in classes of their own."""
         if (
             self._since_regroup < self.regroup_min_events

@@ -35,6 +35,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from placement.errors import InfeasibleError
+from solvers.columns import cheap_column_bound, exact_column_bound
 from solvers.common import TimeModel, load_bound
 from solvers.pairsearch import partition_pair_bound
 
@@ -43,6 +44,10 @@ SHARE_UNITS = (
 )
 LOAD_UNITS = 100_000  # loads are scaled so that one layer's tokens sum to about this many units
 MAX_PAIR_TERMS = 16_384  # pair variables beyond this are dropped (weakest co-activations first)
+COLUMN_BOUND_MIN_EXPERTS = 16  # smaller layers: CP-SAT proves them without the column cut
+COLUMN_BOUND_MAX_EXPERTS = 160  # larger: the per-expert models cost more than the cut is worth
+COLUMN_BOUND_SHARE = 0.1  # of a layer's time limit for the column cut
+COLUMN_BOUND_MAX_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -215,6 +220,16 @@ def analytic_bound_us(spec: LayerSpec, num_redundant: int) -> float:
             # scaled hits sum to min(hits, limit x tokens): the busiest node has their average
             node_avg = min(node_avg, spec.node_limit * total / max(spec.top_k, 1) / N)
         gpu_avg = max(0.0, total - spec.pair_factor * gpu_pairs) / G
+        E = spec.num_experts
+        if (
+            spec.coact is not None
+            and num_redundant == 0
+            and spg > 1
+            and E <= COLUMN_BOUND_MAX_EXPERTS
+        ):
+            # the GPU of every expert carries at least its cheapest column's hits (solvers.columns)
+            cols = cheap_column_bound(spec.loads[0], spec.coact, spec.pair_factor, spg)
+            gpu_avg = max(gpu_avg, float(cols.max()))
         if spec.coact is None:  # hits are loads: the load bounds apply at node and GPU granularity
             gpn = spec.gpus_per_node
             node_avg = load_bound(spec.loads[0], N, gpn * spg, num_redundant)
@@ -403,6 +418,21 @@ def solve_layer(
                     m.add(sum(ws) <= (spg - 1) * x[e][g])
             for g in range(G):
                 m.add(comm >= nvl_int * sum(hits[g]))
+            if pairs and not replicas and COLUMN_BOUND_MIN_EXPERTS < E <= COLUMN_BOUND_MAX_EXPERTS:
+                # every expert's GPU carries at least the fewest hits of any column holding it: an
+                # implied cut on the model's own coefficients that lifts CP-SAT's bound where one hot
+                # expert with few partners sets the busiest port (solvers.columns)
+                col_s = min(COLUMN_BOUND_SHARE * time_limit_s, COLUMN_BOUND_MAX_S)
+                hot = exact_column_bound(
+                    prim,
+                    [(e, f, s) for (e, f, _), s in zip(pairs, saving, strict=True)],
+                    spg,
+                    time_limit_s=col_s,
+                    seed=seed,
+                    deterministic=deterministic,
+                )
+                if hot > 0:
+                    m.add(comm >= nvl_int * hot)
     if spec.affinity is not None and spec.traffic_weight > 0:
         hop_c = spec.hop_us() * F
         for e in range(E):

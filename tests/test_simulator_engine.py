@@ -200,3 +200,107 @@ def test_incremental_refill_equals_full_recompute(
     fast = _delivery_times(caps, flows, incremental=True)
     full = _delivery_times(caps, flows, incremental=False)
     assert fast == pytest.approx(full, rel=1e-7)
+
+
+def _delivery_times_agg(
+    caps: np.ndarray, flows: list[tuple[np.ndarray, float, float]], *, aggregate: bool
+) -> tuple[np.ndarray, FluidNetwork]:
+    env = simpy.Environment()
+    net = FluidNetwork(env, caps, incremental=aggregate, aggregate=aggregate)
+    # regroup at every event: the lazy-link and class bookkeeping is exercised as hard as it gets
+    net.regroup_min_events = 1
+    net.regroup_flows_per_event = 10**9
+    out = np.zeros(len(flows))
+
+    def start(i: int, links: np.ndarray, size: float, t0: float):  # type: ignore[no-untyped-def]
+        yield env.timeout(t0)
+        _, done = net.transfer(links, size)
+        yield done
+        out[i] = env.now
+
+    for i, (links, size, t0) in enumerate(flows):
+        env.process(start(i, links, size, t0))
+    env.run()
+    assert net.worst_utilisation <= 1 + 1e-9
+    return out, net
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(min_value=2, max_value=8),
+    st.integers(min_value=2, max_value=40),
+    st.integers(0, 10_000),
+)
+def test_classes_and_lazy_links_equal_per_flow_full_recompute(
+    num_links: int, num_flows: int, seed: int
+) -> None:
+    """Flows grouped into classes (shared paths, lazy unsaturated links) get exactly the per-flow
+    max-min rates: delivery times equal a full per-flow recomputation."""
+    rng = np.random.default_rng(seed)
+    caps = rng.uniform(1.0, 10.0, num_links)
+    paths = [np.unique(rng.integers(0, num_links, rng.integers(1, 4))) for _ in range(4)]
+    flows = [
+        (
+            paths[int(rng.integers(0, len(paths)))],  # few distinct paths: classes form
+            float(rng.uniform(1, 100)),
+            float(rng.choice([0.0, 0.0, rng.uniform(0, 20)])),
+        )
+        for _ in range(num_flows)
+    ]
+    fast, net = _delivery_times_agg(caps, flows, aggregate=True)
+    full, _ = _delivery_times_agg(caps, flows, aggregate=False)
+    assert fast == pytest.approx(full, rel=1e-7)
+    assert net.regroups >= 1
+
+
+def _alltoall_end_us(gpus: int, *, aggregate: bool) -> tuple[np.ndarray, FluidNetwork]:
+    from placement.cluster import load_cluster
+    from simulator.collectives import PhasePlan, run_phase
+    from simulator.topology import Topology
+
+    cluster = load_cluster("h800-mpft").with_counts(gpus, 8)
+    topo = Topology(cluster, routing="spray", pxn=True)
+    for s in range(gpus):
+        for d in range(gpus):
+            topo.route(s, d)
+    env = simpy.Environment()
+    net = FluidNetwork(
+        env,
+        topo.capacity(),
+        binding=topo.binding(),
+        incremental=aggregate,
+        aggregate=aggregate,
+    )
+    net.regroup_min_events = 4
+    rng = np.random.default_rng(3)
+    sizes = rng.uniform(0.5e6, 1.5e6, (gpus, gpus))
+    np.fill_diagonal(sizes, 0.0)
+    go = env.event()
+    go.succeed()
+    run_phase(env, net, topo, PhasePlan("a2a", sizes), [go] * gpus)
+    env.run()
+    return net.end_us[: net.num_flows].copy(), net
+
+
+def test_aggregated_alltoall_is_event_exact() -> None:
+    """A 32-GPU uneven PXN all-to-all: every flow ends when a per-flow full recompute says, while the
+    solver merged flows (NVLink left the solver once it had slack)."""
+    fast, net = _alltoall_end_us(32, aggregate=True)
+    full, ref = _alltoall_end_us(32, aggregate=False)
+    assert fast == pytest.approx(full, rel=1e-9)
+    assert net.regroups >= 1 and net.lazy.any()
+    assert ref.regroups == 0 and not ref.lazy.any()
+
+
+def test_kernels_are_cached_on_disk() -> None:
+    """Every compiled kernel caches its machine code (``cache=True``): CI runs do not recompile."""
+    from simulator import engine
+
+    if not engine.HAVE_NUMBA:
+        pytest.skip("numba absent: kernels run as plain Python")
+    from numba.core.caching import NullCache
+
+    kernels = [v for v in vars(engine).values() if hasattr(v, "py_func")]
+    assert len(kernels) >= 10
+    for k in kernels:
+        assert not isinstance(k._cache, NullCache), k.py_func.__name__
