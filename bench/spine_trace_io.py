@@ -31,13 +31,21 @@ def main() -> None:
     sizes = [50_000, 200_000] + ([2_000_000] if args.full else [])
     layers, experts, k, gpus = 8, 64, 8, 16
     cluster = load_cluster("h100-multirail").with_counts(gpus, 8)
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}; {layers} layers x {experts} experts, top-{k}, {gpus} GPUs")
-    print(f"{'tokens':>10} {'rows':>11} {'MB':>7} {'write s':>8} {'derive s':>9} {'rows/s':>11} {'peak MiB':>9} {'eval s':>7} {'rows/s':>11}")
+    print(
+        f"machine: {platform.node()} {platform.processor() or platform.machine()}; {layers} layers x {experts} experts, top-{k}, {gpus} GPUs"
+    )
+    print(
+        f"{'tokens':>10} {'rows':>11} {'MB':>7} {'write s':>8} {'derive s':>9} {'rows/s':>11} {'peak MiB':>9} {'eval s':>7} {'rows/s':>11}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for tokens in sizes:
             path = Path(tmp) / f"t{tokens}.parquet"
             start = time.perf_counter()
-            generate(SynthConfig(num_layers=layers, num_experts=experts, top_k=k, num_tokens=tokens), path, seed=0)
+            generate(
+                SynthConfig(num_layers=layers, num_experts=experts, top_k=k, num_tokens=tokens),
+                path,
+                seed=0,
+            )
             write_s = time.perf_counter() - start
             tracemalloc.start()
             start = time.perf_counter()

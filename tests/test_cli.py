@@ -259,9 +259,13 @@ def test_solve_load_only_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The main job on the embedded default trace, every step, machine-readable."""
-    info = run_json(capsys, ["demo", "--out", str(tmp_path / "demo"), "--time-limit", "1", "--json"])
+    info = run_json(
+        capsys, ["demo", "--out", str(tmp_path / "demo"), "--time-limit", "1", "--json"]
+    )
     steps = [s["step"] for s in info["steps"]]
     assert steps[:4] == ["trace statistics", "solver comparison", "best plan", "export for SGLang"]
-    assert (tmp_path / "demo" / "plan.json").exists() and (tmp_path / "demo" / "sglang_map.json").exists()
+    assert (tmp_path / "demo" / "plan.json").exists() and (
+        tmp_path / "demo" / "sglang_map.json"
+    ).exists()
     for step in info["steps"]:
         assert json.loads(Path(step["json"]).read_text())  # each step's JSON is complete

@@ -233,7 +233,9 @@ def test_import_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         )
         == 0
     )
-    assert main(["stats", "--trace", str(tmp_path / "lc.parquet"), "--json"]) == 2  # shape unknown: one line
+    assert (
+        main(["stats", "--trace", str(tmp_path / "lc.parquet"), "--json"]) == 2
+    )  # shape unknown: one line
     assert (
         main(["import", "--format", "csv", str(tmp_path / "missing.csv"), "--out", str(out)]) == 2
     )

@@ -141,10 +141,14 @@ def load_load_parquet(path: str | Path, shape: ModelShape | None = None) -> Work
     table = pq.read_table(path)
     meta = json.loads(table.schema.metadata[LOAD_META_KEY])
     if int(meta.get("schema_version", 0)) != LOAD_SCHEMA_VERSION:
-        raise PlacementError(f"{path}: load-only schema_version {meta.get('schema_version')} not supported")
+        raise PlacementError(
+            f"{path}: load-only schema_version {meta.get('schema_version')} not supported"
+        )
     layers, experts = int(meta["num_moe_layers"]), int(meta["num_experts"])
     load = np.zeros((layers, experts))
-    load[table.column("layer").to_numpy(), table.column("expert").to_numpy()] = table.column("count").to_numpy()
+    load[table.column("layer").to_numpy(), table.column("expert").to_numpy()] = table.column(
+        "count"
+    ).to_numpy()
     if shape is None and meta.get("model_name"):
         try:
             shape = model_shape(str(meta["model_name"]))
@@ -153,7 +157,9 @@ def load_load_parquet(path: str | Path, shape: ModelShape | None = None) -> Work
     if shape is None:
         shape = guess_shape(layers, experts)
     if shape is None:
-        raise PlacementError(f"{path}: {layers} layers x {experts} experts matches no known model; pass --model NAME")
+        raise PlacementError(
+            f"{path}: {layers} layers x {experts} experts matches no known model; pass --model NAME"
+        )
     layer_ids = list(meta.get("moe_layer_ids") or range(layers))
     shape = shape.replace(first_moe_layer=layer_ids[0])
     return Workload(

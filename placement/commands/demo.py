@@ -25,7 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-node", type=int, default=4)
     p.add_argument("--redundant", type=int, default=8)
     p.add_argument("--time-limit", type=float, default=10.0)
-    p.add_argument("--json", action="store_true", help="print one JSON summary; each step's JSON goes to OUT/*.json")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON summary; each step's JSON goes to OUT/*.json",
+    )
 
 
 def default_trace(out: Path) -> Path:
@@ -144,8 +148,14 @@ def run(args: argparse.Namespace) -> int:
         if code != 0:
             raise PlacementError(f"demo step '{title}' failed with exit code {code}")
         seconds = time.perf_counter() - start
-        results.append({"step": title, "argv": argv, "seconds": round(seconds, 3),
-                        **({"json": str(target)} if args.json else {})})
+        results.append(
+            {
+                "step": title,
+                "argv": argv,
+                "seconds": round(seconds, 3),
+                **({"json": str(target)} if args.json else {}),
+            }
+        )
         if not args.json:
             print(f"   ({seconds:.1f} s)")
     if args.json:
