@@ -98,6 +98,8 @@ def main() -> None:
         solvers += ["round-robin", "random"]
     rows = []
     errors: list[float] = []
+    sim_errors: list[float] = []
+    phase_errors: dict[str, list[float]] = {}
     tmp = tempfile.TemporaryDirectory()
     with contextlib.redirect_stdout(io.StringIO()):
         inputs = [
@@ -116,11 +118,15 @@ def main() -> None:
             data = load_replay_input(trace, args.workers, config)
             for solver, path in plans.items():
                 plan = Plan.load(path)
-                res = compare(
-                    plan, measure(group, plan, data, config), cal.spec, data, config.chunks
-                )
+                meas = measure(group, plan, data, config)
+                res = compare(plan, meas, cal.spec, data, config.chunks, cal.host)
+                sim = compare(plan, meas, cal.spec, data, config.chunks)
                 layer_err = [r["error"]["layer_us"] for r in res["layers"]]
                 errors += layer_err
+                sim_errors += [r["error"]["layer_us"] for r in sim["layers"]]
+                for r in res["layers"]:
+                    for k in ("dispatch_us", "compute_us", "combine_us"):
+                        phase_errors.setdefault(k, []).append(r["error"][k])
                 rows.append(
                     [
                         tokens,
@@ -130,13 +136,15 @@ def main() -> None:
                         res["simulated_us"] / 4,
                         f"{res['mean_abs_layer_error']:.1%}",
                         f"{max(abs(e) for e in layer_err):.1%}",
+                        sim["simulated_us"] / 4,
+                        f"{sim['mean_abs_layer_error']:.1%}",
                         f"{res.get('overlap_speedup', float('nan')):.2f}x",
                         "yes" if res["copies_match_evaluator"] else "NO",
                     ]
                 )
     import os
 
-    load = os.getloadavg()[0]
+    load = os.getloadavg()[0]  # 1-minute, at the end of the run
     print(
         f"machine: {platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"load average {load:.1f}), {args.workers} gloo workers, predictor: {res['predictor']}, "
@@ -158,6 +166,8 @@ def main() -> None:
                 "simulated us/layer",
                 "mean |err|",
                 "max |err|",
+                "simulator us/layer",
+                "simulator mean |err|",
                 "overlap",
                 "rows = evaluator",
             ],
@@ -165,10 +175,24 @@ def main() -> None:
         )
     )
     err = np.abs(np.array(errors))
+    sim_err = np.abs(np.array(sim_errors))
     print(
-        f"held-out layers: {err.size}, mean |error| {err.mean():.1%}, median {np.median(err):.1%}, "
-        f"within 20%: {(err <= 0.2).mean():.0%} (target: all)"
+        f"held-out layers: {err.size}, host model: mean |error| {err.mean():.1%}, median "
+        f"{np.median(err):.1%}, within 20%: {(err <= 0.2).mean():.0%} (target: all); simulator alone: "
+        f"mean |error| {sim_err.mean():.1%}, within 20%: {(sim_err <= 0.2).mean():.0%}"
     )
+    print(
+        "host model per phase, mean |error|: "
+        + ", ".join(f"{k} {np.nanmean(np.abs(v)):.1%}" for k, v in phase_errors.items())
+    )
+    if cal.host is not None:
+        h = cal.host
+        print(
+            f"host model: {h.cores:g} cores, {h.external_threads:g} external busy threads, "
+            f"{h.expert_us:.0f} us/expert + {h.us_per_mflop:.2f} us/MFLOP + {h.compute_fixed_us:.0f} us "
+            f"(fit error {h.compute_fit_error:.1%}); all-to-all {h.comm_latency_us:.0f} us + "
+            f"{h.comm_us_per_kbyte:.3f} us/kB per rank (fit error {h.comm_fit_error:.1%})"
+        )
 
 
 if __name__ == "__main__":

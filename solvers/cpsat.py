@@ -46,7 +46,7 @@ LOAD_UNITS = 100_000  # loads are scaled so that one layer's tokens sum to about
 MAX_PAIR_TERMS = 16_384  # pair variables beyond this are dropped (weakest co-activations first)
 COLUMN_BOUND_MIN_EXPERTS = 16  # smaller layers: CP-SAT proves them without the column cut
 COLUMN_BOUND_MAX_EXPERTS = 160  # larger: the per-expert models cost more than the cut is worth
-COLUMN_BOUND_SHARE = 0.1  # of a layer's time limit for the column cut
+COLUMN_BOUND_SHARE = 0.3  # of a layer's time limit for the column cut (charged as build time)
 COLUMN_BOUND_MAX_S = 2.0
 
 
@@ -197,8 +197,9 @@ def objective_us(spec: LayerSpec, held: list[list[int]], share: np.ndarray) -> f
     return out
 
 
-def analytic_bound_us(spec: LayerSpec, num_redundant: int) -> float:
-    """A valid lower bound on the objective without solving: load bounds plus traffic relaxations."""
+def analytic_bound_us(spec: LayerSpec, num_redundant: int, gpu_hits_floor: float = 0.0) -> float:
+    """A valid lower bound on the objective without solving: load bounds plus traffic relaxations;
+    ``gpu_hits_floor`` a proven lower bound on the busiest GPU's hits (the exact column bound)."""
     G, spg, N = spec.num_gpus, spec.slots_per_gpu, spec.num_nodes
     peaks = [load_bound(ld, G, spg, num_redundant) for ld in spec.loads]
     out = spec.balance_weight * spec.time.us_per_assignment * _aggregate(spec, peaks)
@@ -230,6 +231,7 @@ def analytic_bound_us(spec: LayerSpec, num_redundant: int) -> float:
             # the GPU of every expert carries at least its cheapest column's hits (solvers.columns)
             cols = cheap_column_bound(spec.loads[0], spec.coact, spec.pair_factor, spg)
             gpu_avg = max(gpu_avg, float(cols.max()))
+        gpu_avg = max(gpu_avg, gpu_hits_floor)
         if spec.coact is None:  # hits are loads: the load bounds apply at node and GPU granularity
             gpn = spec.gpus_per_node
             node_avg = load_bound(spec.loads[0], N, gpn * spg, num_redundant)
@@ -335,6 +337,7 @@ def solve_layer(
         objective_terms += [w * p for p, w in zip(peaks, weights_int, strict=True)]
     pair_count = 0
     dropped_slack_us = 0.0
+    hits_floor = 0.0  # proven lower bound on the busiest GPU's hits, in load units
     if spec.standard and spec.traffic_weight > 0:
         # hits in the peaks' integer units (loads floored, savings ceiled: never above the true hits)
         prim = np.floor(spec.loads[0] * scale).astype(np.int64)
@@ -433,6 +436,7 @@ def solve_layer(
                 )
                 if hot > 0:
                     m.add(comm >= nvl_int * hot)
+                    hits_floor = hot / (scale * Q)  # also holds when CP-SAT finds no solution
     if spec.affinity is not None and spec.traffic_weight > 0:
         hop_c = spec.hop_us() * F
         for e in range(E):
@@ -470,7 +474,7 @@ def solve_layer(
             raise InfeasibleError(f"CP-SAT found no placement within {time_limit_s:.3g} s")
         held = [list(h) for h in hint]
         share = _even_share(held)
-        bound = analytic_bound_us(spec, num_redundant)
+        bound = analytic_bound_us(spec, num_redundant, hits_floor)
         return LayerResult(held, share, objective_us(spec, held, share), bound, False, name, det_s)
     held = [[e for e in range(E) if solver.boolean_value(x[e][g])] for g in range(G)]
     share = np.zeros(G * spg)
@@ -486,7 +490,7 @@ def solve_layer(
     share = share / sums[flat]
     const = spec.constant_us()
     cp_bound = solver.best_objective_bound / F + const - dropped_slack_us
-    bound = max(cp_bound, analytic_bound_us(spec, num_redundant))
+    bound = max(cp_bound, analytic_bound_us(spec, num_redundant, hits_floor))
     obj = objective_us(spec, held, share)
     if hint is not None and not replicas:
         # the model rounds and may leave pairs out: never return worse than the hint it was given

@@ -128,8 +128,10 @@ def test_validate_end_to_end(
         == {"plan", "baseline"}
     )
     assert report["calibration"]["all_to_all"]["gbytes_per_s"] > 0
+    host = report["calibration"]["host"]  # CPU ranks: the host-sharing model predicts
+    assert host["cores"] > 0 and host["us_per_mflop"] > 0 and len(host["compute_points"]) >= 10
     for res in report["plans"].values():
-        assert res["copies_match_evaluator"]
+        assert res["copies_match_evaluator"] and res["predictor"].startswith("host model")
         assert len(res["layers"]) == 2
         for row in res["layers"]:
             assert row["measured"]["layer_us"] > 0 and row["simulated"]["layer_us"] > 0
@@ -259,6 +261,7 @@ def test_calibrate_writes_a_loadable_spec(
     ray_session: Any, inputs: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from placement.cluster import load_cluster
+    from placement.executor.hostmodel import load_host_model
 
     out = Path(inputs["root"]) / "cal.yaml"
     assert (
@@ -280,6 +283,8 @@ def test_calibrate_writes_a_loadable_spec(
     )
     spec = load_cluster(str(out))
     assert spec.num_gpus == WORKERS and spec.nvlink_bw > 0 and spec.gpu.bf16_tflops > 0
+    host = load_host_model(str(out))  # written next to the spec for CPU ranks
+    assert host is not None and host.comm_latency_us >= 0 and host.cores > 0
     capsys.readouterr()
 
 

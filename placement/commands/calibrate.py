@@ -82,6 +82,16 @@ def run(args: argparse.Namespace) -> int:
         f"(mean error {a2a['mean_abs_rel_error']:.1%}); GEMMs {gemm['tflops'] * 1e3:.2f} GFLOP/s per rank, "
         f"weights {gemm['mem_gbytes_per_s']:.2f} GB/s (mean error {gemm['mean_abs_rel_error']:.1%})"
     )
+    if cal.host is not None:
+        h = cal.host
+        print(
+            f"host model (CPU ranks sharing cores; validate predicts with it): {h.cores:g} effective "
+            f"cores, {h.external_threads:g} busy threads of other jobs, sharing exponent "
+            f"{h.thrash_exponent:g}; compute {h.expert_us:.0f} us/expert + {h.us_per_mflop:.2f} us/MFLOP "
+            f"+ {h.compute_fixed_us:.0f} us (mean error {h.compute_fit_error:.1%}); all-to-all "
+            f"{h.comm_latency_us:.0f} us + {h.comm_us_per_kbyte:.3f} us/kB sent+received per rank "
+            f"(mean error {h.comm_fit_error:.1%}); written to {args.out}.host.json"
+        )
     print(f"wrote {args.out} (use it with --cluster {args.out})")
     return 0
 

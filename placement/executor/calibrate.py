@@ -21,9 +21,54 @@ from placement.atomic import atomic_open
 from placement.cluster import ClusterSpec, GPUSpec
 from placement.errors import PlacementError
 from placement.executor.group import WorkerGroup
+from placement.executor.hostmodel import (
+    HostModel,
+    fit_host_comm,
+    fit_host_compute,
+    save_host_model,
+    sidecar_path,
+)
 
 DEFAULT_ROWS_PER_PEER = (8, 64, 256, 1024, 2048)
 DEFAULT_GEMM_GRID = ((1, 64), (4, 32), (4, 128), (2, 512), (4, 512), (4, 1024))
+
+
+def host_gemm_patterns(world: int) -> list[list[tuple[int, int]]]:
+    """Per-rank (experts, tokens per expert) for the host model's fit, at the per-rank sizes replays
+    produce (512-4096 rows): balanced points, many small experts (the per-expert cost), one rank or half
+    the ranks busy alone (how fast a rank runs when the others idle) and skewed loads (how the sharing
+    plays out), as imbalanced plans produce."""
+    half = max(1, world // 2)
+    idle = [(0, 0)] * (world - 1)
+    pats: list[list[tuple[int, int]]] = [
+        [p] * world for p in ((4, 256), (4, 512), (4, 1024), (16, 128), (2, 1024))
+    ]
+    pats += [[(4, 512), *idle], [(4, 1024), *idle], [(16, 128), *idle]]
+    pats += [[(4, 512)] * half + [(0, 0)] * (world - half)]
+    pats += [[(4, 1024)] * half + [(0, 0)] * (world - half)]
+    pats += [[(4, 512)] * (world - 1) + [(0, 0)]]
+    pats += [[(4, max(16, 1024 >> r)) for r in range(world)]]
+    pats += [[(4, 1024)] + [(4, 128)] * (world - 1)]
+    pats += [[(4, 1024)] * half + [(4, 64)] * (world - half)]
+    pats += [[(2, 1024)] + [(8, 64)] * (world - 1)]
+    return pats
+
+
+def host_a2a_patterns(world: int) -> list[np.ndarray]:
+    """Skewed all-to-alls (rows ``[src, dst]``) for the host model: one heavy sender, one heavy
+    receiver, half the ranks heavy, and a graded skew, as imbalanced plans produce."""
+    half = max(1, world // 2)
+    heavy_src = np.full((world, world), 32)
+    heavy_src[0] = 1024
+    heavy_dst = np.full((world, world), 32)
+    heavy_dst[:, 0] = 1024
+    halves = np.full((world, world), 16)
+    halves[:half] = 512
+    graded = np.array([[64 * (d + 1) ** 2 for d in range(world)] for _ in range(world)])
+    mats = [heavy_src, heavy_dst, halves, graded]
+    for m in mats:
+        np.fill_diagonal(m, 0)
+    return mats
 
 
 @dataclass(frozen=True)
@@ -141,6 +186,8 @@ class Calibration:
     hidden_size: int
     intermediate_size: int
     dtype: str
+    host: HostModel | None = None  # CPU ranks sharing a host (gloo); None on GPUs
+    host_points: dict[str, Any] | None = None  # the host fit's benchmark points, for the report
 
     def report(self) -> dict[str, Any]:
         link_err = [abs(self.link.predict_us(x) - t) / t for x, t in self.link.points]
@@ -173,6 +220,9 @@ class Calibration:
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
             "dtype": self.dtype,
+            "host": None
+            if self.host is None
+            else {**self.host.to_dict(), **(self.host_points or {})},
         }
 
 
@@ -235,7 +285,113 @@ def run_calibration(
         memory_gib=memory_gib,
         name=f"calibrated-{group.backend}-{world}",
     )
+    host = None
+    if info.get("device") == "cpu":
+        host, host_points = _calibrate_host(
+            group, a2a_us, rows_per_peer, hidden, inter, dtype, warmup, reps
+        )
+        return Calibration(spec, link, comp, hidden, inter, dtype, host, host_points)
     return Calibration(spec, link, comp, hidden, inter, dtype)
+
+
+def host_cores() -> float:
+    """Cores this process may run on (the ranks inherit it)."""
+    import os
+
+    try:
+        return float(len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return float(os.cpu_count() or 1)
+
+
+def _calibrate_host(
+    group: WorkerGroup,
+    a2a_us: np.ndarray,
+    rows_per_peer: tuple[int, ...],
+    hidden: int,
+    inter: int,
+    dtype: str,
+    warmup: int,
+    reps: int,
+) -> tuple[HostModel, dict[str, Any]]:
+    """Expert compute with balanced, lone and skewed ranks, fitted to the host-sharing model, and the
+    uniform all-to-alls refitted with the sharing rate that fit found."""
+    from placement.executor.driver import DTYPE_BYTES
+
+    world = group.world
+    pats = host_gemm_patterns(world)
+    per_rank = [[[list(p[r]) for p in pats]] for r in range(world)]
+    times = np.stack(
+        group.call(
+            "bench_gemm",
+            hidden,
+            inter,
+            dtype,
+            warmup,
+            reps,
+            per_rank=per_rank,
+            what="benchmarking expert GEMMs on shared cores",
+        )
+    )  # [ranks, points, reps]
+    wall_us = np.median(times.max(axis=0), axis=1)
+    experts = np.array([[e for e, _ in p] for p in pats], dtype=float)
+    flops = np.array([[e * t * 6.0 * hidden * inter for e, t in p] for p in pats])
+    fit = fit_host_compute(experts, flops, wall_us, host_cores())
+    elem = DTYPE_BYTES[dtype]
+    mats = host_a2a_patterns(world)
+    skew = np.stack(
+        group.call(
+            "bench_all_to_all",
+            [m.tolist() for m in mats],
+            hidden,
+            dtype,
+            warmup,
+            reps,
+            what="benchmarking skewed all-to-alls",
+        )
+    )
+    skew_us = np.median(skew.max(axis=0), axis=1)
+    uniform = []
+    for rows in rows_per_peer:
+        m = np.full((world, world), rows)
+        np.fill_diagonal(m, 0)
+        uniform.append(m)
+    # Loopback "links" are CPU copies too: a rank's work is the rows it sends plus those it receives.
+    rank_bytes = np.array([(m.sum(axis=0) + m.sum(axis=1)) * hidden * elem for m in uniform + mats])
+    lat, per_kbyte, comm_err = fit_host_comm(
+        rank_bytes,
+        np.concatenate([a2a_us, skew_us]),
+        fit["cores"],
+        fit["external_threads"],
+        fit["thrash_exponent"],
+    )
+    model = HostModel(
+        cores=float(fit["cores"]),
+        external_threads=float(fit["external_threads"]),
+        expert_us=float(fit["expert_us"]),
+        us_per_mflop=float(fit["us_per_mflop"]),
+        compute_fixed_us=float(fit["compute_fixed_us"]),
+        comm_latency_us=float(lat),
+        comm_us_per_kbyte=float(per_kbyte),
+        thrash_exponent=float(fit["thrash_exponent"]),
+        compute_fit_error=float(fit["fit_error"]),
+        comm_fit_error=float(comm_err),
+    )
+    points = {
+        "compute_points": [
+            {
+                "experts_tokens_per_rank": [list(p) for p in pat],
+                "measured_us": float(t),
+                "fitted_us": model.compute_us(e, f),
+            }
+            for pat, e, f, t in zip(pats, experts, flops, wall_us, strict=True)
+        ],
+        "all_to_all_points": [
+            {"rank_bytes": b.tolist(), "measured_us": float(t), "fitted_us": model.comm_us(b)}
+            for b, t in zip(rank_bytes, np.concatenate([a2a_us, skew_us]), strict=True)
+        ],
+    }
+    return model, points
 
 
 def save_calibrated(cal: Calibration, path: str) -> None:
@@ -251,6 +407,16 @@ def save_calibrated(cal: Calibration, path: str) -> None:
         f"{cal.compute.mem_gbytes_per_s:.2f} GB/s (mean fit error {rep['gemm']['mean_abs_rel_error']:.1%})",
         f"# shapes: hidden {cal.hidden_size}, intermediate {cal.intermediate_size}, {cal.dtype}",
     ]
+    if cal.host is not None:
+        h = cal.host
+        header.append(
+            f"# host model (CPU ranks sharing {h.cores:g} cores, {h.external_threads:g} busy threads of "
+            f"other jobs): {path}.host.json"
+        )
     with atomic_open(path) as handle:
         handle.write("\n".join(header) + "\n")
         yaml.safe_dump(cal.spec.to_dict(), handle, sort_keys=False)
+    if cal.host is not None:
+        save_host_model(cal.host, path)
+    else:  # a GPU calibration over an older CPU one: its host model no longer applies
+        sidecar_path(path).unlink(missing_ok=True)

@@ -101,6 +101,34 @@ class DeviceLayer:
         )
 
 
+def synthetic_compute_layer(
+    rows_per_slot: list[int], seed: int, dtype: torch.dtype, device: torch.device
+) -> tuple[DeviceLayer, int]:
+    """A layer whose only work is compute (for calibration): slot s computes ``rows_per_slot[s]`` rows
+    of a working set ``W`` 1.25x as large as the rows computed (top-k tokens reach several local slots,
+    as in replays), gathered in increasing order as the routing lays them out. Returns the layer and
+    the rows of ``W``."""
+    rows = np.asarray(rows_per_slot, dtype=np.int64)
+    n_work = max(int(rows.max(initial=0)), int(np.ceil(1.25 * rows.sum())), 1)
+    rng = np.random.default_rng(seed)
+    comp = [np.sort(rng.choice(n_work, size=int(r), replace=False)) for r in rows]
+    none = np.zeros(0, dtype=np.int64)
+    info = RankLayer(
+        n_home=n_work,
+        d1_send_idx=none,
+        d1_send_counts=none,
+        d1_recv_counts=none,
+        d2_send_idx=none,
+        d2_send_counts=none,
+        d2_recv_counts=none,
+        comp_rows=np.concatenate([none, *comp]),
+        comp_weight=rng.random(int(rows.sum())).astype(np.float32),
+        slot_offsets=np.concatenate([[0], np.cumsum(rows)]).astype(np.int64),
+        home_tokens=none,
+    )
+    return DeviceLayer.from_info(info, dtype, device), n_work
+
+
 def _a2a(
     out: torch.Tensor,
     inp: torch.Tensor,

@@ -11,6 +11,7 @@ import contextlib
 from typing import Any
 
 from placement.cluster import ClusterSpec
+from placement.executor.hostmodel import HostModel
 from placement.metrics import evaluate
 from placement.plan import Plan
 from placement.workload import Workload
@@ -32,13 +33,19 @@ def predict_layers(
     overlap: str = "none",
     chunks: int = 4,
     tokens_per_gpu: float | None = None,
+    host: HostModel | None = None,
 ) -> tuple[list[dict[str, float]], str]:
     """Per-layer ``dispatch_us``, ``compute_us``, ``combine_us``, ``layer_us`` for exactly the replayed
     tokens (``tokens_per_gpu`` None: the workload's own tokens, no rescaling) and which model said so.
 
     The simulator runs its ``deepep`` algorithm: the replay forwards across nodes exactly as DeepEP does
     (on one node it is the same as ``direct``). ``overlap="chunked"`` predicts the pipelined run; the
-    evaluator fallback has no overlap model and returns None there."""
+    evaluator fallback has no overlap model and returns None there.
+
+    With a calibrated ``host`` model (CPU ranks sharing cores) the times come from it instead: the
+    simulator's GPUs each own their device, which overpredicts imbalanced plans on a shared host."""
+    if host is not None:
+        return predict_host_layers(plan, cluster, workload, host, overlap=overlap, chunks=chunks)
     tpg: float = (
         tokens_per_gpu if tokens_per_gpu is not None else workload.num_tokens / plan.num_gpus
     )
@@ -78,3 +85,48 @@ def predict_layers(
         for row in ev.per_layer()
     ]
     return rows, "evaluator (simulator not importable)"
+
+
+def predict_host_layers(
+    plan: Plan,
+    cluster: ClusterSpec,
+    workload: Workload,
+    host: HostModel,
+    *,
+    overlap: str = "none",
+    chunks: int = 4,
+) -> tuple[list[dict[str, float]], str]:
+    """Per-layer times of exactly the replayed tokens from the host model: per-rank active experts and
+    FLOPs (the evaluator's loads), per-rank bytes sent + received (the evaluator's deduplicated copies).
+
+    ``overlap="chunked"``: every chunk pays the fixed costs and the per-expert cost again, and nothing is
+    hidden (on a saturated host the asynchronous copies take the same cores as the GEMMs): an upper
+    bound the measured pipelined time approaches when the cores are busy."""
+    ev = evaluate(plan, cluster, workload, mode="standard", tokens_per_gpu=None)
+    G, spg = plan.num_gpus, plan.slots_per_gpu
+    stages = 2 if plan.num_gpus > plan.gpus_per_node else 1
+    flops_per_row = workload.shape.flops_per_token_per_expert
+    rows: list[dict[str, float]] = []
+    for layer in range(plan.num_layers):
+        slot_load = workload.load[layer][plan.phy2log[layer]]
+        active = (slot_load > 0).reshape(G, spg).sum(axis=1).astype(float)
+        flops = ev.gpu_load[layer] * flops_per_row
+        d, c = ev.dispatch[layer], ev.combine[layer]
+        d_pairs, c_pairs = d.nvlink + d.nic, c.nvlink + c.nic
+        d_bytes = (d_pairs.sum(axis=0) + d_pairs.sum(axis=1)) * ev.dispatch_bytes_per_copy
+        c_bytes = (c_pairs.sum(axis=0) + c_pairs.sum(axis=1)) * ev.combine_bytes_per_copy
+        n = chunks if overlap == "chunked" else 1
+        # Chunks split rows and bytes evenly; the makespan is homogeneous in the work, so n chunks of
+        # 1/n of the bytes cost the whole transfer once plus n latencies.
+        dispatch = host.comm_us(d_bytes, stages) + (n - 1) * stages * host.comm_latency_us
+        combine = host.comm_us(c_bytes, stages) + (n - 1) * stages * host.comm_latency_us
+        compute = n * host.compute_us(active, flops / n)
+        rows.append(
+            {
+                "dispatch_us": float(dispatch),
+                "compute_us": float(compute),
+                "combine_us": float(combine),
+                "layer_us": float(dispatch + compute + combine),
+            }
+        )
+    return rows, "host model (CPU ranks sharing cores)"

@@ -26,6 +26,7 @@ from placement.executor.driver import (
     relative_error,
 )
 from placement.executor.group import WorkerGroup
+from placement.executor.hostmodel import HostModel, load_host_model
 from placement.executor.predict import predict_layers
 from placement.metrics import evaluate
 from placement.plan import Plan
@@ -47,14 +48,22 @@ def plan_cluster(spec: ClusterSpec, plan: Plan) -> ClusterSpec:
 
 
 def compare(
-    plan: Plan, meas: Measurement, spec: ClusterSpec, data: ReplayInput, chunks: int
+    plan: Plan,
+    meas: Measurement,
+    spec: ClusterSpec,
+    data: ReplayInput,
+    chunks: int,
+    host: HostModel | None = None,
 ) -> dict[str, Any]:
-    """Per-layer measured vs simulated times and errors, and the copies check."""
+    """Per-layer measured vs simulated times and errors, and the copies check; with a ``host`` model
+    (CPU ranks sharing cores) it predicts instead of the simulator."""
     cluster = plan_cluster(spec, plan)
-    sim, predictor = predict_layers(plan, cluster, data.workload)
+    sim, predictor = predict_layers(plan, cluster, data.workload, host=host)
     sim_over: list[dict[str, float]] = []
     if "overlap_layer_us" in meas.per_layer[0]:
-        sim_over, _ = predict_layers(plan, cluster, data.workload, overlap="chunked", chunks=chunks)
+        sim_over, _ = predict_layers(
+            plan, cluster, data.workload, overlap="chunked", chunks=chunks, host=host
+        )
     ev = evaluate(plan, cluster, data.workload, mode="standard", tokens_per_gpu=None)
     copies_ok = all(
         np.array_equal(
@@ -130,6 +139,8 @@ def run_validate(
             f"the baseline plan is for {baseline.num_gpus} GPUs but the plan for {plan.num_gpus}"
         )
     spec = load_cluster(cluster) if cluster else None
+    # A spec calibrated on CPU ranks carries its host-sharing model next to it.
+    host = load_host_model(cluster) if cluster and config.backend == "gloo" else None
     data = load_replay_input(trace, plan.num_gpus, config)
     plans = [("plan", plan)] + ([("baseline", baseline)] if baseline is not None else [])
     for what, p in plans:
@@ -152,6 +163,7 @@ def run_validate(
                 dtype=config.torch_dtype,
             )
             spec = calibration.spec
+            host = calibration.host if config.backend == "gloo" else None
         for what, p in plans:
             measured[what] = measure(
                 group, p, data, config, fault=fault if what == "plan" else None
@@ -172,7 +184,9 @@ def run_validate(
         "chunks": config.chunks,
         "cluster": spec.name,
         "calibration": calibration.report() if calibration is not None else None,
-        "plans": {what: compare(p, measured[what], spec, data, config.chunks) for what, p in plans},
+        "plans": {
+            what: compare(p, measured[what], spec, data, config.chunks, host) for what, p in plans
+        },
     }
     if baseline is not None:
         a, b = report["plans"]["plan"], report["plans"]["baseline"]

@@ -271,35 +271,47 @@ class ExecutorWorker:
     # ---- calibration microbenchmarks ---------------------------------------------------------------
 
     def bench_all_to_all(
-        self, rows_per_peer: list[int], hidden: int, dtype: str, warmup: int, reps: int
+        self,
+        rows_per_peer: list[Any],
+        hidden: int,
+        dtype: str,
+        warmup: int,
+        reps: int,
     ) -> np.ndarray:
-        """Uniform all-to-all of ``rows`` rows per peer (as the dispatch moves them: gather, exchange,
-        concatenate). Returns this rank's times ``[sizes, reps]`` in us, each from a common barrier."""
+        """All-to-alls moved exactly as the dispatch moves rows (gather the rows to send, exchange with
+        explicit splits, concatenate after the home rows). Each point is an int (that many rows from
+        every rank to every other, none to itself) or a ``[src][dst]`` matrix of rows. Returns this
+        rank's times ``[points, reps]`` in us, each from a common barrier."""
         import torch
-        import torch.distributed as dist
 
-        from placement.executor.kernels import LayerRunner
+        from placement.executor.kernels import LayerRunner, _a2a
 
         runner = LayerRunner(self.group, self.device, getattr(torch, dtype))
+        G, r = self.world, self.rank
         out = np.zeros((len(rows_per_peer), reps))
         data = []
-        for rows in rows_per_peer:
-            n = rows * self.world
-            data.append(
-                (
-                    torch.randn(n, hidden).to(self.device, runner.dtype),
-                    torch.randperm(n, device=self.device),
-                )
-            )
-        # Sizes interleaved inside each repetition: a burst of load from elsewhere on the host then
-        # disturbs every size alike instead of bending the fit.
+        for point in rows_per_peer:
+            if isinstance(point, (int, np.integer)):
+                mat = np.full((G, G), int(point), dtype=np.int64)
+                np.fill_diagonal(mat, 0)
+            else:
+                mat = np.asarray(point, dtype=np.int64)
+            send, recv = [int(v) for v in mat[r]], [int(v) for v in mat[:, r]]
+            n_home = max(sum(send), 1)
+            x = torch.randn(n_home, hidden).to(self.device, runner.dtype)
+            idx = torch.randperm(n_home, device=self.device)[: sum(send)]
+            data.append((x, idx, send, recv))
+        # Points in a fresh order every repetition (the same on every rank): a burst of load from
+        # elsewhere, or a slow first exchange after a large one, then disturbs every point alike.
         for rep in range(warmup + reps):
-            for i, (x, idx) in enumerate(data):
+            order = np.random.default_rng(rep).permutation(len(data))
+            for i in order:
+                x, idx, send, recv = data[i]
                 runner.barrier()
                 t0 = time.perf_counter()
-                recv = torch.empty_like(x)
-                dist.all_to_all_single(recv, x.index_select(0, idx), group=self.group)
-                torch.cat([x[:0], recv])
+                buf = torch.empty(sum(recv), hidden, dtype=x.dtype, device=x.device)
+                _a2a(buf, x.index_select(0, idx), recv, send, self.group)
+                torch.cat([x, buf])
                 runner.sync()
                 if rep >= warmup:
                     out[i, rep - warmup] = (time.perf_counter() - t0) * 1e6
@@ -314,38 +326,32 @@ class ExecutorWorker:
         warmup: int,
         reps: int,
     ) -> np.ndarray:
-        """Expert SwiGLU compute as the replay runs it, all ranks at once (they share the host):
-        ``grid`` of (experts, tokens per expert). Returns this rank's times ``[points, reps]`` in us."""
+        """Expert SwiGLU compute with the replay's own kernel (gather rows of a working set, SwiGLU per
+        local expert, gate-weighted scatter-add), all ranks at once (they share the host): ``grid`` of
+        (experts, tokens per expert); (0, 0) leaves this rank idle. Returns this rank's times
+        ``[points, reps]`` in us, each from a common barrier."""
         import torch
 
-        from placement.executor.kernels import LayerRunner, expert_weights, swiglu
+        from placement.executor.kernels import LayerRunner, expert_weights, synthetic_compute_layer
 
         runner = LayerRunner(self.group, self.device, getattr(torch, dtype))
-        most = max(e for e, _ in grid)
+        most = max((e for e, _ in grid), default=0)
         weights = [
             expert_weights(self.seed + 99, 0, e, hidden, inter, runner.dtype, self.device)
             for e in range(most)
         ]
         out = np.zeros((len(grid), reps))
         data = []
-        for experts, tokens in grid:
-            data.append(
-                (
-                    experts,
-                    tokens,
-                    torch.randn(experts * tokens, hidden).to(self.device, runner.dtype),
-                    torch.rand(experts * tokens, 1).to(self.device, runner.dtype),
-                )
+        for i, (experts, tokens) in enumerate(grid):
+            lay, n_work = synthetic_compute_layer(
+                [tokens] * experts, 1000 * self.rank + i, runner.dtype, self.device
             )
-        rows = torch.arange(max(e * t for e, t in grid), device=self.device)
+            data.append((lay, torch.randn(n_work, hidden).to(self.device, runner.dtype)))
         for rep in range(warmup + reps):  # points interleaved, as for the all-to-all
-            for i, (experts, tokens, x, gate) in enumerate(data):
+            for i, (lay, w) in enumerate(data):
                 runner.barrier()
                 t0 = time.perf_counter()
-                y = torch.zeros_like(x)
-                for e in range(experts):
-                    r = rows[e * tokens : (e + 1) * tokens]
-                    y.index_add_(0, r, swiglu(x.index_select(0, r), weights[e]) * gate[r])
+                runner.compute(lay, w, weights)
                 runner.sync()
                 if rep >= warmup:
                     out[i, rep - warmup] = (time.perf_counter() - t0) * 1e6
