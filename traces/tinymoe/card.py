@@ -48,10 +48,11 @@ def _sample(docs: list[str], chars: int, skip_chars: int = 2000) -> str:
 
 
 def _stats_of(trace: Path) -> dict[str, Any]:
-    from placement.commands._common import load_workload
     from traces.analytics import trace_stats
+    from traces.derive import derive_workload
+    from traces.reader import TraceFile
 
-    return trace_stats(load_workload(str(trace), None, progress=False))
+    return trace_stats(derive_workload(TraceFile(trace)))
 
 
 def _random_init_model() -> Any:
@@ -173,9 +174,20 @@ def evaluate_and_write(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _jsonable(obj: Any) -> Any:
-    from placement.commands._common import to_jsonable
+    """Plain JSON types: NumPy arrays and scalars become lists and numbers."""
+    import numpy as np
 
-    return to_jsonable(obj)
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return obj
 
 
 def _write_card(train: dict[str, Any], summary: dict[str, Any]) -> None:
