@@ -1,10 +1,12 @@
 """Executor bench: calibrate on the workers, then measure held-out plans and sizes against the simulator.
 
-Calibration uses uniform all-to-alls and a GEMM grid only; the validation runs replay synthetic traces
-(token counts and plans never used in the fit) and compare per-layer measured time with the simulator's
-prediction from the calibrated spec. Target: |simulated / measured - 1| <= 20% per layer.
+Calibration uses synthetic all-to-alls and expert-compute patterns only; the validation runs replay
+synthetic traces (token counts, routings and plans never used in the fit) and compare per-layer measured
+time with the prediction from the calibration: the host-sharing model (CPU ranks), and for comparison the
+simulator with the calibrated spec. Target: |predicted / measured - 1| <= 20% per layer. Report the
+machine's load average with the figures: other jobs on a shared host move them.
 
-    .venv/bin/python bench/executor_accuracy.py            # default: 4 gloo workers, ~1-2 min
+    .venv/bin/python bench/executor_accuracy.py            # default: 4 gloo workers, ~20 s
     .venv/bin/python bench/executor_accuracy.py --full     # more sizes and plans
 """
 
@@ -176,6 +178,7 @@ def main() -> None:
     )
     err = np.abs(np.array(errors))
     sim_err = np.abs(np.array(sim_errors))
+
     print(
         f"held-out layers: {err.size}, host model: mean |error| {err.mean():.1%}, median "
         f"{np.median(err):.1%}, within 20%: {(err <= 0.2).mean():.0%} (target: all); simulator alone: "

@@ -31,6 +31,20 @@ class TimeModel:
     us_per_assignment: float  # busiest GPU: one (token, expert) assignment of compute
     us_per_nic_copy: float  # one token copy through one NIC (dispatch + combine)
     us_per_nvlink_copy: float  # one token copy through one GPU's NVLink port (dispatch + combine)
+    # placement.metrics adds one link latency per phase (NIC when any copy crosses nodes, else NVLink)
+    nic_latency_us: float = 0.0
+    nvlink_latency_us: float = 0.0
+    # roofline floor: each active expert's weights read once from HBM (the busiest GPU's slots)
+    us_per_active_expert: float = 0.0
+
+    def latency_us(self, num_nodes: int, gpus_per_node: int) -> float:
+        """Dispatch + combine latency of a layer in standard mode, as the evaluator adds it: the NIC's
+        when there is more than one node (some copy crosses nodes), else NVLink's within one node."""
+        if num_nodes > 1:
+            return 2.0 * self.nic_latency_us
+        if gpus_per_node > 1:
+            return 2.0 * self.nvlink_latency_us
+        return 0.0
 
     @classmethod
     def of(
@@ -50,7 +64,8 @@ class TimeModel:
         nic = scale * copy_bytes / (cl.nic_effective_gbytes_per_s * 1e9) * 1e6
         nvl_bw = max(cl.nvlink_effective_gbytes_per_s, 1e-9)
         nvl = scale * copy_bytes / (nvl_bw * 1e9) * 1e6
-        return cls(comp, nic, nvl)
+        hbm = shape.expert_weight_bytes / (cl.gpu.hbm_gbytes_per_s * 1e9) * 1e6
+        return cls(comp, nic, nvl, cl.nic_latency_us, cl.nvlink_latency_us, hbm)
 
 
 def check_memory(problem: PlacementProblem, config: SolverConfig) -> None:

@@ -76,6 +76,12 @@ class LayerSpec:
         None  # NICs per node when a "GPU" of this model is a whole node
     )
     node_limit: int | None = None  # DeepSeek-style: each token reaches at most this many nodes
+    # [E, nodes] the primary trace's assignments of each expert by home node (None: spread evenly)
+    node_demand: np.ndarray | None = None
+    # per-token traces: placement.metrics' ReplicaRouter serves a node's homes from that node's own
+    # replicas first (nearest first), so a node receives only what its replicas take beyond local demand;
+    # load-only traces: the evaluator's independent-choice estimate splits every home by the shares
+    nearest_first: bool = False
 
     @property
     def num_experts(self) -> int:
@@ -86,12 +92,43 @@ class LayerSpec:
         return self.num_gpus // self.gpus_per_node
 
     def nic_hit_us(self) -> float:
-        """us on a node's busiest NIC per node hit (homes elsewhere, spread over the node's NICs)."""
+        """us on a node's busiest NIC per copy the node receives from homes elsewhere (spread over the
+        node's NICs: DeepEP sends to the GPU with the sender's local index)."""
         N = self.num_nodes
         if N <= 1:
             return 0.0
         gpn = self.link_gpus_per_node or self.gpus_per_node
-        return self.traffic_weight * self.time.us_per_nic_copy * (1 - 1 / N) / gpn
+        return self.traffic_weight * self.time.us_per_nic_copy / gpn
+
+    def demand_by_node(self) -> np.ndarray:
+        """``[E, nodes]`` assignments of each expert by the home node of the token (primary trace)."""
+        if self.node_demand is not None and self.node_demand.shape == (
+            self.num_experts,
+            self.num_nodes,
+        ):
+            return self.node_demand
+        return np.repeat(self.loads[0][:, None] / self.num_nodes, self.num_nodes, axis=1)
+
+    def remote_fraction(self) -> np.ndarray:
+        """``[nodes]``: the fraction of tokens homed outside each node (scales its pair savings)."""
+        D = self.demand_by_node()
+        total = max(float(self.loads[0].sum()), 1e-12)
+        return np.clip(1.0 - D.sum(axis=0) / total, 0.0, 1.0)
+
+    def latency_us(self) -> float:
+        """The evaluator's latency of the layer (dispatch + combine) for the link the topology uses."""
+        gpn = self.link_gpus_per_node or self.gpus_per_node
+        return self.traffic_weight * self.time.latency_us(self.num_nodes, gpn)
+
+    def latency_floor_us(self) -> float:
+        """:meth:`latency_us` at its smallest over layouts: with an expert on every node, nothing need
+        cross nodes and the evaluator charges NVLink's latency instead (valid for bounds)."""
+        gpn = self.link_gpus_per_node or self.gpus_per_node
+        if self.num_nodes > 1 and self.num_gpus * self.slots_per_gpu >= (
+            self.num_experts * self.num_nodes
+        ):
+            return min(self.latency_us(), self.traffic_weight * self.time.latency_us(1, gpn))
+        return self.latency_us()
 
     def nvlink_hit_us(self) -> float:
         """us on a GPU's NVLink port per GPU hit (same-node homes, and forwarders' fan-out)."""
@@ -136,6 +173,12 @@ class LayerSpec:
         """The placement-independent part: in coherent mode every token hops unless it stays."""
         return self.hop_us() * self.hop_total if self.affinity is not None else 0.0
 
+    def compute_floor_us(self) -> float:
+        """The roofline's HBM floor on the busiest GPU: at least ``ceil(active experts / G)`` experts'
+        weights are read (every expert with load is held somewhere)."""
+        active = int(np.count_nonzero(self.loads[0] > 0))
+        return self.time.us_per_active_expert * math.ceil(active / max(self.num_gpus, 1))
+
 
 @dataclass
 class LayerResult:
@@ -154,27 +197,49 @@ def _aggregate(spec: LayerSpec, peaks: list[float]) -> float:
     return float(sum(w * p for w, p in zip(spec.trace_weights, peaks, strict=True)))
 
 
+def node_inflow(spec: LayerSpec, flat: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """``[nodes]`` token copies each node receives from homes in other nodes (before node-limited
+    routing). Per expert ``e`` and node ``n`` with share ``s`` of ``e`` there and demand ``D`` homed in
+    ``n``: nearest-first routing (per-token traces) sends ``max(0, load s - D)`` from elsewhere; the
+    load-only estimate splits every home by the shares, ``s (load - D)``. Co-located pairs of experts
+    that live wholly on ``n`` save ``(2 / k) coact`` copies of the tokens homed elsewhere."""
+    E, N, gpn = spec.num_experts, spec.num_nodes, spec.gpus_per_node
+    node_of_slot = (np.arange(flat.size) // spec.slots_per_gpu) // gpn
+    load = spec.loads[0]
+    D = spec.demand_by_node()
+    s_en = np.zeros((E, N))
+    np.add.at(s_en, (flat, node_of_slot), share)
+    if spec.nearest_first:
+        inflow = np.maximum(load[:, None] * s_en - D, 0.0).sum(axis=0)
+    else:
+        inflow = (s_en * np.maximum(load[:, None] - D, 0.0)).sum(axis=0)
+    if spec.coact is not None:
+        whole = (s_en >= 1.0 - 1e-9).astype(np.float64)  # experts wholly on node n
+        upper = np.triu(spec.coact, 1)
+        pairs = np.einsum("en,ef,fn->n", whole, upper, whole)
+        inflow = inflow - spec.pair_factor * spec.remote_fraction() * pairs
+    return np.maximum(inflow, 0.0)
+
+
 def _hits(spec: LayerSpec, flat: np.ndarray, share: np.ndarray) -> tuple[float, float]:
-    """(busiest node's hits, busiest GPU's hits) of a layout, primary trace, pair savings included;
-    node hits scaled down by node-limited routing (:meth:`LayerSpec.node_limit_scale`)."""
-    G, spg, gpn = spec.num_gpus, spec.slots_per_gpu, spec.gpus_per_node
-    N = spec.num_nodes
+    """(busiest node's copies from other nodes, busiest GPU's hits) of a layout, primary trace, pair
+    savings included; node copies scaled down by node-limited routing
+    (:meth:`LayerSpec.node_limit_scale`). A pair saves GPU hits only where both experts have their
+    whole share on that GPU (with split shares the tokens of a pair need not meet)."""
+    G, spg = spec.num_gpus, spec.slots_per_gpu
     gpu_of = np.arange(flat.size) // spg
     slot_load = spec.loads[0][flat] * share
     gpu_hits = np.bincount(gpu_of, weights=slot_load, minlength=G)
-    node_hits = np.bincount(gpu_of // gpn, weights=slot_load, minlength=N)
     if spec.coact is not None:
         E = spec.num_experts
-        on_gpu = np.zeros((E, G))
-        on_gpu[flat, gpu_of] = 1.0
+        whole = np.zeros((E, G))
+        np.add.at(whole, (flat, gpu_of), share)
+        whole = (whole >= 1.0 - 1e-9).astype(np.float64)
         upper = np.triu(spec.coact, 1)
-        # pairs on GPU g: sum over e<f of coact * on[e,g] * on[f,g]
-        gpu_hits -= spec.pair_factor * np.einsum("eg,ef,fg->g", on_gpu, upper, on_gpu)
-        on_node = np.minimum(on_gpu.reshape(E, N, gpn).sum(axis=2), 1.0)
-        node_hits -= spec.pair_factor * np.einsum("en,ef,fn->n", on_node, upper, on_node)
-    node_hits = np.maximum(node_hits, 0.0)
-    scale = spec.node_limit_scale(float(node_hits.sum()))
-    return float(node_hits.max()) * scale, float(gpu_hits.max())
+        gpu_hits -= spec.pair_factor * np.einsum("eg,ef,fg->g", whole, upper, whole)
+    node = node_inflow(spec, flat, share)
+    scale = spec.node_limit_scale(float(node.sum()))
+    return float(node.max()) * scale, float(gpu_hits.max())
 
 
 def objective_us(spec: LayerSpec, held: list[list[int]], share: np.ndarray) -> float:
@@ -182,11 +247,21 @@ def objective_us(spec: LayerSpec, held: list[list[int]], share: np.ndarray) -> f
     G, spg = spec.num_gpus, spec.slots_per_gpu
     flat = np.asarray(held, dtype=np.int64).ravel()
     gpu_of = np.arange(flat.size) // spg
+    # roofline, as placement.metrics.compute_us: each GPU reads its active experts' weights at least
+    active = np.bincount(gpu_of, weights=(spec.loads[0][flat] > 0).astype(float), minlength=G)
+    hbm_us = spec.time.us_per_active_expert * float(active.max())
     peaks = [
-        float(np.bincount(gpu_of, weights=ld[flat] * share, minlength=G).max()) for ld in spec.loads
+        max(
+            spec.time.us_per_assignment
+            * float(np.bincount(gpu_of, weights=ld[flat] * share, minlength=G).max()),
+            hbm_us,
+        )
+        for ld in spec.loads
     ]
-    out = spec.balance_weight * spec.time.us_per_assignment * _aggregate(spec, peaks)
+    out = spec.balance_weight * _aggregate(spec, peaks)
     out += spec.constant_us()
+    if spec.traffic_weight > 0 and (spec.num_gpus > 1):
+        out += spec.latency_us()
     if spec.standard and spec.traffic_weight > 0:
         node_peak, gpu_peak = _hits(spec, flat, share)
         out += max(spec.nic_hit_us() * node_peak, spec.nvlink_hit_us() * gpu_peak)
@@ -201,9 +276,15 @@ def analytic_bound_us(spec: LayerSpec, num_redundant: int, gpu_hits_floor: float
     """A valid lower bound on the objective without solving: load bounds plus traffic relaxations;
     ``gpu_hits_floor`` a proven lower bound on the busiest GPU's hits (the exact column bound)."""
     G, spg, N = spec.num_gpus, spec.slots_per_gpu, spec.num_nodes
-    peaks = [load_bound(ld, G, spg, num_redundant) for ld in spec.loads]
-    out = spec.balance_weight * spec.time.us_per_assignment * _aggregate(spec, peaks)
+    floor_us = spec.compute_floor_us()
+    peaks = [
+        max(spec.time.us_per_assignment * load_bound(ld, G, spg, num_redundant), floor_us)
+        for ld in spec.loads
+    ]
+    out = spec.balance_weight * _aggregate(spec, peaks)
     out += spec.constant_us()
+    if spec.traffic_weight > 0 and G > 1:
+        out += spec.latency_floor_us()
     if spec.standard and spec.traffic_weight > 0:
         total = float(spec.loads[0].sum())
         node_pairs = gpu_pairs = 0.0
@@ -215,10 +296,20 @@ def analytic_bound_us(spec: LayerSpec, num_redundant: int, gpu_hits_floor: float
                 gpu_pairs = partition_pair_bound(spec.coact, G, spg)
             else:
                 node_pairs = gpu_pairs = float(np.triu(spec.coact, 1).sum())
-        # the busiest node / GPU has at least the average hits
-        node_avg = max(0.0, total - spec.pair_factor * node_pairs) / N
+        # copies into nodes from elsewhere: an expert on at most m nodes receives at least its load
+        # minus the demand homed in its m best nodes (m = 1 without replicas or with the load-only
+        # estimate, which splits every home by the shares)
+        D = spec.demand_by_node()
+        m = 1
+        if spec.nearest_first and num_redundant > 0:
+            m = min(N, 1 + num_redundant)
+        top_demand = (-np.sort(-D, axis=1))[:, :m].sum(axis=1)
+        remote = float(np.maximum(spec.loads[0] - top_demand, 0.0).sum())
+        rho = float(spec.remote_fraction().max()) if N > 1 else 0.0
+        # the busiest node / GPU has at least the average
+        node_avg = max(0.0, remote - spec.pair_factor * rho * node_pairs) / N
         if spec.node_limit is not None and spec.node_limit < N:
-            # scaled hits sum to min(hits, limit x tokens): the busiest node has their average
+            # scaled copies sum to at most limit x tokens: the busiest node has at least that average
             node_avg = min(node_avg, spec.node_limit * total / max(spec.top_k, 1) / N)
         gpu_avg = max(0.0, total - spec.pair_factor * gpu_pairs) / G
         E = spec.num_experts
@@ -234,8 +325,12 @@ def analytic_bound_us(spec: LayerSpec, num_redundant: int, gpu_hits_floor: float
         gpu_avg = max(gpu_avg, gpu_hits_floor)
         if spec.coact is None:  # hits are loads: the load bounds apply at node and GPU granularity
             gpn = spec.gpus_per_node
-            node_avg = load_bound(spec.loads[0], N, gpn * spg, num_redundant)
-            node_avg *= spec.node_limit_floor()
+            if m == 1 and N > 1:
+                # every node receives at least (1 - the largest home fraction) of its load
+                pos = spec.loads[0] > 0
+                frac = float((D[pos] / spec.loads[0][pos, None]).max()) if pos.any() else 1.0
+                node_load = load_bound(spec.loads[0], N, gpn * spg, num_redundant)
+                node_avg = max(node_avg, (1.0 - frac) * node_load * spec.node_limit_floor())
             gpu_avg = load_bound(spec.loads[0], G, spg, num_redundant)
         out += max(spec.nic_hit_us() * node_avg, spec.nvlink_hit_us() * gpu_avg)
     if spec.affinity is not None:
@@ -311,6 +406,7 @@ def solve_layer(
     scale = LOAD_UNITS / max(float(max(ld.sum() for ld in spec.loads)), 1e-12)
     peaks = []
     peak_ubs = []
+    peak_lbs: list[int] = []
     objective_terms: list[cp_model.LinearExprT] = []
     coef_unit = spec.balance_weight * spec.time.us_per_assignment / (scale * Q)
     # choose the integer resolution F so that one load unit of the busiest GPU is about 1000
@@ -321,12 +417,24 @@ def solve_layer(
         lb = math.floor(load_bound(ints.astype(float), G, spg, num_redundant)) * Q
         ub = int(ints.sum()) * Q
         peak = m.new_int_var(min(lb, ub), ub, f"peak{t}")
+        peak_lbs.append(min(lb, ub))
         for g in range(G):
             m.add(sum(int(ints[e]) * r[e][g] for e in range(E) if ints[e] > 0) <= peak)
         peaks.append(peak)
         peak_ubs.append(ub)
     # floor keeps the model below the true objective; the 1e-9 guards 99.999999 -> 99 round-off
     weights_int = [math.floor(coef_unit * w * F * (1 + 1e-12) + 1e-9) for w in spec.trace_weights]
+    # the roofline's HBM floor: compute is max(FLOP time of the busiest GPU, weight reads)
+    floor_us = spec.compute_floor_us()
+    if floor_us > 0:
+        for t, w in enumerate(spec.trace_weights):
+            hbm_int = math.floor(spec.balance_weight * w * floor_us * F)
+            lo = weights_int[t] * peak_lbs[t]
+            if hbm_int > lo:
+                top = max(weights_int[t] * peak_ubs[t], hbm_int)
+                c = m.new_int_var(hbm_int, top, f"compute{t}")
+                m.add(c >= weights_int[t] * peaks[t])
+                peaks[t], peak_ubs[t], weights_int[t] = c, top, 1
     if spec.robust == "worst" and len(peaks) > 1:
         top = max(ub * w for ub, w in zip(peak_ubs, weights_int, strict=True))
         worst = m.new_int_var(0, top, "worst")
@@ -375,9 +483,27 @@ def solve_layer(
         comm = m.new_int_var(0, max(comm_ub, 0), "comm")
         objective_terms.append(comm)
         if use_nic:
-            node_hits = [
-                [t for g in range(n * gpn, (n + 1) * gpn) for t in gpu_hits[g]] for n in range(N)
+            # copies into node n from homes elsewhere (see node_inflow): demand ceiled, loads
+            # floored, savings ceiled, so never above the true count
+            D_int = np.ceil(spec.demand_by_node() * scale - 1e-9).astype(np.int64)
+            rho = spec.remote_fraction()
+            node_share: list[list[cp_model.LinearExprT]] = [
+                [sum(r[e][g] for g in range(n * gpn, (n + 1) * gpn)) for n in range(N)]
+                for e in range(E)
             ]
+            node_hits: list[list[cp_model.LinearExprT]] = [[] for _ in range(N)]
+            for e in range(E):
+                single = (spec.counts is not None and int(spec.counts[e]) == 1) or not replicas
+                for n in range(N):
+                    rest = int(prim[e]) - int(D_int[e, n])
+                    if single or not spec.nearest_first:
+                        # whole share or proportional split: linear in the share
+                        if rest > 0:
+                            node_hits[n].append(rest * node_share[e][n])
+                        continue
+                    y = m.new_int_var(0, max(int(prim[e]) * Q, 0), f"in{e}_{n}")
+                    m.add(y >= int(prim[e]) * node_share[e][n] - int(D_int[e, n]) * Q)
+                    node_hits[n].append(y)
             if pairs:
                 on_node = x  # one GPU per node (the node level of the hierarchy): the same variable
                 if gpn > 1:
@@ -388,14 +514,18 @@ def solve_layer(
                                 on_node[e][n], [x[e][g] for g in range(n * gpn, (n + 1) * gpn)]
                             )
                 partners_n: dict[tuple[int, int], list[cp_model.IntVar]] = {}
-                for (e, f, _), sav in zip(pairs, saving, strict=True):
+                for (e, f, c), _sav in zip(pairs, saving, strict=True):
                     wv = [m.new_bool_var(f"wn{e}_{f}_{n}") for n in range(N)]
                     for n in range(N):
                         m.add_implication(wv[n], on_node[e][n])
                         m.add_implication(wv[n], on_node[f][n])
+                        if replicas:  # a pair saves only where both experts are wholly on node n
+                            for z in (e, f):
+                                m.add(Q * wv[n] <= node_share[z][n])
                         partners_n.setdefault((e, n), []).append(wv[n])
                         partners_n.setdefault((f, n), []).append(wv[n])
-                        node_hits[n].append(-sav * wv[n])
+                        sav_n = math.ceil(spec.pair_factor * c * float(rho[n]) * scale * Q)
+                        node_hits[n].append(-sav_n * wv[n])
                     m.add(sum(wv) <= 1)
                 # an expert on a node has at most (slots in the node - 1) partners there: a strong cut
                 # for the LP relaxation, which otherwise pairs everything with everything at 1/N
@@ -413,6 +543,9 @@ def solve_layer(
                     for g in range(G):
                         m.add_implication(wv[g], x[e][g])
                         m.add_implication(wv[g], x[f][g])
+                        if replicas:  # a pair saves only where both experts are wholly on GPU g
+                            m.add(Q * wv[g] <= r[e][g])
+                            m.add(Q * wv[g] <= r[f][g])
                         partners_g.setdefault((e, g), []).append(wv[g])
                         partners_g.setdefault((f, g), []).append(wv[g])
                         hits[g].append(-sav * wv[g])
@@ -489,6 +622,8 @@ def solve_layer(
     sums = np.bincount(flat, weights=share, minlength=E)
     share = share / sums[flat]
     const = spec.constant_us()
+    if spec.traffic_weight > 0 and G > 1:
+        const += spec.latency_floor_us()
     cp_bound = solver.best_objective_bound / F + const - dropped_slack_us
     bound = max(cp_bound, analytic_bound_us(spec, num_redundant, hits_floor))
     obj = objective_us(spec, held, share)

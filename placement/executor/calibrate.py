@@ -6,8 +6,12 @@
   roofline ``t = max(FLOPs / peak, active experts' weight bytes / memory bandwidth)``.
 
 On one host the ranks share one medium, so the NVLink and NIC figures get the same fitted bandwidth and
-latency (efficiencies 1: the fitted figures are achieved ones) and the ranks form one "node". The fits
-are pure functions (tested without workers); :func:`run_calibration` runs the benchmarks.
+latency (efficiencies 1: the fitted figures are achieved ones) and the ranks form one "node".
+
+On CPU ranks it also fits the host-sharing model (:mod:`placement.executor.hostmodel`) from per-rank
+patterns (balanced, lone, half busy, skewed compute; skewed all-to-alls), which validate predicts with;
+it is written next to the spec as ``<spec>.host.json``. The benchmarks run the replay's own kernels.
+The fits are pure functions (tested without workers); :func:`run_calibration` runs the benchmarks.
 """
 
 from __future__ import annotations
