@@ -1,10 +1,16 @@
-"""MoE all-to-all collectives as flows: direct pairwise, DeepEP hierarchical, Tutel 2DH.
+"""MoE all-to-all collectives as flows: direct pairwise, DeepEP hierarchical, DeepEP low-latency, Tutel 2DH.
 
 A :class:`PhasePlan` is what one dispatch or combine moves, in bytes: ``direct[src, dst]`` sent straight
 (over NVLink in a node, over the NIC - with PXN when cross-rail - across nodes), and an optional relay:
 ``stage1[src, relay]`` then ``stage2[relay, dst]``. DeepEP relays *pipelined* (the forwarder passes data on
 as chunks land); 2DH relays *store-and-forward* (the second all-to-all starts once a GPU holds all its first
 stage data). :func:`run_phase` turns a plan into flows on a :class:`~simulator.engine.FluidNetwork`.
+
+``deepep-ll`` is DeepEP's low-latency kernels (deepseek-ai/DeepEP ``csrc/kernels/internode_ll.cu``, Feb 2025):
+one RDMA write (IBGDA) per (token, selected expert), no per-GPU or per-node deduplication, from the
+sender's NIC to the receiver's NIC for every other rank, same node included (no NVLink); copies to the
+sender's own rank are a GPU memory copy, off the network. A phase is one fluid flow per GPU pair (the
+pair's messages go back to back on one queue pair, so the path latency is paid once) with ``rdma=True``.
 
 Byte matrices come from the evaluator (:mod:`placement.metrics`): ``PairCopies`` (DeepEP deduplicated:
 ``nic[src, forwarder]``, ``nvlink`` = intra-node copies + the forwarder's fan-out) and the per-GPU-pair
@@ -24,20 +30,23 @@ from placement.errors import PlacementError
 from simulator.engine import FluidNetwork
 from simulator.topology import Topology
 
-ALGOS = ("direct", "deepep", "2dh")
+ALGOS = ("direct", "deepep", "2dh", "deepep-ll")
+# DeepEP low-latency dispatch message: an int4 (16 bytes) of source info before the FP8 data and scales
+LL_DISPATCH_HEADER_BYTES = 16.0
 _TOL = 1e-9
 
 
 @dataclass
 class PhasePlan:
     """Bytes of one phase. ``direct``/``stage1``/``stage2`` are ``[gpus, gpus]``; ``relay`` is
-    ``"pipelined"`` or ``"store-and-forward"``."""
+    ``"pipelined"`` or ``"store-and-forward"``; ``rdma``: direct bytes go NIC to NIC even within a node."""
 
     name: str
     direct: np.ndarray
     stage1: np.ndarray | None = None
     stage2: np.ndarray | None = None
     relay: str = "pipelined"
+    rdma: bool = False
 
     def scaled(self, factor: float) -> PhasePlan:
         return PhasePlan(
@@ -46,6 +55,7 @@ class PhasePlan:
             None if self.stage1 is None else self.stage1 * factor,
             None if self.stage2 is None else self.stage2 * factor,
             self.relay,
+            self.rdma,
         )
 
     def incoming_bytes(self) -> np.ndarray:
@@ -90,16 +100,23 @@ def build_phase(
     nvlink: np.ndarray,
     bytes_per_copy: float,
     gpus_per_node: int,
+    expert_pairs: np.ndarray | None = None,
 ) -> PhasePlan:
     """Bytes of ``phase`` (``dispatch`` or ``combine``) under ``algo``.
 
     ``pairs[src, dst]``: per-GPU-pair copies (direct all-to-all; diagonal ignored); ``nic``/``nvlink``:
-    the evaluator's DeepEP-deduplicated copies for the same phase (combine already transposed).
+    the evaluator's DeepEP-deduplicated copies for the same phase (combine already transposed);
+    ``expert_pairs[src, dst]``: (token, selected expert) copies per GPU pair, needed by ``deepep-ll``
+    (``bytes_per_copy`` is then one message, header included).
     """
     if algo not in ALGOS:
         raise PlacementError(f"unknown algo {algo!r}; known: {', '.join(ALGOS)}")
     G = pairs.shape[0]
     same = _same_node(G, gpus_per_node)
+    if algo == "deepep-ll":
+        if expert_pairs is None:
+            raise PlacementError("internal: deepep-ll needs per (token, expert) copies")
+        return PhasePlan(phase, expert_pairs * (1 - np.eye(G)) * bytes_per_copy, rdma=True)
     off = pairs * (1 - np.eye(G))
     if algo == "direct":
         return PhasePlan(phase, off * bytes_per_copy)
@@ -164,9 +181,15 @@ def run_phase(
             run.done[dst].succeed()
 
     def send(
-        src: int, dst: int, bytes_: float, direct_nic: bool, on_done: Any, on_sent: Any = None
+        src: int,
+        dst: int,
+        bytes_: float,
+        direct_nic: bool,
+        on_done: Any,
+        on_sent: Any = None,
+        rdma: bool = False,
     ) -> None:
-        route = topo.route(src, dst, direct_nic=direct_nic)
+        route = topo.route(src, dst, direct_nic=direct_nic, rdma=rdma)
         sent, done = net.transfer(
             route.links, bytes_, coefs=route.coefs, latency_us=route.latency_us
         )
@@ -233,7 +256,7 @@ def run_phase(
     def start(s: int) -> None:
         run.start_us[s] = env.now
         for d in np.flatnonzero(plan.direct[s]).tolist():
-            send(s, d, float(plan.direct[s, d]), False, lambda b, d=d: deliver(d, b))
+            send(s, d, float(plan.direct[s, d]), False, lambda b, d=d: deliver(d, b), rdma=plan.rdma)
         if s1 is not None:
             for r in np.flatnonzero(s1[s]).tolist():
                 pieces = chunks if plan.relay == "pipelined" else 1

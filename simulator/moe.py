@@ -37,7 +37,15 @@ from placement.errors import PlacementError
 from placement.metrics import DEFAULT_TOKENS_PER_GPU, dedup_copies, evaluate, gpu_pair_copies
 from placement.plan import Plan
 from placement.workload import Workload
-from simulator.collectives import ALGOS, PhasePlan, PhaseRun, build_phase, run_phase, when
+from simulator.collectives import (
+    ALGOS,
+    LL_DISPATCH_HEADER_BYTES,
+    PhasePlan,
+    PhaseRun,
+    build_phase,
+    run_phase,
+    when,
+)
 from simulator.engine import FluidNetwork
 from simulator.topology import Topology
 
@@ -164,10 +172,45 @@ class SimResult:
             json.dump({"traceEvents": events, "displayTimeUnit": "ns"}, handle)
 
 
+def _expert_pairs(pairs: np.ndarray, received: np.ndarray, axis: int) -> np.ndarray:
+    """(token, expert) copies per GPU pair from the per-GPU-deduplicated ``pairs``: each expert GPU's
+    pairs scaled so that they total its ``received`` assignments (exact totals per expert GPU; within one
+    expert GPU the share of a token's repeat visits is taken as the same for every home GPU)."""
+    got = pairs.sum(axis=axis)
+    factor = np.divide(received, got, out=np.zeros_like(got), where=got > 0)
+    return pairs * (factor[None, :] if axis == 0 else factor[:, None])
+
+
 def _layer_phases(ev: Any, layer: int, algo: str, scale: float) -> tuple[PhasePlan, PhasePlan]:
     gpn = ev.gpus_per_node
     d = ev.dispatch[layer]
     c = ev.combine[layer]
+    if algo == "deepep-ll":
+        # one message per (token, expert): the evaluator's per-GPU copies, scaled to its per-GPU
+        # assignments (gpu_load); dispatch messages carry DeepEP's 16-byte header
+        load = ev.gpu_load[layer]
+        return (
+            build_phase(
+                algo,
+                "dispatch",
+                pairs=ev.dispatch_pairs[layer],
+                nic=d.nic,
+                nvlink=d.nvlink,
+                bytes_per_copy=(ev.dispatch_bytes_per_copy + LL_DISPATCH_HEADER_BYTES) * scale,
+                gpus_per_node=gpn,
+                expert_pairs=_expert_pairs(ev.dispatch_pairs[layer], load, axis=0),
+            ),
+            build_phase(
+                algo,
+                "combine",
+                pairs=ev.combine_pairs[layer],
+                nic=c.nic,
+                nvlink=c.nvlink,
+                bytes_per_copy=ev.combine_bytes_per_copy * scale,
+                gpus_per_node=gpn,
+                expert_pairs=_expert_pairs(ev.combine_pairs[layer], load, axis=1),
+            ),
+        )
     dispatch = build_phase(
         algo,
         "dispatch",
@@ -193,11 +236,18 @@ class _Runner:
     """Plays layers on one network; keeps spans and per-layer link byte snapshots."""
 
     def __init__(
-        self, cluster: ClusterSpec, *, routing: str, pxn: bool, seed: int, chunks: int
+        self,
+        cluster: ClusterSpec,
+        *,
+        routing: str,
+        pxn: bool,
+        seed: int,
+        chunks: int,
+        rdma: bool = False,
     ) -> None:
         self.cluster = cluster
         self.env = simpy.Environment()
-        self.topo = Topology(cluster, routing=routing, pxn=pxn, seed=seed)
+        self.topo = Topology(cluster, routing=routing, pxn=pxn, seed=seed, rdma_nics=rdma)
         # every GPU-to-GPU route up front so that every link exists before the network is built
         G = cluster.num_gpus
         for s in range(G):
@@ -205,6 +255,8 @@ class _Runner:
                 self.topo.route(s, d)
                 if s % cluster.gpus_per_node == d % cluster.gpus_per_node:
                     self.topo.route(s, d, direct_nic=True)
+                if rdma:
+                    self.topo.route(s, d, rdma=True)
         self.net = FluidNetwork(
             self.env, self.topo.capacity(), max_flows=max(1024, G * G), binding=self.topo.binding()
         )
@@ -287,7 +339,14 @@ def simulate_moe(
             raise PlacementError(
                 f"layer {layer} out of range (the plan has {ev.num_layers} MoE layers)"
             )
-    runner = _Runner(cluster, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks)
+    runner = _Runner(
+        cluster,
+        routing=routing,
+        pxn=pxn,
+        seed=seed,
+        chunks=relay_chunks,
+        rdma=algo == "deepep-ll",
+    )
     env, G = runner.env, cluster.num_gpus
     micro = {"none": 1, "two-batch": 2, "chunked": chunks}[overlap]
     slow = 1.0 / (1.0 - cluster.comm_sm_fraction) if micro > 1 else 1.0
@@ -415,13 +474,14 @@ def uniform_routing(
     num_experts: int,
     node_limit: int | None,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """DeepEP-test routing: per token, random scores; top ``node_limit`` node groups by their best score,
     then the top-k experts among them. Experts are split evenly over GPUs.
 
-    Returns ``(pairs[G, G], nic[G, G], nvlink[G, G], node_pairs[G])``: direct per-GPU-pair copies
-    (diagonal: GPU-local), the DeepEP-deduplicated NIC / NVLink copies from
-    :func:`placement.metrics.dedup_copies`, and per source GPU its (token, destination node) pairs.
+    Returns ``(pairs[G, G], nic[G, G], nvlink[G, G], node_pairs[G], expert_pairs[G, G])``: direct
+    per-GPU-pair copies (diagonal: GPU-local), the DeepEP-deduplicated NIC / NVLink copies from
+    :func:`placement.metrics.dedup_copies`, per source GPU its (token, destination node) pairs, and the
+    (token, selected expert) copies per GPU pair (no deduplication: DeepEP's low-latency messages).
     """
     G, gpn = num_gpus, gpus_per_node
     nodes = G // gpn
@@ -430,6 +490,7 @@ def uniform_routing(
     nic = np.zeros((G, G))
     nvlink = np.zeros((G, G))
     node_pairs = np.zeros(G)
+    expert_pairs = np.zeros((G, G))
     rows = np.repeat(np.arange(tokens, dtype=np.int64), top_k)
     for s in range(G):
         scores = rng.random((tokens, per_gpu * G), dtype=np.float32)
@@ -447,7 +508,8 @@ def uniform_routing(
         nic += copies.nic
         nvlink += copies.nvlink
         node_pairs[s] = np.unique(rows * nodes + (dst // gpn).ravel()).size
-    return pairs, nic, nvlink, node_pairs
+        expert_pairs[s] = np.bincount(dst.ravel(), minlength=G)
+    return pairs, nic, nvlink, node_pairs, expert_pairs
 
 
 def simulate_uniform(
@@ -470,7 +532,10 @@ def simulate_uniform(
 
     Returns times (us), per-GPU bytes sent over NVLink and NIC, and the bandwidths the way DeepEP counts
     them: ``nvl_gbytes_per_s`` = received token copies (own GPU included) x hidden x bytes / time per GPU,
-    ``rdma_gbytes_per_s`` = (token, destination node) pairs (own node included) x hidden x bytes / time.
+    ``rdma_gbytes_per_s`` = (token, destination node) pairs (own node included) x hidden x bytes / time;
+    with ``algo="deepep-ll"`` (tests/test_low_latency.py) ``rdma_gbytes_per_s`` = (token, selected expert)
+    pairs, own rank included, x message bytes (dispatch: hidden x ``dispatch_bytes`` + a 16-byte header,
+    combine: hidden x ``combine_bytes``) / time, for any node count.
     """
     if algo not in ALGOS:
         raise PlacementError(f"unknown algo {algo!r}; known: {', '.join(ALGOS)}")
@@ -484,12 +549,17 @@ def simulate_uniform(
         raise PlacementError("node_limit must be >= 1")
     wall0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    pairs, nic, nvlink, node_pairs_sent = uniform_routing(
+    pairs, nic, nvlink, node_pairs_sent, expert_pairs = uniform_routing(
         G, gpn, tokens=tokens, top_k=top_k, num_experts=experts, node_limit=node_limit, rng=rng
     )
-    runner = _Runner(cluster, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks)
+    low_latency = algo == "deepep-ll"
+    runner = _Runner(
+        cluster, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks, rdma=low_latency
+    )
     env = runner.env
     d_bpc, c_bpc = hidden * dispatch_bytes, hidden * combine_bytes
+    if low_latency:
+        d_bpc += LL_DISPATCH_HEADER_BYTES
     dispatch = build_phase(
         algo,
         "dispatch",
@@ -498,6 +568,7 @@ def simulate_uniform(
         nvlink=nvlink,
         bytes_per_copy=d_bpc,
         gpus_per_node=gpn,
+        expert_pairs=expert_pairs,
     )
     combine = build_phase(
         algo,
@@ -507,6 +578,7 @@ def simulate_uniform(
         nvlink=nvlink.T,
         bytes_per_copy=c_bpc,
         gpus_per_node=gpn,
+        expert_pairs=expert_pairs.T,
     )
     out: dict[str, Any] = {}
     snaps: list[np.ndarray] = []
@@ -541,6 +613,13 @@ def simulate_uniform(
     # DeepEP's counting: copies received per GPU including its own, (token, node) pairs per sender
     recv_copies = pairs.sum(axis=0)
     d_us, c_us = out["dispatch_us"], out["combine_us"]
+    # RDMA "units" per sending GPU: (token, node) pairs for the normal kernels (internode only),
+    # (token, expert) selections for the low-latency ones (what test_low_latency.py counts)
+    rdma_units: float | None = None
+    if low_latency:
+        rdma_units = float(expert_pairs.sum(axis=1).mean())
+    elif gpn < G:
+        rdma_units = float(node_pairs_sent.mean())
     result = {
         "num_gpus": G,
         "gpus_per_node": gpn,
@@ -566,12 +645,12 @@ def simulate_uniform(
         "nic_bytes_sent": per_gpu(d_bytes + c_bytes, "nic-tx"),
         "dispatch_nvl_gbytes_per_s": float(recv_copies.mean() * d_bpc / d_us / 1e3),
         "combine_nvl_gbytes_per_s": float(recv_copies.mean() * c_bpc / c_us / 1e3),
-        "dispatch_rdma_gbytes_per_s": float(node_pairs_sent.mean() * d_bpc / d_us / 1e3)
-        if gpn < G
-        else None,
-        "combine_rdma_gbytes_per_s": float(node_pairs_sent.mean() * c_bpc / c_us / 1e3)
-        if gpn < G
-        else None,
+        "dispatch_rdma_gbytes_per_s": None
+        if rdma_units is None
+        else rdma_units * d_bpc / d_us / 1e3,
+        "combine_rdma_gbytes_per_s": None
+        if rdma_units is None
+        else rdma_units * c_bpc / c_us / 1e3,
         "events": runner.net.events,
         "recomputes": runner.net.recomputes,
         "flows": runner.net.num_flows,

@@ -14,7 +14,13 @@ and ``latency_us``. Routing is by rule (the graph is regular), with:
   sees one *trunk* link per leaf and direction (that keeps flows short: 4-8 links, not 70);
 * ``ecmp``: per-flow hashing picks one spine (or aggregation + core) path; flows can collide;
 * PXN: cross-rail traffic is first moved over NVLink to the GPU of the source node on the destination's
-  rail, then sent rail-local (NCCL PXN; MPFT always does this since planes do not connect).
+  rail, then sent rail-local (NCCL PXN; MPFT always does this since planes do not connect);
+* RDMA-only routes (``route(..., rdma=True)``, DeepEP's low-latency kernels over IBGDA): every GPU-to-GPU
+  copy, same node included, leaves through the sender's own NIC and lands through the receiver's own NIC,
+  never over NVLink. A one-node cluster then needs its NICs (``rdma_nics=True``; the NICs of one node meet
+  at their leaves). On ``multi-plane`` an RDMA write to another plane is carried between the two planes'
+  leaves as on ``multi-rail`` (DeepEP's low-latency test ran pure RDMA between every pair of ranks on H800
+  + CX7, so its fabric reached every NIC from every NIC; the NICs at both ends, not the spine, bound it).
 
 Capacities are per direction, effective (nominal x the preset's efficiency), in bytes per microsecond
 (1 GB/s = 1e3 bytes/us).
@@ -51,6 +57,7 @@ class Topology:
     routing: str = "spray"
     pxn: bool = True
     seed: int = 0
+    rdma_nics: bool = False  # build NIC links even for one node (RDMA-only kernels)
     link_names: list[str] = field(default_factory=list)
     link_kinds: list[str] = field(default_factory=list)
     caps: list[float] = field(default_factory=list)
@@ -61,6 +68,10 @@ class Topology:
         c = self.cluster
         if self.routing not in ROUTINGS:
             raise PlacementError(f"unknown routing {self.routing!r}; known: {', '.join(ROUTINGS)}")
+        if self.rdma_nics and (c.fabric == "none" or c.nics_per_gpu < 1):
+            raise PlacementError(
+                f"cluster {c.name} has no NIC fabric (fabric {c.fabric!r}): RDMA-only kernels need one"
+            )
         if c.fabric == "multi-plane":
             self.pxn = (
                 True  # planes do not connect: cross-plane traffic must be relayed inside the node
@@ -79,7 +90,7 @@ class Topology:
             if self.gpn > 1:
                 self._add(f"nvl-tx/{g}", "nvlink", self.nvl_bw)
                 self._add(f"nvl-rx/{g}", "nvlink", self.nvl_bw)
-            if c.num_nodes > 1:
+            if c.num_nodes > 1 or self.rdma_nics:
                 self._add(f"pcie-up/{g}", "pcie", self.pcie_bw)
                 self._add(f"pcie-down/{g}", "pcie", self.pcie_bw)
                 for k in range(self.npg):
@@ -126,8 +137,11 @@ class Topology:
     def _leaf(self, node: int, rail: int) -> tuple[int, int]:
         return rail, node // self.half
 
-    def _fabric(self, src: int, dst: int, k: int) -> tuple[list[int], int]:
-        """Switch-tier links between NIC k of ``src`` and NIC k of ``dst`` (rails from local indices)."""
+    def _fabric(
+        self, src: int, dst: int, k: int, *, cross_plane: bool = False
+    ) -> tuple[list[int], int]:
+        """Switch-tier links between NIC k of ``src`` and NIC k of ``dst`` (rails from local indices).
+        ``cross_plane``: an RDMA-only route may join two planes of a multi-plane fabric (module docstring)."""
         c = self.cluster
         ns, nd = src // self.gpn, dst // self.gpn
         rs, rd = (src % self.gpn) * self.npg + k, (dst % self.gpn) * self.npg + k
@@ -136,13 +150,13 @@ class Topology:
         ls, ld = self._leaf(ns, rs), self._leaf(nd, rd)
         if ls == ld:
             return [], 0
-        if c.fabric == "multi-plane" and rs != rd:
+        if c.fabric == "multi-plane" and rs != rd and not cross_plane:
             raise PlacementError(
                 "internal: cross-plane traffic must be relayed inside the node (PXN)"
             )
         trunk = self.uplinks * self.port_bw
         if c.fabric in ("multi-rail", "multi-plane"):
-            tier = f"p{rs}" if c.fabric == "multi-plane" else "all"
+            tier = f"p{rs}" if c.fabric == "multi-plane" and rs == rd else "all"
             if self.routing == "spray":
                 up = self._add(f"leaf-up/{ls[0]}.{ls[1]}", "fabric", trunk)
                 down = self._add(f"leaf-down/{ld[0]}.{ld[1]}", "fabric", trunk)
@@ -183,13 +197,15 @@ class Topology:
     def _hash(self, src: int, dst: int, k: int) -> int:
         return zlib.crc32(f"{self.seed}:{src}:{dst}:{k}".encode())
 
-    def _nic_path(self, src: int, dst: int) -> tuple[list[int], list[float], int]:
+    def _nic_path(
+        self, src: int, dst: int, *, cross_plane: bool = False
+    ) -> tuple[list[int], list[float], int]:
         links: list[int] = [self._ids[f"pcie-up/{src}"]]
         coefs: list[float] = [1.0]
         hops = 0
         share = 1.0 / self.npg  # a GPU's traffic is spread over its NICs
         for k in range(self.npg):
-            fab, hops = self._fabric(src, dst, k)
+            fab, hops = self._fabric(src, dst, k, cross_plane=cross_plane)
             part = [self._ids[f"nic-tx/{src}.{k}"], *fab, self._ids[f"nic-rx/{dst}.{k}"]]
             links += part
             coefs += [share] * len(part)
@@ -197,12 +213,15 @@ class Topology:
         coefs.append(1.0)
         return links, coefs, hops
 
-    def route(self, src: int, dst: int, *, direct_nic: bool = False) -> Route:
+    def route(self, src: int, dst: int, *, direct_nic: bool = False, rdma: bool = False) -> Route:
         """The path of traffic from GPU ``src`` to GPU ``dst``.
 
         ``direct_nic``: the caller already put the data on the destination's rail (DeepEP, 2DH), so the
         cross-node part is a rail-local NIC path; otherwise cross-rail traffic takes PXN when enabled.
+        ``rdma``: sender's NIC to receiver's NIC whatever the nodes (DeepEP low-latency, IBGDA).
         """
+        if rdma:
+            return self._rdma_route(src, dst)
         key = (src, dst) if not direct_nic else (src, -1 - dst)
         hit = self._routes.get(key)
         if hit is not None:
@@ -234,6 +253,28 @@ class Topology:
         self._routes[key] = route
         return route
 
+    def _rdma_route(self, src: int, dst: int) -> Route:
+        key = (src, -(1 << 30) - dst)
+        hit = self._routes.get(key)
+        if hit is not None:
+            return hit
+        c = self.cluster
+        if src == dst:  # DeepEP copies to its own rank in GPU memory, not over the NIC
+            route = Route(np.zeros(0, dtype=np.int64), np.zeros(0), 0.0)
+        else:
+            if f"nic-tx/{src}.0" not in self._ids:
+                raise PlacementError(
+                    "internal: RDMA-only routes on one node need Topology(..., rdma_nics=True)"
+                )
+            links, coefs, hops = self._nic_path(src, dst, cross_plane=True)
+            route = Route(
+                np.asarray(links, dtype=np.int64),
+                np.asarray(coefs),
+                c.nic_latency_us + hops * c.switch_latency_us,
+            )
+        self._routes[key] = route
+        return route
+
     # -- the physical graph -------------------------------------------------------------------------
     @property
     def graph(self) -> nx.DiGraph:
@@ -254,7 +295,7 @@ class Topology:
                 g.add_node(("gpu", gpu), kind="gpu")
                 if self.gpn > 1:
                     both(("gpu", gpu), ("nvswitch", node), nvl, c.nvlink_latency_us / 2)
-                if c.num_nodes > 1:
+                if c.num_nodes > 1 or self.rdma_nics:
                     both(("gpu", gpu), ("pcie", gpu), c.pcie_gbytes_per_s, 0.0)
                     for k in range(self.npg):
                         nic = ("nic", gpu, k)
@@ -264,13 +305,13 @@ class Topology:
                             both(nic, ("switch", 0), port, c.nic_latency_us / 2)
                         else:
                             both(nic, ("leaf", rail, node // self.half), port, c.nic_latency_us / 2)
-        if c.fabric in ("multi-rail", "multi-plane") and c.num_nodes > 1:
+        if c.fabric in ("multi-rail", "multi-plane") and (c.num_nodes > 1 or self.rdma_nics):
             for rail in range(self.rails):
                 for block in range(self.blocks):
                     for s in range(self.uplinks):
                         tier = f"p{rail}" if c.fabric == "multi-plane" else "all"
                         both(("leaf", rail, block), ("spine", tier, s), port, c.switch_latency_us)
-        if c.fabric == "three-tier" and c.num_nodes > 1:
+        if c.fabric == "three-tier" and (c.num_nodes > 1 or self.rdma_nics):
             for rail in range(self.rails):
                 for block in range(self.blocks):
                     li = rail * self.blocks + block

@@ -514,7 +514,7 @@ def solve_layer(
                                 on_node[e][n], [x[e][g] for g in range(n * gpn, (n + 1) * gpn)]
                             )
                 partners_n: dict[tuple[int, int], list[cp_model.IntVar]] = {}
-                for (e, f, c), _sav in zip(pairs, saving, strict=True):
+                for (e, f, co), _sav in zip(pairs, saving, strict=True):
                     wv = [m.new_bool_var(f"wn{e}_{f}_{n}") for n in range(N)]
                     for n in range(N):
                         m.add_implication(wv[n], on_node[e][n])
@@ -524,7 +524,7 @@ def solve_layer(
                                 m.add(Q * wv[n] <= node_share[z][n])
                         partners_n.setdefault((e, n), []).append(wv[n])
                         partners_n.setdefault((f, n), []).append(wv[n])
-                        sav_n = math.ceil(spec.pair_factor * c * float(rho[n]) * scale * Q)
+                        sav_n = math.ceil(spec.pair_factor * co * float(rho[n]) * scale * Q)
                         node_hits[n].append(-sav_n * wv[n])
                     m.add(sum(wv) <= 1)
                 # an expert on a node has at most (slots in the node - 1) partners there: a strong cut

@@ -721,7 +721,9 @@ def _safeguard(
     objective = 0.0
     for layer in range(L):
         spec = _spec(ctx, layer)
-        objective += objective_us(spec, np.asarray(rows[layer]).reshape(G, spg).tolist(), shares[layer])
+        objective += objective_us(
+            spec, np.asarray(rows[layer]).reshape(G, spg).tolist(), shares[layer]
+        )
     extra["safeguard_layers"] = len(kept)
     return rows, shares, objective, min(bound, objective)
 

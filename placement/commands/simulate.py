@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--home", default="token", choices=HOME_POLICIES, help="how tokens map to home GPUs"
     )
     add_cluster_args(p)
-    p.add_argument("--algo", default="deepep", choices=["direct", "deepep", "2dh"])
+    p.add_argument("--algo", default="deepep", choices=["direct", "deepep", "2dh", "deepep-ll"])
     p.add_argument("--overlap", default="none", choices=["none", "two-batch", "chunked"])
     p.add_argument("--mode", default="standard", choices=MODES)
     p.add_argument("--tokens-per-gpu", type=int, default=DEFAULT_TOKENS_PER_GPU)
