@@ -34,7 +34,7 @@ def setup(tiny_trace: Path):  # type: ignore[no-untyped-def]
     return _plan(), cluster, load_workload(str(tiny_trace), 8, progress=False)
 
 
-@pytest.mark.parametrize("algo", ["direct", "deepep", "2dh"])
+@pytest.mark.parametrize("algo", ["direct", "deepep", "2dh", "deepep-ll"])
 def test_per_layer_outputs(setup, algo: str) -> None:  # type: ignore[no-untyped-def]
     plan, cluster, workload = setup
     res = simulate_moe(plan, cluster, workload, algo=algo, progress=False)
@@ -142,6 +142,9 @@ def test_cli(tiny_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert (tmp_path / "t.json").exists()
     assert main([*args, "--algo", "2dh"]) == 0
     assert "layer us" in capsys.readouterr().out
+    assert main([*args, "--algo", "deepep-ll", "--layers", "0", "--json"]) == 0
+    ll = json.loads(capsys.readouterr().out)
+    assert ll["summary"]["nvlink_bytes_sent"] == 0 and ll["summary"]["nic_bytes_sent"] > 0
     uni = [
         "simulate",
         "--traffic",
@@ -170,6 +173,10 @@ def test_cli(tiny_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert len(res["nic_bytes_sent"]) == 16
     assert main(uni) == 0
     assert "RDMA" in capsys.readouterr().out
+    ll_uni = [*uni[: uni.index("--node-limit")], "--algo", "deepep-ll", "--json"]
+    assert main(ll_uni) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert sum(res["nvlink_bytes_sent"]) == 0 and res["dispatch_rdma_gbytes_per_s"] > 0
     assert main(["simulate", "--cluster", "h800-mpft"]) == 2
     assert main([*args, "--layers", "x"]) == 2
     assert main([*uni, "--plan", str(plan_path)]) == 2

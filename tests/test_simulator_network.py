@@ -29,6 +29,63 @@ def test_deepep_validation_within_15_percent(
     assert res["worst_link_utilisation"] <= 1 + 1e-9
 
 
+# DeepEP low-latency kernels, pure RDMA, H800 + CX7 (DOMAIN.md section 3, README of the Feb-2025 version):
+# (EP, dispatch us, dispatch GB/s, combine us, combine GB/s)
+DEEPEP_LL = [(8, 163.0, 46.0, 318.0, 46.0), (64, 186.0, 40.0, 353.0, 41.0)]
+
+
+@pytest.mark.parametrize(
+    ("ep", "dispatch_us", "dispatch_gbps", "combine_us", "combine_gbps"), DEEPEP_LL
+)
+def test_deepep_low_latency_validation_within_15_percent(
+    ep: int, dispatch_us: float, dispatch_gbps: float, combine_us: float, combine_gbps: float
+) -> None:
+    # tests/test_low_latency.py: 128 tokens, hidden 7168, top-8 of 288 experts drawn uniformly over all
+    # ranks (no node limit; 288 does not split over 64 ranks, simulate_uniform keeps 256 there)
+    cluster = load_cluster("h800-mpft").with_counts(ep, 8)
+    res = simulate_uniform(
+        cluster, tokens=128, hidden=7168, top_k=8, num_experts=288, algo="deepep-ll"
+    )
+    for phase, pub_us, pub_gbps in (
+        ("dispatch", dispatch_us, dispatch_gbps),
+        ("combine", combine_us, combine_gbps),
+    ):
+        assert abs(res[f"{phase}_us"] / pub_us - 1) <= 0.15, (phase, res[f"{phase}_us"], pub_us)
+        simulated = res[f"{phase}_rdma_gbytes_per_s"]
+        assert abs(simulated / pub_gbps - 1) <= 0.15, (phase, simulated, pub_gbps)
+        # pure RDMA: nothing on NVLink, and every byte leaves through a NIC
+        assert sum(res[phase]["nvlink_bytes_sent"]) == 0
+        assert sum(res[phase]["nic_bytes_sent"]) > 0
+    assert res["worst_link_utilisation"] <= 1 + 1e-9
+
+
+def test_low_latency_counts_every_expert_copy_and_skips_own_rank() -> None:
+    # one node of 8: every (token, expert) copy to another rank crosses two NICs; own-rank copies do not
+    cluster = load_cluster("h800-mpft").with_counts(8, 8)
+    kw = {"tokens": 64, "hidden": 512, "top_k": 4, "num_experts": 32, "seed": 5}
+    ll = simulate_uniform(cluster, algo="deepep-ll", dispatch_bytes=2.0, **kw)  # type: ignore[arg-type]
+    direct = simulate_uniform(cluster, algo="direct", dispatch_bytes=2.0, **kw)  # type: ignore[arg-type]
+    msg = 512 * 2.0 + 16.0
+    sent = sum(ll["dispatch"]["nic_bytes_sent"])
+    assert sent % msg == pytest.approx(0.0, abs=1e-6) or sent % msg == pytest.approx(msg, rel=1e-9)
+    copies = sent / msg
+    assert 64 * 4 * 8 * 0.7 < copies < 64 * 4 * 8  # all selections but roughly 1/8 own-rank ones
+    # the same traffic over NVLink (direct, deduplicated per GPU) is faster than two NIC hops
+    assert sum(direct["dispatch"]["nic_bytes_sent"]) == 0
+    assert direct["dispatch_us"] < ll["dispatch_us"]
+    with pytest.raises(PlacementError):
+        simulate_uniform(load_cluster("h100-single-node"), algo="deepep-ll", **kw)  # type: ignore[arg-type]
+
+
+def test_low_latency_doubling_nic_bandwidth_halves_the_time() -> None:
+    base = load_cluster("h800-mpft").with_counts(16, 8)
+    fast = dataclasses.replace(base, nic_gbits_per_s=800.0, pcie_gbytes_per_s=128.0)
+    kw = {"tokens": 64, "algo": "deepep-ll", "num_experts": 64}
+    t_base = simulate_uniform(base, **kw)["dispatch_us"]  # type: ignore[arg-type]
+    t_fast = simulate_uniform(fast, **kw)["dispatch_us"]  # type: ignore[arg-type]
+    assert t_fast < t_base * 0.6
+
+
 def _uniform_us(cluster, **kw) -> float:  # type: ignore[no-untyped-def]
     res = simulate_uniform(cluster, tokens=kw.pop("tokens", 512), **kw)
     assert res["worst_link_utilisation"] <= 1 + 1e-9
