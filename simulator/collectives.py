@@ -256,7 +256,9 @@ def run_phase(
     def start(s: int) -> None:
         run.start_us[s] = env.now
         for d in np.flatnonzero(plan.direct[s]).tolist():
-            send(s, d, float(plan.direct[s, d]), False, lambda b, d=d: deliver(d, b), rdma=plan.rdma)
+            send(
+                s, d, float(plan.direct[s, d]), False, lambda b, d=d: deliver(d, b), rdma=plan.rdma
+            )
         if s1 is not None:
             for r in np.flatnonzero(s1[s]).tolist():
                 pieces = chunks if plan.relay == "pipelined" else 1

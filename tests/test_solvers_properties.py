@@ -55,8 +55,9 @@ def test_best_equals_brute_force(
     coact = None
     if with_coact:
         rng = np.random.default_rng(seed)
-        c = rng.integers(0, 50, size=(E, E)).astype(float)
-        c = np.triu(c, 1)
+        # a pair cannot be chosen together more often than either expert is chosen at all
+        cap = np.minimum.outer(load[0], load[0])
+        c = np.triu(np.floor(rng.random((E, E)) * (cap + 1)), 1)
         coact = (c + c.T)[None]
     wl = workload(load, coact)
     problem = PlacementProblem(
