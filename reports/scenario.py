@@ -31,7 +31,7 @@ RESULTS_VERSION = 1
 
 TOPOLOGIES = tuple(f for f in FABRICS if f != "none")
 OVERLAPS = ("none", "two-batch", "chunked")
-ALGOS = ("direct", "deepep", "2dh")
+ALGOS = ("direct", "deepep", "2dh", "deepep-ll")
 
 
 def _positive_int(axis: str, text: str) -> int:

@@ -409,9 +409,12 @@ def solve_layer(
     peak_lbs: list[int] = []
     objective_terms: list[cp_model.LinearExprT] = []
     coef_unit = spec.balance_weight * spec.time.us_per_assignment / (scale * Q)
-    # choose the integer resolution F so that one load unit of the busiest GPU is about 1000
+    # choose the integer resolution F so that the dearest price per integer unit is about 1000; every
+    # price must be per *scaled* unit: the hop price per token (coherent mode only) is scale times
+    # larger, and mixing it in unscaled shrank F until the link prices floored to 0 (comm dropped)
     link_unit = max(spec.nic_hit_us(), spec.nvlink_hit_us()) / (scale * Q)
-    F = 1000.0 / max(coef_unit * max(spec.trace_weights), link_unit, spec.hop_us(), 1e-300)
+    hop_unit = spec.hop_us() / scale if spec.affinity is not None else 0.0
+    F = 1000.0 / max(coef_unit * max(spec.trace_weights), link_unit, hop_unit, 1e-300)
     for t, ld in enumerate(spec.loads):
         ints = np.floor(ld * scale).astype(np.int64)
         lb = math.floor(load_bound(ints.astype(float), G, spg, num_redundant)) * Q
