@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(stats)
         return 0
     print(
-        f"{workload.source}: {stats['model']} , {stats['tokens']} tokens, {stats['layers']} MoE layers, "
+        f"{workload.source}: {stats['model']}, {stats['tokens']} tokens, {stats['layers']} MoE layers, "
         f"{stats['experts']} experts, top-{stats['top_k']} ({'per-token' if workload.per_token else 'load-only'})"
     )
     headers = ["layer", "max/mean", "CV"]
