@@ -241,6 +241,24 @@ def _expected_gpu_pairs_load_only(
     return np.broadcast_to((num_tokens / G) * (1.0 - miss_gpu)[None, :], (G, G)).copy()
 
 
+def expected_hops_load_only(
+    plan: Plan, layer: int, load: np.ndarray, num_tokens: float
+) -> tuple[float, float]:
+    """Expected tokens that leave their home GPU (and their home node) when only loads are known, under the
+    same independent-choice estimate as :func:`expected_copies_load_only`."""
+    G, gpn = plan.num_gpus, plan.gpus_per_node
+    p_slot = np.clip(load[plan.phy2log[layer]] * plan.shares()[layer] / max(num_tokens, 1.0), 0, 1)
+    miss_gpu = np.ones(G)
+    np.multiply.at(miss_gpu, plan.slot_gpu(), 1.0 - p_slot)
+    miss_node = miss_gpu.reshape(G // gpn, gpn).prod(axis=1)
+    stay_gpu = np.prod(miss_gpu) / np.where(
+        miss_gpu > 0, miss_gpu, 1.0
+    )  # no expert off the home GPU
+    stay_node = np.repeat(np.prod(miss_node) / np.where(miss_node > 0, miss_node, 1.0), gpn)
+    per_home = num_tokens / G
+    return float(per_home * (1.0 - stay_gpu).sum()), float(per_home * (1.0 - stay_node).sum())
+
+
 @dataclass
 class Evaluation:
     """Everything the evaluator measured. Arrays are per layer; bytes are for the workload as given,
@@ -491,7 +509,9 @@ def evaluate(
                 )
                 d_pairs[layer] = direct
                 c_pairs[layer] = direct.T.copy()
-            hops[layer] = float(copies.nvlink.sum() + copies.nic.sum())
+            hops[layer], node_hops[layer] = expected_hops_load_only(
+                plan, layer, workload.load[layer], float(tokens)
+            )
         bytes_model = "independent-choice estimate (load-only input)"
     active = np.zeros((L, G))
     for layer in range(L):
