@@ -6,7 +6,12 @@ time with the prediction from the calibration: the host-sharing model (CPU ranks
 simulator with the calibrated spec. Target: |predicted / measured - 1| <= 20% per layer. Report the
 machine's load average with the figures: other jobs on a shared host move them.
 
-    .venv/bin/python bench/executor_accuracy.py            # default: 4 gloo workers, ~20 s
+Robustness: the run is cut into ``--rounds`` rounds; each round runs the calibration benchmarks once and
+replays every (size, plan) once, in a fresh shuffled order. The fit takes medians over all rounds'
+calibration repetitions and each layer's time is the median over all rounds' repetitions, so a burst of
+load from other jobs hits calibration, plans and sizes alike instead of one of them.
+
+    .venv/bin/python bench/executor_accuracy.py            # default: 4 gloo workers, ~45 s
     .venv/bin/python bench/executor_accuracy.py --full     # more sizes and plans
 """
 
@@ -22,8 +27,14 @@ import numpy as np
 
 from placement.cli import main as cli
 from placement.commands._common import table
-from placement.executor.calibrate import run_calibration
-from placement.executor.driver import ExecConfig, load_replay_input, measure
+from placement.executor.calibrate import CalibrationSamples, collect_calibration, fit_calibration
+from placement.executor.driver import (
+    ExecConfig,
+    Measurement,
+    load_replay_input,
+    measure,
+    pool_measurements,
+)
 from placement.executor.group import WorkerGroup
 from placement.executor.validate import compare
 from placement.plan import Plan
@@ -88,7 +99,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--full", action="store_true", help="more token counts, shapes and plans")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=4, help="repetitions per round")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="interleaved calibration + replay rounds"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also print calibration points and per-phase times"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="order of the replays in each round")
     args = parser.parse_args()
     import contextlib
     import io
@@ -108,48 +126,74 @@ def main() -> None:
             make_inputs(Path(tmp.name), t, h, i, args.workers, solvers, seed=11 + n)
             for n, (t, h, i) in enumerate(sizes)
         ]
-    start = time.monotonic()
-    with tmp, WorkerGroup(args.workers, timeout_s=120) as group:
-        cal_hidden, cal_inter = 256, 128
-        cal = run_calibration(
-            group, hidden=cal_hidden, inter=cal_inter, dtype="float32", reps=args.reps
-        )
-        rep = cal.report()
-        for (tokens, hidden, _inter), (trace, plans) in zip(sizes, inputs, strict=True):
-            config = ExecConfig(workers=args.workers, reps=args.reps, warmup=1, chunks=4)
-            data = load_replay_input(trace, args.workers, config)
-            for solver, path in plans.items():
-                plan = Plan.load(path)
-                meas = measure(group, plan, data, config)
-                res = compare(plan, meas, cal.spec, data, config.chunks, cal.host)
-                sim = compare(plan, meas, cal.spec, data, config.chunks)
-                layer_err = [r["error"]["layer_us"] for r in res["layers"]]
-                errors += layer_err
-                sim_errors += [r["error"]["layer_us"] for r in sim["layers"]]
-                for r in res["layers"]:
-                    for k in ("dispatch_us", "compute_us", "combine_us"):
-                        phase_errors.setdefault(k, []).append(r["error"][k])
-                rows.append(
-                    [
-                        tokens,
-                        hidden,
-                        solver,
-                        res["measured_us"] / 4,
-                        res["simulated_us"] / 4,
-                        f"{res['mean_abs_layer_error']:.1%}",
-                        f"{max(abs(e) for e in layer_err):.1%}",
-                        sim["simulated_us"] / 4,
-                        f"{sim['mean_abs_layer_error']:.1%}",
-                        f"{res.get('overlap_speedup', float('nan')):.2f}x",
-                        "yes" if res["copies_match_evaluator"] else "NO",
-                    ]
-                )
     import os
 
+    load_before = os.getloadavg()[0]
+    start = time.monotonic()
+    cal_hidden, cal_inter = 256, 128
+    config = ExecConfig(workers=args.workers, reps=args.reps, warmup=1, chunks=4)
+    datas = [load_replay_input(trace, args.workers, config) for trace, _ in inputs]
+    jobs = [(s, solver) for s, (_, plans) in enumerate(inputs) for solver in plans]
+    plans = {(s, solver): Plan.load(inputs[s][1][solver]) for s, solver in jobs}
+    parts: dict[tuple[int, str], list[Measurement]] = {job: [] for job in jobs}
+    rng = np.random.default_rng(args.seed)
+    with tmp, WorkerGroup(args.workers, timeout_s=120) as group:
+        samples: CalibrationSamples | None = None
+        for _ in range(args.rounds):
+            got = collect_calibration(
+                group, hidden=cal_hidden, inter=cal_inter, dtype="float32", warmup=1, reps=args.reps
+            )
+            samples = got if samples is None else samples.merge(got)
+            for j in rng.permutation(len(jobs)):
+                s, solver = jobs[j]
+                parts[(s, solver)].append(measure(group, plans[(s, solver)], datas[s], config))
+        assert samples is not None
+        cal = fit_calibration(group, samples, hidden=cal_hidden, inter=cal_inter, dtype="float32")
+    rep = cal.report()
+    for s, solver in jobs:
+        tokens, hidden, _inter = sizes[s]
+        plan = plans[(s, solver)]
+        meas = pool_measurements(parts[(s, solver)])
+        res = compare(plan, meas, cal.spec, datas[s], config.chunks, cal.host)
+        sim = compare(plan, meas, cal.spec, datas[s], config.chunks)
+        layer_err = [r["error"]["layer_us"] for r in res["layers"]]
+        if args.verbose:
+            for r in res["layers"]:
+                print(
+                    f"{tokens} {solver} layer {r['layer']}: "
+                    + ", ".join(
+                        f"{k} {r['measured'][k]:.0f}/{r['simulated'][k]:.0f}"
+                        for k in ("notify_us", "dispatch_us", "compute_us", "combine_us")
+                        if k in r["simulated"]
+                    )
+                    + " (measured/predicted us)"
+                )
+        errors += layer_err
+        sim_errors += [r["error"]["layer_us"] for r in sim["layers"]]
+        for r in res["layers"]:
+            for k in ("dispatch_us", "compute_us", "combine_us"):
+                phase_errors.setdefault(k, []).append(r["error"][k])
+        rows.append(
+            [
+                tokens,
+                hidden,
+                solver,
+                res["measured_us"] / 4,
+                res["simulated_us"] / 4,
+                f"{res['mean_abs_layer_error']:.1%}",
+                f"{max(abs(e) for e in layer_err):.1%}",
+                sim["simulated_us"] / 4,
+                f"{sim['mean_abs_layer_error']:.1%}",
+                f"{res.get('overlap_speedup', float('nan')):.2f}x",
+                "yes" if res["copies_match_evaluator"] else "NO",
+            ]
+        )
+
     load = os.getloadavg()[0]  # 1-minute, at the end of the run
+    print(f"load average before: {load_before:.1f}, after: {load:.1f}")
     print(
         f"machine: {platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"load average {load:.1f}), {args.workers} gloo workers, predictor: {res['predictor']}, "
+        f"load average {load:.1f}), {args.workers} gloo workers, {args.rounds} rounds x {args.reps} reps, predictor: {res['predictor']}, "
         f"{time.monotonic() - start:.0f} s"
     )
     print(
@@ -176,6 +220,12 @@ def main() -> None:
             rows,
         )
     )
+    if args.verbose and rep["host"] is not None:
+        for pt in rep["host"]["all_to_all_points"] + rep["host"]["compute_points"]:
+            what = pt.get("rank_bytes") or pt.get("experts_tokens_per_rank")
+            print(
+                f"calibration {what}: measured {pt['measured_us']:.0f} us, fitted {pt['fitted_us']:.0f} us"
+            )
     err = np.abs(np.array(errors))
     sim_err = np.abs(np.array(sim_errors))
 

@@ -33,7 +33,9 @@ from placement.executor.hostmodel import (
     sidecar_path,
 )
 
-DEFAULT_ROWS_PER_PEER = (8, 64, 256, 1024, 2048)
+# Dense in the band replays move (about 100-500 rows per peer at 1-4k tokens on 4 ranks), where a
+# misfit costs the prediction most; the line fitted there need not hold for much larger transfers.
+DEFAULT_ROWS_PER_PEER = (16, 64, 128, 256, 512, 1024)
 DEFAULT_GEMM_GRID = ((1, 64), (4, 32), (4, 128), (2, 512), (4, 512), (4, 1024))
 
 
@@ -47,6 +49,10 @@ def host_gemm_patterns(world: int) -> list[list[tuple[int, int]]]:
     pats: list[list[tuple[int, int]]] = [
         [p] * world for p in ((4, 256), (4, 512), (4, 1024), (16, 128), (2, 1024))
     ]
+    # The low end of the band (512 rows per rank, 1k-token replays on 4 ranks): phases this short
+    # share the cores better than the longer ones (less than a scheduler slice each), so without
+    # points here the fit extrapolates the long phases' contention down and overpredicts them.
+    pats += [[p] * world for p in ((4, 128), (8, 64))]
     pats += [[(4, 512), *idle], [(4, 1024), *idle], [(16, 128), *idle]]
     pats += [[(4, 512)] * half + [(0, 0)] * (world - half)]
     pats += [[(4, 1024)] * half + [(0, 0)] * (world - half)]
@@ -230,6 +236,31 @@ class Calibration:
         }
 
 
+@dataclass(frozen=True)
+class CalibrationSamples:
+    """Raw benchmark times (slowest rank per repetition, us): ``[points, reps]`` per benchmark.
+
+    Kept raw so samples taken at different moments pool (:meth:`merge`) before the fit takes medians:
+    a bench that alternates calibration rounds with the replays it predicts then exposes both to the
+    same drift of the host's load, instead of fitting on one quiet (or busy) minute."""
+
+    a2a_us: np.ndarray
+    gemm_us: np.ndarray
+    host_gemm_us: np.ndarray | None = None
+    host_a2a_us: np.ndarray | None = None
+
+    def merge(self, other: CalibrationSamples) -> CalibrationSamples:
+        def cat(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None or b is None else np.concatenate([a, b], axis=1)
+
+        return CalibrationSamples(
+            np.concatenate([self.a2a_us, other.a2a_us], axis=1),
+            np.concatenate([self.gemm_us, other.gemm_us], axis=1),
+            cat(self.host_gemm_us, other.host_gemm_us),
+            cat(self.host_a2a_us, other.host_a2a_us),
+        )
+
+
 def run_calibration(
     group: WorkerGroup,
     *,
@@ -242,9 +273,44 @@ def run_calibration(
     reps: int = 7,
 ) -> Calibration:
     """Benchmark on the group's workers and fit. Times are the slowest rank's, median over repetitions."""
-    from placement.executor.driver import DTYPE_BYTES
+    samples = collect_calibration(
+        group,
+        hidden=hidden,
+        inter=inter,
+        dtype=dtype,
+        rows_per_peer=rows_per_peer,
+        gemm_grid=gemm_grid,
+        warmup=warmup,
+        reps=reps,
+    )
+    return fit_calibration(
+        group,
+        samples,
+        hidden=hidden,
+        inter=inter,
+        dtype=dtype,
+        rows_per_peer=rows_per_peer,
+        gemm_grid=gemm_grid,
+    )
 
-    elem = DTYPE_BYTES[dtype]
+
+def _is_cpu(group: WorkerGroup) -> bool:
+    info: dict[str, Any] = group.info[0] if group.info else {"device": "cpu"}
+    return info.get("device") == "cpu"
+
+
+def collect_calibration(
+    group: WorkerGroup,
+    *,
+    hidden: int,
+    inter: int,
+    dtype: str,
+    rows_per_peer: tuple[int, ...] = DEFAULT_ROWS_PER_PEER,
+    gemm_grid: tuple[tuple[int, int], ...] = DEFAULT_GEMM_GRID,
+    warmup: int = 2,
+    reps: int = 7,
+) -> CalibrationSamples:
+    """Run the calibration benchmarks once (``reps`` repetitions each) and return the raw times."""
     world = group.world
     a2a = np.stack(
         group.call(
@@ -257,10 +323,6 @@ def run_calibration(
             what="benchmarking all-to-all",
         )
     )  # [ranks, sizes, reps]
-    a2a_us = np.median(a2a.max(axis=0), axis=1)
-    # The busiest GPU's bytes over the link: what it sends to its peers (its own rows stay local).
-    sent_bytes = np.array(rows_per_peer, dtype=float) * hidden * elem * max(world - 1, 1)
-    link = fit_link(sent_bytes, a2a_us)
     gemm = np.stack(
         group.call(
             "bench_gemm",
@@ -273,7 +335,58 @@ def run_calibration(
             what="benchmarking expert GEMMs",
         )
     )
-    gemm_us = np.median(gemm.max(axis=0), axis=1)
+    if not _is_cpu(group):
+        return CalibrationSamples(a2a.max(axis=0), gemm.max(axis=0))
+    pats = host_gemm_patterns(world)
+    per_rank = [[[list(p[r]) for p in pats]] for r in range(world)]
+    host_gemm = np.stack(
+        group.call(
+            "bench_gemm",
+            hidden,
+            inter,
+            dtype,
+            warmup,
+            reps,
+            per_rank=per_rank,
+            what="benchmarking expert GEMMs on shared cores",
+        )
+    )  # [ranks, points, reps]
+    host_a2a = np.stack(
+        group.call(
+            "bench_all_to_all",
+            [m.tolist() for m in host_a2a_patterns(world)],
+            hidden,
+            dtype,
+            warmup,
+            reps,
+            what="benchmarking skewed all-to-alls",
+        )
+    )
+    return CalibrationSamples(
+        a2a.max(axis=0), gemm.max(axis=0), host_gemm.max(axis=0), host_a2a.max(axis=0)
+    )
+
+
+def fit_calibration(
+    group: WorkerGroup,
+    samples: CalibrationSamples,
+    *,
+    hidden: int,
+    inter: int,
+    dtype: str,
+    rows_per_peer: tuple[int, ...] = DEFAULT_ROWS_PER_PEER,
+    gemm_grid: tuple[tuple[int, int], ...] = DEFAULT_GEMM_GRID,
+) -> Calibration:
+    """Fit the spec (and on CPU ranks the host model) to the medians of (pooled) samples."""
+    from placement.executor.driver import DTYPE_BYTES
+
+    elem = DTYPE_BYTES[dtype]
+    world = group.world
+    a2a_us = np.median(samples.a2a_us, axis=1)
+    # The busiest GPU's bytes over the link: what it sends to its peers (its own rows stay local).
+    sent_bytes = np.array(rows_per_peer, dtype=float) * hidden * elem * max(world - 1, 1)
+    link = fit_link(sent_bytes, a2a_us)
+    gemm_us = np.median(samples.gemm_us, axis=1)
     flops = np.array([e * t * 6.0 * hidden * inter for e, t in gemm_grid])
     wbytes = np.array([e * 3.0 * hidden * inter * elem for e, _ in gemm_grid])
     comp = fit_compute(flops, wbytes, gemm_us)
@@ -289,10 +402,16 @@ def run_calibration(
         memory_gib=memory_gib,
         name=f"calibrated-{group.backend}-{world}",
     )
-    host = None
-    if info.get("device") == "cpu":
-        host, host_points = _calibrate_host(
-            group, a2a_us, rows_per_peer, hidden, inter, dtype, warmup, reps
+    if samples.host_gemm_us is not None and samples.host_a2a_us is not None:
+        host, host_points = fit_host(
+            world,
+            samples.a2a_us,
+            np.median(samples.host_gemm_us, axis=1),
+            samples.host_a2a_us,
+            rows_per_peer,
+            hidden,
+            inter,
+            dtype,
         )
         return Calibration(spec, link, comp, hidden, inter, dtype, host, host_points)
     return Calibration(spec, link, comp, hidden, inter, dtype)
@@ -308,53 +427,35 @@ def host_cores() -> float:
         return float(os.cpu_count() or 1)
 
 
-def _calibrate_host(
-    group: WorkerGroup,
+def _points_by_reps(times_us: np.ndarray) -> np.ndarray:
+    t = np.asarray(times_us, float)
+    return t[:, None] if t.ndim == 1 else t
+
+
+def fit_host(
+    world: int,
     a2a_us: np.ndarray,
+    wall_us: np.ndarray,
+    skew_us: np.ndarray,
     rows_per_peer: tuple[int, ...],
     hidden: int,
     inter: int,
     dtype: str,
-    warmup: int,
-    reps: int,
 ) -> tuple[HostModel, dict[str, Any]]:
-    """Expert compute with balanced, lone and skewed ranks, fitted to the host-sharing model, and the
-    uniform all-to-alls refitted with the sharing rate that fit found."""
+    """Expert compute with balanced, lone and skewed ranks (``wall_us`` per pattern of
+    :func:`host_gemm_patterns`) fitted to the host-sharing model, and the uniform (``a2a_us``) and
+    skewed (``skew_us``) all-to-alls (``[points]`` medians, or ``[points, reps]`` every repetition, which
+    the all-to-all fit pools) fitted with the sharing rate that fit found."""
     from placement.executor.driver import DTYPE_BYTES
 
-    world = group.world
     pats = host_gemm_patterns(world)
-    per_rank = [[[list(p[r]) for p in pats]] for r in range(world)]
-    times = np.stack(
-        group.call(
-            "bench_gemm",
-            hidden,
-            inter,
-            dtype,
-            warmup,
-            reps,
-            per_rank=per_rank,
-            what="benchmarking expert GEMMs on shared cores",
-        )
-    )  # [ranks, points, reps]
-    wall_us = np.median(times.max(axis=0), axis=1)
     experts = np.array([[e for e, _ in p] for p in pats], dtype=float)
     flops = np.array([[e * t * 6.0 * hidden * inter for e, t in p] for p in pats])
     fit = fit_host_compute(experts, flops, wall_us, host_cores())
     elem = DTYPE_BYTES[dtype]
     mats = host_a2a_patterns(world)
-    skew = np.stack(
-        group.call(
-            "bench_all_to_all",
-            [m.tolist() for m in mats],
-            hidden,
-            dtype,
-            warmup,
-            reps,
-            what="benchmarking skewed all-to-alls",
-        )
-    )
-    skew_us = np.median(skew.max(axis=0), axis=1)
+    # One row per point, one column per repetition (a single column when given medians).
+    comm_us = np.concatenate([_points_by_reps(a2a_us), _points_by_reps(skew_us)])
     uniform = []
     for rows in rows_per_peer:
         m = np.full((world, world), rows)
@@ -364,7 +465,7 @@ def _calibrate_host(
     rank_bytes = np.array([(m.sum(axis=0) + m.sum(axis=1)) * hidden * elem for m in uniform + mats])
     lat, per_kbyte, comm_err = fit_host_comm(
         rank_bytes,
-        np.concatenate([a2a_us, skew_us]),
+        comm_us,
         fit["cores"],
         fit["external_threads"],
         fit["thrash_exponent"],
@@ -392,7 +493,7 @@ def _calibrate_host(
         ],
         "all_to_all_points": [
             {"rank_bytes": b.tolist(), "measured_us": float(t), "fitted_us": model.comm_us(b)}
-            for b, t in zip(rank_bytes, np.concatenate([a2a_us, skew_us]), strict=True)
+            for b, t in zip(rank_bytes, np.median(comm_us, axis=1), strict=True)
         ],
     }
     return model, points

@@ -192,6 +192,40 @@ class Measurement:
     sent_copies: list[np.ndarray]  # per layer [G, G] rows moved (D1 + D2)
     outputs: list[Any]  # per rank, when asked: (home_tokens, inputs, outputs) per layer
     weight_bytes: int
+    slowest_us: np.ndarray | None = None  # raw [reps, layers, 4] slowest rank per phase
+    overlap_raw_us: np.ndarray | None = None  # raw [reps, layers] slowest rank, pipelined
+
+
+def summarise(slowest_us: np.ndarray, overlap_us: np.ndarray | None) -> list[dict[str, float]]:
+    """Per-layer rows from raw times ``[reps, layers, 4]`` (and ``[reps, layers]`` pipelined): the
+    median over repetitions of each phase's slowest rank."""
+    med = np.median(slowest_us, axis=0)  # [layers, 4]
+    over = None if overlap_us is None else np.median(overlap_us, axis=0)
+    rows = []
+    for layer in range(med.shape[0]):
+        row = {"layer": layer, **{k: float(med[layer, i]) for i, k in enumerate(PHASES)}}
+        row["layer_us"] = row["dispatch_us"] + row["compute_us"] + row["combine_us"]
+        if over is not None:
+            row["overlap_layer_us"] = float(over[layer])
+        rows.append(row)
+    return rows
+
+
+def pool_measurements(parts: list[Measurement]) -> Measurement:
+    """One measurement from several runs of the same plan and tokens (e.g. rounds interleaved with
+    other plans so the host's drift hits them alike): medians over all their repetitions."""
+    if not parts or any(p.slowest_us is None for p in parts):
+        raise PlacementError("pooling needs measurements with their raw times")
+    slowest = np.concatenate([p.slowest_us for p in parts if p.slowest_us is not None])
+    overs = [p.overlap_raw_us for p in parts]
+    over = (
+        None
+        if any(o is None for o in overs)
+        else np.concatenate([o for o in overs if o is not None])
+    )
+    return dataclasses.replace(
+        parts[0], per_layer=summarise(slowest, over), slowest_us=slowest, overlap_raw_us=over
+    )
 
 
 def measure(
@@ -245,22 +279,17 @@ def measure(
     )
     phased = np.stack([r["phased_us"] for r in results])  # [ranks, reps, layers, 4]
     slowest = phased.max(axis=0)  # [reps, layers, 4]
-    med = np.median(slowest, axis=0)  # [layers, 4]
     over = None
     if config.overlap:
-        over = np.median(np.stack([r["overlap_us"] for r in results]).max(axis=0), axis=0)
-    rows = []
-    for layer in range(plan.num_layers):
-        row = {"layer": layer, **{k: float(med[layer, i]) for i, k in enumerate(PHASES)}}
-        row["layer_us"] = row["dispatch_us"] + row["compute_us"] + row["combine_us"]
-        if over is not None:
-            row["overlap_layer_us"] = float(over[layer])
-        rows.append(row)
+        over = np.stack([r["overlap_us"] for r in results]).max(axis=0)  # [reps, layers]
+    rows = summarise(slowest, over)
     return Measurement(
         per_layer=rows,
         sent_copies=[replay.sent_copies(layer) for layer in range(plan.num_layers)],
         outputs=[r["outputs"] for r in results],
         weight_bytes=int(max(weight_bytes)),
+        slowest_us=slowest,
+        overlap_raw_us=over,
     )
 
 
