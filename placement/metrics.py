@@ -23,7 +23,7 @@ replica from it by a deterministic hash of its identity, so realised loads follo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,6 +198,15 @@ def gpu_pair_copies(src: np.ndarray, dst: np.ndarray, num_gpus: int) -> np.ndarr
     )
 
 
+def _miss_gpu(plan: Plan, layer: int, load: np.ndarray, num_tokens: float) -> np.ndarray:
+    """``[gpus]``: probability that a token chooses no slot on each GPU, each slot chosen independently
+    with probability ``load * share / tokens`` (the load-only estimate)."""
+    p_slot = np.clip(load[plan.phy2log[layer]] * plan.shares()[layer] / max(num_tokens, 1.0), 0, 1)
+    miss_gpu = np.ones(plan.num_gpus)
+    np.multiply.at(miss_gpu, plan.slot_gpu(), 1.0 - p_slot)
+    return miss_gpu
+
+
 def expected_copies_load_only(
     plan: Plan, layer: int, load: np.ndarray, num_tokens: float
 ) -> PairCopies:
@@ -205,9 +214,7 @@ def expected_copies_load_only(
     slot chosen independently with probability ``load * share / tokens`` (an estimate, no co-activation)."""
     G, gpn = plan.num_gpus, plan.gpus_per_node
     nodes = G // gpn
-    p_slot = np.clip(load[plan.phy2log[layer]] * plan.shares()[layer] / max(num_tokens, 1.0), 0, 1)
-    miss_gpu = np.ones(G)
-    np.multiply.at(miss_gpu, plan.slot_gpu(), 1.0 - p_slot)
+    miss_gpu = _miss_gpu(plan, layer, load, num_tokens)
     hit_gpu = 1.0 - miss_gpu
     hit_node = 1.0 - miss_gpu.reshape(nodes, gpn).prod(axis=1)
     per_home = num_tokens / G
@@ -235,9 +242,7 @@ def _expected_gpu_pairs_load_only(
 ) -> np.ndarray:
     """Expected direct (per destination GPU) copies ``[gpus, gpus]`` under the independent-choice estimate."""
     G = plan.num_gpus
-    p_slot = np.clip(load[plan.phy2log[layer]] * plan.shares()[layer] / max(num_tokens, 1.0), 0, 1)
-    miss_gpu = np.ones(G)
-    np.multiply.at(miss_gpu, plan.slot_gpu(), 1.0 - p_slot)
+    miss_gpu = _miss_gpu(plan, layer, load, num_tokens)
     return np.broadcast_to((num_tokens / G) * (1.0 - miss_gpu)[None, :], (G, G)).copy()
 
 
@@ -247,9 +252,7 @@ def expected_hops_load_only(
     """Expected tokens that leave their home GPU (and their home node) when only loads are known, under the
     same independent-choice estimate as :func:`expected_copies_load_only`."""
     G, gpn = plan.num_gpus, plan.gpus_per_node
-    p_slot = np.clip(load[plan.phy2log[layer]] * plan.shares()[layer] / max(num_tokens, 1.0), 0, 1)
-    miss_gpu = np.ones(G)
-    np.multiply.at(miss_gpu, plan.slot_gpu(), 1.0 - p_slot)
+    miss_gpu = _miss_gpu(plan, layer, load, num_tokens)
     miss_node = miss_gpu.reshape(G // gpn, gpn).prod(axis=1)
     stay_gpu = np.prod(miss_gpu) / np.where(
         miss_gpu > 0, miss_gpu, 1.0
@@ -447,95 +450,153 @@ def evaluate(
     gpu_pairs: bool = False,
 ) -> Evaluation:
     """Evaluate ``plan`` on ``workload``; per-token traces are streamed once (``workload.chunks()``)."""
+    return evaluate_many(
+        [plan],
+        cluster,
+        workload,
+        mode=mode,
+        tokens_per_gpu=tokens_per_gpu,
+        chunks=chunks,
+        gpu_pairs=gpu_pairs,
+    )[0]
+
+
+def evaluate_many(
+    plans: Sequence[Plan],
+    cluster: ClusterSpec,
+    workload: Workload,
+    *,
+    mode: str = "standard",
+    tokens_per_gpu: int | None = DEFAULT_TOKENS_PER_GPU,
+    chunks: Iterable[Any] | None = None,
+    gpu_pairs: bool = False,
+) -> list[Evaluation]:
+    """Evaluate several plans of one cluster and workload in a single pass over the trace."""
     if mode not in MODES:
         raise PlacementError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
-    check_compatible(plan, cluster, workload)
-    G, gpn, L = plan.num_gpus, plan.gpus_per_node, plan.num_layers
-    shape = workload.shape
+    for plan in plans:
+        check_compatible(plan, cluster, workload)
+    if not workload.per_token and mode == "coherent":
+        raise PlacementError(
+            f"coherent mode needs per-token routing, but {workload.source} is load-only: give a Parquet trace"
+        )
     tokens = max(int(workload.num_tokens), 1)
-    scale = 1.0 if tokens_per_gpu is None else tokens_per_gpu * G / tokens
-    d_bpc = shape.hidden_size * shape.dispatch_bytes_per_elem
-    c_bpc = shape.hidden_size * shape.combine_bytes_per_elem
-    slot_gpu = plan.slot_gpu()
-    dispatch = [PairCopies(np.zeros((G, G)), np.zeros((G, G))) for _ in range(L)]
-    combine = [PairCopies(np.zeros((G, G)), np.zeros((G, G))) for _ in range(L)]
-    hops = np.zeros(L)
-    node_hops = np.zeros(L)
-    gpu_load = np.zeros((L, G))
-    d_pairs = [np.zeros((G, G)) for _ in range(L)] if gpu_pairs else None
-    c_pairs = [np.zeros((G, G)) for _ in range(L)] if gpu_pairs else None
+    tallies = [_Tally(plan, workload, gpu_pairs) for plan in plans]
     if workload.per_token:
-        router = ReplicaRouter(plan, workload.demand(G))
         source = chunks if chunks is not None else workload.chunks()
         for chunk in source:
-            ids = chunk.expert_ids
-            cur = home_gpus(chunk.seq_id, chunk.pos, G, workload.home_policy)
-            for layer in range(L):
-                gpus = slot_gpu[router.slots(layer, cur, ids[layer], chunk.seq_id, chunk.pos)]
-                gpu_load[layer] += np.bincount(gpus.ravel(), minlength=G)
-                copies = dedup_copies(cur, gpus, G, gpn)
-                dispatch[layer] += copies
-                if d_pairs is not None and c_pairs is not None:
-                    d_pairs[layer] += gpu_pair_copies(cur, gpus, G)
-                    src_c = cur if mode == "standard" else gpus[:, 0]
-                    c_pairs[layer] += gpu_pair_copies(src_c, gpus, G).T
-                if mode == "standard":
-                    combine[layer] += copies.transposed()  # the reverse path, reduced at forwarders
-                    moved = (gpus != cur[:, None]).any(axis=1)
-                    hops[layer] += moved.sum()
-                    node_hops[layer] += ((gpus // gpn) != (cur // gpn)[:, None]).any(axis=1).sum()
-                else:
-                    nxt = gpus[:, 0]
-                    combine[layer] += dedup_copies(nxt, gpus, G, gpn).transposed()
-                    hops[layer] += (nxt != cur).sum()
-                    node_hops[layer] += ((nxt // gpn) != (cur // gpn)).sum()
-                    cur = nxt
+            for tally in tallies:
+                tally.add_chunk(chunk, workload.home_policy, mode)
         bytes_model = "per-token (deduplicated)"
     else:
-        if mode == "coherent":
-            raise PlacementError(
-                f"coherent mode needs per-token routing, but {workload.source} is load-only: give a Parquet trace"
-            )
-        shares = plan.shares()
-        for layer in range(L):
-            slot_load = workload.load[layer][plan.phy2log[layer]] * shares[layer]
-            gpu_load[layer] = np.bincount(slot_gpu, weights=slot_load, minlength=G)
-            copies = expected_copies_load_only(plan, layer, workload.load[layer], float(tokens))
-            dispatch[layer] = copies
-            combine[layer] = copies.transposed()
-            if d_pairs is not None and c_pairs is not None:
-                direct = _expected_gpu_pairs_load_only(
-                    plan, layer, workload.load[layer], float(tokens)
-                )
-                d_pairs[layer] = direct
-                c_pairs[layer] = direct.T.copy()
-            hops[layer], node_hops[layer] = expected_hops_load_only(
-                plan, layer, workload.load[layer], float(tokens)
-            )
+        for tally in tallies:
+            tally.add_load_only(workload.load, float(tokens))
         bytes_model = "independent-choice estimate (load-only input)"
-    active = np.zeros((L, G))
-    for layer in range(L):
-        np.add.at(active[layer], slot_gpu, workload.load[layer][plan.phy2log[layer]] > 0)
-    comp = compute_us(gpu_load, active, workload, cluster, scale)
-    d_us = np.array([_phase_us(dispatch[layer], d_bpc, scale, cluster) for layer in range(L)])
-    c_us = np.array([_phase_us(combine[layer], c_bpc, scale, cluster) for layer in range(L)])
-    return Evaluation(
-        mode=mode,
-        num_gpus=G,
-        gpus_per_node=gpn,
-        bytes_model=bytes_model,
-        gpu_load=gpu_load,
-        dispatch=dispatch,
-        combine=combine,
-        dispatch_bytes_per_copy=d_bpc,
-        combine_bytes_per_copy=c_bpc,
-        hops=hops,
-        node_hops=node_hops,
-        compute_us=comp,
-        dispatch_us=d_us,
-        combine_us=c_us,
-        scale=scale,
-        tokens=tokens,
-        dispatch_pairs=d_pairs,
-        combine_pairs=c_pairs,
-    )
+    return [t.finish(cluster, workload, mode, bytes_model, tokens, tokens_per_gpu) for t in tallies]
+
+
+class _Tally:
+    """One plan's running sums while the trace streams by (see :func:`evaluate_many`)."""
+
+    def __init__(self, plan: Plan, workload: Workload, gpu_pairs: bool) -> None:
+        G, L = plan.num_gpus, plan.num_layers
+        self.plan = plan
+        self.slot_gpu = plan.slot_gpu()
+        self.dispatch = [PairCopies(np.zeros((G, G)), np.zeros((G, G))) for _ in range(L)]
+        self.combine = [PairCopies(np.zeros((G, G)), np.zeros((G, G))) for _ in range(L)]
+        self.hops = np.zeros(L)
+        self.node_hops = np.zeros(L)
+        self.gpu_load = np.zeros((L, G))
+        self.d_pairs = [np.zeros((G, G)) for _ in range(L)] if gpu_pairs else None
+        self.c_pairs = [np.zeros((G, G)) for _ in range(L)] if gpu_pairs else None
+        self.router = ReplicaRouter(plan, workload.demand(G)) if workload.per_token else None
+
+    def add_chunk(self, chunk: Any, home_policy: str, mode: str) -> None:
+        """Route one chunk of complete tokens through every layer."""
+        assert self.router is not None
+        G, gpn = self.plan.num_gpus, self.plan.gpus_per_node
+        ids = chunk.expert_ids
+        cur = home_gpus(chunk.seq_id, chunk.pos, G, home_policy)
+        for layer in range(self.plan.num_layers):
+            slots = self.router.slots(layer, cur, ids[layer], chunk.seq_id, chunk.pos)
+            gpus = self.slot_gpu[slots]
+            self.gpu_load[layer] += np.bincount(gpus.ravel(), minlength=G)
+            copies = dedup_copies(cur, gpus, G, gpn)
+            self.dispatch[layer] += copies
+            if self.d_pairs is not None and self.c_pairs is not None:
+                self.d_pairs[layer] += gpu_pair_copies(cur, gpus, G)
+                src_c = cur if mode == "standard" else gpus[:, 0]
+                self.c_pairs[layer] += gpu_pair_copies(src_c, gpus, G).T
+            if mode == "standard":
+                self.combine[layer] += (
+                    copies.transposed()
+                )  # the reverse path, reduced at forwarders
+                moved = (gpus != cur[:, None]).any(axis=1)
+                self.hops[layer] += moved.sum()
+                left_node = (gpus // gpn) != (cur // gpn)[:, None]
+                self.node_hops[layer] += left_node.any(axis=1).sum()
+            else:
+                nxt = gpus[:, 0]
+                self.combine[layer] += dedup_copies(nxt, gpus, G, gpn).transposed()
+                self.hops[layer] += (nxt != cur).sum()
+                self.node_hops[layer] += ((nxt // gpn) != (cur // gpn)).sum()
+                cur = nxt
+
+    def add_load_only(self, load: np.ndarray, tokens: float) -> None:
+        """Expected loads, copies and hops from ``load[layers, experts]`` alone."""
+        plan = self.plan
+        shares = plan.shares()
+        for layer in range(plan.num_layers):
+            slot_load = load[layer][plan.phy2log[layer]] * shares[layer]
+            self.gpu_load[layer] = np.bincount(
+                self.slot_gpu, weights=slot_load, minlength=plan.num_gpus
+            )
+            copies = expected_copies_load_only(plan, layer, load[layer], tokens)
+            self.dispatch[layer] = copies
+            self.combine[layer] = copies.transposed()
+            if self.d_pairs is not None and self.c_pairs is not None:
+                direct = _expected_gpu_pairs_load_only(plan, layer, load[layer], tokens)
+                self.d_pairs[layer] = direct
+                self.c_pairs[layer] = direct.T.copy()
+            self.hops[layer], self.node_hops[layer] = expected_hops_load_only(
+                plan, layer, load[layer], tokens
+            )
+
+    def finish(
+        self,
+        cluster: ClusterSpec,
+        workload: Workload,
+        mode: str,
+        bytes_model: str,
+        tokens: int,
+        tokens_per_gpu: int | None,
+    ) -> Evaluation:
+        """Times for a step of ``tokens_per_gpu`` tokens per GPU from the sums."""
+        plan, L, G = self.plan, self.plan.num_layers, self.plan.num_gpus
+        shape = workload.shape
+        scale = 1.0 if tokens_per_gpu is None else tokens_per_gpu * G / tokens
+        d_bpc = shape.hidden_size * shape.dispatch_bytes_per_elem
+        c_bpc = shape.hidden_size * shape.combine_bytes_per_elem
+        active = np.zeros((L, G))
+        for layer in range(L):
+            np.add.at(active[layer], self.slot_gpu, workload.load[layer][plan.phy2log[layer]] > 0)
+        return Evaluation(
+            mode=mode,
+            num_gpus=G,
+            gpus_per_node=plan.gpus_per_node,
+            bytes_model=bytes_model,
+            gpu_load=self.gpu_load,
+            dispatch=self.dispatch,
+            combine=self.combine,
+            dispatch_bytes_per_copy=d_bpc,
+            combine_bytes_per_copy=c_bpc,
+            hops=self.hops,
+            node_hops=self.node_hops,
+            compute_us=compute_us(self.gpu_load, active, workload, cluster, scale),
+            dispatch_us=np.array([_phase_us(d, d_bpc, scale, cluster) for d in self.dispatch]),
+            combine_us=np.array([_phase_us(c, c_bpc, scale, cluster) for c in self.combine]),
+            scale=scale,
+            tokens=tokens,
+            dispatch_pairs=self.d_pairs,
+            combine_pairs=self.c_pairs,
+        )

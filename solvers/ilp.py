@@ -681,7 +681,7 @@ def _safeguard(
     row and the baselines' rows (greedy, EPLB hierarchical and global, contiguous) the evaluator times
     fastest. Skipped with a migration budget (a baseline's row may move too much) or several traces
     (the evaluator times one)."""
-    from placement.metrics import evaluate
+    from placement.metrics import evaluate_many
     from solvers.base import REGISTRY
 
     p = ctx.problem
@@ -694,8 +694,7 @@ def _safeguard(
         return make_plan(p, r, sh, prov)
 
     mine = plan_of(rows, shares)
-    times = evaluate(mine, p.cluster, p.workload).layer_us()
-    chosen = ["best"] * L
+    candidates: list[tuple[str, Plan]] = []
     for name in SAFEGUARD_CANDIDATES:
         if name not in REGISTRY:
             continue
@@ -703,9 +702,14 @@ def _safeguard(
             other = REGISTRY[name].fn(p, ctx.config, rng=np.random.default_rng(ctx.config.seed))
         except PlacementError:
             continue
-        if other.slots_per_gpu != spg:
-            continue
-        other_us = evaluate(other, p.cluster, p.workload).layer_us()
+        if other.slots_per_gpu == spg:
+            candidates.append((name, other))
+    # every candidate in one pass over the trace (a per-token trace may be large)
+    evaluations = evaluate_many([mine] + [c for _, c in candidates], p.cluster, p.workload)
+    times = evaluations[0].layer_us()
+    chosen = ["best"] * L
+    for (name, other), ev in zip(candidates, evaluations[1:], strict=True):
+        other_us = ev.layer_us()
         other_share = other.shares()
         for layer in np.flatnonzero(other_us < times * (1 - 1e-9)).tolist():
             times[layer] = other_us[layer]

@@ -32,13 +32,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def default_trace(out: Path) -> Path:
-    try:  # the bundled tiny-MoE capture
-        bundled = Path(importlib.import_module("traces.data").DEFAULT_TRACE)
-        if bundled.exists():
-            return bundled
+def bundled_trace() -> Path | None:
+    """The bundled tiny-MoE capture, if this install ships it."""
+    try:
+        path = Path(importlib.import_module("traces.data").DEFAULT_TRACE)
     except (ImportError, AttributeError):
-        pass
+        return None
+    return path if path.exists() else None
+
+
+def default_trace(out: Path) -> Path:
+    bundled = bundled_trace()
+    if bundled is not None:
+        return bundled
     from traces.synth import SynthConfig, generate
 
     path = out / "synthetic_trace.parquet"
