@@ -185,40 +185,20 @@ def _layer_phases(ev: Any, layer: int, algo: str, scale: float) -> tuple[PhasePl
     gpn = ev.gpus_per_node
     d = ev.dispatch[layer]
     c = ev.combine[layer]
-    if algo == "deepep-ll":
-        # one message per (token, expert): the evaluator's per-GPU copies, scaled to its per-GPU
-        # assignments (gpu_load); dispatch messages carry DeepEP's 16-byte header
-        load = ev.gpu_load[layer]
-        return (
-            build_phase(
-                algo,
-                "dispatch",
-                pairs=ev.dispatch_pairs[layer],
-                nic=d.nic,
-                nvlink=d.nvlink,
-                bytes_per_copy=(ev.dispatch_bytes_per_copy + LL_DISPATCH_HEADER_BYTES) * scale,
-                gpus_per_node=gpn,
-                expert_pairs=_expert_pairs(ev.dispatch_pairs[layer], load, axis=0),
-            ),
-            build_phase(
-                algo,
-                "combine",
-                pairs=ev.combine_pairs[layer],
-                nic=c.nic,
-                nvlink=c.nvlink,
-                bytes_per_copy=ev.combine_bytes_per_copy * scale,
-                gpus_per_node=gpn,
-                expert_pairs=_expert_pairs(ev.combine_pairs[layer], load, axis=1),
-            ),
-        )
+    low_latency = algo == "deepep-ll"
+    # deepep-ll: one message per (token, expert): the evaluator's per-GPU copies, scaled to its per-GPU
+    # assignments (gpu_load); dispatch messages carry DeepEP's 16-byte header
+    header = LL_DISPATCH_HEADER_BYTES if low_latency else 0.0
+    load = ev.gpu_load[layer]
     dispatch = build_phase(
         algo,
         "dispatch",
         pairs=ev.dispatch_pairs[layer],
         nic=d.nic,
         nvlink=d.nvlink,
-        bytes_per_copy=ev.dispatch_bytes_per_copy * scale,
+        bytes_per_copy=(ev.dispatch_bytes_per_copy + header) * scale,
         gpus_per_node=gpn,
+        expert_pairs=_expert_pairs(ev.dispatch_pairs[layer], load, axis=0) if low_latency else None,
     )
     combine = build_phase(
         algo,
@@ -228,6 +208,7 @@ def _layer_phases(ev: Any, layer: int, algo: str, scale: float) -> tuple[PhasePl
         nvlink=c.nvlink,
         bytes_per_copy=ev.combine_bytes_per_copy * scale,
         gpus_per_node=gpn,
+        expert_pairs=_expert_pairs(ev.combine_pairs[layer], load, axis=1) if low_latency else None,
     )
     return dispatch, combine
 
