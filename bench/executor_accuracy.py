@@ -27,6 +27,7 @@ import numpy as np
 
 from placement.cli import main as cli
 from placement.commands._common import table
+from placement.executor import timing
 from placement.executor.calibrate import CalibrationSamples, collect_calibration, fit_calibration
 from placement.executor.driver import (
     ExecConfig,
@@ -107,7 +108,22 @@ def main() -> None:
         "--verbose", action="store_true", help="also print calibration points and per-phase times"
     )
     parser.add_argument("--seed", type=int, default=0, help="order of the replays in each round")
+    parser.add_argument(
+        "--clock",
+        choices=("span", "own"),
+        default="span",
+        help="phase time across ranks: last release to last end on the host's shared clock (span) "
+        "or the slowest rank's own duration (own)",
+    )
+    parser.add_argument(
+        "--trim",
+        type=float,
+        default=timing.TRIM,
+        help="trimmed mean over repetitions: fraction dropped on each side (0.5: median)",
+    )
     args = parser.parse_args()
+    timing.SPAN_ON_SHARED_CLOCK = args.clock == "span"
+    timing.TRIM = args.trim
     import contextlib
     import io
 
@@ -193,7 +209,8 @@ def main() -> None:
     print(f"load average before: {load_before:.1f}, after: {load:.1f}")
     print(
         f"machine: {platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"load average {load:.1f}), {args.workers} gloo workers, {args.rounds} rounds x {args.reps} reps, predictor: {res['predictor']}, "
+        f"load average {load:.1f}), {args.workers} gloo workers, {args.rounds} rounds x {args.reps} reps, "
+        f"phase clock {args.clock}, trim {args.trim:g}, predictor: {res['predictor']}, "
         f"{time.monotonic() - start:.0f} s"
     )
     print(

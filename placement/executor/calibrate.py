@@ -32,6 +32,7 @@ from placement.executor.hostmodel import (
     save_host_model,
     sidecar_path,
 )
+from placement.executor.timing import across_ranks, central_us, share_clock
 
 # Dense in the band replays move (about 100-500 rows per peer at 1-4k tokens on 4 ranks), where a
 # misfit costs the prediction most; the line fitted there need not hold for much larger transfers.
@@ -240,7 +241,7 @@ class Calibration:
 class CalibrationSamples:
     """Raw benchmark times (slowest rank per repetition, us): ``[points, reps]`` per benchmark.
 
-    Kept raw so samples taken at different moments pool (:meth:`merge`) before the fit takes medians:
+    Kept raw so samples taken at different moments pool (:meth:`merge`) before the fit takes trimmed means:
     a bench that alternates calibration rounds with the replays it predicts then exposes both to the
     same drift of the host's load, instead of fitting on one quiet (or busy) minute."""
 
@@ -272,7 +273,7 @@ def run_calibration(
     warmup: int = 2,
     reps: int = 7,
 ) -> Calibration:
-    """Benchmark on the group's workers and fit. Times are the slowest rank's, median over repetitions."""
+    """Benchmark on the group's workers and fit (phase times as in :mod:`placement.executor.timing`)."""
     samples = collect_calibration(
         group,
         hidden=hidden,
@@ -322,7 +323,7 @@ def collect_calibration(
             reps,
             what="benchmarking all-to-all",
         )
-    )  # [ranks, sizes, reps]
+    )  # [ranks, sizes, reps, 2] (start, end)
     gemm = np.stack(
         group.call(
             "bench_gemm",
@@ -335,8 +336,9 @@ def collect_calibration(
             what="benchmarking expert GEMMs",
         )
     )
+    shared = share_clock(group.info)
     if not _is_cpu(group):
-        return CalibrationSamples(a2a.max(axis=0), gemm.max(axis=0))
+        return CalibrationSamples(across_ranks(a2a, shared), across_ranks(gemm, shared))
     pats = host_gemm_patterns(world)
     per_rank = [[[list(p[r]) for p in pats]] for r in range(world)]
     host_gemm = np.stack(
@@ -350,7 +352,7 @@ def collect_calibration(
             per_rank=per_rank,
             what="benchmarking expert GEMMs on shared cores",
         )
-    )  # [ranks, points, reps]
+    )  # [ranks, points, reps, 2]
     host_a2a = np.stack(
         group.call(
             "bench_all_to_all",
@@ -362,9 +364,7 @@ def collect_calibration(
             what="benchmarking skewed all-to-alls",
         )
     )
-    return CalibrationSamples(
-        a2a.max(axis=0), gemm.max(axis=0), host_gemm.max(axis=0), host_a2a.max(axis=0)
-    )
+    return CalibrationSamples(*(across_ranks(t, shared) for t in (a2a, gemm, host_gemm, host_a2a)))
 
 
 def fit_calibration(
@@ -377,16 +377,17 @@ def fit_calibration(
     rows_per_peer: tuple[int, ...] = DEFAULT_ROWS_PER_PEER,
     gemm_grid: tuple[tuple[int, int], ...] = DEFAULT_GEMM_GRID,
 ) -> Calibration:
-    """Fit the spec (and on CPU ranks the host model) to the medians of (pooled) samples."""
+    """Fit the spec (and on CPU ranks the host model) to the trimmed means of (pooled) samples
+    (:func:`placement.executor.timing.central_us`, the statistic measurements report too)."""
     from placement.executor.driver import DTYPE_BYTES
 
     elem = DTYPE_BYTES[dtype]
     world = group.world
-    a2a_us = np.median(samples.a2a_us, axis=1)
+    a2a_us = central_us(samples.a2a_us, axis=1)
     # The busiest GPU's bytes over the link: what it sends to its peers (its own rows stay local).
     sent_bytes = np.array(rows_per_peer, dtype=float) * hidden * elem * max(world - 1, 1)
     link = fit_link(sent_bytes, a2a_us)
-    gemm_us = np.median(samples.gemm_us, axis=1)
+    gemm_us = central_us(samples.gemm_us, axis=1)
     flops = np.array([e * t * 6.0 * hidden * inter for e, t in gemm_grid])
     wbytes = np.array([e * 3.0 * hidden * inter * elem for e, _ in gemm_grid])
     comp = fit_compute(flops, wbytes, gemm_us)
@@ -405,9 +406,9 @@ def fit_calibration(
     if samples.host_gemm_us is not None and samples.host_a2a_us is not None:
         host, host_points = fit_host(
             world,
-            samples.a2a_us,
-            np.median(samples.host_gemm_us, axis=1),
-            samples.host_a2a_us,
+            central_us(samples.a2a_us, axis=1),
+            central_us(samples.host_gemm_us, axis=1),
+            central_us(samples.host_a2a_us, axis=1),
             rows_per_peer,
             hidden,
             inter,
@@ -493,7 +494,7 @@ def fit_host(
         ],
         "all_to_all_points": [
             {"rank_bytes": b.tolist(), "measured_us": float(t), "fitted_us": model.comm_us(b)}
-            for b, t in zip(rank_bytes, np.median(comm_us, axis=1), strict=True)
+            for b, t in zip(rank_bytes, central_us(comm_us, axis=1), strict=True)
         ],
     }
     return model, points

@@ -1,7 +1,9 @@
 """Driver side of a replay: pick the tokens, check the plan fits, ship instructions, collect timings.
 
-Times are per layer: for each repetition the slowest rank's time of each phase (phases start together
-after a barrier), then the median over repetitions. ``layer_us`` = dispatch + compute + combine (the
+Times are per layer: for each repetition each phase's time across ranks (phases start after a
+barrier; see :mod:`placement.executor.timing`: from the last rank's release to the last rank's end
+when the ranks share a host clock, else the slowest rank's own time), then the trimmed mean over
+repetitions. ``layer_us`` = dispatch + compute + combine (the
 count exchange, ``notify_us``, is reported apart, as DeepEP's figures leave their layout/notify step
 out). The overlapped schedule is timed as a whole per layer.
 """
@@ -21,6 +23,7 @@ import numpy as np
 from placement.errors import PlacementError
 from placement.executor.group import WorkerGroup
 from placement.executor.routing import Replay, build_replay
+from placement.executor.timing import across_ranks, central_us, share_clock
 from placement.plan import Plan
 from placement.shapes import ModelShape
 from placement.workload import Workload
@@ -186,21 +189,21 @@ def check_device_memory(group: WorkerGroup, plan: Plan, shape: ModelShape, num_t
 
 @dataclass
 class Measurement:
-    """Measured per-layer times of one plan (medians over repetitions of the slowest rank)."""
+    """Measured per-layer times of one plan (trimmed means over repetitions of each phase's time)."""
 
     per_layer: list[dict[str, float]]
     sent_copies: list[np.ndarray]  # per layer [G, G] rows moved (D1 + D2)
     outputs: list[Any]  # per rank, when asked: (home_tokens, inputs, outputs) per layer
     weight_bytes: int
-    slowest_us: np.ndarray | None = None  # raw [reps, layers, 4] slowest rank per phase
+    slowest_us: np.ndarray | None = None  # raw [reps, layers, 4] each phase across ranks
     overlap_raw_us: np.ndarray | None = None  # raw [reps, layers] slowest rank, pipelined
 
 
 def summarise(slowest_us: np.ndarray, overlap_us: np.ndarray | None) -> list[dict[str, float]]:
     """Per-layer rows from raw times ``[reps, layers, 4]`` (and ``[reps, layers]`` pipelined): the
-    median over repetitions of each phase's slowest rank."""
-    med = np.median(slowest_us, axis=0)  # [layers, 4]
-    over = None if overlap_us is None else np.median(overlap_us, axis=0)
+    trimmed mean over repetitions of each phase's time across ranks."""
+    med = central_us(slowest_us, axis=0)  # [layers, 4]
+    over = None if overlap_us is None else central_us(overlap_us, axis=0)
     rows = []
     for layer in range(med.shape[0]):
         row = {"layer": layer, **{k: float(med[layer, i]) for i, k in enumerate(PHASES)}}
@@ -213,7 +216,7 @@ def summarise(slowest_us: np.ndarray, overlap_us: np.ndarray | None) -> list[dic
 
 def pool_measurements(parts: list[Measurement]) -> Measurement:
     """One measurement from several runs of the same plan and tokens (e.g. rounds interleaved with
-    other plans so the host's drift hits them alike): medians over all their repetitions."""
+    other plans so the host's drift hits them alike): trimmed means over all their repetitions."""
     if not parts or any(p.slowest_us is None for p in parts):
         raise PlacementError("pooling needs measurements with their raw times")
     slowest = np.concatenate([p.slowest_us for p in parts if p.slowest_us is not None])
@@ -277,8 +280,8 @@ def measure(
         what="replaying layers",
         watch=True,
     )
-    phased = np.stack([r["phased_us"] for r in results])  # [ranks, reps, layers, 4]
-    slowest = phased.max(axis=0)  # [reps, layers, 4]
+    stamps = np.stack([r["stamps_us"] for r in results])  # [ranks, reps, layers, 4, 2]
+    slowest = across_ranks(stamps, share_clock(group.info))  # [reps, layers, 4]
     over = None
     if config.overlap:
         over = np.stack([r["overlap_us"] for r in results]).max(axis=0)  # [reps, layers]

@@ -148,6 +148,8 @@ class LayerRunner:
         self.device = device
         self.dtype = dtype
         self.world = dist.get_world_size(group)
+        # (start, end) of each phase of the last run_phased on this host's monotonic clock (us)
+        self.last_stamps_us: list[tuple[float, float]] = []
         self.sync: Callable[[], None] = (
             torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         )
@@ -228,26 +230,23 @@ class LayerRunner:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """One layer, phase by phase; returns the home tokens' output and this rank's phase times (us)."""
         times: dict[str, float] = {}
-        self.barrier()
-        t0 = time.perf_counter()
-        self.notify([lay])
-        self.sync()
-        times["notify_us"] = (time.perf_counter() - t0) * 1e6
-        self.barrier()
-        t0 = time.perf_counter()
-        w = self.dispatch(lay, x, stage2)
-        self.sync()
-        times["dispatch_us"] = (time.perf_counter() - t0) * 1e6
-        self.barrier()
-        t0 = time.perf_counter()
-        y = self.compute(lay, w, experts)
-        self.sync()
-        times["compute_us"] = (time.perf_counter() - t0) * 1e6
-        self.barrier()
-        t0 = time.perf_counter()
-        out = self.combine(lay, y, stage2)
-        self.sync()
-        times["combine_us"] = (time.perf_counter() - t0) * 1e6
+        stamps: list[tuple[float, float]] = []
+
+        def timed(key: str, phase: Callable[[], Any]) -> Any:
+            self.barrier()
+            t0 = time.perf_counter()
+            result = phase()
+            self.sync()
+            t1 = time.perf_counter()
+            times[key] = (t1 - t0) * 1e6
+            stamps.append((t0 * 1e6, t1 * 1e6))
+            return result
+
+        timed("notify_us", lambda: self.notify([lay]))
+        w = timed("dispatch_us", lambda: self.dispatch(lay, x, stage2))
+        y = timed("compute_us", lambda: self.compute(lay, w, experts))
+        out = timed("combine_us", lambda: self.combine(lay, y, stage2))
+        self.last_stamps_us = stamps
         return out, times
 
     def run_overlapped(

@@ -30,6 +30,18 @@ def _is_oom(exc: BaseException) -> bool:
     return "can't allocate memory" in text or "out of memory" in text
 
 
+def _host_id() -> str:
+    """This machine's name and boot: processes that agree on it read the same CLOCK_MONOTONIC."""
+    import platform
+
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            boot = handle.read().strip()
+    except OSError:
+        boot = ""
+    return f"{platform.node()}:{boot}"
+
+
 def free_port() -> int:
     """A TCP port that is free now on this host (the rendezvous port for the process group)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -112,6 +124,8 @@ class ExecutorWorker:
             "free_bytes": int(free_bytes),
             "total_bytes": int(total_bytes),
             "threads": torch.get_num_threads(),
+            # ranks with the same host id share one monotonic clock (phase spans across ranks)
+            "host_id": _host_id(),
         }
 
     def load(
@@ -222,6 +236,7 @@ class ExecutorWorker:
             for layer in range(L)
         ]
         phased = np.zeros((reps, L, 4))
+        stamps = np.zeros((reps, L, 4, 2))
         over = np.zeros((reps, L))
         outputs: list[Any] = []
         keys = ("notify_us", "dispatch_us", "compute_us", "combine_us")
@@ -236,6 +251,7 @@ class ExecutorWorker:
                 )
                 if rep >= warmup:
                     phased[rep - warmup, layer] = [times[k] for k in keys]
+                    stamps[rep - warmup, layer] = runner.last_stamps_us
                 if rep == 0 and return_outputs:
                     outputs.append(
                         (
@@ -258,6 +274,7 @@ class ExecutorWorker:
         return {
             "rank": self.rank,
             "phased_us": phased,
+            "stamps_us": stamps,
             "overlap_us": over if overlap else None,
             "outputs": outputs,
         }
@@ -277,18 +294,20 @@ class ExecutorWorker:
         dtype: str,
         warmup: int,
         reps: int,
+        notify: bool = True,
     ) -> np.ndarray:
         """All-to-alls moved exactly as the dispatch moves rows (gather the rows to send, exchange with
         explicit splits, concatenate after the home rows). Each point is an int (that many rows from
         every rank to every other, none to itself) or a ``[src][dst]`` matrix of rows. Returns this
-        rank's times ``[points, reps]`` in us, each from a common barrier."""
+        rank's (start, end) clock readings ``[points, reps, 2]`` in us, each started after a common
+        barrier (:mod:`placement.executor.timing` turns them into phase times)."""
         import torch
 
         from placement.executor.kernels import LayerRunner, _a2a
 
         runner = LayerRunner(self.group, self.device, getattr(torch, dtype))
         G, r = self.world, self.rank
-        out = np.zeros((len(rows_per_peer), reps))
+        out = np.zeros((len(rows_per_peer), reps, 2))
         data = []
         for point in rows_per_peer:
             if isinstance(point, (int, np.integer)):
@@ -307,6 +326,10 @@ class ExecutorWorker:
             order = np.random.default_rng(rep).permutation(len(data))
             for i in order:
                 x, idx, send, recv = data[i]
+                if notify:  # as in a replay: the count exchange, then the timed exchange of rows
+                    runner.barrier()
+                    counts = torch.tensor(send, dtype=torch.long, device=self.device)
+                    _a2a(torch.empty_like(counts), counts, [1] * G, [1] * G, self.group)
                 runner.barrier()
                 t0 = time.perf_counter()
                 buf = torch.empty(sum(recv), hidden, dtype=x.dtype, device=x.device)
@@ -314,7 +337,7 @@ class ExecutorWorker:
                 torch.cat([x, buf])
                 runner.sync()
                 if rep >= warmup:
-                    out[i, rep - warmup] = (time.perf_counter() - t0) * 1e6
+                    out[i, rep - warmup] = (t0 * 1e6, time.perf_counter() * 1e6)
         return out
 
     def bench_gemm(
@@ -328,8 +351,8 @@ class ExecutorWorker:
     ) -> np.ndarray:
         """Expert SwiGLU compute with the replay's own kernel (gather rows of a working set, SwiGLU per
         local expert, gate-weighted scatter-add), all ranks at once (they share the host): ``grid`` of
-        (experts, tokens per expert); (0, 0) leaves this rank idle. Returns this rank's times
-        ``[points, reps]`` in us, each from a common barrier."""
+        (experts, tokens per expert); (0, 0) leaves this rank idle. Returns this rank's (start, end)
+        clock readings ``[points, reps, 2]`` in us, each started after a common barrier."""
         import torch
 
         from placement.executor.kernels import LayerRunner, expert_weights, synthetic_compute_layer
@@ -340,7 +363,7 @@ class ExecutorWorker:
             expert_weights(self.seed + 99, 0, e, hidden, inter, runner.dtype, self.device)
             for e in range(most)
         ]
-        out = np.zeros((len(grid), reps))
+        out = np.zeros((len(grid), reps, 2))
         data = []
         for i, (experts, tokens) in enumerate(grid):
             lay, n_work = synthetic_compute_layer(
@@ -354,7 +377,7 @@ class ExecutorWorker:
                 runner.compute(lay, w, weights)
                 runner.sync()
                 if rep >= warmup:
-                    out[i, rep - warmup] = (time.perf_counter() - t0) * 1e6
+                    out[i, rep - warmup] = (t0 * 1e6, time.perf_counter() * 1e6)
         return out
 
     def shutdown(self) -> None:
