@@ -6,12 +6,13 @@ time with the prediction from the calibration: the host-sharing model (CPU ranks
 simulator with the calibrated spec. Target: |predicted / measured - 1| <= 20% per layer. Report the
 machine's load average with the figures: other jobs on a shared host move them.
 
-Robustness: the run is cut into ``--rounds`` rounds; each round runs the calibration benchmarks once and
-replays every (size, plan) once, in a fresh shuffled order. The fit takes medians over all rounds'
-calibration repetitions and each layer's time is the median over all rounds' repetitions, so a burst of
-load from other jobs hits calibration, plans and sizes alike instead of one of them.
+Robustness: the run is cut into ``--rounds`` rounds (16); each round runs the calibration benchmarks
+once and replays every (size, plan) once, in a fresh shuffled order. The fit and each layer's time are
+trimmed means over all rounds' repetitions (placement.executor.timing), so a change of the host's load
+hits calibration, plans and sizes alike instead of one of them; short rounds follow the load closely.
+``--clock`` and ``--trim`` switch the per-phase timing and the statistic, for side-by-side runs.
 
-    .venv/bin/python bench/executor_accuracy.py            # default: 4 gloo workers, ~45 s
+    .venv/bin/python bench/executor_accuracy.py            # default: 4 gloo workers, ~100 s
     .venv/bin/python bench/executor_accuracy.py --full     # more sizes and plans
 """
 
@@ -102,7 +103,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="more token counts, shapes and plans")
     parser.add_argument("--reps", type=int, default=4, help="repetitions per round")
     parser.add_argument(
-        "--rounds", type=int, default=4, help="interleaved calibration + replay rounds"
+        "--rounds", type=int, default=16, help="interleaved calibration + replay rounds"
     )
     parser.add_argument(
         "--verbose", action="store_true", help="also print calibration points and per-phase times"
@@ -111,7 +112,7 @@ def main() -> None:
     parser.add_argument(
         "--clock",
         choices=("span", "own"),
-        default="span",
+        default="own",
         help="phase time across ranks: last release to last end on the host's shared clock (span) "
         "or the slowest rank's own duration (own)",
     )

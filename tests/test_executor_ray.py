@@ -113,6 +113,8 @@ def test_validate_end_to_end(
             str(WORKERS),
             "--reps",
             "2",
+            "--rounds",
+            "2",
             "--chunks",
             "2",
             "--json",
@@ -122,6 +124,7 @@ def test_validate_end_to_end(
     )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["rounds"] == 2 and report["reps"] == 2
     assert (
         json.loads(out.read_text())["plans"].keys()
         == report["plans"].keys()

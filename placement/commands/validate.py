@@ -61,7 +61,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--tokens", type=int, default=None, help="replay the first N tokens (default all)"
     )
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=3, help="repetitions per round")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="interleaved rounds of calibration and replays, pooled (1: calibrate, then replay)",
+    )
     p.add_argument("--chunks", type=int, default=4, help="chunks of the pipelined (overlap) run")
     p.add_argument("--no-overlap", action="store_true", help="skip the pipelined run")
     p.add_argument("--home", default="token", choices=HOME_POLICIES)
@@ -184,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
         config,
         cluster=args.cluster,
         fault=parse_fault(args.inject_fault),
+        rounds=args.rounds,
     )
     if args.out:
         write_json(args.out, to_jsonable(report))

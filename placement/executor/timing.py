@@ -1,17 +1,19 @@
 """How per-rank clock readings become one phase time, and many repetitions one figure.
 
-Every timed phase starts after a barrier. A barrier releases its ranks at different moments (on CPU
-ranks sharing cores, a rank may wait a whole scheduler slice to wake up), so "the slowest rank's own
-end minus its own start" adds that release skew, which is the instrument's, not the phase's. When all
-ranks run on one host they read the same ``CLOCK_MONOTONIC`` (``time.perf_counter``), and the phase is
-timed from the last rank's release to the last rank's end: the phase can only start once every rank
-is in it. Ranks on several hosts have no common clock; the slowest rank's own time is used there.
+Every timed phase starts after a barrier, and each rank reads its own start and end. By default a
+phase's time is the slowest rank's own duration (end minus its own start after the barrier), the
+figure that also exists across hosts. Ranks on one host read the same ``CLOCK_MONOTONIC``
+(``time.perf_counter``), so the phase can instead be timed from the last rank's release to the last
+rank's end, which drops the barrier's release skew (``SPAN_ON_SHARED_CLOCK``). Measured side by side
+on this project's 2-core VM (docs/executor.md), the span did *not* predict better: calibration and
+replay carry the same skew, which the host model absorbs, while the span's shorter phases left a
+larger share to scheduler jitter. It stays as an option of the bench.
 
 Repetitions of a phase on a shared host are bimodal (either nobody is preempted, or someone waits a
-slice of several milliseconds): their median flips between the two modes from one layer to the next,
-while their mean moves smoothly with how often preemption happens. Measurements and calibration alike
-therefore take a trimmed mean (the outer ``TRIM`` of repetitions on each side dropped, to ignore rare
-stalls from other jobs), so the model is fitted to the same statistic it is asked to predict.
+scheduler slice of several milliseconds): their median flips between the two modes from one layer to
+the next, while their mean moves smoothly with how often preemption happens. Measurements and
+calibration alike therefore take a trimmed mean (the outer ``TRIM`` of repetitions on each side
+dropped, to ignore rare stalls from other jobs), so the model is fitted to the statistic it predicts.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from typing import Any
 import numpy as np
 
 TRIM = 0.1  # fraction of repetitions dropped on each side by central_us (0.5: the median)
-SPAN_ON_SHARED_CLOCK = True  # False: always the slowest rank's own duration (bench A/B switch)
+SPAN_ON_SHARED_CLOCK = (
+    False  # True: last release to last end on a shared clock (see the module docstring)
+)
 
 
 def share_clock(infos: Sequence[dict[str, Any]]) -> bool:

@@ -15,13 +15,19 @@ import numpy as np
 
 from placement.cluster import ClusterSpec, load_cluster
 from placement.errors import PlacementError
-from placement.executor.calibrate import Calibration, run_calibration
+from placement.executor.calibrate import (
+    Calibration,
+    CalibrationSamples,
+    collect_calibration,
+    fit_calibration,
+)
 from placement.executor.driver import (
     ExecConfig,
     Measurement,
     ReplayInput,
     load_replay_input,
     measure,
+    pool_measurements,
     preflight,
     relative_error,
 )
@@ -130,8 +136,16 @@ def run_validate(
     *,
     cluster: str | None = None,
     fault: dict[str, Any] | None = None,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """Measure the plan (and the baseline) and the prediction; the whole report as a dict."""
+    """Measure the plan (and the baseline) and the prediction; the whole report as a dict.
+
+    ``rounds`` > 1 interleaves: each round runs the calibration benchmarks once (unless a spec is
+    given) and replays every plan once, in a fresh order; the fit and every layer's time pool all
+    rounds' repetitions, so a change in the host's load hits calibration, plan and baseline alike
+    (on shared CPU hosts this, not the model, set most of the per-layer error)."""
+    if rounds < 1:
+        raise PlacementError("--rounds must be >= 1")
     plan = Plan.load(plan_path)
     baseline = Plan.load(baseline_path) if baseline_path else None
     if baseline is not None and (baseline.num_gpus != plan.num_gpus):
@@ -155,19 +169,30 @@ def run_validate(
         timeout_s=config.timeout_s,
         threads=config.threads,
     ) as group:
-        if spec is None:
-            calibration = run_calibration(
-                group,
-                hidden=data.shape.hidden_size,
-                inter=data.shape.expert_intermediate_size,
-                dtype=config.torch_dtype,
+        calibrate = spec is None
+        hidden, inter = data.shape.hidden_size, data.shape.expert_intermediate_size
+        samples: CalibrationSamples | None = None
+        parts: dict[str, list[Measurement]] = {what: [] for what, _ in plans}
+        order = np.random.default_rng(config.seed)
+        for round_ in range(rounds):
+            if calibrate:
+                got = collect_calibration(
+                    group, hidden=hidden, inter=inter, dtype=config.torch_dtype
+                )
+                samples = got if samples is None else samples.merge(got)
+            for j in order.permutation(len(plans)) if round_ else range(len(plans)):
+                what, p = plans[j]
+                injected = fault if what == "plan" and round_ == 0 else None
+                parts[what].append(measure(group, p, data, config, fault=injected))
+        if samples is not None:
+            calibration = fit_calibration(
+                group, samples, hidden=hidden, inter=inter, dtype=config.torch_dtype
             )
             spec = calibration.spec
             host = calibration.host if config.backend == "gloo" else None
-        for what, p in plans:
-            measured[what] = measure(
-                group, p, data, config, fault=fault if what == "plan" else None
-            )
+        if spec is None:  # unreachable: rounds >= 1 calibrated at least once
+            raise PlacementError("no cluster spec to predict with")
+        measured = {what: pool_measurements(got) for what, got in parts.items()}
         devices = sorted({str(i["device"]) for i in group.info})
     report: dict[str, Any] = {
         "trace": trace,
@@ -181,6 +206,7 @@ def run_validate(
         "top_k": data.shape.top_k,
         "warmup": config.warmup,
         "reps": config.reps,
+        "rounds": rounds,
         "chunks": config.chunks,
         "cluster": spec.name,
         "calibration": calibration.report() if calibration is not None else None,
