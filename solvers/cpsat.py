@@ -12,11 +12,12 @@ Objective, in microseconds at the evaluator's step size (see :class:`solvers.com
 * standard EP communication, the bottleneck link as in the evaluator: the larger of the busiest NIC
   and the busiest NVLink port. A node's NICs receive its *node hits* (tokens with at least one expert
   there, from homes in other nodes, spread over its ``gpn`` NICs); a GPU's NVLink port receives its
-  *GPU hits* from same-node homes and forwarders. Hits are loads minus deduplication: co-locating
-  experts ``e, f`` on one node / GPU saves ``(2 / k) coact[e, f]`` hits, exact for top-2 and an
-  over-estimate (never below the deduplicated count) for larger k, where a token with m of its k
-  experts on a node counts ``m (k - m + 1) / k >= 1`` hits. Load-only inputs have no co-activation:
-  hits are loads, so communication rewards balance too;
+  *GPU hits* from same-node homes and forwarders. The objective counts hits exactly where the
+  layer's tokens are known (token coverage, :mod:`solvers.coverage`); the CP-SAT model counts
+  ``hit_alpha x load`` per expert minus ``beta x coact[e, f]`` per pair of experts sharing a node /
+  GPU, with ``(alpha, beta)`` a valid vertex (never above coverage, exact for top-2) so that its bound
+  bounds the exact count. Load-only inputs have no co-activation: hits are loads, so communication
+  rewards balance too;
 * context-coherent EP (``affinity`` given): tokens whose next expert sits on the GPU they are on stay
   there; every other token hops, priced as a copy to a uniformly random other GPU, averaged over GPUs.
 
@@ -27,6 +28,7 @@ objective; the objective itself is re-computed in floating point from the soluti
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from ortools.sat.python import cp_model
 from placement.errors import InfeasibleError
 from solvers.columns import cheap_column_bound, exact_column_bound
 from solvers.common import TimeModel, load_bound
+from solvers.coverage import TokenLayer, all_valid_coefs, gpu_coverage, node_inflow_exact
 from solvers.pairsearch import partition_pair_bound
 
 SHARE_UNITS = (
@@ -82,6 +85,16 @@ class LayerSpec:
     # replicas first (nearest first), so a node receives only what its replicas take beyond local demand;
     # load-only traces: the evaluator's independent-choice estimate splits every home by the shares
     nearest_first: bool = False
+    # hits per (token, GPU / node) with m of its experts there: ``hit_alpha m - pair_factor C(m, 2)``
+    # (solvers.coverage); None keeps the legacy top-2 rule alpha = 1, beta = 2 / k
+    hit_alpha: float = 1.0
+    hit_beta: float | None = None
+    # the primary trace's tokens of this layer: the objective then counts hits exactly (coverage, as
+    # placement.metrics deduplicates) for layouts with one replica per expert; the CP-SAT model keeps
+    # the pairwise surrogate, which must then be valid (never above coverage) for its bound to hold
+    tokens: TokenLayer | None = None
+    # [nodes, E, E] co-activation over tokens homed outside each node (None: rho_n x coact)
+    remote_coact: np.ndarray | None = None
 
     @property
     def num_experts(self) -> int:
@@ -153,7 +166,17 @@ class LayerSpec:
 
     @property
     def pair_factor(self) -> float:
+        """beta: hits saved per co-activation of two experts sharing a GPU / node."""
+        if self.hit_beta is not None:
+            return self.hit_beta
         return 2.0 / self.top_k
+
+    def node_pair_coact(self) -> np.ndarray:
+        """``[nodes, E, E]``: the co-activations whose pairs save NIC copies into each node."""
+        if self.remote_coact is not None:
+            return self.remote_coact
+        assert self.coact is not None
+        return self.remote_fraction()[:, None, None] * self.coact[None, :, :]
 
     def hop_us(self) -> float:
         """us per cross-GPU hop in coherent mode, averaged over GPUs."""
@@ -213,12 +236,24 @@ def node_inflow(spec: LayerSpec, flat: np.ndarray, share: np.ndarray) -> np.ndar
         inflow = np.maximum(load[:, None] * s_en - D, 0.0).sum(axis=0)
     else:
         inflow = (s_en * np.maximum(load[:, None] - D, 0.0)).sum(axis=0)
+    inflow = spec.hit_alpha * inflow
     if spec.coact is not None:
         whole = (s_en >= 1.0 - 1e-9).astype(np.float64)  # experts wholly on node n
-        upper = np.triu(spec.coact, 1)
-        pairs = np.einsum("en,ef,fn->n", whole, upper, whole)
-        inflow = inflow - spec.pair_factor * spec.remote_fraction() * pairs
+        upper = np.triu(spec.node_pair_coact(), 1)
+        pairs = np.einsum("en,nef,fn->n", whole, upper, whole)
+        inflow = inflow - spec.pair_factor * pairs
     return np.maximum(inflow, 0.0)
+
+
+def exact_applies(spec: LayerSpec, flat: np.ndarray) -> bool:
+    """Hits are counted exactly (token coverage) when the layer's tokens are known, the layout holds
+    one replica per expert and the spec's experts are the trace's (not a sub-problem)."""
+    return (
+        spec.tokens is not None
+        and flat.size == spec.num_experts
+        and spec.link_gpus_per_node is None
+        and np.unique(flat).size == flat.size
+    )
 
 
 def _hits(spec: LayerSpec, flat: np.ndarray, share: np.ndarray) -> tuple[float, float]:
@@ -228,8 +263,17 @@ def _hits(spec: LayerSpec, flat: np.ndarray, share: np.ndarray) -> tuple[float, 
     whole share on that GPU (with split shares the tokens of a pair need not meet)."""
     G, spg = spec.num_gpus, spec.slots_per_gpu
     gpu_of = np.arange(flat.size) // spg
+    if exact_applies(spec, flat):
+        where = np.empty(spec.num_experts, dtype=np.int64)
+        where[flat] = gpu_of
+        cover = gpu_coverage(spec.tokens, where, G)  # type: ignore[arg-type]
+        node = np.zeros(1)
+        if spec.num_nodes > 1:
+            node = node_inflow_exact(spec.tokens, where, spec.gpus_per_node, spec.num_nodes)  # type: ignore[arg-type]
+        scale = spec.node_limit_scale(float(node.sum()))
+        return float(node.max()) * scale, float(cover.max())
     slot_load = spec.loads[0][flat] * share
-    gpu_hits = np.bincount(gpu_of, weights=slot_load, minlength=G)
+    gpu_hits = spec.hit_alpha * np.bincount(gpu_of, weights=slot_load, minlength=G)
     if spec.coact is not None:
         E = spec.num_experts
         whole = np.zeros((E, G))
@@ -306,12 +350,23 @@ def analytic_bound_us(spec: LayerSpec, num_redundant: int, gpu_hits_floor: float
         top_demand = (-np.sort(-D, axis=1))[:, :m].sum(axis=1)
         remote = float(np.maximum(spec.loads[0] - top_demand, 0.0).sum())
         rho = float(spec.remote_fraction().max()) if N > 1 else 0.0
-        # the busiest node / GPU has at least the average
-        node_avg = max(0.0, remote - spec.pair_factor * rho * node_pairs) / N
+        if spec.remote_coact is not None:
+            rho = 1.0  # remote co-activation never exceeds the total: the pair bound applies as is
+        alpha = spec.hit_alpha
+        # the busiest node / GPU has at least the average (q(m) = alpha m - beta C(m, 2) per token)
+        # any valid surrogate bounds exact coverage: the best vertex, not only the model's own
+        coefs = [(alpha, spec.pair_factor)]
+        if spec.tokens is not None and num_redundant == 0:
+            coefs += all_valid_coefs(spec.top_k)
+        node_avg = max(max(0.0, a * remote - b * rho * node_pairs) for a, b in coefs) / N
         if spec.node_limit is not None and spec.node_limit < N:
             # scaled copies sum to at most limit x tokens: the busiest node has at least that average
             node_avg = min(node_avg, spec.node_limit * total / max(spec.top_k, 1) / N)
-        gpu_avg = max(0.0, total - spec.pair_factor * gpu_pairs) / G
+        gpu_avg = max(max(0.0, a * total - b * gpu_pairs) for a, b in coefs) / G
+        if spec.tokens is not None and num_redundant == 0:
+            # exact coverage: every token reaches at least ceil(k / spg) GPUs
+            reach = math.ceil(spec.tokens.experts.shape[1] / max(spg, 1))
+            gpu_avg = max(gpu_avg, spec.tokens.num_tokens * reach / G)
         E = spec.num_experts
         if (
             spec.coact is not None
@@ -320,8 +375,9 @@ def analytic_bound_us(spec: LayerSpec, num_redundant: int, gpu_hits_floor: float
             and E <= COLUMN_BOUND_MAX_EXPERTS
         ):
             # the GPU of every expert carries at least its cheapest column's hits (solvers.columns)
-            cols = cheap_column_bound(spec.loads[0], spec.coact, spec.pair_factor, spg)
-            gpu_avg = max(gpu_avg, float(cols.max()))
+            for a, b in coefs:  # every valid surrogate bounds coverage: keep the strongest
+                cols = cheap_column_bound(a * spec.loads[0], spec.coact, b, spg)
+                gpu_avg = max(gpu_avg, float(cols.max()))
         gpu_avg = max(gpu_avg, gpu_hits_floor)
         if spec.coact is None:  # hits are loads: the load bounds apply at node and GPU granularity
             gpn = spec.gpus_per_node
@@ -451,7 +507,8 @@ def solve_layer(
     hits_floor = 0.0  # proven lower bound on the busiest GPU's hits, in load units
     if spec.standard and spec.traffic_weight > 0:
         # hits in the peaks' integer units (loads floored, savings ceiled: never above the true hits)
-        prim = np.floor(spec.loads[0] * scale).astype(np.int64)
+        # times alpha: the surrogate's per-expert hit weight (solvers.coverage)
+        prim = np.floor(spec.hit_alpha * spec.loads[0] * scale).astype(np.int64)
         # node-limited routing scales node hits by at least node_limit_floor(): pricing the NIC at
         # that floor keeps the model below the true objective, hence its bound valid
         nic_int = math.floor(spec.nic_hit_us() * spec.node_limit_floor() / (scale * Q) * F)
@@ -488,8 +545,8 @@ def solve_layer(
         if use_nic:
             # copies into node n from homes elsewhere (see node_inflow): demand ceiled, loads
             # floored, savings ceiled, so never above the true count
-            D_int = np.ceil(spec.demand_by_node() * scale - 1e-9).astype(np.int64)
-            rho = spec.remote_fraction()
+            D_int = np.ceil(spec.hit_alpha * spec.demand_by_node() * scale - 1e-9).astype(np.int64)
+            node_coact = spec.node_pair_coact() if spec.coact is not None else None
             node_share: list[list[cp_model.LinearExprT]] = [
                 [sum(r[e][g] for g in range(n * gpn, (n + 1) * gpn)) for n in range(N)]
                 for e in range(E)
@@ -508,6 +565,7 @@ def solve_layer(
                     m.add(y >= int(prim[e]) * node_share[e][n] - int(D_int[e, n]) * Q)
                     node_hits[n].append(y)
             if pairs:
+                assert node_coact is not None  # pairs exist only with co-activation
                 on_node = x  # one GPU per node (the node level of the hierarchy): the same variable
                 if gpn > 1:
                     on_node = [[m.new_bool_var(f"n{e}_{n}") for n in range(N)] for e in range(E)]
@@ -517,7 +575,7 @@ def solve_layer(
                                 on_node[e][n], [x[e][g] for g in range(n * gpn, (n + 1) * gpn)]
                             )
                 partners_n: dict[tuple[int, int], list[cp_model.IntVar]] = {}
-                for (e, f, co), _sav in zip(pairs, saving, strict=True):
+                for (e, f, _co), _sav in zip(pairs, saving, strict=True):
                     wv = [m.new_bool_var(f"wn{e}_{f}_{n}") for n in range(N)]
                     for n in range(N):
                         m.add_implication(wv[n], on_node[e][n])
@@ -527,7 +585,7 @@ def solve_layer(
                                 m.add(Q * wv[n] <= node_share[z][n])
                         partners_n.setdefault((e, n), []).append(wv[n])
                         partners_n.setdefault((f, n), []).append(wv[n])
-                        sav_n = math.ceil(spec.pair_factor * co * float(rho[n]) * scale * Q)
+                        sav_n = math.ceil(spec.pair_factor * float(node_coact[n, e, f]) * scale * Q)
                         node_hits[n].append(-sav_n * wv[n])
                     m.add(sum(wv) <= 1)
                 # an expert on a node has at most (slots in the node - 1) partners there: a strong cut
@@ -637,6 +695,11 @@ def solve_layer(
         if hint_obj < obj - 1e-9 * max(abs(obj), 1.0):
             held, share, obj = [list(h) for h in hint], hint_share, hint_obj
     proven = status == cp_model.OPTIMAL and dropped_slack_us == 0.0
+    if proven and exact_applies(spec, np.asarray(held).ravel()) and spec.top_k > 2:
+        # CP-SAT proved the surrogate (never above coverage); the exact objective is proven only where
+        # the surrogate is tight on this layout (its value then is a matching valid bound)
+        surrogate = objective_us(dataclasses.replace(spec, tokens=None), held, share)
+        proven = surrogate >= obj - 1e-9 * max(abs(obj), 1.0)
     res = LayerResult(held, share, obj, min(bound, obj), proven, name, det_s)
     res.status = f"{name} ({pair_count} pairs)" if pair_count else name
     return res

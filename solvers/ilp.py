@@ -30,6 +30,7 @@ from tqdm import tqdm
 from placement.errors import PlacementError
 from placement.plan import Plan, Provenance
 from solvers.base import PlacementProblem, SolverConfig, register
+from solvers.columns import cheap_column_bound
 from solvers.common import (
     TimeModel,
     check_memory,
@@ -42,8 +43,26 @@ from solvers.common import (
     optimal_shares,
     water_fill,
 )
-from solvers.cpsat import LayerResult, LayerSpec, analytic_bound_us, objective_us, solve_layer
-from solvers.pairsearch import swap_search
+from solvers.coverage import (
+    TokenLayer,
+    all_valid_coefs,
+    bound_coefs,
+    fitted_coefs,
+    hypergeometric_m,
+    m_distribution,
+    token_layers,
+    valid_coefs,
+)
+from solvers.coverage import remote_coact as coverage_remote_coact
+from solvers.cpsat import (
+    COLUMN_BOUND_MAX_EXPERTS,
+    LayerResult,
+    LayerSpec,
+    analytic_bound_us,
+    objective_us,
+    solve_layer,
+)
+from solvers.pairsearch import partition_pair_bound, swap_search
 
 MONOLITHIC_CELLS = 512  # experts x GPUs up to which one CP-SAT model per layer is used
 GAP_DONE = 1e-4  # a layer this close to its bound needs no more search
@@ -65,6 +84,74 @@ class _Context:
     node_demand: np.ndarray  # [layers, experts, nodes] primary trace's assignments by home node
 
     virtual_s: float = 0.0  # deterministic mode: CP-SAT deterministic time spent so far
+    # per-token traces small enough to hold: each layer's tokens, for exact hits (solvers.coverage)
+    tokens: list[TokenLayer] | None = None
+    coefs: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    remote: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def hit_coefs(self, layer: int) -> tuple[float, float]:
+        """The layer's ``(alpha, beta)`` hit surrogate: one value per layer (every spec of a layer
+        must agree, or bounds and objectives would mix surrogates). Fitted on the ``m`` distribution
+        of the layer's balance-greedy layout: valid (never above coverage) when the objective counts
+        hits exactly (one replica per expert), least squares when it stays the surrogate (replicas)."""
+        if layer in self.coefs:
+            return self.coefs[layer]
+        p = self.problem
+        wl = p.workload
+        G, spg, gpn = p.num_gpus, p.slots_per_gpu, p.gpus_per_node
+        k = wl.shape.top_k
+        # the level whose hits matter most: nodes (NICs) when there are several, else GPUs
+        size, groups = (gpn * spg, G // gpn) if gpn < G else (spg, G)
+        top = min(k, size)
+        if self.tokens is not None:
+            counts = water_fill(self.loads[0, layer], p.num_redundant, G)
+            held = greedy_layout(self.loads[0, layer], counts, G, spg, gpn)
+            where = np.empty(p.num_experts, dtype=np.int64)
+            for g in reversed(range(G)):
+                where[held[g]] = g  # with replicas: the lowest GPU holding the expert
+            where = where // (size // spg)
+            dist = m_distribution(self.tokens[layer], where, groups, top)
+        else:
+            dist = hypergeometric_m(p.num_experts, k, size)
+        dist = np.pad(dist, (0, max(0, k + 1 - dist.size)))  # m up to k: one set of coefficients
+        if p.num_redundant > 0:
+            out = fitted_coefs(dist)
+        elif wl.coact is not None and size < p.num_experts:
+            # CP-SAT's bound is what the valid surrogate is for: pick the vertex with the strongest
+            # average-hits bound (on OLMoE-shaped layers j = 2..3, about 1.5x Bonferroni's)
+            coact = wl.coact[layer]
+            pb = partition_pair_bound(coact, groups, size)
+            load = self.loads[0, layer]
+            out = bound_coefs(float(load.sum()), pb, k)
+            if groups == G and spg > 1 and p.num_experts <= COLUMN_BOUND_MAX_EXPERTS:
+                # a hot expert with few partners sets the busiest port: the column bound may beat
+                # the average, and it is strongest for a different vertex (often Bonferroni's)
+                def strength(ab: tuple[float, float]) -> float:
+                    avg = (ab[0] * float(load.sum()) - ab[1] * pb) / G
+                    col = cheap_column_bound(ab[0] * load, coact, ab[1], spg)
+                    return max(avg, float(col.max()))
+
+                out = max(all_valid_coefs(k), key=strength)
+        else:
+            out = valid_coefs(dist)
+        self.coefs[layer] = out
+        return out
+
+    def remote_coact(self, layer: int) -> np.ndarray | None:
+        """``[nodes, E, E]`` co-activation over tokens homed outside each node (several nodes only)."""
+        p = self.problem
+        N = p.num_gpus // p.gpus_per_node
+        if self.tokens is None or N <= 1 or p.num_redundant > 0:
+            # with replicas the router, not the home, decides which tokens cross: keep rho_n x coact
+            # (measured: the per-home counts made `best` worse on the bundled regress case)
+            return None
+        if layer not in self.remote:
+            if len(self.remote) >= 4:  # [N, E, E] per layer: keep only a few
+                self.remote.clear()
+            self.remote[layer] = coverage_remote_coact(
+                self.tokens[layer], p.num_experts, p.gpus_per_node, N
+            )
+        return self.remote[layer]
 
     def now(self) -> float:
         """Wall time, or in deterministic mode a clock that only CP-SAT's deterministic time moves,
@@ -100,6 +187,10 @@ def _context(problem: PlacementProblem, config: SolverConfig) -> _Context:
     G, gpn = problem.num_gpus, problem.gpus_per_node
     demand = problem.workload.demand(G)  # [layers, G, E]
     node_demand = demand.reshape(demand.shape[0], G // gpn, gpn, -1).sum(axis=2).transpose(0, 2, 1)
+    tokens = None
+    wl = problem.workload
+    if problem.mode == "standard" and wl.coact is not None and config.traffic_weight > 0:
+        tokens = token_layers(wl, G)
     return _Context(
         problem,
         config,
@@ -109,6 +200,7 @@ def _context(problem: PlacementProblem, config: SolverConfig) -> _Context:
         deadline,
         deterministic,
         node_demand,
+        tokens=tokens,
     )
 
 
@@ -117,6 +209,8 @@ def _spec(ctx: _Context, layer: int, **changes: object) -> LayerSpec:
     coact = None
     if p.mode == "standard" and p.workload.coact is not None and ctx.config.traffic_weight > 0:
         coact = p.workload.coact[layer]
+    alpha, beta = ctx.hit_coefs(layer) if coact is not None else (1.0, None)
+    exact = coact is not None and ctx.tokens is not None
     base = LayerSpec(
         loads=tuple(ctx.loads[t, layer] for t in range(ctx.loads.shape[0])),
         trace_weights=ctx.trace_weights,
@@ -132,6 +226,10 @@ def _spec(ctx: _Context, layer: int, **changes: object) -> LayerSpec:
         node_limit=ctx.config.node_limit,
         node_demand=ctx.node_demand[layer],
         nearest_first=p.workload.per_token,
+        hit_alpha=alpha,
+        hit_beta=beta,
+        tokens=ctx.tokens[layer] if exact and ctx.tokens is not None else None,
+        remote_coact=ctx.remote_coact(layer) if exact else None,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -275,6 +373,9 @@ def _node_lns(
         sub_loads = tuple(ld[ids] * portion for ld in full)
         sub_coact = None if node_spec.coact is None else node_spec.coact[np.ix_(ids, ids)]
         sub_demand = node_spec.demand_by_node()[np.ix_(ids, [u, v])]
+        sub_remote = None
+        if node_spec.remote_coact is not None:
+            sub_remote = node_spec.remote_coact[np.ix_([u, v], ids, ids)]
         sub = dataclasses.replace(
             node_spec,
             loads=sub_loads,
@@ -282,6 +383,8 @@ def _node_lns(
             coact=sub_coact,
             counts=counts,
             node_demand=sub_demand,
+            tokens=None,
+            remote_coact=sub_remote,
         )
         hint = [[index[e] for e in held[u]], [index[e] for e in held[v]]]
         res = ctx.solve(
@@ -361,6 +464,8 @@ def _hierarchical(
             coact=sub_coact,
             counts=np.ones(len(members), dtype=np.int64),
             node_demand=None,
+            tokens=None,
+            remote_coact=None,
         )
         sub_hint = greedy_layout(sub_load[0], np.ones(len(members), dtype=np.int64), gpn, spg)
         gpu_budget = ctx.budget(p.num_layers - layer, 0.5 / N)
@@ -413,6 +518,7 @@ def _pair_search(
         compute_us=spec.balance_weight * spec.time.us_per_assignment,
         hit_us=spec.nvlink_hit_us(),
         pair_factor=spec.pair_factor,
+        hit_alpha=spec.hit_alpha,
         until=ctx.now() + seconds,
         rng=rng,
         clock=ctx.now,

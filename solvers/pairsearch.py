@@ -129,13 +129,14 @@ def _swap_search(
     compute_us: float,
     hit_us: float,
     pair_factor: float,
+    hit_alpha: float = 1.0,
     until: float,
     rng: np.random.Generator,
     clock: object = time.perf_counter,
     max_steps: int = 20_000,
 ) -> list[list[int]]:
     """The search itself: ``compute_us``/``hit_us`` price the busiest GPU's load / hits, ``pair_factor``
-    the hits saved per co-activation, ``max_steps`` bounds the swaps (deterministic runs)."""
+    the hits saved per co-activation, ``hit_alpha`` the hits per assignment, ``max_steps`` bounds the swaps (deterministic runs)."""
     now = clock  # type: ignore[assignment]
     G = len(held)
     E = load.size
@@ -152,7 +153,7 @@ def _swap_search(
     tol = 1e-9 * max(float(load.sum()), 1.0) * max(compute_us, hit_us, 1e-12)
 
     def score(L: np.ndarray, S: np.ndarray) -> float:
-        return compute_us * float(L.max()) + hit_us * float((L - pair_factor * S).max())
+        return compute_us * float(L.max()) + hit_us * float((hit_alpha * L - pair_factor * S).max())
 
     cur = score(L, S)
     best, best_grp = cur, grp.copy()
@@ -174,8 +175,8 @@ def _swap_search(
         Meb = M[np.arange(E)[:, None], b]  # M[e, b]
         Sa = S[a] - Mea + Mfa - C
         Sb = S[b] - Mfb + Meb - C
-        Ha, Hb = La - pair_factor * Sa, Lb - pair_factor * Sb
-        H = L - pair_factor * S
+        Ha, Hb = hit_alpha * La - pair_factor * Sa, hit_alpha * Lb - pair_factor * Sb
+        H = hit_alpha * L - pair_factor * S
         Lrest = _max_excluding(L)[a, b]
         Hrest = _max_excluding(H)[a, b]
         new = compute_us * np.maximum(np.maximum(La, Lb), Lrest) + hit_us * np.maximum(
