@@ -148,8 +148,6 @@ class LayerRunner:
         self.device = device
         self.dtype = dtype
         self.world = dist.get_world_size(group)
-        # (start, end) of each phase of the last run_phased on this host's monotonic clock (us)
-        self.last_stamps_us: list[tuple[float, float]] = []
         self.sync: Callable[[], None] = (
             torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         )
@@ -227,27 +225,25 @@ class LayerRunner:
         x: torch.Tensor,
         experts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
         stage2: bool,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """One layer, phase by phase; returns the home tokens' output and this rank's phase times (us)."""
-        times: dict[str, float] = {}
-        stamps: list[tuple[float, float]] = []
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """One layer, phase by phase (notify, dispatch, compute, combine, each after a barrier); returns
+        the home tokens' output and this rank's ``[4, 2]`` (start, end) clock readings in us
+        (``time.perf_counter``, which ranks on one host share; see :mod:`placement.executor.timing`)."""
+        stamps = np.zeros((4, 2))
 
-        def timed(key: str, phase: Callable[[], Any]) -> Any:
+        def timed(index: int, phase: Callable[[], Any]) -> Any:
             self.barrier()
             t0 = time.perf_counter()
             result = phase()
             self.sync()
-            t1 = time.perf_counter()
-            times[key] = (t1 - t0) * 1e6
-            stamps.append((t0 * 1e6, t1 * 1e6))
+            stamps[index] = (t0 * 1e6, time.perf_counter() * 1e6)
             return result
 
-        timed("notify_us", lambda: self.notify([lay]))
-        w = timed("dispatch_us", lambda: self.dispatch(lay, x, stage2))
-        y = timed("compute_us", lambda: self.compute(lay, w, experts))
-        out = timed("combine_us", lambda: self.combine(lay, y, stage2))
-        self.last_stamps_us = stamps
-        return out, times
+        timed(0, lambda: self.notify([lay]))
+        w = timed(1, lambda: self.dispatch(lay, x, stage2))
+        y = timed(2, lambda: self.compute(lay, w, experts))
+        out = timed(3, lambda: self.combine(lay, y, stage2))
+        return out, stamps
 
     def run_overlapped(
         self,

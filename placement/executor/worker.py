@@ -199,8 +199,9 @@ class ExecutorWorker:
     ) -> dict[str, Any]:
         """Run every layer ``warmup + reps`` times phase by phase (and pipelined when ``overlap``).
 
-        Returns ``phased_us[reps, layers, 4]`` (notify, dispatch, compute, combine), ``overlap_us[reps,
-        layers]`` and, when asked, the first repetition's inputs and outputs per layer.
+        Returns ``stamps_us[reps, layers, 4, 2]``: (start, end) clock readings of notify, dispatch,
+        compute and combine; ``overlap_us[reps, layers]`` and, when asked, the first repetition's inputs
+        and outputs per layer.
         """
         try:
             return self._replay(warmup, reps, overlap, fault, return_outputs)
@@ -235,23 +236,20 @@ class ExecutorWorker:
             )
             for layer in range(L)
         ]
-        phased = np.zeros((reps, L, 4))
         stamps = np.zeros((reps, L, 4, 2))
         over = np.zeros((reps, L))
         outputs: list[Any] = []
-        keys = ("notify_us", "dispatch_us", "compute_us", "combine_us")
         for rep in range(warmup + reps):
             for layer in range(L):
                 if rep == 0:
                     self._fault(fault, layer)
                 lay = self.layers[layer]
                 self.steps += 1
-                out, times = runner.run_phased(
+                out, phase_stamps = runner.run_phased(
                     lay[0], inputs[layer], self.experts[layer], self.stage2[layer]
                 )
                 if rep >= warmup:
-                    phased[rep - warmup, layer] = [times[k] for k in keys]
-                    stamps[rep - warmup, layer] = runner.last_stamps_us
+                    stamps[rep - warmup, layer] = phase_stamps
                 if rep == 0 and return_outputs:
                     outputs.append(
                         (
@@ -273,7 +271,6 @@ class ExecutorWorker:
                         over[rep - warmup, layer] = us
         return {
             "rank": self.rank,
-            "phased_us": phased,
             "stamps_us": stamps,
             "overlap_us": over if overlap else None,
             "outputs": outputs,
