@@ -63,3 +63,13 @@ def test_span_never_exceeds_slowest_own_duration(ranks: int, reps: int, seed: in
     finally:
         timing.SPAN_ON_SHARED_CLOCK = default
     assert np.all(span <= own + 1e-9)
+
+
+def test_validate_refuses_zero_rounds_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
+    from placement.cli import main
+
+    code = main(
+        ["validate", "--trace", "t.parquet", "--plan", "p.json", "--workers", "4", "--rounds", "0"]
+    )
+    assert code == 2
+    assert "--rounds" in capsys.readouterr().err

@@ -161,7 +161,6 @@ def run_validate(
         _check_plan(p, data, what)
         preflight(p, config, data.shape, data.workload.num_tokens)
     calibration: Calibration | None = None
-    measured: dict[str, Measurement] = {}
     with WorkerGroup(
         config.workers,
         backend=config.backend,
@@ -192,7 +191,9 @@ def run_validate(
             host = calibration.host if config.backend == "gloo" else None
         if spec is None:  # unreachable: rounds >= 1 calibrated at least once
             raise PlacementError("no cluster spec to predict with")
-        measured = {what: pool_measurements(got) for what, got in parts.items()}
+        measured: dict[str, Measurement] = {
+            what: pool_measurements(got) for what, got in parts.items()
+        }
         devices = sorted({str(i["device"]) for i in group.info})
     report: dict[str, Any] = {
         "trace": trace,
