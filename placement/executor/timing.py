@@ -5,9 +5,9 @@ phase's time is the slowest rank's own duration (end minus its own start after t
 figure that also exists across hosts. Ranks on one host read the same ``CLOCK_MONOTONIC``
 (``time.perf_counter``), so the phase can instead be timed from the last rank's release to the last
 rank's end, which drops the barrier's release skew (``SPAN_ON_SHARED_CLOCK``). Measured side by side
-on this project's 2-core VM (docs/executor.md), the span did *not* predict better: calibration and
-replay carry the same skew, which the host model absorbs, while the span's shorter phases left a
-larger share to scheduler jitter. It stays as an option of the bench.
+on this project's 2-core VM (docs/executor.md), the span predicted *worse* (38-88% of held-out layers
+within 20%, against 94-100% with the slowest rank's own time; calibration and replay carry the same
+skew, which the fitted host model absorbs). It stays as an option of the bench.
 
 Repetitions of a phase on a shared host are bimodal (either nobody is preempted, or someone waits a
 scheduler slice of several milliseconds): their median flips between the two modes from one layer to
@@ -36,8 +36,8 @@ def share_clock(infos: Sequence[dict[str, Any]]) -> bool:
 
 
 def across_ranks(stamps_us: np.ndarray, shared_clock: bool) -> np.ndarray:
-    """``[ranks, ..., 2]`` (start, end) readings -> ``[...]`` phase times in us: last release to last
-    end on a shared clock, else the slowest rank's own duration."""
+    """``[ranks, ..., 2]`` (start, end) readings -> ``[...]`` phase times in us: the slowest rank's own
+    duration, or, with :data:`SPAN_ON_SHARED_CLOCK` on a shared clock, last release to last end."""
     stamps = np.asarray(stamps_us, dtype=float)
     if stamps.shape[-1] != 2:
         raise ValueError("stamps need a trailing (start, end) axis")
