@@ -12,7 +12,6 @@ number in a report means the same as in ``placement evaluate``.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import math
 import time
 from collections.abc import Callable
@@ -160,11 +159,6 @@ def simulate_layers(
     simulate = simulator_fn()
     if simulate is None:
         return analytic_layers(ev, overlap), "analytic"
-    optional: dict[str, Any] = {}
-    if "progress" in inspect.signature(simulate).parameters:
-        optional["progress"] = (
-            False  # the sweep shows one bar over scenarios, not one per simulation
-        )
     res = simulate(
         plan,
         cluster,
@@ -173,11 +167,11 @@ def simulate_layers(
         algo=algo,
         overlap=overlap,
         tokens_per_gpu=tokens_per_gpu,
-        **optional,
+        progress=False,  # the sweep shows one bar over scenarios, not one per simulation
     )
     keys = ("dispatch_us", "compute_us", "combine_us", "layer_us", "exposed_comm_us")
     rows = [{"layer": int(r["layer"]), **{k: float(r[k]) for k in keys}} for r in res.per_layer]
-    return rows, timing_engine()
+    return rows, "simulator"
 
 
 def engine_id() -> str:

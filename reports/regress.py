@@ -160,42 +160,29 @@ def compare(
     """Checks of ``current`` against a baseline ``entry`` (``None``: every metric is new)."""
     checks = []
     stored = (entry or {}).get("metrics", {})
+    defaults = default_tolerances()
     for metric, value in current.items():
         base = stored.get(metric)
-        tol = tolerances.get(metric, default_tolerances()[metric])
+        tol = tolerances.get(metric, defaults[metric])
         if base is None:
             checks.append(Check(name, metric, None, value, None, "new", "not in the baseline"))
             continue
         base = float(base)
-        limit = base * (1.0 + float(tol.get("rel", 0.0))) + float(tol.get("abs", 0.0))
+        rel, abs_ = float(tol.get("rel", 0.0)), float(tol.get("abs", 0.0))
+        limit = base * (1.0 + rel) + abs_
         if metric == "layer_us" and engine_changed:
-            checks.append(
-                Check(
-                    name,
-                    metric,
-                    base,
-                    value,
-                    limit,
-                    "skipped",
-                    "timing engine differs from the baseline's; run --update-baseline",
-                )
-            )
+            status = "skipped"
+            message = "timing engine differs from the baseline's; run --update-baseline"
         elif value > limit:
-            checks.append(
-                Check(
-                    name,
-                    metric,
-                    base,
-                    value,
-                    limit,
-                    "fail",
-                    f"{metric} regressed: {value:.6g} > limit {limit:.6g} (baseline {base:.6g}, "
-                    f"{(value / base - 1) * 100 if base else float('inf'):+.2f}%, tolerance "
-                    f"{float(tol.get('rel', 0.0)) * 100:g}% + {float(tol.get('abs', 0.0)):g})",
-                )
+            status = "fail"
+            message = (
+                f"{metric} regressed: {value:.6g} > limit {limit:.6g} (baseline {base:.6g}, "
+                f"{(value / base - 1) * 100 if base else float('inf'):+.2f}%, tolerance "
+                f"{rel * 100:g}% + {abs_:g})"
             )
         else:
-            checks.append(Check(name, metric, base, value, limit, "pass", ""))
+            status, message = "pass", ""
+        checks.append(Check(name, metric, base, value, limit, status, message))
     return checks
 
 

@@ -118,6 +118,11 @@ class _Doc:
         self.html.append(f"<p>{html.escape(text)}</p>")
         self.md.append(text + "\n")
 
+    def finding(self, text: str) -> None:
+        """A key result, set apart (bold in Markdown)."""
+        self.html.append(f'<p class="finding">{html.escape(text)}</p>')
+        self.md.append(f"**{text}**\n")
+
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         self.html.append(_html_table(headers, rows))
         self.md.append(_md_table(headers, rows))
@@ -561,8 +566,7 @@ def _placement_section(
                 f"{chosen} versus {r}: median speedup {np.median(vals):.3f}x "
                 f"(range {min(vals):.3f}-{max(vals):.3f}x over {len(vals)} scenarios)."
             )
-            doc.html.append(f'<p class="finding">{html.escape(text)}</p>')
-            doc.md.append(f"**{text}**\n")
+            doc.finding(text)
 
 
 def _network_section(
@@ -629,8 +633,7 @@ def _network_section(
             f"at {_fmt(fastest['tokens_per_s'])} tokens/s "
             f"({_fmt(fastest['usd_per_million_tokens'])} $/M tokens)."
         )
-        doc.html.append(f'<p class="finding">{html.escape(text)}</p>')
-        doc.md.append(f"**{text}**\n")
+        doc.finding(text)
 
 
 def _target_section(
@@ -684,6 +687,5 @@ def _target_section(
                 f"Target ({' and '.join(want)}): no swept scenario meets it; the best each GPU count "
                 "reached is below. Sweep larger clusters."
             )
-        doc.html.append(f'<p class="finding">{html.escape(text)}</p>')
-        doc.md.append(f"**{text}**\n")
+        doc.finding(text)
     doc.table(["gpus", "best tokens/s", "at", "lowest layer us", "$/M tok (best)"], frontier)

@@ -34,24 +34,20 @@ OVERLAPS = ("none", "two-batch", "chunked")
 ALGOS = ("direct", "deepep", "2dh", "deepep-ll")
 
 
-def _positive_int(axis: str, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise PlacementError(f"--sweep {axis}: {text!r} is not an integer") from None
-    if value < 1:
-        raise PlacementError(f"--sweep {axis}: values must be >= 1, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Any:
+    def parse(axis: str, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise PlacementError(f"--sweep {axis}: {text!r} is not an integer") from None
+        if value < minimum:
+            raise PlacementError(f"--sweep {axis}: values must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def _nonneg_int(axis: str, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise PlacementError(f"--sweep {axis}: {text!r} is not an integer") from None
-    if value < 0:
-        raise PlacementError(f"--sweep {axis}: values must be >= 0, got {value}")
-    return value
+_positive_int = _int_at_least(1)
 
 
 def _positive_float(axis: str, text: str) -> float:
@@ -95,7 +91,7 @@ AXES: dict[str, tuple[str, Any]] = {
     "topology": ("topology", _choice(TOPOLOGIES)),
     "nic_gbps": ("nic_gbps", _positive_float),
     "tokens": ("tokens_per_gpu", _positive_int),
-    "redundant": ("redundant", _nonneg_int),
+    "redundant": ("redundant", _int_at_least(0)),
     "experts": ("experts", _positive_int),
     "solver": ("solver", _solver_name),
     "overlap": ("overlap", _choice(OVERLAPS)),

@@ -65,11 +65,13 @@ def run_sweep(
     keys = [s.key(base, engine) for s in scenarios]
     records: dict[str, dict[str, Any]] = {}
     todo: list[tuple[Scenario, str]] = []
+    queued: set[str] = set()
     for scenario, key in zip(scenarios, keys, strict=True):
         hit = _read_cache(cache / f"{key}.json")
         if hit is not None and hit.get("key") == key:
             records[key] = hit
-        elif key not in {k for _, k in todo}:
+        elif key not in queued:
+            queued.add(key)
             todo.append((scenario, key))
     cached = len(records)
     use_ray = bool(todo) and not serial and (address is not None or ray_available())

@@ -4,28 +4,11 @@ water-filling (most load per replica first) and places the copies by its own rul
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 
 from placement.plan import Plan, Provenance
 from solvers.base import PlacementProblem, SolverConfig, register
-
-
-def water_fill_replicas(load: np.ndarray, num_redundant: int, max_replicas: int) -> np.ndarray:
-    """Replica counts ``[experts]``: each extra replica goes to the expert with the most load per replica."""
-    counts = np.ones(load.shape[0], dtype=np.int64)
-    heap = [(-float(load[e]), int(e)) for e in range(load.shape[0])]
-    heapq.heapify(heap)
-    for _ in range(num_redundant):
-        while True:
-            _, e = heapq.heappop(heap)
-            if counts[e] < max_replicas:
-                break
-        counts[e] += 1
-        if counts[e] < max_replicas:
-            heapq.heappush(heap, (-float(load[e]) / counts[e], e))
-    return counts
+from solvers.common import lpt, water_fill
 
 
 def _copies(counts: np.ndarray) -> np.ndarray:
@@ -60,7 +43,7 @@ def _baseline(problem: PlacementProblem, name: str, layout) -> Plan:  # type: ig
     load = problem.combined_load()
     rows = []
     for layer in range(problem.num_layers):
-        counts = water_fill_replicas(load[layer], problem.num_redundant, problem.num_gpus)
+        counts = water_fill(load[layer], problem.num_redundant, problem.num_gpus)
         rows.append(layout(layer, counts, load[layer]))
     return Plan(
         num_gpus=problem.num_gpus,
@@ -127,16 +110,7 @@ def greedy_lpt(
 
     def layout(layer: int, counts: np.ndarray, load: np.ndarray) -> np.ndarray:
         items = _copies(counts)
-        weight = load[items] / counts[items]
-        order = np.argsort(-weight, kind="stable")
-        gpu_load = np.zeros(G)
-        held: list[list[int]] = [[] for _ in range(G)]
-        for i in order:
-            e = int(items[i])
-            candidates = [g for g in range(G) if len(held[g]) < spg and e not in held[g]]
-            g = min(candidates, key=lambda c: (gpu_load[c], c))
-            held[g].append(e)
-            gpu_load[g] += weight[i]
+        held = lpt(items, load[items] / counts[items], G, spg)
         return np.array([x for g in held for x in g], dtype=np.int64)
 
     return _baseline(problem, "greedy", layout)

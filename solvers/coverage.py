@@ -130,8 +130,7 @@ def valid_coefs(p: np.ndarray) -> tuple[float, float]:
     best = (-np.inf, 1.0, 1.0)
     # q is a downward parabola with its top between j and j + 1: valid for every m >= 0, so one pair of
     # coefficients serves GPUs and (larger) nodes alike
-    candidates = [(2.0 / (j + 1), 2.0 / (j * (j + 1))) for j in range(1, top)]
-    for alpha, beta in candidates:
+    for alpha, beta in all_valid_coefs(top):
         mean = float((p * q_of(alpha, beta, m)).sum())
         if mean > best[0] + 1e-12:
             best = (mean, alpha, beta)

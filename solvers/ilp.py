@@ -165,9 +165,27 @@ class _Context:
     def budget(self, layers_left: int, share: float = 1.0) -> float:
         return max(0.01, (self.deadline - self.now()) / max(layers_left, 1) * share)
 
-    def solve(self, spec: LayerSpec, **kwargs: object) -> LayerResult:
-        """:func:`solve_layer` with this context's determinism, charging the virtual clock."""
-        res = solve_layer(spec, deterministic=self.deterministic, **kwargs)  # type: ignore[arg-type]
+    def solve(
+        self,
+        spec: LayerSpec,
+        *,
+        hint: list[list[int]] | None,
+        time_limit_s: float,
+        num_redundant: int,
+        seed: int | None = None,
+        workers: int | None = None,
+    ) -> LayerResult:
+        """:func:`solve_layer` with this context's determinism, seed and workers (unless given),
+        charging the virtual clock."""
+        res = solve_layer(
+            spec,
+            hint=hint,
+            time_limit_s=time_limit_s,
+            seed=self.config.seed if seed is None else seed,
+            workers=self.config.workers if workers is None else workers,
+            num_redundant=num_redundant,
+            deterministic=self.deterministic,
+        )
         self.virtual_s += res.deterministic_s
         return res
 
@@ -214,7 +232,8 @@ def _spec(ctx: _Context, layer: int, **changes: object) -> LayerSpec:
     if p.mode == "standard" and p.workload.coact is not None and ctx.config.traffic_weight > 0:
         coact = p.workload.coact[layer]
     alpha, beta = ctx.hit_coefs(layer) if coact is not None else (1.0, None)
-    exact = coact is not None and ctx.tokens is not None
+    # set by _context under the same conditions as coact: exact hits
+    tokens = ctx.tokens[layer] if ctx.tokens is not None else None
     base = LayerSpec(
         loads=tuple(ctx.loads[t, layer] for t in range(ctx.loads.shape[0])),
         trace_weights=ctx.trace_weights,
@@ -232,8 +251,8 @@ def _spec(ctx: _Context, layer: int, **changes: object) -> LayerSpec:
         nearest_first=p.workload.per_token,
         hit_alpha=alpha,
         hit_beta=beta,
-        tokens=ctx.tokens[layer] if exact and ctx.tokens is not None else None,
-        remote_coact=ctx.remote_coact(layer) if exact else None,
+        tokens=tokens,
+        remote_coact=ctx.remote_coact(layer) if tokens is not None else None,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -277,8 +296,6 @@ def _solve_with_current(ctx: _Context, layer: int, budget: int | None) -> LayerR
         spec,
         hint=cur_held,
         time_limit_s=ctx.budget(p.num_layers - layer),
-        seed=ctx.config.seed,
-        workers=ctx.config.workers,
         num_redundant=p.num_redundant,
     )
 
@@ -395,8 +412,6 @@ def _node_lns(
             sub,
             hint=hint,
             time_limit_s=min(0.5, max(0.02, until - ctx.now())),
-            seed=ctx.config.seed,
-            workers=ctx.config.workers,
             num_redundant=int(counts.sum() - counts.size),
         )
         new_held = [list(h) for h in held]
@@ -480,8 +495,6 @@ def _hierarchical(
             gpu_spec,
             hint=sub_hint,
             time_limit_s=gpu_budget,
-            seed=ctx.config.seed,
-            workers=ctx.config.workers,
             num_redundant=0,
         )
         held += [[members[i] for i in row] for row in res.held]
@@ -571,8 +584,6 @@ def _standard(
                 free,
                 hint=hint,
                 time_limit_s=layer_s,
-                seed=ctx.config.seed,
-                workers=ctx.config.workers,
                 num_redundant=p.num_redundant,
             )
             held, method, layer_bound = res.held, "cpsat-monolithic", res.bound_us
@@ -702,8 +713,6 @@ def _coherent(ctx: _Context, rng: np.random.Generator) -> tuple[list, list, floa
             spec,
             hint=hint,
             time_limit_s=ctx.budget(L - layer, share_of_time),
-            seed=ctx.config.seed,
-            workers=ctx.config.workers,
             num_redundant=p.num_redundant,
         )
 

@@ -176,11 +176,10 @@ def test_replay_computes_the_moe_layer(ray_session: Any, inputs: dict[str, str])
             np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_killed_worker_gives_clear_error(
-    ray_session: Any, inputs: dict[str, str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    capsys.readouterr()
-    start = time.monotonic()
+def _validate_with_fault(
+    inputs: dict[str, str], capsys: pytest.CaptureFixture[str], fault: str, timeout_s: int
+) -> tuple[int, str]:
+    """``placement validate`` of the contiguous plan with a worker fault injected: (exit code, stderr)."""
     code = main(
         [
             "validate",
@@ -193,12 +192,20 @@ def test_killed_worker_gives_clear_error(
             "--cluster",
             "h100-single-node",
             "--timeout",
-            "30",
+            str(timeout_s),
             "--inject-fault",
-            "2:die:1",
+            fault,
         ]
     )
-    err = capsys.readouterr().err.strip()
+    return code, capsys.readouterr().err.strip()
+
+
+def test_killed_worker_gives_clear_error(
+    ray_session: Any, inputs: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    start = time.monotonic()
+    code, err = _validate_with_fault(inputs, capsys, "2:die:1", timeout_s=30)
     assert code == 2
     assert len(err.splitlines()) == 1
     assert "worker rank 2" in err and "died" in err
@@ -209,24 +216,7 @@ def test_out_of_memory_worker_gives_clear_error(
     ray_session: Any, inputs: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     capsys.readouterr()
-    code = main(
-        [
-            "validate",
-            "--trace",
-            inputs["trace"],
-            "--plan",
-            inputs["contiguous"],
-            "--workers",
-            str(WORKERS),
-            "--cluster",
-            "h100-single-node",
-            "--timeout",
-            "30",
-            "--inject-fault",
-            "1:oom",
-        ]
-    )
-    err = capsys.readouterr().err.strip()
+    code, err = _validate_with_fault(inputs, capsys, "1:oom", timeout_s=30)
     assert code == 2
     assert "worker rank 1 ran out of memory" in err and len(err.splitlines()) == 1
 
@@ -237,24 +227,7 @@ def test_hung_worker_gives_clear_error(
 ) -> None:
     capsys.readouterr()
     start = time.monotonic()
-    code = main(
-        [
-            "validate",
-            "--trace",
-            inputs["trace"],
-            "--plan",
-            inputs["contiguous"],
-            "--workers",
-            str(WORKERS),
-            "--cluster",
-            "h100-single-node",
-            "--timeout",
-            "5",
-            "--inject-fault",
-            "3:hang",
-        ]
-    )
-    err = capsys.readouterr().err.strip()
+    code, err = _validate_with_fault(inputs, capsys, "3:hang", timeout_s=5)
     assert code == 2
     assert "rank(s) 3" in err and len(err.splitlines()) == 1
     assert time.monotonic() - start < 60

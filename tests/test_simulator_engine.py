@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import simpy
@@ -159,10 +161,18 @@ def test_max_min_invariants(num_links: int, num_flows: int, seed: int) -> None:
 
 
 def _delivery_times(
-    caps: np.ndarray, flows: list[tuple[np.ndarray, float, float]], incremental: bool
-) -> np.ndarray:
+    caps: np.ndarray,
+    flows: list[tuple[np.ndarray, float, float]],
+    *,
+    regroup_every_event: bool = False,
+    **net_options: Any,
+) -> tuple[np.ndarray, FluidNetwork]:
     env = simpy.Environment()
-    net = FluidNetwork(env, caps, incremental=incremental)
+    net = FluidNetwork(env, caps, **net_options)
+    if regroup_every_event:
+        # the lazy-link and class bookkeeping is exercised as hard as it gets
+        net.regroup_min_events = 1
+        net.regroup_flows_per_event = 10**9
     out = np.zeros(len(flows))
 
     def start(i: int, links: np.ndarray, size: float, t0: float):  # type: ignore[no-untyped-def]
@@ -175,7 +185,7 @@ def _delivery_times(
         env.process(start(i, links, size, t0))
     env.run()
     assert net.worst_utilisation <= 1 + 1e-9
-    return out
+    return out, net
 
 
 @settings(max_examples=30, deadline=None)
@@ -197,32 +207,9 @@ def test_incremental_refill_equals_full_recompute(
         )
         for _ in range(num_flows)
     ]
-    fast = _delivery_times(caps, flows, incremental=True)
-    full = _delivery_times(caps, flows, incremental=False)
+    fast, _ = _delivery_times(caps, flows, incremental=True)
+    full, _ = _delivery_times(caps, flows, incremental=False)
     assert fast == pytest.approx(full, rel=1e-7)
-
-
-def _delivery_times_agg(
-    caps: np.ndarray, flows: list[tuple[np.ndarray, float, float]], *, aggregate: bool
-) -> tuple[np.ndarray, FluidNetwork]:
-    env = simpy.Environment()
-    net = FluidNetwork(env, caps, incremental=aggregate, aggregate=aggregate)
-    # regroup at every event: the lazy-link and class bookkeeping is exercised as hard as it gets
-    net.regroup_min_events = 1
-    net.regroup_flows_per_event = 10**9
-    out = np.zeros(len(flows))
-
-    def start(i: int, links: np.ndarray, size: float, t0: float):  # type: ignore[no-untyped-def]
-        yield env.timeout(t0)
-        _, done = net.transfer(links, size)
-        yield done
-        out[i] = env.now
-
-    for i, (links, size, t0) in enumerate(flows):
-        env.process(start(i, links, size, t0))
-    env.run()
-    assert net.worst_utilisation <= 1 + 1e-9
-    return out, net
 
 
 @settings(max_examples=40, deadline=None)
@@ -247,8 +234,12 @@ def test_classes_and_lazy_links_equal_per_flow_full_recompute(
         )
         for _ in range(num_flows)
     ]
-    fast, net = _delivery_times_agg(caps, flows, aggregate=True)
-    full, _ = _delivery_times_agg(caps, flows, aggregate=False)
+    fast, net = _delivery_times(
+        caps, flows, incremental=True, aggregate=True, regroup_every_event=True
+    )
+    full, _ = _delivery_times(
+        caps, flows, incremental=False, aggregate=False, regroup_every_event=True
+    )
     assert fast == pytest.approx(full, rel=1e-7)
     assert net.regroups >= 1
 

@@ -21,6 +21,15 @@ import numpy as np
 
 from placement.workload import Workload
 
+# per-layer figures of token_level_stats that trace_stats copies into each layer's row and averages
+_LOCAL_LAYER_KEYS = (
+    "repeat_share",
+    "repeat_share_shuffled",
+    "window_coverage",
+    "window_coverage_shuffled",
+    "drift_js_halves",
+)
+
 
 def _entropy(p: np.ndarray) -> float:
     p = p[p > 0]
@@ -241,25 +250,13 @@ def trace_stats(
     if workload.per_token:
         local = token_level_stats(workload, window=window, cache_experts=cache_experts)
         for layer, row in enumerate(per_layer):
-            for key in (
-                "repeat_share",
-                "repeat_share_shuffled",
-                "window_coverage",
-                "window_coverage_shuffled",
-                "drift_js_halves",
-            ):
+            for key in _LOCAL_LAYER_KEYS:
                 row[key] = local[key][layer]
             if "domain_nmi" in local:
                 row["domain_nmi"] = local["domain_nmi"][layer]
         out["window"] = local["window"]
         out["cache_experts"] = local["cache_experts"]
-        for key in (
-            "repeat_share",
-            "repeat_share_shuffled",
-            "window_coverage",
-            "window_coverage_shuffled",
-            "drift_js_halves",
-        ):
+        for key in _LOCAL_LAYER_KEYS:
             out[f"mean_{key}"] = float(np.mean(local[key]))
         if "domains" in local:
             out["domains"] = local["domains"]

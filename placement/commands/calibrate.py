@@ -26,8 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from placement.errors import PlacementError
     from placement.executor.calibrate import run_calibration, save_calibrated
-    from placement.executor.driver import executed_shape
-    from placement.executor.group import WorkerGroup
+    from placement.executor.driver import executed_shape, worker_group
     from placement.shapes import ModelShape
 
     config = exec_config(args)
@@ -42,13 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.reps < 1:
         raise PlacementError("--reps must be >= 1")
     shape = executed_shape(base, config)
-    with WorkerGroup(
-        config.workers,
-        backend=config.backend,
-        address=config.address,
-        timeout_s=config.timeout_s,
-        threads=config.threads,
-    ) as group:
+    with worker_group(config) as group:
         cal = run_calibration(
             group,
             hidden=shape.hidden_size,

@@ -16,7 +16,7 @@ from placement.commands._common import (
 )
 from placement.commands.evaluate import evaluation_report, print_evaluation
 from placement.errors import PlacementError
-from placement.metrics import DEFAULT_TOKENS_PER_GPU, MODES, evaluate
+from placement.metrics import DEFAULT_TOKENS_PER_GPU, MODES, evaluate, evaluate_many
 from placement.plan import Plan
 
 
@@ -170,12 +170,13 @@ def compare_solvers(args: argparse.Namespace, problem: Any, config: Any, names: 
     from solvers import run_solver
 
     cluster = problem.cluster
+    plans = [run_solver(solver, problem, config) for solver in names]
+    # every plan in one pass over the trace (a per-token trace may be large)
+    evaluations = evaluate_many(
+        plans, cluster, problem.workload, mode=args.mode, tokens_per_gpu=args.tokens_per_gpu
+    )
     rows, results = [], []
-    for solver in names:
-        plan = run_solver(solver, problem, config)
-        ev = evaluate(
-            plan, cluster, problem.workload, mode=args.mode, tokens_per_gpu=args.tokens_per_gpu
-        )
+    for solver, plan, ev in zip(names, plans, evaluations, strict=True):
         s = ev.summary()
         prov = plan.provenance
         rows.append(

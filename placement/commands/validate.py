@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from placement.commands._common import CheckFailed, Command, print_json, table
 from placement.errors import PlacementError
 from placement.workload import HOME_POLICIES
+
+if TYPE_CHECKING:
+    from placement.executor.driver import ExecConfig
 
 
 def add_exec_args(p: argparse.ArgumentParser) -> None:
@@ -100,7 +103,7 @@ def parse_fault(text: str | None) -> dict[str, Any] | None:
     return fault
 
 
-def exec_config(args: argparse.Namespace, **extra: Any) -> Any:
+def exec_config(args: argparse.Namespace, **extra: Any) -> ExecConfig:
     from placement.executor.driver import ExecConfig
 
     return ExecConfig(

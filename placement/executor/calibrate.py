@@ -24,6 +24,7 @@ import numpy as np
 from placement.atomic import atomic_open
 from placement.cluster import ClusterSpec, GPUSpec
 from placement.errors import PlacementError
+from placement.executor.driver import DTYPE_BYTES
 from placement.executor.group import WorkerGroup
 from placement.executor.hostmodel import (
     HostModel,
@@ -379,8 +380,6 @@ def fit_calibration(
 ) -> Calibration:
     """Fit the spec (and on CPU ranks the host model) to the trimmed means of (pooled) samples
     (:func:`placement.executor.timing.central_us`, the statistic measurements report too)."""
-    from placement.executor.driver import DTYPE_BYTES
-
     elem = DTYPE_BYTES[dtype]
     world = group.world
     a2a_us = central_us(samples.a2a_us, axis=1)
@@ -392,9 +391,7 @@ def fit_calibration(
     wbytes = np.array([e * 3.0 * hidden * inter * elem for e, _ in gemm_grid])
     comp = fit_compute(flops, wbytes, gemm_us)
     info: dict[str, Any] = group.info[0] if group.info else {"device": "cpu", "total_bytes": 0}
-    memory_gib = (
-        float(info.get("total_bytes", 0)) / 2**30 / (world if info.get("device") == "cpu" else 1)
-    )
+    memory_gib = float(info.get("total_bytes", 0)) / 2**30 / (world if _is_cpu(group) else 1)
     spec = calibrated_spec(
         link,
         comp,
@@ -406,7 +403,7 @@ def fit_calibration(
     if samples.host_gemm_us is not None and samples.host_a2a_us is not None:
         host, host_points = fit_host(
             world,
-            central_us(samples.a2a_us, axis=1),
+            a2a_us,
             central_us(samples.host_gemm_us, axis=1),
             central_us(samples.host_a2a_us, axis=1),
             rows_per_peer,
@@ -447,8 +444,6 @@ def fit_host(
     :func:`host_gemm_patterns`) fitted to the host-sharing model, and the uniform (``a2a_us``) and
     skewed (``skew_us``) all-to-alls (``[points]`` medians, or ``[points, reps]`` every repetition, which
     the all-to-all fit pools) fitted with the sharing rate that fit found."""
-    from placement.executor.driver import DTYPE_BYTES
-
     pats = host_gemm_patterns(world)
     experts = np.array([[e for e, _ in p] for p in pats], dtype=float)
     flops = np.array([[e * t * 6.0 * hidden * inter for e, t in p] for p in pats])

@@ -70,6 +70,17 @@ class ExecConfig:
         return "bfloat16" if self.backend == "nccl" else "float32"
 
 
+def worker_group(config: ExecConfig) -> WorkerGroup:
+    """The (not yet started) group of workers the config asks for; use it as a context manager."""
+    return WorkerGroup(
+        config.workers,
+        backend=config.backend,
+        address=config.address,
+        timeout_s=config.timeout_s,
+        threads=config.threads,
+    )
+
+
 def executed_shape(shape: ModelShape, config: ExecConfig) -> ModelShape:
     """The shape the workers really run: hidden and expert sizes scaled, activations in the run's dtype
     (so the evaluator's bytes per copy are the bytes the collectives move)."""

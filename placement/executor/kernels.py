@@ -180,12 +180,17 @@ class LayerRunner:
     def dispatch(self, lay: DeviceLayer, x: torch.Tensor, stage2: bool) -> torch.Tensor:
         """Move home rows to destinations (D1, then the forwarders' D2 when any rank forwards: a
         collective, so every rank must take part); return ``W = [X; R1; R2]``."""
-        hidden = x.shape[1]
-        r1 = torch.empty(lay.info.n_r1, hidden, dtype=x.dtype, device=x.device)
+        r1 = torch.empty(lay.info.n_r1, x.shape[1], dtype=x.dtype, device=x.device)
         _a2a(r1, x.index_select(0, lay.d1_send_idx), lay.d1_recv, lay.d1_send, self.group)
+        return self._forward(lay, x, r1, stage2)
+
+    def _forward(
+        self, lay: DeviceLayer, x: torch.Tensor, r1: torch.Tensor, stage2: bool
+    ) -> torch.Tensor:
+        """The forwarders' D2 fan-out of the rows D1 delivered (when ``stage2``); ``W = [X; R1; R2]``."""
         parts = [x, r1]
         if stage2:
-            r2 = torch.empty(lay.info.n_r2, hidden, dtype=x.dtype, device=x.device)
+            r2 = torch.empty(lay.info.n_r2, x.shape[1], dtype=x.dtype, device=x.device)
             _a2a(r2, r1.index_select(0, lay.d2_send_idx), lay.d2_recv, lay.d2_send, self.group)
             parts.append(r2)
         return torch.cat(parts)
@@ -206,6 +211,14 @@ class LayerRunner:
 
     def combine(self, lay: DeviceLayer, y: torch.Tensor, stage2: bool) -> torch.Tensor:
         """Reverse of dispatch: D2 partials back to forwarders (summed there), then D1 back home."""
+        back1, _ = self._issue_combine(lay, y, stage2)
+        return y[: lay.info.n_home].index_add(0, lay.d1_send_idx, back1)
+
+    def _issue_combine(
+        self, lay: DeviceLayer, y: torch.Tensor, stage2: bool, async_op: bool = False
+    ) -> tuple[torch.Tensor, Any]:
+        """D2 partials back to the forwarders (summed there), then the D1 return; returns the buffer the
+        home rows' partials arrive in and the D1 return's work handle (``async_op``)."""
         n_home, n_r1 = lay.info.n_home, lay.info.n_r1
         hidden = y.shape[1]
         y_r1 = y[n_home : n_home + n_r1]
@@ -214,8 +227,8 @@ class LayerRunner:
             _a2a(back2, y[n_home + n_r1 :].contiguous(), lay.d2_send, lay.d2_recv, self.group)
             y_r1 = y_r1.index_add(0, lay.d2_send_idx, back2)
         back1 = torch.empty(int(sum(lay.d1_send)), hidden, dtype=y.dtype, device=y.device)
-        _a2a(back1, y_r1.contiguous(), lay.d1_send, lay.d1_recv, self.group)
-        return y[:n_home].index_add(0, lay.d1_send_idx, back1)
+        work = _a2a(back1, y_r1.contiguous(), lay.d1_send, lay.d1_recv, self.group, async_op)
+        return back1, work
 
     # ---- schedules ---------------------------------------------------------------------------------
 
@@ -287,23 +300,9 @@ class LayerRunner:
             r1, work = pending
             if i + 1 < n:  # next chunk's dispatch is in flight while this one computes
                 pending = self._issue_d1(chunks[i + 1], xs[i + 1])
-            work.wait()
-            parts = [x, r1]
-            if stage2:  # the forwarders' fan-out depends on D1 having arrived
-                r2 = torch.empty(lay.info.n_r2, x.shape[1], dtype=x.dtype, device=x.device)
-                _a2a(r2, r1.index_select(0, lay.d2_send_idx), lay.d2_recv, lay.d2_send, self.group)
-                parts.append(r2)
-            y = self.compute(lay, torch.cat(parts), experts)
-            n_home, n_r1 = lay.info.n_home, lay.info.n_r1
-            y_r1 = y[n_home : n_home + n_r1]
-            if stage2:
-                back2 = torch.empty(
-                    int(sum(lay.d2_send)), x.shape[1], dtype=y.dtype, device=y.device
-                )
-                _a2a(back2, y[n_home + n_r1 :].contiguous(), lay.d2_send, lay.d2_recv, self.group)
-                y_r1 = y_r1.index_add(0, lay.d2_send_idx, back2)
-            back1 = torch.empty(int(sum(lay.d1_send)), x.shape[1], dtype=y.dtype, device=y.device)
-            cwork = _a2a(back1, y_r1.contiguous(), lay.d1_send, lay.d1_recv, self.group, True)
+            work.wait()  # the forwarders' fan-out depends on D1 having arrived
+            y = self.compute(lay, self._forward(lay, x, r1, stage2), experts)
+            back1, cwork = self._issue_combine(lay, y, stage2, async_op=True)
             combines.append((lay, y, back1, cwork))
         outs = []
         for lay, y, back1, cwork in combines:

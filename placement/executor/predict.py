@@ -16,6 +16,13 @@ from placement.metrics import evaluate
 from placement.plan import Plan
 from placement.workload import Workload
 
+TIME_KEYS = ("dispatch_us", "compute_us", "combine_us", "layer_us")
+
+
+def _times(row: Any) -> dict[str, float]:
+    """A per-layer row's predicted phase and layer times."""
+    return {k: float(row[k]) for k in TIME_KEYS}
+
 
 def simulator_available() -> bool:
     try:
@@ -66,11 +73,7 @@ def predict_layers(
             chunks=chunks,
             progress=False,
         )  # type: ignore[arg-type]
-        rows = [
-            {k: float(row[k]) for k in ("dispatch_us", "compute_us", "combine_us", "layer_us")}
-            for row in res.per_layer
-        ]
-        return rows, "simulator"
+        return [_times(row) for row in res.per_layer], "simulator"
     if overlap != "none":
         return [], "evaluator (no overlap model)"
     ev = evaluate(
@@ -80,11 +83,7 @@ def predict_layers(
         mode="standard",
         tokens_per_gpu=None if tokens_per_gpu is None else int(tokens_per_gpu),
     )
-    rows = [
-        {k: float(row[k]) for k in ("dispatch_us", "compute_us", "combine_us", "layer_us")}
-        for row in ev.per_layer()
-    ]
-    return rows, "evaluator (simulator not importable)"
+    return [_times(row) for row in ev.per_layer()], "evaluator (simulator not importable)"
 
 
 def predict_host_layers(

@@ -30,14 +30,12 @@ from placement.executor.driver import (
     pool_measurements,
     preflight,
     relative_error,
+    worker_group,
 )
-from placement.executor.group import WorkerGroup
 from placement.executor.hostmodel import HostModel, load_host_model
-from placement.executor.predict import predict_layers
+from placement.executor.predict import TIME_KEYS, predict_layers
 from placement.metrics import evaluate
 from placement.plan import Plan
-
-TIME_KEYS = ("dispatch_us", "compute_us", "combine_us", "layer_us")
 
 
 def _check_plan(plan: Plan, data: ReplayInput, what: str) -> None:
@@ -161,13 +159,7 @@ def run_validate(
         _check_plan(p, data, what)
         preflight(p, config, data.shape, data.workload.num_tokens)
     calibration: Calibration | None = None
-    with WorkerGroup(
-        config.workers,
-        backend=config.backend,
-        address=config.address,
-        timeout_s=config.timeout_s,
-        threads=config.threads,
-    ) as group:
+    with worker_group(config) as group:
         calibrate = spec is None
         hidden, inter = data.shape.hidden_size, data.shape.expert_intermediate_size
         samples: CalibrationSamples | None = None
