@@ -8,17 +8,39 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from placement import commands
-from placement.commands._common import CheckFailed, Command
+from placement.commands._common import CheckFailed, Command, finite_float
 from placement.errors import PlacementError
+
+# Argument destinations that name files a command reads, and files or folders it writes. An output that
+# is one of the inputs would be replaced by the atomic rename: the input would be destroyed with exit 0.
+_INPUT_DESTS = (
+    "trace",
+    "plan",
+    "current",
+    "baseline",
+    "baseline_plan",
+    "cluster",
+    "compare",
+    "input",
+    "model",
+)
+_OUTPUT_DESTS = ("out", "chrome_trace", "chakra", "junit", "plots")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error and exit code 2."""
+    """argparse with a one-line error and exit code 2; every float option refuses NaN and infinities."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        if kwargs.get("type") is float:
+            kwargs["type"] = finite_float
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {message}\n")
@@ -50,6 +72,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _paths(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def _option_name(dest: str) -> str:
+    return "IN" if dest == "input" else f"--{dest.replace('_', '-')}"
+
+
+def refuse_outputs_onto_inputs(args: argparse.Namespace) -> None:
+    """Raise if an output path is one of the command's input files (same file after resolving links)."""
+    inputs = {
+        os.path.realpath(path): _option_name(dest)
+        for dest in _INPUT_DESTS
+        for path in _paths(getattr(args, dest, None))
+        if os.path.exists(path)
+    }
+    for dest in _OUTPUT_DESTS:
+        for path in _paths(getattr(args, dest, None)):
+            source = inputs.get(os.path.realpath(path))
+            if source is not None:
+                raise PlacementError(
+                    f"{_option_name(dest)} {path} is also the input {source}; "
+                    "writing it would destroy the input: choose another output path"
+                )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -57,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        refuse_outputs_onto_inputs(args)
         return int(args._run(args) or 0)
     except PlacementError as exc:
         sys.stderr.write(f"placement {args.command}: error: {exc}\n")

@@ -15,6 +15,7 @@ Baseline file (JSON): ``schema_version``, ``config`` (the solve options), ``engi
 from __future__ import annotations
 
 import json
+import math
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -173,7 +174,10 @@ def compare(
         if metric == "layer_us" and engine_changed:
             status = "skipped"
             message = "timing engine differs from the baseline's; run --update-baseline"
-        elif value > limit:
+        elif not math.isfinite(limit):
+            # A NaN or infinite limit would pass every value: fail closed instead.
+            status, message = "fail", f"{metric}: tolerance gives a non-finite limit ({limit})"
+        elif not value <= limit:  # written so that a NaN measurement fails too
             status = "fail"
             message = (
                 f"{metric} regressed: {value:.6g} > limit {limit:.6g} (baseline {base:.6g}, "

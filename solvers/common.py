@@ -14,6 +14,7 @@ priced per token copy through one NIC and through one GPU's NVLink port (see :mo
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,11 +149,20 @@ def lpt(items: np.ndarray, weight: np.ndarray, num_gpus: int, spg: int) -> list[
     return held
 
 
+_MAX_FULL_SPLITS = 5000  # C(2 spg, spg) up to spg = 7 (3,432 splits)
+
+
 def _splits(spg: int) -> np.ndarray:
-    """All ways to give ``spg`` of ``2 spg`` items to the first GPU: ``[ways, 2 spg]`` 0/1 masks."""
+    """Ways to give ``spg`` of ``2 spg`` items to the first GPU: ``[ways, 2 spg]`` 0/1 masks.
+
+    Every split while ``C(2 spg, spg)`` stays small; past that, only the single-swap neighbourhood. The
+    count is computed before anything is enumerated: listing ``C(32, 16)`` = 6e8 splits would exhaust
+    memory long before a guard on the listed length could run."""
     n = 2 * spg
-    combos = list(itertools.combinations(range(n), spg))
-    if len(combos) > 5000:  # large spg: keep the single-swap neighbourhood only
+    combos: list[tuple[int, ...]]
+    if math.comb(n, spg) <= _MAX_FULL_SPLITS:
+        combos = list(itertools.combinations(range(n), spg))
+    else:
         combos = [
             tuple(sorted(set(range(spg)) - {a} | {spg + b})) for a in range(spg) for b in range(spg)
         ] + [tuple(range(spg))]
@@ -169,6 +179,8 @@ def improve_layout(
     items in the best of all ``C(2 spg, spg)`` ways (vectorised over partners), keeping no two replicas of
     one expert on one GPU; repeat while the busiest GPU's load falls."""
     G = len(held)
+    if G < 2:  # one GPU holds everything: nothing to re-split
+        return held, weights
     ids = np.array(held, dtype=np.int64)  # [G, spg]
     w = np.array(weights, dtype=np.float64)
     masks = _splits(spg)  # [ways, 2spg]

@@ -19,6 +19,29 @@ from placement.shapes import model_shape
 from placement.workload import HOME_POLICIES, Workload
 
 
+def parse_finite(text: str, what: str) -> float:
+    """``float(text)``, refusing NaN and infinities: a NaN limit compares false against everything, so a
+    check built on it would silently always pass."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise PlacementError(f"{what}: expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise PlacementError(f"{what}: expected a finite number, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse ``type=`` for floats: NaN and infinities are usage errors (exit 2, one line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 class CheckFailed(Exception):  # noqa: N818  (the CLI contract name)
     """A check the user asked for failed (exit code 1)."""
 

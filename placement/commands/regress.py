@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from placement.commands._common import CheckFailed, Command, print_json, table
+from placement.commands._common import CheckFailed, Command, parse_finite, print_json, table
 from placement.errors import PlacementError
 from placement.metrics import MODES
 
@@ -72,7 +72,10 @@ def _tolerances(items: list[str], stored: dict[str, Any] | None) -> dict[str, di
     tol = default_tolerances()
     for metric, value in (stored or {}).items():
         if metric in tol and isinstance(value, dict):
-            tol[metric] = {"rel": float(value.get("rel", 0.0)), "abs": float(value.get("abs", 0.0))}
+            tol[metric] = {
+                "rel": parse_finite(value.get("rel", 0.0), f"baseline tolerance {metric}.rel"),
+                "abs": parse_finite(value.get("abs", 0.0), f"baseline tolerance {metric}.abs"),
+            }
     for item in items:
         metric, _, value = item.partition("=")
         if metric not in METRICS:
@@ -80,12 +83,8 @@ def _tolerances(items: list[str], stored: dict[str, Any] | None) -> dict[str, di
                 f"--tolerance: unknown metric {metric!r}; known: {', '.join(METRICS)}"
             )
         rel, _, abs_ = value.partition("+")
-        try:
-            tol[metric] = {"rel": float(rel), "abs": float(abs_ or 0.0)}
-        except ValueError:
-            raise PlacementError(
-                f"--tolerance {item!r}: expected METRIC=REL or METRIC=REL+ABS"
-            ) from None
+        what = f"--tolerance {item!r} (METRIC=REL or METRIC=REL+ABS)"
+        tol[metric] = {"rel": parse_finite(rel, what), "abs": parse_finite(abs_ or "0", what)}
         if tol[metric]["rel"] < 0 or tol[metric]["abs"] < 0:
             raise PlacementError(f"--tolerance {item!r}: tolerances must be >= 0")
     return tol

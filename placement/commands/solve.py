@@ -10,6 +10,7 @@ from placement.commands._common import (
     add_cluster_args,
     add_trace_args,
     load_workload,
+    parse_finite,
     print_json,
     resolve_cluster,
     table,
@@ -92,10 +93,7 @@ def build_problem(args: argparse.Namespace) -> Any:
     workloads = tuple(load_workload(t, cluster.num_gpus, args.home, args.model) for t in args.trace)
     weights: tuple[float, ...] = ()
     if args.weights:
-        try:
-            weights = tuple(float(w) for w in args.weights.split(","))
-        except ValueError:
-            raise PlacementError("--weights must be comma-separated numbers") from None
+        weights = tuple(parse_finite(w, "--weights") for w in args.weights.split(","))
     current = Plan.load(args.current) if args.current else None
     problem = PlacementProblem(
         workloads=workloads,

@@ -8,7 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from placement.commands._common import Command, add_cluster_args, print_json, resolve_cluster
+from placement.commands._common import (
+    Command,
+    add_cluster_args,
+    parse_finite,
+    print_json,
+    resolve_cluster,
+)
 from placement.errors import PlacementError
 from placement.metrics import DEFAULT_TOKENS_PER_GPU, MODES
 
@@ -20,10 +26,7 @@ def _prices(text: str | None, what: str) -> dict[str, float]:
         if not item.strip():
             continue
         name, _, value = item.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise PlacementError(f"{what}: expected NAME=USD,..., got {item!r}") from None
+        out[name.strip()] = parse_finite(value, f"{what} {item!r} (NAME=USD,...)")
         if out[name.strip()] < 0:
             raise PlacementError(f"{what}: prices must be >= 0")
     return out
