@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from placement.commands._common import table
+from moe_placement.cli.commands._common import table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,9 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
-
-    from traces.capture import TINY_CONFIGS, CaptureOptions, capture, load_model
-    from traces.data import HELDOUT_DIR
+    from moe_placement.traces.capture import TINY_CONFIGS, CaptureOptions, capture, load_model
+    from moe_placement.traces.data import HELDOUT_DIR
 
     torch.set_num_threads(args.threads)
     tokens = 16384 if args.full else 4096

@@ -25,21 +25,24 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from placement.cli import main as cli
-from placement.commands._common import table
-from placement.executor import timing
-from placement.executor.calibrate import CalibrationSamples, collect_calibration, fit_calibration
-from placement.executor.driver import (
+from moe_placement.cli.commands._common import table
+from moe_placement.cli.main import main as cli
+from moe_placement.executor import timing
+from moe_placement.executor.calibrate import (
+    CalibrationSamples,
+    collect_calibration,
+    fit_calibration,
+)
+from moe_placement.executor.driver import (
     ExecConfig,
     Measurement,
     load_replay_input,
     measure,
     pool_measurements,
 )
-from placement.executor.group import WorkerGroup
-from placement.executor.validate import compare
-from placement.plan import Plan
+from moe_placement.executor.group import WorkerGroup
+from moe_placement.executor.validate import compare
+from moe_placement.plan import Plan
 
 
 def make_inputs(

@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
-
-from placement.cli import main
-from reports.results import load_results
-from reports.sweep import ray_available
-from traces.synth import SynthConfig, generate
+from moe_placement.cli.main import main
+from moe_placement.pipeline.results import load_results
+from moe_placement.pipeline.sweep import ray_available
+from moe_placement.traces.synth import SynthConfig, generate
 
 TIMING_COLUMNS = ["solve_s", "wall_s"]
 

@@ -11,15 +11,14 @@ import argparse
 import time
 
 import numpy as np
-
-from placement.cluster import load_cluster
-from placement.commands._common import table
-from placement.plan import Plan, Provenance
-from placement.shapes import model_shape
-from placement.workload import Workload
-from simulator import simulate_moe
-from simulator.collectives import PhasePlan
-from simulator.moe import _Runner
+from moe_placement.cli.commands._common import table
+from moe_placement.cluster import load_cluster
+from moe_placement.plan import Plan, Provenance
+from moe_placement.shapes import model_shape
+from moe_placement.simulator import simulate_moe
+from moe_placement.simulator.collectives import PhasePlan
+from moe_placement.simulator.moe import _Runner
+from moe_placement.workload import Workload
 
 
 def alltoall(gpus: int, seed: int = 0) -> dict[str, float]:

@@ -22,14 +22,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from placement.cluster import load_cluster  # noqa: E402
-from placement.commands._common import table  # noqa: E402
-from placement.metrics import evaluate  # noqa: E402
-from solvers import PlacementProblem, SolverConfig, run_solver  # noqa: E402
-from solvers.ilp import score_plan  # noqa: E402
-from traces.derive import derive_workload  # noqa: E402
-from traces.reader import TraceFile  # noqa: E402
-from traces.synth import SynthConfig, generate  # noqa: E402
+from moe_placement.cli.commands._common import table  # noqa: E402
+from moe_placement.cluster import load_cluster  # noqa: E402
+from moe_placement.metrics import evaluate  # noqa: E402
+from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver  # noqa: E402
+from moe_placement.solvers.ilp import score_plan  # noqa: E402
+from moe_placement.traces.derive import derive_workload  # noqa: E402
+from moe_placement.traces.reader import TraceFile  # noqa: E402
+from moe_placement.traces.synth import SynthConfig, generate  # noqa: E402
 
 BUNDLED = ROOT / "traces" / "data" / "tiny_moe_trace.parquet"
 BASELINES = ("contiguous", "round-robin", "greedy", "eplb", "eplb-global")

@@ -24,16 +24,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from placement.cluster import load_cluster  # noqa: E402
-from placement.commands._common import table  # noqa: E402
-from placement.metrics import evaluate  # noqa: E402
-from placement.shapes import model_shape  # noqa: E402
-from solvers import PlacementProblem, SolverConfig, run_solver  # noqa: E402
-from solvers.common import load_bound  # noqa: E402
-from traces.derive import derive_workload  # noqa: E402
-from traces.loadjson import load_logical_count  # noqa: E402
-from traces.reader import TraceFile  # noqa: E402
-from traces.synth import SynthConfig, generate  # noqa: E402
+from moe_placement.cli.commands._common import table  # noqa: E402
+from moe_placement.cluster import load_cluster  # noqa: E402
+from moe_placement.metrics import evaluate  # noqa: E402
+from moe_placement.shapes import model_shape  # noqa: E402
+from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver  # noqa: E402
+from moe_placement.solvers.common import load_bound  # noqa: E402
+from moe_placement.traces.derive import derive_workload  # noqa: E402
+from moe_placement.traces.loadjson import load_logical_count  # noqa: E402
+from moe_placement.traces.reader import TraceFile  # noqa: E402
+from moe_placement.traces.synth import SynthConfig, generate  # noqa: E402
 
 DSV3 = ROOT / ".." / "shared" / "data" / "dsv3-expert-loads"
 
@@ -121,11 +121,10 @@ def captured_workload(tmp: Path, arch: str, layers: int, experts: int, top_k: in
     checkpoint), read with the real model's shape for the time model; None if capture is missing."""
     try:
         import torch
+        from moe_placement.cli.main import main as cli
+        from moe_placement.traces.capture.archs import tiny_config
+        from moe_placement.traces.tinymoe import CHECKPOINT_DIR
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from placement.cli import main as cli
-        from traces.capture.archs import tiny_config
-        from traces.tinymoe import CHECKPOINT_DIR
     except ImportError:
         return None
     out = tmp / f"captured-{arch}.parquet"

@@ -16,12 +16,12 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from placement.cluster import load_cluster
-from placement.metrics import evaluate
-from solvers import PlacementProblem, run_solver
-from traces.derive import derive_workload
-from traces.reader import TraceFile
-from traces.synth import SynthConfig, generate
+from moe_placement.cluster import load_cluster
+from moe_placement.metrics import evaluate
+from moe_placement.solvers import PlacementProblem, run_solver
+from moe_placement.traces.derive import derive_workload
+from moe_placement.traces.reader import TraceFile
+from moe_placement.traces.synth import SynthConfig, generate
 
 
 def main() -> None:

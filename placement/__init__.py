@@ -17,7 +17,7 @@ Package layering (imports only go downwards): ``placement`` core (cluster, plan,
 ``traces`` <- ``solvers`` / ``simulator`` <- executor, ``reports`` and the CLI.
 """
 
-from placement.errors import PlacementError
+from moe_placement.errors import PlacementError
 
 __all__ = ["PlacementError", "__version__"]
 __version__ = "0.1.0"

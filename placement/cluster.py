@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from placement.errors import PlacementError
+from moe_placement.errors import PlacementError
 
 FABRICS = ("none", "single-switch", "multi-rail", "multi-plane", "three-tier")
 
@@ -325,7 +324,7 @@ def load_cluster(name_or_file: str | None) -> ClusterSpec:
 
 def save_cluster(spec: ClusterSpec, path: str | Path) -> None:
     """Write a spec as YAML (or TOML-free JSON when the suffix is .json), atomically."""
-    from placement.atomic import atomic_open, write_json
+    from moe_placement.atomic import atomic_open, write_json
 
     if str(path).endswith(".json"):
         write_json(path, spec.to_dict())

@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from placement.cluster import ClusterSpec
-from placement.errors import PlacementError
-from placement.plan import Plan
-from placement.workload import Workload, home_gpus
+from moe_placement.cluster import ClusterSpec
+from moe_placement.errors import PlacementError
+from moe_placement.plan import Plan
+from moe_placement.workload import Workload, home_gpus
 
 MODES = ("standard", "coherent")
 DEFAULT_TOKENS_PER_GPU = 4096

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from placement.atomic import write_json
-from placement.errors import PlacementError
+from moe_placement.atomic import write_json
+from moe_placement.errors import PlacementError
 
 PLAN_SCHEMA_VERSION = 1
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from placement.errors import PlacementError
+from moe_placement.errors import PlacementError
 
 FP8_WITH_SCALES = 1.0 + 4.0 / 128.0
 

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-
-from placement.errors import PlacementError
-from placement.shapes import ModelShape
+from moe_placement.errors import PlacementError
+from moe_placement.shapes import ModelShape
 
 HOME_POLICIES = ("token", "sequence")
 

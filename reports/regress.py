@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from placement.atomic import atomic_open, write_json
-from placement.cluster import ClusterSpec
-from placement.errors import PlacementError
-from placement.metrics import evaluate
-from placement.plan import Plan
+from moe_placement.atomic import atomic_open, write_json
+from moe_placement.cluster import ClusterSpec
+from moe_placement.errors import PlacementError
+from moe_placement.metrics import evaluate
+from moe_placement.plan import Plan
 
 BASELINE_SCHEMA_VERSION = 1
 
@@ -103,9 +103,9 @@ def measure(
     plan_path: str | None = None,
 ) -> tuple[dict[str, float], str, str]:
     """Solve (or load ``plan_path``) and measure one trace: (metrics, trace fingerprint, engine)."""
-    from reports.engine import simulate_layers, workload_for
-    from solvers import PlacementProblem, SolverConfig, run_solver
-    from traces.reader import TraceFile
+    from moe_placement.pipeline.engine import simulate_layers, workload_for
+    from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
+    from moe_placement.traces.reader import TraceFile
 
     fingerprint = TraceFile(trace).fingerprint()
     workload = workload_for(str(Path(trace).resolve()), fingerprint, cluster.num_gpus)
@@ -196,7 +196,7 @@ def write_junit(path: str | Path, checks: list[Check], seconds: float) -> None:
     suite = ET.SubElement(
         suites,
         "testsuite",
-        name="placement.regress",
+        name="moe_placement.regress",
         tests=str(len(checks)),
         failures=str(sum(c.status == "fail" for c in checks)),
         skipped=str(sum(c.status == "skipped" for c in checks)),

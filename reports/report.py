@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from placement.atomic import atomic_open
-from reports import plots
-from reports.results import load_results
-from reports.scenario import AXES
+from moe_placement.atomic import atomic_open
+from moe_placement.pipeline.results import load_results
+from moe_placement.pipeline.scenario import AXES
+from moe_placement.reports import plots
 
 HOURS_PER_YEAR = 8760.0
 REFERENCE_SOLVERS = ("contiguous", "eplb")

@@ -6,9 +6,9 @@ hierarchical all-to-all; DeepEP the hierarchical, node-deduplicated dispatch/com
 
 Public API: :func:`simulate_moe` (a plan on a trace, layer by layer, with overlap modes),
 :func:`simulate_uniform` (DeepEP-style microbenchmark), :class:`SimResult`; the building blocks are
-:mod:`simulator.topology`, :mod:`simulator.engine` and :mod:`simulator.collectives`.
+:mod:`moe_placement.simulator.topology`, :mod:`moe_placement.simulator.engine` and :mod:`moe_placement.simulator.collectives`.
 """
 
-from simulator.moe import OVERLAPS, SimResult, simulate_moe, simulate_uniform
+from moe_placement.simulator.moe import OVERLAPS, SimResult, simulate_moe, simulate_uniform
 
 __all__ = ["OVERLAPS", "SimResult", "simulate_moe", "simulate_uniform"]

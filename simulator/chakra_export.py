@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from placement.atomic import atomic_open
-from placement.cluster import ClusterSpec
-from placement.errors import PlacementError
-from placement.metrics import DEFAULT_TOKENS_PER_GPU, evaluate
-from placement.plan import Plan
-from placement.workload import Workload
-from simulator.collectives import PhasePlan
-from simulator.moe import _layer_phases
+from moe_placement.atomic import atomic_open
+from moe_placement.cluster import ClusterSpec
+from moe_placement.errors import PlacementError
+from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU, evaluate
+from moe_placement.plan import Plan
+from moe_placement.simulator.collectives import PhasePlan
+from moe_placement.simulator.moe import _layer_phases
+from moe_placement.workload import Workload
 
 CHAKRA_VERSION = "0.0.4"
 

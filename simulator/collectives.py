@@ -4,7 +4,7 @@ A :class:`PhasePlan` is what one dispatch or combine moves, in bytes: ``direct[s
 (over NVLink in a node, over the NIC - with PXN when cross-rail - across nodes), and an optional relay:
 ``stage1[src, relay]`` then ``stage2[relay, dst]``. DeepEP relays *pipelined* (the forwarder passes data on
 as chunks land); 2DH relays *store-and-forward* (the second all-to-all starts once a GPU holds all its first
-stage data). :func:`run_phase` turns a plan into flows on a :class:`~simulator.engine.FluidNetwork`.
+stage data). :func:`run_phase` turns a plan into flows on a :class:`~moe_placement.simulator.engine.FluidNetwork`.
 
 ``deepep-ll`` is DeepEP's low-latency kernels (deepseek-ai/DeepEP ``csrc/kernels/internode_ll.cu``, Feb 2025):
 one RDMA write (IBGDA) per (token, selected expert), no per-GPU or per-node deduplication, from the
@@ -12,7 +12,7 @@ sender's NIC to the receiver's NIC for every other rank, same node included (no 
 sender's own rank are a GPU memory copy, off the network. A phase is one fluid flow per GPU pair (the
 pair's messages go back to back on one queue pair, so the path latency is paid once) with ``rdma=True``.
 
-Byte matrices come from the evaluator (:mod:`placement.metrics`): ``PairCopies`` (DeepEP deduplicated:
+Byte matrices come from the evaluator (:mod:`moe_placement.metrics`): ``PairCopies`` (DeepEP deduplicated:
 ``nic[src, forwarder]``, ``nvlink`` = intra-node copies + the forwarder's fan-out) and the per-GPU-pair
 copies of a direct all-to-all; each times bytes per copy.
 """
@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 import simpy
-
-from placement.errors import PlacementError
-from simulator.engine import FluidNetwork
-from simulator.topology import Topology
+from moe_placement.errors import PlacementError
+from moe_placement.simulator.engine import FluidNetwork
+from moe_placement.simulator.topology import Topology
 
 ALGOS = ("direct", "deepep", "2dh", "deepep-ll")
 # DeepEP low-latency dispatch message: an int4 (16 bytes) of source info before the FP8 data and scales

@@ -32,8 +32,7 @@ from typing import Any
 
 import numpy as np
 import simpy
-
-from placement.errors import PlacementError
+from moe_placement.errors import PlacementError
 
 
 def _plain(*args: Any, **kwargs: Any) -> Any:

@@ -1,8 +1,8 @@
 """MoE layers on the simulated network: dispatch, expert compute, combine, with overlap modes.
 
 :func:`simulate_moe` takes the evaluator's per-pair copies and per-GPU expert compute times
-(:func:`placement.metrics.evaluate`) and plays every MoE layer out on a :class:`~simulator.topology.Topology`
-with a :class:`~simulator.engine.FluidNetwork`:
+(:func:`moe_placement.metrics.evaluate`) and plays every MoE layer out on a :class:`~moe_placement.simulator.topology.Topology`
+with a :class:`~moe_placement.simulator.engine.FluidNetwork`:
 
 * ``overlap="none"``: attention, dispatch, expert FFN (+ shared expert), combine, one after another; a GPU
   starts its experts once everything addressed to it has landed, and sends its combine when done;
@@ -29,15 +29,12 @@ from typing import Any
 
 import numpy as np
 import simpy
-from tqdm import tqdm
-
-from placement.atomic import atomic_open
-from placement.cluster import ClusterSpec
-from placement.errors import PlacementError
-from placement.metrics import DEFAULT_TOKENS_PER_GPU, dedup_copies, evaluate, gpu_pair_copies
-from placement.plan import Plan
-from placement.workload import Workload
-from simulator.collectives import (
+from moe_placement.atomic import atomic_open
+from moe_placement.cluster import ClusterSpec
+from moe_placement.errors import PlacementError
+from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU, dedup_copies, evaluate, gpu_pair_copies
+from moe_placement.plan import Plan
+from moe_placement.simulator.collectives import (
     ALGOS,
     LL_DISPATCH_HEADER_BYTES,
     PhasePlan,
@@ -46,8 +43,10 @@ from simulator.collectives import (
     run_phase,
     when,
 )
-from simulator.engine import FluidNetwork
-from simulator.topology import Topology
+from moe_placement.simulator.engine import FluidNetwork
+from moe_placement.simulator.topology import Topology
+from moe_placement.workload import Workload
+from tqdm import tqdm
 
 OVERLAPS = ("none", "two-batch", "chunked")
 
@@ -461,7 +460,7 @@ def uniform_routing(
 
     Returns ``(pairs[G, G], nic[G, G], nvlink[G, G], node_pairs[G], expert_pairs[G, G])``: direct
     per-GPU-pair copies (diagonal: GPU-local), the DeepEP-deduplicated NIC / NVLink copies from
-    :func:`placement.metrics.dedup_copies`, per source GPU its (token, destination node) pairs, and the
+    :func:`moe_placement.metrics.dedup_copies`, per source GPU its (token, destination node) pairs, and the
     (token, selected expert) copies per GPU pair (no deduplication: DeepEP's low-latency messages).
     """
     G, gpn = num_gpus, gpus_per_node

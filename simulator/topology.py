@@ -1,6 +1,6 @@
 """Topology: GPUs, the NVSwitch scale-up domain, PCIe, NICs, leaf / spine (/ core) switches and planes.
 
-Builders follow :class:`placement.cluster.ClusterSpec.fabric`: ``none`` (one node), ``single-switch``,
+Builders follow :class:`moe_placement.cluster.ClusterSpec.fabric`: ``none`` (one node), ``single-switch``,
 ``multi-rail`` (rail-optimised two-tier fat-tree, one fabric: NIC i of every node on rail i's leaves, all
 leaves share the spines), ``multi-plane`` (DeepSeek MPFT: NIC i of every node on plane i, each plane its own
 two-tier fat-tree; nothing crosses planes in the fabric) and ``three-tier`` (rail-optimised leaves, pods of
@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
-
-from placement.cluster import ClusterSpec
-from placement.errors import PlacementError
+from moe_placement.cluster import ClusterSpec
+from moe_placement.errors import PlacementError
 
 ROUTINGS = ("spray", "ecmp")
 

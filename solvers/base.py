@@ -13,11 +13,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
-
-from placement.cluster import ClusterSpec
-from placement.errors import InfeasibleError, PlacementError
-from placement.plan import Plan
-from placement.workload import Workload
+from moe_placement.cluster import ClusterSpec
+from moe_placement.errors import InfeasibleError, PlacementError
+from moe_placement.plan import Plan
+from moe_placement.workload import Workload
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,7 +174,7 @@ def run_solver(name: str, problem: PlacementProblem, config: SolverConfig | None
     config = config or SolverConfig()
     entry = get_solver(name)
     rng = np.random.default_rng(config.seed)
-    from solvers.common import check_memory
+    from moe_placement.solvers.common import check_memory
 
     check_memory(problem, config)  # every solver, baselines included, must respect GPU memory
     start = time.perf_counter()
@@ -189,8 +188,8 @@ def run_solver(name: str, problem: PlacementProblem, config: SolverConfig | None
     if prov.objective is None or prov.bound is None:
         # baselines report no objective of their own: score them with the solvers' time model so
         # that every plan's provenance is comparable (objective, bound, gap, method)
-        from solvers.common import gap_of
-        from solvers.ilp import OBJECTIVE_NAME, score_plan
+        from moe_placement.solvers.common import gap_of
+        from moe_placement.solvers.ilp import OBJECTIVE_NAME, score_plan
 
         objective, bound = score_plan(problem, config, plan)
         prov = replace(

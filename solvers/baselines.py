@@ -5,10 +5,9 @@ water-filling (most load per replica first) and places the copies by its own rul
 from __future__ import annotations
 
 import numpy as np
-
-from placement.plan import Plan, Provenance
-from solvers.base import PlacementProblem, SolverConfig, register
-from solvers.common import lpt, water_fill
+from moe_placement.plan import Plan, Provenance
+from moe_placement.solvers.base import PlacementProblem, SolverConfig, register
+from moe_placement.solvers.common import lpt, water_fill
 
 
 def _copies(counts: np.ndarray) -> np.ndarray:

@@ -5,10 +5,10 @@ Abbreviations: ``E`` experts, ``G`` GPUs, ``N`` nodes, ``gpn`` GPUs per node, ``
 ``cnt`` replica counts per expert. A *layout* is ``held[G][spg]`` expert ids, flattened GPU by GPU into
 ``phy2log`` (slot ``s`` on GPU ``s // spg``).
 
-The time model turns token counts into microseconds the way :mod:`placement.metrics` does, so that the
+The time model turns token counts into microseconds the way :mod:`moe_placement.metrics` does, so that the
 solvers' objective is the predicted MoE time rather than a proxy: the busiest GPU's roofline compute
 (``us_per_assignment`` per (token, expert) assignment at the evaluator's step size) plus communication,
-priced per token copy through one NIC and through one GPU's NVLink port (see :mod:`solvers.cpsat`).
+priced per token copy through one NIC and through one GPU's NVLink port (see :mod:`moe_placement.solvers.cpsat`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from placement.errors import InfeasibleError
-from placement.metrics import DEFAULT_TOKENS_PER_GPU
-from placement.plan import Plan, Provenance
-from solvers.base import PlacementProblem, SolverConfig
+from moe_placement.errors import InfeasibleError
+from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU
+from moe_placement.plan import Plan, Provenance
+from moe_placement.solvers.base import PlacementProblem, SolverConfig
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from placement.workload import Workload, home_gpus
+from moe_placement.workload import Workload, home_gpus
 
 MAX_TOKEN_ENTRIES = (
     16_000_000  # tokens x layers x k kept in memory for exact coverage; above: surrogate

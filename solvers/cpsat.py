@@ -5,7 +5,7 @@ share of ``e``'s tokens GPU ``g`` takes in units of ``1 / Q``. Constraints: ``sp
 every expert placed (its replica count fixed, or free within the slot budget), at most one replica of
 an expert per GPU, shares only where a replica is, an optional migration budget against a current plan.
 
-Objective, in microseconds at the evaluator's step size (see :class:`solvers.common.TimeModel`):
+Objective, in microseconds at the evaluator's step size (see :class:`moe_placement.solvers.common.TimeModel`):
 
 * compute: ``balance_weight * us_per_assignment * max_g load[g]`` -- for several traces the weighted
   sum of their busiest GPUs or the worst of them (robust placement);
@@ -13,7 +13,7 @@ Objective, in microseconds at the evaluator's step size (see :class:`solvers.com
   and the busiest NVLink port. A node's NICs receive its *node hits* (tokens with at least one expert
   there, from homes in other nodes, spread over its ``gpn`` NICs); a GPU's NVLink port receives its
   *GPU hits* from same-node homes and forwarders. The objective counts hits exactly where the
-  layer's tokens are known (token coverage, :mod:`solvers.coverage`); the CP-SAT model counts
+  layer's tokens are known (token coverage, :mod:`moe_placement.solvers.coverage`); the CP-SAT model counts
   ``hit_alpha x load`` per expert minus ``beta x coact[e, f]`` per pair of experts sharing a node /
   GPU, with ``(alpha, beta)`` a valid vertex (never above coverage, exact for top-2) so that its bound
   bounds the exact count. Load-only inputs have no co-activation: hits are loads, so communication
@@ -34,13 +34,17 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from moe_placement.errors import InfeasibleError
+from moe_placement.solvers.columns import cheap_column_bound, exact_column_bound
+from moe_placement.solvers.common import TimeModel, load_bound
+from moe_placement.solvers.coverage import (
+    TokenLayer,
+    all_valid_coefs,
+    gpu_coverage,
+    node_inflow_exact,
+)
+from moe_placement.solvers.pairsearch import partition_pair_bound
 from ortools.sat.python import cp_model
-
-from placement.errors import InfeasibleError
-from solvers.columns import cheap_column_bound, exact_column_bound
-from solvers.common import TimeModel, load_bound
-from solvers.coverage import TokenLayer, all_valid_coefs, gpu_coverage, node_inflow_exact
-from solvers.pairsearch import partition_pair_bound
 
 SHARE_UNITS = (
     100  # Q: replica shares in the CP-SAT model are multiples of 1/Q (the LP refines them)

@@ -17,11 +17,10 @@ to global otherwise, as EPLB does.
 from __future__ import annotations
 
 import numpy as np
-
-from placement.errors import InfeasibleError
-from placement.plan import Plan, Provenance
-from solvers.base import PlacementProblem, SolverConfig, register
-from solvers.common import check_memory
+from moe_placement.errors import InfeasibleError
+from moe_placement.plan import Plan, Provenance
+from moe_placement.solvers.base import PlacementProblem, SolverConfig, register
+from moe_placement.solvers.common import check_memory
 
 
 def balanced_packing(

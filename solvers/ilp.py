@@ -1,4 +1,4 @@
-"""The project's solvers built on the CP-SAT layer model (:mod:`solvers.cpsat`).
+"""The project's solvers built on the CP-SAT layer model (:mod:`moe_placement.solvers.cpsat`).
 
 ``cpsat``: one monolithic model per layer (greedy warm start, time limit, best solution and bound on
 timeout). ``best``: the same model where it scales, and decompositions where it does not:
@@ -25,13 +25,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
-
-from placement.errors import PlacementError
-from placement.plan import Plan, Provenance
-from solvers.base import PlacementProblem, SolverConfig, register
-from solvers.columns import cheap_column_bound
-from solvers.common import (
+from moe_placement.errors import PlacementError
+from moe_placement.plan import Plan, Provenance
+from moe_placement.solvers.base import PlacementProblem, SolverConfig, register
+from moe_placement.solvers.columns import cheap_column_bound
+from moe_placement.solvers.common import (
     TimeModel,
     check_memory,
     gap_of,
@@ -43,7 +41,7 @@ from solvers.common import (
     optimal_shares,
     water_fill,
 )
-from solvers.coverage import (
+from moe_placement.solvers.coverage import (
     TokenLayer,
     all_valid_coefs,
     bound_coefs,
@@ -53,8 +51,8 @@ from solvers.coverage import (
     token_layers,
     valid_coefs,
 )
-from solvers.coverage import remote_coact as coverage_remote_coact
-from solvers.cpsat import (
+from moe_placement.solvers.coverage import remote_coact as coverage_remote_coact
+from moe_placement.solvers.cpsat import (
     COLUMN_BOUND_MAX_EXPERTS,
     LayerResult,
     LayerSpec,
@@ -62,7 +60,8 @@ from solvers.cpsat import (
     objective_us,
     solve_layer,
 )
-from solvers.pairsearch import partition_pair_bound, swap_search
+from moe_placement.solvers.pairsearch import partition_pair_bound, swap_search
+from tqdm import tqdm
 
 MONOLITHIC_CELLS = 512  # experts x GPUs up to which one CP-SAT model per layer is used
 GAP_DONE = 1e-4  # a layer this close to its bound needs no more search
@@ -523,7 +522,7 @@ def _pair_search(
     rng: np.random.Generator,
     seconds: float,
 ) -> list[list[int]]:
-    """Swap local search on the layer objective (see :mod:`solvers.pairsearch`) before CP-SAT, so the
+    """Swap local search on the layer objective (see :mod:`moe_placement.solvers.pairsearch`) before CP-SAT, so the
     model starts from a layout that already keeps co-activated experts together."""
     assert spec.coact is not None
     steps = PAIR_SEARCH_DETERMINISTIC_STEPS if ctx.deterministic else 1_000_000
@@ -795,13 +794,13 @@ def _safeguard(
 ) -> tuple[list, list, float, float]:
     """Never worse than the baselines, layer by layer, by the project's one metrics module.
 
-    Standard-mode layers are independent in :func:`placement.metrics.evaluate` (each layer's routing,
+    Standard-mode layers are independent in :func:`moe_placement.metrics.evaluate` (each layer's routing,
     copies and compute depend on that layer's row only), so each layer keeps whichever of the solver's
     row and the baselines' rows (greedy, EPLB hierarchical and global, contiguous) the evaluator times
     fastest. Skipped with a migration budget (a baseline's row may move too much) or several traces
     (the evaluator times one)."""
-    from placement.metrics import evaluate_many
-    from solvers.base import REGISTRY
+    from moe_placement.metrics import evaluate_many
+    from moe_placement.solvers.base import REGISTRY
 
     p = ctx.problem
     if p.current is not None or len(p.workloads) > 1 or ctx.config.traffic_weight <= 0:

@@ -1,6 +1,6 @@
 """Swap local search and a spectral bound for the pairwise co-location part of the layer model.
 
-The CP-SAT layer model (:mod:`solvers.cpsat`) starts from a balance-only greedy hint, which ignores
+The CP-SAT layer model (:mod:`moe_placement.solvers.cpsat`) starts from a balance-only greedy hint, which ignores
 co-activation: on OLMoE-shaped layers (64 experts, top-8, 8 GPUs) that hint keeps only the savings of a
 random partition, and CP-SAT does not find the co-activation groups from there within seconds. Two
 pieces close the gap from both sides:

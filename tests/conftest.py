@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from placement.cluster import load_cluster
-from traces.synth import SynthConfig, generate
+from moe_placement.cluster import load_cluster
+from moe_placement.traces.synth import SynthConfig, generate
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

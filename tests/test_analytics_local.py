@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from placement.cli import main
-from traces.analytics import token_level_stats, trace_stats
-from traces.derive import derive_workload
-from traces.reader import TraceFile
-from traces.schema import TraceMeta
-from traces.writer import TraceWriter
+from moe_placement.cli.main import main
+from moe_placement.traces.analytics import token_level_stats, trace_stats
+from moe_placement.traces.derive import derive_workload
+from moe_placement.traces.reader import TraceFile
+from moe_placement.traces.schema import TraceMeta
+from moe_placement.traces.writer import TraceWriter
 
 
 def _write(

@@ -18,10 +18,16 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from traces.capture import TINY_CONFIGS, CaptureOptions, capture, find_router_sites, load_model  # noqa: E402
-from traces.capture.inputs import make_sequences, read_documents  # noqa: E402
-from traces.reader import TraceFile  # noqa: E402
-from traces.tinymoe import CHECKPOINT_DIR  # noqa: E402
+from moe_placement.traces.capture import (  # noqa: E402
+    TINY_CONFIGS,
+    CaptureOptions,
+    capture,
+    find_router_sites,
+    load_model,
+)
+from moe_placement.traces.capture.inputs import make_sequences, read_documents  # noqa: E402
+from moe_placement.traces.reader import TraceFile  # noqa: E402
+from moe_placement.traces.tinymoe import CHECKPOINT_DIR  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not (CHECKPOINT_DIR / "tokenizer.json").exists(), reason="bundled tokenizer absent"

@@ -13,10 +13,10 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from placement.cli import main
-from traces.data import DEFAULT_TRACE, HELDOUT_DIR
-from traces.reader import TraceFile
-from traces.tinymoe import CHECKPOINT_DIR
+from moe_placement.cli.main import main
+from moe_placement.traces.data import DEFAULT_TRACE, HELDOUT_DIR
+from moe_placement.traces.reader import TraceFile
+from moe_placement.traces.tinymoe import CHECKPOINT_DIR
 
 needs_bundled = pytest.mark.skipif(
     not (CHECKPOINT_DIR / "model.safetensors").exists(), reason="bundled tiny MoE absent"
@@ -156,8 +156,8 @@ def test_model_without_moe_layers(tmp_path: Path, capsys: pytest.CaptureFixture[
 @pytest.mark.skipif(not DEFAULT_TRACE.exists(), reason="default trace absent")
 def test_default_trace_has_learned_structure() -> None:
     """The shipped trace: inter-layer NMI >= 0.2 and domain-dependent routing."""
-    from placement.commands._common import load_workload
-    from traces.analytics import trace_stats
+    from moe_placement.cli.commands._common import load_workload
+    from moe_placement.traces.analytics import trace_stats
 
     trace = TraceFile(DEFAULT_TRACE)
     assert trace.meta.model_name == "tiny-moe" and trace.has_domain

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from placement.cluster import PRESETS, ClusterSpec, load_cluster, save_cluster
-from placement.errors import PlacementError
-from placement.shapes import MODEL_SHAPES, model_shape
+from moe_placement.cluster import PRESETS, ClusterSpec, load_cluster, save_cluster
+from moe_placement.errors import PlacementError
+from moe_placement.shapes import MODEL_SHAPES, model_shape
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

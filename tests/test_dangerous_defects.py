@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from placement.cli import main
-from reports.regress import compare
-from solvers.common import _splits, improve_layout
+from moe_placement.cli.main import main
+from moe_placement.reports.regress import compare
+from moe_placement.solvers.common import _splits, improve_layout
 
 
 def test_splits_never_enumerate_large_combinations() -> None:

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from placement.errors import PlacementError
-from placement.executor.calibrate import (
+from moe_placement.errors import PlacementError
+from moe_placement.executor.calibrate import (
     CalibrationSamples,
     host_a2a_patterns,
     host_gemm_patterns,
 )
-from placement.executor.driver import Measurement, pool_measurements
-from placement.executor.hostmodel import (
+from moe_placement.executor.driver import Measurement, pool_measurements
+from moe_placement.executor.hostmodel import (
     HostModel,
     fit_host_comm,
     fit_host_compute,
@@ -171,11 +170,11 @@ def test_host_model_sidecar_round_trips(tmp_path: Path) -> None:
 def test_host_prediction_follows_sharing_not_the_busiest_rank(tmp_path: Path) -> None:
     """On a trace, the contiguous plan's predicted compute exceeds the balanced plan's by far less than
     its max/mean load (the old GPU-per-rank prediction); the overlap prediction is finite."""
-    from placement.cli import main
-    from placement.executor.calibrate import ComputeFit, LinkFit, calibrated_spec
-    from placement.executor.driver import ExecConfig, load_replay_input
-    from placement.executor.predict import predict_layers
-    from placement.plan import Plan
+    from moe_placement.cli.main import main
+    from moe_placement.executor.calibrate import ComputeFit, LinkFit, calibrated_spec
+    from moe_placement.executor.driver import ExecConfig, load_replay_input
+    from moe_placement.executor.predict import predict_layers
+    from moe_placement.plan import Plan
 
     trace = str(tmp_path / "t.parquet")
     assert (

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("ray")
 torch = pytest.importorskip("torch")
 
-from placement.cli import main  # noqa: E402
+from moe_placement.cli.main import main  # noqa: E402
 
 WORKERS = 4
 
@@ -147,10 +147,10 @@ def test_validate_end_to_end(
 
 def test_replay_computes_the_moe_layer(ray_session: Any, inputs: dict[str, str]) -> None:
     """The distributed layer (two nodes: forwarders, fan-out, partial sums) equals a local reference."""
-    from placement.executor.driver import ExecConfig, load_replay_input, measure
-    from placement.executor.group import WorkerGroup
-    from placement.executor.kernels import expert_weights, swiglu
-    from placement.plan import Plan
+    from moe_placement.executor.driver import ExecConfig, load_replay_input, measure
+    from moe_placement.executor.group import WorkerGroup
+    from moe_placement.executor.kernels import expert_weights, swiglu
+    from moe_placement.plan import Plan
 
     plan = Plan.load(inputs["twonode"])
     config = ExecConfig(workers=WORKERS, reps=1, warmup=0, chunks=2)
@@ -236,8 +236,8 @@ def test_hung_worker_gives_clear_error(
 def test_calibrate_writes_a_loadable_spec(
     ray_session: Any, inputs: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from placement.cluster import load_cluster
-    from placement.executor.hostmodel import load_host_model
+    from moe_placement.cluster import load_cluster
+    from moe_placement.executor.hostmodel import load_host_model
 
     out = Path(inputs["root"]) / "cal.yaml"
     assert (

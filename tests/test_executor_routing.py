@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from placement.errors import PlacementError
-from placement.executor.calibrate import calibrated_spec, fit_compute, fit_link
-from placement.executor.routing import route_layer
-from placement.metrics import dedup_copies
+from moe_placement.errors import PlacementError
+from moe_placement.executor.calibrate import calibrated_spec, fit_compute, fit_link
+from moe_placement.executor.routing import route_layer
+from moe_placement.metrics import dedup_copies
 
 
 @st.composite
@@ -85,8 +84,8 @@ def test_fit_compute_recovers_roofline() -> None:
 def test_calibrated_spec_round_trips(tmp_path: object) -> None:
     from pathlib import Path
 
-    from placement.cluster import load_cluster
-    from placement.executor.calibrate import Calibration, save_calibrated
+    from moe_placement.cluster import load_cluster
+    from moe_placement.executor.calibrate import Calibration, save_calibrated
 
     link = fit_link(np.array([1e3, 1e6]), np.array([60.0, 1060.0]))
     comp = fit_compute(np.array([1e6, 1e8]), np.array([1e5, 1e5]), np.array([100.0, 10000.0]))

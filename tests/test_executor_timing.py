@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from placement.executor import timing
+from moe_placement.executor import timing
 
 
 def test_span_on_a_shared_clock_drops_release_skew(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,7 +65,7 @@ def test_span_never_exceeds_slowest_own_duration(ranks: int, reps: int, seed: in
 
 
 def test_validate_refuses_zero_rounds_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
-    from placement.cli import main
+    from moe_placement.cli.main import main
 
     code = main(
         ["validate", "--trace", "t.parquet", "--plan", "p.json", "--workers", "4", "--rounds", "0"]

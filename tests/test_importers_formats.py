@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from placement.cli import main
-from placement.commands import import_trace
-from placement.errors import PlacementError
-from traces import importers
-from traces.importers import ImportOptions
-from traces.reader import TraceFile
+from moe_placement.cli.commands import import_trace
+from moe_placement.cli.main import main
+from moe_placement.errors import PlacementError
+from moe_placement.traces import importers
+from moe_placement.traces.importers import ImportOptions
+from moe_placement.traces.reader import TraceFile
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "importers"
 
@@ -34,8 +33,8 @@ def test_logical_count_is_load_only(tmp_path: Path) -> None:
     out = imported.write(tmp_path / "lc.json")
     assert json.loads(out.read_text())["logical_count"] == raw.tolist()
     # The contract's `--out T.parquet` writes a load-only Parquet that every command reads as load-only.
-    from traces.loadjson import is_load_parquet, load_load_parquet
-    from traces.reader import TraceFile
+    from moe_placement.traces.loadjson import is_load_parquet, load_load_parquet
+    from moe_placement.traces.reader import TraceFile
 
     pq_out = imported.write(tmp_path / "lc.parquet")
     assert is_load_parquet(pq_out)
@@ -49,7 +48,7 @@ def test_logical_count_is_load_only(tmp_path: Path) -> None:
 
 
 def model_shape_for_fixture():  # type: ignore[no-untyped-def]
-    from placement.shapes import ModelShape
+    from moe_placement.shapes import ModelShape
 
     return ModelShape("fixture", 3, 8, 2, 16, 16)
 

@@ -7,17 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from placement.cluster import load_cluster
-from placement.errors import PlacementError
-from placement.metrics import ReplicaRouter, dedup_copies, evaluate, replica_split
-from placement.plan import Plan, Provenance
-from placement.shapes import ModelShape
-from placement.workload import Workload, home_gpus
-from traces.derive import derive_workload
-from traces.reader import TokenChunk, TraceFile
-from traces.schema import TraceMeta
-from traces.writer import TraceWriter
+from moe_placement.cluster import load_cluster
+from moe_placement.errors import PlacementError
+from moe_placement.metrics import ReplicaRouter, dedup_copies, evaluate, replica_split
+from moe_placement.plan import Plan, Provenance
+from moe_placement.shapes import ModelShape
+from moe_placement.traces.derive import derive_workload
+from moe_placement.traces.reader import TokenChunk, TraceFile
+from moe_placement.traces.schema import TraceMeta
+from moe_placement.traces.writer import TraceWriter
+from moe_placement.workload import Workload, home_gpus
 
 # 2 nodes x 2 GPUs; with one slot per GPU, expert e lives on GPU e.
 CLUSTER = load_cluster("h100-multirail").with_counts(4, 2)

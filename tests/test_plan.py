@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from placement.errors import PlacementError
-from placement.plan import Plan, PlanInvariantError, Provenance
+from moe_placement.errors import PlacementError
+from moe_placement.plan import Plan, PlanInvariantError, Provenance
 
 GOLDEN = Path(__file__).parent / "golden"
 

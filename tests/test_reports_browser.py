@@ -15,9 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from placement.cli import main
-from traces.data import DEFAULT_TRACE
+from moe_placement.cli.main import main
+from moe_placement.traces.data import DEFAULT_TRACE
 
 CHROMIUM = next(
     (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p),

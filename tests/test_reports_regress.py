@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from placement.cli import main
-from reports.regress import METRICS, compare, default_tolerances
+from moe_placement.cli.main import main
+from moe_placement.reports.regress import METRICS, compare, default_tolerances
 
 BASELINES = Path(__file__).resolve().parents[1] / "reports" / "baselines"
 

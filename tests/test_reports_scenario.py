@@ -8,10 +8,9 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from placement.cluster import load_cluster
-from placement.errors import PlacementError
-from reports.scenario import Scenario, expand, parse_sweep
+from moe_placement.cluster import load_cluster
+from moe_placement.errors import PlacementError
+from moe_placement.pipeline.scenario import Scenario, expand, parse_sweep
 
 BASE = load_cluster("h100-multirail")
 

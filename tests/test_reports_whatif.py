@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from placement.cli import main
-from reports.report import ReportOptions, build_report
-from reports.results import load_results
-from reports.sweep import ray_available
-from solvers import REGISTRY
+from moe_placement.cli.main import main
+from moe_placement.pipeline.results import load_results
+from moe_placement.pipeline.sweep import ray_available
+from moe_placement.reports.report import ReportOptions, build_report
+from moe_placement.solvers import REGISTRY
 
 # Wall-clock columns: the only ones allowed to differ between two runs of the same sweep. The key and
 # the source hash differ too if someone edits solvers or the simulator between the two runs.
@@ -114,7 +113,7 @@ def test_rerun_with_one_changed_axis_computes_only_new(
 ) -> None:
     # Pin the source hash: other work may edit solvers or the simulator while this test runs, and a
     # changed source rightly invalidates the cache; this test is about the scenario part of the key.
-    monkeypatch.setattr("reports.engine.code_version", lambda: "pinned")
+    monkeypatch.setattr("moe_placement.pipeline.engine.code_version", lambda: "pinned")
     argv = [
         "whatif",
         "--trace",

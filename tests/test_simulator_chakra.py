@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from placement.cli import main
-from placement.cluster import load_cluster
-from placement.commands._common import load_workload
-from placement.plan import Plan, Provenance
+from moe_placement.cli.commands._common import load_workload
+from moe_placement.cli.main import main
+from moe_placement.cluster import load_cluster
+from moe_placement.plan import Plan, Provenance
 
 pytest.importorskip("chakra.schema.protobuf.et_def_pb2")
 
@@ -35,8 +34,7 @@ def _read(path: Path) -> list:  # type: ignore[type-arg]
 @pytest.mark.parametrize("algo", ["direct", "deepep"])
 def test_sends_match_receives(tiny_trace: Path, tmp_path: Path, algo: str) -> None:
     import chakra.schema.protobuf.et_def_pb2 as et
-
-    from simulator.chakra_export import export_chakra
+    from moe_placement.simulator.chakra_export import export_chakra
 
     plan = Plan(
         8, 4, 2, 16, np.tile(np.arange(16), (4, 1)), provenance=Provenance(solver="round-robin")

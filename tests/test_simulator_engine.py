@@ -9,9 +9,8 @@ import pytest
 import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from placement.errors import PlacementError
-from simulator.engine import FluidNetwork, _fill, _link_index
+from moe_placement.errors import PlacementError
+from moe_placement.simulator.engine import FluidNetwork, _fill, _link_index
 
 
 def _run_flows(
@@ -245,9 +244,9 @@ def test_classes_and_lazy_links_equal_per_flow_full_recompute(
 
 
 def _alltoall_end_us(gpus: int, *, aggregate: bool) -> tuple[np.ndarray, FluidNetwork]:
-    from placement.cluster import load_cluster
-    from simulator.collectives import PhasePlan, run_phase
-    from simulator.topology import Topology
+    from moe_placement.cluster import load_cluster
+    from moe_placement.simulator.collectives import PhasePlan, run_phase
+    from moe_placement.simulator.topology import Topology
 
     cluster = load_cluster("h800-mpft").with_counts(gpus, 8)
     topo = Topology(cluster, routing="spray", pxn=True)
@@ -285,7 +284,7 @@ def test_aggregated_alltoall_is_event_exact() -> None:
 
 def test_kernels_are_cached_on_disk() -> None:
     """Every compiled kernel caches its machine code (``cache=True``): CI runs do not recompile."""
-    from simulator import engine
+    from moe_placement.simulator import engine
 
     if not engine.HAVE_NUMBA:
         pytest.skip("numba absent: kernels run as plain Python")

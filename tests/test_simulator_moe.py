@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from placement.cli import main
-from placement.cluster import load_cluster
-from placement.commands._common import load_workload
-from placement.errors import PlacementError
-from placement.plan import Plan, Provenance
-from simulator import SimResult, simulate_moe
+from moe_placement.cli.commands._common import load_workload
+from moe_placement.cli.main import main
+from moe_placement.cluster import load_cluster
+from moe_placement.errors import PlacementError
+from moe_placement.plan import Plan, Provenance
+from moe_placement.simulator import SimResult, simulate_moe
 
 
 def _plan(layers: int = 4, experts: int = 16, gpus: int = 8, per_node: int = 4) -> Plan:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from placement.cluster import load_cluster
-from placement.errors import PlacementError
-from simulator import simulate_uniform
-from simulator.topology import Topology
+from moe_placement.cluster import load_cluster
+from moe_placement.errors import PlacementError
+from moe_placement.simulator import simulate_uniform
+from moe_placement.simulator.topology import Topology
 
 # DeepEP normal kernels, H800 + CX7 (DOMAIN.md section 3): (EP, kind, dispatch GB/s, combine GB/s)
 DEEPEP = [(8, "nvl", 153.0, 158.0), (32, "rdma", 58.0, 57.0)]

@@ -6,17 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from placement.cli import main
-from placement.cluster import load_cluster
-from placement.errors import InfeasibleError, PlacementError
-from placement.metrics import evaluate
-from placement.shapes import ModelShape
-from placement.workload import Workload
-from solvers import REGISTRY, PlacementProblem, SolverConfig, run_solver
-from traces.derive import derive_workload
-from traces.reader import TraceFile
-from traces.synth import SynthConfig, generate
+from moe_placement.cli.main import main
+from moe_placement.cluster import load_cluster
+from moe_placement.errors import InfeasibleError, PlacementError
+from moe_placement.metrics import evaluate
+from moe_placement.shapes import ModelShape
+from moe_placement.solvers import REGISTRY, PlacementProblem, SolverConfig, run_solver
+from moe_placement.traces.derive import derive_workload
+from moe_placement.traces.reader import TraceFile
+from moe_placement.traces.synth import SynthConfig, generate
+from moe_placement.workload import Workload
 
 DSV3 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dsv3-expert-loads"
 FAST = SolverConfig(time_limit_s=1.0, extra={"deterministic": True})
@@ -204,8 +203,8 @@ def test_cli(trace_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 @pytest.mark.skipif(not DSV3.exists(), reason="DeepSeek-V3 loads not present")
 def test_dsv3_targets() -> None:
-    from solvers.common import load_bound
-    from traces.loadjson import load_logical_count
+    from moe_placement.solvers.common import load_bound
+    from moe_placement.traces.loadjson import load_logical_count
 
     wl = load_logical_count(DSV3 / "prefill_in4096.json")
     cl = load_cluster("h100-multirail")

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from placement.cluster import load_cluster
-from placement.metrics import evaluate
-from solvers import PlacementProblem, SolverConfig, run_solver
-from solvers.coverage import (
+from moe_placement.cluster import load_cluster
+from moe_placement.metrics import evaluate
+from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
+from moe_placement.solvers.coverage import (
     all_valid_coefs,
     fitted_coefs,
     gpu_coverage,
@@ -25,11 +24,11 @@ from solvers.coverage import (
     token_layers,
     valid_coefs,
 )
-from solvers.cpsat import objective_us
-from solvers.ilp import _context, _spec, score_plan
-from traces.derive import derive_workload
-from traces.reader import TraceFile
-from traces.synth import SynthConfig, generate
+from moe_placement.solvers.cpsat import objective_us
+from moe_placement.solvers.ilp import _context, _spec, score_plan
+from moe_placement.traces.derive import derive_workload
+from moe_placement.traces.reader import TraceFile
+from moe_placement.traces.synth import SynthConfig, generate
 
 CONFIG = SolverConfig(time_limit_s=2.0, workers=1, extra={"deterministic": True})
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from placement.cluster import load_cluster
-from placement.metrics import evaluate
-from solvers import PlacementProblem, SolverConfig, run_solver
-from solvers.ilp import score_plan
-from traces.derive import derive_workload
-from traces.reader import TraceFile
+from moe_placement.cluster import load_cluster
+from moe_placement.metrics import evaluate
+from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
+from moe_placement.solvers.ilp import score_plan
+from moe_placement.traces.derive import derive_workload
+from moe_placement.traces.reader import TraceFile
 
 TRACE = Path(__file__).resolve().parents[1] / "traces" / "data" / "tiny_moe_trace.parquet"
 

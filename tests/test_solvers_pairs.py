@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from placement.cli import main
-from placement.cluster import load_cluster
-from placement.errors import PlacementError
-from solvers import PlacementProblem, SolverConfig, run_solver
-from solvers.cpsat import analytic_bound_us, objective_us
-from solvers.ilp import _context, _spec
-from solvers.pairsearch import partition_pair_bound, swap_search
-from traces.derive import derive_workload
-from traces.reader import TraceFile
-from traces.synth import SynthConfig, generate
+from moe_placement.cli.main import main
+from moe_placement.cluster import load_cluster
+from moe_placement.errors import PlacementError
+from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
+from moe_placement.solvers.cpsat import analytic_bound_us, objective_us
+from moe_placement.solvers.ilp import _context, _spec
+from moe_placement.solvers.pairsearch import partition_pair_bound, swap_search
+from moe_placement.traces.derive import derive_workload
+from moe_placement.traces.reader import TraceFile
+from moe_placement.traces.synth import SynthConfig, generate
 
 
 def _partitions(items: list[int], size: int):  # type: ignore[no-untyped-def]

@@ -8,16 +8,15 @@ import itertools
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from placement.cluster import load_cluster
-from placement.metrics import evaluate
-from placement.shapes import ModelShape
-from placement.workload import Workload
-from solvers import PlacementProblem, SolverConfig, run_solver
-from solvers.common import load_bound, optimal_shares
-from solvers.cpsat import objective_us
-from solvers.eplb import eplb_layer
-from solvers.ilp import _context, _spec
+from moe_placement.cluster import load_cluster
+from moe_placement.metrics import evaluate
+from moe_placement.shapes import ModelShape
+from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
+from moe_placement.solvers.common import load_bound, optimal_shares
+from moe_placement.solvers.cpsat import objective_us
+from moe_placement.solvers.eplb import eplb_layer
+from moe_placement.solvers.ilp import _context, _spec
+from moe_placement.workload import Workload
 
 CONFIG = SolverConfig(time_limit_s=2.0, extra={"deterministic": True})
 

@@ -9,11 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from placement.errors import PlacementError
-from traces.reader import TraceFile
-from traces.schema import META_KEY, TraceMeta, arrow_schema
-from traces.writer import TraceWriter
+from moe_placement.errors import PlacementError
+from moe_placement.traces.reader import TraceFile
+from moe_placement.traces.schema import META_KEY, TraceMeta, arrow_schema
+from moe_placement.traces.writer import TraceWriter
 
 GOLDEN = Path(__file__).parent / "golden"
 

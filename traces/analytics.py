@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from placement.workload import Workload
+from moe_placement.workload import Workload
 
 # per-layer figures of token_level_stats that trace_stats copies into each layer's row and averages
 _LOCAL_LAYER_KEYS = (
@@ -272,8 +271,7 @@ def plot_stats(workload: Workload, stats: dict[str, Any], folder: str | Path) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from placement.atomic import atomic_path
+    from moe_placement.atomic import atomic_path
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

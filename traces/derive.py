@@ -1,13 +1,12 @@
-"""One streaming pass over a trace derives what solvers need (see :class:`placement.workload.Workload`)."""
+"""One streaming pass over a trace derives what solvers need (see :class:`moe_placement.workload.Workload`)."""
 
 from __future__ import annotations
 
 import numpy as np
+from moe_placement.shapes import ModelShape
+from moe_placement.traces.reader import TraceFile
+from moe_placement.workload import Workload, home_gpus
 from tqdm import tqdm
-
-from placement.shapes import ModelShape
-from placement.workload import Workload, home_gpus
-from traces.reader import TraceFile
 
 
 def _pair_counts(first: np.ndarray, second: np.ndarray, num_experts: int) -> np.ndarray:

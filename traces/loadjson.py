@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from placement.errors import PlacementError
-from placement.shapes import ModelShape, guess_shape
-from placement.workload import Workload
+from moe_placement.errors import PlacementError
+from moe_placement.shapes import ModelShape, guess_shape
+from moe_placement.workload import Workload
 
 
 def read_logical_count(path: str | Path) -> tuple[np.ndarray, list[int]]:
@@ -107,8 +106,7 @@ def write_load_parquet(
     """Write ``load[moe_layers, experts]`` as a load-only Parquet file, atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from placement.atomic import atomic_path
+    from moe_placement.atomic import atomic_path
 
     layers, experts = load.shape
     meta = {
@@ -135,8 +133,7 @@ def write_load_parquet(
 def load_load_parquet(path: str | Path, shape: ModelShape | None = None) -> Workload:
     """A load-only :class:`Workload` from a file written by :func:`write_load_parquet`."""
     import pyarrow.parquet as pq
-
-    from placement.shapes import model_shape
+    from moe_placement.shapes import model_shape
 
     table = pq.read_table(path)
     meta = json.loads(table.schema.metadata[LOAD_META_KEY])

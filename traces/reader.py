@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from placement.errors import PlacementError
-from traces.schema import META_KEY, TraceMeta
+from moe_placement.errors import PlacementError
+from moe_placement.traces.schema import META_KEY, TraceMeta
 
 COLUMNS = ("step", "seq_id", "pos", "layer", "expert_ids", "weights")
 

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-
-from placement.errors import PlacementError
-from placement.shapes import ModelShape
+from moe_placement.errors import PlacementError
+from moe_placement.shapes import ModelShape
 
 TRACE_SCHEMA_VERSION = 1
 META_KEY = b"moe_placement.trace"

@@ -14,11 +14,10 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from moe_placement.errors import PlacementError
+from moe_placement.traces.schema import TraceMeta
+from moe_placement.traces.writer import TraceWriter
 from tqdm import tqdm
-
-from placement.errors import PlacementError
-from traces.schema import TraceMeta
-from traces.writer import TraceWriter
 
 
 @dataclass(frozen=True)

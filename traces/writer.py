@@ -10,10 +10,9 @@ from types import TracebackType
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from placement.atomic import set_default_mode
-from placement.errors import PlacementError
-from traces.schema import TraceMeta, arrow_schema
+from moe_placement.atomic import set_default_mode
+from moe_placement.errors import PlacementError
+from moe_placement.traces.schema import TraceMeta, arrow_schema
 
 
 class TraceWriter:

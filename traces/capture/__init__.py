@@ -6,14 +6,14 @@ every token's real top-k expert ids and gate weights per MoE layer into a trace.
 are imported lazily, so this package imports without them.
 """
 
-from traces.capture.archs import (
+from moe_placement.traces.capture.archs import (
     ROUTER_PATTERNS,
     TINY_CONFIGS,
     RouterSite,
     find_router_sites,
     tiny_config,
 )
-from traces.capture.run import (
+from moe_placement.traces.capture.run import (
     MODES,
     CaptureOptions,
     CaptureResult,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from placement.errors import PlacementError
+from moe_placement.errors import PlacementError
 
 SITE_KINDS = ("tuple3", "jetmoe", "experts_pre")
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|blocks|h)\.(\d+)\.")

@@ -11,9 +11,8 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-
-from placement.errors import PlacementError
-from traces.capture.archs import RouterSite, find_router_sites
+from moe_placement.errors import PlacementError
+from moe_placement.traces.capture.archs import RouterSite, find_router_sites
 
 
 def _jetmoe_selection(output: tuple[Any, ...], top_k: int) -> tuple[Any, Any]:

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from placement.errors import PlacementError
+from moe_placement.errors import PlacementError
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from placement.errors import PlacementError
-from traces.capture.archs import find_router_sites, tiny_config
-from traces.capture.hooks import RouterRecorder
-from traces.capture.inputs import Sequence, make_sequences, read_documents
-from traces.schema import TraceMeta
-from traces.writer import TraceWriter
+from moe_placement.errors import PlacementError
+from moe_placement.traces.capture.archs import find_router_sites, tiny_config
+from moe_placement.traces.capture.hooks import RouterRecorder
+from moe_placement.traces.capture.inputs import Sequence, make_sequences, read_documents
+from moe_placement.traces.schema import TraceMeta
+from moe_placement.traces.writer import TraceWriter
 
 MODES = ("prefill", "decode")
 BUNDLED_NAME = "tiny-moe"
@@ -100,9 +99,8 @@ def _pick_device(device: str, dtype: str) -> tuple[str, Any]:
 
 
 def _bundled_tokenizer() -> Any:
+    from moe_placement.traces.tinymoe import CHECKPOINT_DIR
     from transformers import AutoTokenizer
-
-    from traces.tinymoe import CHECKPOINT_DIR
 
     if not (CHECKPOINT_DIR / "tokenizer.json").exists():
         raise PlacementError(
@@ -144,7 +142,7 @@ def load_model(
         name, origin = f"tiny-{arch.lower()}", f"arch:{arch.lower()}"
     else:
         if model_path is None:
-            from traces.tinymoe import CHECKPOINT_DIR
+            from moe_placement.traces.tinymoe import CHECKPOINT_DIR
 
             path = CHECKPOINT_DIR
             name, origin = BUNDLED_NAME, "bundled"

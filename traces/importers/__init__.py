@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from placement.errors import PlacementError
-from traces.importers import csv_table, exflow_npy, logical_count, sglang, vllm
-from traces.importers.base import ImportedTrace, ImportOptions
+from moe_placement.errors import PlacementError
+from moe_placement.traces.importers import csv_table, exflow_npy, logical_count, sglang, vllm
+from moe_placement.traces.importers.base import ImportedTrace, ImportOptions
 
 FORMATS: dict[str, Callable[..., ImportedTrace]] = {
     "logical-count": logical_count.load,

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from placement.atomic import write_json
-from placement.errors import PlacementError
-from placement.shapes import ModelShape, guess_shape, model_shape
-from traces.schema import TraceMeta
-from traces.writer import TraceWriter
+from moe_placement.atomic import write_json
+from moe_placement.errors import PlacementError
+from moe_placement.shapes import ModelShape, guess_shape, model_shape
+from moe_placement.traces.schema import TraceMeta
+from moe_placement.traces.writer import TraceWriter
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class ImportedTrace:
             assert self.load is not None
             if out.suffix.lower() == ".parquet":
                 # A load-only Parquet (its own schema and metadata key): no tokens are invented.
-                from traces.loadjson import write_load_parquet
+                from moe_placement.traces.loadjson import write_load_parquet
 
                 shape = guess_shape(*self.load.shape)
                 if options.model:

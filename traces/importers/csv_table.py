@@ -12,9 +12,13 @@ import os
 import re
 
 import numpy as np
-
-from placement.errors import PlacementError
-from traces.importers.base import ImportedTrace, ImportOptions, check_ids, require_file
+from moe_placement.errors import PlacementError
+from moe_placement.traces.importers.base import (
+    ImportedTrace,
+    ImportOptions,
+    check_ids,
+    require_file,
+)
 
 _EXPERT_COLUMN = re.compile(r"^(?:expert_?|e)?(\d+)$", re.I)
 OPTIONAL = ("seq_id", "pos", "step", "domain")

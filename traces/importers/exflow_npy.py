@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
-from placement.errors import PlacementError
-from traces.importers.base import (
+from moe_placement.errors import PlacementError
+from moe_placement.traces.importers.base import (
     ImportedTrace,
     ImportOptions,
     check_ids,

@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
-from placement.errors import PlacementError
-from traces.importers.base import ImportedTrace, ImportOptions, require_file
-from traces.loadjson import read_logical_count
+from moe_placement.errors import PlacementError
+from moe_placement.traces.importers.base import ImportedTrace, ImportOptions, require_file
+from moe_placement.traces.loadjson import read_logical_count
 
 
 def _counts_from_pt(path: os.PathLike[str]) -> tuple[np.ndarray, list[int]]:
-    from traces.importers.sglang import torch_load
+    from moe_placement.traces.importers.sglang import torch_load
 
     data = torch_load(path)
     if not isinstance(data, dict) or "logical_count" not in data:

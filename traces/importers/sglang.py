@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from placement.errors import PlacementError
-from traces.importers.base import (
+from moe_placement.errors import PlacementError
+from moe_placement.traces.importers.base import (
     ImportedTrace,
     ImportOptions,
     check_ids,

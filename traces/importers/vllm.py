@@ -22,9 +22,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-
-from placement.errors import PlacementError
-from traces.importers.base import (
+from moe_placement.errors import PlacementError
+from moe_placement.traces.importers.base import (
     ImportedTrace,
     ImportOptions,
     check_ids,

@@ -1,4 +1,4 @@
-"""Evaluate the saved tiny MoE and write what ships with it (step 5 of :mod:`traces.tinymoe.train`).
+"""Evaluate the saved tiny MoE and write what ships with it (step 5 of :mod:`moe_placement.traces.tinymoe.train`).
 
 Writes ``traces/data/heldout/{plays,code}.txt`` (the default capture input), ``traces/data/PSF-LICENSE.txt``,
 ``traces/data/tiny_moe_trace.parquet`` (the default trace), ``traces/tinymoe/loss_curve.png``,
@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from placement.atomic import atomic_open, atomic_path, write_json
-from traces.tinymoe import CHECKPOINT_DIR, MODEL_CARD, PACKAGE_DIR
-from traces.tinymoe.corpus import DOMAINS, build_corpus
+from moe_placement.atomic import atomic_open, atomic_path, write_json
+from moe_placement.traces.tinymoe import CHECKPOINT_DIR, MODEL_CARD, PACKAGE_DIR
+from moe_placement.traces.tinymoe.corpus import DOMAINS, build_corpus
 
 SHIPPED_DOMAINS = ("plays", "code")  # Wikipedia text is CC BY-SA: evaluated, never shipped
 SHIPPED_CHARS = 16_000
@@ -48,18 +47,17 @@ def _sample(docs: list[str], chars: int, skip_chars: int = 2000) -> str:
 
 
 def _stats_of(trace: Path) -> dict[str, Any]:
-    from traces.analytics import trace_stats
-    from traces.derive import derive_workload
-    from traces.reader import TraceFile
+    from moe_placement.traces.analytics import trace_stats
+    from moe_placement.traces.derive import derive_workload
+    from moe_placement.traces.reader import TraceFile
 
     return trace_stats(derive_workload(TraceFile(trace)))
 
 
 def _random_init_model() -> Any:
     import torch
+    from moe_placement.traces.capture.run import LoadedModel
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from traces.capture.run import LoadedModel
 
     config = AutoConfig.from_pretrained(CHECKPOINT_DIR, local_files_only=True)
     state = torch.random.get_rng_state()
@@ -104,8 +102,8 @@ def _top_experts(share: list[list[float]], layer: int, n: int = 3) -> str:
 
 
 def evaluate_and_write(args: argparse.Namespace) -> dict[str, Any]:
-    from traces.capture import CaptureOptions, capture, load_model
-    from traces.data import DATA_DIR, DEFAULT_TRACE, HELDOUT_DIR
+    from moe_placement.traces.capture import CaptureOptions, capture, load_model
+    from moe_placement.traces.data import DATA_DIR, DEFAULT_TRACE, HELDOUT_DIR
 
     corpus = build_corpus(Path(args.cache))
     HELDOUT_DIR.mkdir(parents=True, exist_ok=True)

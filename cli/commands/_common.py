@@ -1,0 +1,176 @@
+"""Shared pieces of the CLI: the Command record, cluster and trace options, tables and JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from moe_placement.cluster import ClusterSpec, load_cluster
+from moe_placement.errors import PlacementError
+from moe_placement.shapes import model_shape
+from moe_placement.workload import HOME_POLICIES, Workload
+
+
+def parse_finite(text: str, what: str) -> float:
+    """``float(text)``, refusing NaN and infinities: a NaN limit compares false against everything, so a
+    check built on it would silently always pass."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise PlacementError(f"{what}: expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise PlacementError(f"{what}: expected a finite number, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse ``type=`` for floats: NaN and infinities are usage errors (exit 2, one line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+class CheckFailed(Exception):  # noqa: N818  (the CLI contract name)
+    """A check the user asked for failed (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster",
+        default=None,
+        help="preset name or YAML/TOML/JSON file (default h100-multirail)",
+    )
+    parser.add_argument("--gpus", type=int, default=None, help="override the cluster's GPU count")
+    parser.add_argument("--gpus-per-node", type=int, default=None, help="override GPUs per node")
+
+
+def resolve_cluster(
+    args: argparse.Namespace, default_gpus: int | None = None, default_per_node: int | None = None
+) -> ClusterSpec:
+    spec = load_cluster(args.cluster)
+    gpus = args.gpus if args.gpus is not None else default_gpus
+    per_node = args.gpus_per_node if args.gpus_per_node is not None else default_per_node
+    if gpus is not None and per_node is None and gpus < spec.gpus_per_node:
+        per_node = gpus
+    if gpus is not None or per_node is not None:
+        spec = spec.with_counts(gpus, per_node)
+    return spec
+
+
+def add_trace_args(parser: argparse.ArgumentParser, multiple: bool = True) -> None:
+    parser.add_argument(
+        "--trace",
+        action="append" if multiple else "store",
+        required=True,
+        metavar="PATH",
+        help="trace Parquet file or logical_count JSON" + (" (repeatable)" if multiple else ""),
+    )
+    parser.add_argument(
+        "--model", default=None, help="model shape for load-only JSON (deepseek-v3, ...)"
+    )
+    parser.add_argument(
+        "--home", default="token", choices=HOME_POLICIES, help="how tokens map to home GPUs"
+    )
+
+
+def load_workload(
+    path: str,
+    num_gpus: int | None,
+    home: str = "token",
+    model: str | None = None,
+    progress: bool = True,
+) -> Workload:
+    """A Parquet trace (derived in one streaming pass) or a load-only logical_count JSON."""
+    from moe_placement.traces.derive import derive_workload
+    from moe_placement.traces.loadjson import (
+        is_load_parquet,
+        is_logical_count_file,
+        load_load_parquet,
+        load_logical_count,
+    )
+    from moe_placement.traces.reader import TraceFile
+
+    shape = model_shape(model) if model else None
+    if is_logical_count_file(path):
+        return load_logical_count(path, shape)
+    if is_load_parquet(path):
+        return load_load_parquet(path, shape)
+    if not Path(path).exists():
+        raise PlacementError(f"trace file not found: {path}")
+    return derive_workload(
+        TraceFile(path),
+        num_gpus=num_gpus,
+        home_policy=home,
+        shape=shape,
+        progress=progress and sys.stderr.isatty(),
+    )
+
+
+def to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    json.dump(to_jsonable(obj), sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if v == 0:
+            return "0"
+        if abs(v) >= 1e6 or abs(v) < 1e-3:
+            return f"{v:.3e}"
+        return f"{v:.4g}" if abs(v) < 100 else f"{v:,.0f}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain aligned text table."""
+    cells = [[fmt(c) for c in row] for row in rows]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
+    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(out)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} PB"

@@ -1,0 +1,105 @@
+"""``placement evaluate``: metrics of a plan on a trace and a cluster."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from moe_placement.cli.commands._common import (
+    Command,
+    add_cluster_args,
+    add_trace_args,
+    human_bytes,
+    load_workload,
+    print_json,
+    resolve_cluster,
+    table,
+)
+from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU, MODES, Evaluation, evaluate
+from moe_placement.plan import Plan
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_trace_args(p, multiple=False)
+    p.add_argument("--plan", required=True, help="plan JSON")
+    add_cluster_args(p)
+    p.add_argument("--mode", default="standard", choices=MODES)
+    p.add_argument(
+        "--tokens-per-gpu",
+        type=int,
+        default=DEFAULT_TOKENS_PER_GPU,
+        help="tokens per GPU per step for the time estimate",
+    )
+    p.add_argument("--json", action="store_true")
+
+
+def evaluation_report(ev: Evaluation, plan: Plan) -> dict[str, Any]:
+    out = ev.to_dict()
+    out["plan"] = {"fingerprint": plan.fingerprint(), **plan.provenance.to_dict()}
+    return out
+
+
+def print_evaluation(ev: Evaluation, title: str) -> None:
+    rows = [
+        [
+            r["layer"],
+            r["max_over_mean"],
+            human_bytes(r["dispatch_intra_bytes"] + r["combine_intra_bytes"]),
+            human_bytes(r["dispatch_inter_bytes"] + r["combine_inter_bytes"]),
+            human_bytes(r["busiest_nic_bytes"]),
+            int(r["hops"]),
+            r["dispatch_us"],
+            r["compute_us"],
+            r["combine_us"],
+            r["layer_us"],
+        ]
+        for r in ev.per_layer()
+    ]
+    print(title)
+    print(
+        table(
+            [
+                "layer",
+                "max/mean",
+                "NVLink",
+                "NIC",
+                "busiest NIC",
+                "hops",
+                "disp us",
+                "comp us",
+                "comb us",
+                "layer us",
+            ],
+            rows,
+        )
+    )
+    s = ev.summary()
+    print(
+        f"total: mean max/mean {s['mean_max_over_mean']:.4f} (worst {s['worst_max_over_mean']:.4f}), "
+        f"NVLink {human_bytes(s['intra_node_bytes'])}, NIC {human_bytes(s['inter_node_bytes'])}, "
+        f"hops {int(s['hops'])}, MoE time {s['moe_time_us']:.1f} us per step "
+        f"({ev.mode} mode, bytes: {ev.bytes_model})"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = Plan.load(args.plan)
+    cluster = resolve_cluster(args, plan.num_gpus, plan.gpus_per_node)
+    workload = load_workload(args.trace, cluster.num_gpus, args.home, args.model)
+    ev = evaluate(plan, cluster, workload, mode=args.mode, tokens_per_gpu=args.tokens_per_gpu)
+    if args.json:
+        print_json(evaluation_report(ev, plan))
+    else:
+        print_evaluation(
+            ev,
+            f"plan {args.plan} ({plan.provenance.solver}) on {cluster.name}, {cluster.num_gpus} GPUs",
+        )
+    return 0
+
+
+COMMAND = Command(
+    "evaluate",
+    "evaluate a plan: load balance, deduplicated bytes, time estimate",
+    add_arguments,
+    run,
+)

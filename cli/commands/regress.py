@@ -1,0 +1,188 @@
+"""``placement regress``: compare placement quality on traces with a stored baseline (exit 1 on regression)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from moe_placement.cli.commands._common import CheckFailed, Command, parse_finite, print_json, table
+from moe_placement.errors import PlacementError
+from moe_placement.metrics import MODES
+
+# Options that default to the baseline's stored config (then to reports.regress.DEFAULT_CONFIG).
+_CONFIG_OPTIONS = (
+    "cluster",
+    "gpus",
+    "gpus_per_node",
+    "solver",
+    "redundant",
+    "mode",
+    "tokens_per_gpu",
+    "overlap",
+    "algo",
+    "seed",
+    "time_limit_s",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from moe_placement.pipeline.scenario import ALGOS, OVERLAPS
+
+    p.add_argument(
+        "--trace", action="append", required=True, metavar="PATH", help="trace Parquet (repeatable)"
+    )
+    p.add_argument("--baseline", required=True, help="baseline JSON file")
+    p.add_argument(
+        "--update-baseline", action="store_true", help="write the current metrics as the baseline"
+    )
+    p.add_argument("--junit", default=None, metavar="FILE", help="also write JUnit XML here")
+    p.add_argument(
+        "--plan", default=None, help="measure this plan instead of solving (one --trace)"
+    )
+    p.add_argument(
+        "--cluster",
+        default=None,
+        help="preset or file (default: the baseline's, else h100-multirail)",
+    )
+    p.add_argument("--gpus", type=int, default=None)
+    p.add_argument("--gpus-per-node", type=int, default=None)
+    p.add_argument("--solver", default=None)
+    p.add_argument("--redundant", type=int, default=None)
+    p.add_argument("--mode", default=None, choices=MODES)
+    p.add_argument("--tokens-per-gpu", type=int, default=None)
+    p.add_argument("--overlap", default=None, choices=OVERLAPS)
+    p.add_argument("--algo", default=None, choices=ALGOS)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--time-limit", dest="time_limit_s", type=float, default=None)
+    p.add_argument(
+        "--tolerance",
+        action="append",
+        default=[],
+        metavar="METRIC=REL[+ABS]",
+        help="override a tolerance, e.g. layer_us=0.1 or solve_s=2+5 (stored on update)",
+    )
+    p.add_argument("--json", action="store_true")
+
+
+def _tolerances(items: list[str], stored: dict[str, Any] | None) -> dict[str, dict[str, float]]:
+    from moe_placement.reports.regress import METRICS, default_tolerances
+
+    tol = default_tolerances()
+    for metric, value in (stored or {}).items():
+        if metric in tol and isinstance(value, dict):
+            tol[metric] = {
+                "rel": parse_finite(value.get("rel", 0.0), f"baseline tolerance {metric}.rel"),
+                "abs": parse_finite(value.get("abs", 0.0), f"baseline tolerance {metric}.abs"),
+            }
+    for item in items:
+        metric, _, value = item.partition("=")
+        if metric not in METRICS:
+            raise PlacementError(
+                f"--tolerance: unknown metric {metric!r}; known: {', '.join(METRICS)}"
+            )
+        rel, _, abs_ = value.partition("+")
+        what = f"--tolerance {item!r} (METRIC=REL or METRIC=REL+ABS)"
+        tol[metric] = {"rel": parse_finite(rel, what), "abs": parse_finite(abs_ or "0", what)}
+        if tol[metric]["rel"] < 0 or tol[metric]["abs"] < 0:
+            raise PlacementError(f"--tolerance {item!r}: tolerances must be >= 0")
+    return tol
+
+
+def run(args: argparse.Namespace) -> int:
+    from moe_placement.cli.commands.solve import default_solver
+    from moe_placement.cluster import load_cluster
+    from moe_placement.reports.regress import (
+        DEFAULT_CONFIG,
+        compare,
+        load_baseline,
+        measure,
+        write_baseline,
+        write_junit,
+    )
+
+    started = time.perf_counter()
+    baseline = load_baseline(args.baseline)
+    if baseline is None and not args.update_baseline:
+        raise PlacementError(
+            f"baseline {args.baseline} does not exist; create it with --update-baseline"
+        )
+    if args.plan is not None and len(args.trace) != 1:
+        raise PlacementError("--plan measures one trace: give exactly one --trace")
+    stored_config = (baseline or {}).get("config", {})
+    config: dict[str, Any] = {}
+    for key in _CONFIG_OPTIONS:
+        given = getattr(args, key)
+        config[key] = given if given is not None else stored_config.get(key, DEFAULT_CONFIG[key])
+    config["solver"] = config["solver"] or default_solver()
+    notes = [
+        f"{k} {config[k]} (baseline {stored_config[k]})"
+        for k in _CONFIG_OPTIONS
+        if k in stored_config and stored_config[k] != config[k]
+    ]
+    per_node = min(int(config["gpus_per_node"]), int(config["gpus"]))
+    cluster = load_cluster(config["cluster"]).with_counts(int(config["gpus"]), per_node)
+    tolerances = _tolerances(args.tolerance, (baseline or {}).get("tolerances"))
+    engine_before = (baseline or {}).get("engine")
+    checks = []
+    measured: dict[str, tuple[str, str, dict[str, float]]] = {}
+    engine = ""
+    for trace in args.trace:
+        name = Path(trace).name
+        metrics, fingerprint, engine = measure(trace, cluster, config, args.plan)
+        measured[name] = (trace, fingerprint, metrics)
+        entry = (baseline or {}).get("traces", {}).get(name)
+        if entry is not None and entry.get("fingerprint") not in (None, fingerprint):
+            notes.append(f"{name}: trace content differs from the baseline's (fingerprint)")
+        checks += compare(
+            name,
+            metrics,
+            entry,
+            tolerances,
+            engine_changed=engine_before is not None and engine_before != engine,
+        )
+    seconds = time.perf_counter() - started
+    if args.junit:
+        write_junit(args.junit, checks, seconds)
+    failed = [c for c in checks if c.status == "fail"]
+    if args.update_baseline:
+        write_baseline(args.baseline, baseline, config, engine, tolerances, measured)
+    if args.json:
+        print_json(
+            {
+                "config": config,
+                "engine": engine,
+                "notes": notes,
+                "updated": args.update_baseline,
+                "checks": [{**c.__dict__, "change": c.change} for c in checks],
+            }
+        )
+    else:
+        rows = [
+            [
+                c.trace,
+                c.metric,
+                "-" if c.baseline is None else c.baseline,
+                c.current,
+                "-" if c.change is None else f"{c.change * 100:+.2f}%",
+                "-" if c.limit is None else c.limit,
+                c.status.upper() if c.status == "fail" else c.status,
+            ]
+            for c in checks
+        ]
+        print(table(["trace", "metric", "baseline", "current", "change", "limit", "status"], rows))
+        for note in notes:
+            print(f"note: config differs from the baseline: {note}")
+        if args.update_baseline:
+            print(f"baseline written to {args.baseline}")
+    if failed and not args.update_baseline:
+        raise CheckFailed(
+            f"{len(failed)} regression(s): " + "; ".join(f"{c.trace}: {c.message}" for c in failed)
+        )
+    return 0
+
+
+COMMAND = Command(
+    "regress", "check placement quality against a stored baseline (for CI)", add_arguments, run
+)

@@ -1,0 +1,205 @@
+"""``placement simulate``: play a plan on a trace (or uniform traffic) through the network simulator."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from moe_placement.cli.commands._common import (
+    Command,
+    add_cluster_args,
+    human_bytes,
+    load_workload,
+    print_json,
+    resolve_cluster,
+    table,
+)
+from moe_placement.errors import PlacementError
+from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU, MODES
+from moe_placement.plan import Plan
+from moe_placement.workload import HOME_POLICIES
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trace", default=None, help="trace Parquet file or logical_count JSON (with --plan)"
+    )
+    p.add_argument("--plan", default=None, help="plan JSON (with --trace)")
+    p.add_argument(
+        "--traffic",
+        default=None,
+        choices=["uniform"],
+        help="microbenchmark traffic instead of a trace",
+    )
+    p.add_argument(
+        "--model", default=None, help="model shape for load-only JSON (deepseek-v3, ...)"
+    )
+    p.add_argument(
+        "--home", default="token", choices=HOME_POLICIES, help="how tokens map to home GPUs"
+    )
+    add_cluster_args(p)
+    p.add_argument("--algo", default="deepep", choices=["direct", "deepep", "2dh", "deepep-ll"])
+    p.add_argument("--overlap", default="none", choices=["none", "two-batch", "chunked"])
+    p.add_argument("--mode", default="standard", choices=MODES)
+    p.add_argument("--tokens-per-gpu", type=int, default=DEFAULT_TOKENS_PER_GPU)
+    p.add_argument(
+        "--layers", default=None, help="comma-separated MoE layers to simulate (default all)"
+    )
+    p.add_argument("--attention-us", type=float, default=0.0)
+    p.add_argument("--shared-expert-us", type=float, default=0.0)
+    p.add_argument("--routing", default="spray", choices=["spray", "ecmp"])
+    p.add_argument(
+        "--no-pxn", action="store_true", help="send cross-rail traffic through the fabric"
+    )
+    p.add_argument("--tokens", type=int, default=4096, help="uniform: tokens per GPU")
+    p.add_argument("--hidden", type=int, default=7168, help="uniform: hidden size")
+    p.add_argument("--top-k", type=int, default=8, help="uniform: experts per token")
+    p.add_argument("--experts", type=int, default=256, help="uniform: routed experts")
+    p.add_argument("--node-limit", type=int, default=None, help="uniform: nodes a token may reach")
+    p.add_argument(
+        "--dispatch-bytes", type=float, default=1.0 + 4.0 / 128.0, help="uniform: bytes/element"
+    )
+    p.add_argument("--combine-bytes", type=float, default=2.0, help="uniform: bytes/element")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--chrome-trace", default=None, metavar="FILE", help="write a Chrome/Perfetto trace"
+    )
+    p.add_argument(
+        "--chakra",
+        default=None,
+        metavar="PREFIX",
+        help="also write Chakra execution traces PREFIX.<rank>.et (needs mlc-chakra)",
+    )
+    p.add_argument("--json", action="store_true")
+
+
+def _uniform(args: argparse.Namespace) -> int:
+    from moe_placement.simulator import simulate_uniform
+
+    if args.trace or args.plan:
+        raise PlacementError("--traffic uniform takes no --trace/--plan")
+    if args.chrome_trace or args.chakra:
+        raise PlacementError("--chrome-trace and --chakra need a --trace/--plan simulation")
+    cluster = resolve_cluster(args)
+    res = simulate_uniform(
+        cluster,
+        tokens=args.tokens,
+        hidden=args.hidden,
+        top_k=args.top_k,
+        node_limit=args.node_limit,
+        dispatch_bytes=args.dispatch_bytes,
+        combine_bytes=args.combine_bytes,
+        algo=args.algo,
+        seed=args.seed,
+        num_experts=args.experts,
+        routing=args.routing,
+        pxn=not args.no_pxn,
+    )
+    if args.json:
+        print_json(res)
+        return 0
+    rows: list[list[Any]] = []
+    for phase in ("dispatch", "combine"):
+        rdma = res[f"{phase}_rdma_gbytes_per_s"]
+        rows.append(
+            [
+                phase,
+                res[f"{phase}_us"],
+                res[f"{phase}_nvl_gbytes_per_s"],
+                "-" if rdma is None else rdma,
+                res[phase]["lower_bound_us"],
+            ]
+        )
+    print(
+        f"uniform traffic, {res['num_gpus']} GPUs ({res['gpus_per_node']} per node) on {cluster.name}, "
+        f"algo {args.algo}, {args.tokens} tokens/GPU, top-{args.top_k} of {res['num_experts']}"
+    )
+    print(
+        table(["phase", "time us", "NVL GB/s (DeepEP count)", "RDMA GB/s", "lower bound us"], rows)
+    )
+    print(f"events {res['events']}, flows {res['flows']}, wall {res['wall_s']:.2f} s")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.traffic == "uniform":
+        return _uniform(args)
+    if not args.trace or not args.plan:
+        raise PlacementError("give --trace and --plan, or --traffic uniform")
+    from moe_placement.simulator import simulate_moe
+
+    plan = Plan.load(args.plan)
+    cluster = resolve_cluster(args, plan.num_gpus, plan.gpus_per_node)
+    workload = load_workload(args.trace, cluster.num_gpus, args.home, args.model)
+    layers = None
+    if args.layers:
+        try:
+            layers = [int(x) for x in args.layers.split(",") if x.strip()]
+        except ValueError:
+            raise PlacementError(
+                f"--layers must be comma-separated integers, got {args.layers!r}"
+            ) from None
+    res = simulate_moe(
+        plan,
+        cluster,
+        workload,
+        mode=args.mode,
+        algo=args.algo,
+        overlap=args.overlap,
+        tokens_per_gpu=args.tokens_per_gpu,
+        layers=layers,
+        attention_us=args.attention_us,
+        shared_expert_us=args.shared_expert_us,
+        seed=args.seed,
+        routing=args.routing,
+        pxn=not args.no_pxn,
+    )
+    if args.chrome_trace:
+        res.write_chrome_trace(args.chrome_trace)
+    if args.chakra:
+        from moe_placement.simulator.chakra_export import export_chakra
+
+        export_chakra(
+            plan,
+            cluster,
+            workload,
+            args.chakra,
+            algo=args.algo,
+            mode=args.mode,
+            tokens_per_gpu=args.tokens_per_gpu,
+            layers=layers,
+        )
+    if args.json:
+        print_json(res.to_dict())
+        return 0
+    rows = [
+        [
+            r["layer"],
+            r["dispatch_us"],
+            r["compute_us"],
+            r["combine_us"],
+            r["layer_us"],
+            r["exposed_comm_us"],
+            r["comm_lower_bound_us"],
+        ]
+        for r in res.per_layer
+    ]
+    print(
+        f"plan {args.plan} on {cluster.name} ({cluster.num_gpus} GPUs), algo {args.algo}, overlap {args.overlap}"
+    )
+    print(
+        table(
+            ["layer", "disp us", "comp us", "comb us", "layer us", "exposed us", "comm LB us"], rows
+        )
+    )
+    s = res.summary()
+    print(
+        f"total {s['total_us']:.1f} us; NVLink {human_bytes(s['nvlink_bytes_sent'])}, "
+        f"NIC {human_bytes(s['nic_bytes_sent'])}; events {s['events']}, wall {s['wall_s']:.2f} s"
+    )
+    return 0
+
+
+COMMAND = Command(
+    "simulate", "simulate a plan (or uniform traffic) on a network topology", add_arguments, run
+)

@@ -1,0 +1,220 @@
+"""``placement solve``: choose a placement for a trace and a cluster, print its metrics, write the plan."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from moe_placement.cli.commands._common import (
+    Command,
+    add_cluster_args,
+    add_trace_args,
+    load_workload,
+    parse_finite,
+    print_json,
+    resolve_cluster,
+    table,
+)
+from moe_placement.cli.commands.evaluate import evaluation_report, print_evaluation
+from moe_placement.errors import PlacementError
+from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU, MODES, evaluate, evaluate_many
+from moe_placement.plan import Plan
+
+
+def default_solver() -> str:
+    from moe_placement.solvers import REGISTRY
+
+    return "best" if "best" in REGISTRY else "greedy"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_problem_arguments(p)
+    p.add_argument(
+        "--solver",
+        default=None,
+        help="solver name, or 'all' to compare every solver (default: the best)",
+    )
+    p.add_argument("--out", default="plan.json", help="where to write the plan (default plan.json)")
+
+
+def add_problem_arguments(p: argparse.ArgumentParser) -> None:
+    """Everything but the solver choice and the output: shared with ``placement compare``."""
+    add_trace_args(p, multiple=True)
+    add_cluster_args(p)
+    p.add_argument(
+        "--redundant", type=int, default=0, help="redundant slots for replicas (per layer)"
+    )
+    p.add_argument("--time-limit", type=float, default=None, help="solver time limit in seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", default="standard", choices=MODES)
+    p.add_argument("--current", default=None, help="current plan JSON (incremental re-placement)")
+    p.add_argument(
+        "--max-moves", type=int, default=None, help="at most this many moved expert slots"
+    )
+    p.add_argument(
+        "--weights", default=None, help="comma-separated weight per --trace (robust placement)"
+    )
+    p.add_argument("--robust", default="weighted", choices=("weighted", "worst"))
+    p.add_argument("--tokens-per-gpu", type=int, default=DEFAULT_TOKENS_PER_GPU)
+    p.add_argument(
+        "--balance-weight",
+        type=float,
+        default=1.0,
+        help="weight of compute balance in the objective",
+    )
+    p.add_argument(
+        "--traffic-weight", type=float, default=1.0, help="weight of link traffic in the objective"
+    )
+    p.add_argument(
+        "--free-memory-gib",
+        type=float,
+        default=None,
+        help="free GPU memory for expert weights; too little -> infeasible (exit 2)",
+    )
+    p.add_argument(
+        "--node-limit",
+        type=int,
+        default=None,
+        help="DeepSeek-style node-limited routing: each token reaches at most this many nodes",
+    )
+    p.add_argument("--workers", type=int, default=2, help="CP-SAT worker threads")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="one CP-SAT worker and a deterministic time limit: identical plans run to run",
+    )
+    p.add_argument("--json", action="store_true")
+
+
+def build_problem(args: argparse.Namespace) -> Any:
+    from moe_placement.solvers import PlacementProblem
+
+    cluster = resolve_cluster(args)
+    workloads = tuple(load_workload(t, cluster.num_gpus, args.home, args.model) for t in args.trace)
+    weights: tuple[float, ...] = ()
+    if args.weights:
+        weights = tuple(parse_finite(w, "--weights") for w in args.weights.split(","))
+    current = Plan.load(args.current) if args.current else None
+    problem = PlacementProblem(
+        workloads=workloads,
+        cluster=cluster,
+        num_redundant=args.redundant,
+        mode=args.mode,
+        weights=weights,
+        current=current,
+        max_moves=args.max_moves,
+    )
+    return problem
+
+
+def solver_config(args: argparse.Namespace) -> Any:
+    from moe_placement.solvers import SolverConfig
+
+    kwargs: dict[str, Any] = {
+        "seed": args.seed,
+        "robust": args.robust,
+        "balance_weight": args.balance_weight,
+        "traffic_weight": args.traffic_weight,
+        "free_memory_gib": args.free_memory_gib,
+        "workers": args.workers,
+        "node_limit": args.node_limit,
+        "extra": {"deterministic": bool(args.deterministic)},
+    }
+    if args.balance_weight < 0 or args.traffic_weight < 0:
+        raise PlacementError("--balance-weight and --traffic-weight must be >= 0")
+    if args.workers < 1:
+        raise PlacementError("--workers must be >= 1")
+    if args.time_limit is not None:
+        kwargs["time_limit_s"] = args.time_limit
+    return SolverConfig(**kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    from moe_placement.solvers import REGISTRY, run_solver
+
+    problem = build_problem(args)
+    config = solver_config(args)
+    cluster = problem.cluster
+    name = args.solver or default_solver()
+    if name == "all":
+        return compare_solvers(args, problem, config, sorted(REGISTRY))
+    plan = run_solver(name, problem, config)
+    plan.save(args.out)
+    ev = evaluate(
+        plan, cluster, problem.workload, mode=args.mode, tokens_per_gpu=args.tokens_per_gpu
+    )
+    if args.json:
+        report = evaluation_report(ev, plan)
+        report["out"] = args.out
+        print_json(report)
+    else:
+        prov = plan.provenance
+        bound = (
+            ""
+            if prov.bound is None
+            else f", bound {prov.bound:.6g}, gap {prov.gap if prov.gap is not None else 0:.3%}"
+        )
+        print_evaluation(
+            ev,
+            f"solver {name} ({prov.method}) in {prov.seconds:.2f} s{bound}; "
+            f"{cluster.num_gpus} GPUs x {plan.slots_per_gpu} slots on {cluster.name}",
+        )
+        print(f"plan written to {args.out}")
+    return 0
+
+
+def compare_solvers(args: argparse.Namespace, problem: Any, config: Any, names: list[str]) -> int:
+    """Run each solver in ``names`` on one problem; print one table side by side (or JSON)."""
+    from moe_placement.solvers import run_solver
+
+    cluster = problem.cluster
+    plans = [run_solver(solver, problem, config) for solver in names]
+    # every plan in one pass over the trace (a per-token trace may be large)
+    evaluations = evaluate_many(
+        plans, cluster, problem.workload, mode=args.mode, tokens_per_gpu=args.tokens_per_gpu
+    )
+    rows, results = [], []
+    for solver, plan, ev in zip(names, plans, evaluations, strict=True):
+        s = ev.summary()
+        prov = plan.provenance
+        rows.append(
+            [
+                solver,
+                s["mean_max_over_mean"],
+                s["worst_max_over_mean"],
+                s["inter_node_bytes"],
+                s["hops"],
+                s["moe_time_us"],
+                prov.objective if prov.objective is not None else "-",
+                prov.seconds,
+                prov.gap if prov.gap is not None else "-",
+                prov.method,
+            ]
+        )
+        results.append({"solver": solver, "summary": s, "provenance": prov.to_dict()})
+    if args.json:
+        print_json({"cluster": cluster.name, "num_gpus": cluster.num_gpus, "solvers": results})
+    else:
+        print(
+            table(
+                [
+                    "solver",
+                    "mean max/mean",
+                    "worst",
+                    "NIC bytes",
+                    "hops",
+                    "MoE us",
+                    "model us",
+                    "solve s",
+                    "gap",
+                    "method",
+                ],
+                rows,
+            )
+        )
+    return 0
+
+
+COMMAND = Command(
+    "solve", "choose an expert placement for a trace and a cluster", add_arguments, run
+)

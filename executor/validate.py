@@ -1,0 +1,221 @@
+"""``validate``: replay a plan (and a baseline) on real collectives, predict the same run, compare.
+
+The prediction uses the cluster spec fitted on the same workers (calibrated first unless one is given),
+the executed shape (hidden size scaled, the run's dtype) and exactly the replayed tokens, so measured and
+simulated times describe one run. The rows the workers moved are checked against the evaluator's
+deduplicated copies pair by pair.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from moe_placement.cluster import ClusterSpec, load_cluster
+from moe_placement.errors import PlacementError
+from moe_placement.executor.calibrate import (
+    Calibration,
+    CalibrationSamples,
+    collect_calibration,
+    fit_calibration,
+)
+from moe_placement.executor.driver import (
+    ExecConfig,
+    Measurement,
+    ReplayInput,
+    load_replay_input,
+    measure,
+    pool_measurements,
+    preflight,
+    relative_error,
+    worker_group,
+)
+from moe_placement.executor.hostmodel import HostModel, load_host_model
+from moe_placement.executor.predict import TIME_KEYS, predict_layers
+from moe_placement.metrics import evaluate
+from moe_placement.plan import Plan
+
+
+def _check_plan(plan: Plan, data: ReplayInput, what: str) -> None:
+    if plan.num_layers != data.workload.num_layers or plan.num_experts != data.workload.num_experts:
+        raise PlacementError(
+            f"{what} covers {plan.num_layers} layers x {plan.num_experts} experts but the trace has "
+            f"{data.workload.num_layers} x {data.workload.num_experts}"
+        )
+
+
+def plan_cluster(spec: ClusterSpec, plan: Plan) -> ClusterSpec:
+    """The calibrated hardware with the plan's GPU and node counts."""
+    return spec.with_counts(plan.num_gpus, plan.gpus_per_node)
+
+
+def compare(
+    plan: Plan,
+    meas: Measurement,
+    spec: ClusterSpec,
+    data: ReplayInput,
+    chunks: int,
+    host: HostModel | None = None,
+) -> dict[str, Any]:
+    """Per-layer measured vs simulated times and errors, and the copies check; with a ``host`` model
+    (CPU ranks sharing cores) it predicts instead of the simulator."""
+    cluster = plan_cluster(spec, plan)
+    sim, predictor = predict_layers(plan, cluster, data.workload, host=host)
+    sim_over: list[dict[str, float]] = []
+    if "overlap_layer_us" in meas.per_layer[0]:
+        sim_over, _ = predict_layers(
+            plan, cluster, data.workload, overlap="chunked", chunks=chunks, host=host
+        )
+    ev = evaluate(plan, cluster, data.workload, mode="standard", tokens_per_gpu=None)
+    copies_ok = all(
+        np.array_equal(
+            meas.sent_copies[layer],
+            (ev.dispatch[layer].nvlink + ev.dispatch[layer].nic).astype(np.int64),
+        )
+        for layer in range(plan.num_layers)
+    )
+    layers: list[dict[str, Any]] = []
+    for layer in range(plan.num_layers):
+        m, s = meas.per_layer[layer], sim[layer]
+        measured = {k: m[k] for k in ("notify_us", *TIME_KEYS)}
+        simulated = {k: s[k] for k in TIME_KEYS}
+        error = {k: relative_error(s[k], m[k]) for k in TIME_KEYS}
+        if "overlap_layer_us" in m:
+            measured["overlap_layer_us"] = m["overlap_layer_us"]
+            if sim_over:
+                simulated["overlap_layer_us"] = sim_over[layer]["layer_us"]
+                error["overlap_layer_us"] = relative_error(
+                    sim_over[layer]["layer_us"], m["overlap_layer_us"]
+                )
+        row: dict[str, Any] = {
+            "layer": layer,
+            "measured": measured,
+            "simulated": simulated,
+            "error": error,
+            "moved_rows": int(meas.sent_copies[layer].sum()),
+        }
+        layers.append(row)
+    err = np.array([row["error"]["layer_us"] for row in layers])
+    total_m = float(sum(r["measured"]["layer_us"] for r in layers))
+    total_s = float(sum(r["simulated"]["layer_us"] for r in layers))
+    out: dict[str, Any] = {
+        "fingerprint": plan.fingerprint(),
+        "solver": plan.provenance.solver,
+        "gpus_per_node": plan.gpus_per_node,
+        "slots_per_gpu": plan.slots_per_gpu,
+        "predictor": predictor,
+        "copies_match_evaluator": bool(copies_ok),
+        "layers": layers,
+        "measured_us": total_m,
+        "simulated_us": total_s,
+        "error": relative_error(total_s, total_m),
+        "mean_abs_layer_error": float(np.nanmean(np.abs(err))) if err.size else math.nan,
+        "max_abs_layer_error": float(np.nanmax(np.abs(err))) if err.size else math.nan,
+        "weight_bytes_per_rank": meas.weight_bytes,
+    }
+    if layers and "overlap_layer_us" in layers[0]["measured"]:
+        over = float(sum(r["measured"]["overlap_layer_us"] for r in layers))
+        out["measured_overlap_us"] = over
+        out["overlap_speedup"] = total_m / over if over > 0 else math.nan
+        if sim_over:
+            out["simulated_overlap_us"] = float(
+                sum(r["simulated"]["overlap_layer_us"] for r in layers)
+            )
+    return out
+
+
+def run_validate(
+    trace: str,
+    plan_path: str,
+    baseline_path: str | None,
+    config: ExecConfig,
+    *,
+    cluster: str | None = None,
+    fault: dict[str, Any] | None = None,
+    rounds: int = 1,
+) -> dict[str, Any]:
+    """Measure the plan (and the baseline) and the prediction; the whole report as a dict.
+
+    ``rounds`` > 1 interleaves: each round runs the calibration benchmarks once (unless a spec is
+    given) and replays every plan once, in a fresh order; the fit and every layer's time pool all
+    rounds' repetitions, so a change in the host's load hits calibration, plan and baseline alike
+    (on shared CPU hosts this, not the model, set most of the per-layer error)."""
+    if rounds < 1:
+        raise PlacementError("--rounds must be >= 1")
+    plan = Plan.load(plan_path)
+    baseline = Plan.load(baseline_path) if baseline_path else None
+    if baseline is not None and (baseline.num_gpus != plan.num_gpus):
+        raise PlacementError(
+            f"the baseline plan is for {baseline.num_gpus} GPUs but the plan for {plan.num_gpus}"
+        )
+    spec = load_cluster(cluster) if cluster else None
+    # A spec calibrated on CPU ranks carries its host-sharing model next to it.
+    host = load_host_model(cluster) if cluster and config.backend == "gloo" else None
+    data = load_replay_input(trace, plan.num_gpus, config)
+    plans = [("plan", plan)] + ([("baseline", baseline)] if baseline is not None else [])
+    for what, p in plans:
+        _check_plan(p, data, what)
+        preflight(p, config, data.shape, data.workload.num_tokens)
+    calibration: Calibration | None = None
+    with worker_group(config) as group:
+        calibrate = spec is None
+        hidden, inter = data.shape.hidden_size, data.shape.expert_intermediate_size
+        samples: CalibrationSamples | None = None
+        parts: dict[str, list[Measurement]] = {what: [] for what, _ in plans}
+        order = np.random.default_rng(config.seed)
+        for round_ in range(rounds):
+            if calibrate:
+                got = collect_calibration(
+                    group, hidden=hidden, inter=inter, dtype=config.torch_dtype
+                )
+                samples = got if samples is None else samples.merge(got)
+            for j in order.permutation(len(plans)) if round_ else range(len(plans)):
+                what, p = plans[j]
+                injected = fault if what == "plan" and round_ == 0 else None
+                parts[what].append(measure(group, p, data, config, fault=injected))
+        if samples is not None:
+            calibration = fit_calibration(
+                group, samples, hidden=hidden, inter=inter, dtype=config.torch_dtype
+            )
+            spec = calibration.spec
+            host = calibration.host if config.backend == "gloo" else None
+        if spec is None:  # unreachable: rounds >= 1 calibrated at least once
+            raise PlacementError("no cluster spec to predict with")
+        measured: dict[str, Measurement] = {
+            what: pool_measurements(got) for what, got in parts.items()
+        }
+        devices = sorted({str(i["device"]) for i in group.info})
+    report: dict[str, Any] = {
+        "trace": trace,
+        "tokens": data.workload.num_tokens,
+        "workers": config.workers,
+        "backend": config.backend,
+        "devices": devices,
+        "dtype": config.torch_dtype,
+        "hidden_size": data.shape.hidden_size,
+        "intermediate_size": data.shape.expert_intermediate_size,
+        "top_k": data.shape.top_k,
+        "warmup": config.warmup,
+        "reps": config.reps,
+        "rounds": rounds,
+        "chunks": config.chunks,
+        "cluster": spec.name,
+        "calibration": calibration.report() if calibration is not None else None,
+        "plans": {
+            what: compare(p, measured[what], spec, data, config.chunks, host) for what, p in plans
+        },
+    }
+    if baseline is not None:
+        a, b = report["plans"]["plan"], report["plans"]["baseline"]
+        report["speedup"] = {
+            "measured": b["measured_us"] / a["measured_us"] if a["measured_us"] > 0 else math.nan,
+            "simulated": b["simulated_us"] / a["simulated_us"]
+            if a["simulated_us"] > 0
+            else math.nan,
+        }
+        if "measured_overlap_us" in a and "measured_overlap_us" in b:
+            report["speedup"]["measured_overlap"] = (
+                b["measured_overlap_us"] / a["measured_overlap_us"]
+            )
+    return report
