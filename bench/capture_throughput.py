@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
+
     from moe_placement.traces.capture import TINY_CONFIGS, CaptureOptions, capture, load_model
     from moe_placement.traces.data import HELDOUT_DIR
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from moe_placement.cli.commands._common import table
 from moe_placement.cli.main import main as cli
 from moe_placement.executor import timing

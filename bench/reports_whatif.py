@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
 from moe_placement.cli.main import main
 from moe_placement.pipeline.results import load_results
 from moe_placement.pipeline.sweep import ray_available

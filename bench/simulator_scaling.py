@@ -11,6 +11,7 @@ import argparse
 import time
 
 import numpy as np
+
 from moe_placement.cli.commands._common import table
 from moe_placement.cluster import load_cluster
 from moe_placement.plan import Plan, Provenance

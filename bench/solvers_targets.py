@@ -121,10 +121,11 @@ def captured_workload(tmp: Path, arch: str, layers: int, experts: int, top_k: in
     checkpoint), read with the real model's shape for the time model; None if capture is missing."""
     try:
         import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         from moe_placement.cli.main import main as cli
         from moe_placement.traces.capture.archs import tiny_config
         from moe_placement.traces.tinymoe import CHECKPOINT_DIR
-        from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError:
         return None
     out = tmp / f"captured-{arch}.parquet"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from moe_placement.atomic import atomic_open
 from moe_placement.cluster import ClusterSpec, GPUSpec
 from moe_placement.errors import PlacementError

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from moe_placement.errors import PlacementError
 from moe_placement.executor.group import WorkerGroup
 from moe_placement.executor.routing import Replay, build_replay

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from moe_placement.atomic import atomic_open
 from moe_placement.errors import PlacementError
 

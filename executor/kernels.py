@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from moe_placement.executor.routing import RankLayer
 from torch.nn import functional
+
+from moe_placement.executor.routing import RankLayer
 
 
 def expert_seed(seed: int, layer: int, expert: int) -> int:

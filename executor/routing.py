@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import ReplicaRouter
 from moe_placement.plan import Plan

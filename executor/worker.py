@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import numpy as np
+
 from moe_placement.executor.routing import RankLayer
 
 # Messages a worker raises start with this tag so the driver can name the fault in one line.
@@ -140,6 +141,7 @@ class ExecutorWorker:
         """Take this rank's instructions and build its experts' weights; ``experts[layers, spg]`` are
         the logical experts of its slots. Returns the weight bytes held."""
         import torch
+
         from moe_placement.executor.kernels import DeviceLayer, expert_weights
 
         self.dtype = getattr(torch, dtype)
@@ -297,6 +299,7 @@ class ExecutorWorker:
         rank's (start, end) clock readings ``[points, reps, 2]`` in us, each started after a common
         barrier (:mod:`moe_placement.executor.timing` turns them into phase times)."""
         import torch
+
         from moe_placement.executor.kernels import LayerRunner, _a2a
 
         runner = LayerRunner(self.group, self.device, getattr(torch, dtype))
@@ -348,6 +351,7 @@ class ExecutorWorker:
         (experts, tokens per expert); (0, 0) leaves this rank idle. Returns this rank's (start, end)
         clock readings ``[points, reps, 2]`` in us, each started after a common barrier."""
         import torch
+
         from moe_placement.executor.kernels import (
             LayerRunner,
             expert_weights,

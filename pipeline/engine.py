@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from moe_placement.cluster import PRESETS, ClusterSpec
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import Evaluation, evaluate

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from moe_placement.atomic import atomic_path, write_json
 from moe_placement.errors import PlacementError
 

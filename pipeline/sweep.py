@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from moe_placement.atomic import write_json
 from moe_placement.cluster import ClusterSpec
 from moe_placement.errors import PlacementError
 from moe_placement.pipeline.engine import engine_id, run_scenario
 from moe_placement.pipeline.scenario import Scenario
-from tqdm import tqdm
 
 
 @dataclass

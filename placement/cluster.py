@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from moe_placement.errors import PlacementError
 
 FABRICS = ("none", "single-switch", "multi-rail", "multi-plane", "three-tier")

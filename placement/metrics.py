@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from moe_placement import timing
 from moe_placement.cluster import ClusterSpec
 from moe_placement.errors import PlacementError
 from moe_placement.plan import Plan
@@ -324,8 +326,14 @@ class Evaluation:
             out.append(max(send.max(), recv.max()))
         return np.array(out)
 
+    def step_time(self) -> timing.StepTime:
+        """Per-layer times as the one timing type (the analytic model: nothing overlaps)."""
+        return timing.step_from_columns(
+            self.dispatch_us, self.compute_us.max(axis=1), self.combine_us, "evaluator"
+        )
+
     def layer_us(self) -> np.ndarray:
-        return self.dispatch_us + self.compute_us.max(axis=1) + self.combine_us
+        return self.step_time().column("layer_us")
 
     def per_layer(self) -> list[dict[str, float]]:
         mom = self.max_over_mean()
@@ -393,36 +401,9 @@ class Evaluation:
 def _phase_us(
     copies: PairCopies, bytes_per_copy: float, scale: float, cluster: ClusterSpec
 ) -> float:
-    """Bottleneck-link time of one phase: the busiest GPU's NVLink or NIC direction, plus latency."""
-    nvl = copies.nvlink * bytes_per_copy * scale
-    nic = copies.nic * bytes_per_copy * scale
-    nvl_bw = cluster.nvlink_effective_gbytes_per_s * 1e9
-    nic_bw = cluster.nic_effective_gbytes_per_s * 1e9
-    t = 0.0
-    if nvl.any():
-        t = max(t, float(max(nvl.sum(axis=1).max(), nvl.sum(axis=0).max())) / nvl_bw)
-    if nic.any():
-        t = max(t, float(max(nic.sum(axis=1).max(), nic.sum(axis=0).max())) / nic_bw)
-    latency = (
-        cluster.nic_latency_us if nic.any() else (cluster.nvlink_latency_us if nvl.any() else 0.0)
-    )
-    return t * 1e6 + latency
-
-
-def compute_us(
-    gpu_load: np.ndarray,
-    active_experts: np.ndarray,
-    workload: Workload,
-    cluster: ClusterSpec,
-    scale: float,
-) -> np.ndarray:
-    """Roofline expert-FFN time per GPU: max(FLOPs / peak, weight bytes / HBM bandwidth), in us."""
-    shape = workload.shape
-    peak = cluster.gpu.fp8_tflops if shape.compute_dtype == "fp8" else cluster.gpu.bf16_tflops
-    flops = gpu_load * scale * shape.flops_per_token_per_expert
-    t_flops = flops / (peak * 1e12 * cluster.compute_efficiency)
-    t_bytes = active_experts * shape.expert_weight_bytes / (cluster.gpu.hbm_gbytes_per_s * 1e9)
-    return np.maximum(t_flops, t_bytes) * 1e6
+    """One phase's time (:func:`moe_placement.timing.phase_us`) from its token copies."""
+    per = bytes_per_copy * scale
+    return timing.phase_us(copies.nvlink * per, copies.nic * per, cluster)
 
 
 def check_compatible(plan: Plan, cluster: ClusterSpec, workload: Workload) -> None:
@@ -591,7 +572,7 @@ class _Tally:
             combine_bytes_per_copy=c_bpc,
             hops=self.hops,
             node_hops=self.node_hops,
-            compute_us=compute_us(self.gpu_load, active, workload, cluster, scale),
+            compute_us=timing.compute_us(self.gpu_load * scale, active, shape, cluster),
             dispatch_us=np.array([_phase_us(d, d_bpc, scale, cluster) for d in self.dispatch]),
             combine_us=np.array([_phase_us(c, c_bpc, scale, cluster) for c in self.combine]),
             scale=scale,

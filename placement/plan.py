@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from moe_placement.atomic import write_json
 from moe_placement.errors import PlacementError
 

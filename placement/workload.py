@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
 from moe_placement.errors import PlacementError
 from moe_placement.shapes import ModelShape
 

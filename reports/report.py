@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from moe_placement.atomic import atomic_open
 from moe_placement.pipeline.results import load_results
 from moe_placement.pipeline.scenario import AXES

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import simpy
+
 from moe_placement.errors import PlacementError
 from moe_placement.simulator.engine import FluidNetwork
 from moe_placement.simulator.topology import Topology

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import simpy
+from tqdm import tqdm
+
 from moe_placement.atomic import atomic_open
 from moe_placement.cluster import ClusterSpec
 from moe_placement.errors import PlacementError
@@ -46,7 +48,6 @@ from moe_placement.simulator.collectives import (
 from moe_placement.simulator.engine import FluidNetwork
 from moe_placement.simulator.topology import Topology
 from moe_placement.workload import Workload
-from tqdm import tqdm
 
 OVERLAPS = ("none", "two-batch", "chunked")
 

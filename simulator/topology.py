@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
+
 from moe_placement.cluster import ClusterSpec
 from moe_placement.errors import PlacementError
 

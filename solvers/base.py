@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
+
 from moe_placement.cluster import ClusterSpec
 from moe_placement.errors import InfeasibleError, PlacementError
 from moe_placement.plan import Plan

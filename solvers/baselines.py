@@ -5,6 +5,7 @@ water-filling (most load per replica first) and places the copies by its own rul
 from __future__ import annotations
 
 import numpy as np
+
 from moe_placement.plan import Plan, Provenance
 from moe_placement.solvers.base import PlacementProblem, SolverConfig, register
 from moe_placement.solvers.common import lpt, water_fill

@@ -13,59 +13,31 @@ priced per token copy through one NIC and through one GPU's NVLink port (see :mo
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from dataclasses import dataclass
 
 import numpy as np
+
 from moe_placement.errors import InfeasibleError
 from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU
 from moe_placement.plan import Plan, Provenance
 from moe_placement.solvers.base import PlacementProblem, SolverConfig
+from moe_placement.timing import LinearPrices
 
 
-@dataclass(frozen=True)
-class TimeModel:
-    """Linear prices (us) of one unit of work in one MoE layer, at the evaluator's step size."""
-
-    us_per_assignment: float  # busiest GPU: one (token, expert) assignment of compute
-    us_per_nic_copy: float  # one token copy through one NIC (dispatch + combine)
-    us_per_nvlink_copy: float  # one token copy through one GPU's NVLink port (dispatch + combine)
-    # placement.metrics adds one link latency per phase (NIC when any copy crosses nodes, else NVLink)
-    nic_latency_us: float = 0.0
-    nvlink_latency_us: float = 0.0
-    # roofline floor: each active expert's weights read once from HBM (the busiest GPU's slots)
-    us_per_active_expert: float = 0.0
-
-    def latency_us(self, num_nodes: int, gpus_per_node: int) -> float:
-        """Dispatch + combine latency of a layer in standard mode, as the evaluator adds it: the NIC's
-        when there is more than one node (some copy crosses nodes), else NVLink's within one node."""
-        if num_nodes > 1:
-            return 2.0 * self.nic_latency_us
-        if gpus_per_node > 1:
-            return 2.0 * self.nvlink_latency_us
-        return 0.0
+class TimeModel(LinearPrices):
+    """The evaluator's analytic model as linear prices for search (:class:`~moe_placement.timing.
+    LinearPrices`), at the evaluator's step size for a problem."""
 
     @classmethod
-    def of(
+    def of_problem(
         cls, problem: PlacementProblem, tokens_per_gpu: int = DEFAULT_TOKENS_PER_GPU
     ) -> TimeModel:
-        wl, cl = problem.workload, problem.cluster
-        shape = wl.shape
-        G = cl.num_gpus
-        scale = tokens_per_gpu * G / max(int(wl.num_tokens), 1)
-        peak = cl.gpu.fp8_tflops if shape.compute_dtype == "fp8" else cl.gpu.bf16_tflops
-        comp = (
-            scale * shape.flops_per_token_per_expert / (peak * 1e12 * cl.compute_efficiency) * 1e6
-        )
-        copy_bytes = shape.hidden_size * (
-            shape.dispatch_bytes_per_elem + shape.combine_bytes_per_elem
-        )
-        nic = scale * copy_bytes / (cl.nic_effective_gbytes_per_s * 1e9) * 1e6
-        nvl_bw = max(cl.nvlink_effective_gbytes_per_s, 1e-9)
-        nvl = scale * copy_bytes / (nvl_bw * 1e9) * 1e6
-        hbm = shape.expert_weight_bytes / (cl.gpu.hbm_gbytes_per_s * 1e9) * 1e6
-        return cls(comp, nic, nvl, cl.nic_latency_us, cl.nvlink_latency_us, hbm)
+        wl = problem.workload
+        scale = tokens_per_gpu * problem.num_gpus / max(int(wl.num_tokens), 1)
+        prices = LinearPrices.of(wl.shape, problem.cluster, scale)
+        return cls(**dataclasses.asdict(prices))
 
 
 def check_memory(problem: PlacementProblem, config: SolverConfig) -> None:

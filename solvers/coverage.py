@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from moe_placement.workload import Workload, home_gpus
 
 MAX_TOKEN_ENTRIES = (

@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from ortools.sat.python import cp_model
+
 from moe_placement.errors import InfeasibleError
 from moe_placement.solvers.columns import cheap_column_bound, exact_column_bound
 from moe_placement.solvers.common import TimeModel, load_bound
@@ -44,7 +46,6 @@ from moe_placement.solvers.coverage import (
     node_inflow_exact,
 )
 from moe_placement.solvers.pairsearch import partition_pair_bound
-from ortools.sat.python import cp_model
 
 SHARE_UNITS = (
     100  # Q: replica shares in the CP-SAT model are multiples of 1/Q (the LP refines them)

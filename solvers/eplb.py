@@ -17,6 +17,7 @@ to global otherwise, as EPLB does.
 from __future__ import annotations
 
 import numpy as np
+
 from moe_placement.errors import InfeasibleError
 from moe_placement.plan import Plan, Provenance
 from moe_placement.solvers.base import PlacementProblem, SolverConfig, register

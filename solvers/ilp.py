@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
+
 from moe_placement.errors import PlacementError
 from moe_placement.plan import Plan, Provenance
 from moe_placement.solvers.base import PlacementProblem, SolverConfig, register
@@ -61,7 +63,6 @@ from moe_placement.solvers.cpsat import (
     solve_layer,
 )
 from moe_placement.solvers.pairsearch import partition_pair_bound, swap_search
-from tqdm import tqdm
 
 MONOLITHIC_CELLS = 512  # experts x GPUs up to which one CP-SAT model per layer is used
 GAP_DONE = 1e-4  # a layer this close to its bound needs no more search
@@ -215,7 +216,7 @@ def _context(problem: PlacementProblem, config: SolverConfig) -> _Context:
     return _Context(
         problem,
         config,
-        TimeModel.of(problem),
+        TimeModel.of_problem(problem),
         loads,
         norm,
         deadline,

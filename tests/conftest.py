@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from moe_placement.cluster import load_cluster
 from moe_placement.traces.synth import SynthConfig, generate
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from moe_placement.cli.main import main
 from moe_placement.traces.analytics import token_level_stats, trace_stats
 from moe_placement.traces.derive import derive_workload

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from moe_placement.cli.main import main
 
 from .conftest import DSV3_LOADS, needs_dsv3

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from moe_placement.cluster import PRESETS, ClusterSpec, load_cluster, save_cluster
 from moe_placement.errors import PlacementError
 from moe_placement.shapes import MODEL_SHAPES, model_shape

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from moe_placement.cli.main import main
 from moe_placement.reports.regress import compare
 from moe_placement.solvers.common import _splits, improve_layout

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from moe_placement.errors import PlacementError
 from moe_placement.executor.calibrate import calibrated_spec, fit_compute, fit_link
 from moe_placement.executor.routing import route_layer

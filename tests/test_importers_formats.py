@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from moe_placement.cli.commands import import_trace
 from moe_placement.cli.main import main
 from moe_placement.errors import PlacementError

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from moe_placement.cluster import load_cluster
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import ReplicaRouter, dedup_copies, evaluate, replica_split

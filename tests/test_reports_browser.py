@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from moe_placement.cli.main import main
 from moe_placement.traces.data import DEFAULT_TRACE
 

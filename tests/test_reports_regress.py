@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from moe_placement.cli.main import main
 from moe_placement.reports.regress import METRICS, compare, default_tolerances
 

@@ -8,6 +8,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from moe_placement.cluster import load_cluster
 from moe_placement.errors import PlacementError
 from moe_placement.pipeline.scenario import Scenario, expand, parse_sweep

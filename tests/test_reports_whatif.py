@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from moe_placement.cli.main import main
 from moe_placement.pipeline.results import load_results
 from moe_placement.pipeline.sweep import ray_available

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from moe_placement.cli.commands._common import load_workload
 from moe_placement.cli.main import main
 from moe_placement.cluster import load_cluster
@@ -34,6 +35,7 @@ def _read(path: Path) -> list:  # type: ignore[type-arg]
 @pytest.mark.parametrize("algo", ["direct", "deepep"])
 def test_sends_match_receives(tiny_trace: Path, tmp_path: Path, algo: str) -> None:
     import chakra.schema.protobuf.et_def_pb2 as et
+
     from moe_placement.simulator.chakra_export import export_chakra
 
     plan = Plan(

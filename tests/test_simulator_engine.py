@@ -9,6 +9,7 @@ import pytest
 import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from moe_placement.errors import PlacementError
 from moe_placement.simulator.engine import FluidNetwork, _fill, _link_index
 

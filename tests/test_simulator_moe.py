@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from moe_placement.cli.commands._common import load_workload
 from moe_placement.cli.main import main
 from moe_placement.cluster import load_cluster

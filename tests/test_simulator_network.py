@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from moe_placement.cluster import load_cluster
 from moe_placement.errors import PlacementError
 from moe_placement.simulator import simulate_uniform

@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from moe_placement.solvers.columns import cheap_column_bound, exact_column_bound
 
 

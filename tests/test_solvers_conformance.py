@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from moe_placement.cli.main import main
 from moe_placement.cluster import load_cluster
 from moe_placement.errors import InfeasibleError, PlacementError

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from moe_placement.cluster import load_cluster
 from moe_placement.metrics import evaluate
 from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver

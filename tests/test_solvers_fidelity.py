@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from moe_placement.cluster import load_cluster
 from moe_placement.metrics import evaluate
 from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver

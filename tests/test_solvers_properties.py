@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from moe_placement.cluster import load_cluster
 from moe_placement.metrics import evaluate
 from moe_placement.shapes import ModelShape

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from moe_placement.errors import PlacementError
 from moe_placement.traces.reader import TraceFile
 from moe_placement.traces.schema import META_KEY, TraceMeta, arrow_schema

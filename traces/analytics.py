@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from moe_placement.workload import Workload
 
 # per-layer figures of token_level_stats that trace_stats copies into each layer's row and averages
@@ -271,6 +272,7 @@ def plot_stats(workload: Workload, stats: dict[str, Any], folder: str | Path) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from moe_placement.atomic import atomic_path
 
     folder = Path(folder)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from tqdm import tqdm
+
 from moe_placement.shapes import ModelShape
 from moe_placement.traces.reader import TraceFile
 from moe_placement.workload import Workload, home_gpus
-from tqdm import tqdm
 
 
 def _pair_counts(first: np.ndarray, second: np.ndarray, num_experts: int) -> np.ndarray:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from moe_placement.errors import PlacementError
 from moe_placement.shapes import ModelShape, guess_shape
 from moe_placement.workload import Workload
@@ -106,6 +107,7 @@ def write_load_parquet(
     """Write ``load[moe_layers, experts]`` as a load-only Parquet file, atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from moe_placement.atomic import atomic_path
 
     layers, experts = load.shape
@@ -133,6 +135,7 @@ def write_load_parquet(
 def load_load_parquet(path: str | Path, shape: ModelShape | None = None) -> Workload:
     """A load-only :class:`Workload` from a file written by :func:`write_load_parquet`."""
     import pyarrow.parquet as pq
+
     from moe_placement.shapes import model_shape
 
     table = pq.read_table(path)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from moe_placement.errors import PlacementError
 from moe_placement.traces.schema import META_KEY, TraceMeta
 

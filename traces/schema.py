@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+
 from moe_placement.errors import PlacementError
 from moe_placement.shapes import ModelShape
 

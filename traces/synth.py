@@ -14,10 +14,11 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
+
 from moe_placement.errors import PlacementError
 from moe_placement.traces.schema import TraceMeta
 from moe_placement.traces.writer import TraceWriter
-from tqdm import tqdm
 
 
 @dataclass(frozen=True)

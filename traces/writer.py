@@ -10,6 +10,7 @@ from types import TracebackType
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from moe_placement.atomic import set_default_mode
 from moe_placement.errors import PlacementError
 from moe_placement.traces.schema import TraceMeta, arrow_schema

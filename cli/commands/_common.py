@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from moe_placement.cluster import ClusterSpec, load_cluster
 from moe_placement.errors import PlacementError
 from moe_placement.shapes import model_shape

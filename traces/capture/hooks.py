@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+
 from moe_placement.errors import PlacementError
 from moe_placement.traces.capture.archs import RouterSite, find_router_sites
 

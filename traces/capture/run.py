@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from moe_placement.errors import PlacementError
 from moe_placement.traces.capture.archs import find_router_sites, tiny_config
 from moe_placement.traces.capture.hooks import RouterRecorder
@@ -99,8 +100,9 @@ def _pick_device(device: str, dtype: str) -> tuple[str, Any]:
 
 
 def _bundled_tokenizer() -> Any:
-    from moe_placement.traces.tinymoe import CHECKPOINT_DIR
     from transformers import AutoTokenizer
+
+    from moe_placement.traces.tinymoe import CHECKPOINT_DIR
 
     if not (CHECKPOINT_DIR / "tokenizer.json").exists():
         raise PlacementError(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from moe_placement.atomic import write_json
 from moe_placement.errors import PlacementError
 from moe_placement.shapes import ModelShape, guess_shape, model_shape

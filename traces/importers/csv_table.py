@@ -12,6 +12,7 @@ import os
 import re
 
 import numpy as np
+
 from moe_placement.errors import PlacementError
 from moe_placement.traces.importers.base import (
     ImportedTrace,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
 from moe_placement.errors import PlacementError
 from moe_placement.traces.importers.base import (
     ImportedTrace,

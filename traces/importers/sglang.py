@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from moe_placement.errors import PlacementError
 from moe_placement.traces.importers.base import (
     ImportedTrace,

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from moe_placement.errors import PlacementError
 from moe_placement.traces.importers.base import (
     ImportedTrace,

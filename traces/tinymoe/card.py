@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from moe_placement.atomic import atomic_open, atomic_path, write_json
 from moe_placement.traces.tinymoe import CHECKPOINT_DIR, MODEL_CARD, PACKAGE_DIR
 from moe_placement.traces.tinymoe.corpus import DOMAINS, build_corpus
@@ -56,8 +57,9 @@ def _stats_of(trace: Path) -> dict[str, Any]:
 
 def _random_init_model() -> Any:
     import torch
-    from moe_placement.traces.capture.run import LoadedModel
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from moe_placement.traces.capture.run import LoadedModel
 
     config = AutoConfig.from_pretrained(CHECKPOINT_DIR, local_files_only=True)
     state = torch.random.get_rng_state()

