@@ -47,6 +47,7 @@ from moe_placement.simulator.collectives import (
 )
 from moe_placement.simulator.engine import FluidNetwork
 from moe_placement.simulator.topology import Topology
+from moe_placement.timing import TIME_KEYS, LayerTime, StepTime
 from moe_placement.workload import Workload
 
 OVERLAPS = ("none", "two-batch", "chunked")
@@ -78,6 +79,12 @@ class SimResult:
     stats: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     gpus_per_node: int = 8
+
+    def step_time(self) -> StepTime:
+        """Per-layer times as the one timing type (:mod:`moe_placement.timing`)."""
+        return StepTime.of(
+            (LayerTime(**{k: float(r[k]) for k in TIME_KEYS}) for r in self.per_layer), "simulator"
+        )
 
     @property
     def lower_bound_us(self) -> float:
