@@ -71,7 +71,6 @@ def forward_ep64(layers: int = 58) -> dict[str, float]:
         64,
         8,
         shape.num_experts // 64,
-        shape.num_experts,
         phy2log,
         provenance=Provenance("round-robin"),
     )

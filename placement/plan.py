@@ -71,12 +71,15 @@ class Provenance:
 @dataclass(frozen=True, eq=False)
 class Plan:
     """Expert placement for every MoE layer. Arrays: ``phy2log[layers, slots]`` (int),
-    ``replica_share[layers, slots]`` (float, optional)."""
+    ``replica_share[layers, slots]`` (float, optional).
+
+    The number of logical experts is not stored: every expert holds at least one slot (``validate``
+    checks it), so it is the largest id in ``phy2log`` plus one.
+    """
 
     num_gpus: int
     gpus_per_node: int
     slots_per_gpu: int
-    num_experts: int
     phy2log: np.ndarray
     replica_share: np.ndarray | None = None
     provenance: Provenance = field(default_factory=lambda: Provenance(solver="unknown"))
@@ -84,6 +87,11 @@ class Plan:
     @property
     def num_layers(self) -> int:
         return int(self.phy2log.shape[0])
+
+    @property
+    def num_experts(self) -> int:
+        """Logical experts: ids run 0..max and each is placed at least once."""
+        return int(self.phy2log.max()) + 1 if self.phy2log.size else 0
 
     @property
     def num_slots(self) -> int:
@@ -140,8 +148,6 @@ class Plan:
             raise fail(
                 f"num_gpus ({self.num_gpus}) not a multiple of gpus_per_node ({self.gpus_per_node})"
             )
-        if self.num_experts < 1:
-            raise fail("num_experts must be >= 1")
         p2l = self.phy2log
         if p2l.ndim != 2 or p2l.shape[0] < 1:
             raise fail(f"phy2log must be [layers, slots], got shape {p2l.shape}")
@@ -151,8 +157,8 @@ class Plan:
             )
         if not np.issubdtype(p2l.dtype, np.integer):
             raise fail("phy2log must hold integers")
-        if p2l.min() < 0 or p2l.max() >= self.num_experts:
-            raise fail(f"phy2log holds an expert id outside [0, {self.num_experts})")
+        if p2l.min() < 0:
+            raise fail("phy2log holds a negative expert id")
         cnt = self.logcnt()
         missing = np.argwhere(cnt == 0)
         if missing.size:
@@ -215,12 +221,10 @@ class Plan:
                 )
             phy2log = np.asarray(data["phy2log"], dtype=np.int64)
             share = data.get("replica_share")
-            num_experts = int(data.get("num_experts", int(phy2log.max()) + 1))
             plan = cls(
                 num_gpus=int(data["num_gpus"]),
                 gpus_per_node=int(data["gpus_per_node"]),
                 slots_per_gpu=int(data["slots_per_gpu"]),
-                num_experts=num_experts,
                 phy2log=phy2log,
                 replica_share=None if share is None else np.asarray(share, dtype=np.float64),
                 provenance=Provenance.from_dict(data.get("provenance", {}) or {}),
@@ -231,7 +235,10 @@ class Plan:
             if isinstance(exc, PlacementError):
                 raise
             raise PlacementError(f"plan is malformed: {exc}") from None
-        return plan.validate()
+        plan.validate()
+        _check_stored_count(data, "num_experts", plan.num_experts)
+        _check_stored_count(data, "num_layers", plan.num_layers)
+        return plan
 
     def save(self, path: str | Path) -> None:
         self.validate()
@@ -269,9 +276,7 @@ class Plan:
         """Maps for serving engines: ``sglang`` (``--init-expert-location``), ``vllm`` (EPLB state) or
         ``eplb`` (DeepSeek EPLB's ``phy2log``/``log2phy``/``logcnt``)."""
         phy2log = self._full_layers(total_layers, first_moe_layer)
-        padded = Plan(
-            self.num_gpus, self.gpus_per_node, self.slots_per_gpu, self.num_experts, phy2log
-        )
+        padded = Plan(self.num_gpus, self.gpus_per_node, self.slots_per_gpu, phy2log)
         log2phy = padded.log2phy()
         logcnt = padded.logcnt()
         if fmt == "sglang":
@@ -291,24 +296,14 @@ class Plan:
         raise PlacementError(f"unknown export format {fmt!r}; known: sglang, vllm, eplb")
 
 
-def plan_from_assignment(
-    phy2log: np.ndarray,
-    num_gpus: int,
-    gpus_per_node: int,
-    num_experts: int,
-    provenance: Provenance,
-    replica_share: np.ndarray | None = None,
-) -> Plan:
-    """Build and validate a plan from ``phy2log[layers, slots]``."""
-    phy2log = np.asarray(phy2log, dtype=np.int64)
-    if phy2log.shape[1] % num_gpus:
-        raise PlanInvariantError("plan invalid: slots per layer not a multiple of num_gpus")
-    return Plan(
-        num_gpus=num_gpus,
-        gpus_per_node=gpus_per_node,
-        slots_per_gpu=phy2log.shape[1] // num_gpus,
-        num_experts=num_experts,
-        phy2log=phy2log,
-        replica_share=replica_share,
-        provenance=provenance,
-    ).validate()
+def _check_stored_count(data: dict[str, Any], key: str, derived: int) -> None:
+    """Plan files carry counts the maps already imply (``num_experts``, ``num_layers``) for readers
+    outside this package; a file whose count disagrees with its maps was edited by hand or truncated."""
+    if key not in data:
+        return
+    try:
+        stored = int(data[key])
+    except (TypeError, ValueError):
+        raise PlacementError(f"plan is malformed: {key} {data[key]!r} is not an integer") from None
+    if stored != derived:
+        raise PlacementError(f"plan {key} is {stored} but its phy2log implies {derived}")

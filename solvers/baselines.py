@@ -49,7 +49,6 @@ def _baseline(problem: PlacementProblem, name: str, layout) -> Plan:  # type: ig
         num_gpus=problem.num_gpus,
         gpus_per_node=problem.gpus_per_node,
         slots_per_gpu=problem.slots_per_gpu,
-        num_experts=problem.num_experts,
         phy2log=np.stack(rows),
         provenance=Provenance(solver=name, method="baseline"),
     )

@@ -278,7 +278,6 @@ def make_plan(
         num_gpus=problem.num_gpus,
         gpus_per_node=problem.gpus_per_node,
         slots_per_gpu=problem.slots_per_gpu,
-        num_experts=problem.num_experts,
         phy2log=phy2log,
         replica_share=share,
         provenance=provenance,

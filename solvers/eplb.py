@@ -150,7 +150,7 @@ def _eplb(problem: PlacementProblem, config: SolverConfig, hierarchical: bool, n
         method="eplb-hierarchical" if use_hier else "eplb-global",
         extra={"num_groups": groups if use_hier else 1},
     )
-    return Plan(G, gpn, spg, problem.num_experts, phy2log, provenance=prov)
+    return Plan(G, gpn, spg, phy2log, provenance=prov)
 
 
 @register(

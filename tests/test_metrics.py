@@ -24,7 +24,7 @@ CLUSTER = load_cluster("h100-multirail").with_counts(4, 2)
 
 
 def identity_plan(layers: int = 1) -> Plan:
-    return Plan(4, 2, 1, 4, np.tile(np.arange(4), (layers, 1)), provenance=Provenance("test"))
+    return Plan(4, 2, 1, np.tile(np.arange(4), (layers, 1)), provenance=Provenance("test"))
 
 
 def test_dedup_one_copy_per_gpu_and_per_node() -> None:
@@ -105,7 +105,7 @@ def test_evaluate_coherent_hops(tmp_path: Path) -> None:
 def test_replicas_prefer_nearest_then_capacity() -> None:
     # 4 GPUs x 2 slots, expert 0 replicated on GPU 0 and GPU 2 (one per node)
     phy2log = np.array([[0, 1, 2, 3, 0, 1, 2, 3]])
-    plan = Plan(4, 2, 2, 4, phy2log)
+    plan = Plan(4, 2, 2, phy2log)
     router = ReplicaRouter(plan, np.ones((1, 4, 4)))
     src = np.arange(4)
     gpus = router.slots(0, src, np.zeros((4, 1), dtype=np.int64), np.zeros(4), np.arange(4)) // 2
@@ -140,7 +140,7 @@ def test_realised_loads_follow_shares(tmp_path: Path) -> None:
     share[0, 1], share[0, 5] = 0.5, 0.5
     share[0, 2], share[0, 6] = 0.5, 0.5
     share[0, 3], share[0, 7] = 0.5, 0.5
-    plan = Plan(4, 2, 2, 4, phy2log, replica_share=share).validate()
+    plan = Plan(4, 2, 2, phy2log, replica_share=share).validate()
     ev = evaluate(plan, CLUSTER, wl, tokens_per_gpu=None)
     # slot 0 on GPU 0, slot 4 on GPU 2
     assert ev.gpu_load[0, 0] == pytest.approx(2800, rel=0.05)
@@ -156,7 +156,7 @@ def test_load_only_uses_planned_shares() -> None:
     share = np.array([[0.25, 0.5, 1.0, 0.5, 0.75, 0.0, 0.5, 0.5]])
     share[0, 5] = 0.0
     share[0, 2] = 1.0
-    plan = Plan(4, 2, 2, 4, phy2log, replica_share=share).validate()
+    plan = Plan(4, 2, 2, phy2log, replica_share=share).validate()
     ev = evaluate(plan, CLUSTER, wl, tokens_per_gpu=None)
     # GPU loads: g0: 0@.25 + 1@.5 = 75+50; g1: 2@1 + 3@.5 = 100+50; g2: 0@.75 + 2@0 = 225; g3: 1@.5 + 3@.5 = 100
     np.testing.assert_allclose(ev.gpu_load[0], [125, 150, 225, 100])
@@ -167,7 +167,7 @@ def test_load_only_uses_planned_shares() -> None:
 
 def test_evaluate_rejects_mismatched_cluster(tiny_trace: Path) -> None:
     wl = derive_workload(TraceFile(tiny_trace), num_gpus=4)
-    plan = Plan(4, 2, 4, 16, np.tile(np.arange(16), (4, 1)))
+    plan = Plan(4, 2, 4, np.tile(np.arange(16), (4, 1)))
     with pytest.raises(PlacementError, match="cluster has"):
         evaluate(plan, CLUSTER.with_counts(8, 4), wl)
 
@@ -186,7 +186,7 @@ def test_streamed_chunks_equal_whole(tiny_trace: Path) -> None:
     """Evaluating chunk by chunk equals evaluating the trace as one chunk."""
     wl = derive_workload(TraceFile(tiny_trace), num_gpus=8)
     cluster = load_cluster("h100-multirail").with_counts(8, 4)
-    plan = Plan(8, 4, 2, 16, np.tile(np.arange(16), (4, 1)))
+    plan = Plan(8, 4, 2, np.tile(np.arange(16), (4, 1)))
     whole = TraceFile(tiny_trace).read_all()
     a = evaluate(plan, cluster, wl)
     b = evaluate(plan, cluster, wl, chunks=[whole])

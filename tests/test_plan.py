@@ -28,7 +28,6 @@ def sample_plan() -> Plan:
         4,
         2,
         3,
-        10,
         phy2log,
         provenance=Provenance(
             "golden", objective=1.5, bound=1.4, gap=0.0667, seconds=0.25, method="test"
@@ -48,7 +47,7 @@ def test_round_trip_with_shares(tmp_path: Path) -> None:
     plan = sample_plan()
     share = plan.shares().copy()
     share[0, 0], share[0, 10] = 0.25, 0.75
-    plan = Plan(4, 2, 3, 10, plan.phy2log, replica_share=share, provenance=plan.provenance)
+    plan = Plan(4, 2, 3, plan.phy2log, replica_share=share, provenance=plan.provenance)
     plan.save(tmp_path / "p.json")
     again = Plan.load(tmp_path / "p.json")
     np.testing.assert_allclose(again.shares(), share)
@@ -70,7 +69,9 @@ def test_maps_agree() -> None:
     "mutate, message",
     [
         (lambda p: p.__setitem__((0, 1), 0), "no two replicas of one expert on one GPU"),
-        (lambda p: p.__setitem__((0, 11), 99), "outside"),
+        (lambda p: p.__setitem__((0, 11), -1), "negative expert id"),
+        # an id past the others implies experts that hold no slot
+        (lambda p: p.__setitem__((0, 11), 99), "layer 0 has no slot for expert 10"),
         (lambda p: p.__setitem__((1, 1), 5), "every expert placed"),
     ],
 )
@@ -78,17 +79,37 @@ def test_validate_names_the_invariant(mutate, message) -> None:  # type: ignore[
     phy2log = sample_plan().phy2log.copy()
     mutate(phy2log)
     with pytest.raises(PlanInvariantError, match=message):
-        Plan(4, 2, 3, 10, phy2log).validate()
+        Plan(4, 2, 3, phy2log).validate()
 
 
 def test_validate_shape_and_shares() -> None:
     with pytest.raises(PlanInvariantError, match="slots per layer"):
-        Plan(4, 2, 2, 10, sample_plan().phy2log).validate()
+        Plan(4, 2, 2, sample_plan().phy2log).validate()
     with pytest.raises(PlanInvariantError, match="multiple of gpus_per_node"):
-        Plan(3, 2, 4, 10, sample_plan().phy2log).validate()
+        Plan(3, 2, 4, sample_plan().phy2log).validate()
     bad = np.ones((2, 12))
     with pytest.raises(PlanInvariantError, match="sum to 1"):
-        Plan(4, 2, 3, 10, sample_plan().phy2log, replica_share=bad).validate()
+        Plan(4, 2, 3, sample_plan().phy2log, replica_share=bad).validate()
+
+
+def test_num_experts_is_derived_from_the_maps() -> None:
+    plan = sample_plan()
+    assert plan.num_experts == 10 and plan.logcnt().shape == (2, 10)
+    assert plan.num_redundant == 2
+
+
+def test_plan_files_with_and_without_num_experts_load(tmp_path: Path) -> None:
+    """Old files carry ``num_experts``; it must agree with the maps. Files without it load too."""
+    data = sample_plan().to_dict()
+    assert data["num_experts"] == 10  # still written: readers outside this package use it
+    without = {k: v for k, v in data.items() if k != "num_experts"}
+    assert Plan.from_dict(without).num_experts == 10
+    with pytest.raises(PlacementError, match="num_experts is 11 but its phy2log implies 10"):
+        Plan.from_dict({**data, "num_experts": 11})
+    with pytest.raises(PlacementError, match="num_layers is 3 but its phy2log implies 2"):
+        Plan.from_dict({**data, "num_layers": 3})
+    with pytest.raises(PlacementError, match="num_experts 'ten' is not an integer"):
+        Plan.from_dict({**data, "num_experts": "ten"})
 
 
 def test_load_rejects_bad_files(tmp_path: Path) -> None:
@@ -143,7 +164,7 @@ def test_maps_are_inverse(gpus: int, per_node: int, experts: int, extra: int, se
         if not options:
             return
         held[int(rng.choice(options))].append(int(e))
-    plan = Plan(gpus, per_node, spg, experts, np.array([[x for g in held for x in g]])).validate()
+    plan = Plan(gpus, per_node, spg, np.array([[x for g in held for x in g]])).validate()
     log2phy = plan.log2phy()
     recovered = np.full(slots, -1)
     for e in range(experts):

@@ -39,7 +39,7 @@ def test_sends_match_receives(tiny_trace: Path, tmp_path: Path, algo: str) -> No
     from moe_placement.simulator.chakra_export import export_chakra
 
     plan = Plan(
-        8, 4, 2, 16, np.tile(np.arange(16), (4, 1)), provenance=Provenance(solver="round-robin")
+        8, 4, 2, np.tile(np.arange(16), (4, 1)), provenance=Provenance(solver="round-robin")
     )
     cluster = load_cluster("h800-mpft").with_counts(8, 4)
     workload = load_workload(str(tiny_trace), 8, progress=False)
@@ -63,7 +63,7 @@ def test_sends_match_receives(tiny_trace: Path, tmp_path: Path, algo: str) -> No
 
 def test_cli_chakra(tiny_trace: Path, tmp_path: Path) -> None:
     plan_path = tmp_path / "plan.json"
-    Plan(8, 4, 2, 16, np.tile(np.arange(16), (4, 1)), provenance=Provenance(solver="rr")).save(
+    Plan(8, 4, 2, np.tile(np.arange(16), (4, 1)), provenance=Provenance(solver="rr")).save(
         plan_path
     )
     assert (

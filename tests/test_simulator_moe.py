@@ -22,7 +22,6 @@ def _plan(layers: int = 4, experts: int = 16, gpus: int = 8, per_node: int = 4) 
         gpus,
         per_node,
         experts // gpus,
-        experts,
         phy2log,
         provenance=Provenance(solver="round-robin"),
     )
@@ -196,7 +195,6 @@ def test_real_deepseek_loads_at_ep64() -> None:
         64,
         8,
         4,
-        256,
         np.tile(np.arange(256), (workload.num_layers, 1)),
         provenance=Provenance(solver="round-robin"),
     )
