@@ -213,10 +213,6 @@ class Replay:
     def num_layers(self) -> int:
         return len(self.layers)
 
-    @property
-    def num_chunks(self) -> int:
-        return len(self.layers[0]) - 1
-
     def sent_copies(self, layer: int) -> np.ndarray:
         """Rows moved between rank pairs in the unchunked layer, ``[G, G]`` (D1 + D2)."""
         return self.layers[layer][0].sent_copies
