@@ -3,9 +3,10 @@
 Times are per layer: for each repetition each phase's time across ranks (phases start after a
 barrier; see :mod:`moe_placement.executor.timing`: from the last rank's release to the last rank's end
 when the ranks share a host clock, else the slowest rank's own time), then the trimmed mean over
-repetitions. ``layer_us`` = dispatch + compute + combine (the
-count exchange, ``notify_us``, is reported apart, as DeepEP's figures leave their layout/notify step
-out). The overlapped schedule is timed as a whole per layer.
+repetitions. They come back as the one timing type, :class:`moe_placement.timing.StepTime` (source
+``measured``), its phases one after the other: layer = dispatch + compute + combine (the count exchange,
+``notify_us``, is kept apart, as DeepEP's figures leave their layout/notify step out). The overlapped
+schedule is timed as a whole per layer.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from moe_placement.executor.routing import Replay, build_replay
 from moe_placement.executor.timing import across_ranks, central_us, share_clock
 from moe_placement.plan import Plan
 from moe_placement.shapes import ModelShape
+from moe_placement.timing import StepTime, step_from_columns
 from moe_placement.workload import Workload
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# The phases each repetition stamps, in the order of the raw ``[..., 4]`` axis.
 PHASES = ("notify_us", "dispatch_us", "compute_us", "combine_us")
+MEASURED = "measured"
 
 
 @dataclass(frozen=True)
@@ -202,7 +206,9 @@ def check_device_memory(group: WorkerGroup, plan: Plan, shape: ModelShape, num_t
 class Measurement:
     """Measured per-layer times of one plan (trimmed means over repetitions of each phase's time)."""
 
-    per_layer: list[dict[str, float]]
+    step: StepTime  # dispatch, compute, combine and layer time per layer, source ``measured``
+    notify_us: np.ndarray  # [layers] the count exchange before dispatch (not part of the layer)
+    overlap_us: np.ndarray | None  # [layers] the pipelined schedule's layer time, when run
     sent_copies: list[np.ndarray]  # per layer [G, G] rows moved (D1 + D2)
     outputs: list[Any]  # per rank, when asked: (home_tokens, inputs, outputs) per layer
     weight_bytes: int
@@ -210,19 +216,17 @@ class Measurement:
     overlap_raw_us: np.ndarray | None = None  # raw [reps, layers] slowest rank, pipelined
 
 
-def summarise(slowest_us: np.ndarray, overlap_us: np.ndarray | None) -> list[dict[str, float]]:
-    """Per-layer rows from raw times ``[reps, layers, 4]`` (and ``[reps, layers]`` pipelined): the
-    trimmed mean over repetitions of each phase's time across ranks."""
+def summarise(
+    slowest_us: np.ndarray, overlap_us: np.ndarray | None
+) -> tuple[StepTime, np.ndarray, np.ndarray | None]:
+    """(per-layer times, ``notify_us[layers]``, pipelined ``[layers]``) from raw times
+    ``[reps, layers, 4]`` (and ``[reps, layers]`` pipelined): the trimmed mean over repetitions of each
+    phase's time across ranks."""
     med = central_us(slowest_us, axis=0)  # [layers, 4]
+    col = {k: med[:, i] for i, k in enumerate(PHASES)}
+    step = step_from_columns(col["dispatch_us"], col["compute_us"], col["combine_us"], MEASURED)
     over = None if overlap_us is None else central_us(overlap_us, axis=0)
-    rows = []
-    for layer in range(med.shape[0]):
-        row = {"layer": layer, **{k: float(med[layer, i]) for i, k in enumerate(PHASES)}}
-        row["layer_us"] = row["dispatch_us"] + row["compute_us"] + row["combine_us"]
-        if over is not None:
-            row["overlap_layer_us"] = float(over[layer])
-        rows.append(row)
-    return rows
+    return step, col["notify_us"], over
 
 
 def pool_measurements(parts: list[Measurement]) -> Measurement:
@@ -237,8 +241,14 @@ def pool_measurements(parts: list[Measurement]) -> Measurement:
         if any(o is None for o in overs)
         else np.concatenate([o for o in overs if o is not None])
     )
+    step, notify_us, overlap_us = summarise(slowest, over)
     return dataclasses.replace(
-        parts[0], per_layer=summarise(slowest, over), slowest_us=slowest, overlap_raw_us=over
+        parts[0],
+        step=step,
+        notify_us=notify_us,
+        overlap_us=overlap_us,
+        slowest_us=slowest,
+        overlap_raw_us=over,
     )
 
 
@@ -296,9 +306,11 @@ def measure(
     over = None
     if config.overlap:
         over = np.stack([r["overlap_us"] for r in results]).max(axis=0)  # [reps, layers]
-    rows = summarise(slowest, over)
+    step, notify_us, overlap_us = summarise(slowest, over)
     return Measurement(
-        per_layer=rows,
+        step=step,
+        notify_us=notify_us,
+        overlap_us=overlap_us,
         sent_copies=[replay.sent_copies(layer) for layer in range(plan.num_layers)],
         outputs=[r["outputs"] for r in results],
         weight_bytes=int(max(weight_bytes)),

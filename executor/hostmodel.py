@@ -32,6 +32,7 @@ import numpy as np
 
 from moe_placement.atomic import atomic_open
 from moe_placement.errors import PlacementError
+from moe_placement.timing import LayerTime
 
 SIDECAR_SUFFIX = ".host.json"
 
@@ -96,6 +97,30 @@ class HostModel:
         work = self.comm_us_per_kbyte * np.asarray(bytes_per_rank, float) / 1e3
         return stages * self.comm_latency_us + makespan_us(
             work, self.cores, self.external_threads, self.thrash_exponent
+        )
+
+    def layer_time(
+        self,
+        experts: np.ndarray,
+        flops: np.ndarray,
+        dispatch_bytes: np.ndarray,
+        combine_bytes: np.ndarray,
+        *,
+        stages: int = 1,
+        pieces: int = 1,
+    ) -> LayerTime:
+        """One MoE layer from per-rank active ``experts``, ``flops`` and bytes sent + received in each
+        phase (all ``[ranks]``), its phases one after the other.
+
+        ``pieces`` > 1 (a chunked, pipelined run): every piece pays the fixed costs and the per-expert
+        cost again and nothing is hidden (on a saturated host the asynchronous copies take the same
+        cores as the GEMMs). The makespan is homogeneous in the work, so ``pieces`` pieces of
+        1/``pieces`` of the bytes cost the whole transfer once plus one latency per piece and stage."""
+        extra_latency_us = (pieces - 1) * stages * self.comm_latency_us
+        return LayerTime.sequential(
+            self.comm_us(dispatch_bytes, stages) + extra_latency_us,
+            pieces * self.compute_us(experts, np.asarray(flops, float) / pieces),
+            self.comm_us(combine_bytes, stages) + extra_latency_us,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -33,9 +33,18 @@ from moe_placement.executor.driver import (
     worker_group,
 )
 from moe_placement.executor.hostmodel import HostModel, load_host_model
-from moe_placement.executor.predict import TIME_KEYS, predict_layers
+from moe_placement.executor.predict import predict_layers
 from moe_placement.metrics import evaluate
 from moe_placement.plan import Plan
+from moe_placement.timing import LayerTime, StepTime
+
+# The times a report compares, measured against predicted (its JSON keys).
+COMPARED_KEYS = ("dispatch_us", "compute_us", "combine_us", "layer_us")
+
+
+def _compared(t: LayerTime) -> dict[str, float]:
+    """A layer's compared times as the report's JSON row."""
+    return {k: float(getattr(t, k)) for k in COMPARED_KEYS}
 
 
 def _check_plan(plan: Plan, data: ReplayInput, what: str) -> None:
@@ -62,10 +71,10 @@ def compare(
     """Per-layer measured vs simulated times and errors, and the copies check; with a ``host`` model
     (CPU ranks sharing cores) it predicts instead of the simulator."""
     cluster = plan_cluster(spec, plan)
-    sim, predictor = predict_layers(plan, cluster, data.workload, host=host)
-    sim_over: list[dict[str, float]] = []
-    if "overlap_layer_us" in meas.per_layer[0]:
-        sim_over, _ = predict_layers(
+    predicted = predict_layers(plan, cluster, data.workload, host=host)
+    predicted_over = None
+    if meas.overlap_us is not None:
+        predicted_over = predict_layers(
             plan, cluster, data.workload, overlap="chunked", chunks=chunks, host=host
         )
     ev = evaluate(plan, cluster, data.workload, mode="standard", tokens_per_gpu=None)
@@ -76,36 +85,17 @@ def compare(
         )
         for layer in range(plan.num_layers)
     )
-    layers: list[dict[str, Any]] = []
-    for layer in range(plan.num_layers):
-        m, s = meas.per_layer[layer], sim[layer]
-        measured = {k: m[k] for k in ("notify_us", *TIME_KEYS)}
-        simulated = {k: s[k] for k in TIME_KEYS}
-        error = {k: relative_error(s[k], m[k]) for k in TIME_KEYS}
-        if "overlap_layer_us" in m:
-            measured["overlap_layer_us"] = m["overlap_layer_us"]
-            if sim_over:
-                simulated["overlap_layer_us"] = sim_over[layer]["layer_us"]
-                error["overlap_layer_us"] = relative_error(
-                    sim_over[layer]["layer_us"], m["overlap_layer_us"]
-                )
-        row: dict[str, Any] = {
-            "layer": layer,
-            "measured": measured,
-            "simulated": simulated,
-            "error": error,
-            "moved_rows": int(meas.sent_copies[layer].sum()),
-        }
-        layers.append(row)
+    layers = [
+        _layer_row(meas, predicted, predicted_over, layer) for layer in range(plan.num_layers)
+    ]
     err = np.array([row["error"]["layer_us"] for row in layers])
-    total_m = float(sum(r["measured"]["layer_us"] for r in layers))
-    total_s = float(sum(r["simulated"]["layer_us"] for r in layers))
+    total_m, total_s = meas.step.moe_time_us, predicted.moe_time_us
     out: dict[str, Any] = {
         "fingerprint": plan.fingerprint(),
         "solver": plan.provenance.solver,
         "gpus_per_node": plan.gpus_per_node,
         "slots_per_gpu": plan.slots_per_gpu,
-        "predictor": predictor,
+        "predictor": predicted.source,
         "copies_match_evaluator": bool(copies_ok),
         "layers": layers,
         "measured_us": total_m,
@@ -115,15 +105,37 @@ def compare(
         "max_abs_layer_error": float(np.nanmax(np.abs(err))) if err.size else math.nan,
         "weight_bytes_per_rank": meas.weight_bytes,
     }
-    if layers and "overlap_layer_us" in layers[0]["measured"]:
-        over = float(sum(r["measured"]["overlap_layer_us"] for r in layers))
+    if meas.overlap_us is not None and predicted_over is not None:
+        over = float(meas.overlap_us.sum())
         out["measured_overlap_us"] = over
         out["overlap_speedup"] = total_m / over if over > 0 else math.nan
-        if sim_over:
-            out["simulated_overlap_us"] = float(
-                sum(r["simulated"]["overlap_layer_us"] for r in layers)
-            )
+        out["simulated_overlap_us"] = predicted_over.moe_time_us
     return out
+
+
+def _layer_row(
+    meas: Measurement,
+    predicted: StepTime,
+    predicted_over: StepTime | None,
+    layer: int,
+) -> dict[str, Any]:
+    """One layer of the report: measured, predicted ("simulated") and relative error of each time."""
+    measured = {"notify_us": float(meas.notify_us[layer]), **_compared(meas.step.layers[layer])}
+    simulated = _compared(predicted.layers[layer])
+    error = {k: relative_error(simulated[k], measured[k]) for k in COMPARED_KEYS}
+    if meas.overlap_us is not None and predicted_over is not None:
+        measured["overlap_layer_us"] = float(meas.overlap_us[layer])
+        simulated["overlap_layer_us"] = predicted_over.layers[layer].layer_us
+        error["overlap_layer_us"] = relative_error(
+            simulated["overlap_layer_us"], measured["overlap_layer_us"]
+        )
+    return {
+        "layer": layer,
+        "measured": measured,
+        "simulated": simulated,
+        "error": error,
+        "moved_rows": int(meas.sent_copies[layer].sum()),
+    }
 
 
 def run_validate(

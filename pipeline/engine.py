@@ -1,12 +1,13 @@
 """Run one what-if scenario: derive the workload, solve the placement, time it, and flatten the result.
 
-Timing comes from the SimPy network simulator (``simulator.simulate_moe``) when it is importable; until it
-is, from the analytic times of :func:`moe_placement.metrics.evaluate` (busiest-link communication plus
-roofline compute), with a simple overlap model. The engine used is recorded in every result and is part of
-the cache key, so results of the two engines are never mixed silently.
+Timing comes from the SimPy network simulator (:func:`moe_placement.simulator.simulate_moe`) as the one
+timing type, :class:`moe_placement.timing.StepTime`; the engine's name and a hash of the code that turns a
+scenario into numbers are recorded in every result and are part of the cache key, so results of other code
+are never mixed in silently.
 
 Load and byte metrics always come from :func:`moe_placement.metrics.evaluate` (the one metrics module), so a
-number in a report means the same as in ``placement evaluate``.
+number in a report means the same as in ``placement evaluate``. Per-layer times become dicts only in the
+stored record (:func:`layer_rows`), the border to the results tables and the cache.
 """
 
 from __future__ import annotations
@@ -14,21 +15,19 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from moe_placement.cluster import PRESETS, ClusterSpec
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import Evaluation, evaluate
 from moe_placement.pipeline.scenario import Scenario
 from moe_placement.plan import Plan
+from moe_placement.timing import StepTime
 from moe_placement.workload import Workload
 
-# Micro-batches or chunks a layer's communication is split into for the analytic overlap model.
-OVERLAP_PIECES = {"none": 1, "two-batch": 2, "chunked": 4}
+# What times every scenario (the source of its StepTime); recorded in results and regress baselines.
+TIMING_ENGINE = "simulator"
 
 # Scale-out network capital cost per endpoint by topology (Insights into DeepSeek-V3, arXiv 2505.09343:
 # FT2 4.39 k$, MPFT 4.39 k$, FT3 7.5 k$). A single switch and multi-rail are two-tier fat-trees at most.
@@ -42,38 +41,20 @@ ENDPOINT_USD_BY_TOPOLOGY = {
 _WORKLOADS: dict[tuple[str, str, int], Workload] = {}
 
 
-def simulator_fn() -> Callable[..., Any] | None:
-    """The simulator's ``simulate_moe`` if the simulator package provides it, else ``None``."""
-    try:
-        from moe_placement.simulator import simulate_moe
-    except ImportError:
-        return None
-    return simulate_moe  # type: ignore[no-any-return]
-
-
-def timing_engine() -> str:
-    """``simulator`` when the network simulator is importable, else ``analytic``."""
-    return "analytic" if simulator_fn() is None else "simulator"
-
-
 def code_version() -> str:
     """Hash of the source that turns a scenario into numbers (solvers, evaluator, simulator, this
     module), so cached results are recomputed when any of it changes. Read from disk on every call
     (a few milliseconds): a long-lived process must not keep an outdated version."""
     import moe_placement as placement
-    from moe_placement import solvers, traces
+    from moe_placement import simulator, solvers, traces
 
-    roots = [Path(solvers.__file__).parent, Path(__file__)]
+    roots = [Path(solvers.__file__).parent, Path(simulator.__file__).parent, Path(__file__)]
     placement_dir = Path(placement.__file__).parent
     roots += [
         placement_dir / f
-        for f in ("metrics.py", "cluster.py", "workload.py", "plan.py", "shapes.py")
+        for f in ("metrics.py", "timing.py", "cluster.py", "workload.py", "plan.py", "shapes.py")
     ]
     roots.append(Path(traces.__file__).parent / "derive.py")
-    if simulator_fn() is not None:
-        from moe_placement import simulator
-
-        roots.append(Path(simulator.__file__).parent)
     digest = hashlib.sha256()
     for root in roots:
         files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
@@ -116,48 +97,39 @@ def endpoint_usd_for(topology: str, base: ClusterSpec) -> float:
     return ENDPOINT_USD_BY_TOPOLOGY.get(topology, base.network_cost_per_endpoint_usd)
 
 
-def analytic_layers(ev: Evaluation, overlap: str) -> list[dict[str, float]]:
-    """Per-layer times from the evaluator. Overlap splits a layer into ``n`` pieces pipelined over
-    communication and compute: ``max(comm, compute) + min(comm, compute) / n`` (the pipeline's fill)."""
-    pieces = OVERLAP_PIECES[overlap]
-    rows = []
-    for r in ev.per_layer():
-        comm_us = r["dispatch_us"] + r["combine_us"]
-        comp_us = r["compute_us"]
-        if pieces == 1:
-            layer_us = comm_us + comp_us
-        else:
-            layer_us = max(comm_us, comp_us) + min(comm_us, comp_us) / pieces
-        rows.append(
-            {
-                "layer": int(r["layer"]),
-                "dispatch_us": r["dispatch_us"],
-                "compute_us": comp_us,
-                "combine_us": r["combine_us"],
-                "layer_us": layer_us,
-                "exposed_comm_us": max(0.0, layer_us - comp_us),
-            }
-        )
-    return rows
+def solve_plan(
+    workload: Workload,
+    cluster: ClusterSpec,
+    *,
+    solver: str,
+    redundant: int,
+    mode: str,
+    time_limit_s: float,
+    seed: int,
+) -> Plan:
+    """The registered ``solver``'s plan for one workload on ``cluster``."""
+    from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
+
+    problem = PlacementProblem(
+        workloads=(workload,), cluster=cluster, num_redundant=redundant, mode=mode
+    )
+    return run_solver(solver, problem, SolverConfig(time_limit_s=time_limit_s, seed=seed))
 
 
-def simulate_layers(
+def simulate_step(
     plan: Plan,
     cluster: ClusterSpec,
     workload: Workload,
-    ev: Evaluation,
     *,
     mode: str,
     algo: str,
     overlap: str,
     tokens_per_gpu: int,
-) -> tuple[list[dict[str, float]], str]:
-    """Per-layer times ``[{layer, dispatch_us, compute_us, combine_us, layer_us, exposed_comm_us}]`` and
-    the engine that produced them (``ev`` is the analytic evaluation of the same plan, the fallback)."""
-    simulate = simulator_fn()
-    if simulate is None:
-        return analytic_layers(ev, overlap), "analytic"
-    res = simulate(
+) -> StepTime:
+    """The simulator's per-layer times of one step of ``tokens_per_gpu`` tokens on every GPU."""
+    from moe_placement.simulator import simulate_moe
+
+    res = simulate_moe(
         plan,
         cluster,
         workload,
@@ -167,14 +139,18 @@ def simulate_layers(
         tokens_per_gpu=tokens_per_gpu,
         progress=False,  # the sweep shows one bar over scenarios, not one per simulation
     )
-    keys = ("dispatch_us", "compute_us", "combine_us", "layer_us", "exposed_comm_us")
-    rows = [{"layer": int(r["layer"]), **{k: float(r[k]) for k in keys}} for r in res.per_layer]
-    return rows, "simulator"
+    return res.step_time()
+
+
+def layer_rows(step: StepTime) -> list[dict[str, float]]:
+    """The stored form of a step's times: ``[{layer, dispatch_us, compute_us, combine_us,
+    exposed_comm_us, layer_us}]`` (the ``layers`` table and the cache's JSON)."""
+    return [{"layer": layer, **t.as_dict()} for layer, t in enumerate(step.layers)]
 
 
 def engine_id() -> str:
     """Engine name and code version, as it enters the cache key: ``simulator@1a2b3c...``."""
-    return f"{timing_engine()}@{code_version()}"
+    return f"{TIMING_ENGINE}@{code_version()}"
 
 
 def run_scenario(scenario: Scenario, base: ClusterSpec) -> dict[str, Any]:
@@ -183,8 +159,6 @@ def run_scenario(scenario: Scenario, base: ClusterSpec) -> dict[str, Any]:
     scenario's fields, ``status`` (``ok`` or ``infeasible`` with ``error``), the metrics, and ``layers``
     (per-layer rows). Infeasible scenarios (say, experts + redundant not a multiple of the GPU count)
     are recorded, not raised, so one bad corner of a sweep does not lose the rest."""
-    from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
-
     engine_now = engine_id()
     record: dict[str, Any] = {
         "key": scenario.key(base, engine_now),
@@ -195,22 +169,22 @@ def run_scenario(scenario: Scenario, base: ClusterSpec) -> dict[str, Any]:
     try:
         cluster = scenario.cluster(base)
         workload = workload_for(scenario.trace, scenario.trace_fingerprint, cluster.num_gpus)
-        problem = PlacementProblem(
-            workloads=(workload,),
-            cluster=cluster,
-            num_redundant=scenario.redundant,
+        plan = solve_plan(
+            workload,
+            cluster,
+            solver=scenario.solver,
+            redundant=scenario.redundant,
             mode=scenario.mode,
+            time_limit_s=scenario.time_limit_s,
+            seed=scenario.seed,
         )
-        config = SolverConfig(time_limit_s=scenario.time_limit_s, seed=scenario.seed)
-        plan = run_solver(scenario.solver, problem, config)
         ev = evaluate(
             plan, cluster, workload, mode=scenario.mode, tokens_per_gpu=scenario.tokens_per_gpu
         )
-        layers, engine = simulate_layers(
+        step = simulate_step(
             plan,
             cluster,
             workload,
-            ev,
             mode=scenario.mode,
             algo=scenario.algo,
             overlap=scenario.overlap,
@@ -220,12 +194,37 @@ def run_scenario(scenario: Scenario, base: ClusterSpec) -> dict[str, Any]:
         record.update(status="infeasible", error=str(exc), layers=[])
         record["wall_s"] = time.perf_counter() - started
         return record
-    record.update(status="ok", error="", engine=engine)
-    record.update(metrics(plan, cluster, workload, ev, layers, scenario, base))
+    record.update(status="ok", error="", engine=step.source)
+    record.update(metrics(plan, cluster, workload, ev, step, scenario, base))
     record["plan_fingerprint"] = plan.fingerprint()
-    record["layers"] = layers
+    record["layers"] = layer_rows(step)
     record["wall_s"] = time.perf_counter() - started
     return record
+
+
+def quality(plan: Plan, ev: Evaluation, step: StepTime) -> dict[str, float]:
+    """Load, byte and time figures of one timed plan, the ones what-if rows and regress checks share
+    (one definition each): loads and bytes from the evaluator, times from ``step``, means over layers."""
+    summary = ev.summary()
+    num_layers = max(len(step.layers), 1)
+    return {
+        "max_load": float(ev.max_load().mean()),
+        "mean_load": float(ev.mean_load().mean()),
+        "mean_max_over_mean": summary["mean_max_over_mean"],
+        "worst_max_over_mean": summary["worst_max_over_mean"],
+        "intra_node_bytes": summary["intra_node_bytes"],
+        "inter_node_bytes": summary["inter_node_bytes"],
+        # The evaluator's bytes are for the trace as given; a step moves ``scale`` times as many.
+        "inter_node_bytes_per_step": summary["inter_node_bytes"] * ev.scale,
+        "compute_us": float(step.column("compute_us").mean()),
+        "dispatch_us": float(step.column("dispatch_us").mean()),
+        "combine_us": float(step.column("combine_us").mean()),
+        "exposed_comm_us": float(step.column("exposed_comm_us").mean()),
+        "layer_us": step.moe_time_us / num_layers,
+        "worst_layer_us": float(step.column("layer_us").max()),
+        "step_us": step.moe_time_us,
+        "solve_s": float(plan.provenance.seconds),
+    }
 
 
 def metrics(
@@ -233,42 +232,25 @@ def metrics(
     cluster: ClusterSpec,
     workload: Workload,
     ev: Evaluation,
-    layers: list[dict[str, float]],
+    step: StepTime,
     scenario: Scenario,
     base: ClusterSpec,
 ) -> dict[str, Any]:
     """The flat metric columns of a result row (see docs/reports.md for their definitions)."""
-    summary = ev.summary()
-    step_us = float(sum(r["layer_us"] for r in layers))
-    num_layers = max(len(layers), 1)
+    figures = quality(plan, ev, step)
+    step_us = figures["step_us"]
     tokens_per_step = scenario.tokens_per_gpu * cluster.num_gpus
     prov = plan.provenance
-    load_max = ev.gpu_load.max(axis=1)
-    load_mean = ev.gpu_load.mean(axis=1)
     return {
         "num_nodes": cluster.num_nodes,
         "num_layers": plan.num_layers,
         "num_experts": plan.num_experts,
         "top_k": workload.shape.top_k,
         "slots_per_gpu": plan.slots_per_gpu,
-        "solve_s": float(prov.seconds),
+        "solve_s": figures["solve_s"],
         "solver_method": prov.method,
         "solver_gap": float("nan") if prov.gap is None else float(prov.gap),
-        "max_load": float(load_max.mean()),
-        "mean_load": float(load_mean.mean()),
-        "mean_max_over_mean": summary["mean_max_over_mean"],
-        "worst_max_over_mean": summary["worst_max_over_mean"],
-        "intra_node_bytes": summary["intra_node_bytes"],
-        "inter_node_bytes": summary["inter_node_bytes"],
-        # The evaluator's bytes are for the trace as given; a step moves ``scale`` times as many.
-        "inter_node_bytes_per_step": summary["inter_node_bytes"] * ev.scale,
-        "compute_us": float(np.mean([r["compute_us"] for r in layers])),
-        "dispatch_us": float(np.mean([r["dispatch_us"] for r in layers])),
-        "combine_us": float(np.mean([r["combine_us"] for r in layers])),
-        "exposed_comm_us": float(np.mean([r["exposed_comm_us"] for r in layers])),
-        "layer_us": step_us / num_layers,
-        "worst_layer_us": float(max(r["layer_us"] for r in layers)),
-        "step_us": step_us,
+        **{k: v for k, v in figures.items() if k != "solve_s"},
         "tokens_per_step": tokens_per_step,
         "tokens_per_s": tokens_per_step / (step_us * 1e-6) if step_us > 0 else math.inf,
         "fabric": cluster.fabric,

@@ -296,9 +296,19 @@ class Evaluation:
     def num_layers(self) -> int:
         return int(self.gpu_load.shape[0])
 
+    def max_load(self) -> np.ndarray:
+        """``[layers]`` the busiest GPU's (token, expert) assignments: the one definition of "max_load"
+        (reports, regress and what-if rows take its mean over layers)."""
+        return self.gpu_load.max(axis=1)
+
+    def mean_load(self) -> np.ndarray:
+        """``[layers]`` the mean GPU's (token, expert) assignments."""
+        return self.gpu_load.mean(axis=1)
+
     def max_over_mean(self) -> np.ndarray:
-        mean = self.gpu_load.mean(axis=1)
-        return np.where(mean > 0, self.gpu_load.max(axis=1) / np.where(mean > 0, mean, 1), 1.0)
+        """``[layers]`` max / mean GPU load (1 for a layer with no load)."""
+        mean = self.mean_load()
+        return np.where(mean > 0, self.max_load() / np.where(mean > 0, mean, 1), 1.0)
 
     def phase_bytes(self, phase: str) -> tuple[np.ndarray, np.ndarray]:
         """(intra-node NVLink bytes, inter-node NIC bytes) per layer for ``dispatch`` or ``combine``."""
@@ -336,18 +346,20 @@ class Evaluation:
         return self.step_time().column("layer_us")
 
     def per_layer(self) -> list[dict[str, float]]:
+        """One JSON row per layer (the ``layers`` of ``placement evaluate --json``): loads, bytes, times."""
         mom = self.max_over_mean()
+        max_load, mean_load = self.max_load(), self.mean_load()
         d_intra, d_inter = self.phase_bytes("dispatch")
         c_intra, c_inter = self.phase_bytes("combine")
         nic = self.busiest_nic_bytes()
-        layer_us = self.layer_us()
+        step = self.step_time()
         rows = []
-        for layer in range(self.num_layers):
+        for layer, t in enumerate(step.layers):
             rows.append(
                 {
                     "layer": layer,
-                    "max_load": float(self.gpu_load[layer].max()),
-                    "mean_load": float(self.gpu_load[layer].mean()),
+                    "max_load": float(max_load[layer]),
+                    "mean_load": float(mean_load[layer]),
                     "max_over_mean": float(mom[layer]),
                     "dispatch_intra_bytes": float(d_intra[layer]),
                     "dispatch_inter_bytes": float(d_inter[layer]),
@@ -356,18 +368,21 @@ class Evaluation:
                     "busiest_nic_bytes": float(nic[layer]),
                     "hops": float(self.hops[layer]),
                     "node_hops": float(self.node_hops[layer]),
-                    "dispatch_us": float(self.dispatch_us[layer]),
-                    "compute_us": float(self.compute_us[layer].max()),
-                    "combine_us": float(self.combine_us[layer]),
-                    "layer_us": float(layer_us[layer]),
+                    "dispatch_us": t.dispatch_us,
+                    "compute_us": t.compute_us,
+                    "combine_us": t.combine_us,
+                    "layer_us": t.layer_us,
                 }
             )
         return rows
 
     def summary(self) -> dict[str, float]:
+        """Totals over the layers (the ``summary`` of ``placement evaluate --json``)."""
         mom = self.max_over_mean()
         d_intra, d_inter = self.phase_bytes("dispatch")
         c_intra, c_inter = self.phase_bytes("combine")
+        step = self.step_time()
+        totals = step.totals()
         return {
             "mean_max_over_mean": float(mom.mean()),
             "worst_max_over_mean": float(mom.max()),
@@ -378,10 +393,10 @@ class Evaluation:
             "busiest_nic_bytes": float(self.busiest_nic_bytes().sum()),
             "hops": float(self.hops.sum()),
             "node_hops": float(self.node_hops.sum()),
-            "dispatch_us": float(self.dispatch_us.sum()),
-            "compute_us": float(self.compute_us.max(axis=1).sum()),
-            "combine_us": float(self.combine_us.sum()),
-            "moe_time_us": float(self.layer_us().sum()),
+            "dispatch_us": totals["dispatch_us"],
+            "compute_us": totals["compute_us"],
+            "combine_us": totals["combine_us"],
+            "moe_time_us": step.moe_time_us,
         }
 
     def to_dict(self) -> dict[str, Any]:

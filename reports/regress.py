@@ -1,11 +1,14 @@
-"""Regression checks of placement quality against a stored baseline, for CI.
+"""Regression checks of placement quality against a stored baseline, for CI: pure functions of numbers.
 
-For each trace, a placement is solved (or loaded) and measured: load balance (``max_load``: busiest GPU's
-(token, expert) assignments, mean over layers; ``max_over_mean``: max/mean GPU load, mean over layers),
-deduplicated inter-node bytes (``inter_node_bytes``, for the trace as given), the simulated MoE layer time
-(``layer_us``, mean over layers) and the solve time (``solve_s``). Every metric is lower-is-better; a
-metric regresses when ``current > baseline * (1 + rel) + abs`` with per-metric tolerances stored in the
-baseline file. Results print as a table with the change of each metric, and optionally as JUnit XML.
+The measuring (solve or load a plan, evaluate, simulate) is the pipeline's
+(:func:`moe_placement.pipeline.regress.measure`); this module holds what the metrics mean and their
+default tolerances, the baseline file's I/O, the comparison and the JUnit output. Metrics: load balance
+(``max_load``: busiest GPU's (token, expert) assignments, mean over layers; ``max_over_mean``: max/mean GPU
+load, mean over layers), deduplicated inter-node bytes (``inter_node_bytes``, for the trace as given), the
+simulated MoE layer time (``layer_us``, mean over layers) and the solve time (``solve_s``). Every metric is
+lower-is-better; a metric regresses when ``current > baseline * (1 + rel) + abs`` with per-metric
+tolerances stored in the baseline file. Results print as a table with the change of each metric, and
+optionally as JUnit XML.
 
 Baseline file (JSON): ``schema_version``, ``config`` (the solve options), ``engine`` (what timed it),
 ``tolerances`` (metric -> ``{"rel", "abs"}``) and ``traces`` (trace file name -> ``path``,
@@ -23,10 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_placement.atomic import atomic_open, write_json
-from moe_placement.cluster import ClusterSpec
 from moe_placement.errors import PlacementError
-from moe_placement.metrics import evaluate
-from moe_placement.plan import Plan
 
 BASELINE_SCHEMA_VERSION = 1
 
@@ -94,60 +94,6 @@ def load_baseline(path: str | Path) -> dict[str, Any] | None:
     if not isinstance(data.get("traces"), dict):
         raise PlacementError(f"baseline {path}: missing 'traces'")
     return data
-
-
-def measure(
-    trace: str,
-    cluster: ClusterSpec,
-    config: dict[str, Any],
-    plan_path: str | None = None,
-) -> tuple[dict[str, float], str, str]:
-    """Solve (or load ``plan_path``) and measure one trace: (metrics, trace fingerprint, engine)."""
-    from moe_placement.pipeline.engine import simulate_layers, workload_for
-    from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
-    from moe_placement.traces.reader import TraceFile
-
-    fingerprint = TraceFile(trace).fingerprint()
-    workload = workload_for(str(Path(trace).resolve()), fingerprint, cluster.num_gpus)
-    if plan_path is not None:
-        plan = Plan.load(plan_path)
-    else:
-        problem = PlacementProblem(
-            workloads=(workload,),
-            cluster=cluster,
-            num_redundant=int(config["redundant"]),
-            mode=str(config["mode"]),
-        )
-        solver_config = SolverConfig(
-            time_limit_s=float(config["time_limit_s"]), seed=int(config["seed"])
-        )
-        plan = run_solver(str(config["solver"]), problem, solver_config)
-    ev = evaluate(
-        plan,
-        cluster,
-        workload,
-        mode=str(config["mode"]),
-        tokens_per_gpu=int(config["tokens_per_gpu"]),
-    )
-    layers, engine = simulate_layers(
-        plan,
-        cluster,
-        workload,
-        ev,
-        mode=str(config["mode"]),
-        algo=str(config["algo"]),
-        overlap=str(config["overlap"]),
-        tokens_per_gpu=int(config["tokens_per_gpu"]),
-    )
-    summary = ev.summary()
-    metrics = {
-        "max_load": float(ev.gpu_load.max(axis=1).mean()),
-        "max_over_mean": summary["mean_max_over_mean"],
-        "inter_node_bytes": summary["inter_node_bytes"],
-        "layer_us": float(sum(r["layer_us"] for r in layers) / max(len(layers), 1)),
-        "solve_s": float(plan.provenance.seconds),
-    }
-    return metrics, fingerprint, engine
 
 
 def compare(

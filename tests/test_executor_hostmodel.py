@@ -26,6 +26,7 @@ from moe_placement.executor.hostmodel import (
     save_host_model,
     sharing_rate,
 )
+from moe_placement.timing import StepTime
 
 MODEL = HostModel(
     cores=2.0,
@@ -144,17 +145,52 @@ def test_calibration_samples_and_measurements_pool() -> None:
     assert CalibrationSamples(np.ones((3, 2)), np.ones((2, 2))).merge(b).host_gemm_us is None
     raw1 = np.full((2, 1, 4), 1000.0)  # [reps, layers, phases]
     raw2 = np.full((3, 1, 4), 4000.0)
+    nothing = StepTime.of([], "measured")
     parts = [
-        Measurement([], [], [], 0, slowest_us=raw1, overlap_raw_us=np.full((2, 1), 10.0)),
-        Measurement([], [], [], 0, slowest_us=raw2, overlap_raw_us=np.full((3, 1), 20.0)),
+        Measurement(
+            nothing,
+            np.zeros(0),
+            None,
+            [],
+            [],
+            0,
+            slowest_us=raw1,
+            overlap_raw_us=np.full((2, 1), 10.0),
+        ),
+        Measurement(
+            nothing,
+            np.zeros(0),
+            None,
+            [],
+            [],
+            0,
+            slowest_us=raw2,
+            overlap_raw_us=np.full((3, 1), 20.0),
+        ),
     ]
     pooled = pool_measurements(parts)
-    row = pooled.per_layer[0]
+    [t] = pooled.step.layers
     # trimmed mean of all 5 reps (10% of 5 rounds down to none dropped): (2 x 1000 + 3 x 4000) / 5
-    assert row["compute_us"] == pytest.approx(2800.0) and row["layer_us"] == pytest.approx(8400.0)
-    assert row["overlap_layer_us"] == pytest.approx(16.0)
+    assert t.compute_us == pytest.approx(2800.0) and t.layer_us == pytest.approx(8400.0)
+    assert pooled.step.source == "measured" and pooled.notify_us[0] == pytest.approx(2800.0)
+    assert pooled.overlap_us is not None and pooled.overlap_us[0] == pytest.approx(16.0)
     with pytest.raises(PlacementError):
-        pool_measurements([Measurement([], [], [], 0)])
+        pool_measurements([Measurement(nothing, np.zeros(0), None, [], [], 0)])
+
+
+def test_host_layer_time_is_sequential_and_chunks_pay_fixed_costs() -> None:
+    experts, flops = np.array([2.0, 1.0, 0.0, 3.0]), np.array([4e6, 1e6, 0.0, 6e6])
+    d_bytes, c_bytes = np.full(4, 2048.0), np.full(4, 1024.0)
+    one = MODEL.layer_time(experts, flops, d_bytes, c_bytes, stages=2)
+    assert one.dispatch_us == pytest.approx(MODEL.comm_us(d_bytes, 2))
+    assert one.combine_us == pytest.approx(MODEL.comm_us(c_bytes, 2))
+    assert one.compute_us == pytest.approx(MODEL.compute_us(experts, flops))
+    assert one.layer_us == pytest.approx(one.dispatch_us + one.compute_us + one.combine_us)
+    four = MODEL.layer_time(experts, flops, d_bytes, c_bytes, stages=2, pieces=4)
+    # three more pieces: three more latencies per stage in each phase, three more fixed compute costs
+    assert four.dispatch_us - one.dispatch_us == pytest.approx(3 * 2 * MODEL.comm_latency_us)
+    assert four.combine_us - one.combine_us == pytest.approx(3 * 2 * MODEL.comm_latency_us)
+    assert four.compute_us > one.compute_us + 3 * MODEL.compute_fixed_us
 
 
 def test_host_model_sidecar_round_trips(tmp_path: Path) -> None:
@@ -199,16 +235,17 @@ def test_host_prediction_follows_sharing_not_the_busiest_rank(tmp_path: Path) ->
     )
     pred = {}
     for name, plan in plans.items():
-        rows, predictor = predict_layers(plan, spec, data.workload, host=MODEL)
-        assert predictor.startswith("host model")
-        for r in rows:
-            assert r["layer_us"] == pytest.approx(
-                r["dispatch_us"] + r["compute_us"] + r["combine_us"]
-            )
-            assert r["dispatch_us"] >= MODEL.comm_latency_us
-        over, _ = predict_layers(plan, spec, data.workload, host=MODEL, overlap="chunked", chunks=4)
-        assert all(o["layer_us"] >= r["layer_us"] for o, r in zip(over, rows, strict=True))
-        pred[name] = rows
+        step = predict_layers(plan, spec, data.workload, host=MODEL)
+        assert step.source.startswith("host model") and len(step.layers) == plan.num_layers
+        for t in step.layers:
+            assert t.layer_us == pytest.approx(t.dispatch_us + t.compute_us + t.combine_us)
+            assert t.exposed_comm_us == pytest.approx(t.dispatch_us + t.combine_us)
+            assert t.dispatch_us >= MODEL.comm_latency_us
+        over = predict_layers(plan, spec, data.workload, host=MODEL, overlap="chunked", chunks=4)
+        assert all(o.layer_us >= t.layer_us for o, t in zip(over.layers, step.layers, strict=True))
+        pred[name] = step
     for layer in range(2):
-        ratio = pred["contiguous"][layer]["compute_us"] / pred["greedy"][layer]["compute_us"]
+        ratio = (
+            pred["contiguous"].layers[layer].compute_us / pred["greedy"].layers[layer].compute_us
+        )
         assert 0.8 <= ratio < 2.0

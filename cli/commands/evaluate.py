@@ -48,12 +48,12 @@ def print_evaluation(ev: Evaluation, title: str) -> None:
             human_bytes(r["dispatch_inter_bytes"] + r["combine_inter_bytes"]),
             human_bytes(r["busiest_nic_bytes"]),
             int(r["hops"]),
-            r["dispatch_us"],
-            r["compute_us"],
-            r["combine_us"],
-            r["layer_us"],
+            t.dispatch_us,
+            t.compute_us,
+            t.combine_us,
+            t.layer_us,
         ]
-        for r in ev.per_layer()
+        for r, t in zip(ev.per_layer(), ev.step_time().layers, strict=True)
     ]
     print(title)
     print(

@@ -93,11 +93,11 @@ def _tolerances(items: list[str], stored: dict[str, Any] | None) -> dict[str, di
 def run(args: argparse.Namespace) -> int:
     from moe_placement.cli.commands.solve import default_solver
     from moe_placement.cluster import load_cluster
+    from moe_placement.pipeline.regress import measure
     from moe_placement.reports.regress import (
         DEFAULT_CONFIG,
         compare,
         load_baseline,
-        measure,
         write_baseline,
         write_junit,
     )
@@ -130,14 +130,15 @@ def run(args: argparse.Namespace) -> int:
     engine = ""
     for trace in args.trace:
         name = Path(trace).name
-        metrics, fingerprint, engine = measure(trace, cluster, config, args.plan)
-        measured[name] = (trace, fingerprint, metrics)
+        got = measure(trace, cluster, config, args.plan)
+        engine = got.engine
+        measured[name] = (trace, got.fingerprint, got.metrics)
         entry = (baseline or {}).get("traces", {}).get(name)
-        if entry is not None and entry.get("fingerprint") not in (None, fingerprint):
+        if entry is not None and entry.get("fingerprint") not in (None, got.fingerprint):
             notes.append(f"{name}: trace content differs from the baseline's (fingerprint)")
         checks += compare(
             name,
-            metrics,
+            got.metrics,
             entry,
             tolerances,
             engine_changed=engine_before is not None and engine_before != engine,

@@ -105,7 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], Any, dict[str, Any]]:
     """The scenarios, the base cluster and the sweep's metadata from the command line."""
     from moe_placement.cli.commands.solve import default_solver
-    from moe_placement.pipeline.engine import engine_id, timing_engine
+    from moe_placement.pipeline.engine import TIMING_ENGINE, engine_id
     from moe_placement.pipeline.scenario import AXES, Scenario, expand, parse_sweep
     from moe_placement.pipeline.synthetic import SyntheticProfile, synthetic_trace
     from moe_placement.shapes import model_shape
@@ -183,7 +183,7 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], Any, dict[str, Any]
         "axes": sweep,
         "reference": reference,
         "base_cluster": base.to_dict(),
-        "engine": timing_engine(),
+        "engine": TIMING_ENGINE,
         "code_version": engine_id(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "scenarios": len(scenarios),
