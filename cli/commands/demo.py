@@ -1,21 +1,21 @@
 """``placement demo``: the main job end to end on the embedded default, with no arguments.
 
 trace (the bundled tiny-MoE trace, else a synthetic one) -> stats and plots -> solver comparison ->
-the best plan -> evaluation -> engine export -> simulation and a what-if report (when those components
-are installed). Everything lands in ``--out`` (default ``demo-out/``).
+the best plan -> evaluation -> engine export -> simulation -> a what-if report. Everything lands in
+``--out`` (default ``demo-out/``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import time
 from pathlib import Path
 
 from moe_placement.atomic import atomic_open
 from moe_placement.cli.commands._common import Command, print_json
 from moe_placement.errors import PlacementError
+from moe_placement.traces.data import DEFAULT_TRACE
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,19 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def bundled_trace() -> Path | None:
-    """The bundled tiny-MoE capture, if this install ships it."""
-    try:
-        path = Path(importlib.import_module("moe_placement.traces.data").DEFAULT_TRACE)
-    except (ImportError, AttributeError):
-        return None
-    return path if path.exists() else None
-
-
 def default_trace(out: Path) -> Path:
-    bundled = bundled_trace()
-    if bundled is not None:
-        return bundled
+    """The bundled tiny-MoE capture; a synthetic trace where a source tree lacks the data file."""
+    if DEFAULT_TRACE.exists():
+        return DEFAULT_TRACE
     from moe_placement.traces.synth import SynthConfig, generate
 
     path = out / "synthetic_trace.parquet"
@@ -52,126 +43,77 @@ def default_trace(out: Path) -> Path:
     return path
 
 
-def run(args: argparse.Namespace) -> int:
-    from moe_placement.cli.main import discover, main
+# The simulation as DeepEP's normal kernels overlap two micro-batches; a two-axis what-if sweep.
+SIMULATE_OPTIONS = ("--algo", "deepep", "--overlap", "two-batch")
+WHATIF_SWEEP = ("--sweep", "gpus=4,8", "--sweep", "solver=contiguous,best")
+# What a finished demo leaves in --out, for the closing line.
+OUTPUTS = ("plan.json", "sglang_map.json", "stats/*.png", "whatif/report.html")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    commands = {c.name for c in discover()}
-    trace = Path(args.trace) if args.trace else default_trace(out)
+
+def demo_steps(args: argparse.Namespace, trace: Path, out: Path) -> list[tuple[str, list[str]]]:
+    """``(title, placement argv)`` of each step, in order; later steps read what earlier ones wrote."""
     counts = ["--gpus", str(args.gpus), "--gpus-per-node", str(args.gpus_per_node)]
-    plan = out / "plan.json"
-    steps: list[tuple[str, list[str]]] = [
+    problem = [
+        "--trace",
+        str(trace),
+        *counts,
+        "--redundant",
+        str(args.redundant),
+        "--time-limit",
+        str(args.time_limit),
+    ]
+    plan = str(out / "plan.json")
+    return [
         ("trace statistics", ["stats", "--trace", str(trace), "--plots", str(out / "stats")]),
-        (
-            "solver comparison",
-            [
-                "solve",
-                "--trace",
-                str(trace),
-                *counts,
-                "--redundant",
-                str(args.redundant),
-                "--solver",
-                "all",
-                "--time-limit",
-                str(args.time_limit),
-            ],
-        ),
-        (
-            "best plan",
-            [
-                "solve",
-                "--trace",
-                str(trace),
-                *counts,
-                "--redundant",
-                str(args.redundant),
-                "--time-limit",
-                str(args.time_limit),
-                "--out",
-                str(plan),
-            ],
-        ),
+        ("solver comparison", ["solve", *problem, "--solver", "all"]),
+        ("best plan", ["solve", *problem, "--out", plan]),
         (
             "export for SGLang",
-            [
-                "export",
-                "--plan",
-                str(plan),
-                "--format",
-                "sglang",
-                "--out",
-                str(out / "sglang_map.json"),
-            ],
+            ["export", "--plan", plan, "--format", "sglang", "--out", str(out / "sglang_map.json")],
+        ),
+        (
+            "network simulation",
+            ["simulate", "--trace", str(trace), "--plan", plan, *counts, *SIMULATE_OPTIONS],
+        ),
+        (
+            "what-if report",
+            ["whatif", "--trace", str(trace), *WHATIF_SWEEP, "--out", str(out / "whatif")],
         ),
     ]
-    if "simulate" in commands:
-        steps.append(
-            (
-                "network simulation",
-                [
-                    "simulate",
-                    "--trace",
-                    str(trace),
-                    "--plan",
-                    str(plan),
-                    *counts,
-                    "--algo",
-                    "deepep",
-                    "--overlap",
-                    "two-batch",
-                ],
-            )
-        )
-    if "whatif" in commands:
-        steps.append(
-            (
-                "what-if report",
-                [
-                    "whatif",
-                    "--trace",
-                    str(trace),
-                    "--sweep",
-                    "gpus=4,8",
-                    "--sweep",
-                    "solver=contiguous,best",
-                    "--out",
-                    str(out / "whatif"),
-                ],
-            )
-        )
+
+
+def run_step(title: str, argv: list[str], json_target: Path | None) -> float:
+    """Run one ``placement`` step in this process (its JSON into ``json_target`` if given); seconds."""
+    from moe_placement.cli.main import main
+
+    start = time.perf_counter()
+    if json_target is not None:
+        with atomic_open(json_target) as handle, contextlib.redirect_stdout(handle):
+            code = main([*argv, "--json"])
+    else:
+        print(f"\n== {title}: placement {' '.join(argv)}", flush=True)
+        code = main(argv)
+    if code != 0:
+        raise PlacementError(f"demo step '{title}' failed with exit code {code}")
+    return time.perf_counter() - start
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trace = Path(args.trace) if args.trace else default_trace(out)
     results: list[dict[str, object]] = []
-    for title, argv in steps:
-        start = time.perf_counter()
-        if args.json:
-            target = out / f"{argv[0]}_{len(results)}.json"
-            with atomic_open(target) as handle, contextlib.redirect_stdout(handle):
-                code = main([*argv, "--json"])
-        else:
-            print(f"\n== {title}: placement {' '.join(argv)}", flush=True)
-            code = main(argv)
-        if code != 0:
-            raise PlacementError(f"demo step '{title}' failed with exit code {code}")
-        seconds = time.perf_counter() - start
-        results.append(
-            {
-                "step": title,
-                "argv": argv,
-                "seconds": round(seconds, 3),
-                **({"json": str(target)} if args.json else {}),
-            }
-        )
+    for title, argv in demo_steps(args, trace, out):
+        target = out / f"{argv[0]}_{len(results)}.json" if args.json else None
+        seconds = run_step(title, argv, target)
+        step: dict[str, object] = {"step": title, "argv": argv, "seconds": round(seconds, 3)}
+        results.append(step if target is None else {**step, "json": str(target)})
         if not args.json:
             print(f"   ({seconds:.1f} s)")
     if args.json:
         print_json({"out": str(out), "trace": str(trace), "steps": results})
-        return 0
-    print(
-        f"\ndemo finished: results in {out}/ (plan.json, sglang_map.json, stats/*.png"
-        + (", whatif/report.html" if "whatif" in commands else "")
-        + ")"
-    )
+    else:
+        print(f"\ndemo finished: results in {out}/ ({', '.join(OUTPUTS)})")
     return 0
 
 

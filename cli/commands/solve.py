@@ -22,9 +22,8 @@ from moe_placement.plan import Plan
 
 
 def default_solver() -> str:
-    from moe_placement.solvers import REGISTRY
-
-    return "best" if "best" in REGISTRY else "greedy"
+    """The solver that solve, whatif and regress run when none is named."""
+    return "best"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
