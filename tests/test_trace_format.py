@@ -12,7 +12,15 @@ import pytest
 
 from moe_placement.errors import PlacementError
 from moe_placement.traces.reader import TraceFile
-from moe_placement.traces.schema import META_KEY, TraceMeta, arrow_schema
+from moe_placement.traces.schema import (
+    LOAD_COLUMNS,
+    LOAD_META_KEY,
+    META_KEY,
+    LoadMeta,
+    TraceMeta,
+    arrow_schema,
+    load_arrow_schema,
+)
 from moe_placement.traces.writer import TraceWriter
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -204,3 +212,74 @@ def test_reader_rejects_non_parquet(tmp_path: Path) -> None:
 def test_reader_rejects_missing_file(tmp_path: Path) -> None:
     with pytest.raises(PlacementError, match="not found"):
         TraceFile(tmp_path / "nope.parquet")
+
+
+# ---- load-only counts (the second layout of traces/schema.py) --------------------------------------
+
+FIXTURE_COUNTS = Path(__file__).parent / "fixtures" / "importers" / "logical_count.json"
+
+
+def test_golden_load_only_file_reads_back_exactly() -> None:
+    """tests/golden/load_v1.parquet was written before the load-only layout moved into
+    traces/schema.py (from tests/fixtures/importers/logical_count.json); it must keep loading."""
+    from moe_placement.traces.loadjson import is_load_parquet, read_load_parquet, read_logical_count
+
+    counts, layer_ids = read_logical_count(FIXTURE_COUNTS)
+    path = GOLDEN / "load_v1.parquet"
+    assert is_load_parquet(path)
+    load, meta = read_load_parquet(path)
+    np.testing.assert_array_equal(load, counts)
+    assert meta == LoadMeta(
+        3, 8, layer_ids, None, str(FIXTURE_COUNTS.relative_to(GOLDEN.parents[1]))
+    )
+    with pytest.raises(PlacementError, match="load-only"):
+        TraceFile(path)
+
+
+def test_load_only_writer_matches_golden(tmp_path: Path) -> None:
+    from moe_placement.traces.loadjson import read_logical_count, write_load_parquet
+
+    counts, layer_ids = read_logical_count(FIXTURE_COUNTS)
+    old = pq.read_table(GOLDEN / "load_v1.parquet")
+    source = json.loads(old.schema.metadata[LOAD_META_KEY])["source"]
+    write_load_parquet(tmp_path / "l.parquet", counts, layer_ids, None, source)
+    new = pq.read_table(tmp_path / "l.parquet")
+    assert new.column_names == old.column_names == list(LOAD_COLUMNS)
+    assert all(new.column(c).equals(old.column(c)) for c in LOAD_COLUMNS)
+    assert new.schema.types == old.schema.types
+    assert json.loads(new.schema.metadata[LOAD_META_KEY]) == json.loads(
+        old.schema.metadata[LOAD_META_KEY]
+    )
+
+
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ({"schema_version": 2, "num_moe_layers": 1, "num_experts": 2}, "schema_version 2"),
+        ({"schema_version": 1, "num_experts": 2}, "missing: num_moe_layers"),
+        (
+            {"schema_version": 1, "num_moe_layers": 2, "num_experts": 2, "moe_layer_ids": [0]},
+            "1 moe_layer_ids for 2 layers",
+        ),
+    ],
+)
+def test_load_only_reader_rejects_bad_metadata(tmp_path: Path, meta: dict, message: str) -> None:
+    from moe_placement.traces.loadjson import read_load_parquet
+
+    table = pa.table({"layer": [0], "expert": [0], "count": [1.0]})
+    pq.write_table(
+        table.replace_schema_metadata({LOAD_META_KEY: json.dumps(meta).encode()}),
+        tmp_path / "l.parquet",
+    )
+    with pytest.raises(PlacementError, match=message):
+        read_load_parquet(tmp_path / "l.parquet")
+
+
+def test_load_only_reader_rejects_index_outside_shape(tmp_path: Path) -> None:
+    from moe_placement.traces.loadjson import read_load_parquet
+
+    meta = LoadMeta(num_moe_layers=1, num_experts=2, moe_layer_ids=[0])
+    table = pa.table({"layer": [0], "expert": [5], "count": [1.0]}, schema=load_arrow_schema(meta))
+    pq.write_table(table, tmp_path / "l.parquet")
+    with pytest.raises(PlacementError, match="outside the metadata's shape"):
+        read_load_parquet(tmp_path / "l.parquet")

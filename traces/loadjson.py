@@ -11,9 +11,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from moe_placement.atomic import atomic_path
 from moe_placement.errors import PlacementError
-from moe_placement.shapes import ModelShape, guess_shape
+from moe_placement.shapes import ModelShape, guess_shape, model_shape
+from moe_placement.traces.schema import LOAD_COLUMNS, LOAD_META_KEY, LoadMeta, load_arrow_schema
 from moe_placement.workload import Workload
 
 
@@ -79,19 +83,13 @@ def load_logical_count(path: str | Path, shape: ModelShape | None = None) -> Wor
 
 
 # ---- load-only Parquet -----------------------------------------------------------------------------
-# What `placement import --format logical-count IN --out T.parquet` writes: one row per (MoE layer,
-# expert) with its count, and metadata under its own key, so that no reader mistakes it for per-token
-# routing. Every command that accepts a trace accepts it as a load-only input.
-
-LOAD_META_KEY = b"moe_placement.load"
-LOAD_SCHEMA_VERSION = 1
+# What `placement import --format logical-count IN --out T.parquet` writes, in the layout that
+# traces/schema.py defines (LoadMeta, load_arrow_schema). Every command that accepts a trace accepts it
+# as a load-only input.
 
 
 def is_load_parquet(path: str | Path) -> bool:
     """True for a load-only Parquet file written by :func:`write_load_parquet`."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if not str(path).lower().endswith(".parquet") or not Path(path).is_file():
         return False
     try:
@@ -105,53 +103,52 @@ def write_load_parquet(
     path: str | Path, load: np.ndarray, layer_ids: list[int], shape: ModelShape | None, source: str
 ) -> Path:
     """Write ``load[moe_layers, experts]`` as a load-only Parquet file, atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from moe_placement.atomic import atomic_path
-
     layers, experts = load.shape
-    meta = {
-        "schema_version": LOAD_SCHEMA_VERSION,
-        "kind": "load-only",
-        "num_moe_layers": layers,
-        "num_experts": experts,
-        "moe_layer_ids": list(map(int, layer_ids)),
-        "model_name": shape.name if shape is not None else None,
-        "source": source,
+    meta = LoadMeta(
+        num_moe_layers=layers,
+        num_experts=experts,
+        moe_layer_ids=[int(i) for i in layer_ids],
+        model_name=shape.name if shape is not None else None,
+        source=source,
+    )
+    columns = {
+        "layer": np.repeat(np.arange(layers), experts),
+        "expert": np.tile(np.arange(experts), layers),
+        "count": load.reshape(-1),
     }
-    table = pa.table(
-        {
-            "layer": pa.array(np.repeat(np.arange(layers), experts), pa.int16()),
-            "expert": pa.array(np.tile(np.arange(experts), layers), pa.int32()),
-            "count": pa.array(load.reshape(-1), pa.float64()),
-        }
-    ).replace_schema_metadata({LOAD_META_KEY: json.dumps(meta).encode()})
+    table = pa.table(columns, schema=load_arrow_schema(meta))
     with atomic_path(path, suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
     return Path(path)
 
 
+def read_load_parquet(path: str | Path) -> tuple[np.ndarray, LoadMeta]:
+    """``load[moe_layers, experts]`` and the metadata of a load-only file."""
+    table = pq.read_table(path)
+    meta = LoadMeta.from_json(table.schema.metadata[LOAD_META_KEY])
+    missing = [c for c in LOAD_COLUMNS if c not in table.column_names]
+    if missing:
+        raise PlacementError(f"{path}: load-only columns missing: {', '.join(missing)}")
+    layer, expert = (table.column(c).to_numpy().astype(np.int64) for c in ("layer", "expert"))
+    if layer.size and (
+        layer.min() < 0
+        or layer.max() >= meta.num_moe_layers
+        or expert.min() < 0
+        or expert.max() >= meta.num_experts
+    ):
+        raise PlacementError(f"{path}: a layer or expert index lies outside the metadata's shape")
+    load = np.zeros((meta.num_moe_layers, meta.num_experts))
+    load[layer, expert] = table.column("count").to_numpy()
+    return load, meta
+
+
 def load_load_parquet(path: str | Path, shape: ModelShape | None = None) -> Workload:
     """A load-only :class:`Workload` from a file written by :func:`write_load_parquet`."""
-    import pyarrow.parquet as pq
-
-    from moe_placement.shapes import model_shape
-
-    table = pq.read_table(path)
-    meta = json.loads(table.schema.metadata[LOAD_META_KEY])
-    if int(meta.get("schema_version", 0)) != LOAD_SCHEMA_VERSION:
-        raise PlacementError(
-            f"{path}: load-only schema_version {meta.get('schema_version')} not supported"
-        )
-    layers, experts = int(meta["num_moe_layers"]), int(meta["num_experts"])
-    load = np.zeros((layers, experts))
-    load[table.column("layer").to_numpy(), table.column("expert").to_numpy()] = table.column(
-        "count"
-    ).to_numpy()
-    if shape is None and meta.get("model_name"):
+    load, meta = read_load_parquet(path)
+    layers, experts = load.shape
+    if shape is None and meta.model_name:
         try:
-            shape = model_shape(str(meta["model_name"]))
+            shape = model_shape(meta.model_name)
         except PlacementError:
             shape = None
     if shape is None:
@@ -160,8 +157,7 @@ def load_load_parquet(path: str | Path, shape: ModelShape | None = None) -> Work
         raise PlacementError(
             f"{path}: {layers} layers x {experts} experts matches no known model; pass --model NAME"
         )
-    layer_ids = list(meta.get("moe_layer_ids") or range(layers))
-    shape = shape.replace(first_moe_layer=layer_ids[0])
+    shape = shape.replace(first_moe_layer=meta.moe_layer_ids[0])
     return Workload(
         shape=shape,
         load=load,

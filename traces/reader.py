@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moe_placement.errors import PlacementError
-from moe_placement.traces.schema import META_KEY, TraceMeta
+from moe_placement.traces.schema import LOAD_META_KEY, META_KEY, TraceMeta
 
 COLUMNS = ("step", "seq_id", "pos", "layer", "expert_ids", "weights")
 
@@ -63,7 +63,7 @@ class TraceFile:
             ) from None
         schema = self._file.schema_arrow
         raw = (schema.metadata or {}).get(META_KEY)
-        if raw is None and b"moe_placement.load" in (schema.metadata or {}):
+        if raw is None and LOAD_META_KEY in (schema.metadata or {}):
             raise PlacementError(
                 f"{self.path} is a load-only file (expert counts, no per-token routing): "
                 "this needs a per-token trace"

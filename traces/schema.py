@@ -1,6 +1,6 @@
-"""Trace schema, version 1.
+"""The Parquet layouts, each versioned: per-token traces and load-only expert counts.
 
-One row per (token, MoE layer)::
+Per-token trace, version 1 (``TRACE_SCHEMA_VERSION``). One row per (token, MoE layer)::
 
     step int32, seq_id int64, pos int32, layer int16,
     expert_ids fixed_size_list<int16>[k]   (ordered by descending gate weight; [0] is the top-1),
@@ -11,6 +11,14 @@ Layout invariant (what makes streaming and cross-layer joins cheap): every row g
 tokens, layer-major: all of its n tokens at layer 0, then the same n tokens in the same order at layer 1,
 and so on. File metadata (key ``moe_placement.trace``) is a JSON object with the fields of
 :class:`TraceMeta`.
+
+Load-only counts, version 1 (``LOAD_SCHEMA_VERSION``): what ``placement import --format logical-count
+IN --out T.parquet`` writes. One row per (MoE layer, expert)::
+
+    layer int16, expert int32, count float64
+
+File metadata sits under its own key (``moe_placement.load``, the fields of :class:`LoadMeta`), so that
+no reader mistakes expert counts for per-token routing.
 """
 
 from __future__ import annotations
@@ -138,3 +146,70 @@ def arrow_schema(meta: TraceMeta, with_domain: bool) -> pa.Schema:
     if with_domain:
         fields.append(pa.field("domain", pa.string()))
     return pa.schema(fields, metadata={META_KEY: meta.to_json()})
+
+
+# ---- load-only counts ------------------------------------------------------------------------------
+
+LOAD_SCHEMA_VERSION = 1
+LOAD_META_KEY = b"moe_placement.load"
+LOAD_COLUMNS = ("layer", "expert", "count")
+
+
+@dataclass(frozen=True)
+class LoadMeta:
+    """What a load-only file says: its shape, the model layer of each row, the model if known."""
+
+    num_moe_layers: int
+    num_experts: int
+    moe_layer_ids: list[int]
+    model_name: str | None = None
+    source: str = "unknown"
+    schema_version: int = LOAD_SCHEMA_VERSION
+    kind: str = "load-only"
+
+    def __post_init__(self) -> None:
+        if self.num_moe_layers < 1 or self.num_experts < 1:
+            raise PlacementError("load-only metadata: num_moe_layers and num_experts must be >= 1")
+        if len(self.moe_layer_ids) != self.num_moe_layers:
+            raise PlacementError(
+                f"load-only metadata: {len(self.moe_layer_ids)} moe_layer_ids for "
+                f"{self.num_moe_layers} layers"
+            )
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> LoadMeta:
+        """Parse and check the metadata; files that omit ``moe_layer_ids`` number rows from 0."""
+        try:
+            data = json.loads(raw)
+            version = int(data.get("schema_version", 0))
+            layers, experts = int(data["num_moe_layers"]), int(data["num_experts"])
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+            raise PlacementError("load-only metadata is not a valid JSON object") from None
+        except KeyError as exc:
+            raise PlacementError(f"load-only metadata missing: {exc.args[0]}") from None
+        if version != LOAD_SCHEMA_VERSION:
+            raise PlacementError(
+                f"load-only schema_version {data.get('schema_version')} not supported "
+                f"(expected {LOAD_SCHEMA_VERSION})"
+            )
+        name = data.get("model_name")
+        return cls(
+            num_moe_layers=layers,
+            num_experts=experts,
+            moe_layer_ids=[int(i) for i in data.get("moe_layer_ids") or range(layers)],
+            model_name=None if name is None else str(name),
+            source=str(data.get("source", "unknown")),
+        )
+
+
+def load_arrow_schema(meta: LoadMeta) -> pa.Schema:
+    """Columns of a load-only file, with ``meta`` under :data:`LOAD_META_KEY`."""
+    fields = [
+        pa.field("layer", pa.int16(), nullable=False),
+        pa.field("expert", pa.int32(), nullable=False),
+        pa.field("count", pa.float64(), nullable=False),
+    ]
+    return pa.schema(fields, metadata={LOAD_META_KEY: meta.to_json()})
