@@ -2,7 +2,7 @@
 
 For many plans (seeded random plans, every baseline, ``best``) on the bundled trace and on a synthetic
 2-node trace, with and without redundant slots, on one and two nodes, compares the solvers' model
-objective (``solvers.ilp.score_plan``, the sum over layers of ``solvers.cpsat.objective_us``) with
+objective (``solvers.objective.score_plan``, the sum over layers of ``solvers.cpsat.objective_us``) with
 ``placement.metrics.evaluate(...).summary()["moe_time_us"]``, and prints the rank correlation
 (Spearman) and the relative error; then, per case, ``best`` against the baselines by the evaluator.
 
@@ -26,7 +26,7 @@ from moe_placement.cli.commands._common import table  # noqa: E402
 from moe_placement.cluster import load_cluster  # noqa: E402
 from moe_placement.metrics import evaluate  # noqa: E402
 from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver  # noqa: E402
-from moe_placement.solvers.ilp import score_plan  # noqa: E402
+from moe_placement.solvers.objective import score_plan  # noqa: E402
 from moe_placement.traces.derive import derive_workload  # noqa: E402
 from moe_placement.traces.reader import TraceFile  # noqa: E402
 from moe_placement.traces.synth import SynthConfig, generate  # noqa: E402

@@ -1,4 +1,4 @@
-"""The solver interface: problem, config, registry.
+"""The solver interface: the registry and :func:`run_solver` (problem and config: :mod:`.problem`).
 
 A solver is a pure function ``solve(problem, config, *, rng) -> Plan``: no I/O, no globals, no imports
 of Ray or the simulator. ``rng`` is a ``numpy.random.Generator`` made from ``config.seed`` at the
@@ -9,129 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
-from moe_placement.cluster import ClusterSpec
-from moe_placement.errors import InfeasibleError, PlacementError
+from moe_placement.errors import PlacementError
 from moe_placement.plan import Plan
-from moe_placement.workload import Workload
-
-
-@dataclass(frozen=True, eq=False)
-class PlacementProblem:
-    """What to place and where.
-
-    ``workloads`` holds one or more traces (several for robust placement, with ``weights``); the first is
-    the primary. ``num_redundant`` extra slots hold replicas. ``current`` and ``max_moves`` describe an
-    incremental re-placement. ``slots_per_gpu`` is ``(experts + redundant) / gpus``.
-    """
-
-    workloads: tuple[Workload, ...]
-    cluster: ClusterSpec
-    num_redundant: int = 0
-    mode: str = "standard"
-    weights: tuple[float, ...] = ()
-    current: Plan | None = None
-    max_moves: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.workloads:
-            raise PlacementError("a placement problem needs at least one trace")
-        first = self.workloads[0]
-        for other in self.workloads[1:]:
-            if other.load.shape != first.load.shape:
-                raise PlacementError(
-                    f"traces disagree on shape: {first.source} is {first.load.shape}, "
-                    f"{other.source} is {other.load.shape}"
-                )
-        if self.weights and len(self.weights) != len(self.workloads):
-            raise PlacementError("give one weight per trace")
-        if self.num_redundant < 0:
-            raise PlacementError("--redundant must be >= 0")
-        slots = first.num_experts + self.num_redundant
-        gpus = self.cluster.num_gpus
-        if slots % gpus:
-            raise InfeasibleError(
-                f"experts + redundant = {slots} slots cannot be spread evenly over {gpus} GPUs; "
-                f"choose --redundant so that {first.num_experts} + R is a multiple of {gpus}"
-            )
-        spg = slots // gpus
-        if first.num_experts > slots:
-            raise InfeasibleError(f"{first.num_experts} experts do not fit in {slots} slots")
-        max_replicas = gpus  # no two replicas of one expert on one GPU
-        if self.num_redundant > first.num_experts * (max_replicas - 1):
-            raise InfeasibleError(
-                f"{self.num_redundant} redundant slots exceed what {gpus} GPUs can hold without two "
-                "replicas of one expert on one GPU"
-            )
-        if spg > first.num_experts:
-            raise InfeasibleError(
-                f"{spg} slots per GPU but only {first.num_experts} experts: a GPU would hold one expert twice"
-            )
-        if self.current is not None and (
-            self.current.num_gpus != gpus
-            or self.current.num_experts != first.num_experts
-            or self.current.num_layers != first.num_layers
-        ):
-            raise PlacementError("--current plan does not match the cluster or the trace")
-
-    @property
-    def workload(self) -> Workload:
-        return self.workloads[0]
-
-    @property
-    def num_gpus(self) -> int:
-        return self.cluster.num_gpus
-
-    @property
-    def gpus_per_node(self) -> int:
-        return self.cluster.gpus_per_node
-
-    @property
-    def num_experts(self) -> int:
-        return self.workload.num_experts
-
-    @property
-    def num_layers(self) -> int:
-        return self.workload.num_layers
-
-    @property
-    def slots_per_gpu(self) -> int:
-        return (self.num_experts + self.num_redundant) // self.num_gpus
-
-    def combined_load(self) -> np.ndarray:
-        """``[layers, experts]`` load over all traces, each normalised to one token then weighted."""
-        weights = self.weights or tuple(1.0 for _ in self.workloads)
-        total = np.zeros_like(self.workload.load, dtype=np.float64)
-        for w, wl in zip(weights, self.workloads, strict=True):
-            total += w * wl.load / max(wl.load.sum(axis=1, keepdims=True).mean(), 1e-12)
-        return total * self.workload.load.sum(axis=1, keepdims=True).mean() / sum(weights)
-
-
-@dataclass(frozen=True)
-class SolverConfig:
-    """Solver options. ``time_limit_s`` bounds the whole solve; ``seed`` makes it deterministic."""
-
-    time_limit_s: float = 10.0
-    seed: int = 0
-    workers: int = 2
-    balance_weight: float = 1.0
-    traffic_weight: float = 1.0
-    robust: str = "weighted"
-    free_memory_gib: float | None = None
-    node_limit: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.time_limit_s <= 0:
-            raise PlacementError("--time-limit must be > 0")
-        if self.node_limit is not None and self.node_limit < 1:
-            raise PlacementError("--node-limit must be >= 1")
-        if self.robust not in ("weighted", "worst"):
-            raise PlacementError("robust must be 'weighted' or 'worst'")
+from moe_placement.solvers.common import check_memory
+from moe_placement.solvers.objective import report
+from moe_placement.solvers.problem import PlacementProblem, SolverConfig
 
 
 class SolverFn(Protocol):
@@ -170,36 +57,25 @@ def get_solver(name: str) -> SolverEntry:
 
 
 def run_solver(name: str, problem: PlacementProblem, config: SolverConfig | None = None) -> Plan:
-    """Run a registered solver with a generator seeded from ``config.seed``; fill in wall time and the
-    trace fingerprint in the plan's provenance; validate the plan."""
+    """Run a registered solver with a generator seeded from ``config.seed``; fill in wall time, the
+    trace fingerprint and the objective every plan reports (the evaluator's MoE time, with the solver's
+    search objective kept beside it: :func:`moe_placement.solvers.objective.report`); validate the plan."""
     config = config or SolverConfig()
     entry = get_solver(name)
     rng = np.random.default_rng(config.seed)
-    from moe_placement.solvers.common import check_memory
-
     check_memory(problem, config)  # every solver, baselines included, must respect GPU memory
     start = time.perf_counter()
     plan = entry.fn(problem, config, rng=rng)
     seconds = time.perf_counter() - start
-    prov = replace(
-        plan.provenance,
-        seconds=plan.provenance.seconds or seconds,
-        trace_fingerprint=",".join(w.fingerprint for w in problem.workloads),
+    plan = replace(
+        plan,
+        provenance=replace(
+            plan.provenance,
+            seconds=plan.provenance.seconds or seconds,
+            trace_fingerprint=",".join(w.fingerprint for w in problem.workloads),
+        ),
     )
-    if prov.objective is None or prov.bound is None:
-        # baselines report no objective of their own: score them with the solvers' time model so
-        # that every plan's provenance is comparable (objective, bound, gap, method)
-        from moe_placement.solvers.common import gap_of
-        from moe_placement.solvers.ilp import OBJECTIVE_NAME, score_plan
+    return replace(plan, provenance=report(problem, config, plan, name)).validate()
 
-        objective, bound = score_plan(problem, config, plan)
-        prov = replace(
-            prov,
-            objective=objective,
-            bound=bound,
-            gap=gap_of(objective, bound),
-            objective_name=prov.objective_name or OBJECTIVE_NAME,
-            method=prov.method or name,
-        )
-    plan = replace(plan, provenance=prov)
-    return plan.validate()
+
+__all__ = ["REGISTRY", "PlacementProblem", "SolverConfig", "get_solver", "register", "run_solver"]

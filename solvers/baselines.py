@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from moe_placement.plan import Plan, Provenance
-from moe_placement.solvers.base import PlacementProblem, SolverConfig, register
+from moe_placement.solvers.base import register
 from moe_placement.solvers.common import lpt, water_fill
+from moe_placement.solvers.problem import PlacementProblem, SolverConfig
 
 
 def _copies(counts: np.ndarray) -> np.ndarray:

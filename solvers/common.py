@@ -22,7 +22,7 @@ import numpy as np
 from moe_placement.errors import InfeasibleError
 from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU
 from moe_placement.plan import Plan, Provenance
-from moe_placement.solvers.base import PlacementProblem, SolverConfig
+from moe_placement.solvers.problem import PlacementProblem, SolverConfig
 from moe_placement.timing import LinearPrices
 
 
@@ -282,20 +282,3 @@ def make_plan(
         replica_share=share,
         provenance=provenance,
     ).validate()
-
-
-def layer_gpu_load(
-    plan_row: np.ndarray, share_row: np.ndarray, load: np.ndarray, G: int
-) -> np.ndarray:
-    """``[G]`` load of one layer under a layout and its shares."""
-    spg = plan_row.size // G
-    return np.bincount(
-        np.arange(plan_row.size) // spg, weights=load[plan_row] * share_row, minlength=G
-    )
-
-
-def gap_of(objective: float, bound: float) -> float:
-    """Relative gap ``(objective - bound) / objective`` (0 when both are 0)."""
-    if objective <= 0:
-        return 0.0
-    return max(0.0, (objective - bound) / objective)

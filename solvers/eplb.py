@@ -20,8 +20,9 @@ import numpy as np
 
 from moe_placement.errors import InfeasibleError
 from moe_placement.plan import Plan, Provenance
-from moe_placement.solvers.base import PlacementProblem, SolverConfig, register
+from moe_placement.solvers.base import register
 from moe_placement.solvers.common import check_memory
+from moe_placement.solvers.problem import PlacementProblem, SolverConfig
 
 
 def balanced_packing(

@@ -22,19 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
 from moe_placement.errors import PlacementError
+from moe_placement.metrics import evaluate_many
 from moe_placement.plan import Plan, Provenance
-from moe_placement.solvers.base import PlacementProblem, SolverConfig, register
-from moe_placement.solvers.columns import cheap_column_bound
+from moe_placement.solvers.base import REGISTRY, register
 from moe_placement.solvers.common import (
-    TimeModel,
-    check_memory,
-    gap_of,
     greedy_layout,
     group_gpus,
     load_bound,
@@ -43,218 +41,24 @@ from moe_placement.solvers.common import (
     optimal_shares,
     water_fill,
 )
-from moe_placement.solvers.coverage import (
-    TokenLayer,
-    all_valid_coefs,
-    bound_coefs,
-    fitted_coefs,
-    hypergeometric_m,
-    m_distribution,
-    token_layers,
-    valid_coefs,
+from moe_placement.solvers.context import (
+    Context,
+    affinity_next,
+    affinity_prev,
+    coherent_bound,
+    layer_spec,
+    make_context,
 )
-from moe_placement.solvers.coverage import remote_coact as coverage_remote_coact
-from moe_placement.solvers.cpsat import (
-    COLUMN_BOUND_MAX_EXPERTS,
-    LayerResult,
-    LayerSpec,
-    analytic_bound_us,
-    objective_us,
-    solve_layer,
-)
-from moe_placement.solvers.pairsearch import partition_pair_bound, swap_search
+from moe_placement.solvers.cpsat import LayerResult, LayerSpec, analytic_bound_us, objective_us
+from moe_placement.solvers.objective import SEARCH_OBJECTIVE_NAME, gap_of
+from moe_placement.solvers.pairsearch import swap_search
+from moe_placement.solvers.problem import PlacementProblem, SolverConfig
 
 MONOLITHIC_CELLS = 512  # experts x GPUs up to which one CP-SAT model per layer is used
 GAP_DONE = 1e-4  # a layer this close to its bound needs no more search
 MIN_MODEL_S = 0.05  # below this much time for a sub-model, the greedy answer is kept
 PAIR_SEARCH_SHARE = 0.3  # of a monolithic layer's time: swap search before CP-SAT
 PAIR_SEARCH_DETERMINISTIC_STEPS = 400  # deterministic mode bounds the swap search by steps
-OBJECTIVE_NAME = "predicted MoE time (us): busiest-GPU roofline compute + modelled link copies"
-
-
-@dataclass
-class _Context:
-    problem: PlacementProblem
-    config: SolverConfig
-    time: TimeModel
-    loads: np.ndarray  # [traces, layers, experts], each normalised to the primary trace's tokens
-    trace_weights: tuple[float, ...]
-    deadline: float
-    deterministic: bool
-    node_demand: np.ndarray  # [layers, experts, nodes] primary trace's assignments by home node
-
-    virtual_s: float = 0.0  # deterministic mode: CP-SAT deterministic time spent so far
-    # per-token traces small enough to hold: each layer's tokens, for exact hits (solvers.coverage)
-    tokens: list[TokenLayer] | None = None
-    coefs: dict[int, tuple[float, float]] = dataclasses.field(default_factory=dict)
-    remote: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
-
-    def hit_coefs(self, layer: int) -> tuple[float, float]:
-        """The layer's ``(alpha, beta)`` hit surrogate: one value per layer (every spec of a layer
-        must agree, or bounds and objectives would mix surrogates). Fitted on the ``m`` distribution
-        of the layer's balance-greedy layout: valid (never above coverage) when the objective counts
-        hits exactly (one replica per expert), least squares when it stays the surrogate (replicas)."""
-        if layer in self.coefs:
-            return self.coefs[layer]
-        p = self.problem
-        wl = p.workload
-        G, spg, gpn = p.num_gpus, p.slots_per_gpu, p.gpus_per_node
-        k = wl.shape.top_k
-        # the level whose hits matter most: nodes (NICs) when there are several, else GPUs
-        size, groups = (gpn * spg, G // gpn) if gpn < G else (spg, G)
-        top = min(k, size)
-        if self.tokens is not None:
-            counts = water_fill(self.loads[0, layer], p.num_redundant, G)
-            held = greedy_layout(self.loads[0, layer], counts, G, spg, gpn)
-            where = np.empty(p.num_experts, dtype=np.int64)
-            for g in reversed(range(G)):
-                where[held[g]] = g  # with replicas: the lowest GPU holding the expert
-            where = where // (size // spg)
-            dist = m_distribution(self.tokens[layer], where, groups, top)
-        else:
-            dist = hypergeometric_m(p.num_experts, k, size)
-        dist = np.pad(dist, (0, max(0, k + 1 - dist.size)))  # m up to k: one set of coefficients
-        if p.num_redundant > 0:
-            # least squares leaves 1 +- 1e-16 where the surrogate is exact (top-2); the integer model
-            # ceils / floors scaled coefficients, so such noise would move savings by a unit (and,
-            # measured, the bundled regress case's inter-node bytes by +28%)
-            alpha, beta = fitted_coefs(dist)
-            out = (round(alpha, 9), round(beta, 9))
-        elif wl.coact is not None and size < p.num_experts:
-            # CP-SAT's bound is what the valid surrogate is for: pick the vertex with the strongest
-            # average-hits bound (on OLMoE-shaped layers j = 2..3, about 1.5x Bonferroni's)
-            coact = wl.coact[layer]
-            pb = partition_pair_bound(coact, groups, size)
-            load = self.loads[0, layer]
-            out = bound_coefs(float(load.sum()), pb, k)
-            if groups == G and spg > 1 and p.num_experts <= COLUMN_BOUND_MAX_EXPERTS:
-                # a hot expert with few partners sets the busiest port: the column bound may beat
-                # the average, and it is strongest for a different vertex (often Bonferroni's)
-                def strength(ab: tuple[float, float]) -> float:
-                    avg = (ab[0] * float(load.sum()) - ab[1] * pb) / G
-                    col = cheap_column_bound(ab[0] * load, coact, ab[1], spg)
-                    return max(avg, float(col.max()))
-
-                out = max(all_valid_coefs(k), key=strength)
-        else:
-            out = valid_coefs(dist)
-        self.coefs[layer] = out
-        return out
-
-    def remote_coact(self, layer: int) -> np.ndarray | None:
-        """``[nodes, E, E]`` co-activation over tokens homed outside each node (several nodes only)."""
-        p = self.problem
-        N = p.num_gpus // p.gpus_per_node
-        if self.tokens is None or N <= 1 or p.num_redundant > 0:
-            # with replicas the router, not the home, decides which tokens cross: keep rho_n x coact
-            # (measured: the per-home counts made `best` worse on the bundled regress case)
-            return None
-        if layer not in self.remote:
-            if len(self.remote) >= 4:  # [N, E, E] per layer: keep only a few
-                self.remote.clear()
-            self.remote[layer] = coverage_remote_coact(
-                self.tokens[layer], p.num_experts, p.gpus_per_node, N
-            )
-        return self.remote[layer]
-
-    def now(self) -> float:
-        """Wall time, or in deterministic mode a clock that only CP-SAT's deterministic time moves,
-        so that every budget, and hence the plan, is the same on every run."""
-        return self.virtual_s if self.deterministic else time.perf_counter()
-
-    def budget(self, layers_left: int, share: float = 1.0) -> float:
-        return max(0.01, (self.deadline - self.now()) / max(layers_left, 1) * share)
-
-    def solve(
-        self,
-        spec: LayerSpec,
-        *,
-        hint: list[list[int]] | None,
-        time_limit_s: float,
-        num_redundant: int,
-        seed: int | None = None,
-        workers: int | None = None,
-    ) -> LayerResult:
-        """:func:`solve_layer` with this context's determinism, seed and workers (unless given),
-        charging the virtual clock."""
-        res = solve_layer(
-            spec,
-            hint=hint,
-            time_limit_s=time_limit_s,
-            seed=self.config.seed if seed is None else seed,
-            workers=self.config.workers if workers is None else workers,
-            num_redundant=num_redundant,
-            deterministic=self.deterministic,
-        )
-        self.virtual_s += res.deterministic_s
-        return res
-
-
-def _context(problem: PlacementProblem, config: SolverConfig) -> _Context:
-    check_memory(problem, config)
-    if problem.mode not in ("standard", "coherent"):
-        raise PlacementError(f"unknown mode {problem.mode!r}; known: standard, coherent")
-    primary_total = problem.workload.load.sum(axis=1, keepdims=True).mean()
-    loads = np.stack(
-        [
-            w.load / max(w.load.sum(axis=1, keepdims=True).mean(), 1e-12) * primary_total
-            for w in problem.workloads
-        ]
-    )
-    weights = problem.weights or tuple(1.0 for _ in problem.workloads)
-    norm = tuple(float(w) / float(sum(weights)) for w in weights)
-    # keep a little of the limit for shares, validation and the caller's bookkeeping
-    deterministic = bool(config.extra.get("deterministic", False))
-    deadline = (0.0 if deterministic else time.perf_counter()) + 0.85 * config.time_limit_s
-    G, gpn = problem.num_gpus, problem.gpus_per_node
-    demand = problem.workload.demand(G)  # [layers, G, E]
-    node_demand = demand.reshape(demand.shape[0], G // gpn, gpn, -1).sum(axis=2).transpose(0, 2, 1)
-    tokens = None
-    wl = problem.workload
-    if problem.mode == "standard" and wl.coact is not None and config.traffic_weight > 0:
-        tokens = token_layers(wl, G)
-    return _Context(
-        problem,
-        config,
-        TimeModel.of_problem(problem),
-        loads,
-        norm,
-        deadline,
-        deterministic,
-        node_demand,
-        tokens=tokens,
-    )
-
-
-def _spec(ctx: _Context, layer: int, **changes: object) -> LayerSpec:
-    p = ctx.problem
-    coact = None
-    if p.mode == "standard" and p.workload.coact is not None and ctx.config.traffic_weight > 0:
-        coact = p.workload.coact[layer]
-    alpha, beta = ctx.hit_coefs(layer) if coact is not None else (1.0, None)
-    # set by _context under the same conditions as coact: exact hits
-    tokens = ctx.tokens[layer] if ctx.tokens is not None else None
-    base = LayerSpec(
-        loads=tuple(ctx.loads[t, layer] for t in range(ctx.loads.shape[0])),
-        trace_weights=ctx.trace_weights,
-        robust=ctx.config.robust,
-        num_gpus=p.num_gpus,
-        gpus_per_node=p.gpus_per_node,
-        slots_per_gpu=p.slots_per_gpu,
-        time=ctx.time,
-        balance_weight=ctx.config.balance_weight,
-        traffic_weight=ctx.config.traffic_weight,
-        top_k=p.workload.shape.top_k,
-        coact=coact,
-        node_limit=ctx.config.node_limit,
-        node_demand=ctx.node_demand[layer],
-        nearest_first=p.workload.per_token,
-        hit_alpha=alpha,
-        hit_beta=beta,
-        tokens=tokens,
-        remote_coact=ctx.remote_coact(layer) if tokens is not None else None,
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
 def _current_matrix(plan: Plan, layer: int, num_experts: int) -> np.ndarray:
@@ -278,14 +82,14 @@ def _move_budgets(problem: PlacementProblem) -> list[int | None]:
     return [base + (1 if layer < extra else 0) for layer in range(L)]
 
 
-def _solve_with_current(ctx: _Context, layer: int, budget: int | None) -> LayerResult:
+def _solve_with_current(ctx: Context, layer: int, budget: int | None) -> LayerResult:
     p = ctx.problem
     assert p.current is not None
     cur_held = _held_of(p.current, layer)
     counts = p.current.logcnt()[layer]
     if int(counts.sum()) != p.num_experts + p.num_redundant:
         raise PlacementError("--current plan has a different slot count than --redundant asks for")
-    spec = _spec(
+    spec = layer_spec(
         ctx,
         layer,
         counts=counts,
@@ -301,7 +105,7 @@ def _solve_with_current(ctx: _Context, layer: int, budget: int | None) -> LayerR
 
 
 def _lns_balance(
-    ctx: _Context, load: np.ndarray, held: list[list[int]], rng: np.random.Generator, until: float
+    ctx: Context, load: np.ndarray, held: list[list[int]], rng: np.random.Generator, until: float
 ) -> list[list[int]]:
     """Large-neighbourhood search on balance: re-solve the busiest GPU with a few others exactly."""
     p = ctx.problem
@@ -361,7 +165,7 @@ def _lns_balance(
 
 
 def _node_lns(
-    ctx: _Context, node_spec: LayerSpec, node_held: list[list[int]], until: float
+    ctx: Context, node_spec: LayerSpec, node_held: list[list[int]], until: float
 ) -> tuple[list[list[int]], np.ndarray]:
     """Large-neighbourhood search over nodes: the busiest node (by the model's objective) and one other
     node at a time, their experts re-split exactly by CP-SAT (balance, pair savings, replica shares);
@@ -431,12 +235,12 @@ def _node_lns(
 
 
 def _hierarchical(
-    ctx: _Context, layer: int, counts: np.ndarray, hint: list[list[int]]
+    ctx: Context, layer: int, counts: np.ndarray, hint: list[list[int]]
 ) -> list[list[int]]:
     """Experts to nodes (balance + NIC savings), then each node's experts to its GPUs."""
     p = ctx.problem
     gpn, spg, N = p.gpus_per_node, p.slots_per_gpu, p.num_gpus // p.gpus_per_node
-    spec = _spec(ctx, layer)
+    spec = layer_spec(ctx, layer)
     node_time = dataclasses.replace(
         ctx.time, us_per_assignment=ctx.time.us_per_assignment / gpn, us_per_nvlink_copy=0.0
     )
@@ -501,7 +305,7 @@ def _hierarchical(
     return held
 
 
-def _pair_search_applies(ctx: _Context, spec: LayerSpec) -> bool:
+def _pair_search_applies(ctx: Context, spec: LayerSpec) -> bool:
     """The swap search prices one NVLink node, one replica per expert, one trace, no migration."""
     p = ctx.problem
     return (
@@ -517,7 +321,7 @@ def _pair_search_applies(ctx: _Context, spec: LayerSpec) -> bool:
 
 
 def _pair_search(
-    ctx: _Context,
+    ctx: Context,
     spec: LayerSpec,
     hint: list[list[int]],
     rng: np.random.Generator,
@@ -543,8 +347,142 @@ def _pair_search(
     )
 
 
+@dataclass
+class _Layer:
+    """One standard-mode layer as the strategies see it: its model spec, combined ``load[E]``, water-
+    filled replica ``counts[E]``, migration budget, and whether one CP-SAT model covers it."""
+
+    index: int
+    spec: LayerSpec
+    load: np.ndarray
+    counts: np.ndarray
+    move_budget: int | None
+    small: bool
+    rng: np.random.Generator
+
+
+@dataclass
+class _Placed:
+    """A strategy's answer for one layer: ``held[G][spg]``, the method's name, a valid bound (us)."""
+
+    held: list[list[int]]
+    method: str
+    bound_us: float
+    optimal: bool = False
+
+
+def _greedy(ctx: Context, lay: _Layer) -> list[list[int]]:
+    p = ctx.problem
+    return greedy_layout(lay.load, lay.counts, p.num_gpus, p.slots_per_gpu, p.gpus_per_node)
+
+
+def _keep_current(ctx: Context, lay: _Layer) -> _Placed:
+    """Out of time with a current plan: keep its layout (zero moves) rather than overrun the limit."""
+    assert ctx.problem.current is not None
+    held = _held_of(ctx.problem.current, lay.index)
+    bound = analytic_bound_us(lay.spec, ctx.problem.num_redundant)
+    return _Placed(held, "current (time limit reached)", bound)
+
+
+def _greedy_late(ctx: Context, lay: _Layer) -> _Placed:
+    """Out of time: the greedy warm start as it is."""
+    bound = analytic_bound_us(lay.spec, ctx.problem.num_redundant)
+    return _Placed(_greedy(ctx, lay), "greedy (time limit reached)", bound)
+
+
+def _migration(ctx: Context, lay: _Layer) -> _Placed:
+    """The layer's model with the current plan as hint and a move budget."""
+    res = _solve_with_current(ctx, lay.index, lay.move_budget)
+    return _Placed(res.held, "cpsat-migration", res.bound_us, res.optimal)
+
+
+def _monolithic(ctx: Context, lay: _Layer) -> _Placed:
+    """One CP-SAT model for the layer (replica counts free when it is small), from the greedy hint
+    improved by swap search where that applies."""
+    p = ctx.problem
+    layers_left = p.num_layers - lay.index
+    hint = _greedy(ctx, lay)
+    layer_s = ctx.budget(layers_left)
+    if _pair_search_applies(ctx, lay.spec):
+        hint = _pair_search(ctx, lay.spec, hint, lay.rng, PAIR_SEARCH_SHARE * layer_s)
+        layer_s = ctx.budget(layers_left)
+    free = dataclasses.replace(lay.spec, counts=None if lay.small else lay.counts)
+    res = ctx.solve(free, hint=hint, time_limit_s=layer_s, num_redundant=p.num_redundant)
+    return _Placed(res.held, "cpsat-monolithic", res.bound_us, res.optimal)
+
+
+def _decomposed_bound(ctx: Context, lay: _Layer) -> float:
+    return analytic_bound_us(dataclasses.replace(lay.spec, counts=None), ctx.problem.num_redundant)
+
+
+def _hierarchical_layer(ctx: Context, lay: _Layer) -> _Placed:
+    """Large layers with co-activation over several nodes: experts to nodes, then to GPUs."""
+    held = _hierarchical(ctx, lay.index, lay.counts, _greedy(ctx, lay))
+    return _Placed(held, "cpsat-hierarchical", _decomposed_bound(ctx, lay))
+
+
+def _lp_shares(ctx: Context, lay: _Layer) -> _Placed:
+    """Large layers with replicas: free replica shares (the LP applied to every layer) already balance
+    a good greedy layout almost perfectly."""
+    return _Placed(_greedy(ctx, lay), "greedy+lp-shares", _decomposed_bound(ctx, lay))
+
+
+def _lns(ctx: Context, lay: _Layer) -> _Placed:
+    """Large load-only layers without replicas: LNS on balance, then GPUs grouped into nodes."""
+    p = ctx.problem
+    until = ctx.now() + ctx.budget(p.num_layers - lay.index)
+    held = _lns_balance(ctx, lay.load, _greedy(ctx, lay), lay.rng, until)
+    flat_cnt = np.bincount(np.asarray(held).ravel(), minlength=p.num_experts)
+    gpu_w = np.array([float((lay.load[h] / flat_cnt[h]).sum()) for h in held])
+    held = group_gpus(held, gpu_w, p.gpus_per_node)
+    return _Placed(held, "greedy+cpsat-lns", _decomposed_bound(ctx, lay))
+
+
+def _greedy_decomposed(ctx: Context, lay: _Layer) -> _Placed:
+    """A large layer reached after the deadline: the greedy warm start."""
+    return _Placed(_greedy(ctx, lay), "greedy (time limit reached)", _decomposed_bound(ctx, lay))
+
+
+STRATEGIES: dict[str, Callable[[Context, _Layer], _Placed]] = {
+    "keep-current": _keep_current,
+    "greedy-late": _greedy_late,
+    "migration": _migration,
+    "monolithic": _monolithic,
+    "greedy-deadline": _greedy_decomposed,
+    "hierarchical": _hierarchical_layer,
+    "lp-shares": _lp_shares,
+    "lns": _lns,
+}
+
+
+def _strategy(ctx: Context, lay: _Layer, monolithic_only: bool) -> str:
+    """Which entry of :data:`STRATEGIES` places this layer (see the module docstring)."""
+    p = ctx.problem
+    if ctx.budget(p.num_layers - lay.index) < MIN_MODEL_S and not lay.small:
+        return "keep-current" if p.current is not None else "greedy-late"
+    if p.current is not None:
+        return "migration"
+    if lay.small or monolithic_only:
+        return "monolithic"
+    if ctx.now() >= ctx.deadline:
+        return "greedy-deadline"
+    if lay.spec.coact is not None and p.gpus_per_node < p.num_gpus:
+        return "hierarchical"
+    return "lp-shares" if p.num_redundant > 0 else "lns"
+
+
+def _shares_of(spec: LayerSpec, held: list[list[int]]) -> np.ndarray:
+    """Replica shares by LP for one trace; robust (several traces): the even split, since the LP
+    balances one trace only."""
+    flat = np.asarray(held).ravel()
+    if len(spec.loads) > 1:
+        return 1.0 / np.bincount(flat)[flat]
+    share, _ = optimal_shares(spec.loads[0], held)
+    return share
+
+
 def _standard(
-    ctx: _Context, rng: np.random.Generator, monolithic_only: bool
+    ctx: Context, rng: np.random.Generator, monolithic_only: bool
 ) -> tuple[list, list, float, float, dict]:
     p = ctx.problem
     G, spg, L = p.num_gpus, p.slots_per_gpu, p.num_layers
@@ -554,74 +492,25 @@ def _standard(
     optimal_layers = 0
     budgets = _move_budgets(p)
     combined = p.combined_load()
-    bar = tqdm(range(L), desc="placing layers", unit="layer", disable=None, leave=False)
-    for layer in bar:
-        spec = _spec(ctx, layer)
+    small = p.num_experts * G <= MONOLITHIC_CELLS
+    for layer in tqdm(range(L), desc="placing layers", unit="layer", disable=None, leave=False):
         counts = water_fill(combined[layer], p.num_redundant, G)
-        small = p.num_experts * G <= MONOLITHIC_CELLS
-        late = ctx.budget(L - layer) < MIN_MODEL_S and not small
-        if late and p.current is not None:
-            # out of time: keep the current layout (zero moves) rather than overrun the limit
-            held, method = _held_of(p.current, layer), "current (time limit reached)"
-            layer_bound = analytic_bound_us(spec, p.num_redundant)
-        elif late:
-            held = greedy_layout(combined[layer], counts, G, spg, p.gpus_per_node)
-            method = "greedy (time limit reached)"
-            layer_bound = analytic_bound_us(spec, p.num_redundant)
-        elif p.current is not None:
-            res = _solve_with_current(ctx, layer, budgets[layer])
-            held, method = res.held, "cpsat-migration"
-            layer_bound = res.bound_us
-            optimal_layers += int(res.optimal)
-        elif small or monolithic_only:
-            hint = greedy_layout(combined[layer], counts, G, spg, p.gpus_per_node)
-            layer_s = ctx.budget(L - layer)
-            if _pair_search_applies(ctx, spec):
-                hint = _pair_search(ctx, spec, hint, rng, PAIR_SEARCH_SHARE * layer_s)
-                layer_s = ctx.budget(L - layer)
-            free = dataclasses.replace(spec, counts=None if small else counts)
-            res = ctx.solve(
-                free,
-                hint=hint,
-                time_limit_s=layer_s,
-                num_redundant=p.num_redundant,
-            )
-            held, method, layer_bound = res.held, "cpsat-monolithic", res.bound_us
-            optimal_layers += int(res.optimal)
-        else:
-            hint = greedy_layout(combined[layer], counts, G, spg, p.gpus_per_node)
-            if ctx.now() >= ctx.deadline:
-                held, method = hint, "greedy (time limit reached)"
-            elif spec.coact is not None and p.gpus_per_node < G:
-                held, method = _hierarchical(ctx, layer, counts, hint), "cpsat-hierarchical"
-            elif p.num_redundant > 0:
-                # free replica shares (the LP below) already balance a good layout almost perfectly
-                held, method = hint, "greedy+lp-shares"
-            else:
-                until = ctx.now() + ctx.budget(L - layer)
-                held = _lns_balance(ctx, combined[layer], hint, rng, until)
-                flat_cnt = np.bincount(np.asarray(held).ravel(), minlength=p.num_experts)
-                gpu_w = np.array([float((combined[layer][h] / flat_cnt[h]).sum()) for h in held])
-                held, method = group_gpus(held, gpu_w, p.gpus_per_node), "greedy+cpsat-lns"
-            layer_bound = analytic_bound_us(dataclasses.replace(spec, counts=None), p.num_redundant)
-        share, _ = optimal_shares(spec.loads[0], held)
-        if (
-            len(spec.loads) > 1
-        ):  # robust: keep the CP-SAT shares' even default, LP only balances one trace
-            share = 1.0 / np.bincount(np.asarray(held).ravel())[np.asarray(held).ravel()]
-        obj = objective_us(spec, held, share)
-        rows.append(np.asarray(held, dtype=np.int64).ravel())
+        spec = layer_spec(ctx, layer)
+        lay = _Layer(layer, spec, combined[layer], counts, budgets[layer], small, rng)
+        placed = STRATEGIES[_strategy(ctx, lay, monolithic_only)](ctx, lay)
+        share = _shares_of(spec, placed.held)
+        obj = objective_us(spec, placed.held, share)
+        rows.append(np.asarray(placed.held, dtype=np.int64).ravel())
         shares.append(share)
         objective += obj
-        bound += min(layer_bound, obj)
+        bound += min(placed.bound_us, obj)
         gpu_load = np.bincount(
-            np.arange(G * spg) // spg,
-            weights=spec.loads[0][np.asarray(held).ravel()] * share,
-            minlength=G,
+            np.arange(G * spg) // spg, weights=spec.loads[0][rows[-1]] * share, minlength=G
         )
         load_objective += float(gpu_load.max())
         load_bound_total += load_bound(spec.loads[0], G, spg, p.num_redundant)
-        methods[method] = methods.get(method, 0) + 1
+        methods[placed.method] = methods.get(placed.method, 0) + 1
+        optimal_layers += int(placed.optimal)
     extra = {
         "methods": methods,
         "optimal_layers": optimal_layers,
@@ -633,58 +522,7 @@ def _standard(
     return rows, shares, objective, bound, extra
 
 
-def _affinity_prev(
-    ctx: _Context, layer: int, prev_row: np.ndarray | None, prev_share: np.ndarray | None
-) -> np.ndarray:
-    """``[E, G]`` tokens that reach layer ``layer``'s expert e while sitting on GPU g."""
-    p = ctx.problem
-    wl = p.workload
-    G, spg, E = p.num_gpus, p.slots_per_gpu, p.num_experts
-    assert wl.top1_transitions is not None
-    if layer == 0 or prev_row is None or prev_share is None:
-        demand = wl.demand(G)[0]  # [G, E] assignments by home GPU
-        load = np.maximum(wl.load[0], 1e-12)
-        top1 = wl.top1_transitions[0].sum(axis=1) if wl.top1_transitions.shape[0] else wl.load[0]
-        return (demand / load[None, :] * top1[None, :]).T
-    trans = wl.top1_transitions[layer - 1]  # [E_prev, E]
-    on = np.zeros((E, G))
-    np.add.at(on, (prev_row, np.arange(prev_row.size) // spg), prev_share)
-    return trans.T @ on
-
-
-def _affinity_next(ctx: _Context, layer: int, next_row: np.ndarray) -> np.ndarray:
-    """``[E, G]`` tokens leaving layer ``layer``'s expert e to an expert of the next layer on GPU g."""
-    p = ctx.problem
-    wl = p.workload
-    G, spg, E = p.num_gpus, p.slots_per_gpu, p.num_experts
-    assert wl.top1_transitions is not None
-    trans = wl.top1_transitions[layer]  # [E, E_next]
-    on = np.zeros((E, G))
-    cnt = np.bincount(next_row, minlength=E)
-    np.add.at(on, (next_row, np.arange(next_row.size) // spg), 1.0 / cnt[next_row])
-    return trans @ on
-
-
-def _coherent_bound(ctx: _Context, layer: int, spec: LayerSpec) -> float:
-    p = ctx.problem
-    wl = p.workload
-    assert wl.top1_transitions is not None
-    # the balance part alone (no standard-EP link term: coherent mode prices hops instead)
-    base = dataclasses.replace(spec, affinity=None, traffic_weight=0.0)
-    out = analytic_bound_us(base, p.num_redundant) + spec.hop_us() * spec.hop_total
-    if layer == 0:
-        aff = _affinity_prev(ctx, 0, None, None)
-        stay = aff.max(axis=1) if p.num_redundant == 0 else aff.sum(axis=1)
-    else:
-        trans = wl.top1_transitions[layer - 1]
-        if p.num_redundant == 0:
-            stay = -np.sort(-trans, axis=0)[: p.slots_per_gpu].sum(axis=0)
-        else:
-            stay = trans.sum(axis=0)
-    return out - spec.hop_us() * float(stay.sum())
-
-
-def _coherent(ctx: _Context, rng: np.random.Generator) -> tuple[list, list, float, float, dict]:
+def _coherent(ctx: Context, rng: np.random.Generator) -> tuple[list, list, float, float, dict]:
     p = ctx.problem
     p.workload.require_per_token("context-coherent placement")
     G, spg, L = p.num_gpus, p.slots_per_gpu, p.num_layers
@@ -700,7 +538,9 @@ def _coherent(ctx: _Context, rng: np.random.Generator) -> tuple[list, list, floa
         layer: int, affinity: np.ndarray, hint: list[list[int]], share_of_time: float
     ) -> LayerResult:
         counts = counts_all[layer]
-        spec = _spec(ctx, layer, coact=None, affinity=affinity, hop_total=tokens, counts=counts)
+        spec = layer_spec(
+            ctx, layer, coact=None, affinity=affinity, hop_total=tokens, counts=counts
+        )
         if p.current is not None:
             spec = dataclasses.replace(
                 spec,
@@ -717,7 +557,7 @@ def _coherent(ctx: _Context, rng: np.random.Generator) -> tuple[list, list, floa
         )
 
     for layer in tqdm(range(L), desc="coherent forward", unit="layer", disable=None, leave=False):
-        aff = _affinity_prev(ctx, layer, rows[-1] if rows else None, shares[-1] if shares else None)
+        aff = affinity_prev(ctx, layer, rows[-1] if rows else None, shares[-1] if shares else None)
         hint = greedy_layout(combined[layer], counts_all[layer], G, spg, p.gpus_per_node)
         res = solve(layer, aff, hint, 0.6)
         rows.append(np.asarray(res.held, dtype=np.int64).ravel())
@@ -728,11 +568,11 @@ def _coherent(ctx: _Context, rng: np.random.Generator) -> tuple[list, list, floa
         for layer in range(L - 1, -1, -1):
             if ctx.now() >= ctx.deadline:
                 break
-            aff = _affinity_prev(
+            aff = affinity_prev(
                 ctx, layer, rows[layer - 1] if layer else None, shares[layer - 1] if layer else None
             )
             if layer + 1 < L:
-                aff = aff + _affinity_next(ctx, layer, rows[layer + 1])
+                aff = aff + affinity_next(ctx, layer, rows[layer + 1])
             hint = rows[layer].reshape(G, spg).tolist()
             res = solve(layer, aff, hint, 1.0)
             rows[layer] = np.asarray(res.held, dtype=np.int64).ravel()
@@ -740,13 +580,13 @@ def _coherent(ctx: _Context, rng: np.random.Generator) -> tuple[list, list, floa
             optimal_layers += int(res.optimal)
     objective = bound = 0.0
     for layer in range(L):
-        aff = _affinity_prev(
+        aff = affinity_prev(
             ctx, layer, rows[layer - 1] if layer else None, shares[layer - 1] if layer else None
         )
-        spec = _spec(ctx, layer, coact=None, affinity=aff, hop_total=tokens)
+        spec = layer_spec(ctx, layer, coact=None, affinity=aff, hop_total=tokens)
         held = rows[layer].reshape(G, spg).tolist()
         objective += objective_us(spec, held, shares[layer])
-        bound += _coherent_bound(ctx, layer, spec)
+        bound += coherent_bound(ctx, layer, spec)
     extra = {
         "methods": {"cpsat-layer-sweeps": L},
         "sweeps": sweeps,
@@ -759,123 +599,81 @@ def _run(
     problem: PlacementProblem, config: SolverConfig, rng: np.random.Generator, name: str
 ) -> Plan:
     start = time.perf_counter()
-    ctx = _context(problem, config)
+    ctx = make_context(problem, config)
     if problem.mode == "coherent":
         rows, shares, objective, bound, extra = _coherent(ctx, rng)
         method = "cpsat layer sweeps (coherent, neighbours fixed)"
     else:
         rows, shares, objective, bound, extra = _standard(ctx, rng, monolithic_only=name == "cpsat")
-        if name == "best":
-            rows, shares, objective, bound = _safeguard(ctx, rows, shares, objective, bound, extra)
+        if name == "best" and _safeguard(ctx, rows, shares, extra):
+            objective = _search_objective(ctx, rows, shares)
+            bound = min(bound, objective)
         method = "+".join(sorted(extra["methods"]))
-    seconds = time.perf_counter() - start
     prov = Provenance(
         solver=name,
         objective=objective,
         bound=bound,
         gap=gap_of(objective, bound),
-        seconds=seconds,
+        seconds=time.perf_counter() - start,
         method=method,
-        objective_name=OBJECTIVE_NAME,
+        objective_name=SEARCH_OBJECTIVE_NAME,
         extra=extra,
     )
     return make_plan(problem, rows, shares, prov)
 
 
-SAFEGUARD_CANDIDATES = ("greedy", "eplb", "eplb-global", "contiguous")
+def _baseline_plans(ctx: Context) -> list[tuple[str, Plan]]:
+    """Every registered baseline's plan that can place this problem (each seeded as run_solver would)."""
+    p, out = ctx.problem, []
+    for name, entry in sorted(REGISTRY.items()):
+        if not entry.baseline:
+            continue
+        try:
+            plan = entry.fn(p, ctx.config, rng=np.random.default_rng(ctx.config.seed))
+        except PlacementError:
+            continue
+        if plan.slots_per_gpu == p.slots_per_gpu:
+            out.append((name, plan))
+    return out
 
 
-def _safeguard(
-    ctx: _Context,
-    rows: list,
-    shares: list,
-    objective: float,
-    bound: float,
-    extra: dict,
-) -> tuple[list, list, float, float]:
-    """Never worse than the baselines, layer by layer, by the project's one metrics module.
+def _safeguard(ctx: Context, rows: list, shares: list, extra: dict) -> bool:
+    """Never worse than the baselines, layer by layer, on the evaluator's time (which every plan now
+    reports, :mod:`moe_placement.solvers.objective`).
 
     Standard-mode layers are independent in :func:`moe_placement.metrics.evaluate` (each layer's routing,
     copies and compute depend on that layer's row only), so each layer keeps whichever of the solver's
-    row and the baselines' rows (greedy, EPLB hierarchical and global, contiguous) the evaluator times
-    fastest. Skipped with a migration budget (a baseline's row may move too much) or several traces
-    (the evaluator times one)."""
-    from moe_placement.metrics import evaluate_many
-    from moe_placement.solvers.base import REGISTRY
-
+    row and every registered baseline's row the evaluator times fastest (the solver's on ties). Skipped with a
+    migration budget (a baseline's row may move too much) or several traces (the evaluator times one).
+    Replaces ``rows`` / ``shares`` in place; returns whether any layer changed."""
     p = ctx.problem
     if p.current is not None or len(p.workloads) > 1 or ctx.config.traffic_weight <= 0:
-        return rows, shares, objective, bound
-    G, spg, L = p.num_gpus, p.slots_per_gpu, p.num_layers
-
-    def plan_of(r: list, sh: list) -> Plan:
-        prov = Provenance(solver="best", method="safeguard")
-        return make_plan(p, r, sh, prov)
-
-    mine = plan_of(rows, shares)
-    candidates: list[tuple[str, Plan]] = []
-    for name in SAFEGUARD_CANDIDATES:
-        if name not in REGISTRY:
-            continue
-        try:
-            other = REGISTRY[name].fn(p, ctx.config, rng=np.random.default_rng(ctx.config.seed))
-        except PlacementError:
-            continue
-        if other.slots_per_gpu == spg:
-            candidates.append((name, other))
-    # every candidate in one pass over the trace (a per-token trace may be large)
-    evaluations = evaluate_many([mine] + [c for _, c in candidates], p.cluster, p.workload)
-    times = evaluations[0].layer_us()
-    chosen = ["best"] * L
-    for (name, other), ev in zip(candidates, evaluations[1:], strict=True):
-        other_us = ev.layer_us()
-        other_share = other.shares()
-        for layer in np.flatnonzero(other_us < times * (1 - 1e-9)).tolist():
-            times[layer] = other_us[layer]
-            rows[layer] = other.phy2log[layer].copy()
-            shares[layer] = other_share[layer].copy()
-            chosen[layer] = name
-    kept = [c for c in chosen if c != "best"]
-    if not kept:
-        return rows, shares, objective, bound
+        return False
+    candidates = _baseline_plans(ctx)
+    mine = make_plan(p, rows, shares, Provenance(solver="best", method="safeguard"))
+    plans = [mine] + [plan for _, plan in candidates]
+    # every plan in one pass over the trace (a per-token trace may be large)
+    times = np.stack([ev.layer_us() for ev in evaluate_many(plans, p.cluster, p.workload)])
+    times[0] *= 1 - 1e-9  # a baseline must be strictly faster to replace the solver's row
+    pick = np.argmin(times, axis=0)  # [layers]: 0 is the solver's own row
     methods = extra["methods"]
-    for name in set(kept):
-        methods[f"{name} (evaluator-faster layer)"] = kept.count(name)
-    objective = 0.0
-    for layer in range(L):
-        spec = _spec(ctx, layer)
-        objective += objective_us(
-            spec, np.asarray(rows[layer]).reshape(G, spg).tolist(), shares[layer]
-        )
-    extra["safeguard_layers"] = len(kept)
-    return rows, shares, objective, min(bound, objective)
+    for layer in np.flatnonzero(pick > 0).tolist():
+        name, other = candidates[int(pick[layer]) - 1]
+        rows[layer] = other.phy2log[layer].copy()
+        shares[layer] = other.shares()[layer].copy()
+        key = f"{name} (evaluator-faster layer)"
+        methods[key] = methods.get(key, 0) + 1
+    extra["safeguard_layers"] = int((pick > 0).sum())
+    return bool((pick > 0).any())
 
 
-def score_plan(problem: PlacementProblem, config: SolverConfig, plan: Plan) -> tuple[float, float]:
-    """The model objective (us) of any plan and the placement-free lower bound, for comparisons."""
-    ctx = _context(problem, dataclasses.replace(config, time_limit_s=max(config.time_limit_s, 1.0)))
-    G, spg = problem.num_gpus, problem.slots_per_gpu
-    shares = plan.shares()
-    objective = bound = 0.0
-    for layer in range(problem.num_layers):
-        held = plan.phy2log[layer].reshape(G, spg).tolist()
-        if problem.mode == "coherent":
-            problem.workload.require_per_token("context-coherent placement")
-            aff = _affinity_prev(
-                ctx,
-                layer,
-                plan.phy2log[layer - 1] if layer else None,
-                shares[layer - 1] if layer else None,
-            )
-            spec = _spec(
-                ctx, layer, coact=None, affinity=aff, hop_total=float(problem.workload.num_tokens)
-            )
-            bound += _coherent_bound(ctx, layer, spec)
-        else:
-            spec = _spec(ctx, layer)
-            bound += analytic_bound_us(spec, problem.num_redundant)
-        objective += objective_us(spec, held, shares[layer])
-    return objective, min(bound, objective)
+def _search_objective(ctx: Context, rows: list, shares: list) -> float:
+    """The search model's objective (us) of standard-mode rows and shares."""
+    G, spg = ctx.problem.num_gpus, ctx.problem.slots_per_gpu
+    return sum(
+        objective_us(layer_spec(ctx, layer), np.asarray(row).reshape(G, spg).tolist(), sh)
+        for layer, (row, sh) in enumerate(zip(rows, shares, strict=True))
+    )
 
 
 @register("cpsat", "one CP-SAT model per layer (monolithic), greedy warm start, time limit")

@@ -226,24 +226,3 @@ def _swap_search(
         if cur < best - tol:
             best, best_grp = cur, grp.copy()
     return [sorted(np.flatnonzero(best_grp == g).tolist()) for g in range(G)]
-
-
-def cluster_start(load: np.ndarray, coact: np.ndarray, num_gpus: int, spg: int) -> list[list[int]]:
-    """A co-activation-first layout: seed each GPU with the hottest unplaced expert and grow it by the
-    expert with the most co-activation with the GPU's members (ties to the hotter one). Balance is
-    left to :func:`swap_search`."""
-    E = load.size
-    free = np.ones(E, dtype=bool)
-    held: list[list[int]] = []
-    for _ in range(num_gpus):
-        seed = int(np.argmax(np.where(free, load, -np.inf)))
-        members = [seed]
-        free[seed] = False
-        link = coact[seed].astype(np.float64).copy()
-        while len(members) < spg:
-            pick = int(np.argmax(np.where(free, link + 1e-9 * load, -np.inf)))
-            members.append(pick)
-            free[pick] = False
-            link += coact[pick]
-        held.append(sorted(members))
-    return held

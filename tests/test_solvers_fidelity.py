@@ -9,7 +9,7 @@ import pytest
 from moe_placement.cluster import load_cluster
 from moe_placement.metrics import evaluate
 from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
-from moe_placement.solvers.ilp import score_plan
+from moe_placement.solvers.objective import score_plan
 from moe_placement.traces.derive import derive_workload
 from moe_placement.traces.reader import TraceFile
 

@@ -14,8 +14,8 @@ from moe_placement.cli.main import main
 from moe_placement.cluster import load_cluster
 from moe_placement.errors import PlacementError
 from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
+from moe_placement.solvers.context import layer_spec, make_context
 from moe_placement.solvers.cpsat import analytic_bound_us, objective_us
-from moe_placement.solvers.ilp import _context, _spec
 from moe_placement.solvers.pairsearch import partition_pair_bound, swap_search
 from moe_placement.traces.derive import derive_workload
 from moe_placement.traces.reader import TraceFile
@@ -60,8 +60,8 @@ def test_swap_search_never_worsens(olmoe_like: Path) -> None:
     problem = PlacementProblem(
         workloads=(wl,), cluster=load_cluster("h100-multirail").with_counts(4, 4)
     )
-    ctx = _context(problem, SolverConfig(time_limit_s=5.0))
-    spec = _spec(ctx, 0)
+    ctx = make_context(problem, SolverConfig(time_limit_s=5.0))
+    spec = layer_spec(ctx, 0)
     start = [list(range(g * 8, (g + 1) * 8)) for g in range(4)]
     held = swap_search(
         spec.loads[0],
@@ -103,8 +103,8 @@ def test_node_limit_lowers_nic_term(olmoe_like: Path) -> None:
     limited = SolverConfig(time_limit_s=1.0, node_limit=1)
     held = plan.phy2log[0].reshape(8, -1).tolist()
     share = np.ones(plan.phy2log.shape[1])
-    spec_free = _spec(_context(problem, free), 0)
-    spec_lim = _spec(_context(problem, limited), 0)
+    spec_free = layer_spec(make_context(problem, free), 0)
+    spec_lim = layer_spec(make_context(problem, limited), 0)
     assert objective_us(spec_lim, held, share) < objective_us(spec_free, held, share)
     assert analytic_bound_us(spec_lim, 0) <= objective_us(spec_lim, held, share) + 1e-9
     solved = run_solver("best", problem, limited).provenance
