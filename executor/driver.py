@@ -31,9 +31,7 @@ from moe_placement.timing import StepTime, step_from_columns
 from moe_placement.workload import Workload
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-# The phases each repetition stamps, in the order of the raw ``[..., 4]`` axis.
-PHASES = ("notify_us", "dispatch_us", "compute_us", "combine_us")
-MEASURED = "measured"
+MEASURED = "measured"  # the source of a measured StepTime
 
 
 @dataclass(frozen=True)
@@ -212,7 +210,8 @@ class Measurement:
     sent_copies: list[np.ndarray]  # per layer [G, G] rows moved (D1 + D2)
     outputs: list[Any]  # per rank, when asked: (home_tokens, inputs, outputs) per layer
     weight_bytes: int
-    slowest_us: np.ndarray | None = None  # raw [reps, layers, 4] each phase across ranks
+    # raw [reps, layers, 4] each phase across ranks: notify, dispatch, compute, combine
+    slowest_us: np.ndarray | None = None
     overlap_raw_us: np.ndarray | None = None  # raw [reps, layers] slowest rank, pipelined
 
 
@@ -223,10 +222,10 @@ def summarise(
     ``[reps, layers, 4]`` (and ``[reps, layers]`` pipelined): the trimmed mean over repetitions of each
     phase's time across ranks."""
     med = central_us(slowest_us, axis=0)  # [layers, 4]
-    col = {k: med[:, i] for i, k in enumerate(PHASES)}
-    step = step_from_columns(col["dispatch_us"], col["compute_us"], col["combine_us"], MEASURED)
+    notify_us, dispatch_us, compute_us, combine_us = med.T
+    step = step_from_columns(dispatch_us, compute_us, combine_us, MEASURED)
     over = None if overlap_us is None else central_us(overlap_us, axis=0)
-    return step, col["notify_us"], over
+    return step, notify_us, over
 
 
 def pool_measurements(parts: list[Measurement]) -> Measurement:

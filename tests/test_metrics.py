@@ -192,3 +192,28 @@ def test_streamed_chunks_equal_whole(tiny_trace: Path) -> None:
     b = evaluate(plan, cluster, wl, chunks=[whole])
     assert a.summary() == b.summary()
     assert isinstance(whole, TokenChunk)
+
+
+def test_one_definition_of_load_and_time(tiny_trace: Path) -> None:
+    """``max_load`` and the per-layer times in the JSON rows and the summary are those of
+    :meth:`Evaluation.max_load` and :meth:`Evaluation.step_time`, the figures every consumer uses."""
+    wl = derive_workload(TraceFile(tiny_trace), num_gpus=8)
+    cluster = load_cluster("h100-multirail").with_counts(8, 4)
+    plan = Plan(8, 4, 2, np.tile(np.arange(16), (4, 1)))
+    ev = evaluate(plan, cluster, wl)
+    rows, step = ev.per_layer(), ev.step_time()
+    assert step.source == "evaluator" and len(step.layers) == plan.num_layers
+    np.testing.assert_array_equal([r["max_load"] for r in rows], ev.max_load())
+    np.testing.assert_array_equal(ev.max_load(), ev.gpu_load.max(axis=1))
+    np.testing.assert_array_equal(ev.max_over_mean(), ev.max_load() / ev.mean_load())
+    for row, t in zip(rows, step.layers, strict=True):
+        assert (row["dispatch_us"], row["compute_us"], row["combine_us"], row["layer_us"]) == (
+            t.dispatch_us,
+            t.compute_us,
+            t.combine_us,
+            t.layer_us,
+        )
+        assert t.layer_us == pytest.approx(t.dispatch_us + t.compute_us + t.combine_us)
+    summary = ev.summary()
+    assert summary["moe_time_us"] == step.moe_time_us
+    assert summary["compute_us"] == pytest.approx(ev.compute_us.max(axis=1).sum())
