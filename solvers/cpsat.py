@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -411,45 +412,39 @@ def _pairs(coact: np.ndarray, limit: int) -> list[tuple[int, int, float]]:
     return [(int(iu[k]), int(ju[k]), float(vals[k])) for k in keep]
 
 
-def solve_layer(
-    spec: LayerSpec,
-    *,
-    hint: list[list[int]] | None,
-    time_limit_s: float,
-    seed: int,
-    workers: int,
-    num_redundant: int,
-    deterministic: bool = False,
-) -> LayerResult:
-    """Build and solve one layer's CP-SAT model; return its best layout, objective and proven bound."""
-    build_start = time.perf_counter()
-    E, G, gpn, spg = spec.num_experts, spec.num_gpus, spec.gpus_per_node, spec.slots_per_gpu
-    N = spec.num_nodes
-    replicas = G * spg > E
+@dataclass
+class _Vars:
+    """One layer's CP-SAT model and its variables: ``x[e][g]`` expert ``e`` has a replica on GPU ``g``;
+    ``r[e][g]`` its share of ``e``'s tokens in ``1 / Q`` units (``Q x[e][g]`` where ``e`` has one replica)."""
+
+    m: cp_model.CpModel
+    x: list[list[cp_model.IntVar]]
+    r: list[list[cp_model.LinearExprT]]
+    Q: int
+    replicas: bool  # more slots than experts: some expert may have several replicas
+
+
+@dataclass
+class _Terms:
+    """The objective under construction, in integer units: ``F`` integer units per microsecond,
+    ``scale`` load units per token assignment; what the bound must give back (``dropped_slack_us``) or
+    may add (``hits_floor``, load units), and how many pairs the model prices."""
+
+    scale: float
+    F: float = 1.0
+    terms: list[cp_model.LinearExprT] = dataclasses.field(default_factory=list)
+    dropped_slack_us: float = 0.0
+    hits_floor: float = 0.0
+    pair_count: int = 0
+
+
+def _variables(spec: LayerSpec) -> _Vars:
+    """``x`` and ``r`` with the share constraints: shares only where a replica is, summing to ``Q``."""
+    E, G = spec.num_experts, spec.num_gpus
+    replicas = G * spec.slots_per_gpu > E
     Q = SHARE_UNITS if replicas else 1
     m = cp_model.CpModel()
     x = [[m.new_bool_var(f"x{e}_{g}") for g in range(G)] for e in range(E)]
-    for g in range(G):
-        m.add(sum(x[e][g] for e in range(E)) == spg)
-    for e in range(E):
-        if spec.counts is not None:
-            m.add(sum(x[e]) == int(spec.counts[e]))
-        else:
-            m.add(sum(x[e]) >= 1)
-    no_replicas = (spec.counts is not None and int(np.max(spec.counts)) == 1) or not replicas
-    if no_replicas and spec.current is None and spec.affinity is None:
-        # GPUs inside a node are interchangeable, and so are nodes: order nodes, and GPUs inside each
-        # node, by their smallest expert id; then expert e sits on node <= e and local GPU <= e
-        for e in range(E):
-            for g in range(G):
-                if g // gpn > e or g % gpn > e:
-                    m.add(x[e][g] == 0)
-        if hint is not None:
-            hint = canonical(hint, gpn)
-    if spec.current is not None and spec.max_moves is not None:
-        new = [x[e][g] for e in range(E) for g in range(G) if not spec.current[e, g]]
-        m.add(sum(new) <= int(spec.max_moves))
-    # share variables: a replica's share of its expert's tokens, in 1/Q units
     r: list[list[cp_model.LinearExprT]] = []
     for e in range(E):
         fixed_single = spec.counts is not None and int(spec.counts[e]) == 1
@@ -463,19 +458,53 @@ def solve_layer(
             row.append(v)
         m.add(sum(row) == Q)
         r.append(row)
-    # loads: scaled and floored, so the model never over-states a GPU's load
+    return _Vars(m, x, r, Q, replicas)
+
+
+def _constraints(spec: LayerSpec, v: _Vars, hint: list[list[int]] | None) -> list[list[int]] | None:
+    """Slots per GPU, every expert placed (its count fixed, or at least once), symmetry breaking and
+    the migration budget. Returns the hint in the symmetry-broken (canonical) order."""
+    E, G, gpn, spg = spec.num_experts, spec.num_gpus, spec.gpus_per_node, spec.slots_per_gpu
+    m, x = v.m, v.x
+    for g in range(G):
+        m.add(sum(x[e][g] for e in range(E)) == spg)
+    for e in range(E):
+        if spec.counts is not None:
+            m.add(sum(x[e]) == int(spec.counts[e]))
+        else:
+            m.add(sum(x[e]) >= 1)
+    no_replicas = (spec.counts is not None and int(np.max(spec.counts)) == 1) or not v.replicas
+    if no_replicas and spec.current is None and spec.affinity is None:
+        # GPUs inside a node are interchangeable, and so are nodes: order nodes, and GPUs inside each
+        # node, by their smallest expert id; then expert e sits on node <= e and local GPU <= e
+        for e in range(E):
+            for g in range(G):
+                if g // gpn > e or g % gpn > e:
+                    m.add(x[e][g] == 0)
+        if hint is not None:
+            hint = canonical(hint, gpn)
+    if spec.current is not None and spec.max_moves is not None:
+        new = [x[e][g] for e in range(E) for g in range(G) if not spec.current[e, g]]
+        m.add(sum(new) <= int(spec.max_moves))
+    return hint
+
+
+def _compute_terms(spec: LayerSpec, v: _Vars, num_redundant: int) -> _Terms:
+    """The compute part (busiest GPU per trace, its HBM floor, robust aggregation) and the integer
+    resolution ``F``. Loads are scaled and floored, so the model never over-states a GPU's load."""
+    E, G, spg, Q, m = spec.num_experts, spec.num_gpus, spec.slots_per_gpu, v.Q, v.m
     scale = LOAD_UNITS / max(float(max(ld.sum() for ld in spec.loads)), 1e-12)
-    peaks = []
-    peak_ubs = []
+    out = _Terms(scale)
+    peaks: list[cp_model.LinearExprT] = []
+    peak_ubs: list[int] = []
     peak_lbs: list[int] = []
-    objective_terms: list[cp_model.LinearExprT] = []
     coef_unit = spec.balance_weight * spec.time.us_per_assignment / (scale * Q)
     # choose the integer resolution F so that the dearest price per integer unit is about 1000; every
     # price must be per *scaled* unit: the hop price per token (coherent mode only) is scale times
     # larger, and mixing it in unscaled shrank F until the link prices floored to 0 (comm dropped)
     link_unit = max(spec.nic_hit_us(), spec.nvlink_hit_us()) / (scale * Q)
     hop_unit = spec.hop_us() / scale if spec.affinity is not None else 0.0
-    F = 1000.0 / max(coef_unit * max(spec.trace_weights), link_unit, hop_unit, 1e-300)
+    out.F = 1000.0 / max(coef_unit * max(spec.trace_weights), link_unit, hop_unit, 1e-300)
     for t, ld in enumerate(spec.loads):
         ints = np.floor(ld * scale).astype(np.int64)
         lb = math.floor(load_bound(ints.astype(float), G, spg, num_redundant)) * Q
@@ -483,18 +512,19 @@ def solve_layer(
         peak = m.new_int_var(min(lb, ub), ub, f"peak{t}")
         peak_lbs.append(min(lb, ub))
         for g in range(G):
-            m.add(sum(int(ints[e]) * r[e][g] for e in range(E) if ints[e] > 0) <= peak)
+            m.add(sum(int(ints[e]) * v.r[e][g] for e in range(E) if ints[e] > 0) <= peak)
         peaks.append(peak)
         peak_ubs.append(ub)
     # floor keeps the model below the true objective; the 1e-9 guards 99.999999 -> 99 round-off
-    weights_int = [math.floor(coef_unit * w * F * (1 + 1e-12) + 1e-9) for w in spec.trace_weights]
+    weights_int = [
+        math.floor(coef_unit * w * out.F * (1 + 1e-12) + 1e-9) for w in spec.trace_weights
+    ]
     # the roofline's HBM floor: compute is max(FLOP time of the busiest GPU, weight reads)
     floor_us = spec.compute_floor_us()
     if floor_us > 0:
         for t, w in enumerate(spec.trace_weights):
-            hbm_int = math.floor(spec.balance_weight * w * floor_us * F)
-            lo = weights_int[t] * peak_lbs[t]
-            if hbm_int > lo:
+            hbm_int = math.floor(spec.balance_weight * w * floor_us * out.F)
+            if hbm_int > weights_int[t] * peak_lbs[t]:
                 top = max(weights_int[t] * peak_ubs[t], hbm_int)
                 c = m.new_int_var(hbm_int, top, f"compute{t}")
                 m.add(c >= weights_int[t] * peaks[t])
@@ -504,153 +534,208 @@ def solve_layer(
         worst = m.new_int_var(0, top, "worst")
         for p, w in zip(peaks, weights_int, strict=True):
             m.add(worst >= w * p)
-        objective_terms.append(worst)
+        out.terms.append(worst)
     else:
-        objective_terms += [w * p for p, w in zip(peaks, weights_int, strict=True)]
-    pair_count = 0
-    dropped_slack_us = 0.0
-    hits_floor = 0.0  # proven lower bound on the busiest GPU's hits, in load units
-    if spec.standard and spec.traffic_weight > 0:
-        # hits in the peaks' integer units (loads floored, savings ceiled: never above the true hits)
-        # times alpha: the surrogate's per-expert hit weight (solvers.coverage)
-        prim = np.floor(spec.hit_alpha * spec.loads[0] * scale).astype(np.int64)
-        # node-limited routing scales node hits by at least node_limit_floor(): pricing the NIC at
-        # that floor keeps the model below the true objective, hence its bound valid
-        nic_int = math.floor(spec.nic_hit_us() * spec.node_limit_floor() / (scale * Q) * F)
-        nvl_int = math.floor(spec.nvlink_hit_us() / (scale * Q) * F)
-        use_nic, use_nvl = N > 1 and nic_int > 0, gpn > 1 and nvl_int > 0
-        pairs: list[tuple[int, int, float]] = []
-        if spec.coact is not None:
-            per_pair_vars = (N if use_nic else 0) + (G if use_nvl else 0)
-            pairs = (
-                _pairs(spec.coact, MAX_PAIR_TERMS // max(per_pair_vars, 1)) if per_pair_vars else []
-            )
-        pair_count = len(pairs)
-        if spec.coact is not None and (use_nic or use_nvl):
-            # pairs left out of the model make it over-state hits: CP-SAT's bound is then valid only
-            # after subtracting the most the dropped pairs could save on one node / GPU
-            dropped = np.triu(spec.coact, 1).astype(np.float64)
-            for pe, pf, _ in pairs:
-                dropped[pe, pf] = 0.0
-            dropped = dropped + dropped.T
-            if dropped.any():
-                slack_us = 0.0
-                for link_us, group in ((spec.nic_hit_us(), gpn * spg), (spec.nvlink_hit_us(), spg)):
-                    per = (-np.sort(-dropped, axis=1))[:, : group - 1].sum(axis=1)
-                    most = 0.5 * float(np.sort(per)[::-1][:group].sum())
-                    slack_us = max(slack_us, float(link_us * spec.pair_factor * most))
-                dropped_slack_us = slack_us
-        saving = [math.ceil(spec.pair_factor * c * scale * Q) for _, _, c in pairs]
-        gpu_hits: list[list[cp_model.LinearExprT]] = [
-            [int(prim[e]) * r[e][g] for e in range(E) if prim[e] > 0] for g in range(G)
-        ]
-        comm_ub = max(nic_int, nvl_int) * int(prim.sum()) * Q
-        comm = m.new_int_var(0, max(comm_ub, 0), "comm")
-        objective_terms.append(comm)
-        if use_nic:
-            # copies into node n from homes elsewhere (see node_inflow): demand ceiled, loads
-            # floored, savings ceiled, so never above the true count
-            D_int = np.ceil(spec.hit_alpha * spec.demand_by_node() * scale - 1e-9).astype(np.int64)
-            node_coact = spec.node_pair_coact() if spec.coact is not None else None
-            node_share: list[list[cp_model.LinearExprT]] = [
-                [sum(r[e][g] for g in range(n * gpn, (n + 1) * gpn)) for n in range(N)]
-                for e in range(E)
-            ]
-            node_hits: list[list[cp_model.LinearExprT]] = [[] for _ in range(N)]
+        out.terms += [w * p for p, w in zip(peaks, weights_int, strict=True)]
+    return out
+
+
+def _dropped_slack_us(spec: LayerSpec, pairs: list[tuple[int, int, float]]) -> float:
+    """Pairs left out of the model make it over-state hits: CP-SAT's bound is valid only after
+    subtracting the most the dropped pairs could save on one node / GPU (us)."""
+    assert spec.coact is not None
+    dropped = np.triu(spec.coact, 1).astype(np.float64)
+    for pe, pf, _ in pairs:
+        dropped[pe, pf] = 0.0
+    dropped = dropped + dropped.T
+    if not dropped.any():
+        return 0.0
+    spg, gpn = spec.slots_per_gpu, spec.gpus_per_node
+    slack_us = 0.0
+    for link_us, group in ((spec.nic_hit_us(), gpn * spg), (spec.nvlink_hit_us(), spg)):
+        per = (-np.sort(-dropped, axis=1))[:, : group - 1].sum(axis=1)
+        most = 0.5 * float(np.sort(per)[::-1][:group].sum())
+        slack_us = max(slack_us, float(link_us * spec.pair_factor * most))
+    return slack_us
+
+
+def _pair_savings(
+    v: _Vars,
+    pairs: list[tuple[int, int, float]],
+    on: list[list[cp_model.IntVar]],
+    share: list[list[cp_model.LinearExprT]],
+    saving: Callable[[int, int], int],
+    hits: list[list[cp_model.LinearExprT]],
+    capacity: int,
+    tag: str,
+) -> None:
+    """Pair savings at one level (nodes or GPUs; ``groups = len(hits)``): ``w[e, f, n]`` says experts
+    ``e`` and ``f`` are both in group ``n`` (wholly, with replicas), which takes ``saving(k, n)``
+    integer hits off group ``n``'s count for the ``k``-th pair. ``on[e][n]`` is ``e`` in ``n``,
+    ``share[e][n]`` its share there in ``1 / Q`` units; ``capacity`` the group's slots."""
+    m, Q = v.m, v.Q
+    groups = len(hits)
+    partners: dict[tuple[int, int], list[cp_model.IntVar]] = {}
+    for k, (e, f, _) in enumerate(pairs):
+        w = [m.new_bool_var(f"w{tag}{e}_{f}_{n}") for n in range(groups)]
+        for n in range(groups):
+            m.add_implication(w[n], on[e][n])
+            m.add_implication(w[n], on[f][n])
+            if v.replicas:  # a pair saves only where both experts are wholly in group n
+                for z in (e, f):
+                    m.add(Q * w[n] <= share[z][n])
+            partners.setdefault((e, n), []).append(w[n])
+            partners.setdefault((f, n), []).append(w[n])
+            hits[n].append(-saving(k, n) * w[n])
+        m.add(sum(w) <= 1)
+    # an expert in a group has at most (slots there - 1) partners there: a strong cut for the LP
+    # relaxation, which otherwise pairs everything with everything at 1 / groups
+    for (e, n), ws in partners.items():
+        if len(ws) > capacity - 1:
+            m.add(sum(ws) <= (capacity - 1) * on[e][n])
+
+
+def _node_hits(
+    spec: LayerSpec, v: _Vars, prim: np.ndarray, t: _Terms, pairs: list[tuple[int, int, float]]
+) -> list[list[cp_model.LinearExprT]]:
+    """``[nodes]`` integer copies into each node from homes elsewhere (see :func:`node_inflow`):
+    demand ceiled, loads floored, savings ceiled, so never above the true count."""
+    m, x, r, Q = v.m, v.x, v.r, v.Q
+    E, G, gpn, N = spec.num_experts, spec.num_gpus, spec.gpus_per_node, spec.num_nodes
+    D_int = np.ceil(spec.hit_alpha * spec.demand_by_node() * t.scale - 1e-9).astype(np.int64)
+    node_share: list[list[cp_model.LinearExprT]] = [
+        [sum(r[e][g] for g in range(n * gpn, (n + 1) * gpn)) for n in range(N)] for e in range(E)
+    ]
+    hits: list[list[cp_model.LinearExprT]] = [[] for _ in range(N)]
+    for e in range(E):
+        single = (spec.counts is not None and int(spec.counts[e]) == 1) or not v.replicas
+        for n in range(N):
+            rest = int(prim[e]) - int(D_int[e, n])
+            if single or not spec.nearest_first:
+                # whole share or proportional split: linear in the share
+                if rest > 0:
+                    hits[n].append(rest * node_share[e][n])
+                continue
+            y = m.new_int_var(0, max(int(prim[e]) * Q, 0), f"in{e}_{n}")
+            m.add(y >= int(prim[e]) * node_share[e][n] - int(D_int[e, n]) * Q)
+            hits[n].append(y)
+    if pairs:
+        node_coact = spec.node_pair_coact()
+        on_node = x  # one GPU per node (the node level of the hierarchy): the same variable
+        if gpn > 1:
+            on_node = [[m.new_bool_var(f"n{e}_{n}") for n in range(N)] for e in range(E)]
             for e in range(E):
-                single = (spec.counts is not None and int(spec.counts[e]) == 1) or not replicas
                 for n in range(N):
-                    rest = int(prim[e]) - int(D_int[e, n])
-                    if single or not spec.nearest_first:
-                        # whole share or proportional split: linear in the share
-                        if rest > 0:
-                            node_hits[n].append(rest * node_share[e][n])
-                        continue
-                    y = m.new_int_var(0, max(int(prim[e]) * Q, 0), f"in{e}_{n}")
-                    m.add(y >= int(prim[e]) * node_share[e][n] - int(D_int[e, n]) * Q)
-                    node_hits[n].append(y)
-            if pairs:
-                assert node_coact is not None  # pairs exist only with co-activation
-                on_node = x  # one GPU per node (the node level of the hierarchy): the same variable
-                if gpn > 1:
-                    on_node = [[m.new_bool_var(f"n{e}_{n}") for n in range(N)] for e in range(E)]
-                    for e in range(E):
-                        for n in range(N):
-                            m.add_max_equality(
-                                on_node[e][n], [x[e][g] for g in range(n * gpn, (n + 1) * gpn)]
-                            )
-                partners_n: dict[tuple[int, int], list[cp_model.IntVar]] = {}
-                for (e, f, _co), _sav in zip(pairs, saving, strict=True):
-                    wv = [m.new_bool_var(f"wn{e}_{f}_{n}") for n in range(N)]
-                    for n in range(N):
-                        m.add_implication(wv[n], on_node[e][n])
-                        m.add_implication(wv[n], on_node[f][n])
-                        if replicas:  # a pair saves only where both experts are wholly on node n
-                            for z in (e, f):
-                                m.add(Q * wv[n] <= node_share[z][n])
-                        partners_n.setdefault((e, n), []).append(wv[n])
-                        partners_n.setdefault((f, n), []).append(wv[n])
-                        sav_n = math.ceil(spec.pair_factor * float(node_coact[n, e, f]) * scale * Q)
-                        node_hits[n].append(-sav_n * wv[n])
-                    m.add(sum(wv) <= 1)
-                # an expert on a node has at most (slots in the node - 1) partners there: a strong cut
-                # for the LP relaxation, which otherwise pairs everything with everything at 1/N
-                for (e, n), ws in partners_n.items():
-                    if len(ws) > gpn * spg - 1:
-                        m.add(sum(ws) <= (gpn * spg - 1) * on_node[e][n])
-            for n in range(N):
-                m.add(comm >= nic_int * sum(node_hits[n]))
-        if use_nvl:
-            hits = [list(t) for t in gpu_hits]
-            if pairs:
-                partners_g: dict[tuple[int, int], list[cp_model.IntVar]] = {}
-                for (e, f, _), sav in zip(pairs, saving, strict=True):
-                    wv = [m.new_bool_var(f"wg{e}_{f}_{g}") for g in range(G)]
-                    for g in range(G):
-                        m.add_implication(wv[g], x[e][g])
-                        m.add_implication(wv[g], x[f][g])
-                        if replicas:  # a pair saves only where both experts are wholly on GPU g
-                            m.add(Q * wv[g] <= r[e][g])
-                            m.add(Q * wv[g] <= r[f][g])
-                        partners_g.setdefault((e, g), []).append(wv[g])
-                        partners_g.setdefault((f, g), []).append(wv[g])
-                        hits[g].append(-sav * wv[g])
-                    m.add(sum(wv) <= 1)
-                for (e, g), ws in partners_g.items():
-                    m.add(sum(ws) <= (spg - 1) * x[e][g])
-            for g in range(G):
-                m.add(comm >= nvl_int * sum(hits[g]))
-            if pairs and not replicas and COLUMN_BOUND_MIN_EXPERTS < E <= COLUMN_BOUND_MAX_EXPERTS:
-                # every expert's GPU carries at least the fewest hits of any column holding it: an
-                # implied cut on the model's own coefficients that lifts CP-SAT's bound where one hot
-                # expert with few partners sets the busiest port (solvers.columns)
-                col_s = min(COLUMN_BOUND_SHARE * time_limit_s, COLUMN_BOUND_MAX_S)
-                hot = exact_column_bound(
-                    prim,
-                    [(e, f, s) for (e, f, _), s in zip(pairs, saving, strict=True)],
-                    spg,
-                    time_limit_s=col_s,
-                    seed=seed,
-                    deterministic=deterministic,
-                )
-                if hot > 0:
-                    m.add(comm >= nvl_int * hot)
-                    hits_floor = hot / (scale * Q)  # also holds when CP-SAT finds no solution
-    if spec.affinity is not None and spec.traffic_weight > 0:
-        hop_c = spec.hop_us() * F
-        for e in range(E):
-            for g in range(G):
-                if spec.affinity[e, g] > 0:
-                    objective_terms.append(-math.ceil(hop_c * spec.affinity[e, g]) * x[e][g])
-    m.minimize(sum(objective_terms))
-    # building a large model takes time too: charge it against this layer's limit
-    if not deterministic:  # wall-clock build time would make deterministic runs differ
-        time_limit_s = max(0.01, time_limit_s - (time.perf_counter() - build_start))
-    if hint is not None:
-        on = {(e, g) for g, row in enumerate(hint) for e in row}
-        for e in range(E):
-            for g in range(G):
-                m.add_hint(x[e][g], (e, g) in on)
+                    m.add_max_equality(
+                        on_node[e][n], [x[e][g] for g in range(n * gpn, (n + 1) * gpn)]
+                    )
+
+        def saving(k: int, n: int) -> int:
+            e, f, _ = pairs[k]
+            return math.ceil(spec.pair_factor * float(node_coact[n, e, f]) * t.scale * Q)
+
+        spg = spec.slots_per_gpu
+        _pair_savings(v, pairs, on_node, node_share, saving, hits, gpn * spg, "n")
+    assert N * gpn == G
+    return hits
+
+
+def _column_cut(
+    spec: LayerSpec,
+    prim: np.ndarray,
+    pairs: list[tuple[int, int, float]],
+    saving: list[int],
+    time_limit_s: float,
+    seed: int,
+    deterministic: bool,
+) -> int:
+    """Every expert's GPU carries at least the fewest hits of any column holding it: an implied cut on
+    the model's own coefficients that lifts CP-SAT's bound where one hot expert with few partners sets
+    the busiest port (:mod:`moe_placement.solvers.columns`). Integer hits, 0 where it does not apply."""
+    if not COLUMN_BOUND_MIN_EXPERTS < spec.num_experts <= COLUMN_BOUND_MAX_EXPERTS:
+        return 0
+    return exact_column_bound(
+        prim,
+        [(e, f, s) for (e, f, _), s in zip(pairs, saving, strict=True)],
+        spec.slots_per_gpu,
+        time_limit_s=min(COLUMN_BOUND_SHARE * time_limit_s, COLUMN_BOUND_MAX_S),
+        seed=seed,
+        deterministic=deterministic,
+    )
+
+
+def _comm_terms(
+    spec: LayerSpec, v: _Vars, t: _Terms, time_limit_s: float, seed: int, deterministic: bool
+) -> None:
+    """Standard EP communication: ``comm >= `` the busiest NIC's and the busiest NVLink port's price
+    times their hits (the surrogate ``alpha x load`` minus pair savings), appended to ``t.terms``."""
+    m, x, r, Q = v.m, v.x, v.r, v.Q
+    E, G, gpn, spg, N = (
+        spec.num_experts,
+        spec.num_gpus,
+        spec.gpus_per_node,
+        spec.slots_per_gpu,
+        spec.num_nodes,
+    )
+    # hits in the peaks' integer units (loads floored, savings ceiled: never above the true hits)
+    # times alpha: the surrogate's per-expert hit weight (solvers.coverage)
+    prim = np.floor(spec.hit_alpha * spec.loads[0] * t.scale).astype(np.int64)
+    # node-limited routing scales node hits by at least node_limit_floor(): pricing the NIC at
+    # that floor keeps the model below the true objective, hence its bound valid
+    nic_int = math.floor(spec.nic_hit_us() * spec.node_limit_floor() / (t.scale * Q) * t.F)
+    nvl_int = math.floor(spec.nvlink_hit_us() / (t.scale * Q) * t.F)
+    use_nic, use_nvl = N > 1 and nic_int > 0, gpn > 1 and nvl_int > 0
+    pairs: list[tuple[int, int, float]] = []
+    per_pair_vars = (N if use_nic else 0) + (G if use_nvl else 0)
+    if spec.coact is not None and per_pair_vars:
+        pairs = _pairs(spec.coact, MAX_PAIR_TERMS // per_pair_vars)
+        t.dropped_slack_us = _dropped_slack_us(spec, pairs)
+    t.pair_count = len(pairs)
+    comm_ub = max(nic_int, nvl_int) * int(prim.sum()) * Q
+    comm = m.new_int_var(0, max(comm_ub, 0), "comm")
+    t.terms.append(comm)
+    if use_nic:
+        for hits in _node_hits(spec, v, prim, t, pairs):
+            m.add(comm >= nic_int * sum(hits))
+    if not use_nvl:
+        return
+    gpu_hits: list[list[cp_model.LinearExprT]] = [
+        [int(prim[e]) * r[e][g] for e in range(E) if prim[e] > 0] for g in range(G)
+    ]
+    saving = [math.ceil(spec.pair_factor * c * t.scale * Q) for _, _, c in pairs]
+    if pairs:
+        _pair_savings(v, pairs, x, r, lambda k, _g: saving[k], gpu_hits, spg, "g")
+    for g in range(G):
+        m.add(comm >= nvl_int * sum(gpu_hits[g]))
+    if pairs and not v.replicas:
+        hot = _column_cut(spec, prim, pairs, saving, time_limit_s, seed, deterministic)
+        if hot > 0:
+            m.add(comm >= nvl_int * hot)
+            t.hits_floor = hot / (t.scale * Q)  # also holds when CP-SAT finds no solution
+
+
+def _hop_terms(spec: LayerSpec, v: _Vars, t: _Terms) -> None:
+    """Context-coherent EP: every token whose next expert sits on its GPU saves a hop."""
+    assert spec.affinity is not None
+    hop_c = spec.hop_us() * t.F
+    for e in range(spec.num_experts):
+        for g in range(spec.num_gpus):
+            if spec.affinity[e, g] > 0:
+                t.terms.append(-math.ceil(hop_c * spec.affinity[e, g]) * v.x[e][g])
+
+
+def _hints(spec: LayerSpec, v: _Vars, hint: list[list[int]] | None) -> None:
+    if hint is None:
+        return
+    on = {(e, g) for g, row in enumerate(hint) for e in row}
+    for e in range(spec.num_experts):
+        for g in range(spec.num_gpus):
+            v.m.add_hint(v.x[e][g], (e, g) in on)
+
+
+def _solve(
+    m: cp_model.CpModel, time_limit_s: float, seed: int, workers: int, deterministic: bool
+) -> tuple[cp_model.CpSolver, int]:
     solver = cp_model.CpSolver()
     solver.parameters.random_seed = seed
     if deterministic:
@@ -661,9 +746,85 @@ def solve_layer(
     else:
         solver.parameters.num_workers = max(1, workers)
         solver.parameters.max_time_in_seconds = max(time_limit_s, 0.01)
-    status = solver.solve(m)
-    name = solver.status_name(status)
-    det_s = float(solver.deterministic_time)
+    return solver, solver.solve(m)
+
+
+def _read_shares(spec: LayerSpec, v: _Vars, solver: cp_model.CpSolver) -> tuple[list, np.ndarray]:
+    """The solution's ``held[G][spg]`` and ``share[G * spg]``; a replica given none of its expert's
+    tokens is legal but wastes a slot, so shares are renormalised to sum to 1 per expert."""
+    E, G, spg = spec.num_experts, spec.num_gpus, spec.slots_per_gpu
+    held = [[e for e in range(E) if solver.boolean_value(v.x[e][g])] for g in range(G)]
+    share = np.zeros(G * spg)
+    for g in range(G):
+        for i, e in enumerate(held[g]):
+            share[g * spg + i] = solver.value(v.r[e][g]) / v.Q
+    flat = np.asarray(held).ravel()
+    sums = np.bincount(flat, weights=share, minlength=E)
+    share[sums[flat] <= 0] = 1.0
+    sums = np.bincount(flat, weights=share, minlength=E)
+    return held, share / sums[flat]
+
+
+def _read_out(
+    spec: LayerSpec,
+    v: _Vars,
+    t: _Terms,
+    solver: cp_model.CpSolver,
+    status: int,
+    hint: list[list[int]] | None,
+    num_redundant: int,
+) -> LayerResult:
+    """The layer's result from a feasible solve: layout, shares, float objective, valid bound."""
+    name, det_s = solver.status_name(status), float(solver.deterministic_time)
+    held, share = _read_shares(spec, v, solver)
+    const = spec.constant_us()
+    if spec.traffic_weight > 0 and spec.num_gpus > 1:
+        const += spec.latency_floor_us()
+    cp_bound = solver.best_objective_bound / t.F + const - t.dropped_slack_us
+    bound = max(cp_bound, analytic_bound_us(spec, num_redundant, t.hits_floor))
+    obj = objective_us(spec, held, share)
+    if hint is not None and not v.replicas:
+        # the model rounds and may leave pairs out: never return worse than the hint it was given
+        hint_share = _even_share([list(h) for h in hint])
+        hint_obj = objective_us(spec, hint, hint_share)
+        if hint_obj < obj - 1e-9 * max(abs(obj), 1.0):
+            held, share, obj = [list(h) for h in hint], hint_share, hint_obj
+    proven = status == cp_model.OPTIMAL and t.dropped_slack_us == 0.0
+    if proven and exact_applies(spec, np.asarray(held).ravel()) and spec.top_k > 2:
+        # CP-SAT proved the surrogate (never above coverage); the exact objective is proven only where
+        # the surrogate is tight on this layout (its value then is a matching valid bound)
+        surrogate = objective_us(dataclasses.replace(spec, tokens=None), held, share)
+        proven = surrogate >= obj - 1e-9 * max(abs(obj), 1.0)
+    status_name = f"{name} ({t.pair_count} pairs)" if t.pair_count else name
+    return LayerResult(held, share, obj, min(bound, obj), proven, status_name, det_s)
+
+
+def solve_layer(
+    spec: LayerSpec,
+    *,
+    hint: list[list[int]] | None,
+    time_limit_s: float,
+    seed: int,
+    workers: int,
+    num_redundant: int,
+    deterministic: bool = False,
+) -> LayerResult:
+    """Build and solve one layer's CP-SAT model in named steps (variables, constraints, objective,
+    hints, solve, read-out); return its best layout, objective and proven bound."""
+    build_start = time.perf_counter()
+    v = _variables(spec)
+    hint = _constraints(spec, v, hint)
+    t = _compute_terms(spec, v, num_redundant)
+    if spec.standard and spec.traffic_weight > 0:
+        _comm_terms(spec, v, t, time_limit_s, seed, deterministic)
+    if spec.affinity is not None and spec.traffic_weight > 0:
+        _hop_terms(spec, v, t)
+    v.m.minimize(sum(t.terms))
+    # building a large model takes time too: charge it against this layer's limit
+    if not deterministic:  # wall-clock build time would make deterministic runs differ
+        time_limit_s = max(0.01, time_limit_s - (time.perf_counter() - build_start))
+    _hints(spec, v, hint)
+    solver, status = _solve(v.m, time_limit_s, seed, workers, deterministic)
     if status == cp_model.INFEASIBLE:
         raise InfeasibleError(
             "no placement satisfies the constraints (migration budget too small for the slot counts?)"
@@ -673,41 +834,11 @@ def solve_layer(
             raise InfeasibleError(f"CP-SAT found no placement within {time_limit_s:.3g} s")
         held = [list(h) for h in hint]
         share = _even_share(held)
-        bound = analytic_bound_us(spec, num_redundant, hits_floor)
-        return LayerResult(held, share, objective_us(spec, held, share), bound, False, name, det_s)
-    held = [[e for e in range(E) if solver.boolean_value(x[e][g])] for g in range(G)]
-    share = np.zeros(G * spg)
-    for g in range(G):
-        for i, e in enumerate(held[g]):
-            share[g * spg + i] = solver.value(r[e][g]) / Q
-    # a replica given 0 of the expert's tokens is legal but wastes a slot: keep shares summing to 1
-    flat = np.asarray(held).ravel()
-    sums = np.bincount(flat, weights=share, minlength=E)
-    bad = sums[flat] <= 0
-    share[bad] = 1.0
-    sums = np.bincount(flat, weights=share, minlength=E)
-    share = share / sums[flat]
-    const = spec.constant_us()
-    if spec.traffic_weight > 0 and G > 1:
-        const += spec.latency_floor_us()
-    cp_bound = solver.best_objective_bound / F + const - dropped_slack_us
-    bound = max(cp_bound, analytic_bound_us(spec, num_redundant, hits_floor))
-    obj = objective_us(spec, held, share)
-    if hint is not None and not replicas:
-        # the model rounds and may leave pairs out: never return worse than the hint it was given
-        hint_share = _even_share([list(h) for h in hint])
-        hint_obj = objective_us(spec, hint, hint_share)
-        if hint_obj < obj - 1e-9 * max(abs(obj), 1.0):
-            held, share, obj = [list(h) for h in hint], hint_share, hint_obj
-    proven = status == cp_model.OPTIMAL and dropped_slack_us == 0.0
-    if proven and exact_applies(spec, np.asarray(held).ravel()) and spec.top_k > 2:
-        # CP-SAT proved the surrogate (never above coverage); the exact objective is proven only where
-        # the surrogate is tight on this layout (its value then is a matching valid bound)
-        surrogate = objective_us(dataclasses.replace(spec, tokens=None), held, share)
-        proven = surrogate >= obj - 1e-9 * max(abs(obj), 1.0)
-    res = LayerResult(held, share, obj, min(bound, obj), proven, name, det_s)
-    res.status = f"{name} ({pair_count} pairs)" if pair_count else name
-    return res
+        bound = analytic_bound_us(spec, num_redundant, t.hits_floor)
+        det_s = float(solver.deterministic_time)
+        obj = objective_us(spec, held, share)
+        return LayerResult(held, share, obj, bound, False, solver.status_name(status), det_s)
+    return _read_out(spec, v, t, solver, status, hint, num_redundant)
 
 
 def canonical(held: list[list[int]], gpus_per_node: int) -> list[list[int]]:
