@@ -44,6 +44,9 @@ from moe_placement.solvers.problem import PlacementProblem, SolverConfig
 
 @dataclass
 class Context:
+    """One problem's search state: normalised ``loads[traces, layers, experts]``, prices, the deadline and
+    (deterministic mode) the virtual clock, token tables and per-layer hit coefficients."""
+
     problem: PlacementProblem
     config: SolverConfig
     time: TimeModel

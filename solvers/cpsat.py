@@ -33,6 +33,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from ortools.sat.python import cp_model
@@ -735,7 +736,7 @@ def _hints(spec: LayerSpec, v: _Vars, hint: list[list[int]] | None) -> None:
 
 def _solve(
     m: cp_model.CpModel, time_limit_s: float, seed: int, workers: int, deterministic: bool
-) -> tuple[cp_model.CpSolver, int]:
+) -> tuple[cp_model.CpSolver, Any]:
     solver = cp_model.CpSolver()
     solver.parameters.random_seed = seed
     if deterministic:
@@ -770,7 +771,7 @@ def _read_out(
     v: _Vars,
     t: _Terms,
     solver: cp_model.CpSolver,
-    status: int,
+    status: Any,
     hint: list[list[int]] | None,
     num_redundant: int,
 ) -> LayerResult:
