@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"sweep an axis (repeatable); axes: {', '.join(AXES)}",
     )
     p.add_argument(
-        "--solver", default=None, help="solver when not swept (default: best, else greedy)"
+        "--solver", default=None, help="solver when not swept (default: best)"
     )
     p.add_argument("--redundant", type=int, default=0, help="redundant slots when not swept")
     p.add_argument(
