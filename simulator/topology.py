@@ -130,9 +130,6 @@ class Topology:
                 out[i] = self.caps[i] < self.half * nics_below * self.port_bw
         return out
 
-    def link_id(self, name: str) -> int:
-        return self._ids[name]
-
     # -- routing ------------------------------------------------------------------------------------
     def _leaf(self, node: int, rail: int) -> tuple[int, int]:
         return rail, node // self.half

@@ -1,0 +1,802 @@
+"""Compiled kernels of the fluid network (:mod:`moe_placement.simulator.engine`) and the one bundle they share.
+
+Every array the kernels read or write lives in one :class:`NetArrays` bundle: links, flows (each with its
+*binding* links in a CSR), classes of flows that share a max-min rate (their solver links, lazy links and
+members), and the link -> active classes index. Entry kernels (called from Python) take the bundle as a
+plain tuple (``tuple(bundle)``) and view it by name with :func:`_view`: numba types a plain tuple in its C
+dispatcher but a NamedTuple field by field in Python, which measured twice the call overhead per field on
+the hot path (about 0.2 us per field per call, some 20k calls per simulated step). Inner helpers take the
+named view itself.
+
+The rate computation is progressive filling (max-min fairness) with a heap of link levels, written once
+(:func:`progressive_fill`) and used by the local refill after events (:func:`refill`) and by the full
+recomputation (:func:`full_refill`, the engine's reference mode).
+
+All kernels are ``njit(cache=True)`` when numba is present (machine code cached on disk) and plain Python
+otherwise. Deterministic: ties are broken by class id and link id.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any, NamedTuple
+
+import numpy as np
+
+
+def _plain(*args: Any, **kwargs: Any) -> Any:
+    """Stand-in for ``numba.njit`` when numba is absent: the kernels run as plain Python (slow)."""
+    if args and callable(args[0]):
+        return args[0]
+    return lambda fn: fn
+
+
+try:  # compiled kernels when numba is present
+    from numba import njit
+
+    _njit: Any = njit
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only without numba
+    _njit = _plain
+    HAVE_NUMBA = False
+
+# A link at or above this share of its capacity counts as saturated (float tolerance of the filling).
+SATURATED = 1.0 - 1e-9
+
+# Solver links loaded below this fraction of their capacity leave the solver at a regrouping (lazy).
+# Any value is exact (a lazy link that would overload rejoins); a clear margin keeps links whose load
+# is about to grow back (NVLink while intra-node flows drain) from flapping in and out.
+LAZY_BELOW = 0.9
+
+
+class NetArrays(NamedTuple):
+    """Every array of the fluid network's state that a kernel touches.
+
+    Links ``[links]``; flows ``[flows]`` (id = arrival order) with flow ``f`` crossing binding links
+    ``fl_link[fl_ptr[f]:fl_ptr[f + 1]]``; classes ``[classes]``: class ``c`` stands for its members
+    ``cm_flow[c_head[c]:c_end[c]]`` (ordered by finish target), its solver links ``cl_link[cl_ptr[c]:...]``
+    and its members' lazy links ``cz_link[cz_ptr[c]:...]``. Rates in bytes/us, times in us.
+    """
+
+    cap: np.ndarray  # [links] capacity
+    used: np.ndarray  # [links] load of the active classes on solver links
+    lazy: np.ndarray  # [links] bool: out of the solver (unsaturated), load tracked in lazy_used
+    lazy_used: np.ndarray  # [links] load of the active flows on lazy links
+    fl_ptr: np.ndarray  # [flows + 1]
+    fl_link: np.ndarray
+    fl_coef: np.ndarray  # share of the flow on the link (1, or 1/n when sprayed over n paths)
+    target: np.ndarray  # [flows] bytes a member must move in its class to finish
+    cls: np.ndarray  # [flows] class of each flow
+    cl_ptr: np.ndarray  # [classes + 1]
+    cl_link: np.ndarray
+    cl_unit: np.ndarray  # one member's coefficient
+    cl_coef: np.ndarray  # times the members left
+    cz_ptr: np.ndarray  # [classes + 1]
+    cz_link: np.ndarray
+    cz_coef: np.ndarray  # summed over the members left
+    cm_flow: np.ndarray  # members of all classes, by class then finish target
+    c_head: np.ndarray  # [classes] first member still active
+    c_end: np.ndarray
+    is_active: np.ndarray  # [classes] bool
+    bottleneck: np.ndarray  # [classes] a saturated link on which no class is faster (verified)
+    rate: np.ndarray  # [classes] each member's max-min rate
+    old_rate: np.ndarray  # the rate ``prog`` advances at since ``t_upd``
+    lazy_rate: np.ndarray  # the rate ``lazy_used`` holds for the class
+    changed: np.ndarray  # int8: rate changed since the last advance
+    prog: np.ndarray  # bytes each member moved since the class formed, as of t_upd
+    t_upd: np.ndarray
+    next_target: np.ndarray  # prog at which the next member finishes
+    finish: np.ndarray  # time the next member finishes
+    lk_ptr: np.ndarray  # [links + 1] link -> active classes index (see link_index)
+    lk_flow: np.ndarray
+
+
+@_njit(cache=True, inline="always")
+def _view(arrays: tuple[np.ndarray, ...]) -> NetArrays:
+    """The named view of a bundle passed as a plain tuple (free once compiled)."""
+    return NetArrays(*arrays)
+
+
+@_njit(cache=True)
+def link_index(
+    act: np.ndarray, fl_ptr: np.ndarray, fl_link: np.ndarray, num_links: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Link -> entries CSR ``(lk_ptr[links + 1], lk_flow[nnz])`` of the entries ``act`` of the CSR
+    ``(fl_ptr, fl_link)``, in ``act`` order per link."""
+    counts = np.zeros(num_links + 1, dtype=np.int64)
+    for f in act:
+        for j in range(fl_ptr[f], fl_ptr[f + 1]):
+            counts[fl_link[j] + 1] += 1
+    lk_ptr = np.cumsum(counts)
+    fill = lk_ptr[:-1].copy()
+    lk_flow = np.empty(lk_ptr[-1], dtype=np.int64)
+    for f in act:
+        for j in range(fl_ptr[f], fl_ptr[f + 1]):
+            m = fl_link[j]
+            lk_flow[fill[m]] = f
+            fill[m] += 1
+    return lk_ptr, lk_flow
+
+
+# -- progressive filling ----------------------------------------------------------------------------
+@_njit(cache=True)
+def progressive_fill(
+    members: np.ndarray,
+    fl_ptr: np.ndarray,
+    fl_link: np.ndarray,
+    fl_coef: np.ndarray,
+    lk_ptr: np.ndarray,
+    lk_flow: np.ndarray,
+    in_set: np.ndarray,
+    cap: np.ndarray,
+    used: np.ndarray,
+    rate: np.ndarray,
+    changed: np.ndarray,
+    bottleneck: np.ndarray,
+) -> None:
+    """Max-min fair rates of the classes ``members`` (``in_set`` marks them) by progressive filling on
+    the capacity the other classes leave, in place in ``rate``: ``used`` excludes the members on entry
+    and includes them on exit; ``changed[c]`` is set where a rate changed and ``bottleneck[c]`` to the
+    link that froze it. ``fl_*``: the classes' solver links CSR; ``lk_*``: link -> classes index.
+
+    Every unfrozen class rises together; the link that saturates first (lowest level, ties by link id)
+    freezes the unfrozen classes on it; one heap entry per link whose level moved. The one filling:
+    :func:`refill` and :func:`full_refill` both call it."""
+    num_links = cap.shape[0]
+    unfrozen_coef = np.zeros(num_links)
+    unfrozen_cnt = np.zeros(num_links, dtype=np.int64)
+    version = np.zeros(num_links, dtype=np.int64)
+    frozen = np.zeros(rate.shape[0], dtype=np.bool_)
+    links_seen = np.zeros(num_links, dtype=np.bool_)
+    seen: list[int] = [0]
+    seen.pop()
+    for f in members:
+        for j in range(fl_ptr[f], fl_ptr[f + 1]):
+            m = fl_link[j]
+            unfrozen_coef[m] += fl_coef[j]
+            unfrozen_cnt[m] += 1
+            if not links_seen[m]:
+                links_seen[m] = True
+                seen.append(m)
+    heap = [(0.0, np.int64(0), np.int64(0))]
+    heap.pop()
+    for m in seen:
+        heap.append((max(cap[m] - used[m], 0.0) / unfrozen_coef[m], np.int64(m), np.int64(0)))
+    heapq.heapify(heap)
+    remaining = members.shape[0]
+    touched = np.zeros(num_links, dtype=np.int64)
+    mark = np.zeros(num_links, dtype=np.bool_)
+    while remaining > 0 and len(heap) > 0:
+        level, link, ver = heapq.heappop(heap)
+        if ver != version[link] or unfrozen_cnt[link] == 0:
+            continue
+        ntouched = 0
+        for j in range(lk_ptr[link], lk_ptr[link + 1]):
+            f = lk_flow[j]
+            if not in_set[f] or frozen[f]:
+                continue
+            frozen[f] = True
+            remaining -= 1
+            if rate[f] != level:
+                changed[f] = 1
+                # a provisional bottleneck; the check that follows confirms or replaces it (an unchanged
+                # rate keeps its verified one)
+                bottleneck[f] = link
+            rate[f] = level
+            for i in range(fl_ptr[f], fl_ptr[f + 1]):
+                m = fl_link[i]
+                used[m] += fl_coef[i] * level
+                unfrozen_coef[m] -= fl_coef[i]
+                unfrozen_cnt[m] -= 1
+                if not mark[m]:
+                    mark[m] = True
+                    touched[ntouched] = m
+                    ntouched += 1
+        for t in range(ntouched):
+            m = touched[t]
+            mark[m] = False
+            version[m] += 1
+            if unfrozen_cnt[m] > 0:
+                heapq.heappush(
+                    heap,
+                    (max(cap[m] - used[m], 0.0) / max(unfrozen_coef[m], 1e-300), m, version[m]),
+                )
+
+
+@_njit(cache=True)
+def full_refill(
+    act: np.ndarray,
+    keep_below: float,
+    fl_ptr: np.ndarray,
+    fl_link: np.ndarray,
+    fl_coef: np.ndarray,
+    lk_ptr: np.ndarray,
+    lk_flow: np.ndarray,
+    cap: np.ndarray,
+    used: np.ndarray,
+    rate: np.ndarray,
+    changed: np.ndarray,
+    bottleneck: np.ndarray,
+) -> int:
+    """Refill every active class at or above ``keep_below`` from scratch (the others keep their rate);
+    ``used`` is recomputed. The engine's reference mode. Returns the number of classes refilled."""
+    used[:] = 0.0
+    in_set = np.zeros(rate.shape[0], dtype=np.bool_)
+    members: list[int] = [0]
+    members.pop()
+    for c in act:
+        if rate[c] < keep_below:
+            for j in range(fl_ptr[c], fl_ptr[c + 1]):
+                used[fl_link[j]] += fl_coef[j] * rate[c]
+        else:
+            in_set[c] = True
+            members.append(c)
+    progressive_fill(
+        np.array(members, dtype=np.int64),
+        fl_ptr,
+        fl_link,
+        fl_coef,
+        lk_ptr,
+        lk_flow,
+        in_set,
+        cap,
+        used,
+        rate,
+        changed,
+        bottleneck,
+    )
+    return len(members)
+
+
+@_njit(cache=True)
+def refill(
+    seed_flows: np.ndarray,
+    seed_links: np.ndarray,
+    keep_below: float,
+    is_active: np.ndarray,
+    fl_ptr: np.ndarray,
+    fl_link: np.ndarray,
+    fl_coef: np.ndarray,
+    lk_ptr: np.ndarray,
+    lk_flow: np.ndarray,
+    cap: np.ndarray,
+    used: np.ndarray,
+    rate: np.ndarray,
+    changed: np.ndarray,
+    bottleneck: np.ndarray,
+) -> tuple[int, int]:
+    """Exact local recomputation of the max-min fair rates after flows arrived or finished.
+
+    Start from the new flows and the flows bounded by (``bottleneck``) the saturated links that finished
+    flows left (``seed_links``; only flows at or above ``keep_below`` can change at all);
+    refill that set on the capacity the others leave, then check the max-min condition (every flow has
+    a saturated link on which no flow is faster) for every flow sharing a link with the set. Flows that
+    fail join the set and it is refilled, until all pass: the result is then *the* max-min fair
+    allocation (Bertsekas and Gallager, Data Networks, 6.5.2), found without touching the rest.
+    ``used[link]`` (load of the active flows) is kept up to date. Returns (flows refilled, rounds).
+    """
+    num_links = cap.shape[0]
+    in_set = np.zeros(rate.shape[0], dtype=np.bool_)
+    members: list[int] = [0]
+    members.pop()
+    for f in seed_flows:
+        if not in_set[f]:
+            in_set[f] = True
+            members.append(f)
+    for link in seed_links:
+        for j in range(lk_ptr[link], lk_ptr[link + 1]):
+            f = lk_flow[j]
+            if is_active[f] and not in_set[f] and rate[f] >= keep_below and bottleneck[f] == link:
+                in_set[f] = True
+                members.append(f)
+    stamp = np.zeros(num_links, dtype=np.int64)
+    max_rate = np.zeros(num_links)
+    visit = np.zeros(num_links, dtype=np.int64)
+    it = 0
+    last_count = 0
+    while True:
+        it += 1
+        arr = np.array(members, dtype=np.int64)
+        before = rate[arr].copy()
+        for f in arr:
+            if rate[f] > 0 and np.isfinite(rate[f]):
+                for j in range(fl_ptr[f], fl_ptr[f + 1]):
+                    used[fl_link[j]] -= fl_coef[j] * rate[f]
+        progressive_fill(
+            arr,
+            fl_ptr,
+            fl_link,
+            fl_coef,
+            lk_ptr,
+            lk_flow,
+            in_set,
+            cap,
+            used,
+            rate,
+            changed,
+            bottleneck,
+        )
+        verified = last_count  # members [0, verified) were checked in the previous round
+        last_count = arr.shape[0]
+        added = 0
+        for k in range(arr.shape[0]):
+            f = arr[k]
+            if rate[f] == before[k] and k < verified:
+                continue  # a member checked last round whose rate did not move changes nothing around it
+            for j in range(fl_ptr[f], fl_ptr[f + 1]):
+                link = fl_link[j]
+                if visit[link] == it:
+                    continue
+                visit[link] = it
+                for q in range(lk_ptr[link], lk_ptr[link + 1]):
+                    g = lk_flow[q]
+                    if not is_active[g]:
+                        continue
+                    if not in_set[g] and visit[bottleneck[g]] != it:
+                        continue  # nothing moved on the link that bounds g: it still does
+                    # does g have a bottleneck: a saturated link where no flow is faster than g?
+                    ok = False
+                    for i in range(fl_ptr[g], fl_ptr[g + 1]):
+                        m = fl_link[i]
+                        if used[m] < cap[m] * (1.0 - 1e-9):
+                            continue
+                        if stamp[m] != it:
+                            stamp[m] = it
+                            best = 0.0
+                            for r in range(lk_ptr[m], lk_ptr[m + 1]):
+                                h = lk_flow[r]
+                                if is_active[h] and rate[h] > best:
+                                    best = rate[h]
+                            max_rate[m] = best
+                        if rate[g] >= max_rate[m] * (1.0 - 1e-9):
+                            ok = True
+                            bottleneck[g] = m
+                            break
+                    if ok:
+                        continue
+                    if not in_set[g]:
+                        in_set[g] = True
+                        members.append(g)
+                        added += 1
+                    else:
+                        # a member beaten on its saturated links: the faster flows there must be refilled too
+                        for i in range(fl_ptr[g], fl_ptr[g + 1]):
+                            m = fl_link[i]
+                            if used[m] < cap[m] * (1.0 - 1e-9):
+                                continue  # an unsaturated link bounds nobody
+                            for r in range(lk_ptr[m], lk_ptr[m + 1]):
+                                h = lk_flow[r]
+                                if is_active[h] and not in_set[h] and rate[h] > rate[g]:
+                                    in_set[h] = True
+                                    members.append(h)
+                                    added += 1
+        if added == 0:
+            return len(members), it
+
+
+# -- one event: refill, lazy links, advance ----------------------------------------------------------
+@_njit(cache=True)
+def _lazy_update(
+    act: np.ndarray,
+    changed: np.ndarray,
+    rate: np.ndarray,
+    lazy_rate: np.ndarray,
+    cz_ptr: np.ndarray,
+    cz_link: np.ndarray,
+    cz_coef: np.ndarray,
+    lazy_used: np.ndarray,
+) -> None:
+    """Carry the classes' rate changes into the loads of the lazy links their members cross
+    (``lazy_rate[c]``: the rate ``lazy_used`` holds for class ``c``; ``cz_*``: the class's lazy links,
+    coefficients summed over its members)."""
+    for c in act:
+        if not changed[c]:
+            continue  # a rate change always sets ``changed`` (cleared only by advance, after this)
+        delta = rate[c] - lazy_rate[c]
+        if delta == 0.0:
+            continue
+        lazy_rate[c] = rate[c]
+        for j in range(cz_ptr[c], cz_ptr[c + 1]):
+            lazy_used[cz_link[j]] += cz_coef[j] * delta
+
+
+@_njit(cache=True)
+def _lazy_overload(cap: np.ndarray, lazy: np.ndarray, lazy_used: np.ndarray) -> tuple[bool, float]:
+    """(is a lazy link loaded over its capacity, the highest lazy-link utilisation when none is; -1
+    when there is no lazy link or one is over)."""
+    worst = -1.0
+    for m in range(cap.shape[0]):
+        if lazy[m]:
+            if lazy_used[m] > cap[m] * (1.0 + 1e-9):
+                return True, -1.0
+            worst = max(worst, lazy_used[m] / cap[m])
+    return False, worst
+
+
+@_njit(cache=True)
+def _slack(cap: np.ndarray, lazy: np.ndarray, used: np.ndarray) -> bool:
+    """Is a loaded solver link below ``LAZY_BELOW`` of its capacity (worth a regrouping)?"""
+    for m in range(cap.shape[0]):
+        if not lazy[m] and used[m] > 0.0 and used[m] < cap[m] * LAZY_BELOW:
+            return True
+    return False
+
+
+# What the caller knows of a regrouping before the solve (FluidNetwork._regroup_verdict): none due,
+# due, due if a solver link has slack after it; KEEP_OPEN: the caller goes on itself (no advance).
+NO_REGROUP, REGROUP, REGROUP_IF_SLACK, KEEP_OPEN = 0, 1, 2, -1
+
+
+@_njit(cache=True, inline="always")
+def _settle(
+    s: NetArrays, act: np.ndarray, aggregate: bool, now: float, verdict: int
+) -> tuple[float, float, float]:
+    """After a fill: carry the rates into the lazy links' loads (``aggregate``), then :func:`advance`
+    unless a lazy link overloads or a regrouping is due (``verdict``). Returns (the highest solver-link
+    utilisation, the highest lazy-link utilisation or -1, the next finish time or NaN when the caller
+    must go on: regroup, then advance)."""
+    cap, used, rate, changed = s.cap, s.used, s.rate, s.changed
+    worst = 0.0
+    for m in range(cap.shape[0]):
+        worst = max(worst, used[m] / cap[m])
+    lazy_worst = -1.0
+    settle = verdict != KEEP_OPEN
+    if aggregate:
+        _lazy_update(act, changed, rate, s.lazy_rate, s.cz_ptr, s.cz_link, s.cz_coef, s.lazy_used)
+        over, lazy_worst = _lazy_overload(cap, s.lazy, s.lazy_used)
+        slack = verdict == REGROUP_IF_SLACK and _slack(cap, s.lazy, used)
+        if over or verdict == REGROUP or slack:
+            settle = False
+    next_finish = np.nan
+    if settle:
+        next_finish = _advance(
+            now, act, rate, changed, s.prog, s.t_upd, s.old_rate, s.next_target, s.finish
+        )
+    return worst, lazy_worst, next_finish
+
+
+@_njit(cache=True)
+def solve(
+    arrays: tuple[np.ndarray, ...],
+    act: np.ndarray,
+    seed_cls: np.ndarray,
+    seed_links: np.ndarray,
+    keep_below: float,
+    aggregate: bool,
+    now: float,
+    verdict: int,
+) -> tuple[int, int, float, float, float]:
+    """New max-min rates of the active classes ``act`` after an event (local :func:`refill`), then
+    :func:`_settle`: one call on the common path of an event instead of three.
+
+    Returns (classes refilled, refill rounds, the highest solver-link utilisation, the highest lazy-link
+    utilisation or -1, the next finish time or NaN)."""
+    s = _view(arrays)
+    refilled, rounds = refill(
+        seed_cls,
+        seed_links,
+        keep_below,
+        s.is_active,
+        s.cl_ptr,
+        s.cl_link,
+        s.cl_coef,
+        s.lk_ptr,
+        s.lk_flow,
+        s.cap,
+        s.used,
+        s.rate,
+        s.changed,
+        s.bottleneck,
+    )
+    worst, lazy_worst, next_finish = _settle(s, act, aggregate, now, verdict)
+    return refilled, rounds, worst, lazy_worst, next_finish
+
+
+@_njit(cache=True)
+def solve_full(
+    arrays: tuple[np.ndarray, ...],
+    act: np.ndarray,
+    keep_below: float,
+    aggregate: bool,
+    now: float,
+    verdict: int,
+) -> tuple[int, int, float, float, float]:
+    """:func:`solve` with :func:`full_refill` (the engine's reference mode, compiled only when used)."""
+    s = _view(arrays)
+    refilled = full_refill(
+        act,
+        keep_below,
+        s.cl_ptr,
+        s.cl_link,
+        s.cl_coef,
+        s.lk_ptr,
+        s.lk_flow,
+        s.cap,
+        s.used,
+        s.rate,
+        s.changed,
+        s.bottleneck,
+    )
+    worst, lazy_worst, next_finish = _settle(s, act, aggregate, now, verdict)
+    return refilled, 1, worst, lazy_worst, next_finish
+
+
+@_njit(cache=True)
+def advance(arrays: tuple[np.ndarray, ...], act: np.ndarray, now: float) -> float:
+    """Bring classes whose rate changed up to date (lazily); return the earliest finish time."""
+    s = _view(arrays)
+    return _advance(
+        now, act, s.rate, s.changed, s.prog, s.t_upd, s.old_rate, s.next_target, s.finish
+    )
+
+
+@_njit(cache=True)
+def _advance(
+    now: float,
+    act: np.ndarray,
+    rate: np.ndarray,
+    changed: np.ndarray,
+    prog: np.ndarray,
+    t_upd: np.ndarray,
+    old_rate: np.ndarray,
+    next_target: np.ndarray,
+    finish: np.ndarray,
+) -> float:
+    """Bring classes whose rate changed up to date (lazily); return the earliest finish time.
+
+    ``prog[c]``: bytes each member of class ``c`` has moved since the class was formed, as of ``t_upd``;
+    the class's next member finishes when ``prog`` reaches ``next_target``."""
+    best = np.inf
+    for c in act:
+        if changed[c]:
+            prog[c] += old_rate[c] * (now - t_upd[c])
+            t_upd[c] = now
+            old_rate[c] = rate[c]
+            left = next_target[c] - prog[c]
+            if left < 0.0:
+                left = 0.0
+            finish[c] = now + left / rate[c] if rate[c] > 0 else np.inf
+            changed[c] = 0
+        if finish[c] < best:
+            best = finish[c]
+    return best
+
+
+# -- finishes, lazy links, classes ------------------------------------------------------------------
+@_njit(cache=True)
+def pop_finished(
+    arrays: tuple[np.ndarray, ...], act: np.ndarray, now: float, tol: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Finish the members of the active classes whose finish time is within ``tol`` (relative) of ``now``.
+
+    A member leaving takes its share off the class's coefficients and its load off ``used`` (solver
+    links) and ``lazy_used`` (lazy links). Returns (the classes that lost members, the finished flow ids,
+    the saturated solver links they left - only there can other rates change -, the classes now empty,
+    the lowest rate that finished).
+    """
+    s = _view(arrays)
+    rate, prog, t_upd, next_target, changed = s.rate, s.prog, s.t_upd, s.next_target, s.changed
+    c_head, c_end, cm_flow, target = s.c_head, s.c_end, s.cm_flow, s.target
+    cl_ptr, cl_link, cl_coef, cl_unit = s.cl_ptr, s.cl_link, s.cl_coef, s.cl_unit
+    fl_ptr, fl_link, fl_coef = s.fl_ptr, s.fl_link, s.fl_coef
+    lazy, cap, used, lazy_used, lazy_rate = s.lazy, s.cap, s.used, s.lazy_used, s.lazy_rate
+    cz_ptr, cz_link, cz_coef = s.cz_ptr, s.cz_link, s.cz_coef
+    limit = now + tol * max(now, 1.0)
+    done: list[int] = [0]
+    done.pop()
+    for i in range(act.shape[0]):
+        if s.finish[act[i]] <= limit:
+            done.append(act[i])
+    done_cls = np.array(done, dtype=np.int64)
+    out: list[int] = [0]
+    out.pop()
+    empty: list[int] = [0]
+    empty.pop()
+    num_links = cap.shape[0]
+    seed_mark = np.zeros(num_links, dtype=np.bool_)
+    seeds: list[int] = [0]
+    seeds.pop()
+    low = np.inf
+    for c in done_cls:
+        r = rate[c]
+        p0, t0 = prog[c], t_upd[c]  # the member finish times below use the values advance used
+        k = c_head[c]
+        while k < c_end[c]:
+            f = cm_flow[k]
+            if r <= 0 or t0 + (target[f] - p0) / r > limit:
+                break
+            out.append(f)
+            k += 1
+            for i in range(fl_ptr[f], fl_ptr[f + 1]):
+                m = fl_link[i]
+                if lazy[m]:
+                    lazy_used[m] -= fl_coef[i] * lazy_rate[c]
+                    if lazy_used[m] < 0.0:
+                        lazy_used[m] = 0.0
+                    for z in range(cz_ptr[c], cz_ptr[c + 1]):
+                        if cz_link[z] == m:
+                            cz_coef[z] -= fl_coef[i]
+                            break
+        gone = k - c_head[c]
+        if gone == 0:
+            continue
+        low = min(low, r)
+        c_head[c] = k
+        for j in range(cl_ptr[c], cl_ptr[c + 1]):
+            m = cl_link[j]
+            if used[m] >= cap[m] * (1.0 - 1e-9) and not seed_mark[m]:
+                seed_mark[m] = True
+                seeds.append(m)
+            used[m] -= cl_unit[j] * gone * r
+            if used[m] < 0.0:
+                used[m] = 0.0
+            cl_coef[j] = cl_unit[j] * (c_end[c] - k)
+        prog[c] = p0 + r * (now - t0)
+        t_upd[c] = now
+        if k == c_end[c]:
+            empty.append(c)
+            rate[c] = 0.0
+        else:
+            next_target[c] = target[cm_flow[k]]
+            changed[c] = 1
+    return (
+        done_cls,
+        np.array(out, dtype=np.int64),
+        np.array(seeds, dtype=np.int64),
+        np.array(empty, dtype=np.int64),
+        low,
+    )
+
+
+@_njit(cache=True)
+def orphans(arrays: tuple[np.ndarray, ...], flows: np.ndarray) -> bool:
+    """Every flow needs a solver link: for flows whose links are all lazy, the lowest-capacity one
+    rejoins the solver (in place). Returns whether any did."""
+    s = _view(arrays)
+    fl_ptr, fl_link, lazy, cap = s.fl_ptr, s.fl_link, s.lazy, s.cap
+
+    any_ = False
+    for f in flows:
+        orphan = True
+        best = -1
+        for j in range(fl_ptr[f], fl_ptr[f + 1]):
+            m = fl_link[j]
+            if not lazy[m]:
+                orphan = False
+                break
+            if best < 0 or cap[m] < cap[best]:
+                best = m
+        if orphan and best >= 0:
+            lazy[best] = False
+            any_ = True
+    return any_
+
+
+@_njit(cache=True)
+def build_classes(
+    arrays: tuple[np.ndarray, ...],
+    first_class: int,
+    members: np.ndarray,
+    bounds: np.ndarray,
+    cm_start: int,
+) -> None:
+    """Classes ``first_class + i`` from ``members[bounds[i]:bounds[i + 1]]`` (already ordered by finish
+    target): solver links and coefficients from the first member, times the member count."""
+    s = _view(arrays)
+    fl_ptr, fl_link, fl_coef, target, cls, lazy = (
+        s.fl_ptr,
+        s.fl_link,
+        s.fl_coef,
+        s.target,
+        s.cls,
+        s.lazy,
+    )
+    cl_ptr, cl_link, cl_unit, cl_coef, cm_flow = (
+        s.cl_ptr,
+        s.cl_link,
+        s.cl_unit,
+        s.cl_coef,
+        s.cm_flow,
+    )
+    c_head, c_end, next_target = s.c_head, s.c_end, s.next_target
+    cz_ptr, cz_link, cz_coef = s.cz_ptr, s.cz_link, s.cz_coef
+
+    for i in range(bounds.shape[0] - 1):
+        c = first_class + i
+        lo, hi = bounds[i], bounds[i + 1]
+        n = hi - lo
+        first = members[lo]
+        pos = cl_ptr[c]
+        for j in range(fl_ptr[first], fl_ptr[first + 1]):
+            m = fl_link[j]
+            if lazy[m]:
+                continue
+            cl_link[pos] = m
+            cl_unit[pos] = fl_coef[j]
+            cl_coef[pos] = fl_coef[j] * n
+            pos += 1
+        cl_ptr[c + 1] = pos
+        c_head[c] = cm_start + lo
+        c_end[c] = cm_start + hi
+        for k in range(lo, hi):
+            cm_flow[cm_start + k] = members[k]
+            cls[members[k]] = c
+        next_target[c] = target[first]
+        # the members' lazy links, coefficients summed per link
+        z0 = cz_ptr[c]
+        zpos = z0
+        for k in range(lo, hi):
+            f = members[k]
+            for j in range(fl_ptr[f], fl_ptr[f + 1]):
+                m = fl_link[j]
+                if not lazy[m]:
+                    continue
+                found = False
+                for z in range(z0, zpos):
+                    if cz_link[z] == m:
+                        cz_coef[z] += fl_coef[j]
+                        found = True
+                        break
+                if not found:
+                    cz_link[zpos] = m
+                    cz_coef[zpos] = fl_coef[j]
+                    zpos += 1
+        cz_ptr[c + 1] = zpos
+
+
+@_njit(cache=True)
+def group(arrays: tuple[np.ndarray, ...], flows: np.ndarray) -> np.ndarray:
+    """Class index (0, 1, ... in order of first appearance) of each of ``flows``: flows whose solver
+    links (not ``lazy``) and coefficients are identical, in the same order, share a class."""
+    s = _view(arrays)
+    fl_ptr, fl_link, fl_coef, lazy = s.fl_ptr, s.fl_link, s.fl_coef, s.lazy
+
+    n = flows.shape[0]
+    h = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        f = flows[i]
+        x = np.uint64(1469598103934665603)
+        for j in range(fl_ptr[f], fl_ptr[f + 1]):
+            m = fl_link[j]
+            if lazy[m]:
+                continue
+            x = (x ^ np.uint64(m + 1)) * np.uint64(1099511628211)
+            x = (x ^ np.uint64(np.int64(fl_coef[j] * 1e9))) * np.uint64(1099511628211)
+        h[i] = x
+    order = np.argsort(h, kind="mergesort")  # stable: equal hashes stay in flow order
+    group = np.empty(n, dtype=np.int64)
+    ngroups = 0
+    prev = -1
+    for idx in range(n):
+        i = order[idx]
+        same = prev >= 0 and h[i] == h[prev]
+        if same:  # confirm (hash collisions start a new group: a missed merge, never a wrong one)
+            a, b = flows[i], flows[prev]
+            ja, jb = fl_ptr[a], fl_ptr[b]
+            while same:
+                while ja < fl_ptr[a + 1] and lazy[fl_link[ja]]:
+                    ja += 1
+                while jb < fl_ptr[b + 1] and lazy[fl_link[jb]]:
+                    jb += 1
+                end_a, end_b = ja >= fl_ptr[a + 1], jb >= fl_ptr[b + 1]
+                if end_a or end_b:
+                    same = end_a and end_b
+                    break
+                if fl_link[ja] != fl_link[jb] or fl_coef[ja] != fl_coef[jb]:
+                    same = False
+                ja += 1
+                jb += 1
+        if not same:
+            ngroups += 1
+        group[i] = ngroups - 1
+        prev = i
+    # renumber by first appearance in ``flows`` (deterministic, independent of hash values)
+    first = np.full(ngroups, n, dtype=np.int64)
+    for i in range(n):
+        if i < first[group[i]]:
+            first[group[i]] = i
+    rank = np.empty(ngroups, dtype=np.int64)
+    rank[np.argsort(first, kind="mergesort")] = np.arange(ngroups)
+    for i in range(n):
+        group[i] = rank[group[i]]
+    return group
