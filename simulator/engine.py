@@ -41,8 +41,8 @@ from moe_placement.simulator.kernels import LAZY_BELOW, NetArrays
 FINISH_TOL = 1e-9
 
 # Per-flow arrays of the bundle (grown with the flow count) and per-class ones, with their dtypes.
-_FLOW_FIELDS = (("target", np.float64), ("cls", np.int64))
-_CLASS_FIELDS = (
+_FLOW_FIELDS: tuple[tuple[str, type], ...] = (("target", np.float64), ("cls", np.int64))
+_CLASS_FIELDS: tuple[tuple[str, type], ...] = (
     ("is_active", np.bool_),
     ("bottleneck", np.int64),
     ("rate", np.float64),
