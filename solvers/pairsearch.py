@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -138,91 +139,157 @@ def _swap_search(
     """The search itself: ``compute_us``/``hit_us`` price the busiest GPU's load / hits, ``pair_factor``
     the hits saved per co-activation, ``hit_alpha`` the hits per assignment, ``max_steps`` bounds the swaps (deterministic runs)."""
     now = clock  # type: ignore[assignment]
-    G = len(held)
-    E = load.size
+    prices = _Prices(compute_us, hit_us, pair_factor, hit_alpha)
+    G, E = len(held), load.size
     C = coact.astype(np.float64).copy()
     np.fill_diagonal(C, 0.0)
-    grp = np.empty(E, dtype=np.int64)
-    for g, row in enumerate(held):
-        grp[row] = g
-    onehot = np.zeros((E, G))
-    onehot[np.arange(E), grp] = 1.0
-    M = C @ onehot  # [E, G] co-activation of e with GPU g's experts
-    L = np.bincount(grp, weights=load, minlength=G).astype(np.float64)
-    S = 0.5 * (onehot * M).sum(axis=0)
+    lay = _layout(C, load, _groups_of(held, E), G)
     tol = 1e-9 * max(float(load.sum()), 1.0) * max(compute_us, hit_us, 1e-12)
-
-    def score(L: np.ndarray, S: np.ndarray) -> float:
-        return compute_us * float(L.max()) + hit_us * float((hit_alpha * L - pair_factor * S).max())
-
-    cur = score(L, S)
-    best, best_grp = cur, grp.copy()
-    diff = grp[:, None] != grp[None, :]
-    steps = 0
-    stale = 0
-    kicks_without_gain = 0
+    cur = prices.score(lay.L, lay.S)
+    best, best_grp = cur, lay.grp.copy()
+    steps = stale = kicks_without_gain = 0
     while steps < max_steps and now() < until:  # type: ignore[operator]
         steps += 1
-        a, b = grp[:, None], grp[None, :]  # e on a, f on b
-        le, lf = load[:, None], load[None, :]
-        La = L[a] - le + lf
-        Lb = L[b] - lf + le
-        # the two GPUs' new pair sums (M[f, a] still counts C[f, e], removed once more by - C):
-        # S_a' = S_a - M[e, a] + M[f, a] - C[e, f];  S_b' = S_b - M[f, b] + M[e, b] - C[e, f]
-        Mea = M[np.arange(E)[:, None], a]  # M[e, a]
-        Mfa = M[np.arange(E)[None, :], a]  # M[f, a]
-        Mfb = M[np.arange(E)[None, :], b]  # M[f, b]
-        Meb = M[np.arange(E)[:, None], b]  # M[e, b]
-        Sa = S[a] - Mea + Mfa - C
-        Sb = S[b] - Mfb + Meb - C
-        Ha, Hb = hit_alpha * La - pair_factor * Sa, hit_alpha * Lb - pair_factor * Sb
-        H = hit_alpha * L - pair_factor * S
-        Lrest = _max_excluding(L)[a, b]
-        Hrest = _max_excluding(H)[a, b]
-        new = compute_us * np.maximum(np.maximum(La, Lb), Lrest) + hit_us * np.maximum(
-            np.maximum(Ha, Hb), Hrest
-        )
-        # tie-break: more pairs kept overall (lower average hits)
-        gain_pairs = (Sa + Sb) - (S[a] + S[b])
-        key = np.where(diff, new - 1e-6 * tol * gain_pairs, np.inf)
-        e, f = np.unravel_index(int(np.argmin(key)), key.shape)
-        improves = new[e, f] < cur - tol or (
-            new[e, f] <= cur + tol and gain_pairs[e, f] > 1e-9 and stale < 4 * E
+        swaps = _score_swaps(lay, C, load, prices)
+        e, f = _best_swap(swaps, lay.diff, tol)
+        new = swaps.new[e, f]
+        improves = new < cur - tol or (
+            new <= cur + tol and swaps.gain_pairs[e, f] > 1e-9 and stale < 4 * E
         )
         if not improves:
             if cur < best - tol:
-                best, best_grp = cur, grp.copy()
+                best, best_grp = cur, lay.grp.copy()
                 kicks_without_gain = 0
             kicks_without_gain += 1
             if kicks_without_gain > MAX_KICKS_WITHOUT_GAIN:
                 break
             # kick: a few random swaps from the best layout, then descend again
-            grp = best_grp.copy()
-            for _ in range(int(rng.integers(2, 5))):
-                u, v = rng.choice(E, size=2, replace=False)
-                if grp[u] != grp[v]:
-                    grp[u], grp[v] = grp[v], grp[u]
-            onehot[:] = 0.0
-            onehot[np.arange(E), grp] = 1.0
-            M = C @ onehot
-            L = np.bincount(grp, weights=load, minlength=G).astype(np.float64)
-            S = 0.5 * (onehot * M).sum(axis=0)
-            cur = score(L, S)
-            diff = grp[:, None] != grp[None, :]
+            lay = _layout(C, load, _kicked(best_grp, rng), G)
+            cur = prices.score(lay.L, lay.S)
             stale = 0
             continue
-        stale = stale + 1 if new[e, f] >= cur - tol else 0
-        ga, gb = int(grp[e]), int(grp[f])
-        L[ga], L[gb] = La[e, f], Lb[e, f]
-        S[ga], S[gb] = Sa[e, f], Sb[e, f]
-        M[:, ga] += C[:, f] - C[:, e]
-        M[:, gb] += C[:, e] - C[:, f]
-        grp[e], grp[f] = gb, ga
-        diff[e, :] = grp[e] != grp
-        diff[:, e] = diff[e, :]
-        diff[f, :] = grp[f] != grp
-        diff[:, f] = diff[f, :]
-        cur = new[e, f]
+        stale = stale + 1 if new >= cur - tol else 0
+        _apply_swap(lay, swaps, e, f, C)
+        cur = new
         if cur < best - tol:
-            best, best_grp = cur, grp.copy()
+            best, best_grp = cur, lay.grp.copy()
     return [sorted(np.flatnonzero(best_grp == g).tolist()) for g in range(G)]
+
+
+@dataclass(frozen=True)
+class _Prices:
+    """The objective's prices: ``compute_us * max load + hit_us * max hits`` over the node's GPUs."""
+
+    compute_us: float
+    hit_us: float
+    pair_factor: float
+    hit_alpha: float
+
+    def hits(self, L: np.ndarray, S: np.ndarray) -> np.ndarray:
+        """Hits from loads ``L`` and kept pair sums ``S`` (any matching shapes)."""
+        return self.hit_alpha * L - self.pair_factor * S
+
+    def score(self, L: np.ndarray, S: np.ndarray) -> float:
+        """The objective of a layout with per-GPU loads ``L[G]`` and pair sums ``S[G]``."""
+        return self.compute_us * float(L.max()) + self.hit_us * float(self.hits(L, S).max())
+
+
+@dataclass
+class _Layout:
+    """The layout under search and the sums every swap is scored from; :func:`_apply_swap` keeps them
+    in step, :func:`_layout` rebuilds them after a kick."""
+
+    grp: np.ndarray  # [E] GPU of each expert
+    M: np.ndarray  # [E, G] co-activation of e with GPU g's experts
+    L: np.ndarray  # [G] load per GPU
+    S: np.ndarray  # [G] co-activation kept inside each GPU
+    diff: np.ndarray  # [E, E] e and f on different GPUs (the swaps that change anything)
+
+
+def _groups_of(held: list[list[int]], E: int) -> np.ndarray:
+    """``[E]`` GPU of each expert in the layout ``held[G][spg]``."""
+    grp = np.empty(E, dtype=np.int64)
+    for g, row in enumerate(held):
+        grp[row] = g
+    return grp
+
+
+def _layout(C: np.ndarray, load: np.ndarray, grp: np.ndarray, G: int) -> _Layout:
+    """The sums of the layout ``grp[E]`` computed from scratch."""
+    E = grp.size
+    onehot = np.zeros((E, G))
+    onehot[np.arange(E), grp] = 1.0
+    M = C @ onehot
+    L = np.bincount(grp, weights=load, minlength=G).astype(np.float64)
+    S = 0.5 * (onehot * M).sum(axis=0)
+    return _Layout(grp=grp, M=M, L=L, S=S, diff=grp[:, None] != grp[None, :])
+
+
+@dataclass(frozen=True)
+class _Swaps:
+    """Every swap ``(e, f)`` scored at once, each ``[E, E]``: the new loads / pair sums of e's GPU
+    (``La``, ``Sa``) and f's GPU (``Lb``, ``Sb``), the new objective and the pairs gained overall."""
+
+    La: np.ndarray
+    Lb: np.ndarray
+    Sa: np.ndarray
+    Sb: np.ndarray
+    new: np.ndarray
+    gain_pairs: np.ndarray
+
+
+def _score_swaps(lay: _Layout, C: np.ndarray, load: np.ndarray, prices: _Prices) -> _Swaps:
+    """Score all ``E^2`` swaps in ``O(E^2)`` from the per-(expert, GPU) sums ``lay.M``."""
+    E = load.size
+    M, L, S = lay.M, lay.L, lay.S
+    a, b = lay.grp[:, None], lay.grp[None, :]  # e on a, f on b
+    le, lf = load[:, None], load[None, :]
+    La = L[a] - le + lf
+    Lb = L[b] - lf + le
+    # the two GPUs' new pair sums (M[f, a] still counts C[f, e], removed once more by - C):
+    # S_a' = S_a - M[e, a] + M[f, a] - C[e, f];  S_b' = S_b - M[f, b] + M[e, b] - C[e, f]
+    e_rows, f_rows = np.arange(E)[:, None], np.arange(E)[None, :]
+    Sa = S[a] - M[e_rows, a] + M[f_rows, a] - C
+    Sb = S[b] - M[f_rows, b] + M[e_rows, b] - C
+    Ha, Hb = prices.hits(La, Sa), prices.hits(Lb, Sb)
+    Lrest = _max_excluding(L)[a, b]
+    Hrest = _max_excluding(prices.hits(L, S))[a, b]
+    new = prices.compute_us * np.maximum(np.maximum(La, Lb), Lrest) + prices.hit_us * np.maximum(
+        np.maximum(Ha, Hb), Hrest
+    )
+    gain_pairs = (Sa + Sb) - (S[a] + S[b])
+    return _Swaps(La=La, Lb=Lb, Sa=Sa, Sb=Sb, new=new, gain_pairs=gain_pairs)
+
+
+def _best_swap(swaps: _Swaps, diff: np.ndarray, tol: float) -> tuple[int, int]:
+    """The lowest-objective swap between two GPUs; ties go to more pairs kept overall (lower
+    average hits), which lets the search walk plateaus of the max-terms."""
+    key = np.where(diff, swaps.new - 1e-6 * tol * swaps.gain_pairs, np.inf)
+    e, f = np.unravel_index(int(np.argmin(key)), key.shape)
+    return e, f  # type: ignore[return-value]
+
+
+def _apply_swap(lay: _Layout, swaps: _Swaps, e: int, f: int, C: np.ndarray) -> None:
+    """Swap experts ``e`` and ``f`` and update the layout's sums in place (``O(E)``)."""
+    grp, diff = lay.grp, lay.diff
+    ga, gb = int(grp[e]), int(grp[f])
+    lay.L[ga], lay.L[gb] = swaps.La[e, f], swaps.Lb[e, f]
+    lay.S[ga], lay.S[gb] = swaps.Sa[e, f], swaps.Sb[e, f]
+    lay.M[:, ga] += C[:, f] - C[:, e]
+    lay.M[:, gb] += C[:, e] - C[:, f]
+    grp[e], grp[f] = gb, ga
+    diff[e, :] = grp[e] != grp
+    diff[:, e] = diff[e, :]
+    diff[f, :] = grp[f] != grp
+    diff[:, f] = diff[f, :]
+
+
+def _kicked(best_grp: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A copy of the best layout with a few random swaps: the restart when no swap improves."""
+    grp = best_grp.copy()
+    E = grp.size
+    for _ in range(int(rng.integers(2, 5))):
+        u, v = rng.choice(E, size=2, replace=False)
+        if grp[u] != grp[v]:
+            grp[u], grp[v] = grp[v], grp[u]
+    return grp
