@@ -102,11 +102,63 @@ def route_layer(
 
     ``weights[n, k]`` are the gate weights applied when partial results are summed.
     """
-    G, gpn, spg = num_gpus, gpus_per_node, slots_per_gpu
-    n, k = slots.shape
-    tok = np.arange(n, dtype=np.int64)
+    G, spg = num_gpus, slots_per_gpu
+    tok = np.arange(slots.shape[0], dtype=np.int64)
     token_ids = tok if token_ids is None else np.asarray(token_ids, dtype=np.int64)
     dst_gpu = slots // spg
+    copies = _copies(home, dst_gpu, G, gpus_per_node)
+    home_pos, n_home = _home_positions(home, G)
+    row_of = _working_rows(home, copies, n_home, G)
+    ranks: list[RankLayer] = []
+    for r in range(G):
+        n_h = int(n_home[r])
+        send1, cnt1, recv1 = _stage(copies.d1_tok, copies.d1_src, copies.d1_dst, r, G)
+        send2_tok, cnt2, recv2 = _stage(copies.d2_tok, copies.d2_src, copies.d2_dst, r, G)
+        # D2 forwards rows of R1: a forwarded token's row in W minus the X part.
+        send2 = np.array([row_of[r][int(t)] - n_h for t in send2_tok], dtype=np.int64)
+        comp_rows, comp_weight, offsets = _local_compute(r, slots, dst_gpu, weights, row_of[r], spg)
+        ranks.append(
+            RankLayer(
+                n_home=n_h,
+                d1_send_idx=home_pos[send1],
+                d1_send_counts=cnt1,
+                d1_recv_counts=recv1,
+                d2_send_idx=send2,
+                d2_send_counts=cnt2,
+                d2_recv_counts=recv2,
+                comp_rows=comp_rows,
+                comp_weight=comp_weight,
+                slot_offsets=offsets,
+                home_tokens=token_ids[np.flatnonzero(home == r)],
+            )
+        )
+    return LayerRouting(ranks=ranks, sent_copies=copies.sent(G), stage2=bool(copies.d2_tok.size))
+
+
+@dataclass(frozen=True)
+class _Copies:
+    """The row copies one layer moves, one entry per copy: stage D1 ``(d1_tok, d1_src, d1_dst)`` and
+    stage D2 ``(d2_tok, d2_src, d2_dst)`` (token index, source rank, destination rank)."""
+
+    d1_tok: np.ndarray
+    d1_src: np.ndarray
+    d1_dst: np.ndarray
+    d2_tok: np.ndarray
+    d2_src: np.ndarray
+    d2_dst: np.ndarray
+
+    def sent(self, G: int) -> np.ndarray:
+        """``[G, G]`` rows moved from each source to each destination rank (D1 + D2)."""
+        sent = np.zeros((G, G), dtype=np.int64)
+        np.add.at(sent, (self.d1_src, self.d1_dst), 1)
+        np.add.at(sent, (self.d2_src, self.d2_dst), 1)
+        return sent
+
+
+def _copies(home: np.ndarray, dst_gpu: np.ndarray, G: int, gpn: int) -> _Copies:
+    """The deduplicated copies of tokens with home ``home[n]`` sent to GPUs ``dst_gpu[n, k]``."""
+    n, k = dst_gpu.shape
+    tok = np.arange(n, dtype=np.int64)
     # Unique (token, destination GPU) pairs: the deduplication.
     pair = np.unique(np.repeat(tok, k) * G + dst_gpu.ravel())
     p_tok, p_gpu = pair // G, pair % G
@@ -120,32 +172,43 @@ def route_layer(
     d1_dst = np.concatenate([p_gpu[direct], fwd[remote]])
     d1_key = np.unique(d1_tok * G + d1_dst)
     d1_tok, d1_dst = d1_key // G, d1_key % G
-    d1_src = home[d1_tok]
     # D2 copies: forwarder -> final destination inside the destination node.
     fan = remote & (p_gpu != fwd)
-    d2_tok, d2_src, d2_dst = p_tok[fan], fwd[fan], p_gpu[fan]
+    return _Copies(
+        d1_tok=d1_tok,
+        d1_src=home[d1_tok],
+        d1_dst=d1_dst,
+        d2_tok=p_tok[fan],
+        d2_src=fwd[fan],
+        d2_dst=p_gpu[fan],
+    )
 
-    # Position of each home token inside its rank's X buffer (tokens keep trace order).
-    home_pos = np.zeros(n, dtype=np.int64)
+
+def _home_positions(home: np.ndarray, G: int) -> tuple[np.ndarray, np.ndarray]:
+    """Position of each home token inside its rank's X buffer (tokens keep trace order), and the
+    number of home tokens per rank ``n_home[G]``."""
+    home_pos = np.zeros(home.size, dtype=np.int64)
     n_home = np.bincount(home, minlength=G)
     for r in range(G):
         idx = np.flatnonzero(home == r)
         home_pos[idx] = np.arange(idx.size)
+    return home_pos, n_home
 
-    sent = np.zeros((G, G), dtype=np.int64)
-    np.add.at(sent, (d1_src, d1_dst), 1)
-    np.add.at(sent, (d2_src, d2_dst), 1)
 
-    # Row of each (token, rank) in that rank's working set W = [X; R1; R2].
+def _received(tok: np.ndarray, src: np.ndarray, dst: np.ndarray, G: int) -> dict[int, np.ndarray]:
+    """Tokens each rank receives in one stage, grouped by source in rank order, then by token."""
+    order = np.lexsort((tok, src, dst))
+    sorted_dst = dst[order]
+    return {r: tok[order][sorted_dst == r] for r in range(G)}
+
+
+def _working_rows(
+    home: np.ndarray, copies: _Copies, n_home: np.ndarray, G: int
+) -> dict[int, dict[int, int]]:
+    """Row of each (token, rank) in that rank's working set W = [X; R1; R2]."""
+    r1_tokens = _received(copies.d1_tok, copies.d1_src, copies.d1_dst, G)
+    r2_tokens = _received(copies.d2_tok, copies.d2_src, copies.d2_dst, G)
     row_of: dict[int, dict[int, int]] = {r: {} for r in range(G)}
-    ranks: list[RankLayer] = []
-    # R1 on rank r: tokens sent to r in D1, grouped by source in rank order, then by token.
-    r1_order = np.lexsort((d1_tok, d1_src, d1_dst))
-    d1_sorted_dst = d1_dst[r1_order]
-    r1_tokens = {r: d1_tok[r1_order][d1_sorted_dst == r] for r in range(G)}
-    r2_order = np.lexsort((d2_tok, d2_src, d2_dst))
-    d2_sorted_dst = d2_dst[r2_order]
-    r2_tokens = {r: d2_tok[r2_order][d2_sorted_dst == r] for r in range(G)}
     for r in range(G):
         home_idx = np.flatnonzero(home == r)
         rows = row_of[r]
@@ -157,43 +220,38 @@ def route_layer(
         base += int(r1_tokens[r].size)
         for i, t in enumerate(r2_tokens[r]):
             rows[int(t)] = base + i
+    return row_of
 
-    for r in range(G):
-        m1 = d1_src == r
-        send1, cnt1 = _grouped(d1_dst[m1], d1_tok[m1], G)
-        m1r = d1_dst == r
-        recv1 = np.bincount(d1_src[m1r], minlength=G).astype(np.int64)
-        m2 = d2_src == r
-        send2_tok, cnt2 = _grouped(d2_dst[m2], d2_tok[m2], G)
-        m2r = d2_dst == r
-        recv2 = np.bincount(d2_src[m2r], minlength=G).astype(np.int64)
-        n_h = int(n_home[r])
-        # D2 forwards rows of R1: a forwarded token's row in W minus the X part.
-        send2 = np.array([row_of[r][int(t)] - n_h for t in send2_tok], dtype=np.int64)
-        # Local compute: every (token, k) whose chosen slot is on this rank.
-        t_idx, k_idx = np.nonzero(dst_gpu == r)
-        local_slot = slots[t_idx, k_idx] - r * spg
-        order = np.lexsort((t_idx, local_slot))
-        t_idx, k_idx, local_slot = t_idx[order], k_idx[order], local_slot[order]
-        comp_rows = np.array([row_of[r][int(t)] for t in t_idx], dtype=np.int64)
-        offsets = np.zeros(spg + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum(np.bincount(local_slot, minlength=spg))
-        ranks.append(
-            RankLayer(
-                n_home=n_h,
-                d1_send_idx=home_pos[send1],
-                d1_send_counts=cnt1,
-                d1_recv_counts=recv1,
-                d2_send_idx=send2,
-                d2_send_counts=cnt2,
-                d2_recv_counts=recv2,
-                comp_rows=comp_rows,
-                comp_weight=weights[t_idx, k_idx].astype(np.float32),
-                slot_offsets=offsets,
-                home_tokens=token_ids[np.flatnonzero(home == r)],
-            )
-        )
-    return LayerRouting(ranks=ranks, sent_copies=sent, stage2=bool(d2_tok.size))
+
+def _stage(
+    tok: np.ndarray, src: np.ndarray, dst: np.ndarray, r: int, G: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rank ``r``'s side of one stage: the tokens it sends sorted by (destination, token), the
+    count per destination ``[G]`` and the count it receives from each source ``[G]``."""
+    m = src == r
+    send_tok, send_counts = _grouped(dst[m], tok[m], G)
+    recv_counts = np.bincount(src[dst == r], minlength=G).astype(np.int64)
+    return send_tok, send_counts, recv_counts
+
+
+def _local_compute(
+    r: int,
+    slots: np.ndarray,
+    dst_gpu: np.ndarray,
+    weights: np.ndarray,
+    rows: dict[int, int],
+    spg: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (token, k) whose chosen slot is on rank ``r``: its row of W, its gate weight (float32)
+    and the offsets of each local slot's rows ``[spg + 1]``, rows sorted by local slot."""
+    t_idx, k_idx = np.nonzero(dst_gpu == r)
+    local_slot = slots[t_idx, k_idx] - r * spg
+    order = np.lexsort((t_idx, local_slot))
+    t_idx, k_idx, local_slot = t_idx[order], k_idx[order], local_slot[order]
+    comp_rows = np.array([rows[int(t)] for t in t_idx], dtype=np.int64)
+    offsets = np.zeros(spg + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(np.bincount(local_slot, minlength=spg))
+    return comp_rows, weights[t_idx, k_idx].astype(np.float32), offsets
 
 
 @dataclass(frozen=True)
