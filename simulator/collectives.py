@@ -47,6 +47,7 @@ class PhasePlan:
     stage2: np.ndarray | None = None
     relay: str = "pipelined"
     rdma: bool = False
+    own: np.ndarray | None = None  # [gpus] stage1 bytes a relay receives for itself (not forwarded)
 
     def scaled(self, factor: float) -> PhasePlan:
         return PhasePlan(
@@ -56,6 +57,7 @@ class PhasePlan:
             None if self.stage2 is None else self.stage2 * factor,
             self.relay,
             self.rdma,
+            None if self.own is None else self.own * factor,
         )
 
     def incoming_bytes(self) -> np.ndarray:
@@ -63,6 +65,8 @@ class PhasePlan:
         inc = self.direct.sum(axis=0).copy()
         if self.stage2 is not None:
             inc += self.stage2.sum(axis=0)
+        if self.own is not None:
+            inc += self.own
         return inc
 
 
@@ -89,6 +93,17 @@ def _two_hop(pairs: np.ndarray, gpn: int, relay_on_dst_rail: bool) -> tuple[np.n
         G, G
     )
     return stage1, stage2
+
+
+def _own_copies(pairs: np.ndarray, gpn: int) -> np.ndarray:
+    """``[gpus]`` cross-node copies each GPU receives as its own forwarder: from the GPUs of other nodes
+    on its local index (DeepEP's forwarder of a token for a node is that node's GPU on the sender's
+    local index)."""
+    G = pairs.shape[0]
+    idx = np.arange(G)
+    same_rail = (idx[:, None] % gpn) == (idx[None, :] % gpn)
+    other_node = (idx[:, None] // gpn) != (idx[None, :] // gpn)
+    return np.where(same_rail & other_node, pairs, 0.0).sum(axis=0)
 
 
 def build_phase(
@@ -122,11 +137,13 @@ def build_phase(
         return PhasePlan(phase, off * bytes_per_copy)
     intra = np.where(same, off, 0.0)
     if algo == "deepep":
+        fan = np.clip(nvlink - intra, 0.0, None)
+        own = None
         if phase == "dispatch":  # NIC to the forwarder, then the forwarder's NVLink fan-out
-            fan = np.clip(nvlink - intra, 0.0, None)
             stage1, stage2 = nic, fan
+            # copies whose forwarder is their destination end there: the forwarder waits for them too
+            own = np.minimum(_own_copies(off, gpus_per_node), nic.sum(axis=0)) * bytes_per_copy
         else:  # NVLink fan-in to the forwarder (reduced there), then the NIC back home
-            fan = np.clip(nvlink - intra, 0.0, None)
             stage1, stage2 = fan, nic
         return PhasePlan(
             phase,
@@ -134,6 +151,7 @@ def build_phase(
             stage1 * bytes_per_copy,
             stage2 * bytes_per_copy,
             "pipelined",
+            own=own,
         )
     s1, s2 = _two_hop(off, gpus_per_node, relay_on_dst_rail=(phase == "dispatch"))
     return PhasePlan(
@@ -154,8 +172,16 @@ class PhaseRun:
 
     @property
     def span_us(self) -> float:
+        """First GPU's start to last GPU's completion."""
         started = self.start_us[np.isfinite(self.start_us)]
         return float(self.end_us.max() - started.min()) if started.size else 0.0
+
+    @property
+    def collective_us(self) -> float:
+        """The phase as one collective, as the evaluator times it: from the moment the last GPU joined
+        to the last GPU's completion (GPUs that join early and finish early overlap the phase before)."""
+        started = self.start_us[np.isfinite(self.start_us)]
+        return float(max(self.end_us.max() - started.max(), 0.0)) if started.size else 0.0
 
 
 def run_phase(
@@ -201,6 +227,7 @@ def run_phase(
     s1 = plan.stage1
     s2 = plan.stage2
     relay_in = s1.sum(axis=0) if s1 is not None else np.zeros(G)
+    own = plan.own if plan.own is not None else np.zeros(G)
     arrived = np.zeros(G)
     released = np.zeros((G, G))
     pending = np.zeros((G, G))
@@ -230,6 +257,8 @@ def run_phase(
     def relay_arrive(r: int, bytes_: float) -> None:
         assert s2 is not None
         arrived[r] += bytes_
+        if own[r] > 0:  # the share of the relay's own copies in what arrived (all of it in the end)
+            deliver(r, bytes_ * own[r] / relay_in[r])
         complete = arrived[r] >= relay_in[r] * (1 - _TOL)
         if plan.relay == "store-and-forward" and not complete:
             return

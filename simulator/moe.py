@@ -395,9 +395,9 @@ def simulate_moe(
         rows.append(
             {
                 "layer": layer,
-                "dispatch_us": float(sum(r.span_us for r in d_runs)),
+                "dispatch_us": float(sum(r.collective_us for r in d_runs)),
                 "compute_us": compute_max,
-                "combine_us": float(sum(r.span_us for r in c_runs)),
+                "combine_us": float(sum(r.collective_us for r in c_runs)),
                 "layer_us": float(layer_us),
                 "exposed_comm_us": float(max(layer_us - busy.max(), 0.0)),
                 "attention_us": float(attention_us * slow),
