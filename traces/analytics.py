@@ -278,14 +278,25 @@ def plot_stats(workload: Workload, stats: dict[str, Any], folder: str | Path) ->
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
-
-    def save(fig: Any, name: str) -> None:
+    for draw in _PLOTS:
+        drawn = draw(plt, workload, stats)
+        if drawn is None:  # the statistics this plot shows are absent from the trace
+            continue
+        fig, name = drawn
         target = folder / name
         with atomic_path(target, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
         plt.close(fig)
         written.append(str(target))
+    return written
 
+
+# A drawn figure and its file name, or None when the trace lacks what the plot shows.
+_Drawn = tuple[Any, str] | None
+
+
+def _plot_load_heatmap(plt: Any, workload: Workload, stats: dict[str, Any]) -> _Drawn:
+    """Share of each layer's assignments per expert, ``[layers, experts]``."""
     share = workload.load / np.maximum(workload.load.sum(axis=1, keepdims=True), 1e-12)
     fig, ax = plt.subplots(figsize=(9, 4))
     im = ax.imshow(share, aspect="auto", cmap="viridis", interpolation="nearest")
@@ -293,8 +304,11 @@ def plot_stats(workload: Workload, stats: dict[str, Any], folder: str | Path) ->
     ax.set_ylabel("MoE layer")
     ax.set_title("Share of each layer's tokens per expert")
     fig.colorbar(im, ax=ax, label="share of assignments")
-    save(fig, "load_heatmap.png")
+    return fig, "load_heatmap.png"
 
+
+def _plot_load_skew(plt: Any, workload: Workload, stats: dict[str, Any]) -> _Drawn:
+    """Max over mean expert load per layer."""
     fig, ax = plt.subplots(figsize=(8, 3.5))
     rows = stats["per_layer"]
     ax.bar([r["layer"] for r in rows], [r["max_over_mean"] for r in rows], color="tab:orange")
@@ -302,85 +316,125 @@ def plot_stats(workload: Workload, stats: dict[str, Any], folder: str | Path) ->
     ax.set_xlabel("MoE layer")
     ax.set_ylabel("max / mean expert load")
     ax.set_title("Expert load skew per layer")
-    save(fig, "load_skew.png")
+    return fig, "load_skew.png"
 
-    if "mean_nmi" in stats:
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        with_next = [r for r in rows if "nmi_next" in r]
-        ax.bar(
-            [r["layer"] for r in with_next],
-            [r["nmi_next"] for r in with_next],
-            label="NMI(top-1, next top-1)",
-        )
-        ax.plot(
-            [r["layer"] for r in with_next],
-            [r["top_successor_share"] for r in with_next],
-            "k.-",
-            label="top successor share",
-        )
-        ax.set_xlabel("MoE layer l (to l+1)")
-        ax.set_ylabel("affinity")
-        ax.set_ylim(0, 1)
-        ax.legend()
-        ax.set_title("Inter-layer affinity")
-        save(fig, "affinity.png")
-    if workload.top1_transitions is not None and workload.top1_transitions.shape[0] > 0:
-        fig, ax = plt.subplots(figsize=(5, 4.5))
-        joint = workload.top1_transitions[0]
-        ax.imshow(joint / max(joint.sum(), 1), cmap="magma", interpolation="nearest")
-        ax.set_xlabel("top-1 expert at layer 1")
-        ax.set_ylabel("top-1 expert at layer 0")
-        ax.set_title("Layer 0 -> 1 transitions")
-        save(fig, "transitions_l0.png")
-    if workload.coact is not None:
-        fig, ax = plt.subplots(figsize=(5, 4.5))
-        coact = workload.coact[0]
-        im = ax.imshow(coact / max(coact.sum(), 1), cmap="viridis", interpolation="nearest")
-        ax.set_xlabel("expert")
-        ax.set_ylabel("expert")
-        ax.set_title("Co-activation at layer 0 (tokens choosing both)")
-        fig.colorbar(im, ax=ax)
-        save(fig, "coactivation_l0.png")
-    if "mean_window_coverage" in stats:
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        x = np.array([r["layer"] for r in rows])
-        width = 0.2
-        for i, (key, label) in enumerate(
+
+def _plot_affinity(plt: Any, workload: Workload, stats: dict[str, Any]) -> _Drawn:
+    """Inter-layer affinity: NMI of consecutive top-1 experts and the top successor's share."""
+    if "mean_nmi" not in stats:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    with_next = [r for r in stats["per_layer"] if "nmi_next" in r]
+    ax.bar(
+        [r["layer"] for r in with_next],
+        [r["nmi_next"] for r in with_next],
+        label="NMI(top-1, next top-1)",
+    )
+    ax.plot(
+        [r["layer"] for r in with_next],
+        [r["top_successor_share"] for r in with_next],
+        "k.-",
+        label="top successor share",
+    )
+    ax.set_xlabel("MoE layer l (to l+1)")
+    ax.set_ylabel("affinity")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("Inter-layer affinity")
+    return fig, "affinity.png"
+
+
+def _plot_transitions(plt: Any, workload: Workload, stats: dict[str, Any]) -> _Drawn:
+    """Joint share of top-1 experts at layers 0 and 1."""
+    if workload.top1_transitions is None or workload.top1_transitions.shape[0] == 0:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    joint = workload.top1_transitions[0]
+    ax.imshow(joint / max(joint.sum(), 1), cmap="magma", interpolation="nearest")
+    ax.set_xlabel("top-1 expert at layer 1")
+    ax.set_ylabel("top-1 expert at layer 0")
+    ax.set_title("Layer 0 -> 1 transitions")
+    return fig, "transitions_l0.png"
+
+
+def _plot_coactivation(plt: Any, workload: Workload, stats: dict[str, Any]) -> _Drawn:
+    """Share of tokens choosing each pair of experts at layer 0."""
+    if workload.coact is None:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    coact = workload.coact[0]
+    im = ax.imshow(coact / max(coact.sum(), 1), cmap="viridis", interpolation="nearest")
+    ax.set_xlabel("expert")
+    ax.set_ylabel("expert")
+    ax.set_title("Co-activation at layer 0 (tokens choosing both)")
+    fig.colorbar(im, ax=ax)
+    return fig, "coactivation_l0.png"
+
+
+def _plot_consistency(plt: Any, workload: Workload, stats: dict[str, Any]) -> _Drawn:
+    """Local routing consistency per layer, each figure next to its shuffled-token baseline."""
+    if "mean_window_coverage" not in stats:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    rows = stats["per_layer"]
+    x = np.array([r["layer"] for r in rows])
+    width = 0.2
+    for i, (key, label) in enumerate(
+        (
             (
-                (
-                    "window_coverage",
-                    f"window coverage (w={stats['window']}, top {stats['cache_experts']})",
-                ),
-                ("window_coverage_shuffled", "same, shuffled tokens"),
-                ("repeat_share", "repeat share (t-1 -> t)"),
-                ("repeat_share_shuffled", "same, shuffled tokens"),
-            )
-        ):
-            ax.bar(x + (i - 1.5) * width, [r[key] for r in rows], width, label=label)
-        ax.set_xlabel("MoE layer")
-        ax.set_ylabel("share of assignments")
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=7)
-        ax.set_title("Local routing consistency")
-        save(fig, "consistency.png")
-    if "domain_load" in stats and len(stats["domain_load"]) > 1:
-        names = sorted(stats["domain_load"])
-        layer = workload.num_layers // 2
-        fig, ax = plt.subplots(figsize=(9, 1.2 + 0.5 * len(names)))
-        grid = np.array([stats["domain_load"][n][layer] for n in names])
-        im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
-        ax.set_yticks(range(len(names)), names)
-        ax.set_xlabel("expert id")
-        ax.set_title(f"Per-domain expert share at MoE layer {layer}")
-        fig.colorbar(im, ax=ax, label="share of the domain's assignments")
-        save(fig, "domain_preference.png")
-    if "drift_js_per_layer" in stats:
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        ax.bar(
-            range(len(stats["drift_js_per_layer"])), stats["drift_js_per_layer"], color="tab:red"
+                "window_coverage",
+                f"window coverage (w={stats['window']}, top {stats['cache_experts']})",
+            ),
+            ("window_coverage_shuffled", "same, shuffled tokens"),
+            ("repeat_share", "repeat share (t-1 -> t)"),
+            ("repeat_share_shuffled", "same, shuffled tokens"),
         )
-        ax.set_xlabel("MoE layer")
-        ax.set_ylabel("JS divergence of expert load")
-        ax.set_title("Drift against the compared trace")
-        save(fig, "drift.png")
-    return written
+    ):
+        ax.bar(x + (i - 1.5) * width, [r[key] for r in rows], width, label=label)
+    ax.set_xlabel("MoE layer")
+    ax.set_ylabel("share of assignments")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.set_title("Local routing consistency")
+    return fig, "consistency.png"
+
+
+def _plot_domain_preference(plt: Any, workload: Workload, stats: dict[str, Any]) -> _Drawn:
+    """Each domain's expert share at the middle MoE layer (only with two or more domains)."""
+    if "domain_load" not in stats or len(stats["domain_load"]) <= 1:
+        return None
+    names = sorted(stats["domain_load"])
+    layer = workload.num_layers // 2
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.5 * len(names)))
+    grid = np.array([stats["domain_load"][n][layer] for n in names])
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("expert id")
+    ax.set_title(f"Per-domain expert share at MoE layer {layer}")
+    fig.colorbar(im, ax=ax, label="share of the domain's assignments")
+    return fig, "domain_preference.png"
+
+
+def _plot_drift(plt: Any, workload: Workload, stats: dict[str, Any]) -> _Drawn:
+    """JS divergence of each layer's expert load against the compared trace."""
+    if "drift_js_per_layer" not in stats:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(range(len(stats["drift_js_per_layer"])), stats["drift_js_per_layer"], color="tab:red")
+    ax.set_xlabel("MoE layer")
+    ax.set_ylabel("JS divergence of expert load")
+    ax.set_title("Drift against the compared trace")
+    return fig, "drift.png"
+
+
+# In the order the files are written (and listed in the stats JSON).
+_PLOTS = (
+    _plot_load_heatmap,
+    _plot_load_skew,
+    _plot_affinity,
+    _plot_transitions,
+    _plot_coactivation,
+    _plot_consistency,
+    _plot_domain_preference,
+    _plot_drift,
+)
