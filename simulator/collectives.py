@@ -169,6 +169,7 @@ class PhaseRun:
     end_us: np.ndarray
     flows: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    flow_ids: list[int] = field(default_factory=list)  # the network flows it started
 
     @property
     def span_us(self) -> float:
@@ -216,9 +217,12 @@ def run_phase(
         rdma: bool = False,
     ) -> None:
         route = topo.route(src, dst, direct_nic=direct_nic, rdma=rdma)
+        fid = net.num_flows
         sent, done = net.transfer(
             route.links, bytes_, coefs=route.coefs, latency_us=route.latency_us
         )
+        if net.num_flows > fid:  # a GPU-local copy never enters the network
+            run.flow_ids.append(fid)
         run.flows += 1
         done.callbacks.append(lambda _e: on_done(bytes_))
         if on_sent is not None:

@@ -45,6 +45,7 @@ from moe_placement.simulator.collectives import (
     run_phase,
     when,
 )
+from moe_placement.simulator.decompose import layer_terms, phase_shape
 from moe_placement.simulator.engine import FluidNetwork
 from moe_placement.simulator.topology import Topology
 from moe_placement.timing import TIME_KEYS, LayerTime, StepTime
@@ -66,7 +67,12 @@ class Span:
 
 @dataclass
 class SimResult:
-    """The outcome of a simulation. ``per_layer``: one dict per simulated MoE layer; times in us."""
+    """The outcome of a simulation. ``per_layer``: one dict per simulated MoE layer; times in us: the
+    :class:`~moe_placement.timing.LayerTime` fields (:meth:`step_time`), ``attention_us``,
+    ``comm_lower_bound_us``, ``flows``, and the named terms of the gap to the evaluator
+    (:mod:`moe_placement.simulator.decompose`: ``evaluator_us`` + ``routing_us`` + ``latency_us`` +
+    ``pipeline_us`` + ``congestion_us`` + ``compute_model_us`` + ``attention_us`` + ``overlap_us`` =
+    ``layer_us``)."""
 
     per_layer: list[dict[str, Any]]
     total_us: float
@@ -392,6 +398,16 @@ def simulate_moe(
         moved = runner.net.link_bytes - bytes_before
         lb = float((moved / runner.net.cap).max()) if moved.any() else 0.0
         compute_max = float((ev.compute_us[layer] + shared_expert_us).max() * slow)
+        shapes = [phase_shape(r, runner.net) for r in d_runs + c_runs]
+        terms = layer_terms(
+            float(layer_us),
+            shapes,
+            ev=ev,
+            layer=layer,
+            cluster=cluster,
+            compute_us=compute_max,
+            attention_us=float(attention_us * slow),
+        )
         rows.append(
             {
                 "layer": layer,
@@ -403,6 +419,7 @@ def simulate_moe(
                 "attention_us": float(attention_us * slow),
                 "comm_lower_bound_us": lb,
                 "flows": int(sum(r.flows for r in d_runs + c_runs)),
+                **terms,
             }
         )
 
