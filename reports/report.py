@@ -345,38 +345,59 @@ def _throughput_section(
     varying: list[str],
     findings: dict[str, Any],
 ) -> None:
+    """Section 1: throughput and layer latency versus GPU count; records ``max_tokens_per_s``."""
     doc.heading("1. Throughput and per-layer latency versus GPU count")
     if "gpus" not in varying:
-        doc.para("The GPU count was not swept (add --sweep gpus=...); throughput per scenario:")
-        rows = [
-            [_label(r, varying), r["gpus"], r["tokens_per_s"], r["layer_us"]]
-            for _, r in ok.iterrows()
-        ]
-        doc.table(["scenario", "gpus", "tokens/s", "layer us"], rows)
+        _throughput_per_scenario(doc, ok, varying)
         return
     part = slicer(ok, ["gpus", "gpus_per_node", "solver"])
+    _scaling_curves(doc, part, solvers)
+    _layer_profile(doc, part, layers, _chosen_solver(solvers))
+    best = _row_of_max(ok, "tokens_per_s")
+    findings["max_tokens_per_s"] = float(best["tokens_per_s"])
+    doc.html.append(
+        f'<p class="finding">Highest throughput: {_fmt(best["tokens_per_s"])} tokens/s at '
+        f"{html.escape(_label(best, varying))}.</p>"
+    )
+    doc.md.append(
+        f"**Highest throughput:** {_fmt(best['tokens_per_s'])} tokens/s at {_label(best, varying)}.\n"
+    )
+
+
+def _throughput_per_scenario(doc: _Doc, ok: pd.DataFrame, varying: list[str]) -> None:
+    """Without a GPU-count axis there is no curve: one table row per scenario."""
+    doc.para("The GPU count was not swept (add --sweep gpus=...); throughput per scenario:")
+    rows = [
+        [_label(r, varying), r["gpus"], r["tokens_per_s"], r["layer_us"]] for _, r in ok.iterrows()
+    ]
+    doc.table(["scenario", "gpus", "tokens/s", "layer us"], rows)
+
+
+# Columns of the scaling table, one row per (solver, GPU count).
+_SCALING_HEADERS = [
+    "solver",
+    "gpus",
+    "nodes",
+    "tokens/s",
+    "tokens/s per GPU",
+    "layer us (mean)",
+    "layer us (worst)",
+    "$/M tok",
+]
+
+
+def _scaling_curves(doc: _Doc, part: pd.DataFrame, solvers: list[str]) -> None:
+    """Throughput and mean layer latency versus GPU count, one line per solver, and their table."""
     tps: dict[str, tuple[list[float], list[float]]] = {}
     lat: dict[str, tuple[list[float], list[float]]] = {}
-    rows = []
+    rows: list[list[Any]] = []
     for solver in solvers:
         sub = part[part["solver"] == solver].sort_values("gpus")
         if not len(sub):
             continue
         tps[solver] = (sub["gpus"].tolist(), sub["tokens_per_s"].tolist())
         lat[solver] = (sub["gpus"].tolist(), sub["layer_us"].tolist())
-        rows += [
-            [
-                solver,
-                r["gpus"],
-                r["num_nodes"],
-                r["tokens_per_s"],
-                r["tokens_per_s"] / r["gpus"],
-                r["layer_us"],
-                r["worst_layer_us"],
-                r["usd_per_million_tokens"],
-            ]
-            for _, r in sub.iterrows()
-        ]
+        rows += [_scaling_row(solver, r) for _, r in sub.iterrows()]
     doc.image(
         plots.line_plot(
             tps,
@@ -397,21 +418,25 @@ def _throughput_section(
         ),
         "Mean MoE layer latency (us) versus GPU count, one line per solver",
     )
-    doc.table(
-        [
-            "solver",
-            "gpus",
-            "nodes",
-            "tokens/s",
-            "tokens/s per GPU",
-            "layer us (mean)",
-            "layer us (worst)",
-            "$/M tok",
-        ],
-        rows,
-    )
-    # Per-layer profile of the chosen solver at each GPU count.
-    chosen = _chosen_solver(solvers)
+    doc.table(_SCALING_HEADERS, rows)
+
+
+def _scaling_row(solver: str, r: pd.Series) -> list[Any]:
+    """One scenario's row of the scaling table (columns as in ``_SCALING_HEADERS``)."""
+    return [
+        solver,
+        r["gpus"],
+        r["num_nodes"],
+        r["tokens_per_s"],
+        r["tokens_per_s"] / r["gpus"],
+        r["layer_us"],
+        r["worst_layer_us"],
+        r["usd_per_million_tokens"],
+    ]
+
+
+def _layer_profile(doc: _Doc, part: pd.DataFrame, layers: pd.DataFrame, chosen: str) -> None:
+    """Per-layer latency of the chosen solver, one line per GPU count (nothing if no layer rows)."""
     sub = part[part["solver"] == chosen].sort_values("gpus")
     profile: dict[str, tuple[list[float], list[float]]] = {}
     for _, r in sub.iterrows():
@@ -428,15 +453,6 @@ def _throughput_section(
             ),
             f"Latency of each MoE layer (us) at each GPU count, solver {chosen}",
         )
-    best = _row_of_max(ok, "tokens_per_s")
-    findings["max_tokens_per_s"] = float(best["tokens_per_s"])
-    doc.html.append(
-        f'<p class="finding">Highest throughput: {_fmt(best["tokens_per_s"])} tokens/s at '
-        f"{html.escape(_label(best, varying))}.</p>"
-    )
-    doc.md.append(
-        f"**Highest throughput:** {_fmt(best['tokens_per_s'])} tokens/s at {_label(best, varying)}.\n"
-    )
 
 
 def _breakdown_section(doc: _Doc, ok: pd.DataFrame, slicer: _Slicer, varying: list[str]) -> None:
