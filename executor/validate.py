@@ -9,6 +9,7 @@ deduplicated copies pair by pair.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -156,23 +157,64 @@ def run_validate(
     (on shared CPU hosts this, not the model, set most of the per-layer error)."""
     if rounds < 1:
         raise PlacementError("--rounds must be >= 1")
-    plan = Plan.load(plan_path)
-    baseline = Plan.load(baseline_path) if baseline_path else None
-    if baseline is not None and (baseline.num_gpus != plan.num_gpus):
-        raise PlacementError(
-            f"the baseline plan is for {baseline.num_gpus} GPUs but the plan for {plan.num_gpus}"
-        )
+    plans = _load_plans(plan_path, baseline_path)
     spec = load_cluster(cluster) if cluster else None
     # A spec calibrated on CPU ranks carries its host-sharing model next to it.
     host = load_host_model(cluster) if cluster and config.backend == "gloo" else None
-    data = load_replay_input(trace, plan.num_gpus, config)
-    plans = [("plan", plan)] + ([("baseline", baseline)] if baseline is not None else [])
+    data = load_replay_input(trace, plans[0][1].num_gpus, config)
     for what, p in plans:
         _check_plan(p, data, what)
         preflight(p, config, data.shape, data.workload.num_tokens)
+    run = _run_rounds(plans, data, config, calibrate=spec is None, fault=fault, rounds=rounds)
+    if run.calibration is not None:
+        spec = run.calibration.spec
+        host = run.calibration.host if config.backend == "gloo" else None
+    if spec is None:  # unreachable: rounds >= 1 calibrated at least once
+        raise PlacementError("no cluster spec to predict with")
+    report = _report_header(trace, data, config, rounds, run, spec)
+    report["plans"] = {
+        what: compare(p, run.measured[what], spec, data, config.chunks, host) for what, p in plans
+    }
+    if "baseline" in report["plans"]:
+        report["speedup"] = _speedup(report["plans"]["plan"], report["plans"]["baseline"])
+    return report
+
+
+def _load_plans(plan_path: str, baseline_path: str | None) -> list[tuple[str, Plan]]:
+    """``[("plan", plan)]``, then ``("baseline", baseline)`` when one is given (same GPU count)."""
+    plan = Plan.load(plan_path)
+    baseline = Plan.load(baseline_path) if baseline_path else None
+    if baseline is None:
+        return [("plan", plan)]
+    if baseline.num_gpus != plan.num_gpus:
+        raise PlacementError(
+            f"the baseline plan is for {baseline.num_gpus} GPUs but the plan for {plan.num_gpus}"
+        )
+    return [("plan", plan), ("baseline", baseline)]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the workers gave: each plan's measurement pooled over the rounds, the calibration fitted
+    on them (None when a spec was given) and the devices the ranks ran on."""
+
+    measured: dict[str, Measurement]
+    calibration: Calibration | None
+    devices: list[str]
+
+
+def _run_rounds(
+    plans: list[tuple[str, Plan]],
+    data: ReplayInput,
+    config: ExecConfig,
+    *,
+    calibrate: bool,
+    fault: dict[str, Any] | None,
+    rounds: int,
+) -> _Run:
+    """All rounds on one worker group; the fault is injected into the plan's first replay only."""
     calibration: Calibration | None = None
     with worker_group(config) as group:
-        calibrate = spec is None
         hidden, inter = data.shape.hidden_size, data.shape.expert_intermediate_size
         samples: CalibrationSamples | None = None
         parts: dict[str, list[Measurement]] = {what: [] for what, _ in plans}
@@ -191,20 +233,21 @@ def run_validate(
             calibration = fit_calibration(
                 group, samples, hidden=hidden, inter=inter, dtype=config.torch_dtype
             )
-            spec = calibration.spec
-            host = calibration.host if config.backend == "gloo" else None
-        if spec is None:  # unreachable: rounds >= 1 calibrated at least once
-            raise PlacementError("no cluster spec to predict with")
-        measured: dict[str, Measurement] = {
-            what: pool_measurements(got) for what, got in parts.items()
-        }
+        measured = {what: pool_measurements(got) for what, got in parts.items()}
         devices = sorted({str(i["device"]) for i in group.info})
-    report: dict[str, Any] = {
+    return _Run(measured=measured, calibration=calibration, devices=devices)
+
+
+def _report_header(
+    trace: str, data: ReplayInput, config: ExecConfig, rounds: int, run: _Run, spec: ClusterSpec
+) -> dict[str, Any]:
+    """The report's keys that describe the run (everything before ``plans``)."""
+    return {
         "trace": trace,
         "tokens": data.workload.num_tokens,
         "workers": config.workers,
         "backend": config.backend,
-        "devices": devices,
+        "devices": run.devices,
         "dtype": config.torch_dtype,
         "hidden_size": data.shape.hidden_size,
         "intermediate_size": data.shape.expert_intermediate_size,
@@ -214,21 +257,17 @@ def run_validate(
         "rounds": rounds,
         "chunks": config.chunks,
         "cluster": spec.name,
-        "calibration": calibration.report() if calibration is not None else None,
-        "plans": {
-            what: compare(p, measured[what], spec, data, config.chunks, host) for what, p in plans
-        },
+        "calibration": run.calibration.report() if run.calibration is not None else None,
     }
-    if baseline is not None:
-        a, b = report["plans"]["plan"], report["plans"]["baseline"]
-        report["speedup"] = {
-            "measured": b["measured_us"] / a["measured_us"] if a["measured_us"] > 0 else math.nan,
-            "simulated": b["simulated_us"] / a["simulated_us"]
-            if a["simulated_us"] > 0
-            else math.nan,
-        }
-        if "measured_overlap_us" in a and "measured_overlap_us" in b:
-            report["speedup"]["measured_overlap"] = (
-                b["measured_overlap_us"] / a["measured_overlap_us"]
-            )
-    return report
+
+
+def _speedup(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """Baseline time over plan time (> 1: the plan is faster), measured and simulated, from the two
+    plans' report entries ``a`` (plan) and ``b`` (baseline)."""
+    speedup = {
+        "measured": b["measured_us"] / a["measured_us"] if a["measured_us"] > 0 else math.nan,
+        "simulated": b["simulated_us"] / a["simulated_us"] if a["simulated_us"] > 0 else math.nan,
+    }
+    if "measured_overlap_us" in a and "measured_overlap_us" in b:
+        speedup["measured_overlap"] = b["measured_overlap_us"] / a["measured_overlap_us"]
+    return speedup
