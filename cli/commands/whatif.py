@@ -58,9 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="AXIS=V1,V2,...",
         help=f"sweep an axis (repeatable); axes: {', '.join(AXES)}",
     )
-    p.add_argument(
-        "--solver", default=None, help="solver when not swept (default: best)"
-    )
+    p.add_argument("--solver", default=None, help="solver when not swept (default: best)")
     p.add_argument("--redundant", type=int, default=0, help="redundant slots when not swept")
     p.add_argument(
         "--tokens-per-gpu", type=int, default=DEFAULT_TOKENS_PER_GPU, help="tokens per GPU per step"
