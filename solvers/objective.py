@@ -92,8 +92,11 @@ def report(problem: PlacementProblem, config: SolverConfig, plan: Plan, name: st
     (the baselines), move to ``extra["search_objective"]`` / ``extra["search_bound"]``. The reported
     ``bound`` is the search bound clamped to the evaluator's objective: the search bound is proven for
     the linear model, not for the evaluator's time (the two differ by the model's error), so the clamp
-    is what keeps ``bound <= objective`` true of every reported plan, and ``gap`` measures the distance
-    from the evaluator's time to the model's bound."""
+    is what keeps ``bound <= objective`` true of every reported plan, and ``gap`` is
+    ``(objective - bound) / objective``, so a user can recompute it from the two printed figures. The
+    search's own gap, ``(search objective - search bound) / search objective``, is kept as
+    ``extra["search_gap"]``: the reported gap also carries the model's error and, after ``best``'s
+    safeguard swaps in evaluator-faster baseline layers, the model's opinion of those layers."""
     prov = plan.provenance
     search_name = prov.objective_name or SEARCH_OBJECTIVE_NAME
     if prov.objective is None or prov.bound is None:
@@ -108,6 +111,7 @@ def report(problem: PlacementProblem, config: SolverConfig, plan: Plan, name: st
         "search_objective": search,
         "search_bound": search_bound,
         "search_objective_name": search_name,
+        "search_gap": gap_of(search, search_bound),
     }
     return dataclasses.replace(
         prov,

@@ -148,11 +148,14 @@ def run(args: argparse.Namespace) -> int:
         print_json(report)
     else:
         prov = plan.provenance
-        bound = (
-            ""
-            if prov.bound is None
-            else f", bound {prov.bound:.6g}, gap {prov.gap if prov.gap is not None else 0:.3%}"
-        )
+        bound = ""
+        if prov.bound is not None:
+            bound = f", MoE time {prov.objective:.6g} us, bound {prov.bound:.6g} us, gap {prov.gap or 0:.3%}"
+        search = prov.extra.get("search_objective")
+        if search is not None:
+            bound += (
+                f" (search model {search:.6g} us, its gap {prov.extra.get('search_gap', 0):.3%})"
+            )
         print_evaluation(
             ev,
             f"solver {name} ({prov.method}) in {prov.seconds:.2f} s{bound}; "
@@ -184,7 +187,7 @@ def compare_solvers(args: argparse.Namespace, problem: Any, config: Any, names: 
                 s["inter_node_bytes"],
                 s["hops"],
                 s["moe_time_us"],
-                prov.objective if prov.objective is not None else "-",
+                prov.extra.get("search_objective", "-"),
                 prov.seconds,
                 prov.gap if prov.gap is not None else "-",
                 prov.method,
@@ -203,7 +206,7 @@ def compare_solvers(args: argparse.Namespace, problem: Any, config: Any, names: 
                     "NIC bytes",
                     "hops",
                     "MoE us",
-                    "model us",
+                    "search model us",
                     "solve s",
                     "gap",
                     "method",
