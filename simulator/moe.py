@@ -34,7 +34,13 @@ from tqdm import tqdm
 from moe_placement.atomic import atomic_open
 from moe_placement.cluster import ClusterSpec
 from moe_placement.errors import PlacementError
-from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU, dedup_copies, evaluate, gpu_pair_copies
+from moe_placement.metrics import (
+    DEFAULT_TOKENS_PER_GPU,
+    Evaluation,
+    dedup_copies,
+    evaluate,
+    gpu_pair_copies,
+)
 from moe_placement.plan import Plan
 from moe_placement.simulator.collectives import (
     ALGOS,
@@ -292,6 +298,239 @@ class _Runner:
         )
 
 
+def _check_algo(algo: str) -> None:
+    if algo not in ALGOS:
+        raise PlacementError(f"unknown algo {algo!r}; known: {', '.join(ALGOS)}")
+
+
+def _fired(env: simpy.Environment) -> simpy.Event:
+    """An event that has already succeeded: the start signal of GPUs that wait on nothing."""
+    go = env.event()
+    go.succeed()
+    return go
+
+
+def _network_stats(net: FluidNetwork) -> dict[str, Any]:
+    """The fluid network's own counters, for the run's statistics."""
+    return {
+        "events": net.events,
+        "recomputes": net.recomputes,
+        "flows": net.num_flows,
+        "worst_link_utilisation": net.worst_utilisation,
+    }
+
+
+@dataclass
+class _MoeRun:
+    """What every layer of one :func:`simulate_moe` call shares, and the rows written so far."""
+
+    ev: Evaluation  # evaluated with gpu_pairs=True: per-GPU-pair copies and compute times
+    runner: _Runner
+    algo: str
+    overlap: str
+    micro: int  # micro-batches (two-batch) or chunks (chunked) per layer; 1 without overlap
+    slow: float  # compute slow-down while communication kernels hold SMs (1 without overlap)
+    attention_us: float
+    shared_expert_us: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def env(self) -> simpy.Environment:
+        return self.runner.env
+
+    @property
+    def num_gpus(self) -> int:
+        return self.runner.cluster.num_gpus
+
+    @property
+    def frac(self) -> float:
+        """Share of the layer's tokens in one micro-batch."""
+        return 1.0 / self.micro
+
+
+@dataclass
+class _LayerPlay:
+    """One layer in flight: each GPU's compute stream, its busy time (us), and the phases started."""
+
+    streams: list[simpy.Resource]
+    go: simpy.Event
+    busy_us: np.ndarray  # [gpus]
+    d_runs: list[PhaseRun] = field(default_factory=list)
+    c_runs: list[PhaseRun] = field(default_factory=list)
+    ends: list[simpy.Event] = field(default_factory=list)
+
+
+def _check_moe_args(
+    algo: str,
+    overlap: str,
+    attention_us: float,
+    shared_expert_us: float,
+    chunks: int,
+    relay_chunks: int,
+) -> None:
+    _check_algo(algo)
+    if overlap not in OVERLAPS:
+        raise PlacementError(f"unknown overlap {overlap!r}; known: {', '.join(OVERLAPS)}")
+    if attention_us < 0 or shared_expert_us < 0:
+        raise PlacementError("attention_us and shared_expert_us must be >= 0")
+    if chunks < 1 or relay_chunks < 1:
+        raise PlacementError("chunks and relay_chunks must be >= 1")
+
+
+def _chosen_layers(num_layers: int, layers: list[int] | None) -> list[int]:
+    chosen = list(range(num_layers)) if layers is None else list(layers)
+    for layer in chosen:
+        if not 0 <= layer < num_layers:
+            raise PlacementError(
+                f"layer {layer} out of range (the plan has {num_layers} MoE layers)"
+            )
+    return chosen
+
+
+def _chunked_attention(run: _MoeRun, play: _LayerPlay) -> list[simpy.Event]:
+    """Chunked overlap: attention runs once, whole, before the chunks; returns its per-GPU finish."""
+    attn_us = run.attention_us * run.slow
+    done = [
+        run.runner.compute(g, play.streams[g], attn_us, "attention", play.go)
+        for g in range(run.num_gpus)
+    ]
+    play.busy_us += attn_us
+    return done
+
+
+def _micro_ready(
+    run: _MoeRun,
+    play: _LayerPlay,
+    tag: str,
+    attn_done: list[simpy.Event] | None,
+    prev_dispatch: simpy.Event | None,
+) -> list[simpy.Event]:
+    """When each GPU may send micro-batch ``tag``'s dispatch. Chunked: once attention is done there and
+    the previous chunk's dispatch has landed everywhere (dispatches go out back to back); otherwise after
+    the micro-batch's own share of attention on the GPU's stream."""
+    env, G = run.env, run.num_gpus
+    if attn_done is not None:
+        gate = prev_dispatch if prev_dispatch is not None else play.go
+        return [env.all_of([attn_done[g], gate]) for g in range(G)]
+    attn_us = run.attention_us * run.frac * run.slow
+    ready = [
+        run.runner.compute(g, play.streams[g], attn_us, f"attention {tag}", play.go)
+        for g in range(G)
+    ]
+    play.busy_us += attn_us
+    return ready
+
+
+def _micro_batch(
+    run: _MoeRun,
+    play: _LayerPlay,
+    layer: int,
+    tag: str,
+    ready: list[simpy.Event],
+    phases: tuple[PhasePlan, PhasePlan],
+) -> simpy.Event:
+    """Dispatch, expert compute (routed + shared expert) and combine of one micro-batch; returns the
+    event of its dispatch having landed on every GPU."""
+    env, runner, frac = run.env, run.runner, run.frac
+    dispatch, combine = phases
+    d_run = runner.phase(dispatch.scaled(frac), ready, f"dispatch {tag}")
+    dispatched = env.all_of(d_run.done)
+    comp_done = []
+    for g in range(run.num_gpus):
+        dur_us = (run.ev.compute_us[layer, g] + run.shared_expert_us) * frac * run.slow
+        play.busy_us[g] += dur_us
+        comp_done.append(
+            runner.compute(g, play.streams[g], dur_us, f"experts {tag}", d_run.done[g])
+        )
+    c_run = runner.phase(combine.scaled(frac), comp_done, f"combine {tag}")
+    play.d_runs.append(d_run)
+    play.c_runs.append(c_run)
+    play.ends.extend(c_run.done)
+    return dispatched
+
+
+def _layer_row(
+    run: _MoeRun, play: _LayerPlay, layer: int, layer_us: float, moved: np.ndarray
+) -> dict[str, Any]:
+    """One row of :attr:`SimResult.per_layer`; ``moved``: bytes each link carried in the layer."""
+    net = run.runner.net
+    lb = float((moved / net.cap).max()) if moved.any() else 0.0
+    compute_max = float((run.ev.compute_us[layer] + run.shared_expert_us).max() * run.slow)
+    attention_us = float(run.attention_us * run.slow)
+    phase_runs = play.d_runs + play.c_runs
+    terms = layer_terms(
+        float(layer_us),
+        [phase_shape(r, net) for r in phase_runs],
+        ev=run.ev,
+        layer=layer,
+        cluster=run.runner.cluster,
+        compute_us=compute_max,
+        attention_us=attention_us,
+    )
+    return {
+        "layer": layer,
+        "dispatch_us": float(sum(r.collective_us for r in play.d_runs)),
+        "compute_us": compute_max,
+        "combine_us": float(sum(r.collective_us for r in play.c_runs)),
+        "layer_us": float(layer_us),
+        "exposed_comm_us": float(max(layer_us - play.busy_us.max(), 0.0)),
+        "attention_us": attention_us,
+        "comm_lower_bound_us": lb,
+        "flows": int(sum(r.flows for r in phase_runs)),
+        **terms,
+    }
+
+
+def _layer_proc(run: _MoeRun, layer: int) -> Any:
+    """SimPy process of one MoE layer: start its micro-batches, wait for every combine, write its row."""
+    env, net, G = run.env, run.runner.net, run.num_gpus
+    t0 = env.now
+    bytes_before = net.link_bytes.copy()
+    phases = _layer_phases(run.ev, layer, run.algo, run.ev.scale)
+    play = _LayerPlay([simpy.Resource(env, capacity=1) for _ in range(G)], _fired(env), np.zeros(G))
+    attn_done = _chunked_attention(run, play) if run.overlap == "chunked" else None
+    prev_dispatch: simpy.Event | None = None
+    for m in range(run.micro):
+        tag = f"L{layer}" + (f".mb{m}" if run.micro > 1 else "")
+        ready = _micro_ready(run, play, tag, attn_done, prev_dispatch)
+        prev_dispatch = _micro_batch(run, play, layer, tag, ready, phases)
+    yield env.all_of(play.ends)
+    run.rows.append(_layer_row(run, play, layer, env.now - t0, net.link_bytes - bytes_before))
+
+
+def _play_layers(run: _MoeRun, layers: list[int], progress: bool) -> None:
+    """Play ``layers`` one after another on the run's network, to the end of the simulation."""
+    env = run.env
+
+    def main() -> Any:
+        bar = tqdm(
+            layers, desc="simulate", unit="layer", disable=None if progress else True, leave=False
+        )
+        for layer in bar:
+            yield env.process(_layer_proc(run, layer))
+        bar.close()
+
+    env.process(main())
+    env.run()
+
+
+def _moe_result(run: _MoeRun, config: dict[str, Any], wall_s: float) -> SimResult:
+    runner, rows = run.runner, run.rows
+    return SimResult(
+        per_layer=rows,
+        total_us=float(sum(r["layer_us"] for r in rows)),
+        link_names=list(runner.topo.link_names),
+        link_kinds=list(runner.topo.link_kinds),
+        link_bytes=runner.net.link_bytes.copy(),
+        link_cap_bytes_per_us=runner.net.cap.copy(),
+        sim_end_us=float(run.env.now),
+        spans=runner.spans,
+        stats={**_network_stats(runner.net), "wall_s": wall_s},
+        config=config,
+        gpus_per_node=runner.cluster.gpus_per_node,
+    )
+
+
 def simulate_moe(
     plan: Plan,
     cluster: ClusterSpec,
@@ -317,157 +556,34 @@ def simulate_moe(
     the full step's attention and shared expert; ``chunks``: pieces in ``overlap="chunked"``;
     ``relay_chunks``: pieces DeepEP's forwarder pipeline cuts the NIC stage into.
     """
-    if algo not in ALGOS:
-        raise PlacementError(f"unknown algo {algo!r}; known: {', '.join(ALGOS)}")
-    if overlap not in OVERLAPS:
-        raise PlacementError(f"unknown overlap {overlap!r}; known: {', '.join(OVERLAPS)}")
-    if attention_us < 0 or shared_expert_us < 0:
-        raise PlacementError("attention_us and shared_expert_us must be >= 0")
-    if chunks < 1 or relay_chunks < 1:
-        raise PlacementError("chunks and relay_chunks must be >= 1")
+    _check_moe_args(algo, overlap, attention_us, shared_expert_us, chunks, relay_chunks)
     wall0 = time.perf_counter()
     ev = evaluate(plan, cluster, workload, mode=mode, tokens_per_gpu=tokens_per_gpu, gpu_pairs=True)
-    chosen = list(range(ev.num_layers)) if layers is None else list(layers)
-    for layer in chosen:
-        if not 0 <= layer < ev.num_layers:
-            raise PlacementError(
-                f"layer {layer} out of range (the plan has {ev.num_layers} MoE layers)"
-            )
+    chosen = _chosen_layers(ev.num_layers, layers)
     runner = _Runner(
-        cluster,
-        routing=routing,
-        pxn=pxn,
-        seed=seed,
-        chunks=relay_chunks,
-        rdma=algo == "deepep-ll",
+        cluster, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks, rdma=algo == "deepep-ll"
     )
-    env, G = runner.env, cluster.num_gpus
     micro = {"none": 1, "two-batch": 2, "chunked": chunks}[overlap]
     slow = 1.0 / (1.0 - cluster.comm_sm_fraction) if micro > 1 else 1.0
-    rows: list[dict[str, Any]] = []
-
-    def layer_proc(layer: int) -> Any:
-        t0 = env.now
-        bytes_before = runner.net.link_bytes.copy()
-        dispatch, combine = _layer_phases(ev, layer, algo, ev.scale)
-        streams = [simpy.Resource(env, capacity=1) for _ in range(G)]
-        go = env.event()
-        go.succeed()
-        fractions = [1.0 / micro] * micro
-        d_runs: list[PhaseRun] = []
-        c_runs: list[PhaseRun] = []
-        ends: list[simpy.Event] = []
-        busy = np.zeros(G)
-        attn_done: list[simpy.Event] | None = None
-        if overlap == "chunked":
-            attn_done = [
-                runner.compute(g, streams[g], attention_us * slow, "attention", go)
-                for g in range(G)
-            ]
-            busy += attention_us * slow
-        prev_dispatch: simpy.Event | None = None
-        for m, frac in enumerate(fractions):
-            tag = f"L{layer}" + (f".mb{m}" if micro > 1 else "")
-            if overlap == "chunked":
-                assert attn_done is not None
-                gate = prev_dispatch if prev_dispatch is not None else go
-                ready: list[simpy.Event] = [env.all_of([attn_done[g], gate]) for g in range(G)]
-            else:
-                ready = [
-                    runner.compute(
-                        g, streams[g], attention_us * frac * slow, f"attention {tag}", go
-                    )
-                    for g in range(G)
-                ]
-                busy += attention_us * frac * slow
-            d_run = runner.phase(dispatch.scaled(frac), ready, f"dispatch {tag}")
-            prev_dispatch = env.all_of(d_run.done)
-            comp_done = []
-            for g in range(G):
-                dur = (ev.compute_us[layer, g] + shared_expert_us) * frac * slow
-                busy[g] += dur
-                comp_done.append(
-                    runner.compute(g, streams[g], dur, f"experts {tag}", d_run.done[g])
-                )
-            c_run = runner.phase(combine.scaled(frac), comp_done, f"combine {tag}")
-            d_runs.append(d_run)
-            c_runs.append(c_run)
-            ends.extend(c_run.done)
-        yield env.all_of(ends)
-        layer_us = env.now - t0
-        moved = runner.net.link_bytes - bytes_before
-        lb = float((moved / runner.net.cap).max()) if moved.any() else 0.0
-        compute_max = float((ev.compute_us[layer] + shared_expert_us).max() * slow)
-        shapes = [phase_shape(r, runner.net) for r in d_runs + c_runs]
-        terms = layer_terms(
-            float(layer_us),
-            shapes,
-            ev=ev,
-            layer=layer,
-            cluster=cluster,
-            compute_us=compute_max,
-            attention_us=float(attention_us * slow),
-        )
-        rows.append(
-            {
-                "layer": layer,
-                "dispatch_us": float(sum(r.collective_us for r in d_runs)),
-                "compute_us": compute_max,
-                "combine_us": float(sum(r.collective_us for r in c_runs)),
-                "layer_us": float(layer_us),
-                "exposed_comm_us": float(max(layer_us - busy.max(), 0.0)),
-                "attention_us": float(attention_us * slow),
-                "comm_lower_bound_us": lb,
-                "flows": int(sum(r.flows for r in d_runs + c_runs)),
-                **terms,
-            }
-        )
-
-    def main() -> Any:
-        bar = tqdm(
-            chosen, desc="simulate", unit="layer", disable=None if progress else True, leave=False
-        )
-        for layer in bar:
-            yield env.process(layer_proc(layer))
-        bar.close()
-
-    env.process(main())
-    env.run()
-    wall = time.perf_counter() - wall0
-    return SimResult(
-        per_layer=rows,
-        total_us=float(sum(r["layer_us"] for r in rows)),
-        link_names=list(runner.topo.link_names),
-        link_kinds=list(runner.topo.link_kinds),
-        link_bytes=runner.net.link_bytes.copy(),
-        link_cap_bytes_per_us=runner.net.cap.copy(),
-        sim_end_us=float(env.now),
-        spans=runner.spans,
-        stats={
-            "events": runner.net.events,
-            "recomputes": runner.net.recomputes,
-            "flows": runner.net.num_flows,
-            "worst_link_utilisation": runner.net.worst_utilisation,
-            "wall_s": wall,
-        },
-        config={
-            "cluster": cluster.name,
-            "num_gpus": G,
-            "gpus_per_node": cluster.gpus_per_node,
-            "fabric": cluster.fabric,
-            "algo": algo,
-            "overlap": overlap,
-            "mode": mode,
-            "tokens_per_gpu": tokens_per_gpu,
-            "routing": routing,
-            "pxn": runner.topo.pxn,
-            "bytes_model": ev.bytes_model,
-            "comm_sm_fraction": cluster.comm_sm_fraction,
-            "attention_us": attention_us,
-            "shared_expert_us": shared_expert_us,
-        },
-        gpus_per_node=cluster.gpus_per_node,
-    )
+    run = _MoeRun(ev, runner, algo, overlap, micro, slow, attention_us, shared_expert_us)
+    _play_layers(run, chosen, progress)
+    config = {
+        "cluster": cluster.name,
+        "num_gpus": cluster.num_gpus,
+        "gpus_per_node": cluster.gpus_per_node,
+        "fabric": cluster.fabric,
+        "algo": algo,
+        "overlap": overlap,
+        "mode": mode,
+        "tokens_per_gpu": tokens_per_gpu,
+        "routing": routing,
+        "pxn": runner.topo.pxn,
+        "bytes_model": ev.bytes_model,
+        "comm_sm_fraction": cluster.comm_sm_fraction,
+        "attention_us": attention_us,
+        "shared_expert_us": shared_expert_us,
+    }
+    return _moe_result(run, config, time.perf_counter() - wall0)
 
 
 def uniform_routing(
