@@ -105,12 +105,9 @@ class SimResult:
 
     def per_gpu_bytes(self, kind_prefix: str) -> np.ndarray:
         """Bytes each GPU sent on links named ``{kind_prefix}/{gpu}...`` (``nvl-tx``, ``nic-tx``)."""
-        gpus = self.config.get("num_gpus", 0)
-        out = np.zeros(gpus)
-        for name, b in zip(self.link_names, self.link_bytes, strict=True):
-            if name.startswith(kind_prefix + "/"):
-                out[int(name.split("/")[1].split(".")[0])] += b
-        return out
+        return _per_gpu_bytes(
+            self.link_names, self.link_bytes, kind_prefix, self.config.get("num_gpus", 0)
+        )
 
     def link_table(self) -> list[dict[str, Any]]:
         span = max(self.sim_end_us, 1e-9)
@@ -189,6 +186,17 @@ class SimResult:
             )
         with atomic_open(path) as handle:
             json.dump({"traceEvents": events, "displayTimeUnit": "ns"}, handle)
+
+
+def _per_gpu_bytes(
+    link_names: Sequence[str], link_bytes: np.ndarray, kind_prefix: str, num_gpus: int
+) -> np.ndarray:
+    """``[gpus]`` bytes on links named ``{kind_prefix}/{gpu}...``: what each GPU sent over that kind."""
+    out = np.zeros(num_gpus)
+    for name, b in zip(link_names, link_bytes, strict=True):
+        if name.startswith(kind_prefix + "/"):
+            out[int(name.split("/")[1].split(".")[0])] += b
+    return out
 
 
 def _expert_pairs(pairs: np.ndarray, received: np.ndarray, axis: int) -> np.ndarray:
@@ -633,6 +641,128 @@ def uniform_routing(
     return pairs, nic, nvlink, node_pairs, expert_pairs
 
 
+@dataclass
+class _UniformTraffic:
+    """Uniformly routed tokens as :func:`uniform_routing` counts them (``[gpus, gpus]`` copies, and per
+    sending GPU its (token, node) pairs), and the bytes of one copy in each phase."""
+
+    pairs: np.ndarray
+    nic: np.ndarray
+    nvlink: np.ndarray
+    node_pairs: np.ndarray
+    expert_pairs: np.ndarray
+    dispatch_bytes_per_copy: float
+    combine_bytes_per_copy: float
+
+
+def _check_uniform_args(
+    algo: str,
+    num_gpus: int,
+    tokens: int,
+    hidden: int,
+    top_k: int,
+    num_experts: int,
+    node_limit: int | None,
+) -> int:
+    """Raise on arguments DeepEP's test would reject; returns the experts kept (a multiple of the GPUs)."""
+    _check_algo(algo)
+    if tokens < 1 or hidden < 1 or top_k < 1:
+        raise PlacementError("tokens, hidden and top_k must be >= 1")
+    experts = (num_experts // num_gpus) * num_gpus
+    if experts < top_k:
+        raise PlacementError(
+            f"{num_experts} experts over {num_gpus} GPUs leaves fewer than top_k={top_k}"
+        )
+    if node_limit is not None and node_limit < 1:
+        raise PlacementError("node_limit must be >= 1")
+    return experts
+
+
+def _uniform_phases(
+    algo: str, traffic: _UniformTraffic, gpus_per_node: int
+) -> tuple[PhasePlan, PhasePlan]:
+    """Dispatch and combine plans; combine is dispatch's traffic reversed."""
+    t = traffic
+    dispatch = build_phase(
+        algo,
+        "dispatch",
+        pairs=t.pairs,
+        nic=t.nic,
+        nvlink=t.nvlink,
+        bytes_per_copy=t.dispatch_bytes_per_copy,
+        gpus_per_node=gpus_per_node,
+        expert_pairs=t.expert_pairs,
+    )
+    combine = build_phase(
+        algo,
+        "combine",
+        pairs=t.pairs.T,
+        nic=t.nic.T,
+        nvlink=t.nvlink.T,
+        bytes_per_copy=t.combine_bytes_per_copy,
+        gpus_per_node=gpus_per_node,
+        expert_pairs=t.expert_pairs.T,
+    )
+    return dispatch, combine
+
+
+def _play_uniform(
+    runner: _Runner, phases: tuple[PhasePlan, PhasePlan]
+) -> tuple[list[float], list[np.ndarray]]:
+    """Each phase on every GPU at once, the next once the last has landed everywhere; returns each
+    phase's span (us) and the links' cumulative bytes after it."""
+    env, G = runner.env, runner.cluster.num_gpus
+    spans_us: list[float] = []
+    snaps: list[np.ndarray] = []
+
+    def main() -> Any:
+        for plan in phases:
+            run = runner.phase(plan, [_fired(env)] * G, plan.name)
+            yield env.all_of(run.done)
+            spans_us.append(run.span_us)
+            snaps.append(runner.net.link_bytes.copy())
+
+    env.process(main())
+    env.run()
+    return spans_us, snaps
+
+
+def _sent_bytes(runner: _Runner, link_bytes: np.ndarray) -> dict[str, list[float]]:
+    """Bytes each GPU sent over NVLink and over its NIC, out of per-link ``link_bytes``."""
+    names, G = runner.topo.link_names, runner.cluster.num_gpus
+    return {
+        "nvlink_bytes_sent": _per_gpu_bytes(names, link_bytes, "nvl-tx", G).tolist(),
+        "nic_bytes_sent": _per_gpu_bytes(names, link_bytes, "nic-tx", G).tolist(),
+    }
+
+
+def _deepep_bandwidths(
+    traffic: _UniformTraffic, algo: str, gpus_per_node: int, d_us: float, c_us: float
+) -> dict[str, float | None]:
+    """Bandwidths (GB/s) counted the way DeepEP's tests count them (see :func:`simulate_uniform`)."""
+    t = traffic
+    d_bpc, c_bpc = t.dispatch_bytes_per_copy, t.combine_bytes_per_copy
+    # DeepEP's counting: copies received per GPU including its own, (token, node) pairs per sender
+    recv_copies = t.pairs.sum(axis=0)
+    # RDMA "units" per sending GPU: (token, node) pairs for the normal kernels (internode only),
+    # (token, expert) selections for the low-latency ones (what test_low_latency.py counts)
+    rdma_units: float | None = None
+    if algo == "deepep-ll":
+        rdma_units = float(t.expert_pairs.sum(axis=1).mean())
+    elif gpus_per_node < t.pairs.shape[0]:
+        rdma_units = float(t.node_pairs.mean())
+    return {
+        "dispatch_nvl_gbytes_per_s": float(recv_copies.mean() * d_bpc / d_us / 1e3),
+        "combine_nvl_gbytes_per_s": float(recv_copies.mean() * c_bpc / c_us / 1e3),
+        "dispatch_rdma_gbytes_per_s": None
+        if rdma_units is None
+        else rdma_units * d_bpc / d_us / 1e3,
+        "combine_rdma_gbytes_per_s": None
+        if rdma_units is None
+        else rdma_units * c_bpc / c_us / 1e3,
+    }
+
+
 def simulate_uniform(
     cluster: ClusterSpec,
     *,
@@ -658,90 +788,23 @@ def simulate_uniform(
     pairs, own rank included, x message bytes (dispatch: hidden x ``dispatch_bytes`` + a 16-byte header,
     combine: hidden x ``combine_bytes``) / time, for any node count.
     """
-    if algo not in ALGOS:
-        raise PlacementError(f"unknown algo {algo!r}; known: {', '.join(ALGOS)}")
     G, gpn = cluster.num_gpus, cluster.gpus_per_node
-    if tokens < 1 or hidden < 1 or top_k < 1:
-        raise PlacementError("tokens, hidden and top_k must be >= 1")
-    experts = (num_experts // G) * G
-    if experts < top_k:
-        raise PlacementError(f"{num_experts} experts over {G} GPUs leaves fewer than top_k={top_k}")
-    if node_limit is not None and node_limit < 1:
-        raise PlacementError("node_limit must be >= 1")
+    experts = _check_uniform_args(algo, G, tokens, hidden, top_k, num_experts, node_limit)
     wall0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    pairs, nic, nvlink, node_pairs_sent, expert_pairs = uniform_routing(
+    routed = uniform_routing(
         G, gpn, tokens=tokens, top_k=top_k, num_experts=experts, node_limit=node_limit, rng=rng
     )
     low_latency = algo == "deepep-ll"
+    header = LL_DISPATCH_HEADER_BYTES if low_latency else 0.0
+    traffic = _UniformTraffic(*routed, hidden * dispatch_bytes + header, hidden * combine_bytes)
     runner = _Runner(
         cluster, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks, rdma=low_latency
     )
-    env = runner.env
-    d_bpc, c_bpc = hidden * dispatch_bytes, hidden * combine_bytes
-    if low_latency:
-        d_bpc += LL_DISPATCH_HEADER_BYTES
-    dispatch = build_phase(
-        algo,
-        "dispatch",
-        pairs=pairs,
-        nic=nic,
-        nvlink=nvlink,
-        bytes_per_copy=d_bpc,
-        gpus_per_node=gpn,
-        expert_pairs=expert_pairs,
-    )
-    combine = build_phase(
-        algo,
-        "combine",
-        pairs=pairs.T,
-        nic=nic.T,
-        nvlink=nvlink.T,
-        bytes_per_copy=c_bpc,
-        gpus_per_node=gpn,
-        expert_pairs=expert_pairs.T,
-    )
-    out: dict[str, Any] = {}
-    snaps: list[np.ndarray] = []
-
-    def main() -> Any:
-        go = env.event()
-        go.succeed()
-        d_run = runner.phase(dispatch, [go] * G, "dispatch")
-        yield env.all_of(d_run.done)
-        out["dispatch_us"] = d_run.span_us
-        snaps.append(runner.net.link_bytes.copy())
-        go2 = env.event()
-        go2.succeed()
-        c_run = runner.phase(combine, [go2] * G, "combine")
-        yield env.all_of(c_run.done)
-        out["combine_us"] = c_run.span_us
-        snaps.append(runner.net.link_bytes.copy())
-
-    env.process(main())
-    env.run()
+    (d_us, c_us), (after_d, after_c) = _play_uniform(runner, _uniform_phases(algo, traffic, gpn))
     cap = runner.net.cap
-    d_bytes, c_bytes = snaps[0], snaps[1] - snaps[0]
-    names = runner.topo.link_names
-
-    def per_gpu(link_bytes: np.ndarray, prefix: str) -> list[float]:
-        arr = np.zeros(G)
-        for name, b in zip(names, link_bytes, strict=True):
-            if name.startswith(prefix + "/"):
-                arr[int(name.split("/")[1].split(".")[0])] += b
-        return arr.tolist()
-
-    # DeepEP's counting: copies received per GPU including its own, (token, node) pairs per sender
-    recv_copies = pairs.sum(axis=0)
-    d_us, c_us = out["dispatch_us"], out["combine_us"]
-    # RDMA "units" per sending GPU: (token, node) pairs for the normal kernels (internode only),
-    # (token, expert) selections for the low-latency ones (what test_low_latency.py counts)
-    rdma_units: float | None = None
-    if low_latency:
-        rdma_units = float(expert_pairs.sum(axis=1).mean())
-    elif gpn < G:
-        rdma_units = float(node_pairs_sent.mean())
-    result = {
+    d_bytes, c_bytes = after_d, after_c - after_d
+    return {
         "num_gpus": G,
         "gpus_per_node": gpn,
         "algo": algo,
@@ -753,29 +816,12 @@ def simulate_uniform(
         "dispatch_us": d_us,
         "combine_us": c_us,
         "dispatch": {
-            "nvlink_bytes_sent": per_gpu(d_bytes, "nvl-tx"),
-            "nic_bytes_sent": per_gpu(d_bytes, "nic-tx"),
+            **_sent_bytes(runner, d_bytes),
             "lower_bound_us": float((d_bytes / cap).max()),
         },
-        "combine": {
-            "nvlink_bytes_sent": per_gpu(c_bytes, "nvl-tx"),
-            "nic_bytes_sent": per_gpu(c_bytes, "nic-tx"),
-            "lower_bound_us": float((c_bytes / cap).max()),
-        },
-        "nvlink_bytes_sent": per_gpu(d_bytes + c_bytes, "nvl-tx"),
-        "nic_bytes_sent": per_gpu(d_bytes + c_bytes, "nic-tx"),
-        "dispatch_nvl_gbytes_per_s": float(recv_copies.mean() * d_bpc / d_us / 1e3),
-        "combine_nvl_gbytes_per_s": float(recv_copies.mean() * c_bpc / c_us / 1e3),
-        "dispatch_rdma_gbytes_per_s": None
-        if rdma_units is None
-        else rdma_units * d_bpc / d_us / 1e3,
-        "combine_rdma_gbytes_per_s": None
-        if rdma_units is None
-        else rdma_units * c_bpc / c_us / 1e3,
-        "events": runner.net.events,
-        "recomputes": runner.net.recomputes,
-        "flows": runner.net.num_flows,
-        "worst_link_utilisation": runner.net.worst_utilisation,
+        "combine": {**_sent_bytes(runner, c_bytes), "lower_bound_us": float((c_bytes / cap).max())},
+        **_sent_bytes(runner, d_bytes + c_bytes),
+        **_deepep_bandwidths(traffic, algo, gpn, d_us, c_us),
+        **_network_stats(runner.net),
         "wall_s": time.perf_counter() - wall0,
     }
-    return result
