@@ -185,6 +185,147 @@ class PhaseRun:
         return float(max(self.end_us.max() - started.max(), 0.0)) if started.size else 0.0
 
 
+class _PhaseDriver:
+    """One phase while it plays: bytes received per GPU, and each relay's forwarding ledger.
+
+    A relay r forwards ``stage2[r, d]`` to d as its stage-1 data lands: ``released[r, d]`` is what it
+    may forward so far, ``pending[r, d]`` what is released but not yet sent, ``inflight[r, d]`` whether
+    a send r -> d is under way (one at a time per pair, as a forwarder's channel works).
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        net: FluidNetwork,
+        topo: Topology,
+        plan: PhasePlan,
+        chunks: int,
+    ) -> None:
+        G = plan.direct.shape[0]
+        self.env, self.net, self.topo, self.plan, self.chunks = env, net, topo, plan, chunks
+        self.expected = plan.incoming_bytes()
+        self.got = np.zeros(G)
+        self.run = PhaseRun(
+            plan.name, [env.event() for _ in range(G)], np.full(G, np.inf), np.zeros(G)
+        )
+        s1 = plan.stage1
+        self.relay_in = s1.sum(axis=0) if s1 is not None else np.zeros(G)
+        self.own = plan.own if plan.own is not None else np.zeros(G)
+        self.arrived = np.zeros(G)
+        self.released = np.zeros((G, G))
+        self.pending = np.zeros((G, G))
+        self.inflight = np.zeros((G, G), dtype=bool)
+        self.s2 = plan.stage2 if plan.stage2 is not None else np.zeros((G, G))
+        self.s2_targets = [np.flatnonzero(self.s2[r]).tolist() for r in range(G)]
+        self.s2_chunk = self.s2 / max(chunks, 1)
+
+    def deliver(self, dst: int, bytes_: float) -> None:
+        """``bytes_`` reached their final destination ``dst``; fire ``done[dst]`` once all have."""
+        run = self.run
+        self.got[dst] += bytes_
+        if not run.done[dst].triggered and self.got[dst] >= self.expected[dst] * (1 - _TOL):
+            run.end_us[dst] = self.env.now
+            run.done[dst].succeed()
+
+    def send(
+        self,
+        src: int,
+        dst: int,
+        bytes_: float,
+        direct_nic: bool,
+        on_done: Any,
+        on_sent: Any = None,
+        rdma: bool = False,
+    ) -> None:
+        """One flow src -> dst; ``on_done(bytes_)`` when it lands, ``on_sent()`` when it has left."""
+        route = self.topo.route(src, dst, direct_nic=direct_nic, rdma=rdma)
+        fid = self.net.num_flows
+        sent, done = self.net.transfer(
+            route.links, bytes_, coefs=route.coefs, latency_us=route.latency_us
+        )
+        if self.net.num_flows > fid:  # a GPU-local copy never enters the network
+            self.run.flow_ids.append(fid)
+        self.run.flows += 1
+        done.callbacks.append(lambda _e: on_done(bytes_))
+        if on_sent is not None:
+            sent.callbacks.append(lambda _e: on_sent())
+
+    def launch(self, r: int, d: int) -> None:
+        """Relay r sends what it holds for d, unless a send r -> d is under way or too little waits."""
+        amount = self.pending[r, d]
+        if amount <= 0 or self.inflight[r, d]:
+            return
+        # the forwarder moves data on in chunks, not byte by byte: wait for a chunk's worth (or the rest)
+        if amount < self.s2_chunk[r, d] * (1 - _TOL) and self.released[r, d] < self.s2[r, d] * (
+            1 - _TOL
+        ):
+            return
+        self.pending[r, d] = 0.0
+        self.inflight[r, d] = True
+
+        def sent_cb() -> None:
+            self.inflight[r, d] = False
+            self.launch(r, d)
+
+        self.send(r, d, amount, True, lambda b, d=d: self.deliver(d, b), sent_cb)
+
+    def relay_arrive(self, r: int, bytes_: float) -> None:
+        """Stage-1 ``bytes_`` landed on relay r: release the matching share of its stage-2 sends
+        (pipelined: as they land; store-and-forward: all at once when everything has)."""
+        self.arrived[r] += bytes_
+        relay_in = self.relay_in[r]
+        if (
+            self.own[r] > 0
+        ):  # the share of the relay's own copies in what arrived (all of it in the end)
+            self.deliver(r, bytes_ * self.own[r] / relay_in)
+        complete = self.arrived[r] >= relay_in * (1 - _TOL)
+        if self.plan.relay == "store-and-forward" and not complete:
+            return
+        for d in self.s2_targets[r]:
+            full = self.s2[r, d]
+            target = full if complete else full * min(self.arrived[r] / relay_in, 1.0)
+            add = target - self.released[r, d]
+            if add > 0:
+                self.released[r, d] = target
+                self.pending[r, d] += add
+                self.launch(r, d)
+
+    def stage1_chain(self, s: int, r: int, total: float, pieces: int) -> None:
+        """Send ``total`` stage-1 bytes s -> r in ``pieces``, each once the one before has left."""
+        piece = total / pieces
+        left = [pieces]
+
+        def next_piece() -> None:
+            if left[0] == 0:
+                return
+            left[0] -= 1
+            self.send(s, r, piece, True, lambda b: self.relay_arrive(r, b), next_piece)
+
+        next_piece()
+
+    def start(self, s: int) -> None:
+        """GPU s is ready: its direct sends and its stage-1 sends to relays go out."""
+        plan = self.plan
+        self.run.start_us[s] = self.env.now
+        for d in np.flatnonzero(plan.direct[s]).tolist():
+            self.send(
+                s,
+                d,
+                float(plan.direct[s, d]),
+                False,
+                lambda b, d=d: self.deliver(d, b),
+                rdma=plan.rdma,
+            )
+        if plan.stage1 is not None:
+            for r in np.flatnonzero(plan.stage1[s]).tolist():
+                pieces = self.chunks if plan.relay == "pipelined" else 1
+                self.stage1_chain(s, r, float(plan.stage1[s, r]), pieces)
+        if plan.stage2 is not None and self.relay_in[s] <= 0:
+            self.relay_arrive(
+                s, 0.0
+            )  # a relay with nothing coming in (cannot happen for stage2 > 0)
+
+
 def run_phase(
     env: simpy.Environment,
     net: FluidNetwork,
@@ -196,113 +337,13 @@ def run_phase(
 ) -> PhaseRun:
     """Start ``plan``'s flows as each source GPU becomes ``ready``; ``done[g]`` fires when GPU g has
     received everything addressed to it. ``chunks``: pieces a pipelined relay's first stage is cut into."""
+    driver = _PhaseDriver(env, net, topo, plan, chunks)
+    run = driver.run
     G = plan.direct.shape[0]
-    expected = plan.incoming_bytes()
-    got = np.zeros(G)
-    run = PhaseRun(plan.name, [env.event() for _ in range(G)], np.full(G, np.inf), np.zeros(G))
-
-    def deliver(dst: int, bytes_: float) -> None:
-        got[dst] += bytes_
-        if not run.done[dst].triggered and got[dst] >= expected[dst] * (1 - _TOL):
-            run.end_us[dst] = env.now
-            run.done[dst].succeed()
-
-    def send(
-        src: int,
-        dst: int,
-        bytes_: float,
-        direct_nic: bool,
-        on_done: Any,
-        on_sent: Any = None,
-        rdma: bool = False,
-    ) -> None:
-        route = topo.route(src, dst, direct_nic=direct_nic, rdma=rdma)
-        fid = net.num_flows
-        sent, done = net.transfer(
-            route.links, bytes_, coefs=route.coefs, latency_us=route.latency_us
-        )
-        if net.num_flows > fid:  # a GPU-local copy never enters the network
-            run.flow_ids.append(fid)
-        run.flows += 1
-        done.callbacks.append(lambda _e: on_done(bytes_))
-        if on_sent is not None:
-            sent.callbacks.append(lambda _e: on_sent())
-
-    s1 = plan.stage1
-    s2 = plan.stage2
-    relay_in = s1.sum(axis=0) if s1 is not None else np.zeros(G)
-    own = plan.own if plan.own is not None else np.zeros(G)
-    arrived = np.zeros(G)
-    released = np.zeros((G, G))
-    pending = np.zeros((G, G))
-    inflight = np.zeros((G, G), dtype=bool)
-    s2_full = s2 if s2 is not None else np.zeros((G, G))
-    s2_targets = [np.flatnonzero(s2_full[r]).tolist() for r in range(G)]
-    s2_total_chunk = s2_full / max(chunks, 1)
-
-    def launch(r: int, d: int) -> None:
-        amount = pending[r, d]
-        if amount <= 0 or inflight[r, d]:
-            return
-        # the forwarder moves data on in chunks, not byte by byte: wait for a chunk's worth (or the rest)
-        if amount < s2_total_chunk[r, d] * (1 - _TOL) and released[r, d] < s2_full[r, d] * (
-            1 - _TOL
-        ):
-            return
-        pending[r, d] = 0.0
-        inflight[r, d] = True
-
-        def sent_cb() -> None:
-            inflight[r, d] = False
-            launch(r, d)
-
-        send(r, d, amount, True, lambda b, d=d: deliver(d, b), sent_cb)
-
-    def relay_arrive(r: int, bytes_: float) -> None:
-        assert s2 is not None
-        arrived[r] += bytes_
-        if own[r] > 0:  # the share of the relay's own copies in what arrived (all of it in the end)
-            deliver(r, bytes_ * own[r] / relay_in[r])
-        complete = arrived[r] >= relay_in[r] * (1 - _TOL)
-        if plan.relay == "store-and-forward" and not complete:
-            return
-        for d in s2_targets[r]:
-            target = s2[r, d] if complete else s2[r, d] * min(arrived[r] / relay_in[r], 1.0)
-            add = target - released[r, d]
-            if add > 0:
-                released[r, d] = target
-                pending[r, d] += add
-                launch(r, d)
-
-    def stage1_chain(s: int, r: int, total: float, pieces: int) -> None:
-        piece = total / pieces
-        left = [pieces]
-
-        def next_piece() -> None:
-            if left[0] == 0:
-                return
-            left[0] -= 1
-            send(s, r, piece, True, lambda b: relay_arrive(r, b), next_piece)
-
-        next_piece()
-
-    def start(s: int) -> None:
-        run.start_us[s] = env.now
-        for d in np.flatnonzero(plan.direct[s]).tolist():
-            send(
-                s, d, float(plan.direct[s, d]), False, lambda b, d=d: deliver(d, b), rdma=plan.rdma
-            )
-        if s1 is not None:
-            for r in np.flatnonzero(s1[s]).tolist():
-                pieces = chunks if plan.relay == "pipelined" else 1
-                stage1_chain(s, r, float(s1[s, r]), pieces)
-        if s2 is not None and relay_in[s] <= 0:
-            relay_arrive(s, 0.0)  # a relay with nothing coming in (cannot happen for stage2 > 0)
-
     for s in range(G):
-        when(ready[s], lambda s=s: start(s))
+        when(ready[s], lambda s=s: driver.start(s))
     for g in range(G):
-        if expected[g] <= 0:
+        if driver.expected[g] <= 0:
             # nothing to receive: complete as soon as the GPU itself is ready
             when(ready[g], lambda g=g: _finish_empty(run, g, env))
     return run
