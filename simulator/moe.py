@@ -539,6 +539,27 @@ def _moe_result(run: _MoeRun, config: dict[str, Any], wall_s: float) -> SimResul
     )
 
 
+def _moe_config(run: _MoeRun, *, mode: str, tokens_per_gpu: int, routing: str) -> dict[str, Any]:
+    """The run's settings, written next to its results (:attr:`SimResult.config`)."""
+    cluster = run.runner.cluster
+    return {
+        "cluster": cluster.name,
+        "num_gpus": cluster.num_gpus,
+        "gpus_per_node": cluster.gpus_per_node,
+        "fabric": cluster.fabric,
+        "algo": run.algo,
+        "overlap": run.overlap,
+        "mode": mode,
+        "tokens_per_gpu": tokens_per_gpu,
+        "routing": routing,
+        "pxn": run.runner.topo.pxn,
+        "bytes_model": run.ev.bytes_model,
+        "comm_sm_fraction": cluster.comm_sm_fraction,
+        "attention_us": run.attention_us,
+        "shared_expert_us": run.shared_expert_us,
+    }
+
+
 def simulate_moe(
     plan: Plan,
     cluster: ClusterSpec,
@@ -575,22 +596,7 @@ def simulate_moe(
     slow = 1.0 / (1.0 - cluster.comm_sm_fraction) if micro > 1 else 1.0
     run = _MoeRun(ev, runner, algo, overlap, micro, slow, attention_us, shared_expert_us)
     _play_layers(run, chosen, progress)
-    config = {
-        "cluster": cluster.name,
-        "num_gpus": cluster.num_gpus,
-        "gpus_per_node": cluster.gpus_per_node,
-        "fabric": cluster.fabric,
-        "algo": algo,
-        "overlap": overlap,
-        "mode": mode,
-        "tokens_per_gpu": tokens_per_gpu,
-        "routing": routing,
-        "pxn": runner.topo.pxn,
-        "bytes_model": ev.bytes_model,
-        "comm_sm_fraction": cluster.comm_sm_fraction,
-        "attention_us": attention_us,
-        "shared_expert_us": shared_expert_us,
-    }
+    config = _moe_config(run, mode=mode, tokens_per_gpu=tokens_per_gpu, routing=routing)
     return _moe_result(run, config, time.perf_counter() - wall0)
 
 
@@ -763,6 +769,32 @@ def _deepep_bandwidths(
     }
 
 
+def _uniform_measures(
+    runner: _Runner,
+    traffic: _UniformTraffic,
+    algo: str,
+    spans_us: list[float],
+    snaps: list[np.ndarray],
+) -> dict[str, Any]:
+    """Phase times (us), per-GPU bytes sent per phase and in all, DeepEP's bandwidths, and the
+    network's counters, out of :func:`_play_uniform`'s spans and link byte snapshots."""
+    (d_us, c_us), (after_d, after_c) = spans_us, snaps
+    cap = runner.net.cap
+    d_bytes, c_bytes = after_d, after_c - after_d
+    return {
+        "dispatch_us": d_us,
+        "combine_us": c_us,
+        "dispatch": {
+            **_sent_bytes(runner, d_bytes),
+            "lower_bound_us": float((d_bytes / cap).max()),
+        },
+        "combine": {**_sent_bytes(runner, c_bytes), "lower_bound_us": float((c_bytes / cap).max())},
+        **_sent_bytes(runner, d_bytes + c_bytes),
+        **_deepep_bandwidths(traffic, algo, runner.cluster.gpus_per_node, d_us, c_us),
+        **_network_stats(runner.net),
+    }
+
+
 def simulate_uniform(
     cluster: ClusterSpec,
     *,
@@ -801,9 +833,7 @@ def simulate_uniform(
     runner = _Runner(
         cluster, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks, rdma=low_latency
     )
-    (d_us, c_us), (after_d, after_c) = _play_uniform(runner, _uniform_phases(algo, traffic, gpn))
-    cap = runner.net.cap
-    d_bytes, c_bytes = after_d, after_c - after_d
+    spans_us, snaps = _play_uniform(runner, _uniform_phases(algo, traffic, gpn))
     return {
         "num_gpus": G,
         "gpus_per_node": gpn,
@@ -813,15 +843,6 @@ def simulate_uniform(
         "top_k": top_k,
         "num_experts": experts,
         "node_limit": node_limit,
-        "dispatch_us": d_us,
-        "combine_us": c_us,
-        "dispatch": {
-            **_sent_bytes(runner, d_bytes),
-            "lower_bound_us": float((d_bytes / cap).max()),
-        },
-        "combine": {**_sent_bytes(runner, c_bytes), "lower_bound_us": float((c_bytes / cap).max())},
-        **_sent_bytes(runner, d_bytes + c_bytes),
-        **_deepep_bandwidths(traffic, algo, gpn, d_us, c_us),
-        **_network_stats(runner.net),
+        **_uniform_measures(runner, traffic, algo, spans_us, snaps),
         "wall_s": time.perf_counter() - wall0,
     }
