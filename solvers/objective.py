@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from moe_placement.metrics import evaluate_many
+import numpy as np
+
+from moe_placement import timing
+from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU, evaluate_many
 from moe_placement.plan import Plan, Provenance
 from moe_placement.solvers.context import (
     affinity_prev,
@@ -85,18 +88,46 @@ def evaluator_us(problem: PlacementProblem, config: SolverConfig, plan: Plan) ->
     return sum(w * t for w, t in zip(weights, times, strict=True)) / sum(weights)
 
 
+def evaluator_bound_us(problem: PlacementProblem, config: SolverConfig) -> float:
+    """A placement-free lower bound (us) on the evaluator's MoE time, proven for the evaluator itself.
+
+    Per layer the evaluator adds the busiest GPU's roofline compute to two phases that take >= 0 us. The
+    busiest GPU computes at least the mean assignments, ``load.sum() / G``, and reads the weights of at
+    least ``ceil(active experts / G)`` experts (every active expert sits on some GPU), so its roofline is
+    at least the larger of the two (:func:`moe_placement.timing.compute_us`). Communication is left at
+    0: what crosses links depends on the placement. Several traces aggregate as :func:`evaluator_us`."""
+    G = problem.num_gpus
+    bounds = []
+    for wl in problem.workloads:
+        scale = DEFAULT_TOKENS_PER_GPU * G / max(int(wl.num_tokens), 1)
+        load = np.asarray(wl.load, dtype=np.float64)  # [layers, experts]
+        mean_assignments = load.sum(axis=1) * scale / G
+        min_active = np.ceil((load > 0).sum(axis=1) / G)
+        flops_us = timing.compute_us(
+            mean_assignments, np.zeros_like(min_active), wl.shape, problem.cluster
+        )
+        bytes_us = timing.compute_us(
+            np.zeros_like(min_active), min_active, wl.shape, problem.cluster
+        )
+        bounds.append(float(np.maximum(flops_us, bytes_us).sum()))
+    if len(bounds) == 1:
+        return bounds[0]
+    if config.robust == "worst":
+        return max(bounds)
+    weights = problem.weights or tuple(1.0 for _ in bounds)
+    return sum(w * b for w, b in zip(weights, bounds, strict=True)) / sum(weights)
+
+
 def report(problem: PlacementProblem, config: SolverConfig, plan: Plan, name: str) -> Provenance:
-    """The plan's provenance with the evaluator's time as its objective.
+    """The plan's provenance with the evaluator's time as its objective and a bound proven for it.
 
     A solver's own (search) objective and bound, or the model's score for solvers that report none
-    (the baselines), move to ``extra["search_objective"]`` / ``extra["search_bound"]``. The reported
-    ``bound`` is the search bound clamped to the evaluator's objective: the search bound is proven for
-    the linear model, not for the evaluator's time (the two differ by the model's error), so the clamp
-    is what keeps ``bound <= objective`` true of every reported plan, and ``gap`` is
-    ``(objective - bound) / objective``, so a user can recompute it from the two printed figures. The
-    search's own gap, ``(search objective - search bound) / search objective``, is kept as
-    ``extra["search_gap"]``: the reported gap also carries the model's error and, after ``best``'s
-    safeguard swaps in evaluator-faster baseline layers, the model's opinion of those layers."""
+    (the baselines), move to ``extra["search_objective"]`` / ``extra["search_bound"]`` /
+    ``extra["search_gap"]``. The search bound is proven for the linear model only: the evaluator may
+    time a plan below it (186.9 us against a model optimum of 189.1 us in a test; on DeepSeek-V3 loads
+    the model's bound is far above the evaluator's time). So the reported ``bound`` is
+    :func:`evaluator_bound_us`, valid for the evaluator's time, and ``gap`` is
+    ``(objective - bound) / objective``: weak (it leaves communication at 0), but true."""
     prov = plan.provenance
     search_name = prov.objective_name or SEARCH_OBJECTIVE_NAME
     if prov.objective is None or prov.bound is None:
@@ -104,7 +135,7 @@ def report(problem: PlacementProblem, config: SolverConfig, plan: Plan, name: st
     else:
         search, search_bound = prov.objective, prov.bound
     objective = evaluator_us(problem, config, plan)
-    bound = min(search_bound, objective)
+    bound = min(evaluator_bound_us(problem, config), objective)  # min: float rounding only
     extra = {
         **prov.extra,
         "objective_source": OBJECTIVE_SOURCE,

@@ -14,6 +14,7 @@ import pytest
 from moe_placement.cluster import load_cluster
 from moe_placement.metrics import evaluate
 from moe_placement.solvers import REGISTRY, PlacementProblem, SolverConfig, run_solver
+from moe_placement.solvers.objective import evaluator_bound_us
 from moe_placement.traces.derive import derive_workload
 from moe_placement.traces.reader import TraceFile
 from moe_placement.traces.synth import SynthConfig, generate
@@ -61,3 +62,21 @@ def test_objective_is_evaluator_time(
         objective.append(prov.objective)
         truth.append(us)
     assert _same_order(np.array(objective), np.array(truth))
+
+
+@pytest.mark.parametrize(("redundant", "gpn"), [(0, 8), (8, 4), (24, 2)])
+def test_evaluator_bound_holds_for_any_plan(tmp_path: Path, redundant: int, gpn: int) -> None:
+    """The reported bound is proven for the evaluator's time: no plan, random ones included, beats it
+    (checked without the clamp to the plan's own objective)."""
+    path = tmp_path / "synth.parquet"
+    generate(SynthConfig(num_layers=2, num_experts=16, top_k=2, num_tokens=512), path, 4)
+    cluster = load_cluster(None).with_counts(8, gpn)
+    wl = derive_workload(TraceFile(path), num_gpus=8)
+    problem = PlacementProblem(workloads=(wl,), cluster=cluster, num_redundant=redundant)
+    bound = evaluator_bound_us(problem, CONFIG)
+    assert bound > 0
+    for seed in range(4):
+        plan = run_solver("random", problem, SolverConfig(seed=seed))
+        assert evaluate(plan, cluster, wl).summary()["moe_time_us"] >= bound
+    best = run_solver("best", problem, CONFIG)
+    assert best.provenance.bound == pytest.approx(bound)
