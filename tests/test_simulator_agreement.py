@@ -121,3 +121,26 @@ def test_named_terms_explain_the_gap_on_the_bundled_trace(
         for r in res.per_layer:
             assert r["layer_us"] > r["evaluator_us"]
             assert r["pipeline_us"] == max(r[key] for key in TERM_KEYS[1:])
+
+
+def test_simulate_table_names_the_evaluator_time_and_the_largest_added_term(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The human table of ``placement simulate`` shows the evaluator's layer time beside the
+    simulator's, and the named term that adds most; with overlap it says why phases exceed the layer."""
+    from moe_placement.cli import main
+
+    trace = Path(__file__).resolve().parents[1] / "traces" / "data" / "tiny_moe_trace.parquet"
+    plan = tmp_path / "plan.json"
+    base = ["--trace", str(trace), "--gpus", "8", "--gpus-per-node", "4"]
+    assert main(["solve", *base, "--solver", "greedy", "--out", str(plan)]) == 0
+    capsys.readouterr()
+    assert main(["simulate", *base, "--plan", str(plan), "--overlap", "two-batch"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluator us" in out and "largest added us" in out
+    assert "add up to more than the layer time" in out
+    cluster = load_cluster(None).with_counts(8, 4)
+    ev = evaluate(Plan.load(plan), cluster, derive_workload(TraceFile(trace), num_gpus=8))
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    printed = np.array([float(r[7]) for r in rows])
+    assert np.allclose(printed, ev.layer_us(), rtol=1e-3)

@@ -17,6 +17,7 @@ from moe_placement.cli.commands._common import (
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU, MODES
 from moe_placement.plan import Plan
+from moe_placement.simulator.decompose import TERM_KEYS
 from moe_placement.workload import HOME_POLICIES
 
 
@@ -172,32 +173,49 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(res.to_dict())
         return 0
+    step = res.step_time()
     rows = [
         [
             r["layer"],
-            r["dispatch_us"],
-            r["compute_us"],
-            r["combine_us"],
-            r["layer_us"],
-            r["exposed_comm_us"],
+            t.dispatch_us,
+            t.compute_us,
+            t.combine_us,
+            t.layer_us,
+            t.exposed_comm_us,
             r["comm_lower_bound_us"],
+            r.get("evaluator_us", "-"),
+            _main_difference(r),
         ]
-        for r in res.per_layer
+        for r, t in zip(res.per_layer, step.layers, strict=True)
     ]
     print(
         f"plan {args.plan} on {cluster.name} ({cluster.num_gpus} GPUs), algo {args.algo}, overlap {args.overlap}"
     )
-    print(
-        table(
-            ["layer", "disp us", "comp us", "comb us", "layer us", "exposed us", "comm LB us"], rows
+    headers = ["layer", "disp us", "comp us", "comb us", "layer us", "exposed us", "comm LB us"]
+    print(table([*headers, "evaluator us", "largest added us"], rows))
+    if args.overlap != "none":
+        print(
+            "phases overlap (micro-batches or chunks run concurrently): each phase column is its own "
+            "span, so they add up to more than the layer time"
         )
-    )
     s = res.summary()
     print(
         f"total {s['total_us']:.1f} us; NVLink {human_bytes(s['nvlink_bytes_sent'])}, "
         f"NIC {human_bytes(s['nic_bytes_sent'])}; events {s['events']}, wall {s['wall_s']:.2f} s"
     )
     return 0
+
+
+def _main_difference(row: dict[str, Any]) -> str:
+    """The named term (:mod:`moe_placement.simulator.decompose`) that adds most time over the
+    evaluator's, e.g. ``pipeline +11.9``; the JSON output holds every term, the negative ones (time
+    hidden by GPUs moving on as their data lands) included."""
+    keys = [k for k in TERM_KEYS if k != "evaluator_us"] + ["attention_us"]
+    terms = {k: float(row[k]) for k in keys if k in row}
+    if not terms or max(terms.values()) <= 1e-9:
+        return "-" if not terms else "none"
+    name, value = max(terms.items(), key=lambda kv: kv[1])
+    return f"{name.removesuffix('_us')} {value:+.3g}"
 
 
 COMMAND = Command(
