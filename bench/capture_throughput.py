@@ -12,12 +12,9 @@ CUDA and bf16 when present.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moe_placement.cli.commands._common import table
 

@@ -13,23 +13,21 @@ objective (``solvers.objective.score_plan``, the sum over layers of ``solvers.cp
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from moe_placement.cli.commands._common import table
+from moe_placement.cluster import load_cluster
+from moe_placement.metrics import evaluate
+from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
+from moe_placement.solvers.objective import score_plan
+from moe_placement.traces.derive import derive_workload
+from moe_placement.traces.reader import TraceFile
+from moe_placement.traces.synth import SynthConfig, generate
 
-from moe_placement.cli.commands._common import table  # noqa: E402
-from moe_placement.cluster import load_cluster  # noqa: E402
-from moe_placement.metrics import evaluate  # noqa: E402
-from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver  # noqa: E402
-from moe_placement.solvers.objective import score_plan  # noqa: E402
-from moe_placement.traces.derive import derive_workload  # noqa: E402
-from moe_placement.traces.reader import TraceFile  # noqa: E402
-from moe_placement.traces.synth import SynthConfig, generate  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BUNDLED = ROOT / "traces" / "data" / "tiny_moe_trace.parquet"
 BASELINES = ("contiguous", "round-robin", "greedy", "eplb", "eplb-global")

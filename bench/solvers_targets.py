@@ -14,26 +14,24 @@ contiguous and EPLB; (4) solve time and gap versus experts x GPUs x layers.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from moe_placement.cli.commands._common import table
+from moe_placement.cluster import load_cluster
+from moe_placement.metrics import evaluate
+from moe_placement.shapes import model_shape
+from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
+from moe_placement.solvers.common import load_bound
+from moe_placement.traces.derive import derive_workload
+from moe_placement.traces.loadjson import load_logical_count
+from moe_placement.traces.reader import TraceFile
+from moe_placement.traces.synth import SynthConfig, generate
 
-from moe_placement.cli.commands._common import table  # noqa: E402
-from moe_placement.cluster import load_cluster  # noqa: E402
-from moe_placement.metrics import evaluate  # noqa: E402
-from moe_placement.shapes import model_shape  # noqa: E402
-from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver  # noqa: E402
-from moe_placement.solvers.common import load_bound  # noqa: E402
-from moe_placement.traces.derive import derive_workload  # noqa: E402
-from moe_placement.traces.loadjson import load_logical_count  # noqa: E402
-from moe_placement.traces.reader import TraceFile  # noqa: E402
-from moe_placement.traces.synth import SynthConfig, generate  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DSV3 = ROOT / ".." / "shared" / "data" / "dsv3-expert-loads"
 
