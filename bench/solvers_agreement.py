@@ -27,8 +27,6 @@ from moe_placement.traces.derive import derive_workload
 from moe_placement.traces.reader import TraceFile
 from moe_placement.traces.synth import SynthConfig, generate
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @dataclass(frozen=True)
 class Case:
