@@ -745,58 +745,77 @@ def build_classes(
 
 
 @_njit(cache=True)
+def _path_hash(
+    f: int, fl_ptr: np.ndarray, fl_link: np.ndarray, fl_coef: np.ndarray, lazy: np.ndarray
+) -> np.uint64:
+    """FNV-1a style hash (uint64) of flow ``f``'s solver links (not ``lazy``) and coefficients, in order."""
+    x = np.uint64(1469598103934665603)
+    for j in range(fl_ptr[f], fl_ptr[f + 1]):
+        m = fl_link[j]
+        if lazy[m]:
+            continue
+        x = (x ^ np.uint64(m + 1)) * np.uint64(1099511628211)
+        x = (x ^ np.uint64(np.int64(fl_coef[j] * 1e9))) * np.uint64(1099511628211)
+    return x
+
+
+@_njit(cache=True)
+def _same_path(
+    a: int, b: int, fl_ptr: np.ndarray, fl_link: np.ndarray, fl_coef: np.ndarray, lazy: np.ndarray
+) -> bool:
+    """Do flows ``a`` and ``b`` cross the same solver links (not ``lazy``) with the same coefficients, in
+    the same order?"""
+    ja, jb = fl_ptr[a], fl_ptr[b]
+    while True:
+        while ja < fl_ptr[a + 1] and lazy[fl_link[ja]]:
+            ja += 1
+        while jb < fl_ptr[b + 1] and lazy[fl_link[jb]]:
+            jb += 1
+        end_a, end_b = ja >= fl_ptr[a + 1], jb >= fl_ptr[b + 1]
+        if end_a or end_b:
+            return end_a and end_b
+        if fl_link[ja] != fl_link[jb] or fl_coef[ja] != fl_coef[jb]:
+            return False
+        ja += 1
+        jb += 1
+
+
+@_njit(cache=True)
 def group(arrays: tuple[np.ndarray, ...], flows: np.ndarray) -> np.ndarray:
     """Class index (0, 1, ... in order of first appearance) of each of ``flows``: flows whose solver
-    links (not ``lazy``) and coefficients are identical, in the same order, share a class."""
+    links (not ``lazy``) and coefficients are identical, in the same order, share a class.
+
+    An open-addressing hash table of path hashes, each entry confirmed against its class's first flow
+    (a collision probes on, so it is never a wrong merge). Written by hand rather than with a (stable)
+    sort: sorting machinery is most of what this kernel would cost to compile."""
     s = _view(arrays)
     fl_ptr, fl_link, fl_coef, lazy = s.fl_ptr, s.fl_link, s.fl_coef, s.lazy
 
     n = flows.shape[0]
-    h = np.empty(n, dtype=np.uint64)
-    for i in range(n):
-        f = flows[i]
-        x = np.uint64(1469598103934665603)
-        for j in range(fl_ptr[f], fl_ptr[f + 1]):
-            m = fl_link[j]
-            if lazy[m]:
-                continue
-            x = (x ^ np.uint64(m + 1)) * np.uint64(1099511628211)
-            x = (x ^ np.uint64(np.int64(fl_coef[j] * 1e9))) * np.uint64(1099511628211)
-        h[i] = x
-    order = np.argsort(h, kind="mergesort")  # stable: equal hashes stay in flow order
+    size = 1
+    while size < 2 * n:
+        size *= 2
+    mask = np.uint64(size - 1)
+    slot_hash = np.zeros(size, dtype=np.uint64)
+    slot_group = np.zeros(size, dtype=np.int64)  # class + 1; 0: free
+    first = np.empty(n, dtype=np.int64)  # each class's first flow
     group = np.empty(n, dtype=np.int64)
     ngroups = 0
-    prev = -1
-    for idx in range(n):
-        i = order[idx]
-        same = prev >= 0 and h[i] == h[prev]
-        if same:  # confirm (hash collisions start a new group: a missed merge, never a wrong one)
-            a, b = flows[i], flows[prev]
-            ja, jb = fl_ptr[a], fl_ptr[b]
-            while same:
-                while ja < fl_ptr[a + 1] and lazy[fl_link[ja]]:
-                    ja += 1
-                while jb < fl_ptr[b + 1] and lazy[fl_link[jb]]:
-                    jb += 1
-                end_a, end_b = ja >= fl_ptr[a + 1], jb >= fl_ptr[b + 1]
-                if end_a or end_b:
-                    same = end_a and end_b
-                    break
-                if fl_link[ja] != fl_link[jb] or fl_coef[ja] != fl_coef[jb]:
-                    same = False
-                ja += 1
-                jb += 1
-        if not same:
-            ngroups += 1
-        group[i] = ngroups - 1
-        prev = i
-    # renumber by first appearance in ``flows`` (deterministic, independent of hash values)
-    first = np.full(ngroups, n, dtype=np.int64)
     for i in range(n):
-        if i < first[group[i]]:
-            first[group[i]] = i
-    rank = np.empty(ngroups, dtype=np.int64)
-    rank[np.argsort(first, kind="mergesort")] = np.arange(ngroups)
-    for i in range(n):
-        group[i] = rank[group[i]]
+        f = flows[i]
+        x = _path_hash(f, fl_ptr, fl_link, fl_coef, lazy)
+        pos = np.int64(x & mask)
+        while True:
+            g = slot_group[pos] - 1
+            if g < 0:  # a path not seen yet: a new class
+                slot_hash[pos] = x
+                slot_group[pos] = ngroups + 1
+                first[ngroups] = f
+                group[i] = ngroups
+                ngroups += 1
+                break
+            if slot_hash[pos] == x and _same_path(first[g], f, fl_ptr, fl_link, fl_coef, lazy):
+                group[i] = g
+                break
+            pos = (pos + 1) & (size - 1)
     return group
