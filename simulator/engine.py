@@ -284,9 +284,7 @@ class FluidNetwork:
 
     def _classes_for(self, flows: np.ndarray) -> np.ndarray:
         """Class index of each flow: identical solver paths share one when aggregating."""
-        if not self.aggregate:
-            return np.arange(flows.size, dtype=np.int64)
-        return kernels.group(self._arrays, flows)
+        return kernels.classify(self._arrays, flows, False, self.aggregate)[1]
 
     # -- flows --------------------------------------------------------------------------------------
     def _solver_path(
@@ -419,11 +417,14 @@ class FluidNetwork:
         self.s.target[new] = self.size_bytes[new]
         self._active_count += new.size
         # a new flow whose links are all lazy would have no rate limit: one rejoins the solver
-        if self.s.lazy.any() and kernels.orphans(self._arrays, new):
+        rescued, groups = kernels.classify(
+            self._arrays, new, bool(self.s.lazy.any()), self.aggregate
+        )
+        if rescued:
             self._regroup(now, extra=new)
             return None
         # arrivals form classes of their own (with each other when their paths coincide)
-        ids = self._new_classes(new, self._classes_for(new), now)
+        ids = self._new_classes(new, groups, now)
         self.act = np.concatenate([self.act, ids])
         self._new_since_regroup += new.size
         self._index_stale = True
@@ -515,7 +516,7 @@ class FluidNetwork:
         """Solver links with clear slack leave the solver; every flow keeps at least one solver link."""
         s = self.s
         s.lazy[:] |= (s.used < s.cap * LAZY_BELOW) & (self._barred_until <= self.regroups)
-        kernels.orphans(self._arrays, self._active_flows())
+        kernels.classify(self._arrays, self._active_flows(), True, False)  # orphans only
 
     def _active_flows(self) -> np.ndarray:
         if not self.act.size:

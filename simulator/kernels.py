@@ -18,7 +18,6 @@ otherwise. Deterministic: ties are broken by class id and link id.
 
 from __future__ import annotations
 
-import heapq
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -119,6 +118,67 @@ def link_index(
 
 
 # -- progressive filling ----------------------------------------------------------------------------
+# The filling's heap of link levels: entries (level, link, version) in three arrays, ordered as tuples
+# are (level, then link id, then version: a total order, so the pops are those of ``heapq`` on tuples).
+# Written by hand: ``heapq`` on a list of tuples cost about a second of every cold compile.
+@_njit(cache=True)
+def _before(
+    level_a: float, link_a: int, ver_a: int, level_b: float, link_b: int, ver_b: int
+) -> bool:
+    """Does entry a come before entry b: ``(level_a, link_a, ver_a) < (level_b, link_b, ver_b)``?"""
+    if level_a != level_b:
+        return level_a < level_b
+    if link_a != link_b:
+        return link_a < link_b
+    return ver_a < ver_b
+
+
+@_njit(cache=True)
+def _heap_push(
+    h_level: np.ndarray,
+    h_link: np.ndarray,
+    h_ver: np.ndarray,
+    n: int,
+    level: float,
+    link: int,
+    ver: int,
+) -> int:
+    """Push an entry on the heap of ``n`` entries (room assumed); returns the new size."""
+    i = n
+    while i > 0:
+        up = (i - 1) >> 1
+        if not _before(level, link, ver, h_level[up], h_link[up], h_ver[up]):
+            break
+        h_level[i], h_link[i], h_ver[i] = h_level[up], h_link[up], h_ver[up]
+        i = up
+    h_level[i], h_link[i], h_ver[i] = level, link, ver
+    return n + 1
+
+
+@_njit(cache=True)
+def _heap_pop(h_level: np.ndarray, h_link: np.ndarray, h_ver: np.ndarray, n: int) -> int:
+    """Drop the first entry (index 0, read by the caller) of the heap of ``n > 0`` entries; returns the
+    new size."""
+    n -= 1
+    level, link, ver = h_level[n], h_link[n], h_ver[n]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and _before(
+            h_level[c + 1], h_link[c + 1], h_ver[c + 1], h_level[c], h_link[c], h_ver[c]
+        ):
+            c += 1
+        if not _before(h_level[c], h_link[c], h_ver[c], level, link, ver):
+            break
+        h_level[i], h_link[i], h_ver[i] = h_level[c], h_link[c], h_ver[c]
+        i = c
+    if n > 0:
+        h_level[i], h_link[i], h_ver[i] = level, link, ver
+    return n
+
+
 @_njit(cache=True)
 def progressive_fill(
     members: np.ndarray,
@@ -148,26 +208,34 @@ def progressive_fill(
     version = np.zeros(num_links, dtype=np.int64)
     frozen = np.zeros(rate.shape[0], dtype=np.bool_)
     links_seen = np.zeros(num_links, dtype=np.bool_)
-    seen: list[int] = [0]
-    seen.pop()
+    seen = np.empty(num_links, dtype=np.int64)
+    nseen = 0
+    pushes = 0  # bound on the heap entries: one per seen link, one per member link at its freeze
     for f in members:
+        pushes += fl_ptr[f + 1] - fl_ptr[f]
         for j in range(fl_ptr[f], fl_ptr[f + 1]):
             m = fl_link[j]
             unfrozen_coef[m] += fl_coef[j]
             unfrozen_cnt[m] += 1
             if not links_seen[m]:
                 links_seen[m] = True
-                seen.append(m)
-    heap = [(0.0, np.int64(0), np.int64(0))]
-    heap.pop()
-    for m in seen:
-        heap.append((max(cap[m] - used[m], 0.0) / unfrozen_coef[m], np.int64(m), np.int64(0)))
-    heapq.heapify(heap)
+                seen[nseen] = m
+                nseen += 1
+    room = nseen + pushes
+    h_level = np.empty(room)
+    h_link = np.empty(room, dtype=np.int64)
+    h_ver = np.empty(room, dtype=np.int64)
+    nheap = np.int64(0)  # typed, not a literal: one compiled heap helper, not one per literal
+    for k in range(nseen):
+        m = seen[k]
+        level0 = max(cap[m] - used[m], 0.0) / unfrozen_coef[m]
+        nheap = _heap_push(h_level, h_link, h_ver, nheap, level0, m, np.int64(0))
     remaining = members.shape[0]
     touched = np.zeros(num_links, dtype=np.int64)
     mark = np.zeros(num_links, dtype=np.bool_)
-    while remaining > 0 and len(heap) > 0:
-        level, link, ver = heapq.heappop(heap)
+    while remaining > 0 and nheap > 0:
+        level, link, ver = h_level[0], h_link[0], h_ver[0]
+        nheap = _heap_pop(h_level, h_link, h_ver, nheap)
         if ver != version[link] or unfrozen_cnt[link] == 0:
             continue
         ntouched = 0
@@ -197,10 +265,8 @@ def progressive_fill(
             mark[m] = False
             version[m] += 1
             if unfrozen_cnt[m] > 0:
-                heapq.heappush(
-                    heap,
-                    (max(cap[m] - used[m], 0.0) / max(unfrozen_coef[m], 1e-300), m, version[m]),
-                )
+                level_m = max(cap[m] - used[m], 0.0) / max(unfrozen_coef[m], 1e-300)
+                nheap = _heap_push(h_level, h_link, h_ver, nheap, level_m, m, version[m])
 
 
 @_njit(cache=True)
@@ -222,17 +288,18 @@ def full_refill(
     ``used`` is recomputed. The engine's reference mode. Returns the number of classes refilled."""
     used[:] = 0.0
     in_set = np.zeros(rate.shape[0], dtype=np.bool_)
-    members: list[int] = [0]
-    members.pop()
+    members = np.empty(act.shape[0], dtype=np.int64)
+    count = 0
     for c in act:
         if rate[c] < keep_below:
             for j in range(fl_ptr[c], fl_ptr[c + 1]):
                 used[fl_link[j]] += fl_coef[j] * rate[c]
         else:
             in_set[c] = True
-            members.append(c)
+            members[count] = c
+            count += 1
     progressive_fill(
-        np.array(members, dtype=np.int64),
+        members[:count],
         fl_ptr,
         fl_link,
         fl_coef,
@@ -245,7 +312,7 @@ def full_refill(
         changed,
         bottleneck,
     )
-    return len(members)
+    return count
 
 
 @_njit(cache=True)
@@ -277,27 +344,32 @@ def refill(
     """
     num_links = cap.shape[0]
     in_set = np.zeros(rate.shape[0], dtype=np.bool_)
-    members: list[int] = [0]
-    members.pop()
+    # the set, in the order classes joined it (each once: ``in_set``); arrays, not lists, compile faster
+    members = np.empty(rate.shape[0], dtype=np.int64)
+    count = 0
     for f in seed_flows:
         if not in_set[f]:
             in_set[f] = True
-            members.append(f)
+            members[count] = f
+            count += 1
     for link in seed_links:
         for j in range(lk_ptr[link], lk_ptr[link + 1]):
             f = lk_flow[j]
             if is_active[f] and not in_set[f] and rate[f] >= keep_below and bottleneck[f] == link:
                 in_set[f] = True
-                members.append(f)
+                members[count] = f
+                count += 1
     stamp = np.zeros(num_links, dtype=np.int64)
     max_rate = np.zeros(num_links)
     visit = np.zeros(num_links, dtype=np.int64)
     it = 0
     last_count = 0
+    before = np.empty(rate.shape[0])
     while True:
         it += 1
-        arr = np.array(members, dtype=np.int64)
-        before = rate[arr].copy()
+        arr = members[:count]  # this round's set; classes added below land after it
+        for k in range(count):
+            before[k] = rate[arr[k]]
         for f in arr:
             if rate[f] > 0 and np.isfinite(rate[f]):
                 for j in range(fl_ptr[f], fl_ptr[f + 1]):
@@ -356,7 +428,8 @@ def refill(
                         continue
                     if not in_set[g]:
                         in_set[g] = True
-                        members.append(g)
+                        members[count] = g
+                        count += 1
                         added += 1
                     else:
                         # a member beaten on its saturated links: the faster flows there must be refilled too
@@ -368,10 +441,11 @@ def refill(
                                 h = lk_flow[r]
                                 if is_active[h] and not in_set[h] and rate[h] > rate[g]:
                                     in_set[h] = True
-                                    members.append(h)
+                                    members[count] = h
+                                    count += 1
                                     added += 1
         if added == 0:
-            return len(members), it
+            return count, it
 
 
 # -- one event: refill, lazy links, advance ----------------------------------------------------------
@@ -582,20 +656,25 @@ def pop_finished(
     lazy, cap, used, lazy_used, lazy_rate = s.lazy, s.cap, s.used, s.lazy_used, s.lazy_rate
     cz_ptr, cz_link, cz_coef = s.cz_ptr, s.cz_link, s.cz_coef
     limit = now + tol * max(now, 1.0)
-    done: list[int] = [0]
-    done.pop()
+    # arrays sized by a bound and filled to a count, not lists: lists cost seconds of a cold compile
+    due = np.empty(act.shape[0], dtype=np.int64)
+    ndone = 0
+    nmembers = 0  # bound on the flows finishing: all members left in the classes due
     for i in range(act.shape[0]):
-        if s.finish[act[i]] <= limit:
-            done.append(act[i])
-    done_cls = np.array(done, dtype=np.int64)
-    out: list[int] = [0]
-    out.pop()
-    empty: list[int] = [0]
-    empty.pop()
+        c = act[i]
+        if s.finish[c] <= limit:
+            due[ndone] = c
+            ndone += 1
+            nmembers += c_end[c] - c_head[c]
+    done_cls = due[:ndone]
+    out = np.empty(nmembers, dtype=np.int64)
+    nout = 0
+    empty = np.empty(ndone, dtype=np.int64)
+    nempty = 0
     num_links = cap.shape[0]
     seed_mark = np.zeros(num_links, dtype=np.bool_)
-    seeds: list[int] = [0]
-    seeds.pop()
+    seeds = np.empty(num_links, dtype=np.int64)
+    nseeds = 0
     low = np.inf
     for c in done_cls:
         r = rate[c]
@@ -605,7 +684,8 @@ def pop_finished(
             f = cm_flow[k]
             if r <= 0 or t0 + (target[f] - p0) / r > limit:
                 break
-            out.append(f)
+            out[nout] = f
+            nout += 1
             k += 1
             for i in range(fl_ptr[f], fl_ptr[f + 1]):
                 m = fl_link[i]
@@ -626,7 +706,8 @@ def pop_finished(
             m = cl_link[j]
             if used[m] >= cap[m] * (1.0 - 1e-9) and not seed_mark[m]:
                 seed_mark[m] = True
-                seeds.append(m)
+                seeds[nseeds] = m
+                nseeds += 1
             used[m] -= cl_unit[j] * gone * r
             if used[m] < 0.0:
                 used[m] = 0.0
@@ -634,27 +715,21 @@ def pop_finished(
         prog[c] = p0 + r * (now - t0)
         t_upd[c] = now
         if k == c_end[c]:
-            empty.append(c)
+            empty[nempty] = c
+            nempty += 1
             rate[c] = 0.0
         else:
             next_target[c] = target[cm_flow[k]]
             changed[c] = 1
-    return (
-        done_cls,
-        np.array(out, dtype=np.int64),
-        np.array(seeds, dtype=np.int64),
-        np.array(empty, dtype=np.int64),
-        low,
-    )
+    return done_cls, out[:nout], seeds[:nseeds], empty[:nempty], low
 
 
 @_njit(cache=True)
-def orphans(arrays: tuple[np.ndarray, ...], flows: np.ndarray) -> bool:
+def _rescue_orphans(
+    flows: np.ndarray, fl_ptr: np.ndarray, fl_link: np.ndarray, lazy: np.ndarray, cap: np.ndarray
+) -> bool:
     """Every flow needs a solver link: for flows whose links are all lazy, the lowest-capacity one
-    rejoins the solver (in place). Returns whether any did."""
-    s = _view(arrays)
-    fl_ptr, fl_link, lazy, cap = s.fl_ptr, s.fl_link, s.lazy, s.cap
-
+    rejoins the solver (in place in ``lazy``). Returns whether any did."""
     any_ = False
     for f in flows:
         orphan = True
@@ -781,16 +856,19 @@ def _same_path(
 
 
 @_njit(cache=True)
-def group(arrays: tuple[np.ndarray, ...], flows: np.ndarray) -> np.ndarray:
+def _group(
+    flows: np.ndarray,
+    fl_ptr: np.ndarray,
+    fl_link: np.ndarray,
+    fl_coef: np.ndarray,
+    lazy: np.ndarray,
+) -> np.ndarray:
     """Class index (0, 1, ... in order of first appearance) of each of ``flows``: flows whose solver
     links (not ``lazy``) and coefficients are identical, in the same order, share a class.
 
     An open-addressing hash table of path hashes, each entry confirmed against its class's first flow
     (a collision probes on, so it is never a wrong merge). Written by hand rather than with a (stable)
     sort: sorting machinery is most of what this kernel would cost to compile."""
-    s = _view(arrays)
-    fl_ptr, fl_link, fl_coef, lazy = s.fl_ptr, s.fl_link, s.fl_coef, s.lazy
-
     n = flows.shape[0]
     size = 1
     while size < 2 * n:
@@ -819,3 +897,22 @@ def group(arrays: tuple[np.ndarray, ...], flows: np.ndarray) -> np.ndarray:
                 break
             pos = (pos + 1) & (size - 1)
     return group
+
+
+@_njit(cache=True)
+def classify(
+    arrays: tuple[np.ndarray, ...], flows: np.ndarray, rescue: bool, aggregate: bool
+) -> tuple[bool, np.ndarray]:
+    """Classes for ``flows`` (arrivals, or the active flows at a regrouping), in one call.
+
+    With ``rescue``, flows whose links are all lazy first get one back (:func:`_rescue_orphans`); when
+    any did, returns ``(True, [])`` and the caller regroups. Otherwise ``(False, class index of each
+    flow)``: shared by identical solver paths (:func:`_group`) when ``aggregate``, else one class each.
+    One entry kernel instead of two: each entry unpacks the whole bundle, a fixed cost of every cold
+    compile."""
+    s = _view(arrays)
+    if rescue and _rescue_orphans(flows, s.fl_ptr, s.fl_link, s.lazy, s.cap):
+        return True, np.zeros(0, dtype=np.int64)
+    if not aggregate:
+        return False, np.arange(flows.shape[0])
+    return False, _group(flows, s.fl_ptr, s.fl_link, s.fl_coef, s.lazy)
