@@ -106,14 +106,19 @@ def solve_plan(
     mode: str,
     time_limit_s: float,
     seed: int,
+    deterministic: bool = False,
 ) -> Plan:
-    """The registered ``solver``'s plan for one workload on ``cluster``."""
+    """The registered ``solver``'s plan for one workload on ``cluster`` (``deterministic``: CP-SAT on
+    a deterministic time limit, the same plan on any machine load)."""
     from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
 
     problem = PlacementProblem(
         workloads=(workload,), cluster=cluster, num_redundant=redundant, mode=mode
     )
-    return run_solver(solver, problem, SolverConfig(time_limit_s=time_limit_s, seed=seed))
+    config = SolverConfig(
+        time_limit_s=time_limit_s, seed=seed, extra={"deterministic": deterministic}
+    )
+    return run_solver(solver, problem, config)
 
 
 def simulate_step(

@@ -67,6 +67,7 @@ def measure(
             mode=mode,
             time_limit_s=float(config["time_limit_s"]),
             seed=int(config["seed"]),
+            deterministic=bool(config.get("deterministic", False)),
         )
     ev = evaluate(plan, cluster, workload, mode=mode, tokens_per_gpu=tokens_per_gpu)
     step = simulate_step(

@@ -24,6 +24,7 @@ _CONFIG_OPTIONS = (
     "algo",
     "seed",
     "time_limit_s",
+    "deterministic",
 )
 
 
@@ -56,6 +57,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algo", default=None, choices=ALGOS)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--time-limit", dest="time_limit_s", type=float, default=None)
+    p.add_argument(
+        "--deterministic",
+        action="store_const",
+        const=True,
+        default=None,
+        help="CP-SAT on a deterministic time limit: the same plan on any machine load (stored)",
+    )
     p.add_argument(
         "--tolerance",
         action="append",
