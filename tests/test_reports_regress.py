@@ -169,3 +169,17 @@ def test_engine_change_skips_layer_time() -> None:
         engine_changed=True,
     )
     assert [c.status for c in checks] == ["skipped", "pass"]
+
+
+def test_deterministic_is_stored_and_reproduces_the_cpsat_plan(
+    tiny_trace: Path, tmp_path: Path
+) -> None:
+    """``--deterministic`` is kept in the baseline's config, and a CP-SAT plan measured again under it
+    gives the very same figures (a wall-clock limit would vary with machine load)."""
+    base = tmp_path / "det.json"
+    argv = ["regress", "--trace", str(tiny_trace), "--baseline", str(base), "--solver", "cpsat"]
+    argv += ["--gpus", "8", "--gpus-per-node", "4", "--redundant", "8", "--time-limit", "0.5"]
+    assert main([*argv, "--deterministic", "--update-baseline"]) == 0
+    stored = json.loads(base.read_text())
+    assert stored["config"]["deterministic"] is True
+    assert main([*argv, "--tolerance", "max_load=0", "--tolerance", "inter_node_bytes=0"]) == 0
