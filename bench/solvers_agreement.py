@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from solvers_model_fidelity import spearman  # the bench folder is first on sys.path
 
 from moe_placement.cli.commands._common import table
 from moe_placement.cluster import load_cluster
@@ -44,24 +45,6 @@ CASES = (
     Case("32 experts top-4, 16 GPUs / 2 nodes, R=16", 32, 4, 16, 8, 16),
     Case("64 experts top-8, 32 GPUs / 4 nodes, R=32", 64, 8, 32, 8, 32),
 )
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-
-    def ranks(v: np.ndarray) -> np.ndarray:
-        order = np.argsort(v, kind="stable")
-        r = np.empty(v.size)
-        r[order] = np.arange(v.size, dtype=np.float64)
-        for value in np.unique(v):  # ties share their average rank
-            same = v == value
-            r[same] = r[same].mean()
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def run_case(case: Case, tmp: Path, time_limit_s: float) -> tuple[list[list[object]], float]:

@@ -173,7 +173,7 @@ class LinearPrices:
 
 def step_from_columns(
     dispatch_us: Iterable[float],
-    compute_us_: Iterable[float],
+    compute_us_per_layer: Iterable[float],
     combine_us: Iterable[float],
     source: str,
 ) -> StepTime:
@@ -181,7 +181,7 @@ def step_from_columns(
     return StepTime.of(
         (
             LayerTime.sequential(d, c, b)
-            for d, c, b in zip(dispatch_us, compute_us_, combine_us, strict=True)
+            for d, c, b in zip(dispatch_us, compute_us_per_layer, combine_us, strict=True)
         ),
         source,
     )
