@@ -5,7 +5,8 @@ token's k experts are drawn without replacement by the Gumbel-top-k trick on log
 biases: with probability ``affinity`` its top-1 expert follows a fixed per-layer successor of its top-1 at
 the previous layer (inter-layer affinity, as ExFlow observes), and experts in the same hidden group as its
 top-1 get ``coactivation`` extra logit (co-activation). Sequences may belong to ``domains`` with their own
-popularity tilt.
+popularity tilt. ``drift`` moves the popularity over time: token ``t`` of ``N`` draws from log-popularity
+``(1 - a) p0 + a p1`` with ``a = drift * t / N`` and ``p1`` another random permutation (0: stationary).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class SynthConfig:
     group_size: int = 4
     affinity: float = 0.6
     domains: int = 1
+    drift: float = 0.0
     hidden_size: int = 1024
     expert_intermediate_size: int = 512
     model_name: str = "synthetic"
@@ -46,6 +48,8 @@ class SynthConfig:
             raise PlacementError(f"synth: top-k ({self.top_k}) > experts ({self.num_experts})")
         if not 0 <= self.affinity <= 1:
             raise PlacementError("synth: affinity must be in [0, 1]")
+        if not 0 <= self.drift <= 1:
+            raise PlacementError("synth: drift must be in [0, 1]")
         if self.zipf_s < 0 or self.coactivation < 0 or self.group_size < 1 or self.domains < 1:
             raise PlacementError("synth: zipf, coactivation must be >= 0; group size, domains >= 1")
 
@@ -61,6 +65,11 @@ def generate(
     base = -config.zipf_s * np.log(ranks)
     logp = np.stack([base[rng.permutation(experts)] for _ in range(layers)])  # [layers, experts]
     logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    drift_to = None
+    if config.drift > 0:  # its own generator: drift 0 writes exactly the trace it always did
+        drift_rng = np.random.default_rng([seed, 1])
+        drift_to = np.stack([base[drift_rng.permutation(experts)] for _ in range(layers)])
+        drift_to -= np.log(np.exp(drift_to).sum(axis=1, keepdims=True))
     tilt = (
         rng.normal(0.0, 0.7, size=(config.domains, layers, experts)) if config.domains > 1 else None
     )
@@ -75,7 +84,8 @@ def generate(
         expert_intermediate_size=config.expert_intermediate_size,
         source=(
             f"synthetic(seed={seed}, zipf={config.zipf_s}, coact={config.coactivation}, "
-            f"group={config.group_size}, affinity={config.affinity}, domains={config.domains})"
+            f"group={config.group_size}, affinity={config.affinity}, domains={config.domains}"
+            + (f", drift={config.drift})" if config.drift > 0 else ")")
         ),
     )
     chunk_tokens = max(1, min(config.num_tokens, max(256, 2_000_000 // (experts * layers))))
@@ -99,6 +109,9 @@ def generate(
             prev_top1: np.ndarray | None = None
             for layer in range(layers):
                 logits = logp[layer][None, :] + rng.gumbel(size=(n, experts))
+                if drift_to is not None:
+                    a = (config.drift * token / config.num_tokens)[:, None]
+                    logits += a * (drift_to[layer] - logp[layer])[None, :]
                 if tilt is not None:
                     logits += tilt[dom, layer]
                 if prev_top1 is not None and config.affinity > 0:

@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--affinity", type=float, default=0.6, help="P(top-1 follows its layer successor)"
     )
     p.add_argument("--domains", type=int, default=1)
+    p.add_argument(
+        "--drift", type=float, default=0.0, help="popularity drift over the trace, 0..1 (0: none)"
+    )
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--intermediate", type=int, default=512)
     p.add_argument("--json", action="store_true")
@@ -43,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         group_size=args.group_size,
         affinity=args.affinity,
         domains=args.domains,
+        drift=args.drift,
         hidden_size=args.hidden,
         expert_intermediate_size=args.intermediate,
     )
