@@ -39,6 +39,9 @@ class Provenance:
     objective_name: str = ""
     trace_fingerprint: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # the serving engine whose replica dispatch the plan was solved for (moe_placement.dispatch);
+    # None: the project's share-aware router, which no engine serves today
+    engine: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +54,7 @@ class Provenance:
             "objective_name": self.objective_name,
             "trace_fingerprint": self.trace_fingerprint,
             "extra": self.extra,
+            "engine": self.engine,
         }
 
     @classmethod
@@ -65,6 +69,7 @@ class Provenance:
             objective_name=str(data.get("objective_name", "")),
             trace_fingerprint=str(data.get("trace_fingerprint", "")),
             extra=dict(data.get("extra", {}) or {}),
+            engine=data.get("engine"),
         )
 
 
