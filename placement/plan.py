@@ -44,6 +44,7 @@ class Provenance:
     engine: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        engine = {} if self.engine is None else {"engine": self.engine}  # old files stay byte-identical
         return {
             "solver": self.solver,
             "objective": self.objective,
@@ -54,7 +55,7 @@ class Provenance:
             "objective_name": self.objective_name,
             "trace_fingerprint": self.trace_fingerprint,
             "extra": self.extra,
-            "engine": self.engine,
+            **engine,
         }
 
     @classmethod
