@@ -12,10 +12,19 @@ import os
 import pkgutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from moe_placement.atomic import os_cause
 from moe_placement.cli import commands
-from moe_placement.cli.commands._common import CheckFailed, Command, finite_float
+from moe_placement.cli.commands._common import (
+    CheckFailed,
+    Command,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from moe_placement.errors import PlacementError
 
 # Argument destinations that name files a command reads, and files or folders it writes. An output that
@@ -32,15 +41,63 @@ _INPUT_DESTS = (
     "model",
 )
 _OUTPUT_DESTS = ("out", "chrome_trace", "chakra", "junit", "plots")
+# Commands whose --out is a folder (every other output names a file, or a file prefix for --chakra).
+_FOLDER_OUT_COMMANDS = ("whatif", "demo")
+
+
+# Numeric options that must be > 0, by destination; every other ``type=int``/``type=float`` option must
+# be >= 0 (counts, sizes, indices, seeds, times, weights). Checked where argparse parses them, so a bad
+# number is a usage error (one line, exit 2) before any work starts.
+_POSITIVE_DESTS = frozenset(
+    {
+        "gpus",
+        "gpus_per_node",
+        "workers",
+        "threads",
+        "time_limit",
+        "time_limit_s",
+        "timeout",
+        "hidden_scale",
+        "amortisation_years",
+        "tokens",
+        "tokens_per_gpu",
+        "synth_layers",
+        "synth_tokens",
+        "layers",
+        "experts",
+        "top_k",
+        "hidden",
+        "intermediate",
+        "seq_len",
+        "group_size",
+        "domains",
+        "batch",
+        "prompt_len",
+        "new_tokens",
+        "reps",
+        "rounds",
+        "chunks",
+        "node_limit",
+        "total_layers",
+        "window",
+        "cache_experts",
+    }
+)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error and exit code 2; every float option refuses NaN and infinities."""
+    """argparse with a one-line error and exit code 2. ``type=int`` and ``type=float`` options are
+    checked as they are parsed: integers >= 0 (>= 1 for the counts in ``_POSITIVE_DESTS``), floats
+    finite and >= 0 (> 0 for those), so NaN, infinities and negative seeds never reach the code."""
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
-        if kwargs.get("type") is float:
-            kwargs["type"] = finite_float
-        return super().add_argument(*args, **kwargs)
+        action = super().add_argument(*args, **kwargs)
+        positive = action.dest in _POSITIVE_DESTS
+        if action.type is int:
+            action.type = positive_int if positive else non_negative_int
+        elif action.type is float:
+            action.type = positive_float if positive else non_negative_float
+        return action
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {message}\n")
@@ -102,6 +159,34 @@ def refuse_outputs_onto_inputs(args: argparse.Namespace) -> None:
                 )
 
 
+def _is_folder_output(command: str, dest: str) -> bool:
+    return dest == "plots" or (dest == "out" and command in _FOLDER_OUT_COMMANDS)
+
+
+def refuse_unwritable_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an output whose place is taken: a parent that is a file, a folder
+    where a file is due, or a file where a folder is due. Other faults (read-only, full disk, no
+    permission) surface from :mod:`moe_placement.atomic` when the write happens, naming the path."""
+    for dest in _OUTPUT_DESTS:
+        for path in map(Path, _paths(getattr(args, dest, None))):
+            option = _option_name(dest)
+            for parent in path.parents:
+                if parent.exists() and not parent.is_dir():
+                    raise PlacementError(f"{option} {path}: {parent} is a file, not a folder")
+            folder = _is_folder_output(args.command, dest)
+            if folder and path.exists() and not path.is_dir():
+                raise PlacementError(f"{option} {path} is a file; it must be a folder")
+            if not folder and path.is_dir():
+                raise PlacementError(f"{option} {path} is a folder; give a file path")
+
+
+def _os_error_line(exc: OSError) -> str:
+    """ "PATH: cause" (both paths for a failed rename or copy); one line whatever the error holds."""
+    cause = os_cause(exc)
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {cause}" if paths else cause
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -110,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         refuse_outputs_onto_inputs(args)
+        refuse_unwritable_outputs(args)
         return int(args._run(args) or 0)
     except PlacementError as exc:
         sys.stderr.write(f"placement {args.command}: error: {exc}\n")
@@ -126,6 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         sys.stderr.write(
             f"placement {args.command}: error: out of memory; use a smaller input or limit\n"
+        )
+        return 2
+    except OSError as exc:  # the last line of defence: loaders and atomic writes name their files
+        sys.stderr.write(f"placement {args.command}: error: {_os_error_line(exc)}\n")
+        return 2
+    except UnicodeDecodeError as exc:
+        sys.stderr.write(
+            f"placement {args.command}: error: an input file is not UTF-8 text "
+            f"(byte {exc.object[exc.start : exc.start + 1]!r} at offset {exc.start})\n"
         )
         return 2
 

@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary file in the same folder, then rename over the target.
 
-A crash or a bad input never leaves a half-written result behind.
+A crash or a bad input never leaves a half-written result behind: the temporary file is removed on any
+exception, and a write that fails in the file system (read-only, full disk, a folder in the way, a parent
+that is a file, no permission) becomes a :class:`PlacementError` naming the target and the cause.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from moe_placement.errors import PlacementError
+
 
 def set_default_mode(path: Path) -> None:
     """mkstemp makes 0600 files; results should get the usual umask-based mode."""
@@ -21,20 +25,56 @@ def set_default_mode(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+def os_cause(exc: OSError) -> str:
+    """The cause of an OSError in words ("No space left on device"), without errno or paths."""
+    if exc.strerror:
+        return exc.strerror
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def ensure_folder(folder: str | os.PathLike[str]) -> Path:
+    """Create ``folder`` (and its parents) if absent; one clear error when a file is in the way."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PlacementError(f"cannot write into {folder}: it is a file, not a folder")
+    for parent in folder.parents:
+        if parent.exists() and not parent.is_dir():
+            raise PlacementError(f"cannot create {folder}: {parent} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PlacementError(f"cannot create folder {folder}: {os_cause(exc)}") from None
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; rename it onto ``target`` if the block succeeds."""
+    """Yield a temporary path next to ``target``; rename it onto ``target`` if the block succeeds.
+
+    On any exception the temporary file is removed; OSErrors about the temporary file or the target
+    become one :class:`PlacementError` that names ``target`` (the user never chose the temporary name).
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    if target.is_dir():
+        raise PlacementError(f"cannot write {target}: it is a folder")
+    ensure_folder(target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    except OSError as exc:
+        raise PlacementError(f"cannot write {target}: {os_cause(exc)}") from None
     os.close(fd)
     tmp = Path(tmp_name)
-    set_default_mode(tmp)
     try:
+        set_default_mode(tmp)
         yield tmp
         os.replace(tmp, target)
+    except OSError as exc:
+        if exc.filename not in (None, tmp_name, str(target)):
+            raise  # about some other file: the caller names it
+        raise PlacementError(f"cannot write {target}: {os_cause(exc)}") from None
     finally:
-        if tmp.exists():
+        with contextlib.suppress(OSError):
             tmp.unlink()
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from moe_placement.atomic import set_default_mode
+from moe_placement.atomic import ensure_folder, os_cause, set_default_mode
 from moe_placement.errors import PlacementError
 from moe_placement.traces.schema import TraceMeta, arrow_schema
 
@@ -36,16 +36,25 @@ class TraceWriter:
         self.with_domain = with_domain
         self.row_group_tokens = max(1, row_group_tokens)
         self.schema = arrow_schema(meta, with_domain)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
+        if self.path.is_dir():
+            raise PlacementError(f"cannot write {self.path}: it is a folder")
+        ensure_folder(self.path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+            )
+        except OSError as exc:
+            raise PlacementError(f"cannot write {self.path}: {os_cause(exc)}") from None
         os.close(fd)
         self._tmp = Path(tmp)
-        set_default_mode(self._tmp)
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
-            self._tmp, self.schema, compression="zstd"
-        )
+        try:
+            set_default_mode(self._tmp)
+            self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+                self._tmp, self.schema, compression="zstd"
+            )
+        except OSError as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise PlacementError(f"cannot write {self.path}: {os_cause(exc)}") from None
         self._buffer: list[tuple[np.ndarray, ...]] = []
         self._buffered = 0
         self.tokens_written = 0
@@ -128,27 +137,41 @@ class TraceWriter:
             columns["domain"] = pa.array(np.tile(dom, layers).tolist(), pa.string())
         table = pa.Table.from_pydict(columns, schema=self.schema)
         assert self._writer is not None
-        self._writer.write_table(table, row_group_size=table.num_rows)
+        try:
+            self._writer.write_table(table, row_group_size=table.num_rows)
+        except OSError as exc:
+            raise PlacementError(f"cannot write {self.path}: {os_cause(exc)}") from None
         self.tokens_written += n
 
     def close(self) -> Path:
         """Flush, close and move the file into place."""
         if self._writer is None:
             return self.path
-        self._flush()
-        self._writer.close()
-        self._writer = None
-        if self.tokens_written == 0:
-            self._tmp.unlink(missing_ok=True)
-            raise PlacementError("trace writer: no tokens were written")
-        os.replace(self._tmp, self.path)
+        try:
+            self._flush()
+            self._writer.close()
+            self._writer = None
+            if self.tokens_written == 0:
+                raise PlacementError("trace writer: no tokens were written")
+            os.replace(self._tmp, self.path)
+        except OSError as exc:  # a full disk shows here, at the last flush or the rename
+            self.abort()
+            raise PlacementError(f"cannot write {self.path}: {os_cause(exc)}") from None
+        except BaseException:
+            self.abort()
+            raise
         return self.path
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        self._tmp.unlink(missing_ok=True)
+        """Drop the temporary file, whatever state the writer is in."""
+        writer, self._writer = self._writer, None
+        try:
+            if writer is not None:
+                writer.close()
+        except OSError:
+            pass  # the file is being dropped: a failed flush does not matter
+        finally:
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> TraceWriter:
         return self

@@ -42,6 +42,47 @@ def finite_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse ``type=`` for floats (the parser's default for ``type=float``): finite and >= 0; every
+    float option of this CLI is a time, a size, a weight, a rate or a probability."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type=`` for floats that must be > 0 (time limits, timeouts, scales)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type=`` for integers (the parser's default for ``type=int``): every integer option of
+    this CLI is a count, a size, an index or a seed, and a negative seed is a ValueError in NumPy."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for integers that must be >= 1 (GPU, worker and token counts)."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 class CheckFailed(Exception):  # noqa: N818  (the CLI contract name)
     """A check the user asked for failed (exit code 1)."""
 
