@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from moe_placement import interrupt
 from moe_placement.atomic import os_cause
 from moe_placement.cli import commands
 from moe_placement.cli.commands._common import (
@@ -81,6 +82,7 @@ _POSITIVE_DESTS = frozenset(
         "total_layers",
         "window",
         "cache_experts",
+        "num_cpus",
     }
 )
 
@@ -196,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         refuse_outputs_onto_inputs(args)
         refuse_unwritable_outputs(args)
-        return int(args._run(args) or 0)
+        with interrupt.sigterm_unwinds():
+            return int(args._run(args) or 0)
     except PlacementError as exc:
         sys.stderr.write(f"placement {args.command}: error: {exc}\n")
         return 2
@@ -209,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("placement: interrupted\n")
         return 130
+    except interrupt.Terminated:  # SIGTERM: clean-ups ran while unwinding
+        sys.stderr.write(f"placement {args.command}: terminated\n")
+        return 143
     except MemoryError:
         sys.stderr.write(
             f"placement {args.command}: error: out of memory; use a smaller input or limit\n"
