@@ -14,11 +14,14 @@ Execution modes: ``standard`` (dispatch from the token's home GPU, combine back 
 (ExFlow: the token starts at its home GPU and continues on the GPU of its top-1 expert; dispatch goes from
 where the token is, combine to its top-1 expert's GPU, where it stays).
 
-Replica choice (the same everywhere, :class:`ReplicaRouter`): a token takes the *nearest* replica of its
-expert (on its own GPU, then its own node) while that replica has capacity left under its planned share of
-the expert's tokens; otherwise the replicas with the *most capacity left* (least loaded relative to their
-shares). The split is computed per (home GPU, expert) from the per-home demand, and each token draws its
-replica from it by a deterministic hash of its identity, so realised loads follow the planned shares.
+Replica choice (the same everywhere, :class:`ReplicaRouter`) follows a *dispatch rule*
+(:mod:`moe_placement.dispatch`): by default the project's share-aware router, under which a token takes the
+*nearest* replica of its expert (on its own GPU, then its own node) while that replica has capacity left
+under its planned share of the expert's tokens, otherwise the replicas with the *most capacity left*; no
+serving engine implements that router today. ``engine="sglang" | "vllm" | "trtllm"`` applies that engine's
+own rule instead. Either way the rule gives shares per (home GPU, expert) over the replicas, and each token
+draws its replica from them by a deterministic hash of its identity; load-only inputs use the shares as
+expectations. ``engine=None`` means the engine the plan was solved for (its provenance).
 """
 
 from __future__ import annotations
@@ -31,6 +34,15 @@ import numpy as np
 
 from moe_placement import timing
 from moe_placement.cluster import ClusterSpec
+from moe_placement.dispatch import (
+    SHARE,
+    check_engine,
+    dispatch_shares,
+    plan_engine,
+)
+from moe_placement.dispatch import (
+    replica_split as replica_split,  # re-exported: the share-aware router lives in dispatch
+)
 from moe_placement.errors import PlacementError
 from moe_placement.plan import Plan
 from moe_placement.workload import Workload, home_gpus
@@ -55,76 +67,31 @@ def _token_uniform(seq_id: np.ndarray, pos: np.ndarray, layer: int, expert: int)
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def replica_split(
-    gpu_of: np.ndarray, capacity: np.ndarray, demand: np.ndarray, gpus_per_node: int
-) -> np.ndarray:
-    """Share of each home GPU's tokens sent to each replica, ``[gpus, replicas]`` (rows sum to 1).
-
-    ``gpu_of[replicas]``: the replicas' GPUs; ``capacity[replicas]``: tokens each should take (its planned
-    share of the expert's demand); ``demand[gpus]``: the expert's tokens by home GPU. Nearest first (a
-    replica on the home GPU, then in the home node) while it has capacity left, then the replicas with the
-    most capacity left, water-filling.
-    """
-    gpus = demand.shape[0]
-    replicas = gpu_of.shape[0]
-    cap = capacity.astype(np.float64).copy()
-    left = demand.astype(np.float64).copy()
-    taken = np.zeros((gpus, replicas))
-    node_of = gpu_of // gpus_per_node
-
-    def take(h: int, candidates: np.ndarray) -> None:
-        for r in candidates[np.argsort(-cap[candidates], kind="stable")]:
-            if left[h] <= 0:
-                return
-            amount = min(left[h], max(cap[r], 0.0))
-            if amount > 0:
-                taken[h, r] += amount
-                cap[r] -= amount
-                left[h] -= amount
-
-    for h in range(gpus):  # pass 1: a replica on the home GPU itself
-        take(h, np.flatnonzero(gpu_of == h))
-    for h in range(gpus):  # pass 2: replicas in the home node
-        if left[h] > 0:
-            take(h, np.flatnonzero(node_of == h // gpus_per_node))
-    everyone = np.arange(replicas)
-    for h in range(gpus):  # pass 3: the replicas with the most capacity left
-        if left[h] > 0:
-            take(h, everyone)
-        if left[h] > 1e-9:  # rounding: the rest to the replica with the most capacity left
-            taken[h, int(np.argmax(cap))] += left[h]
-            left[h] = 0.0
-    total = taken.sum(axis=1, keepdims=True)
-    fallback = capacity / max(float(capacity.sum()), 1e-12)
-    return np.where(total > 0, taken / np.where(total > 0, total, 1.0), fallback[None, :])
-
-
 class ReplicaRouter:
     """The replica each token uses, the same everywhere (evaluator, simulator, executor).
 
-    Policy: per (home GPU, expert), the token stream is split over the expert's replicas by
-    :func:`replica_split` (nearest replica while it has capacity under its planned share, then the replicas
-    with the most capacity left); each token picks its replica from that split by a deterministic hash of
-    its identity (sequence, position), so realised loads follow the planned shares.
+    Policy: per (home GPU, expert), the token stream is split over the expert's replicas by the dispatch
+    rule of ``engine`` (:func:`moe_placement.dispatch.dispatch_shares`; default the share-aware router:
+    nearest replica while it has capacity under its planned share, then the replicas with the most
+    capacity left); each token picks its replica from that split by a deterministic hash of its identity
+    (sequence, position), so realised loads follow the rule's shares.
     """
 
-    def __init__(self, plan: Plan, demand: np.ndarray) -> None:
+    def __init__(self, plan: Plan, demand: np.ndarray, engine: str = SHARE) -> None:
         self.plan = plan
+        self.engine = check_engine(engine)
         log2phy = plan.log2phy()
         cnt = plan.logcnt()
-        shares = plan.shares()
-        slot_gpu = plan.slot_gpu()
         self.primary = log2phy[:, :, 0]
         self.replicated: list[dict[int, tuple[np.ndarray, np.ndarray]]] = []
         for layer in range(plan.num_layers):
             per_layer: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-            for expert in map(int, np.flatnonzero(cnt[layer] > 1)):
-                slots = log2phy[layer, expert, : cnt[layer, expert]]
-                d = demand[layer, :, expert]
-                split = replica_split(
-                    slot_gpu[slots], shares[layer, slots] * d.sum(), d, plan.gpus_per_node
-                )
-                per_layer[expert] = (slots, np.cumsum(split, axis=1))
+            replicated = np.flatnonzero(cnt[layer] > 1)
+            if replicated.size:
+                D = dispatch_shares(plan, layer, self.engine, demand[layer])
+                for expert in map(int, replicated):
+                    slots = log2phy[layer, expert, : cnt[layer, expert]]
+                    per_layer[expert] = (slots, np.cumsum(D[:, slots], axis=1))
             self.replicated.append(per_layer)
 
     def slots(
@@ -199,66 +166,79 @@ def gpu_pair_copies(src: np.ndarray, dst: np.ndarray, num_gpus: int) -> np.ndarr
     )
 
 
-def _miss_gpu(plan: Plan, layer: int, load: np.ndarray, num_tokens: float) -> np.ndarray:
-    """``[gpus]``: probability that a token chooses no slot on each GPU, each slot chosen independently
-    with probability ``load * share / tokens`` (the load-only estimate)."""
-    p_slot = np.clip(load[plan.phy2log[layer]] * plan.shares()[layer] / max(num_tokens, 1.0), 0, 1)
-    miss_gpu = np.ones(plan.num_gpus)
-    np.multiply.at(miss_gpu, plan.slot_gpu(), 1.0 - p_slot)
-    return miss_gpu
+def _miss_gpu(
+    plan: Plan, layer: int, load: np.ndarray, num_tokens: float, D: np.ndarray
+) -> np.ndarray:
+    """``[sources, gpus]``: probability that a token from each source GPU chooses no slot on each GPU,
+    each slot chosen independently with probability ``load * D[src, slot] / tokens`` (the load-only
+    estimate; ``D`` the dispatch shares, :func:`moe_placement.dispatch.dispatch_shares`)."""
+    p_slot = np.clip(load[plan.phy2log[layer]][None, :] * D / max(num_tokens, 1.0), 0, 1)
+    miss = np.ones((plan.num_gpus, plan.num_gpus))
+    np.multiply.at(miss.T, plan.slot_gpu(), (1.0 - p_slot).T)
+    return miss
+
+
+def _load_only_shares(plan: Plan, layer: int, D: np.ndarray | None) -> np.ndarray:
+    """The dispatch shares ``[sources, slots]``; ``None``: the plan's shares from every source."""
+    if D is not None:
+        return D
+    return np.broadcast_to(plan.shares()[layer], (plan.num_gpus, plan.num_slots))
 
 
 def expected_copies_load_only(
-    plan: Plan, layer: int, load: np.ndarray, num_tokens: float
+    plan: Plan, layer: int, load: np.ndarray, num_tokens: float, D: np.ndarray | None = None
 ) -> PairCopies:
     """Expected dispatch copies when only loads are known: tokens spread evenly over home GPUs, each
-    slot chosen independently with probability ``load * share / tokens`` (an estimate, no co-activation)."""
+    slot chosen independently with probability ``load * share / tokens`` (an estimate, no co-activation),
+    the share being the dispatch share from the token's home GPU (``D[src, slot]``; default the plan's)."""
     G, gpn = plan.num_gpus, plan.gpus_per_node
     nodes = G // gpn
-    miss_gpu = _miss_gpu(plan, layer, load, num_tokens)
-    hit_gpu = 1.0 - miss_gpu
-    hit_node = 1.0 - miss_gpu.reshape(nodes, gpn).prod(axis=1)
+    miss_gpu = _miss_gpu(plan, layer, load, num_tokens, _load_only_shares(plan, layer, D))
+    hit_gpu = 1.0 - miss_gpu  # [src, gpu]
+    hit_node = 1.0 - miss_gpu.reshape(G, nodes, gpn).prod(axis=2)  # [src, node]
     per_home = num_tokens / G
     node_of = np.arange(G) // gpn
     same_node = node_of[:, None] == node_of[None, :]
-    nvlink = np.where(same_node, per_home * hit_gpu[None, :], 0.0)
+    nvlink = np.where(same_node, per_home * hit_gpu, 0.0)
     np.fill_diagonal(nvlink, 0.0)
-    local = float(per_home * hit_gpu.sum())
+    local = float(per_home * np.trace(hit_gpu))
     nic = np.zeros((G, G))
     for src in range(G):
         for node in range(nodes):
             if node == node_of[src]:
                 continue
             fwd = node * gpn + src % gpn
-            nic[src, fwd] = per_home * hit_node[node]
+            nic[src, fwd] = per_home * hit_node[src, node]
             # fan-out from the forwarder to the other GPUs of that node
             for dst in range(node * gpn, (node + 1) * gpn):
                 if dst != fwd:
-                    nvlink[fwd, dst] += per_home * hit_gpu[dst]
+                    nvlink[fwd, dst] += per_home * hit_gpu[src, dst]
     return PairCopies(nvlink, nic, local)
 
 
 def _expected_gpu_pairs_load_only(
-    plan: Plan, layer: int, load: np.ndarray, num_tokens: float
+    plan: Plan, layer: int, load: np.ndarray, num_tokens: float, D: np.ndarray | None = None
 ) -> np.ndarray:
     """Expected direct (per destination GPU) copies ``[gpus, gpus]`` under the independent-choice estimate."""
     G = plan.num_gpus
-    miss_gpu = _miss_gpu(plan, layer, load, num_tokens)
-    return np.broadcast_to((num_tokens / G) * (1.0 - miss_gpu)[None, :], (G, G)).copy()
+    miss_gpu = _miss_gpu(plan, layer, load, num_tokens, _load_only_shares(plan, layer, D))
+    return (num_tokens / G) * (1.0 - miss_gpu)
 
 
 def expected_hops_load_only(
-    plan: Plan, layer: int, load: np.ndarray, num_tokens: float
+    plan: Plan, layer: int, load: np.ndarray, num_tokens: float, D: np.ndarray | None = None
 ) -> tuple[float, float]:
     """Expected tokens that leave their home GPU (and their home node) when only loads are known, under the
     same independent-choice estimate as :func:`expected_copies_load_only`."""
     G, gpn = plan.num_gpus, plan.gpus_per_node
-    miss_gpu = _miss_gpu(plan, layer, load, num_tokens)
-    miss_node = miss_gpu.reshape(G // gpn, gpn).prod(axis=1)
-    stay_gpu = np.prod(miss_gpu) / np.where(
-        miss_gpu > 0, miss_gpu, 1.0
-    )  # no expert off the home GPU
-    stay_node = np.repeat(np.prod(miss_node) / np.where(miss_node > 0, miss_node, 1.0), gpn)
+    miss_gpu = _miss_gpu(plan, layer, load, num_tokens, _load_only_shares(plan, layer, D))
+    miss_node = miss_gpu.reshape(G, G // gpn, gpn).prod(axis=2)  # [src, node]
+    home = np.arange(G)
+    own_gpu = miss_gpu[home, home]
+    own_node = miss_node[home, home // gpn]
+    # no expert off the home GPU (node): every other GPU (node) missed
+    stay_gpu = np.prod(miss_gpu, axis=1) / np.where(own_gpu > 0, own_gpu, 1.0)
+    stay_node = np.prod(miss_node, axis=1) / np.where(own_node > 0, own_node, 1.0)
     per_home = num_tokens / G
     return float(per_home * (1.0 - stay_gpu).sum()), float(per_home * (1.0 - stay_node).sum())
 
@@ -287,6 +267,8 @@ class Evaluation:
     scale: float
     tokens: int
     extra: dict[str, Any] = field(default_factory=dict)
+    # whose replica dispatch the loads and copies assume (moe_placement.dispatch.ENGINES)
+    engine: str = SHARE
     # Per layer ``[gpus, gpus]`` copies deduplicated per destination GPU only (direct all-to-all), filled
     # when ``evaluate(..., gpu_pairs=True)``; ``None`` otherwise.
     dispatch_pairs: list[np.ndarray] | None = None
@@ -405,6 +387,7 @@ class Evaluation:
             "num_gpus": self.num_gpus,
             "gpus_per_node": self.gpus_per_node,
             "bytes_model": self.bytes_model,
+            "engine": self.engine,
             "tokens": self.tokens,
             "time_scale": self.scale,
             "summary": self.summary(),
@@ -443,8 +426,12 @@ def evaluate(
     tokens_per_gpu: int | None = DEFAULT_TOKENS_PER_GPU,
     chunks: Iterable[Any] | None = None,
     gpu_pairs: bool = False,
+    engine: str | None = None,
 ) -> Evaluation:
-    """Evaluate ``plan`` on ``workload``; per-token traces are streamed once (``workload.chunks()``)."""
+    """Evaluate ``plan`` on ``workload``; per-token traces are streamed once (``workload.chunks()``).
+
+    ``engine``: whose replica dispatch to apply (:mod:`moe_placement.dispatch`); ``None``: the engine
+    the plan was solved for (its provenance), the share-aware router when it records none."""
     return evaluate_many(
         [plan],
         cluster,
@@ -453,6 +440,7 @@ def evaluate(
         tokens_per_gpu=tokens_per_gpu,
         chunks=chunks,
         gpu_pairs=gpu_pairs,
+        engine=engine,
     )[0]
 
 
@@ -465,8 +453,10 @@ def evaluate_many(
     tokens_per_gpu: int | None = DEFAULT_TOKENS_PER_GPU,
     chunks: Iterable[Any] | None = None,
     gpu_pairs: bool = False,
+    engine: str | None = None,
 ) -> list[Evaluation]:
-    """Evaluate several plans of one cluster and workload in a single pass over the trace."""
+    """Evaluate several plans of one cluster and workload in a single pass over the trace, each under
+    ``engine``'s dispatch (``None``: each plan's own engine, see :func:`evaluate`)."""
     if mode not in MODES:
         raise PlacementError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
     for plan in plans:
@@ -476,7 +466,8 @@ def evaluate_many(
             f"coherent mode needs per-token routing, but {workload.source} is load-only: give a Parquet trace"
         )
     tokens = max(int(workload.num_tokens), 1)
-    tallies = [_Tally(plan, workload, gpu_pairs) for plan in plans]
+    engines = [plan_engine(plan) if engine is None else check_engine(engine) for plan in plans]
+    tallies = [_Tally(plan, workload, gpu_pairs, e) for plan, e in zip(plans, engines, strict=True)]
     if workload.per_token:
         source = chunks if chunks is not None else workload.chunks()
         for chunk in source:
@@ -493,9 +484,10 @@ def evaluate_many(
 class _Tally:
     """One plan's running sums while the trace streams by (see :func:`evaluate_many`)."""
 
-    def __init__(self, plan: Plan, workload: Workload, gpu_pairs: bool) -> None:
+    def __init__(self, plan: Plan, workload: Workload, gpu_pairs: bool, engine: str) -> None:
         G, L = plan.num_gpus, plan.num_layers
         self.plan = plan
+        self.engine = engine
         self.slot_gpu = plan.slot_gpu()
         self.dispatch = [PairCopies(np.zeros((G, G)), np.zeros((G, G))) for _ in range(L)]
         self.combine = [PairCopies(np.zeros((G, G)), np.zeros((G, G))) for _ in range(L)]
@@ -504,7 +496,9 @@ class _Tally:
         self.gpu_load = np.zeros((L, G))
         self.d_pairs = [np.zeros((G, G)) for _ in range(L)] if gpu_pairs else None
         self.c_pairs = [np.zeros((G, G)) for _ in range(L)] if gpu_pairs else None
-        self.router = ReplicaRouter(plan, workload.demand(G)) if workload.per_token else None
+        self.router = (
+            ReplicaRouter(plan, workload.demand(G), engine) if workload.per_token else None
+        )
 
     def add_chunk(self, chunk: Any, home_policy: str, mode: str) -> None:
         """Route one chunk of complete tokens through every layer."""
@@ -542,19 +536,23 @@ class _Tally:
         plan = self.plan
         shares = plan.shares()
         for layer in range(plan.num_layers):
-            slot_load = load[layer][plan.phy2log[layer]] * shares[layer]
+            # tokens spread evenly over home GPUs: the share-aware router keeps the plan's shares from
+            # every source; an engine's rule may split differently by source (SGLang: own GPU first)
+            D = None if self.engine == SHARE else dispatch_shares(plan, layer, self.engine)
+            slot_share = shares[layer] if D is None else D.mean(axis=0)
+            slot_load = load[layer][plan.phy2log[layer]] * slot_share
             self.gpu_load[layer] = np.bincount(
                 self.slot_gpu, weights=slot_load, minlength=plan.num_gpus
             )
-            copies = expected_copies_load_only(plan, layer, load[layer], tokens)
+            copies = expected_copies_load_only(plan, layer, load[layer], tokens, D)
             self.dispatch[layer] = copies
             self.combine[layer] = copies.transposed()
             if self.d_pairs is not None and self.c_pairs is not None:
-                direct = _expected_gpu_pairs_load_only(plan, layer, load[layer], tokens)
+                direct = _expected_gpu_pairs_load_only(plan, layer, load[layer], tokens, D)
                 self.d_pairs[layer] = direct
                 self.c_pairs[layer] = direct.T.copy()
             self.hops[layer], self.node_hops[layer] = expected_hops_load_only(
-                plan, layer, load[layer], tokens
+                plan, layer, load[layer], tokens, D
             )
 
     def finish(
@@ -594,4 +592,5 @@ class _Tally:
             tokens=tokens,
             dispatch_pairs=self.d_pairs,
             combine_pairs=self.c_pairs,
+            engine=self.engine,
         )

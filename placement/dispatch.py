@@ -1,0 +1,269 @@
+"""Replica dispatch: which physical replica of a logical expert a token goes to, per serving engine.
+
+A plan places replicas; the engine that serves it decides which replica each token uses. This module
+models that decision for each engine as *dispatch shares* ``D[src, slot]``: the share of the tokens that
+source GPU ``src`` sends to the logical expert ``phy2log[slot]`` that go to physical slot ``slot``. For
+every (source, expert) the shares over the expert's slots sum to 1. The evaluator
+(:mod:`moe_placement.metrics`) and the solvers score a plan under these shares.
+
+Engines (the versions read are named in docs/solvers.md, "Engine dispatch"):
+
+* ``share`` (default): the project's share-aware router, :func:`replica_split`: the nearest replica while
+  it has capacity under its planned share, then the replicas with the most capacity left. The plan's
+  ``replica_share`` is honoured. **No serving engine implements it today**: an exported plan loses its
+  shares and the engine applies its own rule.
+* ``sglang``: ``--ep-dispatch-algorithm static`` (``compute_logical_to_rank_dispatch_physical_map``):
+  each EP rank sends *all* its tokens of an expert to one replica: the replica on its own GPU if there
+  is one (the lowest physical id among them; "own GPU" is ``physical_id // physical_experts_per_rank ==
+  rank``), else a replica drawn by a seeded "fair" choice: the ranks without a local replica are dealt
+  over *all* the expert's replicas, each replica ``floor`` or ``ceil`` of their number. The model here is
+  the expectation over that draw (1 for the local replica; ``1/replicas`` for each replica otherwise);
+  :func:`sglang_static_slots` reproduces one draw for emulation.
+* ``vllm``: EPLB's ``eplb_map_to_physical_and_record``: replica index = (flat position of the
+  (token, k) entry in the rank's batch) modulo the replica count, independent of where the replicas sit:
+  an even split, ``1/replicas`` from every source.
+* ``trtllm``: the wide-EP MoE load balancer's route kernel (``moeComputeRouteKernel``): within each block
+  of 1024 (token, k) entries of a rank, the entries of a replicated expert take its replicas round-robin,
+  starting at ``block index + EP rank``: an even split, ``1/replicas`` from every source.
+
+Floor 0: numpy only, no import of the evaluator (which imports this module).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from moe_placement.errors import PlacementError
+from moe_placement.plan import Plan
+
+SHARE = "share"
+ENGINES = (SHARE, "sglang", "vllm", "trtllm")
+SERVING_ENGINES = ENGINES[1:]
+SGLANG_SEED = 42  # the seed of SGLang's fair choice (compute_logical_to_rank_dispatch_physical_map)
+TRTLLM_BLOCK_ENTRIES = 1024  # (token, k) entries per thread block of TensorRT-LLM's route kernel
+
+DESCRIPTIONS = {
+    SHARE: "the project's share-aware router (plan shares honoured; no serving engine implements it today)",
+    "sglang": "SGLang static dispatch (own-GPU replica, else a fair seeded choice over the replicas)",
+    "vllm": "vLLM EPLB dispatch (entry position modulo the replica count: an even split)",
+    "trtllm": "TensorRT-LLM wide-EP load balancer (round-robin over the replicas: an even split)",
+}
+
+
+def check_engine(engine: str | None) -> str:
+    """The engine's name (``None`` -> the share-aware router); a :class:`PlacementError` if unknown."""
+    name = SHARE if engine is None else engine
+    if name not in ENGINES:
+        raise PlacementError(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+    return name
+
+
+def plan_engine(plan: Plan) -> str:
+    """The engine a plan was solved for (its provenance), the share-aware router when unrecorded."""
+    return check_engine(plan.provenance.engine)
+
+
+def describe(engine: str) -> str:
+    """One line for reports: whose dispatch a figure assumes."""
+    name = check_engine(engine)
+    return f"dispatch: {name} = {DESCRIPTIONS[name]}"
+
+
+def replica_split(
+    gpu_of: np.ndarray, capacity: np.ndarray, demand: np.ndarray, gpus_per_node: int
+) -> np.ndarray:
+    """Share of each home GPU's tokens sent to each replica, ``[gpus, replicas]`` (rows sum to 1): the
+    share-aware router.
+
+    ``gpu_of[replicas]``: the replicas' GPUs; ``capacity[replicas]``: tokens each should take (its planned
+    share of the expert's demand); ``demand[gpus]``: the expert's tokens by home GPU. Nearest first (a
+    replica on the home GPU, then in the home node) while it has capacity left, then the replicas with the
+    most capacity left, water-filling.
+    """
+    gpus = demand.shape[0]
+    replicas = gpu_of.shape[0]
+    cap = capacity.astype(np.float64).copy()
+    left = demand.astype(np.float64).copy()
+    taken = np.zeros((gpus, replicas))
+    node_of = gpu_of // gpus_per_node
+
+    def take(h: int, candidates: np.ndarray) -> None:
+        for r in candidates[np.argsort(-cap[candidates], kind="stable")]:
+            if left[h] <= 0:
+                return
+            amount = min(left[h], max(cap[r], 0.0))
+            if amount > 0:
+                taken[h, r] += amount
+                cap[r] -= amount
+                left[h] -= amount
+
+    for h in range(gpus):  # pass 1: a replica on the home GPU itself
+        take(h, np.flatnonzero(gpu_of == h))
+    for h in range(gpus):  # pass 2: replicas in the home node
+        if left[h] > 0:
+            take(h, np.flatnonzero(node_of == h // gpus_per_node))
+    everyone = np.arange(replicas)
+    for h in range(gpus):  # pass 3: the replicas with the most capacity left
+        if left[h] > 0:
+            take(h, everyone)
+        if left[h] > 1e-9:  # rounding: the rest to the replica with the most capacity left
+            taken[h, int(np.argmax(cap))] += left[h]
+            left[h] = 0.0
+    total = taken.sum(axis=1, keepdims=True)
+    fallback = capacity / max(float(capacity.sum()), 1e-12)
+    return np.where(total > 0, taken / np.where(total > 0, total, 1.0), fallback[None, :])
+
+
+def _local_slot(plan: Plan, layer: int) -> np.ndarray:
+    """``[gpus, experts]``: the lowest slot of each expert on each GPU, -1 where the GPU holds none."""
+    G, E = plan.num_gpus, plan.num_experts
+    big = plan.num_slots
+    first = np.full((G, E), big, dtype=np.int64)
+    slots = np.arange(plan.num_slots)
+    np.minimum.at(first, (plan.slot_gpu(), plan.phy2log[layer]), slots)
+    return np.where(first < big, first, -1)
+
+
+def dispatch_shares(
+    plan: Plan, layer: int, engine: str, demand: np.ndarray | None = None
+) -> np.ndarray:
+    """``D[src, slot]`` for one layer: the share of source GPU ``src``'s tokens of expert
+    ``phy2log[layer, slot]`` that go to ``slot`` (for each source and expert, 1 over the expert's slots).
+
+    ``demand[gpus, experts]`` (the layer's assignments by home GPU) is needed by the share-aware router
+    only; without it that router's shares are the plan's own, the same from every source."""
+    name = check_engine(engine)
+    experts = plan.phy2log[layer].astype(np.int64)
+    G = plan.num_gpus
+    count = np.bincount(experts, minlength=plan.num_experts)
+    even = np.broadcast_to(1.0 / count[experts], (G, experts.size)).copy()
+    if name in ("vllm", "trtllm"):
+        return even
+    if name == "sglang":
+        local = _local_slot(plan, layer)[:, experts]  # [gpus, slots]: the source's own replica
+        has_local = local >= 0
+        own = local == np.arange(experts.size)[None, :]
+        return np.where(has_local, own.astype(np.float64), even)
+    shares = plan.shares()[layer]
+    out = np.broadcast_to(shares, (G, experts.size)).copy()
+    if demand is None:
+        return out
+    slot_gpu = plan.slot_gpu()
+    for expert in map(int, np.flatnonzero(count > 1)):
+        slots = np.flatnonzero(experts == expert)
+        d = demand[:, expert]
+        out[:, slots] = replica_split(
+            slot_gpu[slots], shares[slots] * d.sum(), d, plan.gpus_per_node
+        )
+    return out
+
+
+def slot_shares(
+    plan: Plan, layer: int, engine: str, demand: np.ndarray | None = None
+) -> np.ndarray:
+    """``[slots]``: the share of its expert's tokens each slot takes under ``engine`` with the sources'
+    ``demand[gpus, experts]`` (uniform over sources when ``None``, as for load-only inputs)."""
+    D = dispatch_shares(plan, layer, engine, demand)
+    experts = plan.phy2log[layer].astype(np.int64)
+    if demand is None:
+        weight = np.ones((plan.num_gpus, experts.size))
+    else:
+        weight = np.asarray(demand, dtype=np.float64)[:, experts]
+    total = weight.sum(axis=0)
+    taken = (weight * D).sum(axis=0)
+    even = D.mean(axis=0)  # an expert nobody sends to: the sources' mean split
+    return np.where(total > 0, taken / np.where(total > 0, total, 1.0), even)
+
+
+def engine_plan_shares(plan: Plan, engine: str, demand: np.ndarray | None = None) -> np.ndarray:
+    """``[layers, slots]`` the shares a plan's slots take under ``engine`` (``demand[layers, gpus,
+    experts]`` or ``None`` for uniform sources): what a plan solved for that engine stores."""
+    return np.stack(
+        [
+            slot_shares(plan, layer, engine, None if demand is None else demand[layer])
+            for layer in range(plan.num_layers)
+        ]
+    )
+
+
+def gpu_load(plan: Plan, layer: int, D: np.ndarray, demand: np.ndarray) -> np.ndarray:
+    """``[gpus]`` (token, expert) assignments each GPU computes when sources send ``demand[gpus,
+    experts]`` by the dispatch shares ``D[src, slot]``."""
+    experts = plan.phy2log[layer].astype(np.int64)
+    slot_load = (np.asarray(demand, dtype=np.float64)[:, experts] * D).sum(axis=0)
+    return np.bincount(plan.slot_gpu(), weights=slot_load, minlength=plan.num_gpus)
+
+
+# ---------------------------------------------------------------- emulation of the engines' own rules
+
+
+def _fair_deal(candidates: list[int], k: int, rng: random.Random) -> list[int]:
+    """SGLang's fair choice: each candidate ``k // n`` times, ``k % n`` distinct ones once more, in a
+    shuffled order (the same calls on the same generator as the engine, so a seed gives its draw)."""
+    quotient, remainder = divmod(k, len(candidates))
+    dealt = candidates * quotient + rng.sample(candidates, k=remainder)
+    rng.shuffle(dealt)
+    return dealt
+
+
+def sglang_static_slots(plan: Plan, seed: int = SGLANG_SEED) -> np.ndarray:
+    """``[layers, gpus, experts]``: the slot each EP rank sends an expert's tokens to under SGLang's
+    static dispatch, one draw of its seeded fair choice (layers and experts in the engine's order).
+
+    The engine draws over every row of its map, dense layers included, so its own table can differ
+    from this one by the draw; the rule (own-GPU replica, else a fair deal) is the same."""
+    rng = random.Random(seed)
+    L, G, E = plan.num_layers, plan.num_gpus, plan.num_experts
+    out = np.full((L, G, E), -1, dtype=np.int64)
+    log2phy = plan.log2phy()
+    count = plan.logcnt()
+    for layer in range(L):
+        local = _local_slot(plan, layer)
+        for expert in range(E):
+            candidates = log2phy[layer, expert, : count[layer, expert]].tolist()
+            row = local[:, expert].copy()
+            remote = np.flatnonzero(row < 0)
+            row[remote] = _fair_deal(candidates, remote.size, rng)
+            out[layer, :, expert] = row
+    return out
+
+
+def emulated_shares(
+    plan: Plan, layer: int, engine: str, demand: np.ndarray, **kw: object
+) -> np.ndarray:
+    """``D[src, slot]`` that an engine's own discrete rule realises for whole tokens.
+
+    ``sglang``: one seeded draw of the static table (``sglang_static_table[layer]`` may be passed in
+    ``kw`` to reuse a draw), each source all to one slot. ``vllm`` / ``trtllm``: each source's
+    ``round(demand)`` entries of an expert dealt over the replicas in order: ``vllm`` from replica 0
+    (positions 0, 1, 2, ... modulo the count), ``trtllm`` from replica ``rank`` (the EP-rank offset of
+    its round-robin); the remainder entries fall on the first replicas dealt. ``share``: the router's
+    own split (:func:`dispatch_shares` with the demand)."""
+    name = check_engine(engine)
+    experts = plan.phy2log[layer].astype(np.int64)
+    G, S = plan.num_gpus, experts.size
+    if name == SHARE:
+        return dispatch_shares(plan, layer, name, demand)
+    if name == "sglang":
+        table = kw.get("sglang_static_table")
+        chosen = np.asarray(table)[layer] if table is not None else sglang_static_slots(plan)[layer]
+        D = np.zeros((G, S))
+        D[np.arange(G)[:, None], chosen] = 1.0  # each source: all of an expert to its one slot
+        return D
+    D = np.ones((G, S))  # an expert with one replica: all to it
+    log2phy = plan.log2phy()[layer]
+    count = np.bincount(experts, minlength=plan.num_experts)
+    entries = np.rint(np.asarray(demand, dtype=np.float64)).astype(np.int64)  # [gpus, experts]
+    sources = np.arange(G)
+    for expert in map(int, np.flatnonzero(count > 1)):
+        r = int(count[expert])
+        n = entries[:, expert]
+        start = sources % r if name == "trtllm" else np.zeros(G, dtype=np.int64)
+        # replica j's entries: n // r, plus one if j is among the first n % r dealt from ``start``
+        offset = (np.arange(r)[None, :] - start[:, None]) % r
+        dealt = (n // r)[:, None] + (offset < (n % r)[:, None])
+        share = np.where(n[:, None] > 0, dealt / np.maximum(n, 1)[:, None], 1.0 / r)
+        D[:, log2phy[expert, :r]] = share
+    return D
