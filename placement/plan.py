@@ -26,6 +26,52 @@ class PlanInvariantError(PlacementError):
     """A plan breaks one of its invariants; the message names which."""
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_plan_document(data: dict[str, Any], where: str) -> None:
+    """Types of a plan file's fields, checked as it is read, so that a hand-edited or foreign file is
+    refused naming the field (a float count, a string provenance, an empty map) rather than failing
+    deep inside a solver or exporter."""
+
+    def bad(msg: str) -> PlacementError:
+        return PlacementError(f"{where}: {msg}")
+
+    for key in ("num_gpus", "gpus_per_node", "slots_per_gpu"):
+        if key in data and not (_is_int(data[key]) and data[key] >= 1):
+            raise bad(f"{key} must be an integer >= 1, got {data[key]!r}")
+    for key in ("schema_version", "num_experts", "num_layers"):
+        if key in data and not _is_int(data[key]):
+            raise bad(f"{key} must be an integer, got {data[key]!r}")
+    phy2log = data.get("phy2log")
+    if phy2log is not None:
+        if not isinstance(phy2log, list) or not phy2log:
+            raise bad("phy2log must be a non-empty list of MoE layers (the plan has none)")
+        if not all(isinstance(row, list) and row and all(map(_is_int, row)) for row in phy2log):
+            raise bad("phy2log must hold one non-empty list of integer expert ids per MoE layer")
+    share = data.get("replica_share")
+    if share is not None and not (
+        isinstance(share, list)
+        and all(isinstance(row, list) and all(map(_is_number, row)) for row in share)
+    ):
+        raise bad("replica_share must be a list of lists of numbers")
+    provenance = data.get("provenance")
+    if provenance is not None:
+        if not isinstance(provenance, dict):
+            raise bad(f"provenance must be an object, got {type(provenance).__name__}")
+        if provenance.get("extra") is not None and not isinstance(provenance["extra"], dict):
+            raise bad("provenance extra must be an object")
+        for key in ("objective", "bound", "gap", "seconds"):
+            value = provenance.get(key)
+            if value is not None and not _is_number(value):
+                raise bad(f"provenance {key} must be a number, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Provenance:
     """How a plan was made: which solver, what it reached, what it proved, how long it took."""
@@ -259,8 +305,11 @@ class Plan:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PlacementError(f"plan file {path} is not JSON: {exc}") from None
+        except OSError as exc:
+            raise PlacementError(f"plan file {path}: cannot read: {exc.strerror or exc}") from None
         if not isinstance(data, dict):
             raise PlacementError(f"plan file {path}: expected a JSON object")
+        _check_plan_document(data, f"plan file {path}")
         return cls.from_dict(data)
 
     # ---- exporters --------------------------------------------------------------------------------
