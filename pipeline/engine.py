@@ -21,7 +21,7 @@ from typing import Any
 from moe_placement.cluster import PRESETS, ClusterSpec
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import Evaluation, evaluate
-from moe_placement.pipeline.scenario import Scenario
+from moe_placement.pipeline.scenario import Scenario, sampled_layers
 from moe_placement.plan import Plan
 from moe_placement.timing import StepTime
 from moe_placement.workload import Workload
@@ -64,19 +64,36 @@ def code_version() -> str:
     return digest.hexdigest()[:12]
 
 
-def workload_for(trace: str, fingerprint: str, num_gpus: int) -> Workload:
-    """The trace's workload with per-home demand for ``num_gpus`` (memoised per process)."""
-    key = (trace, fingerprint, num_gpus)
+def workload_for(trace: str, fingerprint: str, num_gpus: int, model: str = "") -> Workload:
+    """The input's workload with per-home demand for ``num_gpus`` (memoised per process): a per-token
+    Parquet trace, a load-only Parquet file or a ``logical_count`` JSON, with ``model``'s shape when
+    named (a load-only input's shape is otherwise guessed from its size)."""
+    key = (trace, fingerprint, num_gpus, model)
     if key not in _WORKLOADS:
+        from moe_placement.shapes import model_shape
         from moe_placement.traces.derive import derive_workload
+        from moe_placement.traces.loadjson import (
+            is_load_parquet,
+            is_logical_count_file,
+            load_load_parquet,
+            load_logical_count,
+        )
         from moe_placement.traces.reader import TraceFile
 
-        trace_file = TraceFile(trace)
-        if trace_file.fingerprint() != fingerprint:
-            raise PlacementError(f"trace {trace} changed while the sweep ran")
+        shape = model_shape(model) if model else None
         if len(_WORKLOADS) > 16:  # bound memory in long-lived Ray workers
             _WORKLOADS.clear()
-        _WORKLOADS[key] = derive_workload(trace_file, num_gpus=num_gpus)
+        if is_logical_count_file(trace) or is_load_parquet(trace):
+            loader = load_logical_count if is_logical_count_file(trace) else load_load_parquet
+            workload = loader(trace, shape)
+            if workload.fingerprint != fingerprint:
+                raise PlacementError(f"trace {trace} changed while the sweep ran")
+            _WORKLOADS[key] = workload
+        else:
+            trace_file = TraceFile(trace)
+            if trace_file.fingerprint() != fingerprint:
+                raise PlacementError(f"trace {trace} changed while the sweep ran")
+            _WORKLOADS[key] = derive_workload(trace_file, num_gpus=num_gpus, shape=shape)
     return _WORKLOADS[key]
 
 
@@ -130,8 +147,12 @@ def simulate_step(
     algo: str,
     overlap: str,
     tokens_per_gpu: int,
+    layers: list[int] | None = None,
+    attention_us: float = 0.0,
+    shared_expert_us: float = 0.0,
 ) -> StepTime:
-    """The simulator's per-layer times of one step of ``tokens_per_gpu`` tokens on every GPU."""
+    """The simulator's per-layer times of one step of ``tokens_per_gpu`` tokens on every GPU, for
+    ``layers`` (default all), with each layer's attention and shared expert when given."""
     from moe_placement.simulator import simulate_moe
 
     res = simulate_moe(
@@ -142,15 +163,20 @@ def simulate_step(
         algo=algo,
         overlap=overlap,
         tokens_per_gpu=tokens_per_gpu,
+        layers=layers,
+        attention_us=attention_us,
+        shared_expert_us=shared_expert_us,
         progress=False,  # the sweep shows one bar over scenarios, not one per simulation
     )
     return res.step_time()
 
 
-def layer_rows(step: StepTime) -> list[dict[str, float]]:
+def layer_rows(step: StepTime, indices: list[int] | None = None) -> list[dict[str, float]]:
     """The stored form of a step's times: ``[{layer, dispatch_us, compute_us, combine_us,
-    exposed_comm_us, layer_us}]`` (the ``layers`` table and the cache's JSON)."""
-    return [{"layer": layer, **t.as_dict()} for layer, t in enumerate(step.layers)]
+    exposed_comm_us, layer_us}]`` (the ``layers`` table and the cache's JSON); ``indices``: the MoE
+    layer index of each timed layer (default 0, 1, ...)."""
+    ids = indices if indices is not None else list(range(len(step.layers)))
+    return [{"layer": layer, **t.as_dict()} for layer, t in zip(ids, step.layers, strict=True)]
 
 
 def engine_id() -> str:
@@ -173,7 +199,9 @@ def run_scenario(scenario: Scenario, base: ClusterSpec) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         cluster = scenario.cluster(base)
-        workload = workload_for(scenario.trace, scenario.trace_fingerprint, cluster.num_gpus)
+        workload = workload_for(
+            scenario.trace, scenario.trace_fingerprint, cluster.num_gpus, scenario.model
+        )
         plan = solve_plan(
             workload,
             cluster,
@@ -186,6 +214,7 @@ def run_scenario(scenario: Scenario, base: ClusterSpec) -> dict[str, Any]:
         ev = evaluate(
             plan, cluster, workload, mode=scenario.mode, tokens_per_gpu=scenario.tokens_per_gpu
         )
+        timed = sampled_layers(workload.num_layers, scenario.sample_layers)
         step = simulate_step(
             plan,
             cluster,
@@ -194,6 +223,9 @@ def run_scenario(scenario: Scenario, base: ClusterSpec) -> dict[str, Any]:
             algo=scenario.algo,
             overlap=scenario.overlap,
             tokens_per_gpu=scenario.tokens_per_gpu,
+            layers=timed,
+            attention_us=scenario.attention_us,
+            shared_expert_us=scenario.shared_expert_us,
         )
     except PlacementError as exc:
         record.update(status="infeasible", error=str(exc), layers=[])
@@ -202,7 +234,7 @@ def run_scenario(scenario: Scenario, base: ClusterSpec) -> dict[str, Any]:
     record.update(status="ok", error="", engine=step.source)
     record.update(metrics(plan, cluster, workload, ev, step, scenario, base))
     record["plan_fingerprint"] = plan.fingerprint()
-    record["layers"] = layer_rows(step)
+    record["layers"] = layer_rows(step, timed)
     record["wall_s"] = time.perf_counter() - started
     return record
 
@@ -243,7 +275,12 @@ def metrics(
 ) -> dict[str, Any]:
     """The flat metric columns of a result row (see docs/reports.md for their definitions)."""
     figures = quality(plan, ev, step)
-    step_us = figures["step_us"]
+    # The whole model's step: the mean timed MoE layer for each of the model's MoE layers, plus its
+    # dense layers (see moe_placement.wholemodel); ``step_us`` and tokens/s are per model.
+    moe_layers = scenario.moe_layers or plan.num_layers
+    moe_step_us = figures["layer_us"] * moe_layers
+    step_us = moe_step_us + scenario.dense_layers * scenario.dense_layer_us
+    figures["step_us"] = step_us
     tokens_per_step = scenario.tokens_per_gpu * cluster.num_gpus
     prov = plan.provenance
     return {
@@ -256,6 +293,12 @@ def metrics(
         "solver_method": prov.method,
         "solver_gap": float("nan") if prov.gap is None else float(prov.gap),
         **{k: v for k, v in figures.items() if k != "solve_s"},
+        "moe_layers": moe_layers,
+        "timed_layers": len(step.layers),
+        "moe_step_us": moe_step_us,
+        # The evaluator's inter-node bytes of one MoE layer in one step (all input layers' mean).
+        "inter_node_bytes_per_layer_step": figures["inter_node_bytes_per_step"]
+        / max(plan.num_layers, 1),
         "tokens_per_step": tokens_per_step,
         "tokens_per_s": tokens_per_step / (step_us * 1e-6) if step_us > 0 else math.inf,
         "fabric": cluster.fabric,

@@ -3,8 +3,10 @@
 A :class:`Scenario` is frozen data: a trace (path plus content fingerprint), the cluster choices (GPU
 count, GPUs per node, GPU type, topology, NIC bandwidth), the workload choices (tokens per GPU per step,
 execution mode) and the placement and runtime choices (solver, redundant slots, all-to-all algorithm,
-overlap). Its :meth:`Scenario.key` hashes all of that plus the result-format version and the timing engine,
-so a cached result is reused exactly when nothing that could change it has changed.
+overlap) and the whole-model figures the step time is built from (the model's MoE and dense layer counts,
+the per-layer attention, shared-expert and dense-layer times, the serving phase). Its :meth:`Scenario.key`
+hashes all of that plus the result-format version and the timing engine, so a cached result is reused
+exactly when nothing that could change it has changed.
 
 Axes (``--sweep AXIS=V1,V2,...``): ``gpus``, ``gpus_per_node``, ``gpu``, ``topology``, ``nic_gbps``,
 ``tokens``, ``redundant``, ``experts`` (synthetic profiles only), ``solver``, ``overlap``, ``algo``,
@@ -27,7 +29,7 @@ from moe_placement.errors import PlacementError
 from moe_placement.metrics import MODES
 
 # Bump when the meaning or set of result columns changes: every cached result is then recomputed.
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
 
 TOPOLOGIES = tuple(f for f in FABRICS if f != "none")
 OVERLAPS = ("none", "two-batch", "chunked")
@@ -120,6 +122,18 @@ class Scenario:
     mode: str = "standard"
     seed: int = 0
     time_limit_s: float = 10.0
+    # Whole model (see moe_placement.wholemodel): the input's MoE layers are timed (``sample_layers`` of
+    # them, evenly spread; 0: all) and their mean stands for each of the model's ``moe_layers``; the
+    # ``dense_layers`` each take ``dense_layer_us``. Times are per layer for a step of
+    # ``tokens_per_gpu`` tokens on every GPU.
+    model: str = ""  # model shape name for the input ("" : the input's own)
+    phase: str = "prefill"
+    sample_layers: int = 0
+    moe_layers: int = 0  # 0: the input's layer count
+    dense_layers: int = 0
+    attention_us: float = 0.0
+    shared_expert_us: float = 0.0
+    dense_layer_us: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -215,3 +229,14 @@ def expand(base: Scenario, sweep: dict[str, list[Any]]) -> list[Scenario]:
             seen.add(scenario)
             out.append(scenario)
     return out
+
+
+def sampled_layers(num_layers: int, sample: int) -> list[int]:
+    """``sample`` MoE layer indices spread evenly over ``num_layers`` (first and last included); every
+    layer when ``sample`` is 0 or at least ``num_layers``."""
+    if sample <= 0 or sample >= num_layers:
+        return list(range(num_layers))
+    if sample == 1:
+        return [num_layers // 2]
+    step = (num_layers - 1) / (sample - 1)
+    return sorted({round(i * step) for i in range(sample)})

@@ -5,9 +5,12 @@ It answers, in order: tokens/s and per-layer latency versus GPU count; where the
 optimisation buys over the default layout (``contiguous``) and over EPLB; which topology and NIC bandwidth
 are worth paying for (cost per million tokens); the smallest cluster meeting a stated target.
 
-Throughput counts the MoE layers only (dispatch, expert compute, combine, as simulated); attention and
-dense layers are not modelled, so tokens/s is an upper bound on the whole model's. Cost per hour is
-``GPUs x price per GPU-hour + network endpoints x cost per endpoint / amortisation hours``.
+Every figure is per step of N tokens per GPU, and says whether it is per MoE layer or per model: the sweep
+stores its scope (``sweep.json``: phase, tokens per GPU, whole-model figures). With a known model shape
+tokens/s and $/M tokens are per model (every MoE layer plus the dense layers, attention included); without
+one they count the MoE layers only, an upper bound. Cost per hour is
+``GPUs x price per GPU-hour + network endpoints x cost per endpoint / amortisation hours``. A memory model
+(:mod:`moe_placement.wholemodel`) says how many redundant experts fit beside the KV cache.
 
 Where a plot fixes the axes it does not show, they sit at the sweep's reference point: the first value
 given for each swept axis (the command line's value for the others).
@@ -26,9 +29,11 @@ import numpy as np
 import pandas as pd
 
 from moe_placement.atomic import atomic_open
+from moe_placement.cluster import GPU_TYPES
 from moe_placement.pipeline.results import load_results
 from moe_placement.pipeline.scenario import AXES
 from moe_placement.reports import plots
+from moe_placement.wholemodel import GIB, MemoryModel
 
 HOURS_PER_YEAR = 8760.0
 REFERENCE_SOLVERS = ("contiguous", "eplb")
@@ -52,11 +57,21 @@ class ReportOptions:
 
 @dataclass
 class Report:
-    """The rendered report: HTML text, Markdown text, and the headline findings as data."""
+    """The rendered report: HTML text, Markdown text, the headline findings as data, and what
+    ``placement whatif`` prints: the scope, one row per scenario (text and JSON), the answers."""
 
     html: str
     markdown: str
     findings: dict[str, Any]
+    scope: str = ""
+    scenarios: list[dict[str, Any]] = field(default_factory=list)
+    smallest_meeting_target: dict[str, Any] | None = None
+    cheapest_meeting_target: dict[str, Any] | None = None
+    advice: str = ""
+    redundant_that_fit: list[dict[str, Any]] = field(default_factory=list)
+    text_headers: list[str] = field(default_factory=list)
+    text_rows: list[list[Any]] = field(default_factory=list)
+    text_lines: list[str] = field(default_factory=list)
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
@@ -234,16 +249,31 @@ def render(
     chosen = _chosen_solver(solvers) if solvers else ""
     findings["chosen_solver"] = chosen
 
+    results = _with_model_columns(results, meta)
+    ok = _with_model_columns(ok, meta)
+    memory = _memory_model_of(meta)
+    if memory is not None and len(ok):
+        ok = _with_memory(ok, memory)
+    scope = str(meta.get("scope") or _OLD_SCOPE)
+    answers = _Answers.of(results, ok, varying, options, meta, memory)
+    findings["smallest_cluster_gpus"] = (
+        answers.smallest["gpus"] if answers.smallest is not None else None
+    )
+
     doc.heading("What-if capacity report", 1)
     doc.para(
         f"Trace {meta.get('trace', '?')} ({meta.get('trace_shape', '')}); base cluster "
         f"{meta.get('base_cluster', {}).get('name', '?')}; timing engine {meta.get('engine', '?')}; "
-        f"{len(results)} scenarios, {len(ok)} solved, {len(bad)} infeasible."
+        f"{len(results)} scenarios, {len(ok)} solved, {len(bad)} infeasible"
+        + (
+            f"; solver time limit {_fmt(meta['time_limit_s'])} s per scenario."
+            if meta.get("time_limit_s")
+            else "."
+        )
     )
     doc.para(
-        "Throughput counts the MoE layers only (dispatch, expert compute, combine); attention and dense "
-        "layers are not modelled, so tokens/s is an upper bound for the whole model. Axes a plot does not "
-        "show sit at the reference point: the first value of each swept axis."
+        scope + " Axes a plot does not show sit at the reference point: the first value of each "
+        "swept axis."
     )
     doc.table(
         ["axis", "values swept", "reference"],
@@ -267,48 +297,398 @@ def render(
     if not len(ok):
         doc.para("No scenario could be solved; see the infeasible list below.")
         _infeasible(doc, bad)
-        return _finish(doc, findings)
+        return _finish(doc, findings, scope, answers)
 
     _throughput_section(doc, ok, layers, slicer, solvers, varying, findings)
     _breakdown_section(doc, ok, slicer, varying)
     _placement_section(doc, ok, varying, chosen, findings)
     _network_section(doc, ok, slicer, varying, chosen, options, findings)
-    _target_section(doc, ok, varying, options, findings)
+    _target_section(doc, ok, varying, answers, findings)
+    _memory_section(doc, meta, answers)
     doc.heading("All scenarios")
+    doc.para(scope)
     cols = [_field(a) for a in AXES if a in varying] or ["solver"]
     headers = [
         *cols,
-        "tokens/s",
+        "tokens/s (model)",
+        "step ms (model)",
         "layer us",
-        "exposed comm us",
+        "exposed comm us (layer)",
         "max/mean",
-        "inter-node B",
+        "inter-node B (layer)",
         "$/M tok",
     ]
     rows = [
         [
             *(r[c] for c in cols),
             r["tokens_per_s"],
+            r["step_us"] / 1e3,
             r["layer_us"],
             r["exposed_comm_us"],
             r["mean_max_over_mean"],
-            r["inter_node_bytes"],
+            r["inter_node_bytes_per_layer_step"],
             r["usd_per_million_tokens"],
         ]
         for _, r in ok.iterrows()
     ]
     doc.table(headers, rows)
     _infeasible(doc, bad)
-    return _finish(doc, findings)
+    return _finish(doc, findings, scope, answers)
 
 
-def _finish(doc: _Doc, findings: dict[str, Any]) -> Report:
+_OLD_SCOPE = (
+    "Throughput counts the MoE layers only (dispatch, expert compute, combine); attention and dense "
+    "layers are not modelled, so tokens/s is an upper bound for the whole model."
+)
+
+
+def _with_model_columns(frame: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
+    """Results stored before the whole-model columns existed read as MoE-only figures."""
+    if not len(frame) or "moe_layers" in frame:
+        return frame
+    out = frame.copy()
+    if "num_layers" in out:
+        out["moe_layers"] = out["num_layers"]
+    if "inter_node_bytes_per_step" in out and "num_layers" in out:
+        out["inter_node_bytes_per_layer_step"] = out["inter_node_bytes_per_step"] / out[
+            "num_layers"
+        ].clip(lower=1)
+    return out
+
+
+def _memory_model_of(meta: dict[str, Any]) -> dict[str, float] | None:
+    """The memory model's figures stored with the sweep, or None (the model is not known)."""
+    whole = meta.get("whole_model")
+    if not isinstance(whole, dict) or "expert_slot_bytes" not in whole:
+        return None
+    return {
+        k: float(whole[k])
+        for k in (
+            "non_expert_weight_bytes",
+            "expert_slot_bytes",
+            "kv_bytes_per_token",
+            "kv_tokens_per_gpu",
+            "reserve_fraction",
+        )
+    }
+
+
+def memory_for_gpu(figures: dict[str, float], gpu: str) -> MemoryModel:
+    """The memory model on one GPU type from the stored figures."""
+    memory = GPU_TYPES[gpu].memory_gib * GIB if gpu in GPU_TYPES else float("nan")
+    return MemoryModel(
+        gpu_memory_bytes=memory,
+        reserve_bytes=memory * figures["reserve_fraction"],
+        non_expert_weight_bytes=figures["non_expert_weight_bytes"],
+        expert_slot_bytes=figures["expert_slot_bytes"],
+        kv_cache_bytes=figures["kv_tokens_per_gpu"] * figures["kv_bytes_per_token"],
+    )
+
+
+def _with_memory(ok: pd.DataFrame, figures: dict[str, float]) -> pd.DataFrame:
+    """Add ``memory_per_gpu_gib`` (weights, expert slots, KV cache, reserve) and ``fits_memory``."""
+    out = ok.copy()
+    used, fits = [], []
+    for _, r in out.iterrows():
+        model = memory_for_gpu(figures, str(r["gpu"]))
+        need = model.used_bytes(int(r["slots_per_gpu"]))
+        used.append(need / GIB)
+        fits.append(bool(need <= model.gpu_memory_bytes))
+    out["memory_per_gpu_gib"] = used
+    out["fits_memory"] = fits
+    return out
+
+
+# Keys of one scenario in ``placement whatif --json`` (the contract: gpus, moe_layers, layer_us,
+# tokens_per_s, usd_per_m_tokens), from the result columns of the same meaning.
+_JSON_KEYS = {
+    "gpus": "gpus",
+    "gpus_per_node": "gpus_per_node",
+    "nodes": "num_nodes",
+    "gpu": "gpu",
+    "topology": "topology",
+    "nic_gbps": "nic_gbps",
+    "redundant": "redundant",
+    "solver": "solver",
+    "overlap": "overlap",
+    "tokens_per_gpu": "tokens_per_gpu",
+    "phase": "phase",
+    "moe_layers": "moe_layers",
+    "dense_layers": "dense_layers",
+    "timed_layers": "timed_layers",
+    "layer_us": "layer_us",
+    "attention_us": "attention_us",
+    "moe_step_us": "moe_step_us",
+    "step_us": "step_us",
+    "tokens_per_s": "tokens_per_s",
+    "usd_per_hour": "usd_per_hour",
+    "usd_per_m_tokens": "usd_per_million_tokens",
+    "mean_max_over_mean": "mean_max_over_mean",
+    "inter_node_bytes_per_layer_step": "inter_node_bytes_per_layer_step",
+    "memory_per_gpu_gib": "memory_per_gpu_gib",
+    "fits_memory": "fits_memory",
+    "solve_s": "solve_s",
+}
+
+
+def _scenario_json(r: pd.Series) -> dict[str, Any]:
+    out: dict[str, Any] = {"status": r.get("status", "ok")}
+    for key, col in _JSON_KEYS.items():
+        if col in r.index:
+            value = r[col]
+            if isinstance(value, (np.generic,)):
+                value = value.item()
+            out[key] = None if isinstance(value, float) and math.isnan(value) else value
+    if out["status"] != "ok":
+        out["error"] = r.get("error", "")
+    return out
+
+
+@dataclass
+class _Answers:
+    """The capacity answers: every scenario as JSON, the smallest and the cheapest meeting the
+    target, the advice (which follows the table), the redundant experts that fit, the text table."""
+
+    scenarios: list[dict[str, Any]]
+    smallest: dict[str, Any] | None
+    cheapest: dict[str, Any] | None
+    advice: str
+    fit: list[dict[str, Any]]
+    headers: list[str]
+    rows: list[list[Any]]
+
+    @classmethod
+    def of(
+        cls,
+        results: pd.DataFrame,
+        ok: pd.DataFrame,
+        varying: list[str],
+        options: ReportOptions,
+        meta: dict[str, Any],
+        memory: dict[str, float] | None,
+    ) -> _Answers:
+        by_key = {r["key"]: r for _, r in ok.iterrows()} if len(ok) else {}
+        scenarios, rows = [], []
+        for _, raw in results.iterrows():
+            r = by_key.get(raw["key"], raw)
+            scenarios.append(_scenario_json(r))
+            rows.append(_text_row(r, memory is not None))
+        smallest = cheapest = None
+        meets = target_mask(ok, options) if len(ok) else None
+        if meets is not None:
+            if "fits_memory" in ok:
+                meets &= ok["fits_memory"].astype(bool)
+            hits = ok[meets]
+            if len(hits):
+                smallest = _scenario_json(
+                    hits.sort_values(["gpus", "usd_per_million_tokens"]).iloc[0]
+                )
+                cheapest = _scenario_json(
+                    hits.sort_values(["usd_per_million_tokens", "gpus"]).iloc[0]
+                )
+        advice = target_advice(ok, options, smallest)
+        fit = _redundant_that_fit(ok, meta, memory)
+        headers = [
+            "gpus",
+            "nodes",
+            "redundant",
+            "solver",
+            "status",
+            "MoE layers",
+            "layer us",
+            "step ms (model)",
+            "tokens/s (model)",
+            "$/M tok",
+        ] + (["GiB/GPU", "fits"] if memory is not None else [])
+        return cls(scenarios, smallest, cheapest, advice, fit, headers, rows)
+
+
+def _text_row(r: pd.Series, with_memory: bool) -> list[Any]:
+    if r.get("status", "ok") != "ok":
+        blank = ["-"] * (7 if with_memory else 5)
+        return [r["gpus"], "-", r["redundant"], r["solver"], "infeasible", *blank]
+    row = [
+        int(r["gpus"]),
+        int(r["num_nodes"]),
+        int(r["redundant"]),
+        r["solver"],
+        "ok",
+        int(r["moe_layers"]),
+        float(r["layer_us"]),
+        float(r["step_us"]) / 1e3,
+        float(r["tokens_per_s"]),
+        float(r["usd_per_million_tokens"]),
+    ]
+    if with_memory:
+        row += [float(r["memory_per_gpu_gib"]), "yes" if r["fits_memory"] else "no"]
+    return row
+
+
+def target_mask(ok: pd.DataFrame, options: ReportOptions) -> pd.Series | None:
+    """Rows meeting every stated target (None when no target is stated)."""
+    if options.target_tokens_per_s is None and options.target_layer_us is None:
+        return None
+    meets = pd.Series(True, index=ok.index)
+    if options.target_tokens_per_s is not None:
+        meets &= ok["tokens_per_s"] >= options.target_tokens_per_s
+    if options.target_layer_us is not None:
+        meets &= ok["layer_us"] <= options.target_layer_us
+    return meets
+
+
+def _target_words(options: ReportOptions) -> str:
+    want = []
+    if options.target_tokens_per_s is not None:
+        want.append(f"at least {_fmt(options.target_tokens_per_s)} tokens/s (model)")
+    if options.target_layer_us is not None:
+        want.append(f"at most {_fmt(options.target_layer_us)} us per MoE layer")
+    return " and ".join(want)
+
+
+def target_advice(ok: pd.DataFrame, options: ReportOptions, smallest: dict[str, Any] | None) -> str:
+    """What to do about the target, read off the table itself: more GPUs are advised only where the
+    table shows the missed figure improving with the GPU count."""
+    if options.target_tokens_per_s is None and options.target_layer_us is None:
+        return "No target stated (--target-tokens-per-s, --target-layer-us)."
+    words = _target_words(options)
+    if smallest is not None:
+        return (
+            f"Target ({words}): the smallest cluster meeting it has {smallest['gpus']} GPUs "
+            f"(redundant {smallest['redundant']}, solver {smallest['solver']}): "
+            f"{_fmt(smallest['tokens_per_s'])} tokens/s, {_fmt(smallest['layer_us'])} us per MoE "
+            f"layer, {_fmt(smallest['usd_per_m_tokens'])} $/M tokens."
+        )
+    if not len(ok):
+        return f"Target ({words}): no scenario could be solved."
+    parts = [f"Target ({words}): no swept scenario meets it."]
+    trends = []
+    if options.target_layer_us is not None:
+        trends.append(
+            _trend(ok.groupby("gpus")["layer_us"].min(), "lowest us per MoE layer", False)
+        )
+    if options.target_tokens_per_s is not None:
+        trends.append(_trend(ok.groupby("gpus")["tokens_per_s"].max(), "highest tokens/s", True))
+    improving = all(t[0] for t in trends)
+    parts += [t[1] for t in trends]
+    if improving:
+        parts.append("Sweep larger clusters (--sweep gpus=...).")
+    else:
+        parts.append(
+            "More GPUs will not meet it on this table; try fewer tokens per GPU, overlap "
+            "(--overlap two-batch), faster NICs (--sweep nic_gbps=...), or a looser target."
+        )
+    return " ".join(parts)
+
+
+def _trend(best: pd.Series, what: str, higher_is_better: bool) -> tuple[bool, str]:
+    """(whether ``best`` improves from the fewest to the most GPUs, the sentence saying how it moves)."""
+    best = best.sort_index()
+    if len(best) < 2:
+        return False, f"Only {int(best.index[0])} GPUs swept ({what} {_fmt(best.iloc[0])})."
+    first, last = float(best.iloc[0]), float(best.iloc[-1])
+    better = last > first if higher_is_better else last < first
+    moves = " -> ".join(f"{_fmt(v)} at {int(g)}" for g, v in best.items())
+    direction = "improves" if better else "gets worse"
+    return better, f"The {what} {direction} with GPU count ({moves} GPUs)."
+
+
+def _redundant_that_fit(
+    ok: pd.DataFrame, meta: dict[str, Any], memory: dict[str, float] | None
+) -> list[dict[str, Any]]:
+    """Per GPU type and GPU count: the most redundant experts per layer that fit beside the weights
+    and the KV cache (equal slots on every GPU)."""
+    if memory is None or not len(ok):
+        return []
+    out = []
+    experts = int(ok["num_experts"].iloc[0])
+    for (gpu, gpus), _ in ok.groupby(["gpu", "gpus"]):
+        model = memory_for_gpu(memory, str(gpu))
+        out.append(
+            {
+                "gpu": gpu,
+                "gpus": int(gpus),
+                "gpu_memory_gib": model.gpu_memory_bytes / GIB,
+                "non_expert_weights_gib": model.non_expert_weight_bytes / GIB,
+                "kv_cache_gib": model.kv_cache_bytes / GIB,
+                "free_for_experts_gib": model.free_for_slots_bytes / GIB,
+                "expert_slots_per_gpu": model.max_slots_per_gpu(),
+                "max_redundant": model.max_redundant(experts, int(gpus)),
+            }
+        )
+    return out
+
+
+def _memory_section(doc: _Doc, meta: dict[str, Any], answers: _Answers) -> None:
+    doc.heading("6. How many redundant experts fit beside the KV cache")
+    whole = meta.get("whole_model")
+    if not answers.fit or not isinstance(whole, dict):
+        doc.para("No whole-model shape is known for this input (--model NAME): no memory model.")
+        return
+    doc.para(
+        f"Memory model per GPU ({whole['name']}, expert parallelism with data-parallel attention): "
+        f"non-expert weights {whole['non_expert_weight_bytes'] / GIB:.1f} GiB on every GPU; one "
+        f"expert slot {whole['expert_slot_bytes'] / GIB:.3f} GiB over {whole['num_moe_layers']} MoE "
+        f"layers ({whole['expert_bytes'] / 1e6:.1f} MB per expert per layer); KV cache "
+        f"{_fmt(whole['kv_bytes_per_token'])} B per token x {_fmt(whole['kv_tokens_per_gpu'])} "
+        f"tokens per GPU; {whole['reserve_fraction']:.0%} of memory kept free for activations. "
+        "Redundant experts keep every GPU's slot count equal."
+    )
+    doc.table(
+        [
+            "gpu",
+            "gpus",
+            "GiB",
+            "weights GiB",
+            "KV GiB",
+            "free for experts GiB",
+            "slots/GPU",
+            "max redundant",
+        ],
+        [
+            [
+                f["gpu"],
+                f["gpus"],
+                f["gpu_memory_gib"],
+                f["non_expert_weights_gib"],
+                f["kv_cache_gib"],
+                f["free_for_experts_gib"],
+                f["expert_slots_per_gpu"],
+                "does not fit" if f["max_redundant"] is None else f["max_redundant"],
+            ]
+            for f in answers.fit
+        ],
+    )
+
+
+def _finish(
+    doc: _Doc, findings: dict[str, Any], scope: str = "", answers: _Answers | None = None
+) -> Report:
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         "<title>What-if capacity report</title>"
         f"<style>{_CSS}</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n"
     )
-    return Report(page, "\n".join(doc.md), findings)
+    report = Report(page, "\n".join(doc.md), findings, scope=scope)
+    if answers is not None:
+        report.scenarios = answers.scenarios
+        report.smallest_meeting_target = answers.smallest
+        report.cheapest_meeting_target = answers.cheapest
+        report.advice = answers.advice
+        report.redundant_that_fit = answers.fit
+        report.text_headers = answers.headers
+        report.text_rows = answers.rows
+        report.text_lines = [answers.advice] + [
+            f"{f['gpus']} x {f['gpu']}: {f['expert_slots_per_gpu']} expert slots per GPU fit beside "
+            f"{f['kv_cache_gib']:.1f} GiB of KV cache and {f['non_expert_weights_gib']:.1f} GiB of "
+            "other weights: at most "
+            + (
+                "none (not even the experts fit)"
+                if f["max_redundant"] is None
+                else f"{f['max_redundant']} redundant experts per layer"
+            )
+            for f in answers.fit
+        ]
+    return report
 
 
 def _infeasible(doc: _Doc, bad: pd.DataFrame) -> None:
@@ -403,7 +783,7 @@ def _scaling_curves(doc: _Doc, part: pd.DataFrame, solvers: list[str]) -> None:
             tps,
             title="Throughput versus GPU count",
             xlabel="GPUs",
-            ylabel="tokens/s (MoE layers)",
+            ylabel="tokens/s (per model when its shape is known)",
             logx=True,
         ),
         "Throughput (tokens/s) versus GPU count, one line per solver",
@@ -656,7 +1036,7 @@ def _target_section(
     doc: _Doc,
     ok: pd.DataFrame,
     varying: list[str],
-    options: ReportOptions,
+    answers: _Answers,
     findings: dict[str, Any],
 ) -> None:
     doc.heading("5. Smallest cluster meeting the target")
@@ -673,35 +1053,10 @@ def _target_section(
                 best["usd_per_million_tokens"],
             ]
         )
-    if options.target_tokens_per_s is None and options.target_layer_us is None:
-        doc.para(
-            "No target stated (pass --target-tokens-per-s and/or --target-layer-us); the best each "
-            "GPU count reached:"
-        )
-    else:
-        want = []
-        meets = pd.Series(True, index=ok.index)
-        if options.target_tokens_per_s is not None:
-            meets &= ok["tokens_per_s"] >= options.target_tokens_per_s
-            want.append(f"at least {_fmt(options.target_tokens_per_s)} tokens/s")
-        if options.target_layer_us is not None:
-            meets &= ok["layer_us"] <= options.target_layer_us
-            want.append(f"at most {_fmt(options.target_layer_us)} us per MoE layer")
-        hits = ok[meets].sort_values(["gpus", "usd_per_million_tokens"])
-        if len(hits):
-            h = hits.iloc[0]
-            findings["smallest_cluster_gpus"] = int(h["gpus"])
-            findings["smallest_cluster"] = _label(h, varying)
-            text = (
-                f"Target ({' and '.join(want)}): the smallest cluster that meets it has {h['gpus']} GPUs "
-                f"({h['num_nodes']} nodes): {_label(h, varying)}, {_fmt(h['tokens_per_s'])} tokens/s, "
-                f"{_fmt(h['layer_us'])} us per layer, {_fmt(h['usd_per_million_tokens'])} $/M tokens."
-            )
-        else:
-            findings["smallest_cluster_gpus"] = None
-            text = (
-                f"Target ({' and '.join(want)}): no swept scenario meets it; the best each GPU count "
-                "reached is below. Sweep larger clusters."
-            )
-        doc.finding(text)
-    doc.table(["gpus", "best tokens/s", "at", "lowest layer us", "$/M tok (best)"], frontier)
+    if answers.smallest is not None:
+        findings["smallest_cluster"] = answers.smallest
+    doc.finding(answers.advice)
+    doc.table(
+        ["gpus", "best tokens/s (model)", "at", "lowest us per MoE layer", "$/M tok (best)"],
+        frontier,
+    )
