@@ -3,7 +3,9 @@
 Per MoE layer, ``phy2log[layer, slot]`` names the logical expert held by physical slot ``slot``; slot
 ``s`` lives on GPU ``s // slots_per_gpu``. Replicas are allowed (an expert in several slots, never twice
 on one GPU). ``replica_share[layer, slot]`` is the share of its expert's tokens a slot takes (absent: an
-even split over the expert's replicas).
+even split over the expert's replicas). ``layers`` (optional) names the model layer of each MoE layer and
+the model's layer count, so that exports to engines that index by model layer need no flag
+(:mod:`moe_placement.layers`, :mod:`moe_placement.exporters`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from moe_placement.atomic import write_json
 from moe_placement.errors import PlacementError
+from moe_placement.layers import LayerIdentity
 
 PLAN_SCHEMA_VERSION = 1
 
@@ -90,7 +93,9 @@ class Provenance:
     engine: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        engine = {} if self.engine is None else {"engine": self.engine}  # old files stay byte-identical
+        engine = (
+            {} if self.engine is None else {"engine": self.engine}
+        )  # old files stay byte-identical
         return {
             "solver": self.solver,
             "objective": self.objective,
@@ -135,6 +140,7 @@ class Plan:
     phy2log: np.ndarray
     replica_share: np.ndarray | None = None
     provenance: Provenance = field(default_factory=lambda: Provenance(solver="unknown"))
+    layers: LayerIdentity | None = None
 
     @property
     def num_layers(self) -> int:
@@ -222,6 +228,10 @@ class Plan:
         if dup.size:
             layer, gpu, _ = dup[0]
             raise fail(f"no two replicas of one expert on one GPU: layer {layer} GPU {gpu}")
+        if self.layers is not None and self.layers.num_moe_layers != self.num_layers:
+            raise fail(
+                f"moe_layer_ids name {self.layers.num_moe_layers} layers but phy2log has {self.num_layers}"
+            )
         if self.replica_share is not None:
             share = np.asarray(self.replica_share, dtype=np.float64)
             if share.shape != p2l.shape:
@@ -251,6 +261,8 @@ class Plan:
         }
         if self.replica_share is not None:
             out["replica_share"] = np.round(np.asarray(self.replica_share, dtype=float), 9).tolist()
+        if self.layers is not None:  # written only when known, so older plans keep their JSON
+            out.update(self.layers.to_dict())
         out["provenance"] = self.provenance.to_dict()
         return out
 
@@ -280,6 +292,7 @@ class Plan:
                 phy2log=phy2log,
                 replica_share=None if share is None else np.asarray(share, dtype=np.float64),
                 provenance=Provenance.from_dict(data.get("provenance", {}) or {}),
+                layers=_layers_from_dict(data, int(phy2log.shape[0]) if phy2log.ndim == 2 else 0),
             )
         except KeyError as exc:
             raise PlacementError(f"plan is missing key {exc.args[0]!r}") from None
@@ -312,44 +325,6 @@ class Plan:
         _check_plan_document(data, f"plan file {path}")
         return cls.from_dict(data)
 
-    # ---- exporters --------------------------------------------------------------------------------
-
-    def _full_layers(self, total_layers: int | None, first_moe_layer: int) -> np.ndarray:
-        """phy2log padded with identity-like rows for dense layers, as engines index by model layer."""
-        if total_layers is None:
-            return self.phy2log
-        if first_moe_layer + self.num_layers > total_layers:
-            raise PlacementError("total layers smaller than first MoE layer + MoE layers")
-        filler = np.arange(self.num_slots) % self.num_experts
-        out = np.tile(filler, (total_layers, 1))
-        out[first_moe_layer : first_moe_layer + self.num_layers] = self.phy2log
-        return out
-
-    def export(
-        self, fmt: str, total_layers: int | None = None, first_moe_layer: int = 0
-    ) -> dict[str, Any]:
-        """Maps for serving engines: ``sglang`` (``--init-expert-location``), ``vllm`` (EPLB state) or
-        ``eplb`` (DeepSeek EPLB's ``phy2log``/``log2phy``/``logcnt``)."""
-        phy2log = self._full_layers(total_layers, first_moe_layer)
-        padded = Plan(self.num_gpus, self.gpus_per_node, self.slots_per_gpu, phy2log)
-        log2phy = padded.log2phy()
-        logcnt = padded.logcnt()
-        if fmt == "sglang":
-            return {"physical_to_logical_map": phy2log.tolist()}
-        if fmt == "vllm":
-            return {
-                "physical_to_logical_map": phy2log.tolist(),
-                "logical_to_physical_map": log2phy.tolist(),
-                "logical_replica_count": logcnt.tolist(),
-            }
-        if fmt == "eplb":
-            return {
-                "phy2log": phy2log.tolist(),
-                "log2phy": log2phy.tolist(),
-                "logcnt": logcnt.tolist(),
-            }
-        raise PlacementError(f"unknown export format {fmt!r}; known: sglang, vllm, eplb")
-
 
 def _check_stored_count(data: dict[str, Any], key: str, derived: int) -> None:
     """Plan files carry counts the maps already imply (``num_experts``, ``num_layers``) for readers
@@ -362,3 +337,25 @@ def _check_stored_count(data: dict[str, Any], key: str, derived: int) -> None:
         raise PlacementError(f"plan is malformed: {key} {data[key]!r} is not an integer") from None
     if stored != derived:
         raise PlacementError(f"plan {key} is {stored} but its phy2log implies {derived}")
+
+
+def _layers_from_dict(data: dict[str, Any], num_moe_layers: int) -> LayerIdentity | None:
+    """The plan's layer identity: ``moe_layer_ids`` (with ``total_layers``), or ``first_moe_layer``
+    alone (MoE layers contiguous from it); None for plans that record neither (older files)."""
+    ids, total, first = (data.get(k) for k in ("moe_layer_ids", "total_layers", "first_moe_layer"))
+    if ids is None and first is None:
+        return None
+    if not (total is None or isinstance(total, int)) or not (
+        first is None or isinstance(first, int)
+    ):
+        raise PlacementError("plan is malformed: total_layers and first_moe_layer must be integers")
+    if ids is None:
+        return LayerIdentity.contiguous(int(first), num_moe_layers, total)
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        raise PlacementError("plan is malformed: moe_layer_ids must be a list of integers")
+    layers = LayerIdentity.of(ids, total)
+    if first is not None and first != layers.first_moe_layer:
+        raise PlacementError(
+            f"plan first_moe_layer {first} disagrees with its moe_layer_ids (first {layers.first_moe_layer})"
+        )
+    return layers

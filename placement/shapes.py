@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from moe_placement.errors import PlacementError
+from moe_placement.layers import LayerIdentity
 
 FP8_WITH_SCALES = 1.0 + 4.0 / 128.0
 
@@ -30,6 +31,10 @@ class ModelShape:
     weight_bytes_per_elem: float = 2.0
     first_moe_layer: int = 0
     compute_dtype: str = "bf16"
+    # Layer identity (moe_placement.layers): the model layer of each MoE layer and the model's layer
+    # count. Unset: unknown, unless total_layers is set (then MoE layers run from first_moe_layer).
+    moe_layer_ids: tuple[int, ...] | None = None
+    total_layers: int | None = None
 
     def __post_init__(self) -> None:
         for key in (
@@ -54,6 +59,27 @@ class ModelShape:
         """FLOPs of one token through one SwiGLU expert (three GEMMs, 2 FLOPs per MAC)."""
         return 6.0 * self.hidden_size * self.expert_intermediate_size
 
+    def layer_identity(self) -> LayerIdentity | None:
+        """Which model layers are this shape's MoE layers, when the shape says (None: unknown)."""
+        if self.moe_layer_ids is not None:
+            return LayerIdentity.of(self.moe_layer_ids, self.total_layers)
+        if self.total_layers is not None:
+            return LayerIdentity.contiguous(
+                self.first_moe_layer, self.num_moe_layers, self.total_layers
+            )
+        return None
+
+    def with_layers(self, layers: LayerIdentity | None) -> ModelShape:
+        """This shape with ``layers`` as its layer identity (``None`` leaves it unchanged)."""
+        if layers is None:
+            return self
+        layers.check_fits(self.num_moe_layers, f"model shape {self.name}")
+        return self.replace(
+            moe_layer_ids=layers.moe_layer_ids,
+            total_layers=layers.total_layers,
+            first_moe_layer=layers.first_moe_layer,
+        )
+
     def replace(self, **changes: object) -> ModelShape:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
@@ -72,10 +98,12 @@ MODEL_SHAPES: dict[str, ModelShape] = {
         weight_bytes_per_elem=1.0,
         first_moe_layer=3,
         compute_dtype="fp8",
+        total_layers=61,  # config.json num_hidden_layers; first_k_dense_replace = 3
     ),
-    "qwen3-30b-a3b": ModelShape("qwen3-30b-a3b", 48, 128, 8, 2048, 768),
-    "mixtral-8x7b": ModelShape("mixtral-8x7b", 32, 8, 2, 4096, 14336),
-    "olmoe-1b-7b": ModelShape("olmoe-1b-7b", 16, 64, 8, 2048, 1024),
+    # every layer is a MoE layer in these (mlp_only_layers empty, decoder_sparse_step 1)
+    "qwen3-30b-a3b": ModelShape("qwen3-30b-a3b", 48, 128, 8, 2048, 768, total_layers=48),
+    "mixtral-8x7b": ModelShape("mixtral-8x7b", 32, 8, 2, 4096, 14336, total_layers=32),
+    "olmoe-1b-7b": ModelShape("olmoe-1b-7b", 16, 64, 8, 2048, 1024, total_layers=16),
     "gpt-oss-120b": ModelShape(
         "gpt-oss-120b",
         36,
@@ -84,6 +112,7 @@ MODEL_SHAPES: dict[str, ModelShape] = {
         2880,
         2880,
         weight_bytes_per_elem=0.53125,
+        total_layers=36,
     ),
 }
 

@@ -67,13 +67,22 @@ def run_solver(name: str, problem: PlacementProblem, config: SolverConfig | None
     start = time.perf_counter()
     plan = entry.fn(problem, config, rng=rng)
     seconds = time.perf_counter() - start
+    if problem.for_engine:
+        # the engine's rule, not the solver, decides the replica shares: store what it will give
+        # (the search objective is rescored with them: the solver's own assumed free shares)
+        shares = problem.engine_shares(plan) if problem.num_redundant > 0 else None
+        prov = replace(plan.provenance, objective=None, bound=None, gap=None)
+        plan = replace(plan, replica_share=shares, provenance=prov)
     plan = replace(
         plan,
         provenance=replace(
             plan.provenance,
             seconds=plan.provenance.seconds or seconds,
             trace_fingerprint=",".join(w.fingerprint for w in problem.workloads),
+            engine=problem.engine if problem.for_engine else None,
         ),
+        # the model layers the trace's MoE layers are, so exports to engines need no flag
+        layers=plan.layers or problem.workload.shape.layer_identity(),
     )
     return replace(plan, provenance=report(problem, config, plan, name)).validate()
 

@@ -1,7 +1,10 @@
 """Load-only inputs: the ``{"logical_count": [[...]]}`` JSON of DeepSeek EPLB and SGLang.
 
 Rows that are all zero (dense layers, such as DeepSeek-V3's first three) are dropped; the model layer
-index of each kept row is recorded. Such a workload has ``load`` only: no co-activation, no transitions.
+index of each kept row is recorded, and the row count is the model's layer count (SGLang writes one row
+per model layer). A file without zero rows does not say where its layers sit in the model: then a named
+model shape does (deepseek-v3: 61 layers, the first 3 dense). Such a workload has ``load`` only: no
+co-activation, no transitions.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pyarrow.parquet as pq
 
 from moe_placement.atomic import atomic_path
 from moe_placement.errors import PlacementError
+from moe_placement.layers import LayerIdentity
 from moe_placement.shapes import ModelShape, guess_shape, model_shape
 from moe_placement.traces.schema import LOAD_COLUMNS, LOAD_META_KEY, LoadMeta, load_arrow_schema
 from moe_placement.workload import Workload
@@ -23,6 +27,12 @@ from moe_placement.workload import Workload
 
 def read_logical_count(path: str | Path) -> tuple[np.ndarray, list[int]]:
     """``load[moe_layers, experts]`` and the model layer index of each row."""
+    load, layers = read_logical_count_layers(path)
+    return load, list(layers.moe_layer_ids)
+
+
+def read_logical_count_layers(path: str | Path) -> tuple[np.ndarray, LayerIdentity]:
+    """``load[moe_layers, experts]`` and its layer identity: the non-zero rows among all the rows."""
     path = Path(path)
     if not path.exists():
         raise PlacementError(f"load file not found: {path}")
@@ -46,10 +56,37 @@ def read_logical_count(path: str | Path) -> tuple[np.ndarray, list[int]]:
         )
     if not np.isfinite(counts).all() or counts.min() < 0:
         raise PlacementError(f"{path}: logical_count must be finite and >= 0")
+    return counts_with_layers(counts, str(path))
+
+
+def counts_with_layers(counts: np.ndarray, where: str) -> tuple[np.ndarray, LayerIdentity]:
+    """Drop the all-zero (dense) rows of ``counts[model_layers, experts]``; the kept rows' indices are
+    the MoE layer ids and the row count the model's layer count."""
     keep = np.flatnonzero(counts.sum(axis=1) > 0)
     if keep.size == 0:
-        raise PlacementError(f"{path}: every layer's counts are zero")
-    return counts[keep], keep.tolist()
+        raise PlacementError(f"{where}: every layer's counts are zero")
+    return counts[keep], LayerIdentity.of(keep.tolist(), counts.shape[0])
+
+
+def identity_for_shape(
+    layers: LayerIdentity, shape: ModelShape, dropped_rows: bool
+) -> LayerIdentity | None:
+    """What an input's rows say about layer identity, given the model shape.
+
+    Rows were dropped (zero dense rows): the input says, and must agree with a named shape that knows.
+    No row dropped: the input's numbering is only its own, so the shape's identity is used if it has
+    one; else the rows are taken as model layers 0..L-1 of an L-layer model.
+    """
+    known = shape.layer_identity()
+    if dropped_rows:
+        if known is not None and known != layers:
+            raise PlacementError(
+                f"layer ids do not fit the model: the input's MoE rows are model layers "
+                f"{layers.first_moe_layer}..{layers.moe_layer_ids[-1]} of {layers.total_layers}, model "
+                f"{shape.name} has {known.first_moe_layer}..{known.moe_layer_ids[-1]} of {known.total_layers}"
+            )
+        return layers
+    return known if known is not None else layers
 
 
 def is_logical_count_file(path: str | Path) -> bool:
@@ -58,7 +95,7 @@ def is_logical_count_file(path: str | Path) -> bool:
 
 def load_logical_count(path: str | Path, shape: ModelShape | None = None) -> Workload:
     """A load-only :class:`Workload`; the model shape comes from ``shape`` or is guessed by size."""
-    load, layer_ids = read_logical_count(path)
+    load, file_layers = read_logical_count_layers(path)
     layers, experts = load.shape
     if shape is None:
         shape = guess_shape(layers, experts)
@@ -71,7 +108,8 @@ def load_logical_count(path: str | Path, shape: ModelShape | None = None) -> Wor
             f"{path}: {layers} MoE layers x {experts} experts does not match model {shape.name} "
             f"({shape.num_moe_layers} x {shape.num_experts})"
         )
-    shape = shape.replace(first_moe_layer=layer_ids[0])
+    dropped = file_layers.total_layers > file_layers.num_moe_layers
+    shape = shape.with_layers(identity_for_shape(file_layers, shape, dropped))
     tokens = round(float(load.sum(axis=1).mean()) / shape.top_k)
     return Workload(
         shape=shape,
@@ -100,7 +138,12 @@ def is_load_parquet(path: str | Path) -> bool:
 
 
 def write_load_parquet(
-    path: str | Path, load: np.ndarray, layer_ids: list[int], shape: ModelShape | None, source: str
+    path: str | Path,
+    load: np.ndarray,
+    layer_ids: list[int],
+    shape: ModelShape | None,
+    source: str,
+    total_layers: int | None = None,
 ) -> Path:
     """Write ``load[moe_layers, experts]`` as a load-only Parquet file, atomically."""
     layers, experts = load.shape
@@ -110,6 +153,7 @@ def write_load_parquet(
         moe_layer_ids=[int(i) for i in layer_ids],
         model_name=shape.name if shape is not None else None,
         source=source,
+        total_layers=total_layers,
     )
     columns = {
         "layer": np.repeat(np.arange(layers), experts),
@@ -157,7 +201,10 @@ def load_load_parquet(path: str | Path, shape: ModelShape | None = None) -> Work
         raise PlacementError(
             f"{path}: {layers} layers x {experts} experts matches no known model; pass --model NAME"
         )
-    shape = shape.replace(first_moe_layer=meta.moe_layer_ids[0])
+    # ids numbered 0..L-1 with no total recorded say nothing beyond the file's own numbering
+    file_layers = meta.layer_identity()
+    says = meta.total_layers is not None or meta.moe_layer_ids != list(range(layers))
+    shape = shape.with_layers(identity_for_shape(file_layers, shape, says))
     return Workload(
         shape=shape,
         load=load,

@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 
 from moe_placement.errors import PlacementError
+from moe_placement.layers import LayerIdentity
 from moe_placement.shapes import ModelShape
 
 TRACE_SCHEMA_VERSION = 1
@@ -67,6 +68,8 @@ class TraceMeta:
     schema_version: int = TRACE_SCHEMA_VERSION
     moe_layer_ids: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # model layers, dense ones included (captured: the HF config's num_hidden_layers); None: unknown
+    total_layers: int | None = None
 
     def __post_init__(self) -> None:
         for key in (
@@ -84,7 +87,22 @@ class TraceMeta:
             raise PlacementError("trace metadata: at most 32767 experts (ids are int16)")
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        data = dataclasses.asdict(self)
+        if (
+            data["total_layers"] is None
+        ):  # unknown: left out, so older writers' files stay identical
+            del data["total_layers"]
+        return json.dumps(data, sort_keys=True).encode()
+
+    def layer_identity(self) -> LayerIdentity | None:
+        """The model layer of each MoE layer and the model's layer count, when the trace records them."""
+        if not self.moe_layer_ids:
+            return None
+        if len(self.moe_layer_ids) != self.num_moe_layers:
+            raise PlacementError(
+                f"trace metadata: {len(self.moe_layer_ids)} moe_layer_ids for {self.num_moe_layers} layers"
+            )
+        return LayerIdentity.of(self.moe_layer_ids, self.total_layers)
 
     @classmethod
     def from_json(cls, raw: bytes) -> TraceMeta:
@@ -103,7 +121,8 @@ class TraceMeta:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def shape(self) -> ModelShape:
-        first = self.moe_layer_ids[0] if self.moe_layer_ids else 0
+        layers = self.layer_identity()
+        first = layers.first_moe_layer if layers else 0
         return ModelShape(
             name=self.model_name,
             num_moe_layers=self.num_moe_layers,
@@ -115,10 +134,18 @@ class TraceMeta:
             dispatch_bytes_per_elem=self.dispatch_bytes_per_elem,
             combine_bytes_per_elem=self.combine_bytes_per_elem,
             first_moe_layer=first,
+            moe_layer_ids=layers.moe_layer_ids if layers else None,
+            total_layers=layers.total_layers if layers else None,
         )
 
     @classmethod
     def from_shape(cls, shape: ModelShape, source: str, **extra: Any) -> TraceMeta:
+        """Metadata for ``shape``; its layer identity is recorded unless ``extra`` names one."""
+        layers = shape.layer_identity()
+        if layers is not None and "moe_layer_ids" not in extra:
+            extra = {"moe_layer_ids": list(layers.moe_layer_ids), **extra}
+        if layers is not None and "total_layers" not in extra:
+            extra = {"total_layers": layers.total_layers, **extra}
         return cls(
             model_name=shape.name,
             num_moe_layers=shape.num_moe_layers,
@@ -166,6 +193,7 @@ class LoadMeta:
     source: str = "unknown"
     schema_version: int = LOAD_SCHEMA_VERSION
     kind: str = "load-only"
+    total_layers: int | None = None  # model layers, dense ones included; None: unknown
 
     def __post_init__(self) -> None:
         if self.num_moe_layers < 1 or self.num_experts < 1:
@@ -175,9 +203,16 @@ class LoadMeta:
                 f"load-only metadata: {len(self.moe_layer_ids)} moe_layer_ids for "
                 f"{self.num_moe_layers} layers"
             )
+        self.layer_identity()  # ids increasing and inside the model
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self)).encode()
+        data = dataclasses.asdict(self)
+        if data["total_layers"] is None:  # unknown: left out, as older writers did
+            del data["total_layers"]
+        return json.dumps(data).encode()
+
+    def layer_identity(self) -> LayerIdentity:
+        return LayerIdentity.of(self.moe_layer_ids, self.total_layers)
 
     @classmethod
     def from_json(cls, raw: bytes) -> LoadMeta:
@@ -196,12 +231,16 @@ class LoadMeta:
                 f"(expected {LOAD_SCHEMA_VERSION})"
             )
         name = data.get("model_name")
+        total = data.get("total_layers")
+        if total is not None and not isinstance(total, int):
+            raise PlacementError("load-only metadata: total_layers must be an integer")
         return cls(
             num_moe_layers=layers,
             num_experts=experts,
             moe_layer_ids=[int(i) for i in data.get("moe_layer_ids") or range(layers)],
             model_name=None if name is None else str(name),
             source=str(data.get("source", "unknown")),
+            total_layers=total,
         )
 
 
