@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from moe_placement.errors import PlacementError
+from moe_placement.layers import layers_from_hf_config
 from moe_placement.traces.capture.archs import find_router_sites, tiny_config
 from moe_placement.traces.capture.hooks import RouterRecorder
 from moe_placement.traces.capture.inputs import Sequence, make_sequences, read_documents
@@ -210,6 +211,17 @@ def _trace_meta(
     shared = _config_value(config, "n_shared_experts", "num_shared_experts", default=0)
     if not shared and _config_value(config, "shared_expert_intermediate_size", default=0):
         shared = 1
+    hooked = [s.layer for s in recorder.sites]
+    declared = layers_from_hf_config(config)
+    # The hooked routers are the MoE layers; the config gives the model's layer count (dense layers
+    # included) and, from first_k_dense_replace / mlp_only_layers / decoder_sparse_step, which layers it
+    # declares MoE: recorded beside the hooked ids so a disagreement is visible.
+    total = declared.total_layers if declared is not None else None
+    if total is not None and max(hooked) >= total:
+        total = None
+    layer_note = {
+        "config_moe_layer_ids": list(declared.moe_layer_ids) if declared is not None else None
+    }
     return TraceMeta(
         model_name=loaded.name,
         num_moe_layers=len(recorder.sites),
@@ -219,8 +231,10 @@ def _trace_meta(
         expert_intermediate_size=inter,
         shared_experts=int(shared),
         source=f"capture:{loaded.origin}",
-        moe_layer_ids=[s.layer for s in recorder.sites],
+        moe_layer_ids=hooked,
+        total_layers=total,
         extra={
+            **layer_note,
             "model_type": str(getattr(config, "model_type", "")),
             "mode": options.mode,
             "batch": options.batch,

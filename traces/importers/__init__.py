@@ -10,13 +10,21 @@ import os
 from collections.abc import Callable
 
 from moe_placement.errors import PlacementError
-from moe_placement.traces.importers import csv_table, exflow_npy, logical_count, sglang, vllm
+from moe_placement.traces.importers import (
+    csv_table,
+    exflow_npy,
+    logical_count,
+    sglang,
+    trtllm,
+    vllm,
+)
 from moe_placement.traces.importers.base import ImportedTrace, ImportOptions
 
 FORMATS: dict[str, Callable[..., ImportedTrace]] = {
     "logical-count": logical_count.load,
     "sglang": sglang.load,
     "vllm": vllm.load,
+    "trtllm": trtllm.load,
     "csv": csv_table.load,
     "exflow-npy": exflow_npy.load,
 }

@@ -16,6 +16,7 @@ import numpy as np
 
 from moe_placement.atomic import write_json
 from moe_placement.errors import PlacementError
+from moe_placement.layers import LayerIdentity, resolve_layers
 from moe_placement.shapes import ModelShape, guess_shape, model_shape
 from moe_placement.traces.schema import TraceMeta
 from moe_placement.traces.writer import TraceWriter
@@ -27,13 +28,17 @@ class ImportOptions:
 
     ``model``: a named shape (``placement.shapes``); otherwise the shape is guessed from the layer and
     expert counts, else ``hidden_size`` / ``expert_intermediate_size`` are used. ``num_experts``: the
-    expert count when the file does not say it (default: largest id + 1).
+    expert count when the file does not say it (default: largest id + 1). ``first_moe_layer`` /
+    ``total_layers``: where the MoE layers sit in the model, when neither the input nor the shape says.
     """
 
     model: str | None = None
     num_experts: int | None = None
     hidden_size: int = 1024
     expert_intermediate_size: int = 512
+    # layer identity flags (moe_placement.layers.resolve_layers): over what the input and shape say
+    first_moe_layer: int | None = None
+    total_layers: int | None = None
 
 
 @dataclass
@@ -52,6 +57,39 @@ class ImportedTrace:
     domain: np.ndarray | None = None
     load: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Layer identity the dump itself states: layers_said when layer_ids are model layer ids (SGLang and
+    # TensorRT-LLM index by model layer; vLLM by MoE layer), total_layers when it gives the model's
+    # layer count (SGLang: one row per model layer).
+    layers_said: bool = False
+    total_layers: int | None = None
+
+    def layer_identity(self, options: ImportOptions | None = None) -> LayerIdentity:
+        """Where this input's MoE layers sit in the model: flags, else what the dump says (checked
+        against a named model), else the model shape's identity, else the dump's own numbering."""
+        options = options or ImportOptions()
+        count = len(self.layer_ids)
+        said = LayerIdentity.of(self.layer_ids, self.total_layers) if self.layers_said else None
+        shape = _named_or_guessed(count, self.num_experts, options)
+        known = shape.layer_identity() if shape is not None else None
+        if options.first_moe_layer is not None or options.total_layers is not None:
+            return resolve_layers(
+                count,
+                said or known,
+                first_moe_layer=options.first_moe_layer,
+                total_layers=options.total_layers,
+                what="input",
+            )
+        if said is not None:
+            if options.model and known is not None and known != said:
+                raise PlacementError(
+                    f"layer ids do not fit the model: the input's MoE layers are model layers "
+                    f"{list(said.moe_layer_ids)[:4]}... of {said.total_layers}, model {options.model} has "
+                    f"{list(known.moe_layer_ids)[:4]}... of {known.total_layers}"
+                )
+            return said
+        if known is not None:
+            return known
+        return LayerIdentity.of(self.layer_ids, self.total_layers)
 
     @property
     def load_only(self) -> bool:
@@ -71,9 +109,8 @@ class ImportedTrace:
         if shape.top_k != k:
             shape = shape.replace(top_k=k)
         return TraceMeta.from_shape(
-            shape.replace(first_moe_layer=self.layer_ids[0]),
+            shape.with_layers(self.layer_identity(options)),
             source=f"import:{self.format}:{self.source}",
-            moe_layer_ids=list(self.layer_ids),
             extra={"import_format": self.format, **self.extra},
         )
 
@@ -82,6 +119,7 @@ class ImportedTrace:
         ``logical_count`` JSON, atomically."""
         options = options or ImportOptions()
         out = Path(out)
+        layers = self.layer_identity(options)  # checked before anything is written
         if self.load_only:
             assert self.load is not None
             if out.suffix.lower() == ".parquet":
@@ -91,14 +129,21 @@ class ImportedTrace:
                 shape = guess_shape(*self.load.shape)
                 if options.model:
                     shape = model_shape(options.model)
-                return write_load_parquet(out, self.load, self.layer_ids, shape, self.source)
+                return write_load_parquet(
+                    out,
+                    self.load,
+                    list(layers.moe_layer_ids),
+                    shape,
+                    self.source,
+                    total_layers=layers.total_layers,
+                )
             if out.suffix.lower() != ".json":
                 raise PlacementError(
                     f"{self.format} input is load-only: write it as --out NAME.parquet or NAME.json"
                 )
-            total_layers = max(self.layer_ids) + 1
-            full = np.zeros((total_layers, self.num_experts))
-            full[self.layer_ids] = self.load
+            # one row per model layer, dense rows zero: what SGLang and DeepSeek EPLB read
+            full = np.zeros((layers.total_layers, self.num_experts))
+            full[list(layers.moe_layer_ids)] = self.load
             write_json(
                 out, {"logical_count": full.tolist(), "source": self.source, "format": self.format}
             )
@@ -120,6 +165,13 @@ class ImportedTrace:
                 self.domain,
             )
         return out
+
+
+def _named_or_guessed(layers: int, experts: int, options: ImportOptions) -> ModelShape | None:
+    """The named shape (checked against the input) or a unique guess; None when neither."""
+    if options.model:
+        return resolve_shape(layers, experts, options)
+    return guess_shape(layers, experts)
 
 
 def resolve_shape(layers: int, experts: int, options: ImportOptions) -> ModelShape:

@@ -13,36 +13,30 @@ import os
 import numpy as np
 
 from moe_placement.errors import PlacementError
+from moe_placement.layers import LayerIdentity
 from moe_placement.traces.importers.base import ImportedTrace, ImportOptions, require_file
-from moe_placement.traces.loadjson import read_logical_count
+from moe_placement.traces.importers.sglang import stat_counts, torch_load
+from moe_placement.traces.loadjson import counts_with_layers, read_logical_count_layers
 
 
-def _counts_from_pt(path: os.PathLike[str]) -> tuple[np.ndarray, list[int]]:
-    from moe_placement.traces.importers.sglang import torch_load
-
+def _counts_from_pt(path: os.PathLike[str]) -> tuple[np.ndarray, LayerIdentity]:
     data = torch_load(path)
     if not isinstance(data, dict) or "logical_count" not in data:
         raise PlacementError(
             f"{path}: expected a dict with a 'logical_count' tensor (SGLang stat dump)"
         )
-    counts = np.asarray(data["logical_count"], dtype=np.float64)
-    while counts.ndim > 2:
-        counts = counts.sum(axis=0)
-    if counts.ndim != 2 or not np.isfinite(counts).all() or counts.min() < 0:
-        raise PlacementError(f"{path}: logical_count must be finite, >= 0 and [layers, experts]")
-    keep = np.flatnonzero(counts.sum(axis=1) > 0)
-    if keep.size == 0:
-        raise PlacementError(f"{path}: every layer's counts are zero")
-    return counts[keep], keep.tolist()
+    counts = stat_counts(data["logical_count"], str(path))
+    load, layers = counts_with_layers(counts, str(path))
+    return load, layers
 
 
 def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> ImportedTrace:
     """Load-only counts ``load[moe_layers, experts]`` with their model layer indices."""
     path = require_file(path)
     if path.suffix.lower() == ".pt":
-        counts, layer_ids = _counts_from_pt(path)
+        counts, layers = _counts_from_pt(path)
     else:
-        counts, layer_ids = read_logical_count(path)
+        counts, layers = read_logical_count_layers(path)
     if (
         options is not None
         and options.num_experts is not None
@@ -54,7 +48,10 @@ def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> 
     return ImportedTrace(
         source=str(path),
         format="logical-count",
-        layer_ids=layer_ids,
+        layer_ids=list(layers.moe_layer_ids),
         num_experts=int(counts.shape[1]),
         load=counts,
+        # zero (dense) rows dropped: the rows were model layers and their count the model's
+        layers_said=layers.total_layers > layers.num_moe_layers,
+        total_layers=layers.total_layers if layers.total_layers > layers.num_moe_layers else None,
     )

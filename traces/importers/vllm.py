@@ -1,8 +1,10 @@
 """vLLM routed-experts output (``--enable-return-routed-experts``).
 
-vLLM returns, per completion, ``routed_experts``: an integer array ``[tokens, layers, top_k]`` covering
-the prompt and the generated tokens that were forwarded (``prompt + output - 1``); over HTTP it is a
-base64-encoded ``.npy``. Accepted inputs:
+vLLM returns, per completion, ``routed_experts``: an int16 array ``[tokens, num_moe_layers, top_k]`` of
+logical expert ids covering the prompt and the generated tokens that were forwarded
+(``prompt + output - 1``); over HTTP it is a base64-encoded ``.npy``. Its layer axis counts MoE layers
+only, so which model layers they are comes from the model shape (``--model``) or
+``--first-moe-layer`` / ``--total-layers``. Accepted inputs:
 
 * one ``.npy`` (one request), a ``.npz`` (one array per request, in key order) or a folder of ``.npy``;
 * a ``.jsonl`` file, one request per line: ``{"routed_experts": <base64 .npy string or nested list>,
