@@ -216,3 +216,89 @@ def human_bytes(n: float) -> str:
             return f"{n:.3g} {unit}"
         n /= 1000
     return f"{n:.3g} PB"
+
+
+# ---- the step every time is for ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepScope:
+    """The step the printed times are for: tokens on each GPU and the serving phase, with where each
+    came from (given, from the input, a default)."""
+
+    tokens_per_gpu: int
+    phase: str
+    tokens_source: str
+    phase_source: str
+
+    def line(self, num_gpus: int, input_tokens: int, load_only: bool, scale: float) -> str:
+        """One sentence: what each row and the total are per, and how the input was scaled."""
+        held = (
+            f"counts of {input_tokens:,} tokens over a whole run (load-only)"
+            if load_only
+            else f"{input_tokens:,} tokens"
+        )
+        return (
+            f"per MoE layer, per step of {self.tokens_per_gpu:,} tokens per GPU ({self.tokens_source}) "
+            f"x {num_gpus} GPUs, phase {self.phase} ({self.phase_source}); the input holds {held}, "
+            f"so bytes and hops are scaled by {scale:.4g} to the step"
+        )
+
+
+def add_step_args(parser: argparse.ArgumentParser) -> None:
+    """``--phase`` and ``--tokens-per-gpu``: the step every time (and every byte shown) is for."""
+    from moe_placement.wholemodel import DEFAULT_TOKENS_PER_GPU_BY_PHASE, PHASES
+
+    defaults = ", ".join(f"{k} {v}" for k, v in DEFAULT_TOKENS_PER_GPU_BY_PHASE.items())
+    parser.add_argument(
+        "--phase",
+        default=None,
+        choices=PHASES,
+        help="serving phase of the input (default: a trace's capture mode, or 'prefill'/'decode' in "
+        "the file name; else prefill)",
+    )
+    parser.add_argument(
+        "--tokens-per-gpu",
+        type=int,
+        default=None,
+        help=f"tokens on each GPU in one step; times, bytes and hops are per step of this many "
+        f"(default by phase: {defaults})",
+    )
+
+
+def resolve_step(args: argparse.Namespace, path: str) -> StepScope:
+    """The step of ``args`` (``--tokens-per-gpu``, ``--phase``), inferring what is not given from the
+    input ``path``; sets ``args.tokens_per_gpu`` to the resolved figure."""
+    from moe_placement.wholemodel import DEFAULT_TOKENS_PER_GPU_BY_PHASE, PHASES
+
+    phase, phase_source = getattr(args, "phase", None), "given"
+    if phase is None:
+        phase, phase_source = _phase_of_input(path, PHASES)
+    tokens = getattr(args, "tokens_per_gpu", None)
+    if tokens is not None and tokens < 1:
+        raise PlacementError("--tokens-per-gpu must be >= 1")
+    source = "given" if tokens is not None else f"default for {phase}"
+    tokens = tokens if tokens is not None else DEFAULT_TOKENS_PER_GPU_BY_PHASE[phase]
+    args.tokens_per_gpu = tokens
+    return StepScope(tokens, phase, source, phase_source)
+
+
+def _phase_of_input(path: str, phases: Sequence[str]) -> tuple[str, str]:
+    """A captured trace's mode, else a phase named in the file name, else prefill (assumed)."""
+    from moe_placement.traces.loadjson import is_logical_count_file
+
+    if str(path).lower().endswith(".parquet") and not is_logical_count_file(path):
+        try:
+            from moe_placement.traces.reader import TraceFile
+
+            extra = TraceFile(path).meta.extra
+            mode = extra.get("mode") if isinstance(extra, dict) else None
+            if mode in phases:
+                return str(mode), "from the trace"
+        except (PlacementError, OSError, ValueError, KeyError):
+            pass  # a load-only Parquet file or an unreadable one: the name may still say
+    name = Path(path).name.lower()
+    for phase in phases:
+        if phase in name:
+            return phase, "from the file name"
+    return "prefill", "assumed; --phase to set"
