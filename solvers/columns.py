@@ -83,6 +83,9 @@ def _min_hits_model(
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1  # tiny model: one worker is fastest and deterministic
     solver.parameters.random_seed = seed
+    solver.parameters.catch_sigint_signal = (
+        False  # SIGINT is the command's (moe_placement.interrupt)
+    )
     if deterministic:  # the same bound on every run and machine
         solver.parameters.max_deterministic_time = max(time_limit_s, 0.01)
     else:

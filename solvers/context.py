@@ -12,11 +12,13 @@ without importing any solver.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from moe_placement import interrupt
 from moe_placement.errors import PlacementError
 from moe_placement.solvers.columns import cheap_column_bound
 from moe_placement.solvers.common import TimeModel, check_memory, greedy_layout, water_fill
@@ -132,10 +134,16 @@ class Context:
 
     def now(self) -> float:
         """Wall time, or in deterministic mode a clock that only CP-SAT's deterministic time moves,
-        so that every budget, and hence the plan, is the same on every run."""
+        so that every budget, and hence the plan, is the same on every run. After a stop request
+        (SIGINT, :mod:`moe_placement.interrupt`) it is infinitely late: every search loop, which runs
+        while ``now() < until``, ends with the best result it holds."""
+        if interrupt.requested():
+            return math.inf
         return self.virtual_s if self.deterministic else time.perf_counter()
 
     def budget(self, layers_left: int, share: float = 1.0) -> float:
+        if interrupt.requested():
+            return 0.01
         return max(0.01, (self.deadline - self.now()) / max(layers_left, 1) * share)
 
     def solve(

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from ortools.sat.python import cp_model
 
+from moe_placement import interrupt
 from moe_placement.errors import InfeasibleError
 from moe_placement.solvers.columns import cheap_column_bound, exact_column_bound
 from moe_placement.solvers.common import TimeModel, load_bound
@@ -739,6 +740,11 @@ def _solve(
 ) -> tuple[cp_model.CpSolver, Any]:
     solver = cp_model.CpSolver()
     solver.parameters.random_seed = seed
+    # SIGINT belongs to the command (moe_placement.interrupt): CP-SAT's own handler would end this search
+    # but hide the signal from Python, so the next layer would search on as if nothing had happened
+    solver.parameters.catch_sigint_signal = False
+    if interrupt.requested():
+        time_limit_s = 0.0  # stopping: keep the hint (the caller's best so far), search no more
     if deterministic:
         # one worker and a deterministic-time limit: the same answer on every run and machine
         solver.parameters.num_workers = 1
@@ -747,7 +753,9 @@ def _solve(
     else:
         solver.parameters.num_workers = max(1, workers)
         solver.parameters.max_time_in_seconds = max(time_limit_s, 0.01)
-    return solver, solver.solve(m)
+    with interrupt.stoppable(solver.stop_search):
+        status = solver.solve(m)
+    return solver, status
 
 
 def _read_shares(spec: LayerSpec, v: _Vars, solver: cp_model.CpSolver) -> tuple[list, np.ndarray]:

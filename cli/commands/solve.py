@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 from typing import Any
 
+from moe_placement import interrupt
 from moe_placement.cli.commands._common import (
     Command,
     add_cluster_args,
@@ -132,16 +135,39 @@ def solver_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    """SIGINT while solving ends the search: the best plan so far is written whole, marked "stopped by
+    the user" in provenance (with its gap), exit 0; a second SIGINT exits at once (130); SIGTERM cleans
+    up and exits 143 (:mod:`moe_placement.interrupt`)."""
+    with interrupt.graceful_stop(
+        "placement solve: stopping: the best plan so far will be written (Ctrl-C again to quit)"
+    ):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from moe_placement.solvers import REGISTRY, run_solver
 
     problem = build_problem(args)
+    if interrupt.requested():  # stopped while reading the trace: nothing to write
+        raise KeyboardInterrupt
     config = solver_config(args)
     cluster = problem.cluster
     name = args.solver or default_solver()
     if name == "all":
         return compare_solvers(args, problem, config, sorted(REGISTRY))
     plan = run_solver(name, problem, config)
+    stopped = interrupt.requested()
+    if stopped:
+        prov = plan.provenance
+        plan = dataclasses.replace(
+            plan, provenance=dataclasses.replace(prov, extra={**prov.extra, "stopped": stopped})
+        )
     plan.save(args.out)
+    if stopped:
+        sys.stderr.write(
+            f"placement solve: {stopped}: wrote the best plan found so far "
+            f"(gap {plan.provenance.gap or 0:.3%} to the bound)\n"
+        )
     ev = evaluate(
         plan, cluster, problem.workload, mode=args.mode, tokens_per_gpu=args.tokens_per_gpu
     )
