@@ -8,14 +8,16 @@ from typing import Any
 from moe_placement.cli.commands._common import (
     Command,
     add_cluster_args,
+    add_step_args,
     human_bytes,
     load_workload,
     print_json,
     resolve_cluster,
+    resolve_step,
     table,
 )
 from moe_placement.errors import PlacementError
-from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU, MODES
+from moe_placement.metrics import MODES
 from moe_placement.plan import Plan
 from moe_placement.simulator.decompose import TERM_KEYS
 from moe_placement.workload import HOME_POLICIES
@@ -42,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algo", default="deepep", choices=["direct", "deepep", "2dh", "deepep-ll"])
     p.add_argument("--overlap", default="none", choices=["none", "two-batch", "chunked"])
     p.add_argument("--mode", default="standard", choices=MODES)
-    p.add_argument("--tokens-per-gpu", type=int, default=DEFAULT_TOKENS_PER_GPU)
+    add_step_args(p)
     p.add_argument(
         "--layers", default=None, help="comma-separated MoE layers to simulate (default all)"
     )
@@ -132,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     plan = Plan.load(args.plan)
     cluster = resolve_cluster(args, plan.num_gpus, plan.gpus_per_node)
     workload = load_workload(args.trace, cluster.num_gpus, args.home, args.model)
+    step_scope = resolve_step(args, args.trace)
     layers = None
     if args.layers:
         try:
@@ -192,6 +195,14 @@ def run(args: argparse.Namespace) -> int:
         f"plan {args.plan} on {cluster.name} ({cluster.num_gpus} GPUs), algo {args.algo}, overlap {args.overlap}"
     )
     headers = ["layer", "disp us", "comp us", "comb us", "layer us", "exposed us", "comm LB us"]
+    print(
+        step_scope.line(
+            cluster.num_gpus,
+            workload.num_tokens,
+            not workload.per_token,
+            args.tokens_per_gpu * cluster.num_gpus / max(workload.num_tokens, 1),
+        )
+    )
     print(table([*headers, "evaluator us", "largest added us"], rows))
     if args.overlap != "none":
         print(
@@ -202,6 +213,11 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"total {s['total_us']:.1f} us; NVLink {human_bytes(s['nvlink_bytes_sent'])}, "
         f"NIC {human_bytes(s['nic_bytes_sent'])}; events {s['events']}, wall {s['wall_s']:.2f} s"
+    )
+    print(
+        "bytes: sent on the links in this step, as evaluate and solve show them per step; algo "
+        "deepep sends a token once per destination node over the NIC (as the evaluator counts), "
+        "direct once per destination GPU, so its NIC bytes are higher"
     )
     return 0
 
