@@ -16,9 +16,12 @@ Engines (the versions read are named in docs/solvers.md, "Engine dispatch"):
   each EP rank sends *all* its tokens of an expert to one replica: the replica on its own GPU if there
   is one (the lowest physical id among them; "own GPU" is ``physical_id // physical_experts_per_rank ==
   rank``), else a replica drawn by a seeded "fair" choice: the ranks without a local replica are dealt
-  over *all* the expert's replicas, each replica ``floor`` or ``ceil`` of their number. The model here is
-  the expectation over that draw (1 for the local replica; ``1/replicas`` for each replica otherwise);
-  :func:`sglang_static_slots` reproduces one draw for emulation.
+  over *all* the expert's replicas, each replica ``floor`` or ``ceil`` of their number, the extra ones
+  drawn by ``random.Random(42)``. :func:`sglang_static_slots` reproduces that deal (same generator, same
+  calls, layers and experts in the engine's order) and the model is its table. When the replica count
+  does not divide the GPU count the deal is uneven: one replica takes a whole rank's demand more than
+  another (``load / G`` with uniform sources), which an expectation over the draw would hide
+  (:func:`sglang_expected_shares` gives that expectation, for comparison only).
 * ``vllm``: EPLB's ``eplb_map_to_physical_and_record``: replica index = (flat position of the
   (token, k) entry in the rank's batch) modulo the replica count, independent of where the replicas sit:
   an even split, ``1/replicas`` from every source.
@@ -31,7 +34,9 @@ Floor 0: numpy only, no import of the evaluator (which imports this module).
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections import OrderedDict
 
 import numpy as np
 
@@ -126,26 +131,42 @@ def _local_slot(plan: Plan, layer: int) -> np.ndarray:
     return np.where(first < big, first, -1)
 
 
+def sglang_expected_shares(plan: Plan, layer: int) -> np.ndarray:
+    """``D[src, slot]`` of SGLang's static rule in expectation over its fair draw: 1 for the source's own
+    replica, ``1/replicas`` for each replica otherwise (for comparison: the engine fixes one draw)."""
+    experts = plan.phy2log[layer].astype(np.int64)
+    count = np.bincount(experts, minlength=plan.num_experts)
+    even = np.broadcast_to(1.0 / count[experts], (plan.num_gpus, experts.size))
+    local = _local_slot(plan, layer)[:, experts]  # [gpus, slots]: the source's own replica
+    own = local == np.arange(experts.size)[None, :]
+    return np.where(local >= 0, own.astype(np.float64), even)
+
+
 def dispatch_shares(
-    plan: Plan, layer: int, engine: str, demand: np.ndarray | None = None
+    plan: Plan,
+    layer: int,
+    engine: str,
+    demand: np.ndarray | None = None,
+    sglang_table: np.ndarray | None = None,
 ) -> np.ndarray:
     """``D[src, slot]`` for one layer: the share of source GPU ``src``'s tokens of expert
     ``phy2log[layer, slot]`` that go to ``slot`` (for each source and expert, 1 over the expert's slots).
 
     ``demand[gpus, experts]`` (the layer's assignments by home GPU) is needed by the share-aware router
-    only; without it that router's shares are the plan's own, the same from every source."""
+    only; without it that router's shares are the plan's own, the same from every source.
+    ``sglang_table``: the plan's :func:`sglang_static_slots`, drawn over the whole plan (computed here
+    when not given: pass it when asking for several layers)."""
     name = check_engine(engine)
     experts = plan.phy2log[layer].astype(np.int64)
     G = plan.num_gpus
     count = np.bincount(experts, minlength=plan.num_experts)
-    even = np.broadcast_to(1.0 / count[experts], (G, experts.size)).copy()
     if name in ("vllm", "trtllm"):
-        return even
+        return np.broadcast_to(1.0 / count[experts], (G, experts.size)).copy()
     if name == "sglang":
-        local = _local_slot(plan, layer)[:, experts]  # [gpus, slots]: the source's own replica
-        has_local = local >= 0
-        own = local == np.arange(experts.size)[None, :]
-        return np.where(has_local, own.astype(np.float64), even)
+        table = sglang_static_slots(plan) if sglang_table is None else sglang_table
+        D = np.zeros((G, experts.size))
+        D[np.arange(G)[:, None], table[layer]] = 1.0  # each source: all of an expert to one slot
+        return D
     shares = plan.shares()[layer]
     out = np.broadcast_to(shares, (G, experts.size)).copy()
     if demand is None:
@@ -160,12 +181,21 @@ def dispatch_shares(
     return out
 
 
+def engine_table(plan: Plan, engine: str) -> np.ndarray | None:
+    """What an engine's rule draws once per plan: SGLang's static table, ``None`` for the others."""
+    return sglang_static_slots(plan) if check_engine(engine) == "sglang" else None
+
+
 def slot_shares(
-    plan: Plan, layer: int, engine: str, demand: np.ndarray | None = None
+    plan: Plan,
+    layer: int,
+    engine: str,
+    demand: np.ndarray | None = None,
+    sglang_table: np.ndarray | None = None,
 ) -> np.ndarray:
     """``[slots]``: the share of its expert's tokens each slot takes under ``engine`` with the sources'
     ``demand[gpus, experts]`` (uniform over sources when ``None``, as for load-only inputs)."""
-    D = dispatch_shares(plan, layer, engine, demand)
+    D = dispatch_shares(plan, layer, engine, demand, sglang_table)
     experts = plan.phy2log[layer].astype(np.int64)
     if demand is None:
         weight = np.ones((plan.num_gpus, experts.size))
@@ -180,20 +210,13 @@ def slot_shares(
 def engine_plan_shares(plan: Plan, engine: str, demand: np.ndarray | None = None) -> np.ndarray:
     """``[layers, slots]`` the shares a plan's slots take under ``engine`` (``demand[layers, gpus,
     experts]`` or ``None`` for uniform sources): what a plan solved for that engine stores."""
+    table = engine_table(plan, engine)
     return np.stack(
         [
-            slot_shares(plan, layer, engine, None if demand is None else demand[layer])
+            slot_shares(plan, layer, engine, None if demand is None else demand[layer], table)
             for layer in range(plan.num_layers)
         ]
     )
-
-
-def gpu_load(plan: Plan, layer: int, D: np.ndarray, demand: np.ndarray) -> np.ndarray:
-    """``[gpus]`` (token, expert) assignments each GPU computes when sources send ``demand[gpus,
-    experts]`` by the dispatch shares ``D[src, slot]``."""
-    experts = plan.phy2log[layer].astype(np.int64)
-    slot_load = (np.asarray(demand, dtype=np.float64)[:, experts] * D).sum(axis=0)
-    return np.bincount(plan.slot_gpu(), weights=slot_load, minlength=plan.num_gpus)
 
 
 # ---------------------------------------------------------------- emulation of the engines' own rules
@@ -208,12 +231,34 @@ def _fair_deal(candidates: list[int], k: int, rng: random.Random) -> list[int]:
     return dealt
 
 
-def sglang_static_slots(plan: Plan, seed: int = SGLANG_SEED) -> np.ndarray:
-    """``[layers, gpus, experts]``: the slot each EP rank sends an expert's tokens to under SGLang's
-    static dispatch, one draw of its seeded fair choice (layers and experts in the engine's order).
+_TABLES: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+_TABLES_KEPT = 8  # a CLI run or a solve evaluates a handful of plans, each several times
 
-    The engine draws over every row of its map, dense layers included, so its own table can differ
-    from this one by the draw; the rule (own-GPU replica, else a fair deal) is the same."""
+
+def sglang_static_slots(plan: Plan, seed: int = SGLANG_SEED) -> np.ndarray:
+    """:func:`draw_sglang_static_slots`, memoised on the plan's layout (a draw costs ~2 s at DeepSeek
+    scale: the engine's generator is stepped once per shuffled rank)."""
+    digest = hashlib.sha1(np.ascontiguousarray(plan.phy2log, dtype=np.int64).tobytes())
+    digest.update(f"{plan.num_gpus},{plan.slots_per_gpu}".encode())
+    key = (digest.hexdigest(), seed)
+    if key in _TABLES:
+        _TABLES.move_to_end(key)
+        return _TABLES[key]
+    table = draw_sglang_static_slots(plan, seed)
+    table.setflags(write=False)
+    _TABLES[key] = table
+    while len(_TABLES) > _TABLES_KEPT:
+        _TABLES.popitem(last=False)
+    return table
+
+
+def draw_sglang_static_slots(plan: Plan, seed: int = SGLANG_SEED) -> np.ndarray:
+    """``[layers, gpus, experts]``: the slot each EP rank sends an expert's tokens to under SGLang's
+    static dispatch: its own replica (the lowest slot on its GPU), else the seeded fair deal over all
+    the expert's replicas (layers, experts and ranks in the engine's order).
+
+    The engine draws over every row of its map, dense layers included, so its own table can deal the
+    remote ranks differently; how uneven each deal is (its counts) is the same."""
     rng = random.Random(seed)
     L, G, E = plan.num_layers, plan.num_gpus, plan.num_experts
     out = np.full((L, G, E), -1, dtype=np.int64)
@@ -231,28 +276,25 @@ def sglang_static_slots(plan: Plan, seed: int = SGLANG_SEED) -> np.ndarray:
 
 
 def emulated_shares(
-    plan: Plan, layer: int, engine: str, demand: np.ndarray, **kw: object
+    plan: Plan,
+    layer: int,
+    engine: str,
+    demand: np.ndarray,
+    sglang_table: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``D[src, slot]`` that an engine's own discrete rule realises for whole tokens.
+    """``D[src, slot]`` that an engine's own discrete rule realises for whole (token, k) entries.
 
-    ``sglang``: one seeded draw of the static table (``sglang_static_table[layer]`` may be passed in
-    ``kw`` to reuse a draw), each source all to one slot. ``vllm`` / ``trtllm``: each source's
-    ``round(demand)`` entries of an expert dealt over the replicas in order: ``vllm`` from replica 0
-    (positions 0, 1, 2, ... modulo the count), ``trtllm`` from replica ``rank`` (the EP-rank offset of
-    its round-robin); the remainder entries fall on the first replicas dealt. ``share``: the router's
+    ``sglang``: the static table (the model already is the engine's deal). ``vllm`` / ``trtllm``: each
+    source's ``round(demand)`` entries of an expert dealt over the replicas in slot order: ``vllm`` from
+    replica 0 (positions modulo the count), ``trtllm`` from replica ``rank mod count`` (the EP-rank offset
+    of its round-robin); the remainder entries fall on the first replicas dealt. ``share``: the router's
     own split (:func:`dispatch_shares` with the demand)."""
     name = check_engine(engine)
+    if name in (SHARE, "sglang"):
+        return dispatch_shares(plan, layer, name, demand, sglang_table)
     experts = plan.phy2log[layer].astype(np.int64)
-    G, S = plan.num_gpus, experts.size
-    if name == SHARE:
-        return dispatch_shares(plan, layer, name, demand)
-    if name == "sglang":
-        table = kw.get("sglang_static_table")
-        chosen = np.asarray(table)[layer] if table is not None else sglang_static_slots(plan)[layer]
-        D = np.zeros((G, S))
-        D[np.arange(G)[:, None], chosen] = 1.0  # each source: all of an expert to its one slot
-        return D
-    D = np.ones((G, S))  # an expert with one replica: all to it
+    G = plan.num_gpus
+    D = np.ones((G, experts.size))  # an expert with one replica: all to it
     log2phy = plan.log2phy()[layer]
     count = np.bincount(experts, minlength=plan.num_experts)
     entries = np.rint(np.asarray(demand, dtype=np.float64)).astype(np.int64)  # [gpus, experts]
@@ -267,3 +309,11 @@ def emulated_shares(
         share = np.where(n[:, None] > 0, dealt / np.maximum(n, 1)[:, None], 1.0 / r)
         D[:, log2phy[expert, :r]] = share
     return D
+
+
+def gpu_load(plan: Plan, layer: int, D: np.ndarray, demand: np.ndarray) -> np.ndarray:
+    """``[gpus]`` (token, expert) assignments each GPU computes when sources send ``demand[gpus,
+    experts]`` by the dispatch shares ``D[src, slot]``."""
+    experts = plan.phy2log[layer].astype(np.int64)
+    slot_load = (np.asarray(demand, dtype=np.float64)[:, experts] * D).sum(axis=0)
+    return np.bincount(plan.slot_gpu(), weights=slot_load, minlength=plan.num_gpus)

@@ -38,6 +38,7 @@ from moe_placement.dispatch import (
     SHARE,
     check_engine,
     dispatch_shares,
+    engine_table,
     plan_engine,
 )
 from moe_placement.dispatch import (
@@ -84,11 +85,12 @@ class ReplicaRouter:
         cnt = plan.logcnt()
         self.primary = log2phy[:, :, 0]
         self.replicated: list[dict[int, tuple[np.ndarray, np.ndarray]]] = []
+        table = engine_table(plan, self.engine)
         for layer in range(plan.num_layers):
             per_layer: dict[int, tuple[np.ndarray, np.ndarray]] = {}
             replicated = np.flatnonzero(cnt[layer] > 1)
             if replicated.size:
-                D = dispatch_shares(plan, layer, self.engine, demand[layer])
+                D = dispatch_shares(plan, layer, self.engine, demand[layer], table)
                 for expert in map(int, replicated):
                     slots = log2phy[layer, expert, : cnt[layer, expert]]
                     per_layer[expert] = (slots, np.cumsum(D[:, slots], axis=1))
@@ -535,10 +537,15 @@ class _Tally:
         """Expected loads, copies and hops from ``load[layers, experts]`` alone."""
         plan = self.plan
         shares = plan.shares()
+        table = engine_table(plan, self.engine)
         for layer in range(plan.num_layers):
             # tokens spread evenly over home GPUs: the share-aware router keeps the plan's shares from
             # every source; an engine's rule may split differently by source (SGLang: own GPU first)
-            D = None if self.engine == SHARE else dispatch_shares(plan, layer, self.engine)
+            D = (
+                None
+                if self.engine == SHARE
+                else dispatch_shares(plan, layer, self.engine, None, table)
+            )
             slot_share = shares[layer] if D is None else D.mean(axis=0)
             slot_load = load[layer][plan.phy2log[layer]] * slot_share
             self.gpu_load[layer] = np.bincount(

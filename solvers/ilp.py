@@ -21,6 +21,7 @@ relaxation (balance bound, and per expert at most its ``spg`` strongest predeces
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -427,6 +428,12 @@ def _lp_shares(ctx: Context, lay: _Layer) -> _Placed:
     return _Placed(_greedy(ctx, lay), "greedy+lp-shares", _decomposed_bound(ctx, lay))
 
 
+def _engine_greedy(ctx: Context, lay: _Layer) -> _Placed:
+    """Large layers with replicas under an engine's dispatch: the greedy layout (LPT and re-splitting on
+    ``load / count`` per replica, what the engine's even split gives), shares from the engine's rule."""
+    return _Placed(_greedy(ctx, lay), "greedy+engine-shares", _decomposed_bound(ctx, lay))
+
+
 def _lns(ctx: Context, lay: _Layer) -> _Placed:
     """Large load-only layers without replicas: LNS on balance, then GPUs grouped into nodes."""
     p = ctx.problem
@@ -451,6 +458,7 @@ STRATEGIES: dict[str, Callable[[Context, _Layer], _Placed]] = {
     "greedy-deadline": _greedy_decomposed,
     "hierarchical": _hierarchical_layer,
     "lp-shares": _lp_shares,
+    "engine-greedy": _engine_greedy,
     "lns": _lns,
 }
 
@@ -468,13 +476,49 @@ def _strategy(ctx: Context, lay: _Layer, monolithic_only: bool) -> str:
         return "greedy-deadline"
     if lay.spec.coact is not None and p.gpus_per_node < p.num_gpus:
         return "hierarchical"
-    return "lp-shares" if p.num_redundant > 0 else "lns"
+    if p.num_redundant > 0:
+        # an engine's dispatch fixes the shares (an even split of each rank's tokens over the replicas,
+        # SGLang's with counts that deal its ranks evenly): the greedy layout balances exactly those
+        return "engine-greedy" if p.for_engine else "lp-shares"
+    return "lns"
 
 
-def _shares_of(spec: LayerSpec, held: list[list[int]]) -> np.ndarray:
+def even_deal_counts(load: np.ndarray, num_redundant: int, num_gpus: int) -> np.ndarray:
+    """Replica counts for SGLang's static dispatch: water-filling on load per replica (the hottest
+    expert per replica takes the next replicas) with every count a divisor of the GPU count while the
+    slots allow. The ranks without a local replica are then dealt evenly over the replicas whatever
+    SGLang's seeded draw (:mod:`moe_placement.dispatch`); a count that does not divide the GPU count
+    leaves one replica a whole rank's demand above another. The last slots, if no divisor step fits,
+    go one at a time to the hottest experts per replica."""
+    G = num_gpus
+    divisors = [d for d in range(1, G + 1) if G % d == 0]
+    step_to = dict(itertools.pairwise(divisors))
+    counts = np.ones(load.size, dtype=np.int64)
+    left = num_redundant
+    while left > 0:
+        per_replica = load / counts
+        grew = False
+        for expert in np.argsort(-per_replica, kind="stable").tolist():
+            target = step_to.get(int(counts[expert]))
+            if target is not None and target - counts[expert] <= left:
+                left -= int(target - counts[expert])
+                counts[expert] = target
+                grew = True
+                break
+        if not grew:  # no divisor step fits the slots left: one more replica to the hottest
+            open_experts = np.flatnonzero(counts < G)
+            expert = int(open_experts[np.argmax(per_replica[open_experts])])
+            counts[expert] += 1
+            left -= 1
+    return counts
+
+
+def _shares_of(ctx: Context, layer: int, spec: LayerSpec, held: list[list[int]]) -> np.ndarray:
     """Replica shares by LP for one trace; robust (several traces): the even split, since the LP
-    balances one trace only."""
+    balances one trace only; for an engine, the shares its dispatch rule gives this layout."""
     flat = np.asarray(held).ravel()
+    if ctx.problem.for_engine:
+        return ctx.problem.layer_engine_shares(layer, flat)
     if len(spec.loads) > 1:
         return 1.0 / np.bincount(flat)[flat]
     share, _ = optimal_shares(spec.loads[0], held)
@@ -494,11 +538,14 @@ def _standard(
     combined = p.combined_load()
     small = p.num_experts * G <= MONOLITHIC_CELLS
     for layer in tqdm(range(L), desc="placing layers", unit="layer", disable=None, leave=False):
-        counts = water_fill(combined[layer], p.num_redundant, G)
+        if p.engine == "sglang":
+            counts = even_deal_counts(combined[layer], p.num_redundant, G)
+        else:
+            counts = water_fill(combined[layer], p.num_redundant, G)
         spec = layer_spec(ctx, layer)
         lay = _Layer(layer, spec, combined[layer], counts, budgets[layer], small, rng)
         placed = STRATEGIES[_strategy(ctx, lay, monolithic_only)](ctx, lay)
-        share = _shares_of(spec, placed.held)
+        share = _shares_of(ctx, layer, spec, placed.held)
         obj = objective_us(spec, placed.held, share)
         rows.append(np.asarray(placed.held, dtype=np.int64).ravel())
         shares.append(share)
@@ -653,7 +700,8 @@ def _safeguard(ctx: Context, rows: list, shares: list, extra: dict) -> bool:
     mine = make_plan(p, rows, shares, Provenance(solver="best", method="safeguard"))
     plans = [mine] + [plan for _, plan in candidates]
     # every plan in one pass over the trace (a per-token trace may be large)
-    times = np.stack([ev.layer_us() for ev in evaluate_many(plans, p.cluster, p.workload)])
+    evaluations = evaluate_many(plans, p.cluster, p.workload, engine=p.engine)
+    times = np.stack([ev.layer_us() for ev in evaluations])
     times[0] *= 1 - 1e-9  # a baseline must be strictly faster to replace the solver's row
     pick = np.argmin(times, axis=0)  # [layers]: 0 is the solver's own row
     methods = extra["methods"]

@@ -71,14 +71,15 @@ def score_plan(problem: PlacementProblem, config: SolverConfig, plan: Plan) -> t
 
 
 def evaluator_us(problem: PlacementProblem, config: SolverConfig, plan: Plan) -> float:
-    """The evaluator's MoE time (us) of ``plan`` in the problem's mode.
+    """The evaluator's MoE time (us) of ``plan`` in the problem's mode, under the problem's engine's
+    replica dispatch (:mod:`moe_placement.dispatch`).
 
     One trace: its ``moe_time_us``. Several traces (robust placement), each timed at the evaluator's
     step size: their weighted mean (``robust="weighted"``) or the slowest (``robust="worst"``), as the
     search model aggregates them."""
     times = []
     for wl in problem.workloads:
-        [ev] = evaluate_many([plan], problem.cluster, wl, mode=problem.mode)
+        [ev] = evaluate_many([plan], problem.cluster, wl, mode=problem.mode, engine=problem.engine)
         times.append(float(ev.summary()["moe_time_us"]))
     if len(times) == 1:
         return times[0]

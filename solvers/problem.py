@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from moe_placement.cluster import ClusterSpec
+from moe_placement.dispatch import SHARE, check_engine, engine_plan_shares, slot_shares
 from moe_placement.errors import InfeasibleError, PlacementError
 from moe_placement.plan import Plan
 from moe_placement.workload import Workload
@@ -23,7 +24,10 @@ class PlacementProblem:
 
     ``workloads`` holds one or more traces (several for robust placement, with ``weights``); the first is
     the primary. ``num_redundant`` extra slots hold replicas. ``current`` and ``max_moves`` describe an
-    incremental re-placement. ``slots_per_gpu`` is ``(experts + redundant) / gpus``.
+    incremental re-placement. ``slots_per_gpu`` is ``(experts + redundant) / gpus``. ``engine`` names
+    whose replica dispatch the plan is solved for (:mod:`moe_placement.dispatch`): the share-aware router
+    (default; replica shares are free variables) or a serving engine, whose rule fixes the shares from
+    where the replicas sit.
     """
 
     workloads: tuple[Workload, ...]
@@ -33,8 +37,10 @@ class PlacementProblem:
     weights: tuple[float, ...] = ()
     current: Plan | None = None
     max_moves: int | None = None
+    engine: str = SHARE
 
     def __post_init__(self) -> None:
+        check_engine(self.engine)
         if not self.workloads:
             raise PlacementError("a placement problem needs at least one trace")
         first = self.workloads[0]
@@ -98,6 +104,30 @@ class PlacementProblem:
     @property
     def slots_per_gpu(self) -> int:
         return (self.num_experts + self.num_redundant) // self.num_gpus
+
+    @property
+    def for_engine(self) -> bool:
+        """Whether a serving engine's dispatch fixes the replica shares (not the share-aware router)."""
+        return self.engine != SHARE
+
+    def source_demand(self) -> np.ndarray | None:
+        """``[layers, gpus, experts]`` the primary trace's assignments by home GPU for per-token traces,
+        ``None`` for load-only inputs (tokens spread evenly over the home GPUs)."""
+        wl = self.workload
+        return wl.demand(self.num_gpus) if wl.per_token else None
+
+    def engine_shares(self, plan: Plan) -> np.ndarray:
+        """``[layers, slots]`` the shares ``plan``'s slots take under this problem's engine."""
+        return engine_plan_shares(plan, self.engine, self.source_demand())
+
+    def layer_engine_shares(self, layer: int, row: np.ndarray) -> np.ndarray:
+        """``[slots]`` the shares one layer's ``phy2log`` row gives its slots under this problem's engine."""
+        flat = np.asarray(row, dtype=np.int64).ravel()
+        one = Plan(self.num_gpus, self.gpus_per_node, self.slots_per_gpu, flat[None, :])
+        demand = self.source_demand()
+        return slot_shares(
+            one, 0, self.engine, None if demand is None else demand[layer : layer + 1][0]
+        )
 
     def combined_load(self) -> np.ndarray:
         """``[layers, experts]`` load over all traces, each normalised to one token then weighted."""
