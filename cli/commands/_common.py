@@ -134,6 +134,30 @@ def add_trace_args(parser: argparse.ArgumentParser, multiple: bool = True) -> No
     )
 
 
+def add_engine_arg(parser: argparse.ArgumentParser, default_help: str | None = None) -> None:
+    """``--engine``: whose replica dispatch the figures assume and the solver optimises for."""
+    from moe_placement.dispatch import SERVING_ENGINES
+
+    parser.add_argument(
+        "--engine",
+        default=None,
+        choices=SERVING_ENGINES,
+        help="serving engine whose replica dispatch (which replica a token uses) to optimise for and "
+        "report: SGLang static, vLLM EPLB, TensorRT-LLM wide-EP "
+        + (default_help or "(default: the project's share-aware router, which no engine serves today)"),
+    )
+
+
+def engine_line(engine: str) -> str:
+    """One line saying which dispatch a report's balance and traffic assume."""
+    from moe_placement.dispatch import SHARE, describe
+
+    line = describe(engine)
+    if engine == SHARE:
+        line += "; served by an engine the balance differs: see --engine"
+    return line
+
+
 def load_workload(
     path: str,
     num_gpus: int | None,
