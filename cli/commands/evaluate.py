@@ -9,8 +9,10 @@ from moe_placement.cli.commands._common import (
     Command,
     StepScope,
     add_cluster_args,
+    add_engine_arg,
     add_step_args,
     add_trace_args,
+    engine_line,
     human_bytes,
     load_workload,
     print_json,
@@ -28,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_cluster_args(p)
     p.add_argument("--mode", default="standard", choices=MODES)
     add_step_args(p)
+    add_engine_arg(p, "(default: the engine the plan was solved for, else the share-aware router)")
     p.add_argument("--json", action="store_true")
 
 
@@ -66,6 +69,7 @@ def print_evaluation(ev: Evaluation, title: str, step: StepScope | None = None) 
         for r, t in zip(ev.per_layer(), ev.step_time().layers, strict=True)
     ]
     print(title)
+    print(engine_line(ev.engine))
     if step is not None:
         print(step.line(ev.num_gpus, ev.tokens, "load-only" in ev.bytes_model, per))
     print(
@@ -99,7 +103,14 @@ def run(args: argparse.Namespace) -> int:
     cluster = resolve_cluster(args, plan.num_gpus, plan.gpus_per_node)
     workload = load_workload(args.trace, cluster.num_gpus, args.home, args.model)
     step = resolve_step(args, args.trace)
-    ev = evaluate(plan, cluster, workload, mode=args.mode, tokens_per_gpu=args.tokens_per_gpu)
+    ev = evaluate(
+        plan,
+        cluster,
+        workload,
+        mode=args.mode,
+        tokens_per_gpu=args.tokens_per_gpu,
+        engine=args.engine,
+    )
     if args.json:
         print_json(evaluation_report(ev, plan, step))
     else:

@@ -11,8 +11,10 @@ from moe_placement import interrupt
 from moe_placement.cli.commands._common import (
     Command,
     add_cluster_args,
+    add_engine_arg,
     add_step_args,
     add_trace_args,
+    engine_line,
     load_workload,
     parse_finite,
     print_json,
@@ -60,6 +62,7 @@ def add_problem_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--robust", default="weighted", choices=("weighted", "worst"))
     add_step_args(p)
+    add_engine_arg(p)
     p.add_argument(
         "--balance-weight",
         type=float,
@@ -108,6 +111,7 @@ def build_problem(args: argparse.Namespace) -> Any:
         weights=weights,
         current=current,
         max_moves=args.max_moves,
+        engine=args.engine or "share",
     )
     return problem
 
@@ -230,7 +234,12 @@ def compare_solvers(args: argparse.Namespace, problem: Any, config: Any, names: 
     plans = [run_solver(solver, problem, config) for solver in names]
     # every plan in one pass over the trace (a per-token trace may be large)
     evaluations = evaluate_many(
-        plans, cluster, problem.workload, mode=args.mode, tokens_per_gpu=args.tokens_per_gpu
+        plans,
+        cluster,
+        problem.workload,
+        mode=args.mode,
+        tokens_per_gpu=args.tokens_per_gpu,
+        engine=problem.engine,
     )
     rows, results = [], []
     for solver, plan, ev in zip(names, plans, evaluations, strict=True):
@@ -252,8 +261,16 @@ def compare_solvers(args: argparse.Namespace, problem: Any, config: Any, names: 
         )
         results.append({"solver": solver, "summary": s, "provenance": prov.to_dict()})
     if args.json:
-        print_json({"cluster": cluster.name, "num_gpus": cluster.num_gpus, "solvers": results})
+        print_json(
+            {
+                "cluster": cluster.name,
+                "num_gpus": cluster.num_gpus,
+                "engine": problem.engine,
+                "solvers": results,
+            }
+        )
     else:
+        print(engine_line(problem.engine))
         print(
             table(
                 [
