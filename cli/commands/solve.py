@@ -33,6 +33,16 @@ def default_solver() -> str:
     return "best"
 
 
+def stored_plan(plan: Plan, deterministic: bool) -> Plan:
+    """The plan as written to its file. A deterministic run stores no wall time (it varies run to run
+    and would make two files of the same plan differ); the time is printed instead."""
+    if not deterministic:
+        return plan
+    prov = plan.provenance
+    extra = {**prov.extra, "seconds": "not stored: deterministic run (see --wall-clock)"}
+    return dataclasses.replace(plan, provenance=dataclasses.replace(prov, seconds=0.0, extra=extra))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_problem_arguments(p)
     p.add_argument(
@@ -84,11 +94,27 @@ def add_problem_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="DeepSeek-style node-limited routing: each token reaches at most this many nodes",
     )
-    p.add_argument("--workers", type=int, default=2, help="CP-SAT worker threads")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="CP-SAT worker threads with --wall-clock (a deterministic run uses one)",
+    )
+    timing = p.add_mutually_exclusive_group()
+    timing.add_argument(
         "--deterministic",
+        dest="deterministic",
         action="store_true",
-        help="one CP-SAT worker and a deterministic time limit: identical plans run to run",
+        default=True,
+        help="the default: one CP-SAT worker on a deterministic time limit (--time-limit in CP-SAT's "
+        "deterministic units, about seconds): the same input and flags give a byte-identical plan",
+    )
+    timing.add_argument(
+        "--wall-clock",
+        dest="deterministic",
+        action="store_false",
+        help="CP-SAT on --time-limit wall seconds with --workers threads: uses the machine fully, "
+        "but the plan varies with machine load",
     )
     p.add_argument("--json", action="store_true")
 
@@ -166,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
         plan = dataclasses.replace(
             plan, provenance=dataclasses.replace(prov, extra={**prov.extra, "stopped": stopped})
         )
-    plan.save(args.out)
+    stored_plan(plan, args.deterministic).save(args.out)
     if stopped:
         sys.stderr.write(
             f"placement solve: {stopped}: wrote the best plan found so far "
