@@ -95,15 +95,43 @@ class ReplicaRouter:
                     slots = log2phy[layer, expert, : cnt[layer, expert]]
                     per_layer[expert] = (slots, np.cumsum(D[:, slots], axis=1))
             self.replicated.append(per_layer)
+        self.dealt: dict[tuple[int, int], np.ndarray] = {}  # TensorRT-LLM: entries dealt per rank
+
+    def _round_robin(self, layer: int, expert: int, src: np.ndarray, replicas: int) -> np.ndarray:
+        """Replica index of each entry (in order) under a per-rank round-robin from the rank's index."""
+        G = self.plan.num_gpus
+        dealt = self.dealt.setdefault((layer, expert), np.zeros(G, dtype=np.int64))
+        order = np.argsort(src, kind="stable")
+        sorted_src = src[order]
+        first = np.searchsorted(sorted_src, sorted_src, side="left")
+        occurrence = np.empty(src.size, dtype=np.int64)
+        occurrence[order] = np.arange(src.size) - first + dealt[sorted_src]
+        dealt += np.bincount(src, minlength=G)
+        return (src + occurrence) % replicas
 
     def slots(
         self, layer: int, src: np.ndarray, ids: np.ndarray, seq_id: np.ndarray, pos: np.ndarray
     ) -> np.ndarray:
         """Slot of each chosen expert, ``[n, k]``, for tokens at GPUs ``src[n]`` choosing ``ids[n, k]``."""
         out = self.primary[layer][ids]
+        k = ids.shape[1]
         for expert, (slots, cum) in self.replicated[layer].items():
             rows, cols = np.nonzero(ids == expert)
             if rows.size == 0:
+                continue
+            if self.engine == "vllm":
+                # vLLM's own rule: replica = (flat position of the (token, k) entry in the rank's batch)
+                # modulo the replica count; the token's place in its batch is unknown, so it is drawn
+                # (one draw per token, the same in every layer); its column in the top-k is the trace's
+                batch_index = (_token_uniform(seq_id[rows], pos[rows], 0, -1) * (1 << 30)).astype(
+                    np.int64
+                )
+                out[rows, cols] = slots[(batch_index * k + cols) % slots.size]
+                continue
+            if self.engine == "trtllm":
+                # TensorRT-LLM's own rule: each rank deals an expert's entries round-robin over its
+                # replicas, starting at its EP rank (one running count per rank, in the trace's order)
+                out[rows, cols] = slots[self._round_robin(layer, expert, src[rows], slots.size)]
                 continue
             u = _token_uniform(seq_id[rows], pos[rows], layer, expert)
             pick = (u[:, None] >= cum[src[rows]]).sum(axis=1)
