@@ -23,11 +23,15 @@ Engines (the versions read are named in docs/solvers.md, "Engine dispatch"):
   another (``load / G`` with uniform sources), which an expectation over the draw would hide
   (:func:`sglang_expected_shares` gives that expectation, for comparison only).
 * ``vllm``: EPLB's ``eplb_map_to_physical_and_record``: replica index = (flat position of the
-  (token, k) entry in the rank's batch) modulo the replica count, independent of where the replicas sit:
-  an even split, ``1/replicas`` from every source.
+  (token, k) entry in the rank's batch) modulo the replica count, independent of where the replicas sit.
+  The flat position is ``token_index * top_k + column``, so when the count divides ``top_k`` the replica
+  is fixed by the expert's column in the token's top-k list, not by chance. Per-token traces are routed
+  by that rule (:class:`moe_placement.metrics.ReplicaRouter`, the token's index in its batch drawn);
+  load-only inputs cannot show columns and get the even split, ``1/replicas`` from every source.
 * ``trtllm``: the wide-EP MoE load balancer's route kernel (``moeComputeRouteKernel``): within each block
   of 1024 (token, k) entries of a rank, the entries of a replicated expert take its replicas round-robin,
-  starting at ``block index + EP rank``: an even split, ``1/replicas`` from every source.
+  starting at ``block index + EP rank``: an even split, ``1/replicas`` from every source (per-token
+  traces are dealt round-robin per rank from its index, in the trace's order).
 
 Floor 0: numpy only, no import of the evaluator (which imports this module).
 """
