@@ -6,11 +6,19 @@ A :class:`PhasePlan` is what one dispatch or combine moves, in bytes: ``direct[s
 as chunks land); 2DH relays *store-and-forward* (the second all-to-all starts once a GPU holds all its first
 stage data). :func:`run_phase` turns a plan into flows on a :class:`~moe_placement.simulator.engine.FluidNetwork`.
 
-``deepep-ll`` is DeepEP's low-latency kernels (deepseek-ai/DeepEP ``csrc/kernels/internode_ll.cu``, Feb 2025):
-one RDMA write (IBGDA) per (token, selected expert), no per-GPU or per-node deduplication, from the
-sender's NIC to the receiver's NIC for every other rank, same node included (no NVLink); copies to the
-sender's own rank are a GPU memory copy, off the network. A phase is one fluid flow per GPU pair (the
-pair's messages go back to back on one queue pair, so the path latency is paid once) with ``rdma=True``.
+DeepEP's low-latency kernels (deepseek-ai/DeepEP ``csrc/kernels/internode_ll.cu``) send one message per
+(token, selected expert), with no per-GPU or per-node deduplication; copies to the sender's own rank stay
+in GPU memory, off the network. A phase is one fluid flow per GPU pair (the pair's messages go back to back,
+so the path latency is paid once). Two generations:
+
+* ``deepep-ll`` - the current kernels (since DeepEP PR #173, June 2025): a destination that
+  ``nvshmemi_get_p2p_ptr`` reaches (a GPU of the same NVLink domain) gets the message by a warp copy over
+  NVLink; every other destination by an RDMA write (IBGDA) from the sender's NIC to the receiver's NIC
+  (no PXN relay, whatever the rails);
+* ``deepep-ll-rdma`` - the February 2025 kernels: every message to another rank, same node included, is an
+  RDMA write NIC to NIC, never NVLink (``rdma=True`` routes).
+
+Both pay :data:`LL_PHASE_OVERHEAD_US` once per phase on top of the network time (see there).
 
 Byte matrices come from the evaluator (:mod:`moe_placement.metrics`): ``PairCopies`` (DeepEP deduplicated:
 ``nic[src, forwarder]``, ``nvlink`` = intra-node copies + the forwarder's fan-out) and the per-GPU-pair
@@ -30,9 +38,18 @@ from moe_placement.errors import PlacementError
 from moe_placement.simulator.engine import FluidNetwork
 from moe_placement.simulator.topology import Topology
 
-ALGOS = ("direct", "deepep", "2dh", "deepep-ll")
+ALGOS = ("direct", "deepep", "2dh", "deepep-ll", "deepep-ll-rdma")
+# DeepEP's low-latency kernels, current (NVLink in the node, RDMA across) and February 2025 (pure RDMA)
+LL_ALGOS = ("deepep-ll", "deepep-ll-rdma")
 # DeepEP low-latency dispatch message: an int4 (16 bytes) of source info before the FP8 data and scales
 LL_DISPATCH_HEADER_BYTES = 16.0
+# What a low-latency phase costs beyond moving its bytes, once per phase (an estimate, not a fit per
+# point): the kernel launch (~4 us), the per-expert count and flag writes each receiver waits for before
+# it reads (one more NVLink or NIC latency, ~3 us), and the receiver's pass over every landed message
+# (dispatch: copied out of its buffer into the packed expert layout; combine: the weighted top-k sum),
+# ~15-17 MB of HBM traffic per GPU at 128 tokens, ~6 us at H800's 3.35 TB/s x 0.8. Stated once for
+# every preset and both generations (docs/simulator.md, validation).
+LL_PHASE_OVERHEAD_US = 15.0
 _TOL = 1e-9
 
 
@@ -48,6 +65,9 @@ class PhasePlan:
     relay: str = "pipelined"
     rdma: bool = False
     own: np.ndarray | None = None  # [gpus] stage1 bytes a relay receives for itself (not forwarded)
+    # with ``rdma``: same-node pairs copy over NVLink instead (current DeepEP low-latency kernels)
+    nvlink_in_node: bool = False
+    overhead_us: float = 0.0  # added to every flow's delivery: a fixed per-phase kernel cost
 
     def scaled(self, factor: float) -> PhasePlan:
         return PhasePlan(
@@ -58,6 +78,8 @@ class PhasePlan:
             self.relay,
             self.rdma,
             None if self.own is None else self.own * factor,
+            self.nvlink_in_node,
+            self.overhead_us,
         )
 
     def incoming_bytes(self) -> np.ndarray:
@@ -122,16 +144,22 @@ def build_phase(
     ``pairs[src, dst]``: per-GPU-pair copies (direct all-to-all; diagonal ignored); ``nic``/``nvlink``:
     the evaluator's DeepEP-deduplicated copies for the same phase (combine already transposed);
     ``expert_pairs[src, dst]``: (token, selected expert) copies per GPU pair, needed by ``deepep-ll``
-    (``bytes_per_copy`` is then one message, header included).
+    and ``deepep-ll-rdma`` (``bytes_per_copy`` is then one message, header included).
     """
     if algo not in ALGOS:
         raise PlacementError(f"unknown algo {algo!r}; known: {', '.join(ALGOS)}")
     G = pairs.shape[0]
     same = _same_node(G, gpus_per_node)
-    if algo == "deepep-ll":
+    if algo in LL_ALGOS:
         if expert_pairs is None:
-            raise PlacementError("internal: deepep-ll needs per (token, expert) copies")
-        return PhasePlan(phase, expert_pairs * (1 - np.eye(G)) * bytes_per_copy, rdma=True)
+            raise PlacementError(f"internal: {algo} needs per (token, expert) copies")
+        return PhasePlan(
+            phase,
+            expert_pairs * (1 - np.eye(G)) * bytes_per_copy,
+            rdma=True,
+            nvlink_in_node=algo == "deepep-ll",
+            overhead_us=LL_PHASE_OVERHEAD_US,
+        )
     off = pairs * (1 - np.eye(G))
     if algo == "direct":
         return PhasePlan(phase, off * bytes_per_copy)
@@ -203,6 +231,7 @@ class _PhaseDriver:
     ) -> None:
         G = plan.direct.shape[0]
         self.env, self.net, self.topo, self.plan, self.chunks = env, net, topo, plan, chunks
+        self.gpn = topo.gpn
         self.expected = plan.incoming_bytes()
         self.got = np.zeros(G)
         self.run = PhaseRun(
@@ -238,10 +267,15 @@ class _PhaseDriver:
         rdma: bool = False,
     ) -> None:
         """One flow src -> dst; ``on_done(bytes_)`` when it lands, ``on_sent()`` when it has left."""
+        if rdma and self.plan.nvlink_in_node and src // self.gpn == dst // self.gpn:
+            rdma = False  # a peer in the NVLink domain: a warp copy over NVLink
         route = self.topo.route(src, dst, direct_nic=direct_nic, rdma=rdma)
         fid = self.net.num_flows
         sent, done = self.net.transfer(
-            route.links, bytes_, coefs=route.coefs, latency_us=route.latency_us
+            route.links,
+            bytes_,
+            coefs=route.coefs,
+            latency_us=route.latency_us + self.plan.overhead_us,
         )
         if self.net.num_flows > fid:  # a GPU-local copy never enters the network
             self.run.flow_ids.append(fid)

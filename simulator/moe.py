@@ -34,16 +34,11 @@ from tqdm import tqdm
 from moe_placement.atomic import atomic_open
 from moe_placement.cluster import ClusterSpec
 from moe_placement.errors import PlacementError
-from moe_placement.metrics import (
-    DEFAULT_TOKENS_PER_GPU,
-    Evaluation,
-    dedup_copies,
-    evaluate,
-    gpu_pair_copies,
-)
+from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU, Evaluation, evaluate
 from moe_placement.plan import Plan
 from moe_placement.simulator.collectives import (
     ALGOS,
+    LL_ALGOS,
     LL_DISPATCH_HEADER_BYTES,
     PhasePlan,
     PhaseRun,
@@ -53,6 +48,8 @@ from moe_placement.simulator.collectives import (
 )
 from moe_placement.simulator.decompose import layer_terms, phase_shape
 from moe_placement.simulator.engine import FluidNetwork
+from moe_placement.simulator.fast import FastModel
+from moe_placement.simulator.routing import uniform_routing
 from moe_placement.simulator.topology import Topology
 from moe_placement.timing import TIME_KEYS, LayerTime, StepTime
 from moe_placement.workload import Workload
@@ -212,8 +209,8 @@ def _layer_phases(ev: Any, layer: int, algo: str, scale: float) -> tuple[PhasePl
     gpn = ev.gpus_per_node
     d = ev.dispatch[layer]
     c = ev.combine[layer]
-    low_latency = algo == "deepep-ll"
-    # deepep-ll: one message per (token, expert): the evaluator's per-GPU copies, scaled to its per-GPU
+    low_latency = algo in LL_ALGOS
+    # deepep-ll(-rdma): one message per (token, expert): the evaluator's per-GPU copies, scaled to its per-GPU
     # assignments (gpu_load); dispatch messages carry DeepEP's 16-byte header
     header = LL_DISPATCH_HEADER_BYTES if low_latency else 0.0
     load = ev.gpu_load[layer]
@@ -252,18 +249,23 @@ class _Runner:
         seed: int,
         chunks: int,
         rdma: bool = False,
+        rdma_in_node: bool = False,
     ) -> None:
+        """``rdma``: build the NIC-to-NIC routes of the low-latency kernels; ``rdma_in_node``: those
+        routes also join GPUs of one node (pure-RDMA kernels), so even one node needs its NICs."""
         self.cluster = cluster
         self.env = simpy.Environment()
-        self.topo = Topology(cluster, routing=routing, pxn=pxn, seed=seed, rdma_nics=rdma)
+        self.topo = Topology(
+            cluster, routing=routing, pxn=pxn, seed=seed, rdma_nics=rdma and rdma_in_node
+        )
         # every GPU-to-GPU route up front so that every link exists before the network is built
-        G = cluster.num_gpus
+        G, gpn = cluster.num_gpus, cluster.gpus_per_node
         for s in range(G):
             for d in range(G):
                 self.topo.route(s, d)
                 if s % cluster.gpus_per_node == d % cluster.gpus_per_node:
                     self.topo.route(s, d, direct_nic=True)
-                if rdma:
+                if rdma and (rdma_in_node or s // gpn != d // gpn):
                     self.topo.route(s, d, rdma=True)
         self.net = FluidNetwork(
             self.env, self.topo.capacity(), max_flows=max(1024, G * G), binding=self.topo.binding()
@@ -590,7 +592,13 @@ def simulate_moe(
     ev = evaluate(plan, cluster, workload, mode=mode, tokens_per_gpu=tokens_per_gpu, gpu_pairs=True)
     chosen = _chosen_layers(ev.num_layers, layers)
     runner = _Runner(
-        cluster, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks, rdma=algo == "deepep-ll"
+        cluster,
+        routing=routing,
+        pxn=pxn,
+        seed=seed,
+        chunks=relay_chunks,
+        rdma=algo in LL_ALGOS,
+        rdma_in_node=algo == "deepep-ll-rdma",
     )
     micro = {"none": 1, "two-batch": 2, "chunked": chunks}[overlap]
     slow = 1.0 / (1.0 - cluster.comm_sm_fraction) if micro > 1 else 1.0
@@ -598,53 +606,6 @@ def simulate_moe(
     _play_layers(run, chosen, progress)
     config = _moe_config(run, mode=mode, tokens_per_gpu=tokens_per_gpu, routing=routing)
     return _moe_result(run, config, time.perf_counter() - wall0)
-
-
-def uniform_routing(
-    num_gpus: int,
-    gpus_per_node: int,
-    *,
-    tokens: int,
-    top_k: int,
-    num_experts: int,
-    node_limit: int | None,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """DeepEP-test routing: per token, random scores; top ``node_limit`` node groups by their best score,
-    then the top-k experts among them. Experts are split evenly over GPUs.
-
-    Returns ``(pairs[G, G], nic[G, G], nvlink[G, G], node_pairs[G], expert_pairs[G, G])``: direct
-    per-GPU-pair copies (diagonal: GPU-local), the DeepEP-deduplicated NIC / NVLink copies from
-    :func:`moe_placement.metrics.dedup_copies`, per source GPU its (token, destination node) pairs, and the
-    (token, selected expert) copies per GPU pair (no deduplication: DeepEP's low-latency messages).
-    """
-    G, gpn = num_gpus, gpus_per_node
-    nodes = G // gpn
-    per_gpu = num_experts // G
-    pairs = np.zeros((G, G))
-    nic = np.zeros((G, G))
-    nvlink = np.zeros((G, G))
-    node_pairs = np.zeros(G)
-    expert_pairs = np.zeros((G, G))
-    rows = np.repeat(np.arange(tokens, dtype=np.int64), top_k)
-    for s in range(G):
-        scores = rng.random((tokens, per_gpu * G), dtype=np.float32)
-        if node_limit is not None and node_limit < nodes:
-            group = scores.reshape(tokens, nodes, -1).max(axis=2)
-            keep = np.argpartition(-group, node_limit - 1, axis=1)[:, :node_limit]
-            mask = np.zeros((tokens, nodes), dtype=bool)
-            np.put_along_axis(mask, keep, True, axis=1)
-            scores = np.where(np.repeat(mask, per_gpu * gpn, axis=1), scores, -1.0)
-        top = np.argpartition(-scores, top_k - 1, axis=1)[:, :top_k]
-        dst = top // per_gpu
-        src = np.full(tokens, s, dtype=np.int64)
-        pairs += gpu_pair_copies(src, dst, G)
-        copies = dedup_copies(src, dst, G, gpn)
-        nic += copies.nic
-        nvlink += copies.nvlink
-        node_pairs[s] = np.unique(rows * nodes + (dst // gpn).ravel()).size
-        expert_pairs[s] = np.bincount(dst.ravel(), minlength=G)
-    return pairs, nic, nvlink, node_pairs, expert_pairs
 
 
 @dataclass
@@ -753,7 +714,7 @@ def _deepep_bandwidths(
     # RDMA "units" per sending GPU: (token, node) pairs for the normal kernels (internode only),
     # (token, expert) selections for the low-latency ones (what test_low_latency.py counts)
     rdma_units: float | None = None
-    if algo == "deepep-ll":
+    if algo in LL_ALGOS:
         rdma_units = float(t.expert_pairs.sum(axis=1).mean())
     elif gpus_per_node < t.pairs.shape[0]:
         rdma_units = float(t.node_pairs.mean())
@@ -810,15 +771,19 @@ def simulate_uniform(
     routing: str = "spray",
     pxn: bool = True,
     relay_chunks: int = 8,
+    fast: bool = False,
 ) -> dict[str, Any]:
     """Dispatch then combine of uniformly routed tokens (``tokens`` per GPU), as DeepEP's tests do.
 
     Returns times (us), per-GPU bytes sent over NVLink and NIC, and the bandwidths the way DeepEP counts
     them: ``nvl_gbytes_per_s`` = received token copies (own GPU included) x hidden x bytes / time per GPU,
     ``rdma_gbytes_per_s`` = (token, destination node) pairs (own node included) x hidden x bytes / time;
-    with ``algo="deepep-ll"`` (tests/test_low_latency.py) ``rdma_gbytes_per_s`` = (token, selected expert)
+    with ``algo="deepep-ll"`` or ``"deepep-ll-rdma"`` (tests/test_low_latency.py) ``rdma_gbytes_per_s`` = (token, selected expert)
     pairs, own rank included, x message bytes (dispatch: hidden x ``dispatch_bytes`` + a 16-byte header,
     combine: hidden x ``combine_bytes``) / time, for any node count.
+
+    ``fast``: the analytical path (:mod:`moe_placement.simulator.fast`, within its stated error of the
+    event simulation) instead of playing the flows; ``events`` and ``flows`` are then 0.
     """
     G, gpn = cluster.num_gpus, cluster.gpus_per_node
     experts = _check_uniform_args(algo, G, tokens, hidden, top_k, num_experts, node_limit)
@@ -827,13 +792,14 @@ def simulate_uniform(
     routed = uniform_routing(
         G, gpn, tokens=tokens, top_k=top_k, num_experts=experts, node_limit=node_limit, rng=rng
     )
-    low_latency = algo == "deepep-ll"
+    low_latency = algo in LL_ALGOS
     header = LL_DISPATCH_HEADER_BYTES if low_latency else 0.0
     traffic = _UniformTraffic(*routed, hidden * dispatch_bytes + header, hidden * combine_bytes)
-    runner = _Runner(
-        cluster, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks, rdma=low_latency
-    )
-    spans_us, snaps = _play_uniform(runner, _uniform_phases(algo, traffic, gpn))
+    phases = _uniform_phases(algo, traffic, gpn)
+    if fast:
+        measures = _fast_measures(cluster, traffic, algo, phases, routing, pxn, relay_chunks)
+    else:
+        measures = _exact_measures(cluster, traffic, algo, phases, routing, pxn, seed, relay_chunks)
     return {
         "num_gpus": G,
         "gpus_per_node": gpn,
@@ -843,6 +809,72 @@ def simulate_uniform(
         "top_k": top_k,
         "num_experts": experts,
         "node_limit": node_limit,
-        **_uniform_measures(runner, traffic, algo, spans_us, snaps),
+        "fast": fast,
+        **measures,
         "wall_s": time.perf_counter() - wall0,
+    }
+
+
+def _exact_measures(
+    cluster: ClusterSpec,
+    traffic: _UniformTraffic,
+    algo: str,
+    phases: tuple[PhasePlan, PhasePlan],
+    routing: str,
+    pxn: bool,
+    seed: int,
+    relay_chunks: int,
+) -> dict[str, Any]:
+    """The phases played flow by flow on the event simulation."""
+    runner = _Runner(
+        cluster,
+        routing=routing,
+        pxn=pxn,
+        seed=seed,
+        chunks=relay_chunks,
+        rdma=algo in LL_ALGOS,
+        rdma_in_node=algo == "deepep-ll-rdma",
+    )
+    spans_us, snaps = _play_uniform(runner, phases)
+    return _uniform_measures(runner, traffic, algo, spans_us, snaps)
+
+
+def _fast_measures(
+    cluster: ClusterSpec,
+    traffic: _UniformTraffic,
+    algo: str,
+    phases: tuple[PhasePlan, PhasePlan],
+    routing: str,
+    pxn: bool,
+    relay_chunks: int,
+) -> dict[str, Any]:
+    """The phases estimated from their busiest links (:mod:`moe_placement.simulator.fast`)."""
+    model = FastModel(cluster, routing=routing, pxn=pxn, rdma_nics=algo == "deepep-ll-rdma")
+    out: dict[str, Any] = {}
+    sent = {
+        "nvlink_bytes_sent": np.zeros(cluster.num_gpus),
+        "nic_bytes_sent": np.zeros(cluster.num_gpus),
+    }
+    for plan in phases:
+        phase_us, bound_us = model.phase_us(plan, relay_chunks)
+        loads = model.plan_loads(plan)
+        out[f"{plan.name}_us"] = phase_us
+        out[plan.name] = {
+            "nvlink_bytes_sent": loads.nvl_tx.tolist(),
+            "nic_bytes_sent": loads.nic_tx.tolist(),
+            "lower_bound_us": bound_us,
+        }
+        sent["nvlink_bytes_sent"] += loads.nvl_tx
+        sent["nic_bytes_sent"] += loads.nic_tx
+    bandwidths = _deepep_bandwidths(
+        traffic, algo, cluster.gpus_per_node, out["dispatch_us"], out["combine_us"]
+    )
+    return {
+        **out,
+        **{k: v.tolist() for k, v in sent.items()},
+        **bandwidths,
+        "events": 0,
+        "recomputes": 0,
+        "flows": 0,
+        "worst_link_utilisation": 1.0,
     }

@@ -29,8 +29,8 @@ def test_deepep_validation_within_15_percent(
     assert res["worst_link_utilisation"] <= 1 + 1e-9
 
 
-# DeepEP low-latency kernels, pure RDMA, H800 + CX7 (DOMAIN.md section 3, README of the Feb-2025 version):
-# (EP, dispatch us, dispatch GB/s, combine us, combine GB/s)
+# DeepEP low-latency kernels, pure RDMA (deepep-ll-rdma), H800 + CX7 (DOMAIN.md section 3, README of the
+# Feb-2025 version): (EP, dispatch us, dispatch GB/s, combine us, combine GB/s)
 DEEPEP_LL = [(8, 163.0, 46.0, 318.0, 46.0), (64, 186.0, 40.0, 353.0, 41.0)]
 
 
@@ -44,7 +44,7 @@ def test_deepep_low_latency_validation_within_15_percent(
     # ranks (no node limit; 288 does not split over 64 ranks, simulate_uniform keeps 256 there)
     cluster = load_cluster("h800-mpft").with_counts(ep, 8)
     res = simulate_uniform(
-        cluster, tokens=128, hidden=7168, top_k=8, num_experts=288, algo="deepep-ll"
+        cluster, tokens=128, hidden=7168, top_k=8, num_experts=288, algo="deepep-ll-rdma"
     )
     for phase, pub_us, pub_gbps in (
         ("dispatch", dispatch_us, dispatch_gbps),
@@ -59,11 +59,47 @@ def test_deepep_low_latency_validation_within_15_percent(
     assert res["worst_link_utilisation"] <= 1 + 1e-9
 
 
+# Current DeepEP low-latency kernels (deepep-ll: NVLink in the node, RDMA across; DeepEP README / docs/legacy.md
+# since PR #173), H800 + CX7, 128 tokens, hidden 7168, top-8: (EP, dispatch us, combine us). EP >= 128 on
+# the fast path (within 0.5% of the event simulation for these kernels, tests/test_simulator_fast.py).
+DEEPEP_LL_NVL = [
+    (8, 77.0, 114.0),
+    (16, 118.0, 195.0),
+    (32, 155.0, 273.0),
+    (64, 173.0, 314.0),
+    (128, 192.0, 369.0),
+    (256, 194.0, 360.0),
+]
+
+
+@pytest.mark.parametrize(("ep", "dispatch_us", "combine_us"), DEEPEP_LL_NVL)
+def test_current_low_latency_validation_within_15_percent(
+    ep: int, dispatch_us: float, combine_us: float
+) -> None:
+    cluster = load_cluster("h800-mpft").with_counts(ep, 8)
+    res = simulate_uniform(
+        cluster,
+        tokens=128,
+        hidden=7168,
+        top_k=8,
+        num_experts=288,
+        algo="deepep-ll",
+        fast=ep >= 64,
+    )
+    for phase, published in (("dispatch", dispatch_us), ("combine", combine_us)):
+        assert abs(res[f"{phase}_us"] / published - 1) <= 0.15, (phase, res[f"{phase}_us"])
+    nvl, nic = sum(res["dispatch"]["nvlink_bytes_sent"]), sum(res["dispatch"]["nic_bytes_sent"])
+    # in the node over NVLink (7 of the other ep - 1 ranks), across nodes over the NIC
+    assert nvl > 0
+    assert (nic > 0) == (ep > 8)
+    assert nvl / (nvl + nic) == pytest.approx(7 / (ep - 1), rel=0.1)
+
+
 def test_low_latency_counts_every_expert_copy_and_skips_own_rank() -> None:
     # one node of 8: every (token, expert) copy to another rank crosses two NICs; own-rank copies do not
     cluster = load_cluster("h800-mpft").with_counts(8, 8)
     kw = {"tokens": 64, "hidden": 512, "top_k": 4, "num_experts": 32, "seed": 5}
-    ll = simulate_uniform(cluster, algo="deepep-ll", dispatch_bytes=2.0, **kw)  # type: ignore[arg-type]
+    ll = simulate_uniform(cluster, algo="deepep-ll-rdma", dispatch_bytes=2.0, **kw)  # type: ignore[arg-type]
     direct = simulate_uniform(cluster, algo="direct", dispatch_bytes=2.0, **kw)  # type: ignore[arg-type]
     msg = 512 * 2.0 + 16.0
     sent = sum(ll["dispatch"]["nic_bytes_sent"])
@@ -74,13 +110,18 @@ def test_low_latency_counts_every_expert_copy_and_skips_own_rank() -> None:
     assert sum(direct["dispatch"]["nic_bytes_sent"]) == 0
     assert direct["dispatch_us"] < ll["dispatch_us"]
     with pytest.raises(PlacementError):
-        simulate_uniform(load_cluster("h100-single-node"), algo="deepep-ll", **kw)  # type: ignore[arg-type]
+        simulate_uniform(load_cluster("h100-single-node"), algo="deepep-ll-rdma", **kw)  # type: ignore[arg-type]
+    # the current kernels need no NIC in one node: the same copies go over NVLink
+    one_node = load_cluster("h100-single-node")
+    nvl = simulate_uniform(one_node, algo="deepep-ll", dispatch_bytes=2.0, **kw)  # type: ignore[arg-type]
+    assert sum(nvl["dispatch"]["nic_bytes_sent"]) == 0
+    assert sum(nvl["dispatch"]["nvlink_bytes_sent"]) == pytest.approx(sent)
 
 
 def test_low_latency_doubling_nic_bandwidth_halves_the_time() -> None:
     base = load_cluster("h800-mpft").with_counts(16, 8)
     fast = dataclasses.replace(base, nic_gbits_per_s=800.0, pcie_gbytes_per_s=128.0)
-    kw = {"tokens": 64, "algo": "deepep-ll", "num_experts": 64}
+    kw = {"tokens": 64, "algo": "deepep-ll-rdma", "num_experts": 64}
     t_base = simulate_uniform(base, **kw)["dispatch_us"]  # type: ignore[arg-type]
     t_fast = simulate_uniform(fast, **kw)["dispatch_us"]  # type: ignore[arg-type]
     assert t_fast < t_base * 0.6

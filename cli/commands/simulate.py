@@ -19,6 +19,7 @@ from moe_placement.cli.commands._common import (
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import MODES
 from moe_placement.plan import Plan
+from moe_placement.simulator.collectives import ALGOS
 from moe_placement.simulator.decompose import TERM_KEYS
 from moe_placement.workload import HOME_POLICIES
 
@@ -41,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--home", default="token", choices=HOME_POLICIES, help="how tokens map to home GPUs"
     )
     add_cluster_args(p)
-    p.add_argument("--algo", default="deepep", choices=["direct", "deepep", "2dh", "deepep-ll"])
+    p.add_argument("--algo", default="deepep", choices=list(ALGOS))
     p.add_argument("--overlap", default="none", choices=["none", "two-batch", "chunked"])
     p.add_argument("--mode", default="standard", choices=MODES)
     add_step_args(p)
