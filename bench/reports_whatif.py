@@ -3,6 +3,10 @@
 Run: ``.venv/bin/python bench/reports_whatif.py`` (short: a 4-layer, 16-expert synthetic trace, 2-8 GPUs)
 or ``--full`` (64 experts, 8 layers, 8-32 GPUs). Prints one table row per run: wall seconds, scenarios
 computed, seconds per computed scenario, and whether the results matched the serial run.
+
+``--dsv3 FILE`` runs the capacity question on a DeepSeek-V3 ``logical_count`` JSON (the shared loads in
+``../shared/data/dsv3-expert-loads/``): 32/64/128 GPUs x 0/32/64 redundant experts, solver ``best`` plus
+the reference layouts, and prints whatif's own table (per model, per step) with its wall time.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def bench(full: bool) -> None:
         rows.append(
             [
                 "serial",
-                info["scenarios"],
+                info["scenarios_run"],
                 info["computed"],
                 wall,
                 wall / max(info["computed"], 1),
@@ -74,7 +78,7 @@ def bench(full: bool) -> None:
         )
         wall, info = _run([*common, "--serial", "--out", str(serial_out)])
         rows.append(
-            ["serial, cached", info["scenarios"], info["computed"], wall, float("nan"), "-"]
+            ["serial, cached", info["scenarios_run"], info["computed"], wall, float("nan"), "-"]
         )
         if ray_available():
             ray_out = root / "ray"
@@ -85,7 +89,7 @@ def bench(full: bool) -> None:
             rows.append(
                 [
                     "ray (2 CPUs)",
-                    info["scenarios"],
+                    info["scenarios_run"],
                     info["computed"],
                     wall,
                     wall / max(info["computed"], 1),
@@ -103,7 +107,40 @@ def bench(full: bool) -> None:
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
 
 
+def bench_dsv3(path: str, target_tokens_per_s: float) -> None:
+    """The closing note's grid on real DeepSeek-V3 loads, with its wall time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = [
+            "whatif",
+            "--trace",
+            path,
+            "--gpus-per-node",
+            "8",
+            "--sweep",
+            "gpus=32,64,128",
+            "--sweep",
+            "redundant=0,32,64",
+            "--target-tokens-per-s",
+            f"{target_tokens_per_s:g}",
+            "--out",
+            str(Path(tmp) / "out"),
+        ]
+        start = time.perf_counter()
+        code = main(argv)
+        print(f"wall {time.perf_counter() - start:.0f} s (exit {code})")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the larger sweep")
-    bench(parser.parse_args().full)
+    parser.add_argument(
+        "--dsv3", default=None, metavar="FILE", help="a DeepSeek-V3 logical_count JSON"
+    )
+    parser.add_argument(
+        "--target-tokens-per-s", type=float, default=1e5, help="with --dsv3: the throughput target"
+    )
+    args = parser.parse_args()
+    if args.dsv3:
+        bench_dsv3(args.dsv3, args.target_tokens_per_s)
+    else:
+        bench(args.full)

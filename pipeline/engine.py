@@ -38,7 +38,7 @@ ENDPOINT_USD_BY_TOPOLOGY = {
     "three-tier": 7500.0,
 }
 
-_WORKLOADS: dict[tuple[str, str, int], Workload] = {}
+_WORKLOADS: dict[tuple[str, str, int, str], Workload] = {}
 
 
 def code_version() -> str:

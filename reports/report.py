@@ -587,7 +587,9 @@ def _trend(best: pd.Series, what: str, higher_is_better: bool) -> tuple[bool, st
         return False, f"Only {int(best.index[0])} GPUs swept ({what} {_fmt(best.iloc[0])})."
     first, last = float(best.iloc[0]), float(best.iloc[-1])
     better = last > first if higher_is_better else last < first
-    moves = " -> ".join(f"{_fmt(v)} at {int(g)}" for g, v in best.items())
+    moves = " -> ".join(
+        f"{_fmt(v)} at {g}" for g, v in zip(best.index.tolist(), best.tolist(), strict=True)
+    )
     direction = "improves" if better else "gets worse"
     return better, f"The {what} {direction} with GPU count ({moves} GPUs)."
 
@@ -601,7 +603,8 @@ def _redundant_that_fit(
         return []
     out = []
     experts = int(ok["num_experts"].iloc[0])
-    for (gpu, gpus), _ in ok.groupby(["gpu", "gpus"]):
+    pairs = ok[["gpu", "gpus"]].drop_duplicates().sort_values(["gpu", "gpus"])
+    for gpu, gpus in zip(pairs["gpu"].tolist(), pairs["gpus"].astype(int).tolist(), strict=True):
         model = memory_for_gpu(memory, str(gpu))
         out.append(
             {
