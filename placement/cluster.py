@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,29 @@ import yaml
 from moe_placement.errors import PlacementError
 
 FABRICS = ("none", "single-switch", "multi-rail", "multi-plane", "three-tier")
+
+
+def _check_field_types(spec: Any, where: str) -> None:
+    """Every int, float and str field of a spec dataclass holds a value of its type (a float count, a
+    string bandwidth or a NaN would fail far from the file that held it); booleans are not numbers."""
+    for item in dataclasses.fields(spec):
+        value = getattr(spec, item.name)
+        kind = str(item.type)
+        if value is None and "None" in kind:
+            continue
+        if kind.startswith("int"):
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            want = "an integer"
+        elif kind.startswith("float"):
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            ok = ok and math.isfinite(value)
+            want = "a finite number"
+        elif kind == "str":
+            ok, want = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise PlacementError(f"{where}: {item.name} must be {want}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -35,6 +60,7 @@ class GPUSpec:
     nvlink_gbytes_per_s: float
 
     def __post_init__(self) -> None:
+        _check_field_types(self, f"gpu {self.name!r}")
         for key in ("bf16_tflops", "fp8_tflops", "hbm_gbytes_per_s", "memory_gib"):
             if not getattr(self, key) > 0:
                 raise PlacementError(
@@ -96,6 +122,9 @@ class ClusterSpec:
         def bad(msg: str) -> PlacementError:
             return PlacementError(f"cluster {self.name}: {msg}")
 
+        _check_field_types(self, f"cluster {self.name}")
+        if not isinstance(self.gpu, GPUSpec):
+            raise bad("gpu must be a GPU type name or a mapping of its fields")
         if self.num_nodes < 1 or self.gpus_per_node < 1:
             raise bad("num_nodes and gpus_per_node must be >= 1")
         if self.fabric not in FABRICS:
@@ -305,7 +334,12 @@ def load_cluster(name_or_file: str | None) -> ClusterSpec:
         raise PlacementError(
             f"cluster {name_or_file!r} is neither a preset ({', '.join(PRESETS)}) nor a file"
         )
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise PlacementError(f"cluster file {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise PlacementError(f"cluster file {path}: cannot read: {exc.strerror or exc}") from None
     try:
         if path.suffix == ".toml":
             data: Any = tomllib.loads(text)

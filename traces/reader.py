@@ -82,8 +82,22 @@ class TraceFile:
                 raise PlacementError(
                     f"trace {self.path}: column {name} must be a fixed-size list of top_k={self.meta.top_k}"
                 )
+        integer_columns = ("step", "seq_id", "pos", "layer")
+        value_types = {name: schema.field(name).type for name in integer_columns}
+        value_types["expert_ids"] = schema.field("expert_ids").type.value_type
+        for name, typ in value_types.items():
+            if not pa.types.is_integer(typ):
+                raise PlacementError(
+                    f"trace {self.path}: column {name} must hold integers, not {typ}"
+                )
+        if not pa.types.is_floating(schema.field("weights").type.value_type):
+            raise PlacementError(
+                f"trace {self.path}: column weights must hold floating-point values"
+            )
         self.has_domain = "domain" in schema.names
         self.num_rows = self._file.metadata.num_rows
+        if self.num_rows == 0:  # nothing to place, simulate or count; consumers would divide by 0
+            raise PlacementError(f"trace {self.path} holds no tokens")
         if self.num_rows % self.meta.num_moe_layers:
             raise PlacementError(
                 f"trace {self.path}: {self.num_rows} rows is not a multiple of {self.meta.num_moe_layers} layers"

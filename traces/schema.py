@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,15 +109,18 @@ class TraceMeta:
     def from_json(cls, raw: bytes) -> TraceMeta:
         try:
             data = json.loads(raw)
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not UTF-8
             raise PlacementError("trace metadata is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise PlacementError(f"trace metadata must be a JSON object, got {type(data).__name__}")
         missing = [k for k in REQUIRED_META if k not in data]
         if missing:
             raise PlacementError(f"trace metadata missing: {', '.join(missing)}")
-        if int(data["schema_version"]) != TRACE_SCHEMA_VERSION:
+        if not _is_int(data["schema_version"]) or data["schema_version"] != TRACE_SCHEMA_VERSION:
             raise PlacementError(
-                f"trace schema_version {data['schema_version']} not supported (expected {TRACE_SCHEMA_VERSION})"
+                f"trace schema_version {data['schema_version']!r} not supported (expected {TRACE_SCHEMA_VERSION})"
             )
+        _check_meta_types(data)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -159,6 +163,49 @@ class TraceMeta:
             source=source,
             **extra,
         )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_meta_types(data: dict[str, Any]) -> None:
+    """Each metadata field of the type and range it must have, checked where the file is read, so that
+    ``num_experts: "sixteen"`` is refused naming the field instead of failing in some reader later."""
+
+    def bad(key: str, want: str) -> PlacementError:
+        return PlacementError(f"trace metadata: {key} must be {want}, got {data[key]!r}")
+
+    for key in (
+        "num_moe_layers",
+        "num_experts",
+        "top_k",
+        "hidden_size",
+        "expert_intermediate_size",
+    ):
+        if not _is_int(data[key]) or data[key] < 1:
+            raise bad(key, "an integer >= 1")
+    if not _is_int(data["shared_experts"]) or data["shared_experts"] < 0:
+        raise bad("shared_experts", "an integer >= 0")
+    for key in ("dispatch_bytes_per_elem", "combine_bytes_per_elem"):
+        value = data[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise bad(key, "a number")
+        if not math.isfinite(value) or value <= 0:
+            raise bad(key, "a finite number > 0")
+    for key in ("model_name", "source"):
+        if not isinstance(data[key], str):
+            raise bad(key, "a string")
+    if data.get("extra") is not None and not isinstance(data["extra"], dict):
+        raise bad("extra", "an object")
+    ids = data.get("moe_layer_ids")
+    if ids is not None:
+        if not isinstance(ids, list) or not all(_is_int(i) and i >= 0 for i in ids):
+            raise bad("moe_layer_ids", "a list of model layer indices >= 0")
+        if len(ids) != data["num_moe_layers"]:
+            raise bad("moe_layer_ids", f"{data['num_moe_layers']} indices (one per MoE layer)")
+        if len(set(ids)) != len(ids):
+            raise bad("moe_layer_ids", "distinct")
 
 
 def arrow_schema(meta: TraceMeta, with_domain: bool) -> pa.Schema:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from moe_placement.atomic import atomic_open
 from moe_placement.cli.commands._common import Command, print_json
-from moe_placement.errors import PlacementError
 from moe_placement.traces.data import DEFAULT_TRACE
 
 
@@ -94,18 +93,33 @@ def run_step(title: str, argv: list[str], json_target: Path | None) -> float:
         print(f"\n== {title}: placement {' '.join(argv)}", flush=True)
         code = main(argv)
     if code != 0:
-        raise PlacementError(f"demo step '{title}' failed with exit code {code}")
+        raise StepFailed(code)
     return time.perf_counter() - start
+
+
+class StepFailed(Exception):  # noqa: N818  (not an error of the demo's own)
+    """A step failed and has printed its own one-line error; the demo exits with its code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if args.trace:  # a bad trace is refused before anything is written
+        from moe_placement.traces.reader import TraceFile
+
+        TraceFile(args.trace).validate()
     out.mkdir(parents=True, exist_ok=True)
     trace = Path(args.trace) if args.trace else default_trace(out)
     results: list[dict[str, object]] = []
     for title, argv in demo_steps(args, trace, out):
         target = out / f"{argv[0]}_{len(results)}.json" if args.json else None
-        seconds = run_step(title, argv, target)
+        try:
+            seconds = run_step(title, argv, target)
+        except StepFailed as failed:
+            return failed.code
         step: dict[str, object] = {"step": title, "argv": argv, "seconds": round(seconds, 3)}
         results.append(step if target is None else {**step, "json": str(target)})
         if not args.json:
