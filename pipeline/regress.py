@@ -10,10 +10,15 @@ or ``layer_us`` in a baseline means the same as in a what-if report:
 * ``inter_node_bytes``: deduplicated inter-node bytes, dispatch + combine, for the trace as given;
 * ``layer_us``: the simulated MoE layer time (us), mean over layers;
 * ``solve_s``: the solver's wall time (s).
+
+A baseline is keyed by the trace's routing fingerprint (:func:`routing_fingerprint`), a hash of what the
+tokens chose, not of the file's name or bytes: a renamed or re-encoded trace is checked against its
+baseline, and a baseline recorded on another trace is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,36 @@ from moe_placement.cluster import ClusterSpec
 from moe_placement.metrics import evaluate
 from moe_placement.pipeline.engine import quality, simulate_step, solve_plan, workload_for
 from moe_placement.plan import Plan
+
+ROUTING_FINGERPRINT_VERSION = "routing-v1"
+
+
+def routing_fingerprint(trace: str | Path) -> str:
+    """Hash of a per-token trace's routing content (16 hex digits): the shape (MoE layers, experts,
+    top-k), every token's identity (step, sequence, position: they decide its home GPU) and its chosen
+    experts per layer, token by token. Independent of the path, of the file's encoding (compression, row
+    groups, writer version) and of the model name or gate weights, none of which change a plan or any
+    regress metric. One streaming pass over the file."""
+    import numpy as np
+
+    from moe_placement.traces.reader import TraceFile
+
+    trace_file = TraceFile(trace)
+    meta = trace_file.meta
+    tokens, experts = hashlib.sha256(), hashlib.sha256()
+    for chunk in trace_file.iter_chunks():
+        identity = np.stack([chunk.step, chunk.seq_id, chunk.pos], axis=1).astype("<i8")
+        tokens.update(identity.tobytes())
+        # token-major ([tokens, layers, k]), so that how the file groups its rows does not matter
+        experts.update(
+            np.ascontiguousarray(chunk.expert_ids.transpose(1, 0, 2)).astype("<i8").tobytes()
+        )
+    digest = hashlib.sha256(ROUTING_FINGERPRINT_VERSION.encode())
+    digest.update(f"{meta.num_moe_layers},{meta.num_experts},{meta.top_k}".encode())
+    digest.update(tokens.digest())
+    digest.update(experts.digest())
+    return digest.hexdigest()[:16]
+
 
 # Baseline metric name -> the what-if figure it stores.
 FIGURES = {
@@ -35,7 +70,8 @@ FIGURES = {
 
 @dataclass(frozen=True)
 class TraceMeasurement:
-    """One trace's figures (baseline metric -> value), its content fingerprint and the timing engine."""
+    """One trace's figures (baseline metric -> value), its routing fingerprint
+    (:func:`routing_fingerprint`) and the timing engine."""
 
     metrics: dict[str, float]
     fingerprint: str
@@ -47,14 +83,16 @@ def measure(
     cluster: ClusterSpec,
     config: dict[str, Any],
     plan_path: str | None = None,
+    fingerprint: str | None = None,
 ) -> TraceMeasurement:
     """Solve (or load ``plan_path``) and measure one trace under ``config`` (the regress options:
     ``solver``, ``redundant``, ``mode``, ``tokens_per_gpu``, ``overlap``, ``algo``, ``seed``,
-    ``time_limit_s``)."""
+    ``time_limit_s``, ``deterministic``); ``fingerprint``: its routing fingerprint when the caller
+    has it already."""
     from moe_placement.traces.reader import TraceFile
 
-    fingerprint = TraceFile(trace).fingerprint()
-    workload = workload_for(str(Path(trace).resolve()), fingerprint, cluster.num_gpus)
+    file_fingerprint = TraceFile(trace).fingerprint()  # the workload cache's key
+    workload = workload_for(str(Path(trace).resolve()), file_fingerprint, cluster.num_gpus)
     mode, tokens_per_gpu = str(config["mode"]), int(config["tokens_per_gpu"])
     if plan_path is not None:
         plan = Plan.load(plan_path)
@@ -67,7 +105,7 @@ def measure(
             mode=mode,
             time_limit_s=float(config["time_limit_s"]),
             seed=int(config["seed"]),
-            deterministic=bool(config.get("deterministic", False)),
+            deterministic=bool(config.get("deterministic", True)),
         )
     ev = evaluate(plan, cluster, workload, mode=mode, tokens_per_gpu=tokens_per_gpu)
     step = simulate_step(
@@ -81,4 +119,4 @@ def measure(
     )
     figures = quality(plan, ev, step)
     metrics = {name: figures[key] for name, key in FIGURES.items()}
-    return TraceMeasurement(metrics, fingerprint, step.source)
+    return TraceMeasurement(metrics, fingerprint or routing_fingerprint(trace), step.source)

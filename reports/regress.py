@@ -12,7 +12,9 @@ optionally as JUnit XML.
 
 Baseline file (JSON): ``schema_version``, ``config`` (the solve options), ``engine`` (what timed it),
 ``tolerances`` (metric -> ``{"rel", "abs"}``) and ``traces`` (trace file name -> ``path``,
-``fingerprint``, ``metrics``).
+``fingerprint``, ``metrics``). The file name is only a label: an entry belongs to the trace whose routing
+fingerprint (:func:`moe_placement.pipeline.regress.routing_fingerprint`) it stores
+(:func:`match_entry`); baselines written before that stored a hash of the file's bytes, still accepted.
 """
 
 from __future__ import annotations
@@ -54,8 +56,58 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "time_limit_s": 10.0,
     # A wall-clock limit makes the plan depend on machine load (a loaded CI machine saw +24% inter-node
     # bytes from `best`); a deterministic limit gives the same plan everywhere.
-    "deterministic": False,
+    "deterministic": True,
 }
+
+# Options a baseline written before they had a default of their own was measured under, when it does
+# not store them (wall-clock solves were the default then).
+LEGACY_CONFIG: dict[str, Any] = {"deterministic": False}
+
+
+@dataclass(frozen=True)
+class EntryMatch:
+    """The baseline entry a trace is checked against: its label (``key``) and contents; ``how`` says
+    why it matched (``fingerprint``, ``file fingerprint`` of an older baseline, or ``name`` for an entry
+    that stores no fingerprint)."""
+
+    key: str
+    entry: dict[str, Any]
+    how: str
+
+
+def match_entry(
+    traces: dict[str, Any], name: str, fingerprint: str, file_fingerprint: str = ""
+) -> EntryMatch | None:
+    """The entry of ``traces`` (a baseline's) recorded on this trace: the one storing its routing
+    ``fingerprint`` under any name (the label of the trace's own name first), else one storing
+    ``file_fingerprint`` (older baselines hashed the file's bytes), else an entry named ``name`` that
+    stores no fingerprint at all. ``None``: the baseline holds nothing for this trace."""
+    ordered = sorted(traces.items(), key=lambda item: item[0] != name)
+    for wanted, how in ((fingerprint, "fingerprint"), (file_fingerprint, "file fingerprint")):
+        for key, entry in ordered:
+            if wanted and isinstance(entry, dict) and entry.get("fingerprint") == wanted:
+                return EntryMatch(key, entry, how)
+    entry = traces.get(name)
+    if isinstance(entry, dict) and not entry.get("fingerprint"):
+        return EntryMatch(name, entry, "name")
+    return None
+
+
+def no_entry_reason(baseline_path: str, traces: dict[str, Any], name: str, fingerprint: str) -> str:
+    """One line saying why a baseline cannot check this trace, and what to do."""
+    entry = traces.get(name)
+    if isinstance(entry, dict):
+        return (
+            f"baseline {baseline_path} was recorded on another trace: its entry {name} has routing "
+            f"fingerprint {entry.get('fingerprint')}, this {name} has {fingerprint} (same name, "
+            "different routing); give the baseline of this trace, or re-record with --update-baseline"
+        )
+    held = ", ".join(f"{k} ({v.get('fingerprint')})" for k, v in sorted(traces.items())) or "none"
+    return (
+        f"baseline {baseline_path} holds no trace with the routing of {name} (fingerprint "
+        f"{fingerprint}; it holds {held}); give the baseline of this trace, or record it with "
+        "--update-baseline"
+    )
 
 
 @dataclass(frozen=True)
@@ -181,9 +233,14 @@ def write_baseline(
     tolerances: dict[str, dict[str, float]],
     measured: dict[str, tuple[str, str, dict[str, float]]],
 ) -> None:
-    """Write (or update) a baseline file: traces measured now replace their entries, others stay."""
+    """Write (or update) a baseline file: traces measured now replace their entries (an entry of the
+    same routing under another name too: the trace was renamed), others stay."""
     traces = dict((previous or {}).get("traces", {}))
     for name, (trace_path, fingerprint, metrics) in measured.items():
+        for key in [
+            k for k, v in traces.items() if k != name and v.get("fingerprint") == fingerprint
+        ]:
+            del traces[key]
         traces[name] = {"path": trace_path, "fingerprint": fingerprint, "metrics": metrics}
     write_json(
         path,

@@ -32,7 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from moe_placement.pipeline.scenario import ALGOS, OVERLAPS
 
     p.add_argument(
-        "--trace", action="append", required=True, metavar="PATH", help="trace Parquet (repeatable)"
+        "--trace",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="per-token trace Parquet (repeatable); checked against the baseline entry with the same "
+        "routing fingerprint, whatever the file's name",
     )
     p.add_argument("--baseline", required=True, help="baseline JSON file")
     p.add_argument(
@@ -101,14 +106,18 @@ def _tolerances(items: list[str], stored: dict[str, Any] | None) -> dict[str, di
 def run(args: argparse.Namespace) -> int:
     from moe_placement.cli.commands.solve import default_solver
     from moe_placement.cluster import load_cluster
-    from moe_placement.pipeline.regress import measure
+    from moe_placement.pipeline.regress import measure, routing_fingerprint
     from moe_placement.reports.regress import (
         DEFAULT_CONFIG,
+        LEGACY_CONFIG,
         compare,
         load_baseline,
+        match_entry,
+        no_entry_reason,
         write_baseline,
         write_junit,
     )
+    from moe_placement.traces.reader import TraceFile
 
     started = time.perf_counter()
     baseline = load_baseline(args.baseline)
@@ -120,12 +129,14 @@ def run(args: argparse.Namespace) -> int:
         raise PlacementError("--plan measures one trace: give exactly one --trace")
     stored_config = (baseline or {}).get("config", {})
     config: dict[str, Any] = {}
+    # an option an existing baseline does not store was measured under its old default
+    fallback = {**DEFAULT_CONFIG, **(LEGACY_CONFIG if baseline is not None else {})}
     for key in _CONFIG_OPTIONS:
         given = getattr(args, key)
-        config[key] = given if given is not None else stored_config.get(key, DEFAULT_CONFIG[key])
+        config[key] = given if given is not None else stored_config.get(key, fallback[key])
     config["solver"] = config["solver"] or default_solver()
     notes = [
-        f"{k} {config[k]} (baseline {stored_config[k]})"
+        f"config differs from the baseline: {k} {config[k]} (baseline {stored_config[k]})"
         for k in _CONFIG_OPTIONS
         if k in stored_config and stored_config[k] != config[k]
     ]
@@ -133,21 +144,43 @@ def run(args: argparse.Namespace) -> int:
     cluster = load_cluster(config["cluster"]).with_counts(int(config["gpus"]), per_node)
     tolerances = _tolerances(args.tolerance, (baseline or {}).get("tolerances"))
     engine_before = (baseline or {}).get("engine")
+    # Each trace finds its entry by routing fingerprint, before anything is solved: a baseline of
+    # another trace is bad input (exit 2), and a renamed trace is checked against its own entry.
+    stored_traces = dict((baseline or {}).get("traces", {}))
+    entries: dict[str, dict[str, Any] | None] = {}
+    fingerprints: dict[str, str] = {}
+    for trace in args.trace:
+        name = Path(trace).name
+        fingerprints[trace] = routing_fingerprint(trace)
+        match = match_entry(
+            stored_traces, name, fingerprints[trace], TraceFile(trace).fingerprint()
+        )
+        if match is None and not args.update_baseline:
+            raise PlacementError(
+                no_entry_reason(args.baseline, stored_traces, name, fingerprints[trace])
+            )
+        entries[trace] = None if match is None else match.entry
+        if match is not None and match.key != name:
+            notes.append(f"{name}: checked against the baseline's {match.key} (same routing)")
+            if args.update_baseline:  # the trace was renamed: its entry moves to the new name
+                stored_traces.pop(match.key)
+        if match is not None and match.how == "file fingerprint":
+            notes.append(
+                f"{name}: the baseline stores a file hash; --update-baseline stores the routing "
+                "fingerprint"
+            )
     checks = []
     measured: dict[str, tuple[str, str, dict[str, float]]] = {}
     engine = ""
     for trace in args.trace:
         name = Path(trace).name
-        got = measure(trace, cluster, config, args.plan)
+        got = measure(trace, cluster, config, args.plan, fingerprint=fingerprints[trace])
         engine = got.engine
         measured[name] = (trace, got.fingerprint, got.metrics)
-        entry = (baseline or {}).get("traces", {}).get(name)
-        if entry is not None and entry.get("fingerprint") not in (None, got.fingerprint):
-            notes.append(f"{name}: trace content differs from the baseline's (fingerprint)")
         checks += compare(
             name,
             got.metrics,
-            entry,
+            entries[trace],
             tolerances,
             engine_changed=engine_before is not None and engine_before != engine,
         )
@@ -156,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
         write_junit(args.junit, checks, seconds)
     failed = [c for c in checks if c.status == "fail"]
     if args.update_baseline:
-        write_baseline(args.baseline, baseline, config, engine, tolerances, measured)
+        previous = None if baseline is None else {**baseline, "traces": stored_traces}
+        write_baseline(args.baseline, previous, config, engine, tolerances, measured)
     if args.json:
         print_json(
             {
@@ -182,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         print(table(["trace", "metric", "baseline", "current", "change", "limit", "status"], rows))
         for note in notes:
-            print(f"note: config differs from the baseline: {note}")
+            print(f"note: {note}")
         if args.update_baseline:
             print(f"baseline written to {args.baseline}")
     if failed and not args.update_baseline:
