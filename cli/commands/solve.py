@@ -128,6 +128,8 @@ def build_problem(args: argparse.Namespace) -> Any:
     weights: tuple[float, ...] = ()
     if args.weights:
         weights = tuple(parse_finite(w, "--weights") for w in args.weights.split(","))
+        if any(w < 0 for w in weights):
+            raise PlacementError(f"--weights must be >= 0, got {args.weights!r}")
     current = Plan.load(args.current) if args.current else None
     problem = PlacementProblem(
         workloads=workloads,
