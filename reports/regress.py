@@ -140,7 +140,7 @@ def load_baseline(path: str | Path) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PlacementError(f"baseline {path} is not readable JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("schema_version") != BASELINE_SCHEMA_VERSION:
         raise PlacementError(
@@ -148,6 +148,18 @@ def load_baseline(path: str | Path) -> dict[str, Any] | None:
         )
     if not isinstance(data.get("traces"), dict):
         raise PlacementError(f"baseline {path}: missing 'traces'")
+    if "config" in data and not isinstance(data["config"], dict):
+        raise PlacementError(f"baseline {path}: config must be an object")
+    if data.get("tolerances") is not None and not isinstance(data["tolerances"], dict):
+        raise PlacementError(f"baseline {path}: tolerances must be an object")
+    if data.get("engine") is not None and not isinstance(data["engine"], str):
+        raise PlacementError(f"baseline {path}: engine must be a string")
+    for name, entry in data["traces"].items():
+        metrics = entry.get("metrics") if isinstance(entry, dict) else None
+        if not isinstance(metrics, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
+        ):
+            raise PlacementError(f"baseline {path}: trace {name!r} needs metrics of numbers")
     return data
 
 

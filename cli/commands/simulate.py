@@ -144,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
             raise PlacementError(
                 f"--layers must be comma-separated integers, got {args.layers!r}"
             ) from None
+        if not layers:
+            raise PlacementError(f"--layers names no layer: {args.layers!r}")
     res = simulate_moe(
         plan,
         cluster,

@@ -25,12 +25,13 @@ def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> 
     path = require_file(path)
     try:
         array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise PlacementError(
-            f"{path}: not a NumPy .npy array ({str(exc).splitlines()[0]})"
-        ) from None
+    except (ValueError, OSError, EOFError) as exc:  # EOFError: a file cut short
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PlacementError(f"{path}: not a NumPy .npy array ({cause})") from None
     if not isinstance(array, np.ndarray):
         raise PlacementError(f"{path}: expected one array, got an archive")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise PlacementError(f"{path}: expert ids must be integers, got a {array.dtype} array")
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3:
