@@ -39,9 +39,11 @@ Floor 0: numpy only, no import of the evaluator (which imports this module).
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections import OrderedDict
 
+import numba
 import numpy as np
 
 from moe_placement.errors import PlacementError
@@ -196,10 +198,16 @@ def slot_shares(
     engine: str,
     demand: np.ndarray | None = None,
     sglang_table: np.ndarray | None = None,
+    sglang_expected: bool = False,
 ) -> np.ndarray:
     """``[slots]``: the share of its expert's tokens each slot takes under ``engine`` with the sources'
-    ``demand[gpus, experts]`` (uniform over sources when ``None``, as for load-only inputs)."""
-    D = dispatch_shares(plan, layer, engine, demand, sglang_table)
+    ``demand[gpus, experts]`` (uniform over sources when ``None``, as for load-only inputs).
+    ``sglang_expected``: SGLang's expectation over its draw instead of the draw (a cheap estimate for
+    one layer of a plan still being built: the draw runs over the whole plan)."""
+    if sglang_expected and check_engine(engine) == "sglang":
+        D = sglang_expected_shares(plan, layer)
+    else:
+        D = dispatch_shares(plan, layer, engine, demand, sglang_table)
     experts = plan.phy2log[layer].astype(np.int64)
     if demand is None:
         weight = np.ones((plan.num_gpus, experts.size))
@@ -256,13 +264,79 @@ def sglang_static_slots(plan: Plan, seed: int = SGLANG_SEED) -> np.ndarray:
     return table
 
 
-def draw_sglang_static_slots(plan: Plan, seed: int = SGLANG_SEED) -> np.ndarray:
+KERNEL_MIN_CALLS = 100_000  # generator calls from which the compiled deal pays for its compilation
+
+
+def draw_sglang_static_slots(
+    plan: Plan, seed: int = SGLANG_SEED, kernel: bool | None = None
+) -> np.ndarray:
     """``[layers, gpus, experts]``: the slot each EP rank sends an expert's tokens to under SGLang's
     static dispatch: its own replica (the lowest slot on its GPU), else the seeded fair deal over all
     the expert's replicas (layers, experts and ranks in the engine's order).
 
-    The engine draws over every row of its map, dense layers included, so its own table can deal the
-    remote ranks differently; how uneven each deal is (its counts) is the same."""
+    The deal replays ``random.Random(seed)`` exactly (``sample`` then ``shuffle`` per expert, as the
+    engine calls them) on the generator's own 32-bit output stream, in a compiled kernel
+    (:func:`_deal_kernel`); :func:`_fair_deal` is the same in plain Python (tests compare the two). The
+    engine draws over every row of its map, dense layers included, so its own table can deal the remote
+    ranks differently; how uneven each deal is (its counts) is the same. ``kernel``: force (or refuse)
+    the compiled path; by default it runs from :data:`KERNEL_MIN_CALLS` generator calls (a cold compile
+    costs ~20 CPU-s, the Python deal ~3 s at DeepSeek-V3 scale)."""
+    L, G, E = plan.num_layers, plan.num_gpus, plan.num_experts
+    log2phy = plan.log2phy()
+    count = plan.logcnt()
+    if kernel is False or (kernel is None and L * E * G < KERNEL_MIN_CALLS):
+        return _python_deal(plan, seed)
+    out = np.full((L, G, E), -1, dtype=np.int64)
+    cand_flat, cand_start, cand_len = [], [], []
+    remote_len = []
+    remote_where: list[np.ndarray] = []
+    at = 0
+    for layer in range(L):
+        local = _local_slot(plan, layer)  # [gpus, experts]
+        out[layer] = local
+        for expert in range(E):
+            candidates = log2phy[layer, expert, : count[layer, expert]]
+            cand_flat.append(candidates)
+            cand_start.append(at)
+            cand_len.append(candidates.size)
+            at += candidates.size
+            remote = np.flatnonzero(local[:, expert] < 0)
+            remote_len.append(remote.size)
+            remote_where.append(remote)
+    lens = np.asarray(remote_len, dtype=np.int64)
+    calls = int(lens.sum() + np.asarray(cand_len).sum())
+    rng = random.Random(seed)
+    key_pos = rng.getstate()[1]
+    dealt = np.empty(int(lens.sum()), dtype=np.int64)
+    words = 2 * calls + 4096
+    while True:
+        bits = np.random.MT19937()
+        state = bits.state
+        state["state"]["key"] = np.asarray(key_pos[:624], dtype=np.uint32)
+        state["state"]["pos"] = int(key_pos[624])
+        bits.state = state
+        stream = bits.random_raw(words).astype(np.uint32)
+        if _deal_kernel(
+            stream,
+            np.concatenate(cand_flat).astype(np.int64),
+            np.asarray(cand_start, dtype=np.int64),
+            np.asarray(cand_len, dtype=np.int64),
+            lens,
+            _SAMPLE_SETSIZE,
+            dealt,
+        ):
+            break
+        words *= 2  # the rejection sampling used more words than drawn: draw more
+    offset = 0
+    for op, remote in enumerate(remote_where):
+        layer, expert = divmod(op, E)
+        out[layer, remote, expert] = dealt[offset : offset + remote.size]
+        offset += remote.size
+    return out
+
+
+def _python_deal(plan: Plan, seed: int) -> np.ndarray:
+    """:func:`draw_sglang_static_slots` with the engine's own generator calls in plain Python."""
     rng = random.Random(seed)
     L, G, E = plan.num_layers, plan.num_gpus, plan.num_experts
     out = np.full((L, G, E), -1, dtype=np.int64)
@@ -277,6 +351,93 @@ def draw_sglang_static_slots(plan: Plan, seed: int = SGLANG_SEED) -> np.ndarray:
             row[remote] = _fair_deal(candidates, remote.size, rng)
             out[layer, :, expert] = row
     return out
+
+
+def _sample_setsize(k: int) -> int:
+    """``random.Random.sample``'s switch between its pool and set methods, computed as CPython does."""
+    setsize = 21
+    if k > 5:
+        setsize += 4 ** math.ceil(math.log(k * 3, 4))
+    return setsize
+
+
+_SAMPLE_SETSIZE = np.array([_sample_setsize(k) for k in range(4097)], dtype=np.int64)
+
+
+@numba.njit(cache=True)
+def _randbelow(stream: np.ndarray, at: np.ndarray, n: np.int64) -> np.int64:
+    """CPython's ``_randbelow_with_getrandbits(n)`` on the generator's 32-bit outputs (``at[0]`` the next
+    one; past the end, -1)."""
+    k = np.int64(0)
+    m = np.int64(n)
+    while m > 0:
+        k += 1
+        m >>= 1
+    while True:
+        if at[0] >= stream.size:
+            return np.int64(-1)
+        r = np.int64(stream[at[0]]) >> (np.int64(32) - k)
+        at[0] += 1
+        if r < n:
+            return r
+
+
+@numba.njit(cache=True)
+def _deal_kernel(
+    stream: np.ndarray,
+    cand_flat: np.ndarray,
+    cand_start: np.ndarray,
+    cand_len: np.ndarray,
+    remote_len: np.ndarray,
+    setsize_of: np.ndarray,
+    dealt: np.ndarray,
+) -> bool:
+    """SGLang's ``_fair_choices`` for every (layer, expert) in order: ``quotient`` copies of the
+    candidates, ``sample(candidates, remainder)``, ``shuffle``; written to ``dealt`` expert after expert.
+    False when the stream ran out (the caller draws more)."""
+    at = np.zeros(1, dtype=np.int64)
+    out_at = 0
+    for op in range(cand_len.size):
+        n = cand_len[op]
+        k = remote_len[op]
+        cand = cand_flat[cand_start[op] : cand_start[op] + n]
+        quotient = k // n
+        remainder = k % n
+        x = np.empty(k, dtype=np.int64)
+        for q in range(quotient):
+            x[q * n : (q + 1) * n] = cand
+        base = quotient * n
+        if remainder > 0:
+            if n <= setsize_of[remainder]:
+                pool = cand.copy()
+                for i in range(remainder):
+                    j = _randbelow(stream, at, n - i)
+                    if j < 0:
+                        return False
+                    x[base + i] = pool[j]
+                    pool[j] = pool[n - i - 1]
+            else:
+                taken = np.zeros(n, dtype=np.bool_)
+                for i in range(remainder):
+                    j = _randbelow(stream, at, n)
+                    if j < 0:
+                        return False
+                    while taken[j]:
+                        j = _randbelow(stream, at, n)
+                        if j < 0:
+                            return False
+                    taken[j] = True
+                    x[base + i] = cand[j]
+        for i in range(k - 1, 0, -1):
+            j = _randbelow(stream, at, i + 1)
+            if j < 0:
+                return False
+            tmp = x[i]
+            x[i] = x[j]
+            x[j] = tmp
+        dealt[out_at : out_at + k] = x
+        out_at += k
+    return True
 
 
 def emulated_shares(

@@ -125,9 +125,9 @@ class PlacementProblem:
         flat = np.asarray(row, dtype=np.int64).ravel()
         one = Plan(self.num_gpus, self.gpus_per_node, self.slots_per_gpu, flat[None, :])
         demand = self.source_demand()
-        return slot_shares(
-            one, 0, self.engine, None if demand is None else demand[layer : layer + 1][0]
-        )
+        layer_demand = None if demand is None else demand[layer]
+        # the search's estimate: SGLang's expectation (its draw runs over the whole plan at the end)
+        return slot_shares(one, 0, self.engine, layer_demand, sglang_expected=True)
 
     def combined_load(self) -> np.ndarray:
         """``[layers, experts]`` load over all traces, each normalised to one token then weighted."""

@@ -22,6 +22,7 @@ from moe_placement.cluster import load_cluster
 from moe_placement.dispatch import (
     ENGINES,
     dispatch_shares,
+    draw_sglang_static_slots,
     emulated_shares,
     sglang_expected_shares,
     sglang_static_slots,
@@ -130,6 +131,29 @@ def test_sglang_local_first_and_even_deal(tiny: tuple[Workload, Plan]) -> None:
         np.testing.assert_allclose(D[hosts][:, slots], np.eye(slots.size))
         remote = np.setdiff1d(np.arange(G), hosts)
         np.testing.assert_allclose(D[remote][:, slots], 1.0 / slots.size)
+
+
+@pytest.mark.slow  # compiles the deal kernel (~20 CPU-s cold)
+@pytest.mark.parametrize("kernel", [False, True])
+def test_sglang_deal_replays_pythons_generator_on_both_sample_paths(kernel: bool) -> None:
+    """Many replicas of one expert (31 on 64 GPUs: ``random.sample`` takes its set path) and pairs;
+    the plain and the compiled deal both replay ``random.Random(42)`` as the engine calls it."""
+    G64, spg = 64, 2
+    rng = np.random.default_rng(2)
+    rows = []
+    for _ in range(3):
+        items = np.concatenate([np.zeros(30, dtype=np.int64), np.arange(98)])  # expert 0: 31 slots
+        held: list[list[int]] = [[] for _ in range(G64)]
+        for g, e in zip(range(30), items[:30], strict=True):
+            held[g].append(int(e))
+        rest = rng.permutation(items[30:])
+        for e in rest.tolist():
+            g = next(g for g in rng.permutation(G64) if len(held[g]) < spg and e not in held[g])
+            held[g].append(e)
+        rows.append(np.array(held).ravel())
+    plan = Plan(G64, 8, spg, np.stack(rows)).validate()
+    drawn = draw_sglang_static_slots(plan, kernel=kernel)
+    np.testing.assert_array_equal(drawn, reference_sglang_table(plan))
 
 
 def test_vllm_and_trtllm_split_evenly_whatever_the_plan_shares(tiny: tuple[Workload, Plan]) -> None:
