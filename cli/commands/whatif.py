@@ -221,6 +221,7 @@ def read_input(path: Path, model: str | None) -> InputFacts:
     if not path.exists():
         raise PlacementError(f"trace file not found: {path}")
     trace = TraceFile(path)
+    trace.validate()  # refused here in one line, not turned into 'infeasible' scenarios
     meta = trace.meta
     mode = meta.extra.get("mode") if isinstance(meta.extra, dict) else None
     return InputFacts(
