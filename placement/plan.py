@@ -350,7 +350,8 @@ def _layers_from_dict(data: dict[str, Any], num_moe_layers: int) -> LayerIdentit
     ):
         raise PlacementError("plan is malformed: total_layers and first_moe_layer must be integers")
     if ids is None:
-        return LayerIdentity.contiguous(int(first), num_moe_layers, total)
+        assert first is not None
+        return LayerIdentity.contiguous(first, num_moe_layers, total)
     if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
         raise PlacementError("plan is malformed: moe_layer_ids must be a list of integers")
     layers = LayerIdentity.of(ids, total)

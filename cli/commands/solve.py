@@ -60,7 +60,15 @@ def add_problem_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redundant", type=int, default=0, help="redundant slots for replicas (per layer)"
     )
-    p.add_argument("--time-limit", type=float, default=None, help="solver time limit in seconds")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="seconds for the solve once the trace is read: search, bounds, baselines and their "
+        "comparison; then the plan is scored once more and written (default 10; with --solver "
+        "all, per solver). Deterministic runs (the default) count CP-SAT's deterministic seconds "
+        "and stop in any case at 3x the limit in wall time",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", default="standard", choices=MODES)
     p.add_argument("--current", default=None, help="current plan JSON (incremental re-placement)")
@@ -187,13 +195,9 @@ def _run(args: argparse.Namespace) -> int:
     name = args.solver or default_solver()
     if name == "all":
         return compare_solvers(args, problem, config, sorted(REGISTRY))
+    # stopped by SIGINT or by its time limit: the best plan so far, marked in provenance
     plan = run_solver(name, problem, config)
     stopped = interrupt.requested()
-    if stopped:
-        prov = plan.provenance
-        plan = dataclasses.replace(
-            plan, provenance=dataclasses.replace(prov, extra={**prov.extra, "stopped": stopped})
-        )
     stored_plan(plan, args.deterministic).save(args.out)
     if stopped:
         sys.stderr.write(

@@ -123,8 +123,10 @@ def load(path: str | os.PathLike[str], options: ImportOptions | None = None) -> 
     if mode == "per_pass":
         counts = _per_pass_counts(dumps)
     else:
-        counts = sum(stat_counts(data["logical_count"], str(file)) for file, data in dumps)
-        assert isinstance(counts, np.ndarray)
+        per_file = [stat_counts(data["logical_count"], str(file)) for file, data in dumps]
+        if len({c.shape for c in per_file}) != 1:
+            raise PlacementError(f"{root}: stat dumps disagree on [layers, experts]")
+        counts = np.sum(per_file, axis=0)
     load, layers = counts_with_layers(counts, str(root))
     if options.num_experts is not None and options.num_experts != load.shape[1]:
         raise PlacementError(
