@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 from moe_placement.cli.commands._common import (
     Command,
     add_cluster_args,
+    add_engine_arg,
     add_step_args,
+    engine_line,
     human_bytes,
     load_workload,
     print_json,
@@ -16,6 +19,7 @@ from moe_placement.cli.commands._common import (
     resolve_step,
     table,
 )
+from moe_placement.dispatch import plan_engine
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import MODES
 from moe_placement.plan import Plan
@@ -46,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", default="none", choices=["none", "two-batch", "chunked"])
     p.add_argument("--mode", default="standard", choices=MODES)
     add_step_args(p)
+    add_engine_arg(p, "(default: the engine the plan was solved for, else the share-aware router)")
     p.add_argument(
         "--layers", default=None, help="comma-separated MoE layers to simulate (default all)"
     )
@@ -133,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
     from moe_placement.simulator import simulate_moe
 
     plan = Plan.load(args.plan)
+    if args.engine:  # the simulated traffic follows this engine's replica dispatch
+        plan = dataclasses.replace(
+            plan, provenance=dataclasses.replace(plan.provenance, engine=args.engine)
+        )
     cluster = resolve_cluster(args, plan.num_gpus, plan.gpus_per_node)
     workload = load_workload(args.trace, cluster.num_gpus, args.home, args.model)
     step_scope = resolve_step(args, args.trace)
@@ -177,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
             layers=layers,
         )
     if args.json:
-        print_json(res.to_dict())
+        print_json({**res.to_dict(), "engine": plan_engine(plan)})
         return 0
     step = res.step_time()
     rows = [
@@ -197,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"plan {args.plan} on {cluster.name} ({cluster.num_gpus} GPUs), algo {args.algo}, overlap {args.overlap}"
     )
+    print(engine_line(plan_engine(plan)))
     headers = ["layer", "disp us", "comp us", "comb us", "layer us", "exposed us", "comm LB us"]
     print(
         step_scope.line(
