@@ -118,13 +118,23 @@ def resolve_cluster(
     return spec
 
 
-def add_trace_args(parser: argparse.ArgumentParser, multiple: bool = True) -> None:
+def add_trace_args(
+    parser: argparse.ArgumentParser, multiple: bool = True, bundled_default: bool = False
+) -> None:
+    """``--trace`` (required, unless ``bundled_default``: then absent means the bundled trace, filled
+    in by :func:`default_traces`), ``--model`` and ``--home``."""
     parser.add_argument(
         "--trace",
         action="append" if multiple else "store",
-        required=True,
+        required=not bundled_default,
         metavar="PATH",
-        help="trace Parquet file or logical_count JSON" + (" (repeatable)" if multiple else ""),
+        help="trace Parquet file or logical_count JSON"
+        + (" (repeatable)" if multiple else "")
+        + (
+            " (default: the bundled tiny-MoE trace, traces/data/tiny_moe_trace.parquet)"
+            if bundled_default
+            else ""
+        ),
     )
     parser.add_argument(
         "--model", default=None, help="model shape for load-only JSON (deepseek-v3, ...)"
@@ -144,7 +154,10 @@ def add_engine_arg(parser: argparse.ArgumentParser, default_help: str | None = N
         choices=SERVING_ENGINES,
         help="serving engine whose replica dispatch (which replica a token uses) to optimise for and "
         "report: SGLang static, vLLM EPLB, TensorRT-LLM wide-EP "
-        + (default_help or "(default: the project's share-aware router, which no engine serves today)"),
+        + (
+            default_help
+            or "(default: the project's share-aware router, which no engine serves today)"
+        ),
     )
 
 
@@ -156,6 +169,16 @@ def engine_line(engine: str) -> str:
     if engine == SHARE:
         line += "; served by an engine the balance differs: see --engine"
     return line
+
+
+def default_traces(args: argparse.Namespace, command: str) -> list[str]:
+    """``args.trace``, or the bundled trace (said on stderr) when none was given."""
+    if args.trace:
+        return list(args.trace)
+    from moe_placement.traces.data import DEFAULT_TRACE
+
+    sys.stderr.write(f"placement {command}: no --trace given: the bundled trace {DEFAULT_TRACE}\n")
+    return [str(DEFAULT_TRACE)]
 
 
 def load_workload(

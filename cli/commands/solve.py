@@ -14,6 +14,7 @@ from moe_placement.cli.commands._common import (
     add_engine_arg,
     add_step_args,
     add_trace_args,
+    default_traces,
     engine_line,
     load_workload,
     parse_finite,
@@ -55,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_problem_arguments(p: argparse.ArgumentParser) -> None:
     """Everything but the solver choice and the output: shared with ``placement compare``."""
-    add_trace_args(p, multiple=True)
+    add_trace_args(p, multiple=True, bundled_default=True)
     add_cluster_args(p)
     p.add_argument(
         "--redundant", type=int, default=0, help="redundant slots for replicas (per layer)"
@@ -130,7 +131,8 @@ def add_problem_arguments(p: argparse.ArgumentParser) -> None:
 def build_problem(args: argparse.Namespace) -> Any:
     from moe_placement.solvers import PlacementProblem
 
-    cluster = resolve_cluster(args)
+    args.trace = default_traces(args, args.command)
+    cluster = fitting_cluster(args)
     args.step_scope = resolve_step(args, args.trace[0])
     workloads = tuple(load_workload(t, cluster.num_gpus, args.home, args.model) for t in args.trace)
     weights: tuple[float, ...] = ()
@@ -150,6 +152,39 @@ def build_problem(args: argparse.Namespace) -> Any:
         engine=args.engine or "share",
     )
     return problem
+
+
+def fitting_cluster(args: argparse.Namespace) -> Any:
+    """The cluster of ``--cluster``/``--gpus``/``--gpus-per-node``. Without ``--gpus``, a preset with
+    more GPUs than the trace has expert slots (experts + redundant; the default h100-multirail has 64,
+    the bundled trace 16 experts) is cut to the most GPUs the slots fill evenly, said on stderr."""
+    cluster = resolve_cluster(args)
+    slots = _num_experts(args.trace[0], args) + max(args.redundant, 0)
+    if args.gpus is not None or slots >= cluster.num_gpus:
+        return cluster
+    per_node = cluster.gpus_per_node
+    fits = [
+        g
+        for g in range(min(slots, cluster.num_gpus), 0, -1)
+        if slots % g == 0 and (g % per_node == 0 or g < per_node)
+    ]
+    gpus = fits[0]
+    sys.stderr.write(
+        f"placement {args.command}: no --gpus given: {gpus} GPUs, as the trace's {slots} expert "
+        f"slots ({slots - args.redundant} experts + {args.redundant} redundant) cannot fill "
+        f"{cluster.name}'s {cluster.num_gpus}\n"
+    )
+    return cluster.with_counts(gpus, min(per_node, gpus))
+
+
+def _num_experts(trace: str, args: argparse.Namespace) -> int:
+    """The trace's expert count: from a per-token trace's metadata, else from its loads."""
+    from moe_placement.traces.reader import TraceFile
+
+    try:
+        return TraceFile(trace).meta.num_experts
+    except PlacementError:  # load-only input (logical_count JSON or load Parquet), or unreadable
+        return load_workload(trace, None, args.home, args.model).num_experts
 
 
 def solver_config(args: argparse.Namespace) -> Any:
@@ -289,7 +324,7 @@ def compare_solvers(args: argparse.Namespace, problem: Any, config: Any, names: 
                 s["moe_time_us"],
                 prov.extra.get("search_objective", "-"),
                 prov.seconds,
-                prov.gap if prov.gap is not None else "-",
+                "-" if prov.gap is None else f"{prov.gap:.1%}",  # in % as solve prints it
                 prov.method,
             ]
         )
