@@ -1,8 +1,9 @@
 """TensorRT-LLM expert statistics (``EXPERT_STATISTIC_ITER_RANGE`` / ``EXPERT_STATISTIC_PATH``).
 
-Modelled on TensorRT-LLM's ``ExpertStatistic`` (PyTorch backend, ``_maybe_add_info`` / ``_write``) and on
-``examples/wide_ep/ep_load_balancer/utils.py`` (``load_expert_statistic``), which the wide-EP example
-reads before generating its load-balancer YAML (versions in docs/engines.md).
+Modelled on TensorRT-LLM's ``tensorrt_llm/_torch/expert_statistic.py`` (``ExpertStatistic``:
+``_maybe_add_info``, ``_write``) and ``examples/wide_ep/ep_load_balancer/utils.py``
+(``load_expert_statistic``), which the wide-EP example reads before generating its load-balancer YAML
+(versions in docs/engines.md).
 
 The folder holds ``meta_info.json`` (``num_experts``, ``num_experts_per_token``) and one
 ``rank<r>.safetensors`` per rank: one int64 tensor ``[num_experts]`` per (iteration, layer), named
