@@ -487,6 +487,12 @@ class _Answers:
                     hits.sort_values(["usd_per_million_tokens", "gpus"]).iloc[0]
                 )
         advice = target_advice(ok, options, smallest)
+        if cheapest is not None and cheapest != smallest:
+            advice += (
+                f" The cheapest meeting it: {cheapest['gpus']} GPUs (redundant "
+                f"{cheapest['redundant']}, solver {cheapest['solver']}), "
+                f"{_fmt(cheapest['usd_per_m_tokens'])} $/M tokens."
+            )
         fit = _redundant_that_fit(ok, meta, memory)
         headers = [
             "gpus",
