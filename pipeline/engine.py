@@ -124,13 +124,20 @@ def solve_plan(
     time_limit_s: float,
     seed: int,
     deterministic: bool = False,
+    dispatch: str = "share",
 ) -> Plan:
     """The registered ``solver``'s plan for one workload on ``cluster`` (``deterministic``: CP-SAT on
-    a deterministic time limit, the same plan on any machine load)."""
+    a deterministic time limit, the same plan on any machine load), solved for the replica dispatch of
+    ``dispatch`` (a serving engine, or the share-aware router: :mod:`moe_placement.dispatch`); the plan
+    records it, so its evaluation and simulation follow that dispatch."""
     from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
 
     problem = PlacementProblem(
-        workloads=(workload,), cluster=cluster, num_redundant=redundant, mode=mode
+        workloads=(workload,),
+        cluster=cluster,
+        num_redundant=redundant,
+        mode=mode,
+        engine=dispatch,
     )
     config = SolverConfig(
         time_limit_s=time_limit_s, seed=seed, extra={"deterministic": deterministic}
@@ -210,6 +217,7 @@ def run_scenario(scenario: Scenario, base: ClusterSpec) -> dict[str, Any]:
             mode=scenario.mode,
             time_limit_s=scenario.time_limit_s,
             seed=scenario.seed,
+            dispatch=scenario.dispatch,
         )
         ev = evaluate(
             plan, cluster, workload, mode=scenario.mode, tokens_per_gpu=scenario.tokens_per_gpu

@@ -19,7 +19,7 @@ baseline, and a baseline recorded on another trace is refused.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +87,18 @@ def measure(
 ) -> TraceMeasurement:
     """Solve (or load ``plan_path``) and measure one trace under ``config`` (the regress options:
     ``solver``, ``redundant``, ``mode``, ``tokens_per_gpu``, ``overlap``, ``algo``, ``seed``,
-    ``time_limit_s``, ``deterministic``); ``fingerprint``: its routing fingerprint when the caller
-    has it already."""
+    ``time_limit_s``, ``deterministic``, ``serving_engine``: whose replica dispatch, default the
+    share-aware router); ``fingerprint``: its routing fingerprint when the caller has it already."""
     from moe_placement.traces.reader import TraceFile
 
     file_fingerprint = TraceFile(trace).fingerprint()  # the workload cache's key
     workload = workload_for(str(Path(trace).resolve()), file_fingerprint, cluster.num_gpus)
     mode, tokens_per_gpu = str(config["mode"]), int(config["tokens_per_gpu"])
+    dispatch = str(config.get("serving_engine", "share"))
     if plan_path is not None:
         plan = Plan.load(plan_path)
+        if dispatch != "share":  # measured under that engine's dispatch, whatever it was solved for
+            plan = replace(plan, provenance=replace(plan.provenance, engine=dispatch))
     else:
         plan = solve_plan(
             workload,
@@ -106,6 +109,7 @@ def measure(
             time_limit_s=float(config["time_limit_s"]),
             seed=int(config["seed"]),
             deterministic=bool(config.get("deterministic", True)),
+            dispatch=dispatch,
         )
     ev = evaluate(plan, cluster, workload, mode=mode, tokens_per_gpu=tokens_per_gpu)
     step = simulate_step(

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from moe_placement.cluster import FABRICS, ClusterSpec, gpu_type
+from moe_placement.dispatch import ENGINES
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import MODES
 
 # Bump when the meaning or set of result columns changes: every cached result is then recomputed.
-RESULTS_VERSION = 2
+RESULTS_VERSION = 3  # 3: scenarios record their replica dispatch ("dispatch")
 
 TOPOLOGIES = tuple(f for f in FABRICS if f != "none")
 OVERLAPS = ("none", "two-batch", "chunked")
@@ -99,6 +100,7 @@ AXES: dict[str, tuple[str, Any]] = {
     "overlap": ("overlap", _choice(OVERLAPS)),
     "algo": ("algo", _choice(ALGOS)),
     "mode": ("mode", _choice(MODES)),
+    "engine": ("dispatch", _choice(ENGINES)),
 }
 
 
@@ -134,6 +136,9 @@ class Scenario:
     attention_us: float = 0.0
     shared_expert_us: float = 0.0
     dense_layer_us: float = 0.0
+    # whose replica dispatch the plan is solved for and timed under (moe_placement.dispatch): a serving
+    # engine or the share-aware router ("share"); not "engine", which names the timing engine in keys
+    dispatch: str = "share"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,7 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moe_placement.cli.commands._common import CheckFailed, Command, parse_finite, print_json, table
+from moe_placement.cli.commands._common import (
+    CheckFailed,
+    Command,
+    add_engine_arg,
+    engine_line,
+    parse_finite,
+    print_json,
+    table,
+)
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import MODES
 
@@ -30,6 +38,7 @@ _CONFIG_OPTIONS = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from moe_placement.pipeline.scenario import ALGOS, OVERLAPS
+    from moe_placement.reports.regress import DEFAULT_CONFIG
 
     p.add_argument(
         "--trace",
@@ -47,27 +56,69 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--plan", default=None, help="measure this plan instead of solving (one --trace)"
     )
+    # every option below defaults to the baseline's stored value, then to the one named here
+    defaults = DEFAULT_CONFIG
     p.add_argument(
         "--cluster",
         default=None,
-        help="preset or file (default: the baseline's, else h100-multirail)",
+        help="preset ({clusters}) or file (default: the baseline's, else h100-multirail)",
     )
-    p.add_argument("--gpus", type=int, default=None)
-    p.add_argument("--gpus-per-node", type=int, default=None)
-    p.add_argument("--solver", default=None)
-    p.add_argument("--redundant", type=int, default=None)
-    p.add_argument("--mode", default=None, choices=MODES)
-    p.add_argument("--tokens-per-gpu", type=int, default=None)
-    p.add_argument("--overlap", default=None, choices=OVERLAPS)
-    p.add_argument("--algo", default=None, choices=ALGOS)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--time-limit", dest="time_limit_s", type=float, default=None)
     p.add_argument(
+        "--gpus", type=int, default=None, help=f"default: the baseline's, else {defaults['gpus']}"
+    )
+    p.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=None,
+        help=f"default: the baseline's, else {defaults['gpus_per_node']}",
+    )
+    p.add_argument("--solver", default=None, help="{solvers} (default: the baseline's, else best)")
+    p.add_argument(
+        "--redundant",
+        type=int,
+        default=None,
+        help=f"redundant slots per layer (default: the baseline's, else {defaults['redundant']})",
+    )
+    p.add_argument(
+        "--mode", default=None, choices=MODES, help="default: the baseline's, else standard"
+    )
+    p.add_argument(
+        "--tokens-per-gpu",
+        type=int,
+        default=None,
+        help="tokens per GPU in one step (default: the baseline's, else "
+        f"{defaults['tokens_per_gpu']})",
+    )
+    p.add_argument(
+        "--overlap", default=None, choices=OVERLAPS, help="default: the baseline's, else none"
+    )
+    p.add_argument(
+        "--algo", default=None, choices=ALGOS, help="default: the baseline's, else deepep"
+    )
+    p.add_argument("--seed", type=int, default=None, help="default: the baseline's, else 0")
+    p.add_argument(
+        "--time-limit",
+        dest="time_limit_s",
+        type=float,
+        default=None,
+        help="solver time limit, s (deterministic units unless the baseline was recorded on the "
+        f"wall clock; default: the baseline's, else {defaults['time_limit_s']:g})",
+    )
+    timing = p.add_mutually_exclusive_group()
+    timing.add_argument(
         "--deterministic",
         action="store_const",
         const=True,
         default=None,
-        help="CP-SAT on a deterministic time limit: the same plan on any machine load (stored)",
+        help="CP-SAT on a deterministic time limit: the same plan on any machine load (stored; "
+        "default: the baseline's, else deterministic)",
+    )
+    timing.add_argument(
+        "--wall-clock",
+        dest="deterministic",
+        action="store_const",
+        const=False,
+        help="CP-SAT on --time-limit wall seconds: the plan varies with machine load (stored)",
     )
     p.add_argument(
         "--tolerance",
@@ -76,6 +127,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="METRIC=REL[+ABS]",
         help="override a tolerance, e.g. layer_us=0.1 or solve_s=2+5 (stored on update)",
     )
+    add_engine_arg(p, "(default: the baseline's, else the share-aware router; stored in it)")
     p.add_argument("--json", action="store_true")
 
 
@@ -135,10 +187,14 @@ def run(args: argparse.Namespace) -> int:
         given = getattr(args, key)
         config[key] = given if given is not None else stored_config.get(key, fallback[key])
     config["solver"] = config["solver"] or default_solver()
+    # whose replica dispatch the plans are solved for and measured under (a baseline without it was
+    # measured under the share-aware router)
+    config["serving_engine"] = args.engine or stored_config.get("serving_engine", "share")
     notes = [
-        f"config differs from the baseline: {k} {config[k]} (baseline {stored_config[k]})"
-        for k in _CONFIG_OPTIONS
-        if k in stored_config and stored_config[k] != config[k]
+        f"config differs from the baseline: {k} {config[k]} (baseline {stored_config.get(k, 'share')})"
+        for k in (*_CONFIG_OPTIONS, "serving_engine")
+        if (k in stored_config or k == "serving_engine")
+        and stored_config.get(k, "share") != config[k]
     ]
     per_node = min(int(config["gpus_per_node"]), int(config["gpus"]))
     cluster = load_cluster(config["cluster"]).with_counts(int(config["gpus"]), per_node)
@@ -214,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
             ]
             for c in checks
         ]
+        print(engine_line(config["serving_engine"]))
         print(table(["trace", "metric", "baseline", "current", "change", "limit", "status"], rows))
         for note in notes:
             print(f"note: {note}")

@@ -19,6 +19,8 @@ from typing import Any
 from moe_placement.cli.commands._common import (
     Command,
     add_cluster_args,
+    add_engine_arg,
+    engine_line,
     parse_finite,
     print_json,
     resolve_cluster,
@@ -77,6 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--synth-affinity", type=float, default=0.6, help="synthetic profile: P(top-1 follows)"
     )
     add_cluster_args(p)
+    add_engine_arg(p)
     p.add_argument(
         "--sweep",
         action="append",
@@ -321,6 +324,7 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], Any, dict[str, Any]
         model=args.model if args.trace and args.model else "",
         phase=phase,
         sample_layers=args.sample_layers,
+        dispatch=args.engine or "share",
     )
     if scenario.solver not in REGISTRY:
         raise PlacementError(
@@ -529,6 +533,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{summary['engine']}; solver time limit {meta['time_limit_s']:g} s per scenario"
             )
         print(report.scope)
+        if not args.report_only:
+            print(engine_line(args.engine or "share"))
         print(table(report.text_headers, report.text_rows))
         for line in report.text_lines:
             print(line)
