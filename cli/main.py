@@ -26,6 +26,7 @@ from moe_placement.cli.commands._common import (
     positive_float,
     positive_int,
 )
+from moe_placement.cli.commands._help import HelpFormatter, version
 from moe_placement.errors import PlacementError
 
 # Argument destinations that name files a command reads, and files or folders it writes. An output that
@@ -122,10 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="placement",
         description="Expert placement for Mixture-of-Experts models: traces, solvers, simulator, reports.",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"placement {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in discover():
-        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        p = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            formatter_class=HelpFormatter,  # defaults shown, registry names listed
+        )
         command.add_arguments(p)
         p.set_defaults(_run=command.run)
     return parser

@@ -177,7 +177,7 @@ def test_bad_inputs_exit_2_with_one_line(
     assert "not found" in bad_exit(capsys, ["solve", "--trace", str(tmp_path / "none.parquet")])
     assert "Parquet" in bad_exit(capsys, ["solve", "--trace", str(tmp_path / "junk.parquet")])
     assert "logical_count" in bad_exit(capsys, ["solve", "--trace", str(tmp_path / "junk.json")])
-    assert "required" in bad_exit(capsys, ["solve"])
+    assert "required" in bad_exit(capsys, ["evaluate"])  # a bare solve runs on the bundled trace
     assert "unknown solver" in bad_exit(
         capsys, ["solve", "--trace", str(tiny_trace), "--solver", "magic", "--gpus", "4"]
     )

@@ -99,7 +99,7 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cluster",
         default=None,
-        help="preset name or YAML/TOML/JSON file (default h100-multirail)",
+        help="preset ({clusters}) or YAML/TOML/JSON file (default h100-multirail)",
     )
     parser.add_argument("--gpus", type=int, default=None, help="override the cluster's GPU count")
     parser.add_argument("--gpus-per-node", type=int, default=None, help="override GPUs per node")

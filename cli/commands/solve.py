@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--solver",
         default=None,
-        help="solver name, or 'all' to compare every solver (default: the best)",
+        help="solver: {solvers}; or 'all' to compare every solver (default: best)",
     )
     p.add_argument("--out", default="plan.json", help="where to write the plan (default plan.json)")
 
