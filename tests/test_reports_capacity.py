@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from moe_placement.cli.commands._common import human_bytes
 from moe_placement.cli.main import main
 from moe_placement.cluster import GPU_TYPES, load_cluster
 from moe_placement.pipeline.results import load_results
@@ -48,9 +49,7 @@ def load_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return json_path, parquet_path
 
 
-def _whatif_json(
-    trace: Path, out: Path, capsys: pytest.CaptureFixture[str], *extra: str
-) -> dict:
+def _whatif_json(trace: Path, out: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
     argv = [
         "whatif",
         "--trace",
@@ -85,17 +84,20 @@ def test_logical_count_json_gives_the_contract_and_per_model_figures(
     assert {"scenarios", "smallest_meeting_target"} <= set(out)
     assert len(out["scenarios"]) == 2
     for scenario in out["scenarios"]:
-        assert CONTRACT_KEYS <= set(scenario), scenario
+        assert set(scenario) >= CONTRACT_KEYS, scenario
         assert scenario["moe_layers"] == 16 and scenario["timed_layers"] == 2
         # tokens/s is per model: the step holds every MoE layer, each with its attention
         assert scenario["attention_us"] > 0
         assert scenario["step_us"] == pytest.approx(16 * scenario["layer_us"])
         tokens_per_step = scenario["tokens_per_gpu"] * scenario["gpus"]
-        assert scenario["tokens_per_s"] == pytest.approx(tokens_per_step / scenario["step_us"] * 1e6)
+        assert scenario["tokens_per_s"] == pytest.approx(
+            tokens_per_step / scenario["step_us"] * 1e6
+        )
     # the file name says decode: the phase and its default step size are inferred and stated
     assert all(s["phase"] == "decode" and s["tokens_per_gpu"] == 128 for s in out["scenarios"])
-    assert "per step of 128 tokens per GPU (default for decode), phase decode (from the input)" in (
-        out["scope"]
+    assert (
+        "per step of 128 tokens per GPU (default for decode), phase decode (from the input)"
+        in (out["scope"])
     )
     assert "load-only" in out["scope"] and "Per model (olmoe-1b-7b)" in out["scope"]
     # an easy target: the smallest cluster is the 2-GPU one
@@ -114,7 +116,13 @@ def test_load_only_parquet_matches_its_json(
     from_parquet = _whatif_json(parquet_path, tmp_path / "p", capsys, *common)
     assert from_parquet["smallest_meeting_target"] is None  # nobody reaches 1e15 tokens/s
     for a, b in zip(from_json["scenarios"], from_parquet["scenarios"], strict=True):
-        for key in ("layer_us", "step_us", "tokens_per_s", "usd_per_m_tokens", "memory_per_gpu_gib"):
+        for key in (
+            "layer_us",
+            "step_us",
+            "tokens_per_s",
+            "usd_per_m_tokens",
+            "memory_per_gpu_gib",
+        ):
             assert a[key] == pytest.approx(b[key]), key
     assert "phase decode (given)" in from_parquet["scope"]
 
@@ -216,8 +224,12 @@ def test_attention_time_grows_with_context_and_decode_reads_the_kv_cache() -> No
     model = whole_model("deepseek-v3")
     assert model is not None
     shape, cluster = model_shape("deepseek-v3"), load_cluster(None)
-    short = layer_costs(model, shape, cluster, phase="decode", tokens_per_gpu=128, context_tokens=1024)
-    long = layer_costs(model, shape, cluster, phase="decode", tokens_per_gpu=128, context_tokens=8192)
+    short = layer_costs(
+        model, shape, cluster, phase="decode", tokens_per_gpu=128, context_tokens=1024
+    )
+    long = layer_costs(
+        model, shape, cluster, phase="decode", tokens_per_gpu=128, context_tokens=8192
+    )
     assert long.attention_us > short.attention_us
     # decode is bound by HBM: 128 x 8192 tokens x 1,152 B of KV per layer, at least this long
     kv_us = 128 * 8192 * 1152 / (cluster.gpu.hbm_gbytes_per_s * 1e3)
@@ -251,3 +263,40 @@ def test_sampled_layers_spread_evenly() -> None:
     assert sampled_layers(58, 4) == [0, 19, 38, 57]
     assert sampled_layers(4, 4) == [0, 1, 2, 3] and sampled_layers(5, 0) == [0, 1, 2, 3, 4]
     assert sampled_layers(9, 1) == [4]
+
+
+def test_solve_states_its_step_and_shows_bytes_per_step(
+    load_inputs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A load-only input counted over a whole run: the table's bytes are for the step its times are
+    for, and the scope line says which step, which phase and where each came from."""
+    json_path, _ = load_inputs
+    argv = [
+        "solve",
+        "--trace",
+        str(json_path),
+        "--model",
+        "olmoe-1b-7b",
+        "--gpus",
+        "4",
+        "--gpus-per-node",
+        "2",
+        "--solver",
+        "greedy",
+        "--out",
+        str(tmp_path / "plan.json"),
+    ]
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scope"]["tokens_per_gpu"] == 128 and report["scope"]["phase"] == "decode"
+    step_nic_bytes = report["summary"]["inter_node_bytes"] * report["time_scale"]
+    assert report["time_scale"] == pytest.approx(128 * 4 / 20000, rel=1e-3)
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert (
+        "per MoE layer, per step of 128 tokens per GPU (default for decode) x 4 GPUs, phase decode "
+        "(from the file name); the input holds counts of 20,000 tokens over a whole run (load-only)"
+    ) in text
+    total = next(line for line in text.splitlines() if line.startswith("total:"))
+    assert f"NIC {human_bytes(step_nic_bytes)}," in total and "per step" in total
