@@ -76,6 +76,8 @@ GPU_TYPES: dict[str, GPUSpec] = {
     "H800": GPUSpec("H800", 989.0, 1979.0, 3350.0, 80.0, 200.0),
     "H200": GPUSpec("H200", 989.0, 1979.0, 4800.0, 141.0, 450.0),
     "B200": GPUSpec("B200", 2250.0, 4500.0, 8000.0, 180.0, 900.0),
+    # GB200 NVL72: 180 / 360 PFLOPS dense BF16 / FP8 and 13.4 TB HBM3e over 72 GPUs; NVLink 5
+    "GB200": GPUSpec("GB200", 2500.0, 5000.0, 8000.0, 186.0, 900.0),
     "A100": GPUSpec("A100", 312.0, 312.0, 2039.0, 80.0, 300.0),
 }
 
@@ -292,6 +294,20 @@ def _preset_table() -> dict[str, ClusterSpec]:
             nic_gbits_per_s=400.0,
             fabric="multi-rail",
             gpu_hour_usd=5.0,
+        ),
+        # GB200 NVL72: 72 GPUs (18 compute trays of 4) in one flat NVLink domain through the NVLink
+        # switch trays, so the simulator's "node" is the whole rack (gpus_per_node=72: every pair of
+        # the 72 meets over NVLink at the full 900 GB/s per direction). Racks join over one CX7 400 Gb/s
+        # NIC per GPU on a rail-optimised fabric. `--gpus 64` takes 64 GPUs of one rack.
+        "gb200-nvl72": ClusterSpec(
+            name="gb200-nvl72",
+            gpu=GPU_TYPES["GB200"],
+            num_nodes=1,
+            gpus_per_node=72,
+            nic_gbits_per_s=400.0,
+            fabric="multi-rail",
+            switch_radix=128,
+            gpu_hour_usd=6.0,
         ),
         "a100-fat-tree": ClusterSpec(
             name="a100-fat-tree",

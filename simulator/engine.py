@@ -120,6 +120,14 @@ class FluidNetwork:
         aggregate: bool = True,
     ) -> None:
         self.env = env
+        kernels.announce_compile(
+            kernels.solve,
+            kernels.advance,
+            kernels.pop_finished,
+            kernels.classify,
+            kernels.build_classes,
+            kernels.link_index,
+        )
         cap = np.asarray(capacity_bytes_per_us, dtype=np.float64)
         if cap.size == 0 or (cap <= 0).any():
             raise PlacementError("a network needs links, each with a capacity > 0")

@@ -29,8 +29,9 @@ from moe_placement.errors import PlacementError
 from moe_placement.simulator.collectives import PhasePlan
 from moe_placement.simulator.topology import Topology
 
-# Largest relative error of the fast path against the exact event simulation on the checked grid.
-FAST_ERROR_BOUND = 0.10
+# Stated bound on the relative error of the fast path against the exact event simulation (worst seen
+# on the checked grid: 9.9%, a DeepEP combine on h800-mpft at 32 GPUs).
+FAST_ERROR_BOUND = 0.12
 
 
 @dataclass
@@ -163,7 +164,8 @@ class FastModel:
         return loads
 
     def phase_us(self, plan: PhasePlan, relay_chunks: int = 8) -> tuple[float, float]:
-        """(estimated phase time, busiest-link lower bound), both in us."""
+        """(estimated phase time, the busiest link's bytes at full capacity), both in us; the second is
+        the event simulation's ``lower_bound_us`` for the same plan."""
         direct = self.direct_loads(plan)
         lat = self._latency(plan.direct, plan=plan)
         if plan.stage1 is None or plan.stage2 is None:
@@ -173,9 +175,10 @@ class FastModel:
         lat1, lat2 = self._latency(plan.stage1), self._latency(plan.stage2)
         if plan.relay == "store-and-forward":
             first = (direct + s1).busiest_us()
-            bound = max(first + s2.busiest_us(), (direct + s1 + s2).busiest_us())
+            bound = (direct + s1 + s2).busiest_us()
             return first + max(lat, lat1) + s2.busiest_us() + lat2 + plan.overhead_us, bound
         bound = (direct + s1 + s2).busiest_us()
-        # the last chunk still crosses the second stage after the busiest link is done
-        tail = s2.busiest_us() / max(relay_chunks, 1)
+        # pipelined: the stage that is not the bottleneck adds one chunk (the first chunk before the
+        # bottleneck stage can start, or the last one after it is done)
+        tail = min(s1.busiest_us(), s2.busiest_us()) / max(relay_chunks, 1)
         return bound + max(lat, lat1 + lat2) + tail + plan.overhead_us, bound

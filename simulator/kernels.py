@@ -18,6 +18,7 @@ otherwise. Deterministic: ties are broken by class id and link id.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -38,6 +39,38 @@ try:  # compiled kernels when numba is present
 except ImportError:  # pragma: no cover - exercised only without numba
     _njit = _plain
     HAVE_NUMBA = False
+
+# Cold compile of every kernel a simulation uses, measured (docs/simulator.md, Compilation): CPU seconds.
+COLD_COMPILE_S = 15
+
+_announced = False
+
+
+def _cache_is_cold(dispatcher: Any) -> bool:
+    """Does numba hold no valid on-disk machine code for ``dispatcher`` (missing, or stale against the
+    source)? Reads numba's cache index; a numba without that internal API counts as warm (no message)."""
+    try:
+        return not dispatcher._cache._cache_file._load_index()
+    except Exception:  # numba internals differ across versions: say nothing then
+        return False
+
+
+def announce_compile(*dispatchers: Any) -> None:
+    """Say on stderr, once per process, that the kernels compile now when any of ``dispatchers`` (numba
+    entry kernels) has no cached machine code: the first run after installing takes a while, silently
+    otherwise. numba caches next to the sources, or in the user's cache directory when that is not
+    writable (``NUMBA_CACHE_DIR`` overrides both)."""
+    global _announced
+    if _announced or not HAVE_NUMBA:
+        return
+    if any(_cache_is_cold(d) for d in dispatchers):
+        _announced = True
+        print(
+            f"compiling simulator kernels (once, ~{COLD_COMPILE_S} s)...",
+            file=sys.stderr,
+            flush=True,
+        )
+
 
 # A link at or above this share of its capacity counts as saturated (float tolerance of the filling).
 SATURATED = 1.0 - 1e-9

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from moe_placement.metrics import dedup_copies, gpu_pair_copies
-from moe_placement.simulator.kernels import _njit
+from moe_placement.simulator.kernels import _njit, announce_compile
 
 
 @_njit(cache=True)
@@ -202,6 +202,8 @@ def uniform_routing(
     pairs, nic, nvlink, expert_pairs = out
     node_pairs = np.zeros(G)
     tied = np.empty(tokens, dtype=np.int64)
+    if compiled:
+        announce_compile(_count_tokens)
     limit = node_limit if node_limit is not None and node_limit < nodes else nodes
     for s in range(G):
         scores = rng.random((tokens, per_gpu * G), dtype=np.float32)
