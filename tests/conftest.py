@@ -1,7 +1,13 @@
-"""Shared fixtures: tiny synthetic traces and clusters, and the path of the optional shared data."""
+"""Shared fixtures: tiny synthetic traces and clusters, and the path of the optional shared data.
+
+Skipped tests say why at the end of every run (``-rs`` in pyproject's ``addopts``), next to the
+optional pieces this machine lacks and how to add them, so a skip is never a surprise.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,5 +40,32 @@ def small_cluster():  # type: ignore[no-untyped-def]
 
 def needs_dsv3() -> pytest.MarkDecorator:
     return pytest.mark.skipif(
-        not DSV3_LOADS.exists(), reason="../shared/data/dsv3-expert-loads absent"
+        not DSV3_LOADS.exists(),
+        reason="../shared/data/dsv3-expert-loads absent (DeepSeek-V3 loads beside the clone)",
     )
+
+
+def _absent_optional_pieces() -> list[str]:
+    """What the tests could use and this machine lacks, with the tests that then skip."""
+    absent = []
+    for module, extra, what in (
+        ("torch", "capture or executor", "capture and executor tests"),
+        ("transformers", "capture", "capture tests"),
+        ("ray", "executor", "Ray executor tests"),
+    ):
+        if importlib.util.find_spec(module) is None:
+            absent.append(f"{module} (pip install -e '.[{extra}]'): {what} skip")
+    if not any(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")):
+        absent.append("chromium (not on the PATH): the report rendering test skips")
+    if not DSV3_LOADS.exists():
+        absent.append(f"{DSV3_LOADS} (shared data): the DeepSeek-V3 load tests skip")
+    return absent
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Beside the skip reasons (``-rs``): which optional pieces are absent, and how to add them."""
+    absent = _absent_optional_pieces()
+    if absent:
+        terminalreporter.write_line("optional pieces absent here (their tests skip):")
+        for line in absent:
+            terminalreporter.write_line(f"  {line}")

@@ -23,7 +23,10 @@ CHROMIUM = next(
     (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p),
     None,
 )
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="chromium not on the PATH (to run it: install chromium, e.g. apt-get install chromium)",
+)
 
 FLAGS = [
     "--headless",
