@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
-from moe_placement import timing
-from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU, evaluate_many
+from moe_placement.metrics import evaluate_many
 from moe_placement.plan import Plan, Provenance
+from moe_placement.solvers.bounds import layer_bounds_us
 from moe_placement.solvers.context import (
     affinity_prev,
     coherent_bound,
@@ -92,25 +90,16 @@ def evaluator_us(problem: PlacementProblem, config: SolverConfig, plan: Plan) ->
 def evaluator_bound_us(problem: PlacementProblem, config: SolverConfig) -> float:
     """A placement-free lower bound (us) on the evaluator's MoE time, proven for the evaluator itself.
 
-    Per layer the evaluator adds the busiest GPU's roofline compute to two phases that take >= 0 us. The
-    busiest GPU computes at least the mean assignments, ``load.sum() / G``, and reads the weights of at
-    least ``ceil(active experts / G)`` experts (every active expert sits on some GPU), so its roofline is
-    at least the larger of the two (:func:`moe_placement.timing.compute_us`). Communication is left at
-    0: what crosses links depends on the placement. Several traces aggregate as :func:`evaluator_us`."""
-    G = problem.num_gpus
+    Per layer (:func:`moe_placement.solvers.bounds.layer_bounds_us`): the busiest GPU's roofline compute
+    of the replica-aware min-max load (and the fewest weight reads), plus, for per-token traces in
+    standard mode, the fewest dispatch and combine copies any placement sends (a GPU holds at most
+    ``spg`` distinct experts, a node ``gpn * spg``) on the fastest split over NVLink and NIC, with the
+    phase latency. Load-only and coherent evaluations leave communication at 0. Several traces
+    aggregate as :func:`evaluator_us`."""
     bounds = []
     for wl in problem.workloads:
-        scale = DEFAULT_TOKENS_PER_GPU * G / max(int(wl.num_tokens), 1)
-        load = np.asarray(wl.load, dtype=np.float64)  # [layers, experts]
-        mean_assignments = load.sum(axis=1) * scale / G
-        min_active = np.ceil((load > 0).sum(axis=1) / G)
-        flops_us = timing.compute_us(
-            mean_assignments, np.zeros_like(min_active), wl.shape, problem.cluster
-        )
-        bytes_us = timing.compute_us(
-            np.zeros_like(min_active), min_active, wl.shape, problem.cluster
-        )
-        bounds.append(float(np.maximum(flops_us, bytes_us).sum()))
+        compute, comm = layer_bounds_us(wl, problem.cluster, problem.num_redundant, problem.mode)
+        bounds.append(float(compute.sum() + comm.sum()))
     if len(bounds) == 1:
         return bounds[0]
     if config.robust == "worst":
