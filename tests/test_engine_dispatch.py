@@ -311,3 +311,46 @@ def test_cli_engine_flag(
         main(["solve", *args, "--engine", "tgi", "--out", str(tmp_path / "x.json")])
     assert bad.value.code == 2
     assert not (tmp_path / "x.json").exists()
+
+
+def test_whatif_scenarios_sweep_the_engine(tiny_trace: Path) -> None:
+    """The what-if pipeline solves each scenario for its dispatch and the plan records it."""
+    from moe_placement.pipeline.engine import solve_plan
+    from moe_placement.pipeline.scenario import Scenario, expand, parse_sweep
+
+    base = Scenario(str(tiny_trace), "x", G, GPN, "H100", "multi-rail", 400.0, redundant=8)
+    sweep = parse_sweep(["engine=sglang,vllm"])
+    assert [s.dispatch for s in expand(base, sweep)] == ["sglang", "vllm"]
+    assert len({s.key(load_cluster("h100-multirail"), "t") for s in expand(base, sweep)}) == 2
+    wl = derive_workload(TraceFile(tiny_trace), num_gpus=G)
+    cluster = load_cluster("h100-multirail").with_counts(G, GPN)
+    common = {"solver": "greedy", "redundant": 8, "mode": "standard", "time_limit_s": 1.0}
+    plan = solve_plan(wl, cluster, **common, seed=0, dispatch="trtllm")
+    assert plan.provenance.engine == "trtllm"
+    assert evaluate(plan, cluster, wl).engine == "trtllm"
+
+
+def test_regress_stores_the_engine_in_the_baseline(
+    tiny_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    baseline = tmp_path / "baseline.json"
+    argv = [
+        "regress",
+        "--trace",
+        str(tiny_trace),
+        "--baseline",
+        str(baseline),
+        "--solver",
+        "greedy",
+        "--gpus",
+        "4",
+        "--gpus-per-node",
+        "2",
+        "--redundant",
+        "4",
+    ]
+    assert main([*argv, "--engine", "sglang", "--update-baseline"]) == 0
+    assert json.loads(baseline.read_text())["config"]["serving_engine"] == "sglang"
+    assert "dispatch: sglang" in capsys.readouterr().out
+    assert main([*argv, "--json"]) == 0  # the baseline's engine is used again
+    assert json.loads(capsys.readouterr().out)["config"]["serving_engine"] == "sglang"
