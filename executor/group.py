@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from moe_placement.errors import PlacementError
+from moe_placement.executor.raycluster import init_ray
 from moe_placement.executor.worker import OOM_TAG, ExecutorWorker
 
 BACKENDS = ("gloo", "nccl")
@@ -76,28 +77,16 @@ class WorkerGroup:
         self.close()
 
     def _init_ray(self) -> None:
-        import ray
-
-        if ray.is_initialized():
-            return
-        cpus = os.cpu_count() or 1
-        kwargs: dict[str, Any] = {
-            "include_dashboard": False,
-            "log_to_driver": False,
-            "configure_logging": False,
-        }
-        try:
-            if self.address:
-                ray.init(address=self.address, **kwargs)
-            else:
-                # A CPU rank is a process, not a core: allow more ranks than cores on a small host.
-                ray.init(num_cpus=max(self.world, cpus), **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = self.address or "a local Ray"
-            raise PlacementError(
-                f"cannot start or reach {where}: {str(exc).splitlines()[0]}"
-            ) from None
-        self._started_ray = True
+        # --address, else RAY_ADDRESS, else a local Ray; an address that does not answer is refused
+        # within seconds, naming it (moe_placement.executor.raycluster). A CPU rank is a process, not a
+        # core: a local Ray allows more ranks than cores on a small host.
+        self._started_ray = init_ray(
+            self.address,
+            num_cpus=max(self.world, os.cpu_count() or 1),
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
 
     def start(self) -> None:
         import ray

@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from moe_placement.atomic import write_json
+from moe_placement.atomic import ensure_folder, os_cause, write_json
 from moe_placement.cluster import ClusterSpec
 from moe_placement.errors import PlacementError
 from moe_placement.pipeline.engine import engine_id, run_scenario
@@ -34,6 +34,52 @@ class SweepOutcome:
     computed: int
     cached: int
     backend: str
+
+
+class FolderLock:
+    """An exclusive lock on an output folder (``<folder>/.lock``, ``flock``), held until :meth:`release`
+    or until the process ends (the kernel drops it even on SIGKILL, so a crashed run never leaves a
+    stale lock). Two what-if runs on one ``--out`` would otherwise interleave their cache and results
+    (seen: a mixed result set in 5 of 12 tries, both exiting 0)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        import fcntl
+        import os
+
+        self._fd: int | None = None  # set first: __del__ runs even when ensure_folder raises
+        folder = ensure_folder(folder)
+        self.path = folder / ".lock"
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise PlacementError(f"cannot lock {folder}: {os_cause(exc)}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._fd)
+            self._fd = None
+            raise PlacementError(
+                f"{folder} is in use by another run (pid {holder}); wait for it or choose another --out"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        import os
+
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
 
 
 def ray_available() -> bool:
@@ -74,6 +120,14 @@ def run_sweep(
             queued.add(key)
             todo.append((scenario, key))
     cached = len(records)
+    if num_cpus < 1:
+        raise PlacementError(f"--num-cpus must be >= 1, got {num_cpus}")
+    if not serial and ray_available():
+        from moe_placement.executor.raycluster import cluster_address, probe
+
+        target = cluster_address(address)
+        if target is not None:
+            probe(target)  # before any work: a cluster that does not answer is named in seconds
     use_ray = bool(todo) and not serial and (address is not None or ray_available())
     if address is not None and not ray_available():
         raise PlacementError("--address needs Ray, which is not installed")
@@ -118,18 +172,17 @@ def _run_ray(
 ) -> None:
     import ray
 
-    started_here = False
-    if not ray.is_initialized():
-        if address is not None:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        else:
-            ray.init(
-                num_cpus=num_cpus,
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-            )
-        started_here = True
+    from moe_placement.executor.raycluster import init_ray
+
+    # --address, else RAY_ADDRESS, else a local Ray of num_cpus; an address that does not answer is
+    # refused within seconds, naming it (moe_placement.executor.raycluster)
+    started_here = init_ray(
+        address,
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     try:
         remote = ray.remote(num_cpus=1)(_run_remote)
         base_ref = ray.put(base)

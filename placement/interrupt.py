@@ -9,6 +9,9 @@ The command line installs :func:`graceful_stop` around a command. Then:
   the ``finally`` of :func:`moe_placement.atomic.atomic_path` on the way out;
 * SIGTERM raises :class:`Terminated` (exit 143), with the same clean-up.
 
+:func:`deadline` makes the same request when a time limit runs out, so one mechanism stops the work
+either way.
+
 Python runs signal handlers only in the main thread and only between bytecodes, so a main thread inside a
 long C++ call (a CP-SAT search) would not see the signal until that call returned. A watcher thread reads
 the signal numbers that the interpreter writes to a wake-up pipe the moment a signal arrives and runs the
@@ -25,10 +28,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import FrameType
 
 STOPPED_BY_USER = "stopped by the user"
 TERMINATED = "terminated (SIGTERM)"
+TIME_LIMIT_REACHED = "time limit reached"
 HARD_EXIT_AFTER_S = 3.0  # a second SIGINT: how long the main thread gets to unwind before exit 130
 
 _lock = threading.Lock()
@@ -46,11 +51,18 @@ def requested() -> str | None:
     return _reason
 
 
+def user_requested() -> str | None:
+    """The reason of a stop the user asked for (SIGINT, SIGTERM); None for none or the time limit."""
+    reason = _reason
+    return reason if reason in (STOPPED_BY_USER, TERMINATED) else None
+
+
 def request(reason: str) -> None:
-    """Ask running work to stop: remember ``reason`` (the first one wins) and run every stop callback."""
+    """Ask running work to stop: remember ``reason`` and run every stop callback. The first reason wins,
+    except that the user's (SIGINT, SIGTERM) replaces a time limit's, which lasts only for its block."""
     global _reason
     with _lock:
-        if _reason is None:
+        if _reason is None or _reason == TIME_LIMIT_REACHED:
             _reason = reason
         callbacks = list(_callbacks.values())
     for callback in callbacks:
@@ -175,3 +187,40 @@ def sigterm_unwinds() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+@dataclass
+class Deadline:
+    """What :func:`deadline` saw: whether the time ran out inside its block."""
+
+    seconds: float | None
+    reached: bool = False
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[Deadline]:
+    """Ask the work to stop (reason ``"time limit reached"``) once ``seconds`` of wall time have passed
+    in the block: the hard edge of a time limit, behind the solvers' own budgets, for whatever would run
+    past it (a baseline's local search, a bound, a CP-SAT call). The request ends with the block, so the
+    next solve in the same process (a sweep's next scenario) starts afresh; a user's stop stays. None:
+    no deadline."""
+    state = Deadline(seconds)
+    if seconds is None:
+        yield state
+        return
+
+    def expire() -> None:
+        state.reached = True
+        request(TIME_LIMIT_REACHED)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield state
+    finally:
+        timer.cancel()
+        global _reason
+        with _lock:
+            if _reason == TIME_LIMIT_REACHED:
+                _reason = None

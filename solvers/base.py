@@ -14,11 +14,13 @@ from typing import Protocol
 
 import numpy as np
 
+from moe_placement import interrupt
 from moe_placement.errors import PlacementError
 from moe_placement.plan import Plan
 from moe_placement.solvers.common import check_memory
 from moe_placement.solvers.objective import report
 from moe_placement.solvers.problem import PlacementProblem, SolverConfig
+from moe_placement.solvers.sizing import check_size
 
 
 class SolverFn(Protocol):
@@ -56,6 +58,20 @@ def get_solver(name: str) -> SolverEntry:
     return REGISTRY[name]
 
 
+# A deterministic run's limit is in CP-SAT's deterministic units, about seconds on an idle machine; on a
+# loaded one the same search takes longer in wall time (measured: 10x at a load of 17 on 2 cores), so
+# its wall-clock edge sits further out. Reaching it stops the search (the plan may then vary run to run).
+DETERMINISTIC_WALL_FACTOR = 3.0
+
+
+def hard_limit_s(config: SolverConfig) -> float:
+    """Wall seconds after which a solver's CP-SAT calls stop and no new layer model starts (each layer
+    left keeps its greedy warm start): the hard edge behind the solver's own budget, which plans to
+    finish by 85% of the limit (:mod:`moe_placement.interrupt`)."""
+    deterministic = bool(config.extra.get("deterministic", False))
+    return config.time_limit_s * (DETERMINISTIC_WALL_FACTOR if deterministic else 1.0)
+
+
 def run_solver(name: str, problem: PlacementProblem, config: SolverConfig | None = None) -> Plan:
     """Run a registered solver with a generator seeded from ``config.seed``; fill in wall time, the
     trace fingerprint and the objective every plan reports (the evaluator's MoE time, with the solver's
@@ -64,9 +80,16 @@ def run_solver(name: str, problem: PlacementProblem, config: SolverConfig | None
     entry = get_solver(name)
     rng = np.random.default_rng(config.seed)
     check_memory(problem, config)  # every solver, baselines included, must respect GPU memory
+    # and fit this machine and the time limit: refused up front, with the estimate
+    check_size(problem, config)
     start = time.perf_counter()
-    plan = entry.fn(problem, config, rng=rng)
+    with interrupt.deadline(hard_limit_s(config)) as limit:
+        plan = entry.fn(problem, config, rng=rng)
     seconds = time.perf_counter() - start
+    stopped = interrupt.requested() or (interrupt.TIME_LIMIT_REACHED if limit.reached else None)
+    if stopped:  # the best plan found before a SIGINT or the time limit's hard edge: say so
+        prov = plan.provenance
+        plan = replace(plan, provenance=replace(prov, extra={**prov.extra, "stopped": stopped}))
     if problem.for_engine:
         # the engine's rule, not the solver, decides the replica shares: store what it will give
         # (the search objective is rescored with them: the solver's own assumed free shares)

@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from moe_placement import interrupt
 from moe_placement.errors import InfeasibleError
 from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU
 from moe_placement.plan import Plan, Provenance
@@ -157,6 +158,11 @@ def improve_layout(
     masks = _splits(spg)  # [ways, 2spg]
     tol = 1e-9 * max(float(w.sum()), 1.0)
     for _ in range(max_rounds):
+        # a user's stop ends it (every round leaves a valid layout); a time limit does not: the search
+        # is short (measured: milliseconds per layer up to hundreds of GPUs) and its rounds keep the
+        # time-limited plan's balance (DeepSeek-V3 on 64 GPUs, loaded VM: max/mean <= 1.002 with, 1.016 without)
+        if interrupt.user_requested():
+            break
         loads = w.sum(axis=1)
         m = int(np.argmax(loads))
         peak = loads[m]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from moe_placement import interrupt
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import evaluate_many
 from moe_placement.plan import Plan, Provenance
@@ -466,7 +467,9 @@ STRATEGIES: dict[str, Callable[[Context, _Layer], _Placed]] = {
 def _strategy(ctx: Context, lay: _Layer, monolithic_only: bool) -> str:
     """Which entry of :data:`STRATEGIES` places this layer (see the module docstring)."""
     p = ctx.problem
-    if ctx.budget(p.num_layers - lay.index) < MIN_MODEL_S and not lay.small:
+    # SIGINT or the time limit's hard edge: no new model
+    stopped = interrupt.requested() is not None
+    if stopped or (ctx.budget(p.num_layers - lay.index) < MIN_MODEL_S and not lay.small):
         return "keep-current" if p.current is not None else "greedy-late"
     if p.current is not None:
         return "migration"
@@ -651,8 +654,11 @@ def _run(
         rows, shares, objective, bound, extra = _coherent(ctx, rng)
         method = "cpsat layer sweeps (coherent, neighbours fixed)"
     else:
+        # the baselines and their evaluator times come first, inside the time limit: the search gets
+        # what is left, and after it only the solver's own plan needs the evaluator
+        scored = _scored_baselines(ctx) if name == "best" else None
         rows, shares, objective, bound, extra = _standard(ctx, rng, monolithic_only=name == "cpsat")
-        if name == "best" and _safeguard(ctx, rows, shares, extra):
+        if scored is not None and _safeguard(ctx, scored, rows, shares, extra):
             objective = _search_objective(ctx, rows, shares)
             bound = min(bound, objective)
         method = "+".join(sorted(extra["methods"]))
@@ -684,7 +690,32 @@ def _baseline_plans(ctx: Context) -> list[tuple[str, Plan]]:
     return out
 
 
-def _safeguard(ctx: Context, rows: list, shares: list, extra: dict) -> bool:
+@dataclasses.dataclass
+class _ScoredBaselines:
+    """Every applicable baseline's plan and its evaluator times ``[baselines, layers]`` (us)."""
+
+    candidates: list[tuple[str, Plan]]
+    layer_us: np.ndarray
+
+
+def _scored_baselines(ctx: Context) -> _ScoredBaselines | None:
+    """The safeguard's candidates, timed by the evaluator in one pass over the trace; None where the
+    safeguard does not apply (a migration budget, several traces, no traffic term)."""
+    p = ctx.problem
+    if p.current is not None or len(p.workloads) > 1 or ctx.config.traffic_weight <= 0:
+        return None
+    candidates = _baseline_plans(ctx)
+    if not candidates:
+        return _ScoredBaselines([], np.zeros((0, p.num_layers)))
+    evaluations = evaluate_many(
+        [plan for _, plan in candidates], p.cluster, p.workload, engine=p.engine
+    )
+    return _ScoredBaselines(candidates, np.stack([ev.layer_us() for ev in evaluations]))
+
+
+def _safeguard(
+    ctx: Context, scored: _ScoredBaselines, rows: list, shares: list, extra: dict
+) -> bool:
     """Never worse than the baselines, layer by layer, on the evaluator's time (which every plan now
     reports, :mod:`moe_placement.solvers.objective`).
 
@@ -694,14 +725,10 @@ def _safeguard(ctx: Context, rows: list, shares: list, extra: dict) -> bool:
     migration budget (a baseline's row may move too much) or several traces (the evaluator times one).
     Replaces ``rows`` / ``shares`` in place; returns whether any layer changed."""
     p = ctx.problem
-    if p.current is not None or len(p.workloads) > 1 or ctx.config.traffic_weight <= 0:
-        return False
-    candidates = _baseline_plans(ctx)
+    candidates = scored.candidates
     mine = make_plan(p, rows, shares, Provenance(solver="best", method="safeguard"))
-    plans = [mine] + [plan for _, plan in candidates]
-    # every plan in one pass over the trace (a per-token trace may be large)
-    evaluations = evaluate_many(plans, p.cluster, p.workload, engine=p.engine)
-    times = np.stack([ev.layer_us() for ev in evaluations])
+    [evaluation] = evaluate_many([mine], p.cluster, p.workload, engine=p.engine)
+    times = np.concatenate([evaluation.layer_us()[None, :], scored.layer_us])
     times[0] *= 1 - 1e-9  # a baseline must be strictly faster to replace the solver's row
     pick = np.argmin(times, axis=0)  # [layers]: 0 is the solver's own row
     methods = extra["methods"]

@@ -478,10 +478,11 @@ def _scope_text(
 
 def run(args: argparse.Namespace) -> int:
     from moe_placement.pipeline.results import write_results
-    from moe_placement.pipeline.sweep import run_sweep
+    from moe_placement.pipeline.sweep import FolderLock, run_sweep
     from moe_placement.reports.report import ReportOptions, build_report
 
     out = Path(args.out)
+    lock = FolderLock(out)  # one run per --out at a time (refused in one line); held until return
     options = ReportOptions(
         target_tokens_per_s=args.target_tokens_per_s,
         target_layer_us=args.target_layer_us,
@@ -541,6 +542,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"report: {out / 'report.html'}, summary: {out / 'summary.md'}, results: {out / 'results.parquet'}"
         )
+    lock.release()
     return 0
 
 
