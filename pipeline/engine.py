@@ -218,6 +218,9 @@ def run_scenario(scenario: Scenario, base: ClusterSpec) -> dict[str, Any]:
             time_limit_s=scenario.time_limit_s,
             seed=scenario.seed,
             dispatch=scenario.dispatch,
+            # a sweep's results must not depend on where it ran (serial, a Ray worker on a busy host):
+            # CP-SAT on its deterministic time, so one seed gives one plan
+            deterministic=True,
         )
         ev = evaluate(
             plan, cluster, workload, mode=scenario.mode, tokens_per_gpu=scenario.tokens_per_gpu
