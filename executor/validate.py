@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from moe_placement import progress
 from moe_placement.cluster import ClusterSpec, load_cluster
 from moe_placement.errors import PlacementError
 from moe_placement.executor.calibrate import (
@@ -220,19 +221,23 @@ def _run_rounds(
         parts: dict[str, list[Measurement]] = {what: [] for what, _ in plans}
         order = np.random.default_rng(config.seed)
         for round_ in range(rounds):
+            of = f"round {round_ + 1} of {rounds}"
             if calibrate:
-                got = collect_calibration(
-                    group, hidden=hidden, inter=inter, dtype=config.torch_dtype
-                )
+                with progress.step(f"calibrating the links and experts on the workers ({of})"):
+                    got = collect_calibration(
+                        group, hidden=hidden, inter=inter, dtype=config.torch_dtype
+                    )
                 samples = got if samples is None else samples.merge(got)
             for j in order.permutation(len(plans)) if round_ else range(len(plans)):
                 what, p = plans[j]
                 injected = fault if what == "plan" and round_ == 0 else None
-                parts[what].append(measure(group, p, data, config, fault=injected))
+                with progress.step(f"replaying the {what} ({of})"):
+                    parts[what].append(measure(group, p, data, config, fault=injected))
         if samples is not None:
-            calibration = fit_calibration(
-                group, samples, hidden=hidden, inter=inter, dtype=config.torch_dtype
-            )
+            with progress.step("fitting the calibration"):
+                calibration = fit_calibration(
+                    group, samples, hidden=hidden, inter=inter, dtype=config.torch_dtype
+                )
         measured = {what: pool_measurements(got) for what, got in parts.items()}
         devices = sorted({str(i["device"]) for i in group.info})
     return _Run(measured=measured, calibration=calibration, devices=devices)

@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from moe_placement import progress
     from moe_placement.errors import PlacementError
     from moe_placement.executor.calibrate import run_calibration, save_calibrated
     from moe_placement.executor.driver import executed_shape, worker_group
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.reps < 1:
         raise PlacementError("--reps must be >= 1")
     shape = executed_shape(base, config)
-    with worker_group(config) as group:
+    with worker_group(config) as group, progress.step("calibrating the links and experts"):
         cal = run_calibration(
             group,
             hidden=shape.hidden_size,

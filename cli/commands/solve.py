@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from moe_placement import interrupt
+from moe_placement import interrupt, progress
 from moe_placement.cli.commands._common import (
     Command,
     add_cluster_args,
@@ -231,7 +231,8 @@ def _run(args: argparse.Namespace) -> int:
     if name == "all":
         return compare_solvers(args, problem, config, sorted(REGISTRY))
     # stopped by SIGINT or by its time limit: the best plan so far, marked in provenance
-    plan = run_solver(name, problem, config)
+    with progress.step(f"solving with {name}"):
+        plan = run_solver(name, problem, config)
     stopped = interrupt.requested()
     stored_plan(plan, args.deterministic).save(args.out)
     if stopped:
@@ -298,7 +299,10 @@ def compare_solvers(args: argparse.Namespace, problem: Any, config: Any, names: 
     from moe_placement.solvers import run_solver
 
     cluster = problem.cluster
-    plans = [run_solver(solver, problem, config) for solver in names]
+    plans = []
+    for i, solver in enumerate(names, 1):
+        with progress.step(f"solving with {solver} ({i} of {len(names)})"):
+            plans.append(run_solver(solver, problem, config))
     # every plan in one pass over the trace (a per-token trace may be large)
     evaluations = evaluate_many(
         plans,

@@ -163,6 +163,7 @@ def load_model(
                 )
             name, origin = path.resolve().name, f"path:{path}"
         try:
+            _quiet_transformers()
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(
                 path, local_files_only=True, dtype=torch_dtype
@@ -179,6 +180,14 @@ def load_model(
     model = model.to(device=dev, dtype=torch_dtype)
     model.eval()
     return LoadedModel(model, tokenizer, name, dev, str(torch_dtype).replace("torch.", ""), origin)
+
+
+def _quiet_transformers() -> None:
+    """transformers draws a weight-loading bar on every load (under a second for the bundled model):
+    noise in a capture's output. Its warnings stay."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _config_value(config: Any, *names: str, default: Any = None) -> Any:
