@@ -68,8 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rounds",
         type=int,
-        default=4,
-        help="interleaved rounds of calibration and replays, pooled (1: calibrate, then replay)",
+        default=2,
+        help="interleaved rounds of calibration and replays, pooled (1: calibrate, then replay); each "
+        "round repeats the calibration and every replay, so the run's time grows with it; 2 already "
+        "let a change of the host's load hit calibration, plan and baseline alike",
     )
     p.add_argument("--chunks", type=int, default=4, help="chunks of the pipelined (overlap) run")
     p.add_argument("--no-overlap", action="store_true", help="skip the pipelined run")
