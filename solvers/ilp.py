@@ -687,6 +687,23 @@ def _baseline_plans(ctx: Context) -> list[tuple[str, Plan]]:
             continue
         if plan.slots_per_gpu == p.slots_per_gpu:
             out.append((name, plan))
+    if p.engine == "sglang" and p.num_redundant > 0 and p.mode == "standard":
+        # the layout the share-aware router's solve starts from (water-filled counts, which SGLang
+        # may deal unevenly): under SGLang's traffic it can still be the faster layer
+        combined = p.combined_load()
+        rows = [
+            np.asarray(
+                greedy_layout(
+                    combined[layer],
+                    water_fill(combined[layer], p.num_redundant, p.num_gpus),
+                    p.num_gpus,
+                    p.slots_per_gpu,
+                    p.gpus_per_node,
+                )
+            ).ravel()
+            for layer in range(p.num_layers)
+        ]
+        out.append(("greedy-layout", make_plan(p, rows, None, Provenance(solver="greedy-layout"))))
     return out
 
 
