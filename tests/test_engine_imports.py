@@ -564,3 +564,19 @@ def test_loop_closes_with_every_engines_files(tmp_path: Path, layers: LayerIdent
     )
     assert Plan.load(again).layers == layers
     assert export_plan(Plan.load(again), "sglang", layers).rows == layers.total_layers
+
+
+def test_trace_metadata_layer_identity_is_checked() -> None:
+    base = TraceFile(BUNDLED).meta.__dict__
+    meta = TraceMeta(**{**base, "moe_layer_ids": [2, 3, 5, 6], "total_layers": 8})
+    assert meta.shape().layer_identity() == LayerIdentity((2, 3, 5, 6), 8)
+    assert TraceMeta.from_json(meta.to_json()) == meta
+    assert "total_layers" not in json.loads(TraceFile(BUNDLED).meta.to_json())  # unknown: left out
+    for bad, message in (
+        ({"total_layers": "8"}, "not an integer"),
+        ({"moe_layer_ids": [3, 2, 5, 6]}, "strictly increasing"),
+        ({"moe_layer_ids": [0, 1, 2]}, "3 moe_layer_ids for 4 layers"),
+        ({"moe_layer_ids": [0, 1, 2, 3], "total_layers": 3}, "does not fit"),
+    ):
+        with pytest.raises(PlacementError, match=message):
+            TraceMeta(**{**base, **bad})

@@ -86,12 +86,19 @@ class TraceMeta:
             raise PlacementError("trace metadata: top_k larger than num_experts")
         if self.num_experts > 32767:
             raise PlacementError("trace metadata: at most 32767 experts (ids are int16)")
+        ids, total = self.moe_layer_ids, self.total_layers
+        if total is not None and (not isinstance(total, int) or isinstance(total, bool)):
+            raise PlacementError(f"trace metadata: total_layers {total!r} is not an integer")
+        if ids is not None and not (
+            isinstance(ids, list)
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+        ):
+            raise PlacementError("trace metadata: moe_layer_ids must be a list of integers")
+        self.layer_identity()  # ids increasing, one per MoE layer, inside the model
 
     def to_json(self) -> bytes:
         data = dataclasses.asdict(self)
-        if (
-            data["total_layers"] is None
-        ):  # unknown: left out, so older writers' files stay identical
+        if data["total_layers"] is None:  # unknown: left out, so older files stay identical
             del data["total_layers"]
         return json.dumps(data, sort_keys=True).encode()
 
