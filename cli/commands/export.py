@@ -24,7 +24,7 @@ from moe_placement.plan import Plan
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--plan", required=True)
+    p.add_argument("--plan", required=True, help="plan JSON (placement solve --out)")
     p.add_argument(
         "--format",
         default="sglang",
