@@ -1,64 +1,142 @@
-"""Simulator speed: one uneven direct all-to-all at growing GPU counts (event-exact), and optionally a
-58-layer DeepSeek-V3 forward at EP64. Prints a table: GPUs, flows, events, classes refilled per event, regroupings, CPU and wall seconds.
+"""Simulator speed on the command users run, beside the previous engine.
 
-    .venv/bin/python bench/simulator_scaling.py           # 16, 32, 64 GPUs (< 1 min)
-    .venv/bin/python bench/simulator_scaling.py --full    # adds 128, 256 GPUs and the 58-layer forward
+Times ``placement simulate --traffic uniform --gpus G --gpus-per-node 8 --tokens 4096 --hidden 7168
+--top-k 8 --node-limit 4 --algo deepep --json`` (``--experts G`` from 1024 GPUs on, one expert per GPU),
+each in its own process as a user starts it, with the kernels already compiled:
+
+* ``exact``: the event simulation of this checkout;
+* ``fast``: this checkout's ``--fast`` analytical path (simulator/fast.py, stated error bound);
+* ``previous``: the same command on a recorded git revision (default: the revision before the
+  simulator-speed work), extracted once into a cache folder and run with its own numba cache.
+
+Prints per GPU count and engine: simulated dispatch and combine us (per phase, one all-to-all),
+wall and CPU seconds of the whole process (CPU is the steadier figure on a shared machine), events of
+the fluid network, peak resident memory (MB); ``-`` where
+an engine is skipped (``--skip``) or ran past ``--timeout``.
+
+    .venv/bin/python bench/simulator_scaling.py                      # 64, 128, 256 (+1024 fast)
+    .venv/bin/python bench/simulator_scaling.py --gpus 64 --engines exact,fast
+    .venv/bin/python bench/simulator_scaling.py --gpus 1024 --engines fast,exact --timeout 600
+    .venv/bin/python bench/simulator_scaling.py --gpus 64 --engines fast --forward-layers 58
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
-
-import numpy as np
+from pathlib import Path
+from typing import Any
 
 from moe_placement.cli.commands._common import table
-from moe_placement.cluster import load_cluster
-from moe_placement.plan import Plan, Provenance
-from moe_placement.shapes import model_shape
-from moe_placement.simulator import simulate_moe
-from moe_placement.simulator.collectives import PhasePlan
-from moe_placement.simulator.moe import _Runner
-from moe_placement.workload import Workload
+
+REPO = Path(__file__).resolve().parents[1]
+# The last revision before the speed work of issue 15 (the engine the issue measured at 5.7-6.1 s of
+# simulation for 64 GPUs, 58 s wall for 256).
+PREVIOUS_REVISION = "baba18b"
+# Top folders that install as moe_placement.<folder> (pyproject's package-dir); placement/ is the root.
+PACKAGES = ("traces", "solvers", "simulator", "executor", "pipeline", "reports", "cli")
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moe-placement-bench"
+
+# Runs the CLI in-process and reports its own peak memory (ru_maxrss, KB on Linux) on the last line.
+_RUNNER = (
+    "import json, resource, sys\n"
+    "from moe_placement.cli.main import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "use = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "print(json.dumps({'rc': rc, 'peak_kb': use.ru_maxrss, 'cpu_s': use.ru_utime + use.ru_stime}))\n"
+)
 
 
-def alltoall(gpus: int, seed: int = 0) -> dict[str, float]:
-    """One direct all-to-all over h800-mpft (PXN), per-pair sizes uniform in [0.5, 1.5] MB."""
-    cluster = load_cluster("h800-mpft").with_counts(gpus, 8)
-    rng = np.random.default_rng(seed)
-    sizes = rng.uniform(0.5e6, 1.5e6, (gpus, gpus))
-    np.fill_diagonal(sizes, 0.0)
-    t0, c0 = time.perf_counter(), time.process_time()
-    runner = _Runner(cluster, routing="spray", pxn=True, seed=seed, chunks=8)
-    env = runner.env
-    go = env.event()
-    go.succeed()
-    out: dict[str, float] = {}
+def command(gpus: int, fast: bool) -> list[str]:
+    """The user's command line (without the program name)."""
+    argv = ["simulate", "--traffic", "uniform", "--gpus", str(gpus), "--gpus-per-node", "8"]
+    argv += ["--tokens", "4096", "--hidden", "7168", "--top-k", "8", "--node-limit", "4"]
+    argv += ["--algo", "deepep", "--json"]
+    if gpus >= 1024:
+        argv += ["--experts", str(gpus)]
+    if fast:
+        argv.append("--fast")
+    return argv
 
-    def proc():  # type: ignore[no-untyped-def]
-        run = runner.phase(PhasePlan("a2a", sizes), [go] * gpus, "a2a")
-        yield env.all_of(run.done)
-        out["sim_us"] = run.span_us
 
-    env.process(proc())
-    env.run()
-    net = runner.net
+def previous_tree(revision: str) -> Path:
+    """A folder whose ``moe_placement`` package is ``revision``'s code (extracted once, then reused)."""
+    root = CACHE / revision
+    pkg = root / "pkg"
+    if (pkg / "moe_placement").exists():
+        return pkg
+    src = root / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile() as archive:
+        subprocess.run(
+            ["git", "-C", str(REPO), "archive", revision, "placement", *PACKAGES],
+            stdout=archive,
+            check=True,
+        )
+        archive.seek(0)
+        with tarfile.open(fileobj=archive) as tar:
+            tar.extractall(src, filter="data")
+    for name in PACKAGES:  # moe_placement.<name> lives in the sibling folder <name>/
+        (src / "placement" / name).symlink_to(src / name, target_is_directory=True)
+    pkg.mkdir(exist_ok=True)
+    (pkg / "moe_placement").symlink_to(src / "placement", target_is_directory=True)
+    return pkg
+
+
+def run_once(argv: list[str], pythonpath: Path | None, timeout_s: float) -> dict[str, Any] | None:
+    """One process running the CLI; None when it ran past ``timeout_s`` or failed."""
+    env = dict(os.environ)
+    if pythonpath is not None:
+        # ahead of the editable install's finder (appended to sys.meta_path after the path finder)
+        env["PYTHONPATH"] = str(pythonpath)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _RUNNER, *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    wall_s = time.perf_counter() - t0
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or len(lines) < 2:
+        print(f"  failed: {' '.join(argv)}: {proc.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    tail = json.loads(lines[-1])
+    result = json.loads("\n".join(lines[:-1]))
     return {
-        "gpus": gpus,
-        "flows": net.num_flows,
-        "events": net.events,
-        "recomputes": net.recomputes,
-        "refilled_per_event": net.refilled / max(net.recomputes, 1),
-        "rounds": net.rounds,
-        "regroups": net.regroups,
-        "sim_us": out["sim_us"],
-        "wall_s": time.perf_counter() - t0,
-        "cpu_s": time.process_time() - c0,
+        **result,
+        "process_wall_s": wall_s,
+        "process_cpu_s": tail["cpu_s"],
+        "peak_mb": tail["peak_kb"] / 1024.0,
     }
 
 
-def forward_ep64(layers: int = 58) -> dict[str, float]:
-    """A DeepSeek-V3 forward step (58 MoE layers) at EP64 from a load-only workload (log-normal loads)."""
+def warm(pythonpath: Path | None) -> None:
+    """Compile (or load) the kernels of one code tree once, outside the timings."""
+    run_once(command(16, fast=False), pythonpath, timeout_s=900)
+
+
+def forward_ep64(layers: int) -> dict[str, float]:
+    """A DeepSeek-V3 forward (``layers`` MoE layers) at EP64 from a load-only workload (log-normal loads),
+    DeepEP, in this process (kernels compiled): simulated us, events, wall s."""
+    import numpy as np
+
+    from moe_placement.cluster import load_cluster
+    from moe_placement.plan import Plan, Provenance
+    from moe_placement.shapes import model_shape
+    from moe_placement.simulator import simulate_moe
+    from moe_placement.workload import Workload
+
     shape = model_shape("deepseek-v3")
     rng = np.random.default_rng(0)
     load = rng.lognormal(0.0, 0.6, (layers, shape.num_experts)) * 1000.0
@@ -67,84 +145,74 @@ def forward_ep64(layers: int = 58) -> dict[str, float]:
         shape=shape.replace(num_moe_layers=layers), load=load, num_tokens=tokens, source="bench"
     )
     phy2log = np.tile(np.arange(shape.num_experts), (layers, 1))
-    plan = Plan(
-        64,
-        8,
-        shape.num_experts // 64,
-        phy2log,
-        provenance=Provenance("round-robin"),
-    )
+    plan = Plan(64, 8, shape.num_experts // 64, phy2log, provenance=Provenance("round-robin"))
     cluster = load_cluster("h800-mpft").with_counts(64, 8)
-    t0, c0 = time.perf_counter(), time.process_time()
-    res = simulate_moe(plan, cluster, workload, algo="deepep", progress=True)
+    t0 = time.perf_counter()
+    res = simulate_moe(plan, cluster, workload, algo="deepep", progress=False)
     return {
-        "layers": layers,
-        "events": res.stats["events"],
-        "flows": res.stats["flows"],
         "sim_us": res.total_us,
+        "events": res.stats["events"],
         "wall_s": time.perf_counter() - t0,
-        "cpu_s": time.process_time() - c0,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpus", default="64,128,256,1024", help="comma-separated GPU counts")
     parser.add_argument(
-        "--full", action="store_true", help="also 128 and 256 GPUs and the 58-layer forward"
+        "--engines", default="exact,fast,previous", help="any of exact, fast, previous"
     )
-    parser.add_argument("--gpus", default=None, help="comma-separated GPU counts (multiples of 8)")
+    parser.add_argument("--previous", default=PREVIOUS_REVISION, help="git revision to compare")
     parser.add_argument(
-        "--forward-layers", type=int, default=0, help="also a forward of this many layers"
+        "--exact-max-gpus",
+        type=int,
+        default=256,
+        help="run the event simulations (exact, previous) up to this many GPUs",
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per process")
+    parser.add_argument(
+        "--forward-layers",
+        type=int,
+        default=0,
+        help="also a DeepSeek-V3 forward of this many layers",
     )
     args = parser.parse_args()
-    alltoall(16)  # load the compiled kernels once, outside the timings
-    sizes = [16, 32, 64] + ([128, 256] if args.full else [])
-    if args.gpus:
-        sizes = [int(x) for x in args.gpus.split(",")]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    trees: dict[str, Path | None] = {"exact": None, "fast": None}
+    if "previous" in engines:
+        trees["previous"] = previous_tree(args.previous)
+    for engine in {e for e in engines if e != "fast"}:
+        warm(trees[engine])
     rows = []
-    for g in sizes:
-        r = alltoall(g)
-        rows.append(
-            [
-                g,
-                r["flows"],
-                r["events"],
-                r["refilled_per_event"],
-                r["regroups"],
-                r["sim_us"],
-                r["cpu_s"],
-                r["wall_s"],
-            ]
-        )
-        print(f"  {g} GPUs: {r['cpu_s']:.2f} s cpu, {r['wall_s']:.2f} s wall", flush=True)
-    print(
-        table(
-            [
-                "GPUs",
-                "flows",
-                "events",
-                "classes refilled/event",
-                "regroups",
-                "simulated us",
-                "cpu s",
-                "wall s",
-            ],
-            rows,
-        )
-    )
-    if len(rows) >= 3:
-        g = np.log([r[0] for r in rows])
-        c = np.log([r[6] for r in rows])
-        slope = np.polyfit(g[-2:], c[-2:], 1)[0]
-        print(f"cpu time grows ~ GPUs^{slope:.2f} between the two largest sizes")
-    layers = 58 if args.full else args.forward_layers
-    if layers:
-        f = forward_ep64(layers)
-        print(
-            table(
-                ["MoE layers (EP64, deepep)", "flows", "events", "simulated us", "cpu s", "wall s"],
-                [[f["layers"], f["flows"], f["events"], f["sim_us"], f["cpu_s"], f["wall_s"]]],
+    for gpus in [int(x) for x in args.gpus.split(",")]:
+        for engine in engines:
+            if engine != "fast" and gpus > args.exact_max_gpus:
+                rows.append([gpus, engine, "-", "-", "skipped", "-", "-", "-"])
+                continue
+            res = run_once(command(gpus, engine == "fast"), trees[engine], args.timeout)
+            if res is None:
+                rows.append([gpus, engine, "-", "-", f">{args.timeout:.0f}", "-", "-", "-"])
+                continue
+            rows.append(
+                [
+                    gpus,
+                    engine,
+                    res["dispatch_us"],
+                    res["combine_us"],
+                    res["process_wall_s"],
+                    res["process_cpu_s"],
+                    res.get("events", "-"),
+                    res["peak_mb"],
+                ]
             )
+            print(f"  {gpus} GPUs, {engine}: {res['process_wall_s']:.1f} s wall", flush=True)
+    headers = ["GPUs", "engine", "dispatch us", "combine us", "wall s (process)", "cpu s", "events"]
+    print(table([*headers, "peak MB"], rows))
+    if args.forward_layers:
+        f = forward_ep64(args.forward_layers)
+        print(
+            f"DeepSeek-V3 forward, {args.forward_layers} MoE layers at EP64 (deepep, exact): "
+            f"{f['sim_us']:.1f} us simulated per forward, {f['events']} events, {f['wall_s']:.1f} s wall"
         )
 
 

@@ -562,6 +562,83 @@ def _moe_config(run: _MoeRun, *, mode: str, tokens_per_gpu: int, routing: str) -
     }
 
 
+def _fast_moe(
+    ev: Evaluation,
+    cluster: ClusterSpec,
+    chosen: list[int],
+    algo: str,
+    attention_us: float,
+    shared_expert_us: float,
+    routing: str,
+    pxn: bool,
+    relay_chunks: int,
+    *,
+    config: dict[str, Any],
+    wall0: float,
+) -> SimResult:
+    """:func:`simulate_moe` on the fast path: per layer attention, then dispatch, the slowest GPU's
+    experts and combine, each phase from its busiest link (a barrier between phases)."""
+    model = FastModel(cluster, routing=routing, pxn=pxn, rdma_nics=algo == "deepep-ll-rdma")
+    G = cluster.num_gpus
+    nvl_sent, nic_sent = np.zeros(G), np.zeros(G)
+    rows: list[dict[str, Any]] = []
+    for layer in chosen:
+        dispatch, combine = _layer_phases(ev, layer, algo, ev.scale)
+        d_us, _ = model.phase_us(dispatch, relay_chunks)
+        c_us, _ = model.phase_us(combine, relay_chunks)
+        loads = model.plan_loads(dispatch) + model.plan_loads(combine)
+        nvl_sent += loads.nvl_tx
+        nic_sent += loads.nic_tx
+        compute_us = float((ev.compute_us[layer] + shared_expert_us).max())
+        layer_us = attention_us + d_us + compute_us + c_us
+        rows.append(
+            {
+                "layer": layer,
+                "dispatch_us": d_us,
+                "compute_us": compute_us,
+                "combine_us": c_us,
+                "layer_us": layer_us,
+                "exposed_comm_us": d_us + c_us,
+                "attention_us": attention_us,
+                "comm_lower_bound_us": loads.busiest_us(),
+                "flows": 0,
+            }
+        )
+    names = [f"nvl-tx/{g}" for g in range(G)] + [f"nic-tx/{g}.0" for g in range(G)]
+    caps = np.concatenate([np.full(G, max(model.nvl_cap, 1e-9)), np.full(G, model.nic_cap)])
+    total_us = float(sum(r["layer_us"] for r in rows))
+    return SimResult(
+        per_layer=rows,
+        total_us=total_us,
+        link_names=names,
+        link_kinds=["nvlink"] * G + ["nic"] * G,
+        link_bytes=np.concatenate([nvl_sent, nic_sent]),
+        link_cap_bytes_per_us=caps,
+        sim_end_us=total_us,
+        stats={
+            "events": 0,
+            "recomputes": 0,
+            "flows": 0,
+            "worst_link_utilisation": 1.0,
+            "wall_s": time.perf_counter() - wall0,
+        },
+        config={
+            "cluster": cluster.name,
+            "num_gpus": G,
+            "gpus_per_node": cluster.gpus_per_node,
+            "fabric": cluster.fabric,
+            "algo": algo,
+            "overlap": "none",
+            "routing": routing,
+            "fast": True,
+            "attention_us": attention_us,
+            "shared_expert_us": shared_expert_us,
+            **config,
+        },
+        gpus_per_node=cluster.gpus_per_node,
+    )
+
+
 def simulate_moe(
     plan: Plan,
     cluster: ClusterSpec,
@@ -580,17 +657,36 @@ def simulate_moe(
     chunks: int = 4,
     relay_chunks: int = 8,
     progress: bool = True,
+    fast: bool = False,
 ) -> SimResult:
     """Simulate every MoE layer of ``plan`` on ``cluster`` for ``workload`` (see the module docstring).
 
     ``layers``: which MoE layers (default all); ``attention_us`` / ``shared_expert_us``: per-GPU times of
     the full step's attention and shared expert; ``chunks``: pieces in ``overlap="chunked"``;
-    ``relay_chunks``: pieces DeepEP's forwarder pipeline cuts the NIC stage into.
+    ``relay_chunks``: pieces DeepEP's forwarder pipeline cuts the NIC stage into. ``fast``: each phase
+    by the analytical path (:mod:`moe_placement.simulator.fast`) with a barrier between phases, no
+    flows played (``overlap="none"`` only; no spans, no difference terms).
     """
     _check_moe_args(algo, overlap, attention_us, shared_expert_us, chunks, relay_chunks)
+    if fast and overlap != "none":
+        raise PlacementError("the fast path times layers without overlap; drop --fast or --overlap")
     wall0 = time.perf_counter()
     ev = evaluate(plan, cluster, workload, mode=mode, tokens_per_gpu=tokens_per_gpu, gpu_pairs=True)
     chosen = _chosen_layers(ev.num_layers, layers)
+    if fast:
+        return _fast_moe(
+            ev,
+            cluster,
+            chosen,
+            algo,
+            attention_us,
+            shared_expert_us,
+            routing,
+            pxn,
+            relay_chunks,
+            config={"mode": mode, "tokens_per_gpu": tokens_per_gpu},
+            wall0=wall0,
+        )
     runner = _Runner(
         cluster,
         routing=routing,
