@@ -28,7 +28,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from types import FrameType
 
 STOPPED_BY_USER = "stopped by the user"
@@ -189,38 +188,46 @@ def sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-@dataclass
 class Deadline:
-    """What :func:`deadline` saw: whether the time ran out inside its block."""
+    """The hard edge of a time limit: once ``seconds`` of wall time have passed since :meth:`start`, ask
+    the work to stop (reason ``"time limit reached"``), for whatever would run past the solvers' own
+    budgets (a CP-SAT call, a new layer model). :meth:`finish` ends the request, so the next solve in
+    the same process (a sweep's next scenario) starts afresh; a user's stop stays. ``seconds`` None:
+    no edge."""
 
-    seconds: float | None
-    reached: bool = False
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.reached = False
+        self._timer: threading.Timer | None = None
+
+    def _expire(self) -> None:
+        self.reached = True
+        request(TIME_LIMIT_REACHED)
+
+    def start(self) -> Deadline:
+        if self.seconds is not None:
+            self._timer = threading.Timer(self.seconds, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def finish(self) -> bool:
+        """Cancel the edge and end its stop request; return whether the time ran out."""
+        global _reason
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        with _lock:
+            if _reason == TIME_LIMIT_REACHED:
+                _reason = None
+        return self.reached
 
 
 @contextlib.contextmanager
 def deadline(seconds: float | None) -> Iterator[Deadline]:
-    """Ask the work to stop (reason ``"time limit reached"``) once ``seconds`` of wall time have passed
-    in the block: the hard edge of a time limit, behind the solvers' own budgets, for whatever would run
-    past it (a baseline's local search, a bound, a CP-SAT call). The request ends with the block, so the
-    next solve in the same process (a sweep's next scenario) starts afresh; a user's stop stays. None:
-    no deadline."""
-    state = Deadline(seconds)
-    if seconds is None:
-        yield state
-        return
-
-    def expire() -> None:
-        state.reached = True
-        request(TIME_LIMIT_REACHED)
-
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
+    """:class:`Deadline` for the block."""
+    edge = Deadline(seconds).start()
     try:
-        yield state
+        yield edge
     finally:
-        timer.cancel()
-        global _reason
-        with _lock:
-            if _reason == TIME_LIMIT_REACHED:
-                _reason = None
+        edge.finish()

@@ -58,18 +58,15 @@ def get_solver(name: str) -> SolverEntry:
     return REGISTRY[name]
 
 
-# A deterministic run's limit is in CP-SAT's deterministic units, about seconds on an idle machine; on a
-# loaded one the same search takes longer in wall time (measured: 10x at a load of 17 on 2 cores), so
-# its wall-clock edge sits further out. Reaching it stops the search (the plan may then vary run to run).
-DETERMINISTIC_WALL_FACTOR = 3.0
-
-
-def hard_limit_s(config: SolverConfig) -> float:
+def hard_limit_s(config: SolverConfig) -> float | None:
     """Wall seconds after which a solver's CP-SAT calls stop and no new layer model starts (each layer
     left keeps its greedy warm start): the hard edge behind the solver's own budget, which plans to
-    finish by 85% of the limit (:mod:`moe_placement.interrupt`)."""
-    deterministic = bool(config.extra.get("deterministic", False))
-    return config.time_limit_s * (DETERMINISTIC_WALL_FACTOR if deterministic else 1.0)
+    finish by 85% of the limit (:mod:`moe_placement.interrupt`). None for a deterministic run: its
+    budget is CP-SAT's deterministic time, and a wall-clock edge would make its plan depend on the
+    machine's load (what-if sweeps, regress); ``placement solve`` puts a wider wall edge around it."""
+    if config.extra.get("deterministic", False):
+        return None
+    return config.time_limit_s
 
 
 def run_solver(name: str, problem: PlacementProblem, config: SolverConfig | None = None) -> Plan:
