@@ -97,7 +97,7 @@ def _cell(value: object) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time-limit", type=float, default=1.0, help="solver time limit, s")
+    parser.add_argument("--time-limit", type=float, default=10.0, help="solver time limit, s")
     parser.add_argument("--jobs", type=int, default=2, help="processes (one per file and size)")
     parser.add_argument("--files", default=",".join(FILES))
     parser.add_argument("--gpus", default="64,32")

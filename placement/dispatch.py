@@ -365,7 +365,7 @@ _SAMPLE_SETSIZE = np.array([_sample_setsize(k) for k in range(4097)], dtype=np.i
 
 
 @numba.njit(cache=True)
-def _randbelow(stream: np.ndarray, at: np.ndarray, n: np.int64) -> np.int64:
+def _randbelow(stream: np.ndarray, at: np.ndarray, n: int) -> np.int64:
     """CPython's ``_randbelow_with_getrandbits(n)`` on the generator's 32-bit outputs (``at[0]`` the next
     one; past the end, -1)."""
     k = np.int64(0)
