@@ -266,7 +266,8 @@ def render(
         f"{meta.get('base_cluster', {}).get('name', '?')}; timing engine {meta.get('engine', '?')}; "
         f"{len(results)} scenarios, {len(ok)} solved, {len(bad)} infeasible"
         + (
-            f"; solver time limit {_fmt(meta['time_limit_s'])} s per scenario."
+            f"; solver time limit {_fmt(meta['time_limit_s'])} s per scenario (CP-SAT "
+            "deterministic time)."
             if meta.get("time_limit_s")
             else "."
         )
