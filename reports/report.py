@@ -33,7 +33,7 @@ from moe_placement.cluster import GPU_TYPES
 from moe_placement.pipeline.results import load_results
 from moe_placement.pipeline.scenario import AXES
 from moe_placement.reports import plots
-from moe_placement.wholemodel import GIB, MemoryModel
+from moe_placement.wholemodel import GIB, MemoryModel, kv_tokens_per_gpu
 
 HOURS_PER_YEAR = 8760.0
 REFERENCE_SOLVERS = ("contiguous", "eplb")
@@ -253,7 +253,7 @@ def render(
     ok = _with_model_columns(ok, meta)
     memory = _memory_model_of(meta)
     if memory is not None and len(ok):
-        ok = _with_memory(ok, memory)
+        ok = _with_memory(ok, memory, meta)
     scope = str(meta.get("scope") or _OLD_SCOPE)
     answers = _Answers.of(results, ok, varying, options, meta, memory)
     findings["smallest_cluster_gpus"] = (
@@ -374,24 +374,34 @@ def _memory_model_of(meta: dict[str, Any]) -> dict[str, float] | None:
     }
 
 
-def memory_for_gpu(figures: dict[str, float], gpu: str) -> MemoryModel:
-    """The memory model on one GPU type from the stored figures."""
+def memory_for_gpu(
+    figures: dict[str, float], gpu: str, kv_tokens: float | None = None
+) -> MemoryModel:
+    """The memory model on one GPU type from the stored figures (``kv_tokens``: the KV cache's tokens
+    per GPU, when not the stored ones)."""
     memory = GPU_TYPES[gpu].memory_gib * GIB if gpu in GPU_TYPES else float("nan")
+    kv = figures["kv_tokens_per_gpu"] if kv_tokens is None else kv_tokens
     return MemoryModel(
         gpu_memory_bytes=memory,
         reserve_bytes=memory * figures["reserve_fraction"],
         non_expert_weight_bytes=figures["non_expert_weight_bytes"],
         expert_slot_bytes=figures["expert_slot_bytes"],
-        kv_cache_bytes=figures["kv_tokens_per_gpu"] * figures["kv_bytes_per_token"],
+        kv_cache_bytes=kv * figures["kv_bytes_per_token"],
     )
 
 
-def _with_memory(ok: pd.DataFrame, figures: dict[str, float]) -> pd.DataFrame:
-    """Add ``memory_per_gpu_gib`` (weights, expert slots, KV cache, reserve) and ``fits_memory``."""
+def _with_memory(ok: pd.DataFrame, figures: dict[str, float], meta: dict[str, Any]) -> pd.DataFrame:
+    """Add ``memory_per_gpu_gib`` (weights, expert slots, KV cache, reserve) and ``fits_memory``; the
+    KV cache follows each scenario's tokens per GPU unless ``--kv-tokens-per-gpu`` fixed it."""
     out = ok.copy()
     used, fits = [], []
+    given = bool((meta.get("whole_model") or {}).get("kv_tokens_given", True))
+    context = int(meta.get("context_tokens") or 1)
     for _, r in out.iterrows():
-        model = memory_for_gpu(figures, str(r["gpu"]))
+        kv = None
+        if not given and "phase" in r.index:
+            kv = kv_tokens_per_gpu(str(r["phase"]), int(r["tokens_per_gpu"]), context)
+        model = memory_for_gpu(figures, str(r["gpu"]), kv)
         need = model.used_bytes(int(r["slots_per_gpu"]))
         used.append(need / GIB)
         fits.append(bool(need <= model.gpu_memory_bytes))

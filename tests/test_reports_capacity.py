@@ -300,3 +300,17 @@ def test_solve_states_its_step_and_shows_bytes_per_step(
     ) in text
     total = next(line for line in text.splitlines() if line.startswith("total:"))
     assert f"NIC {human_bytes(step_nic_bytes)}," in total and "per step" in total
+
+
+def test_kv_cache_follows_each_scenarios_tokens_per_gpu(
+    load_inputs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    json_path, _ = load_inputs
+    out = _whatif_json(json_path, tmp_path, capsys, "--sweep", "tokens=64,128")
+    by = {(s["gpus"], s["tokens_per_gpu"]): s["memory_per_gpu_gib"] for s in out["scenarios"]}
+    model = whole_model("olmoe-1b-7b")
+    assert model is not None
+    # decode keeps each sequence's whole context (1100 tokens, from the file name)
+    extra_gib = (128 - 64) * 1100 * model.kv_bytes_per_token / 1024**3
+    for gpus in (2, 4):
+        assert by[(gpus, 128)] - by[(gpus, 64)] == pytest.approx(extra_gib)

@@ -373,7 +373,9 @@ def plan_sweep(args: argparse.Namespace) -> tuple[list[Any], Any, dict[str, Any]
         "context_source": context_source,
         "time_limit_s": args.time_limit,
         "sample_layers": args.sample_layers,
-        "whole_model": _model_meta(whole, facts.model, args.attention_us, kv_tokens),
+        "whole_model": _model_meta(
+            whole, facts.model, args.attention_us, kv_tokens, args.kv_tokens_per_gpu is not None
+        ),
         "scope": _scope_text(facts, phase, phase_source, tokens_per_gpu, tokens_source, whole),
     }
     return scenarios, base, meta
@@ -421,7 +423,11 @@ def _with_model_times(
 
 
 def _model_meta(
-    whole: WholeModel | None, name: str, attention_us: float | None, kv_tokens: int
+    whole: WholeModel | None,
+    name: str,
+    attention_us: float | None,
+    kv_tokens: int,
+    kv_tokens_given: bool,
 ) -> dict[str, Any] | None:
     """The whole-model and memory-model figures a report states (None: the model is not known)."""
     if whole is None:
@@ -436,6 +442,8 @@ def _model_meta(
         "attention_params_per_layer": whole.attention_params,
         "kv_bytes_per_token": whole.kv_bytes_per_token,
         "kv_tokens_per_gpu": kv_tokens,
+        # given: every scenario keeps that many; else it follows each scenario's tokens per GPU
+        "kv_tokens_given": kv_tokens_given,
         "non_expert_weight_bytes": whole.non_expert_weight_bytes(shape),
         "expert_bytes": shape.expert_weight_bytes,
         "expert_slot_bytes": shape.expert_weight_bytes * whole.num_moe_layers,
