@@ -29,13 +29,13 @@ PLACEMENT = [sys.executable, "-m", "moe_placement.cli.main"]
 
 @pytest.fixture(autouse=True)
 def no_wall_clock_edge(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A deterministic solve also stops at a wall-clock edge, 3x its limit (a safety net: on a machine
-    loaded 10x the search takes 10x longer), and a plan cut there may differ run to run (it says so:
-    provenance extra ``stopped``). These tests are about the deterministic search, so the edge is moved
-    out of reach; the machine's load must not decide them."""
-    from moe_placement.solvers import base
+    """``placement solve`` also stops a deterministic run at a wall-clock edge, 3x its limit (a safety
+    net: on a machine loaded 10x the search takes 10x longer), and a plan cut there may differ run to
+    run (it says so: provenance extra ``stopped``). These tests are about the deterministic search, so
+    the edge is moved out of reach; the machine's load must not decide them."""
+    from moe_placement.cli.commands import solve
 
-    monkeypatch.setattr(base, "DETERMINISTIC_WALL_FACTOR", 1000.0, raising=False)
+    monkeypatch.setattr(solve, "DETERMINISTIC_WALL_FACTOR", 1000.0)
 
 
 def _sha256(path: Path) -> str:
