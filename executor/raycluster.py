@@ -121,6 +121,7 @@ def init_ray(
     if ray.is_initialized():
         return False
     target = cluster_address(address)
+    options: dict[str, Any]  # ray.init's keywords: an address, or the local Ray's CPU count
     if target is not None:
         probe(target)
         what, options = f"the Ray cluster at {target}", {"address": target}
