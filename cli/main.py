@@ -49,19 +49,17 @@ _FOLDER_OUT_COMMANDS = ("whatif", "demo")
 
 # Numeric options that must be > 0, by destination; every other ``type=int``/``type=float`` option must
 # be >= 0 (counts, sizes, indices, seeds, times, weights). Checked where argparse parses them, so a bad
-# number is a usage error (one line, exit 2) before any work starts.
+# number is a usage error (one line, exit 2) before any work starts. (--workers, --tokens, --rounds,
+# --node-limit, --window and --hidden-scale are refused at 0 by their commands, exit 2 from main().)
 _POSITIVE_DESTS = frozenset(
     {
         "gpus",
         "gpus_per_node",
-        "workers",
         "threads",
         "time_limit",
         "time_limit_s",
         "timeout",
-        "hidden_scale",
         "amortisation_years",
-        "tokens",
         "tokens_per_gpu",
         "synth_layers",
         "synth_tokens",
@@ -77,11 +75,8 @@ _POSITIVE_DESTS = frozenset(
         "prompt_len",
         "new_tokens",
         "reps",
-        "rounds",
         "chunks",
-        "node_limit",
         "total_layers",
-        "window",
         "cache_experts",
         "num_cpus",
     }

@@ -815,12 +815,23 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
     return _PARSERS
 
 
+# Counts the commands themselves refuse at 0 (the parser takes any integer >= 0 for them).
+ZERO_REFUSED_BY_COMMAND = (
+    "--workers",
+    "--tokens",
+    "--rounds",
+    "--node-limit",
+    "--window",
+    "--hidden-scale",
+)
+
+
 def bad_values(command: str, option: str) -> list[str]:
     numeric = numeric_options(command)
     if option in numeric:
         kind, positive = numeric[option]
         values = list(BAD_INTS if kind == "int" else BAD_FLOATS)
-        return [*values, "0"] if positive else values
+        return [*values, "0"] if positive or option in ZERO_REFUSED_BY_COMMAND else values
     if option in BAD_STRINGS:
         return BAD_STRINGS[option]
     return ["no-such-choice"]  # a choices option
