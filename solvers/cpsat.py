@@ -749,7 +749,10 @@ def _solve(
         # one worker and a deterministic-time limit: the same answer on every run and machine
         solver.parameters.num_workers = 1
         solver.parameters.max_deterministic_time = max(time_limit_s, 0.01)
-        solver.parameters.max_time_in_seconds = max(10 * time_limit_s, 1.0)
+        # a wall-clock cap only as a safety net: one near the deterministic limit (it was 10x, at
+        # least 1 s) is reached first on a loaded machine, and the plan then depends on the load
+        # (serial and Ray what-if runs differed); placement solve stops a slow run at 3x its limit
+        solver.parameters.max_time_in_seconds = max(100 * time_limit_s, 30.0)
     else:
         solver.parameters.num_workers = max(1, workers)
         solver.parameters.max_time_in_seconds = max(time_limit_s, 0.01)
