@@ -55,6 +55,9 @@ class TraceWriter:
         except OSError as exc:
             self._tmp.unlink(missing_ok=True)
             raise PlacementError(f"cannot write {self.path}: {os_cause(exc)}") from None
+        except BaseException:  # SIGTERM (moe_placement.interrupt.Terminated) or Ctrl-C right here
+            self._tmp.unlink(missing_ok=True)
+            raise
         self._buffer: list[tuple[np.ndarray, ...]] = []
         self._buffered = 0
         self.tokens_written = 0
