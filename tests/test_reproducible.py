@@ -45,7 +45,7 @@ def _sha256(path: Path) -> str:
 def test_two_solves_write_identical_bytes(tiny_trace: Path, tmp_path: Path) -> None:
     outs = [tmp_path / "a.json", tmp_path / "b.json"]
     for out in outs:
-        argv = ["solve", "--trace", str(tiny_trace), *README_SOLVE, "--time-limit", "1"]
+        argv = ["solve", "--trace", str(tiny_trace), *README_SOLVE, "--time-limit", "0.5"]
         assert main([*argv, "--out", str(out)]) == 0
     assert _sha256(outs[0]) == _sha256(outs[1])
     provenance = json.loads(outs[0].read_text())["provenance"]
@@ -90,7 +90,7 @@ def test_best_is_never_worse_than_any_solver_it_is_compared_with(
 ) -> None:
     trace = BUNDLED if trace_name == "bundled" else tiny_trace
     # at this limit `robust` (fitted to time windows) reaches a faster row than `best` for one layer
-    argv = ["compare", "--trace", str(trace), *README_SOLVE, "--time-limit", "1", "--json"]
+    argv = ["compare", "--trace", str(trace), *README_SOLVE, "--time-limit", "0.5", "--json"]
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out)["solvers"]
     moe_us = {row["solver"]: row["summary"]["moe_time_us"] for row in rows}
