@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 import math
@@ -1016,27 +1017,29 @@ class WorkersStartedError(AssertionError):
 
 @contextlib.contextmanager
 def _tripwires() -> Iterator[None]:
-    """Fail at once, instead of running for minutes, if workers or a model would start."""
+    """Fail at once, instead of running for minutes, if workers, a model or Ray would start. The group
+    of workers is built (and checks its settings) before it starts: the wire is on its start."""
     patches: list[tuple[Any, str, Any]] = []
-    for module_name, attribute in (
-        ("moe_placement.executor.driver", "worker_group"),
+    for module_name, path in (
+        ("moe_placement.executor.group", "WorkerGroup.__enter__"),
         ("moe_placement.traces.capture", "load_model"),
         ("moe_placement.pipeline.sweep", "_run_ray"),
     ):
-        module = sys.modules.get(module_name)
-        if module is None:
-            module = __import__(module_name, fromlist=[attribute])
-        patches.append((module, attribute, getattr(module, attribute)))
+        owner: Any = importlib.import_module(module_name)
+        *parents, attribute = path.split(".")
+        for parent in parents:
+            owner = getattr(owner, parent)
+        patches.append((owner, attribute, getattr(owner, attribute)))
 
-        def tripped(*args: Any, _what: str = f"{module_name}.{attribute}", **kwargs: Any) -> Any:
+        def tripped(*args: Any, _what: str = f"{module_name}.{path}", **kwargs: Any) -> Any:
             raise WorkersStartedError(f"{_what} was called")
 
-        setattr(module, attribute, tripped)
+        setattr(owner, attribute, tripped)
     try:
         yield
     finally:
-        for module, attribute, original in patches:
-            setattr(module, attribute, original)
+        for owner, attribute, original in patches:
+            setattr(owner, attribute, original)
 
 
 # ---- the tests ---------------------------------------------------------------------------------------
