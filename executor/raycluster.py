@@ -6,7 +6,8 @@ with a plain TCP connection under :data:`CONNECT_TIMEOUT_S`; one that does not a
 line naming it, before Ray is touched. A ``RAY_ADDRESS`` in the environment is used as ``--address``
 would be (Ray itself would join it anyway, and then refuse the local-start options with "num_cpus and
 num_gpus must not be provided"). ``ray.init`` itself then runs under a watchdog: if it has not returned
-within :data:`INIT_TIMEOUT_S` the process gets one line naming what did not answer.
+within :data:`INIT_TIMEOUT_S` (:data:`LOCAL_INIT_TIMEOUT_S` for a local start) the process gets one
+line naming what did not answer.
 
 Addresses: ``host:port`` (the GCS port of ``ray start --head``, 6379 by default), ``ray://host:port``
 (Ray Client, 10001 by default), or ``auto`` / ``local`` (a cluster started on this host, found by Ray
@@ -26,9 +27,8 @@ from moe_placement import progress
 from moe_placement.errors import PlacementError
 
 CONNECT_TIMEOUT_S = 5.0  # a TCP connect to the cluster's address
-INIT_TIMEOUT_S = (
-    60.0  # ray.init as a whole (a fresh local Ray on a loaded 2-core host takes ~10-20 s)
-)
+INIT_TIMEOUT_S = 60.0  # ray.init joining a cluster that answered the probe
+LOCAL_INIT_TIMEOUT_S = 300.0  # starting a local Ray: slow on a loaded small host, but never forever
 _DEFAULT_PORTS = {"ray": 10001, "": 6379}
 
 
@@ -109,7 +109,7 @@ def init_ray(
     address: str | None,
     *,
     num_cpus: int | None,
-    init_timeout_s: float = INIT_TIMEOUT_S,
+    init_timeout_s: float | None = None,
     **kwargs: Any,
 ) -> bool:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``), or start a local Ray with ``num_cpus``.
@@ -132,6 +132,8 @@ def init_ray(
         # a RAY_ADDRESS set to "" would still steer ray.init to look for a cluster
         os.environ.pop("RAY_ADDRESS", None)
     progress.quiet_ray_token_notice()  # a local ray.init logs it on every run
+    if init_timeout_s is None:
+        init_timeout_s = INIT_TIMEOUT_S if target is not None else LOCAL_INIT_TIMEOUT_S
     try:
         with (
             progress.step(f"{'joining' if target else 'starting'} {what}"),
