@@ -141,9 +141,13 @@ def test_cli(tiny_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert (tmp_path / "t.json").exists()
     assert main([*args, "--algo", "2dh"]) == 0
     assert "layer us" in capsys.readouterr().out
-    assert main([*args, "--algo", "deepep-ll", "--layers", "0", "--json"]) == 0
+    assert main([*args, "--algo", "deepep-ll-rdma", "--layers", "0", "--json"]) == 0
     ll = json.loads(capsys.readouterr().out)
     assert ll["summary"]["nvlink_bytes_sent"] == 0 and ll["summary"]["nic_bytes_sent"] > 0
+    # the current low-latency kernels copy to GPUs of the same node over NVLink
+    assert main([*args, "--algo", "deepep-ll", "--layers", "0", "--json"]) == 0
+    ll = json.loads(capsys.readouterr().out)
+    assert ll["summary"]["nvlink_bytes_sent"] > 0 and ll["summary"]["nic_bytes_sent"] > 0
     uni = [
         "simulate",
         "--traffic",
@@ -172,10 +176,14 @@ def test_cli(tiny_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert len(res["nic_bytes_sent"]) == 16
     assert main(uni) == 0
     assert "RDMA" in capsys.readouterr().out
-    ll_uni = [*uni[: uni.index("--node-limit")], "--algo", "deepep-ll", "--json"]
+    ll_uni = [*uni[: uni.index("--node-limit")], "--algo", "deepep-ll-rdma", "--json"]
     assert main(ll_uni) == 0
     res = json.loads(capsys.readouterr().out)
     assert sum(res["nvlink_bytes_sent"]) == 0 and res["dispatch_rdma_gbytes_per_s"] > 0
+    # --fast: the same bytes from the analytical path, no events
+    assert main([*ll_uni, "--fast"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert fast["events"] == 0 and fast["nic_bytes_sent"] == pytest.approx(res["nic_bytes_sent"])
     assert main(["simulate", "--cluster", "h800-mpft"]) == 2
     assert main([*args, "--layers", "x"]) == 2
     assert main([*uni, "--plan", str(plan_path)]) == 2
