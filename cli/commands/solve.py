@@ -80,6 +80,25 @@ def add_problem_arguments(p: argparse.ArgumentParser) -> None:
         "--weights", default=None, help="comma-separated weight per --trace (robust placement)"
     )
     p.add_argument("--robust", default="weighted", choices=("weighted", "worst"))
+    p.add_argument(
+        "--robust-windows",
+        type=int,
+        default=4,
+        help="solver robust: time windows of the trace taken as scenarios of the traffic to come",
+    )
+    p.add_argument(
+        "--redundant-total",
+        type=int,
+        default=None,
+        help="model-wide budget of redundant slots, spread over layers by marginal benefit "
+        "(replaces --redundant; the plan is padded to equal slots per layer)",
+    )
+    p.add_argument(
+        "--memory-gib",
+        type=float,
+        default=None,
+        help="GiB per GPU for expert weights over all layers: sets --redundant-total from it",
+    )
     add_step_args(p)
     add_engine_arg(p)
     p.add_argument(
@@ -198,7 +217,10 @@ def solver_config(args: argparse.Namespace) -> Any:
         "free_memory_gib": args.free_memory_gib,
         "workers": args.workers,
         "node_limit": args.node_limit,
-        "extra": {"deterministic": bool(args.deterministic)},
+        "extra": {
+            "deterministic": bool(args.deterministic),
+            "windows": getattr(args, "robust_windows", 4),
+        },
     }
     if args.balance_weight < 0 or args.traffic_weight < 0:
         raise PlacementError("--balance-weight and --traffic-weight must be >= 0")
@@ -250,9 +272,23 @@ def _run(args: argparse.Namespace) -> int:
     if name == "all":
         return compare_solvers(args, problem, config, sorted(REGISTRY))
     edge = interrupt.Deadline(wall_edge_s(config.time_limit_s, args.deterministic)).start()
-    # stopped by SIGINT or by its time limit: the best plan so far, marked in provenance
-    with progress.step(f"solving with {name}"):
-        plan = run_solver(name, problem, config)
+    budget_note, budget_json = "", None
+    if args.redundant_total is not None or args.memory_gib is not None:
+        from moe_placement.solvers.budget import (
+            budget_report,
+            describe,
+            solve_with_budget,
+            total_from_args,
+        )
+
+        total = total_from_args(problem, args.redundant_total, args.memory_gib)
+        with progress.step(f"solving a budget of {total} redundant slots with {name}"):
+            result = solve_with_budget(problem, config, name, total)
+        plan, budget_note, budget_json = result.plan, describe(result), budget_report(result)
+    else:
+        # stopped by SIGINT or by its time limit: the best plan so far, marked in provenance
+        with progress.step(f"solving with {name}"):
+            plan = run_solver(name, problem, config)
     if edge.finish() and "stopped" not in plan.provenance.extra:  # the wall edge stopped the search
         plan = marked_stopped(plan, interrupt.TIME_LIMIT_REACHED)
     stopped = interrupt.requested()
@@ -268,6 +304,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         report = evaluation_report(ev, plan, args.step_scope)
         report["out"] = args.out
+        if budget_json is not None:
+            report["budget"] = budget_json
         print_json(report)
     else:
         prov = plan.provenance
@@ -293,6 +331,8 @@ def _run(args: argparse.Namespace) -> int:
         )
         if args.node_limit is not None:
             print(node_limit_note(args.node_limit, cluster.num_nodes, problem.workload.per_token))
+        if budget_note:
+            print(budget_note)
         print(f"plan written to {args.out}")
     return 0
 
