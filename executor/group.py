@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from moe_placement import progress
 from moe_placement.errors import PlacementError
 from moe_placement.executor.raycluster import init_ray
 from moe_placement.executor.worker import OOM_TAG, ExecutorWorker
@@ -111,12 +112,19 @@ class WorkerGroup:
             remote_cls.options(**options).remote(rank, self.world, threads)  # type: ignore[attr-defined]
             for rank in range(self.world)
         ]
-        rendezvous = self.call("rendezvous", what="starting workers")
-        master, port, _ = rendezvous[0]
-        self.pids = [int(r[2]) for r in rendezvous]
-        self.info = self.call(
-            "setup", master, port, self.backend, self.timeout_s, what="forming the process group"
-        )
+        # each worker process imports torch and joins the process group: seconds, more on a busy host
+        with progress.step(f"starting {self.world} workers ({self.backend})"):
+            rendezvous = self.call("rendezvous", what="starting workers")
+            master, port, _ = rendezvous[0]
+            self.pids = [int(r[2]) for r in rendezvous]
+            self.info = self.call(
+                "setup",
+                master,
+                port,
+                self.backend,
+                self.timeout_s,
+                what="forming the process group",
+            )
 
     def close(self) -> None:
         import ray

@@ -162,7 +162,8 @@ def run_validate(
     spec = load_cluster(cluster) if cluster else None
     # A spec calibrated on CPU ranks carries its host-sharing model next to it.
     host = load_host_model(cluster) if cluster and config.backend == "gloo" else None
-    data = load_replay_input(trace, plans[0][1].num_gpus, config)
+    with progress.step("reading the trace"):
+        data = load_replay_input(trace, plans[0][1].num_gpus, config)
     for what, p in plans:
         _check_plan(p, data, what)
         preflight(p, config, data.shape, data.workload.num_tokens)
@@ -173,9 +174,11 @@ def run_validate(
     if spec is None:  # unreachable: rounds >= 1 calibrated at least once
         raise PlacementError("no cluster spec to predict with")
     report = _report_header(trace, data, config, rounds, run, spec)
-    report["plans"] = {
-        what: compare(p, run.measured[what], spec, data, config.chunks, host) for what, p in plans
-    }
+    with progress.step("predicting the layer times with the calibrated simulator"):
+        report["plans"] = {
+            what: compare(p, run.measured[what], spec, data, config.chunks, host)
+            for what, p in plans
+        }
     if "baseline" in report["plans"]:
         report["speedup"] = _speedup(report["plans"]["plan"], report["plans"]["baseline"])
     return report
