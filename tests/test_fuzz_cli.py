@@ -1063,7 +1063,11 @@ def work_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_subcommand_is_fuzzed() -> None:
     """A new subcommand must get a spec here (discovered, so none is forgotten)."""
     names = {command.name for command in discover()}
-    assert names == {spec.command for spec in SPECS.values()}
+    specs = {spec.command for spec in SPECS.values()}
+    assert names == specs, (
+        f"subcommands without a fuzz Spec in tests/test_fuzz_cli.py SPECS: {sorted(names - specs)}; "
+        f"specs of removed subcommands: {sorted(specs - names)}"
+    )
 
 
 @pytest.mark.parametrize("key", ["export", "import:npy", "import:logical_count", "synth"])
