@@ -52,6 +52,18 @@ def _top_set(values: np.ndarray, count: int, chosen: np.ndarray) -> bool:
 
 
 @_njit(cache=True)
+def _sort_small(values: np.ndarray) -> None:
+    """Sort a short int64 array in place (insertion sort: a handful of node indices)."""
+    for i in range(1, values.shape[0]):
+        v = values[i]
+        j = i - 1
+        while j >= 0 and values[j] > v:
+            values[j + 1] = values[j]
+            j -= 1
+        values[j + 1] = v
+
+
+@_njit(cache=True)
 def _count_tokens(
     scores: np.ndarray,
     src: int,
@@ -79,6 +91,8 @@ def _count_tokens(
     keep_nodes = np.empty(node_limit, dtype=np.int64)
     node_kept = np.zeros(nodes, dtype=np.bool_)
     masked = np.empty(experts, dtype=np.float32)
+    candidates = np.empty(node_limit * group_size, dtype=np.float32)
+    cand_expert = np.empty(node_limit * group_size, dtype=np.int64)
     chosen = np.empty(top_k, dtype=np.int64)
     gpu_seen = np.zeros(G, dtype=np.bool_)
     node_seen = np.zeros(nodes, dtype=np.bool_)
@@ -100,13 +114,29 @@ def _count_tokens(
                 tied[ntied] = t
                 ntied += 1
                 continue
-            for n in range(nodes):
-                node_kept[n] = False
-            for j in range(node_limit):
-                node_kept[keep_nodes[j]] = True
-            for e in range(experts):
-                masked[e] = row[e] if node_kept[e // group_size] else np.float32(-1.0)
-            ok = _top_set(masked, top_k, chosen)
+            if node_limit * group_size > top_k:
+                # the top-k lies among the kept groups' experts (the rest score -1, below any kept
+                # one): select among those alone, in expert order, and map back
+                _sort_small(keep_nodes)
+                m = 0
+                for j in range(node_limit):
+                    base = keep_nodes[j] * group_size
+                    for e in range(base, base + group_size):
+                        candidates[m] = row[e]
+                        cand_expert[m] = e
+                        m += 1
+                ok = _top_set(candidates[:m], top_k, chosen)
+                if ok:
+                    for j in range(top_k):
+                        chosen[j] = cand_expert[chosen[j]]
+            else:
+                for n in range(nodes):
+                    node_kept[n] = False
+                for j in range(node_limit):
+                    node_kept[keep_nodes[j]] = True
+                for e in range(experts):
+                    masked[e] = row[e] if node_kept[e // group_size] else np.float32(-1.0)
+                ok = _top_set(masked, top_k, chosen)
         else:
             ok = _top_set(row, top_k, chosen)
         if not ok:
