@@ -17,7 +17,8 @@ an engine is skipped (``--skip``) or ran past ``--timeout``.
     .venv/bin/python bench/simulator_scaling.py                      # 64, 128, 256 (+1024 fast)
     .venv/bin/python bench/simulator_scaling.py --gpus 64 --engines exact,fast
     .venv/bin/python bench/simulator_scaling.py --gpus 1024 --engines fast,exact --timeout 600
-    .venv/bin/python bench/simulator_scaling.py --gpus 64 --engines fast --forward-layers 58
+    .venv/bin/python bench/simulator_scaling.py --gpus 64 --engines fast --forward-layers 58 \\
+        --forward-engines fast,exact
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def warm(pythonpath: Path | None) -> None:
     run_once(command(16, fast=False), pythonpath, timeout_s=900)
 
 
-def forward_ep64(layers: int) -> dict[str, float]:
+def forward_ep64(layers: int, fast: bool) -> dict[str, float]:
     """A DeepSeek-V3 forward (``layers`` MoE layers) at EP64 from a load-only workload (log-normal loads),
     DeepEP, in this process (kernels compiled): simulated us, events, wall s."""
     import numpy as np
@@ -209,11 +210,13 @@ def main() -> None:
     headers = ["GPUs", "engine", "dispatch us", "combine us", "wall s (process)", "cpu s", "events"]
     print(table([*headers, "peak MB"], rows))
     if args.forward_layers:
-        f = forward_ep64(args.forward_layers)
-        print(
-            f"DeepSeek-V3 forward, {args.forward_layers} MoE layers at EP64 (deepep, exact): "
-            f"{f['sim_us']:.1f} us simulated per forward, {f['events']} events, {f['wall_s']:.1f} s wall"
-        )
+        for engine in args.forward_engines.split(","):
+            f = forward_ep64(args.forward_layers, fast=engine.strip() == "fast")
+            print(
+                f"DeepSeek-V3 forward, {args.forward_layers} MoE layers at EP64 (deepep, {engine}): "
+                f"{f['sim_us']:.1f} us simulated per forward, {f['events']} events, "
+                f"{f['wall_s']:.1f} s wall, {f['cpu_s']:.1f} s CPU"
+            )
 
 
 if __name__ == "__main__":
