@@ -41,7 +41,7 @@ except ImportError:  # pragma: no cover - exercised only without numba
     HAVE_NUMBA = False
 
 # Cold compile of every kernel a simulation uses, measured (docs/simulator.md, Compilation): CPU seconds.
-COLD_COMPILE_S = 15
+COLD_COMPILE_S = 20
 
 _announced = False
 
