@@ -206,7 +206,12 @@ def main() -> None:
                     res["peak_mb"],
                 ]
             )
-            print(f"  {gpus} GPUs, {engine}: {res['process_wall_s']:.1f} s wall", flush=True)
+            print(
+                f"  {gpus} GPUs, {engine}: {res['dispatch_us']:.1f} / {res['combine_us']:.1f} us, "
+                f"{res['process_wall_s']:.1f} s wall, {res['process_cpu_s']:.1f} s CPU, "
+                f"{res['peak_mb']:.0f} MB",
+                flush=True,
+            )
     headers = ["GPUs", "engine", "dispatch us", "combine us", "wall s (process)", "cpu s", "events"]
     print(table([*headers, "peak MB"], rows))
     if args.forward_layers:
