@@ -825,6 +825,8 @@ ZERO_REFUSED_BY_COMMAND = (
     "--window",
     "--hidden-scale",
 )
+# ... except where the spec's call does not use the option (simulate: uniform traffic only).
+ZERO_UNUSED = {("simulate", "--tokens"), ("simulate", "--node-limit")}
 
 
 def bad_values(command: str, option: str) -> list[str]:
@@ -832,7 +834,8 @@ def bad_values(command: str, option: str) -> list[str]:
     if option in numeric:
         kind, positive = numeric[option]
         values = list(BAD_INTS if kind == "int" else BAD_FLOATS)
-        return [*values, "0"] if positive or option in ZERO_REFUSED_BY_COMMAND else values
+        zero_refused = option in ZERO_REFUSED_BY_COMMAND and (command, option) not in ZERO_UNUSED
+        return [*values, "0"] if positive or zero_refused else values
     if option in BAD_STRINGS:
         return BAD_STRINGS[option]
     return ["no-such-choice"]  # a choices option
