@@ -35,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
             raise PlacementError(
                 f"unknown solver {', '.join(unknown) or '(none given)'}; known: {', '.join(sorted(REGISTRY))}"
             )
+    if args.redundant_total is not None or args.memory_gib is not None:
+        raise PlacementError(
+            "compare places every layer with --redundant; a model-wide budget "
+            "(--redundant-total, --memory-gib) is for placement solve"
+        )
     return compare_solvers(args, build_problem(args), solver_config(args), names)
 
 

@@ -270,6 +270,10 @@ def _run(args: argparse.Namespace) -> int:
     cluster = problem.cluster
     name = args.solver or default_solver()
     if name == "all":
+        if args.redundant_total is not None or args.memory_gib is not None:
+            raise PlacementError(
+                "--solver all compares with --redundant; a budget needs one solver"
+            )
         return compare_solvers(args, problem, config, sorted(REGISTRY))
     edge = interrupt.Deadline(wall_edge_s(config.time_limit_s, args.deterministic)).start()
     budget_note, budget_json = "", None
