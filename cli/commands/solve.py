@@ -68,7 +68,7 @@ def add_problem_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds for the solve once the trace is read: search, bounds, baselines and their "
         "comparison; then the plan is scored once more and written (default 10; with --solver "
         "all, per solver). Deterministic runs (the default) count CP-SAT's deterministic seconds "
-        "and stop in any case at 3x the limit in wall time",
+        "and stop in any case at 10x the limit in wall time",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", default="standard", choices=MODES)
@@ -234,8 +234,10 @@ def solver_config(args: argparse.Namespace) -> Any:
 # A deterministic run's limit is in CP-SAT's deterministic units, about seconds on an idle machine; on a
 # loaded one the same search takes longer in wall time (measured: 10x at a load of 17 on 2 cores). The
 # command still answers in bounded time: at this many times the limit in wall time the search stops
-# (the plan is then marked "time limit reached" and may differ from an unhurried run's).
-DETERMINISTIC_WALL_FACTOR = 3.0
+# (the plan is then marked "time limit reached" and may differ from an unhurried run's). The factor is
+# set to the slowdown measured under load so that identity holds on a busy machine; a user who needs a
+# tight wall-clock bound asks for --wall-clock.
+DETERMINISTIC_WALL_FACTOR = 10.0
 
 
 def wall_edge_s(time_limit_s: float, deterministic: bool) -> float | None:
