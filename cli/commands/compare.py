@@ -10,6 +10,7 @@ from moe_placement.cli.commands.solve import (
     add_problem_arguments,
     build_problem,
     compare_solvers,
+    say_notices,
     solver_config,
 )
 from moe_placement.errors import PlacementError
@@ -40,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
             "compare places every layer with --redundant; a model-wide budget "
             "(--redundant-total, --memory-gib) is for placement solve"
         )
-    return compare_solvers(args, build_problem(args), solver_config(args), names)
+    problem, config = build_problem(args), solver_config(args)
+    say_notices(args)
+    return compare_solvers(args, problem, config, names)
 
 
 COMMAND = Command(

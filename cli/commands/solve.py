@@ -188,12 +188,22 @@ def fitting_cluster(args: argparse.Namespace) -> Any:
         if slots % g == 0 and (g % per_node == 0 or g < per_node)
     ]
     gpus = fits[0]
-    sys.stderr.write(
+    # said once the whole command line is known to be good (see say_notices): a bad input keeps its
+    # one-line answer
+    args.notices = [
+        *getattr(args, "notices", []),
         f"placement {args.command}: no --gpus given: {gpus} GPUs, as the trace's {slots} expert "
         f"slots ({slots - args.redundant} experts + {args.redundant} redundant) cannot fill "
-        f"{cluster.name}'s {cluster.num_gpus}\n"
-    )
+        f"{cluster.name}'s {cluster.num_gpus}",
+    ]
     return cluster.with_counts(gpus, min(per_node, gpus))
+
+
+def say_notices(args: argparse.Namespace) -> None:
+    """Write the notices gathered while the inputs were read, once nothing more can be refused."""
+    for notice in getattr(args, "notices", []):
+        sys.stderr.write(notice + "\n")
+    args.notices = []
 
 
 def _num_experts(trace: str, args: argparse.Namespace) -> int:
@@ -269,6 +279,7 @@ def _run(args: argparse.Namespace) -> int:
     if interrupt.requested():  # stopped while reading the trace: nothing to write
         raise KeyboardInterrupt
     config = solver_config(args)
+    say_notices(args)
     cluster = problem.cluster
     name = args.solver or default_solver()
     if name == "all":
