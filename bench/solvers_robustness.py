@@ -8,7 +8,9 @@ itself. Cases:
 * the bundled trace (tiny-moe, per-token, code and plays interleaved), first half / second half;
 * synthetic top-4 traces, first half / second half: stationary, and with popularity drift;
 * the shared DeepSeek-V3 loads (load-only, ``../shared/data/dsv3-expert-loads``, skipped when absent):
-  fit on prefill, score on decode, and the reverse.
+  fit on prefill, score on decode, and the reverse;
+* ``tiny-coherent``: the bundled trace's halves in coherent mode (issue 16 part 4): hops (tokens that
+  change GPU between consecutive layers) in and out of sample, against contiguous's.
 
 Figures per solver: mean max/mean (busiest GPU over the mean, mean over layers) and MoE time (us per MoE
 layer, per step of 4096 tokens per GPU, the evaluator's), in and out of sample, and how far the out-of-
@@ -194,11 +196,82 @@ def print_case(result: dict[str, object]) -> None:
     )
 
 
+COHERENT_SOLVERS = ("contiguous", "eplb-global", "best", "robust")
+
+
+def run_coherent(time_limit_s: float) -> dict[str, object]:
+    """Coherent mode on the bundled trace's halves (issue 16 part 4): each solver fitted with
+    ``--mode coherent`` on the first half, its hops (tokens that change GPU between consecutive MoE
+    layers, summed over layers, per half of the trace) counted in and out of sample against contiguous's."""
+    fit, score = split_workloads(BUNDLED, num_gpus=16)
+    cluster = load_cluster(None).with_counts(16, 8)
+    config = SolverConfig(time_limit_s=time_limit_s, seed=0, extra={"deterministic": True})
+    problem = PlacementProblem(workloads=(fit,), cluster=cluster, num_redundant=16, mode="coherent")
+    plans = []
+    for name in COHERENT_SOLVERS:
+        print(f"  tiny-coherent: {name}", file=sys.stderr, flush=True)
+        plans.append(run_solver(name, problem, config))
+    inside = [ev.summary() for ev in evaluate_many(plans, cluster, fit, mode="coherent")]
+    outside = [ev.summary() for ev in evaluate_many(plans, cluster, score, mode="coherent")]
+    base_in, base_out = float(inside[0]["hops"]), float(outside[0]["hops"])
+    rows = [
+        {
+            "solver": name,
+            "in_hops": float(s_in["hops"]),
+            "in_hops_vs_contiguous_pct": 100.0 * (float(s_in["hops"]) / base_in - 1.0),
+            "out_hops": float(s_out["hops"]),
+            "out_hops_vs_contiguous_pct": 100.0 * (float(s_out["hops"]) / base_out - 1.0),
+            "out_max_over_mean": float(s_out["mean_max_over_mean"]),
+            "out_us_per_step": float(s_out["moe_time_us"]),
+            "method": plan.provenance.method,
+        }
+        for name, plan, s_in, s_out in zip(COHERENT_SOLVERS, plans, inside, outside, strict=True)
+    ]
+    return {
+        "case": "tiny-coherent",
+        "label": "bundled tiny-moe, --mode coherent, halves; 16 GPUs / 2 nodes, R=16",
+        "rows": rows,
+    }
+
+
+def print_coherent(result: dict[str, object]) -> None:
+    print(f"\n{result['label']}\n  hops: tokens changing GPU between layers, all layers, per half")
+    rows = result["rows"]
+    assert isinstance(rows, list)
+    print(
+        table(
+            [
+                "solver",
+                "in hops",
+                "in vs contiguous %",
+                "out hops",
+                "out vs contiguous %",
+                "out max/mean",
+                "out MoE us/step",
+            ],
+            [
+                [
+                    r["solver"],
+                    f"{r['in_hops']:.0f}",
+                    f"{r['in_hops_vs_contiguous_pct']:+.1f}",
+                    f"{r['out_hops']:.0f}",
+                    f"{r['out_hops_vs_contiguous_pct']:+.1f}",
+                    f"{r['out_max_over_mean']:.3f}",
+                    f"{r['out_us_per_step']:.1f}",
+                ]
+                for r in rows
+            ],
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-limit", type=float, default=2.0, help="per solve (deterministic s)")
     parser.add_argument(
-        "--cases", default=",".join(c.name for c in CASES), help="comma-separated case names"
+        "--cases",
+        default=",".join([*(c.name for c in CASES), "tiny-coherent"]),
+        help="comma-separated case names",
     )
     parser.add_argument(
         "--solvers", default=None, help="comma-separated solvers (default: every registered one)"
@@ -219,6 +292,11 @@ def main() -> None:
             results.append(result)
             if not args.json:
                 print_case(result)
+        if "tiny-coherent" in wanted:
+            result = run_coherent(args.time_limit)
+            results.append(result)
+            if not args.json:
+                print_coherent(result)
     if args.json:
         print_json({"cases": results})
 

@@ -19,6 +19,9 @@ Load-only inputs (``logical_count`` JSON) carry no time order: their only uncert
 Poisson noise, negligible on large samples, so there ``robust`` returns ``best``'s plan for the shrunk
 load. With a large stationary sample the windows agree, the shrinkage vanishes and the plan converges to
 ``best``'s.
+
+In coherent mode ``robust`` is the chain placement of :mod:`moe_placement.solvers.chain` (experts placed
+with their likely predecessors, shrunk transitions, chosen by held-out hops over time windows).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import evaluate_many
 from moe_placement.plan import Plan, Provenance
+from moe_placement.solvers import chain
 from moe_placement.solvers.base import REGISTRY, register
 from moe_placement.solvers.problem import PlacementProblem, SolverConfig
 from moe_placement.workload import Workload, home_gpus
@@ -47,6 +51,7 @@ MIN_TOKENS_PER_WINDOW = 64  # fewer and a window's load is mostly noise: use few
 # shift is a few experts turning hot, not noise), so the default draws none
 DRIFT_SIGMA = 0.0
 DRIFT_DRAWS = 6
+COHERENT_FOLDS = 4  # coherent mode: candidates fitted on 3 of 4 time windows, scored on the 4th
 EXPECTED_WEIGHT = 0.5  # weight of the shrunk expected load among the scenarios (rest: the windows)
 
 
@@ -313,6 +318,29 @@ def _window_times(
     return times.max(axis=0) if worst else times.mean(axis=0)
 
 
+def _coherent(problem: PlacementProblem) -> Plan:
+    """Coherent mode: the chain placement (:mod:`moe_placement.solvers.chain`), its candidate chosen by
+    held-out hops over time windows of the sample (fit on all but one, score on that one, each in turn)."""
+    parts = window_workloads(problem.workload, COHERENT_FOLDS)
+    params, table = chain.cross_validate(problem, parts)
+    if not table:
+        params = chain.ChainParams(chain.BETAS[0], chain.GAMMAS[0], chain.SLACKS[0])
+    extra = {
+        "folds": len(parts) if table else 0,
+        "chain_params": dataclasses.asdict(params),
+        "chain_candidates": table,
+    }
+    method = f"coherent chain (beta {params.beta}, gamma {params.gamma}, slack {params.slack})"
+    return chain.chain_plan(
+        problem.workload,
+        problem.num_gpus,
+        problem.gpus_per_node,
+        problem.num_redundant,
+        params,
+        Provenance(solver="robust", method=method, extra=extra),
+    )
+
+
 @register(
     "robust",
     "best fitted to the sample and to time-window scenarios; per layer the plan fastest over the windows",
@@ -327,6 +355,8 @@ def robust_solver(
     windows = int(config.extra.get("windows", DEFAULT_WINDOWS))
     if windows < 1:
         raise PlacementError("--robust-windows must be >= 1")
+    if problem.mode == "coherent":
+        return _coherent(problem)
     parts = window_workloads(problem.workload, windows)
     if not parts and not problem.workload.per_token:
         sigma = float(config.extra.get("drift_sigma", DRIFT_SIGMA))
