@@ -208,7 +208,7 @@ def optimality_table(tmp: Path, full: bool) -> None:
                 gpus,
                 "balance+traffic" if traffic else "balance only",
                 f"{prov.extra.get('optimal_layers', 0)}/{wl.num_layers}",
-                prov.gap,
+                "-" if prov.gap is None else f"{prov.gap:.3%}",  # the gap is always printed in %
                 wall,
             ]
         )
@@ -293,7 +293,15 @@ def scale_table(tmp: Path, full: bool) -> None:
         plan, wall = timed("best", problem, SolverConfig(time_limit_s=10.0))
         prov = plan.provenance
         rows.append(
-            [experts, gpus, layers, prov.method, prov.gap, prov.extra.get("load_gap", "-"), wall]
+            [
+                experts,
+                gpus,
+                layers,
+                prov.method,
+                "-" if prov.gap is None else f"{prov.gap:.2%}",  # the gap is always printed in %
+                prov.extra.get("load_gap", "-"),
+                wall,
+            ]
         )
     print("(4) scale: synthetic per-token traces (top-8), standard mode, time limit 10 s")
     print(table(["experts", "GPUs", "layers", "method", "gap", "load gap", "wall s"], rows))
