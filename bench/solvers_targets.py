@@ -299,7 +299,7 @@ def scale_table(tmp: Path, full: bool) -> None:
                 layers,
                 prov.method,
                 "-" if prov.gap is None else f"{prov.gap:.2%}",  # the gap is always printed in %
-                prov.extra.get("load_gap", "-"),
+                f"{prov.extra['load_gap']:.2%}" if "load_gap" in prov.extra else "-",
                 wall,
             ]
         )
