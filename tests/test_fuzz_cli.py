@@ -226,6 +226,30 @@ SPECS: dict[str, Spec] = {
             outputs={"--out": "file"},
         ),
         Spec(
+            "rebalance",
+            lambda g, o: (
+                [
+                    "rebalance",
+                    "--trace",
+                    str(g.trace),
+                    "--cluster",
+                    str(g.cluster),
+                    "--windows",
+                    "2",
+                    "--interval",
+                    "1",
+                    "--solver",
+                    "greedy",
+                    "--time-limit",
+                    "1",
+                    "--plots",
+                    str(o / "plots"),
+                ]
+            ),
+            files={"--trace": "trace", "--cluster": "cluster"},
+            outputs={"--plots": "folder"},
+        ),
+        Spec(
             "regress",
             lambda g, o: (
                 [

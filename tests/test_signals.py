@@ -114,7 +114,10 @@ def test_second_sigint_exits_at_once_with_130(tmp_path: Path) -> None:
     time.sleep(0.2)
     run.proc.send_signal(signal.SIGINT)
     rc, stderr, answer_s = run.finish(timeout_s=30)
-    assert rc == 130, stderr
+    # 130, or killed by SIGINT itself (-2, which a shell also reports as 130): when the first SIGINT
+    # already let the plan be written, the second can land while Python shuts down, and Python then
+    # ends by SIGINT rather than with an exit code
+    assert rc in (130, -signal.SIGINT), stderr
     assert answer_s < 10, f"took {answer_s:.1f} s to exit"
     assert "Traceback" not in stderr
     assert not out.exists() or json.loads(out.read_text())  # nothing, or a whole plan
