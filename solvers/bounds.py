@@ -122,3 +122,36 @@ def layer_bounds_us(
                 gpu_copies, nic_copies, c_bytes, cluster
             )
     return compute, comm
+
+
+def bound_statement(workload: Workload, cluster: ClusterSpec, mode: str = "standard") -> str:
+    """What :func:`layer_bounds_us` counts for this input, and why it is loose: the plan's
+    ``provenance.extra["bound_covers"]``, so that a large gap reads as a weak bound, not a bad plan."""
+    compute = (
+        "compute: the busiest GPU's roofline time for the replica-aware min-max load (the mean, or the "
+        "hottest expert over the most replicas the budget allows) and the fewest weight reads"
+    )
+    if mode == "coherent":
+        return (
+            f"{compute}; communication counted as 0 (coherent mode moves tokens on from the GPU of their "
+            "previous top-1 expert, and no placement-free floor on those hops is built). Loose by the "
+            "whole all-to-all time, usually most of a layer's time"
+        )
+    if not workload.per_token:
+        return (
+            f"{compute}; communication counted as 0 (a load-only input is timed by an expected-copies "
+            "estimate with no proven floor). Loose by the whole all-to-all time"
+        )
+    if workload.home_num_gpus != cluster.num_gpus:
+        return (
+            f"{compute}; communication counted as 0 (the trace's home GPUs are not this cluster's). "
+            "Loose by the whole all-to-all time"
+        )
+    return (
+        f"{compute}; plus dispatch and combine floors: a GPU (node) keeps at most its slots' (its "
+        "GPUs' slots') largest home demands local, every other assignment travels, spread evenly over "
+        "all GPUs on the best NVLink/NIC split, plus one latency per phase. Loose because it lets every "
+        "GPU keep its largest demands home for every token at once (a top-k token stays home only if all "
+        "k of its experts do) and spreads the copies perfectly evenly, where the evaluator times the "
+        "busiest link"
+    )

@@ -218,6 +218,8 @@ def solve_with_budget(
         bound=None,
         gap=None,
         extra={
+            "bound_covers": "no bound: the layers were solved at different replica counts, whose "
+            "bounds do not add into one",
             "redundant_per_layer": list(budget.redundant),
             "redundant_total": total,
             "uniform_redundant": budget.uniform,

@@ -20,7 +20,7 @@ import dataclasses
 
 from moe_placement.metrics import evaluate_many
 from moe_placement.plan import Plan, Provenance
-from moe_placement.solvers.bounds import layer_bounds_us
+from moe_placement.solvers.bounds import bound_statement, layer_bounds_us
 from moe_placement.solvers.context import (
     affinity_prev,
     coherent_bound,
@@ -128,6 +128,8 @@ def report(problem: PlacementProblem, config: SolverConfig, plan: Plan, name: st
     bound = min(evaluator_bound_us(problem, config), objective)  # min: float rounding only
     extra = {
         **prov.extra,
+        # what the bound counts and why it is loose (issue 16 part 5): a large gap is read correctly
+        "bound_covers": bound_statement(problem.workload, problem.cluster, problem.mode),
         "objective_source": OBJECTIVE_SOURCE,
         "search_objective": search,
         "search_bound": search_bound,

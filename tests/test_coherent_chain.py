@@ -1,5 +1,6 @@
 """Coherent mode out of sample (issue 16 part 4): ``robust --mode coherent`` (the chain placement of
-``solvers/chain.py``) fitted on the first half of the bundled trace, scored on the second half."""
+``solvers/chain.py``) fitted on the first half of the bundled trace, scored on the second half; and
+what every plan's bound says it covers (part 5)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from moe_placement.cluster import load_cluster
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import evaluate_many
 from moe_placement.solvers import PlacementProblem, SolverConfig, run_solver
+from moe_placement.solvers.bounds import bound_statement
 from moe_placement.solvers.chain import ChainParams, chain_plan
 from moe_placement.traces.windows import split_workloads
 
@@ -57,3 +59,18 @@ def test_chain_refuses_load_only_input() -> None:
     load_only = dataclasses.replace(fit, chunk_source=None)
     with pytest.raises(PlacementError, match="per-token"):
         chain_plan(load_only, 16, 8, 16, ChainParams(0.0, 0.0, 0.3))
+
+
+def test_every_plan_says_what_its_bound_covers() -> None:
+    fit, _ = split_workloads(BUNDLED, num_gpus=16)
+    cluster = load_cluster(None).with_counts(16, 8)
+    for mode, words in (("standard", "dispatch and combine floors"), ("coherent", "counted as 0")):
+        problem = PlacementProblem(workloads=(fit,), cluster=cluster, num_redundant=16, mode=mode)
+        for solver in ("contiguous", "robust"):
+            prov = run_solver(solver, problem, _config()).provenance
+            assert prov.bound is not None and prov.objective is not None
+            assert prov.bound <= prov.objective  # no plan beats the bound
+            covers = prov.extra["bound_covers"]
+            assert words in covers and "Loose" in covers
+    load_only = dataclasses.replace(fit, chunk_source=None)
+    assert "load-only" in bound_statement(load_only, cluster)

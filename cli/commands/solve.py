@@ -346,12 +346,19 @@ def _run(args: argparse.Namespace) -> int:
             f"{cluster.num_gpus} GPUs x {plan.slots_per_gpu} slots on {cluster.name}",
             args.step_scope,
         )
+        covers = prov.extra.get("bound_covers")
+        if prov.gap is not None and prov.gap > LOOSE_GAP and covers:
+            # a large gap is most often a weak bound, not a bad plan: say what the bound counts
+            print(f"bound (gap {prov.gap:.1%} over {LOOSE_GAP:.0%}): {covers}")
         if args.node_limit is not None:
             print(node_limit_note(args.node_limit, cluster.num_nodes, problem.workload.per_token))
         if budget_note:
             print(budget_note)
         print(f"plan written to {args.out}")
     return 0
+
+
+LOOSE_GAP = 0.15  # above this gap solve says what the bound counts and why it is loose
 
 
 def node_limit_note(node_limit: int, num_nodes: int, per_token: bool) -> str:
