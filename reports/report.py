@@ -479,11 +479,16 @@ class _Answers:
         memory: dict[str, float] | None,
     ) -> _Answers:
         by_key = {r["key"]: r for _, r in ok.iterrows()} if len(ok) else {}
+        # swept axes the fixed columns do not show (topology, engine, ...): without them two
+        # scenarios that differ only there would print as identical rows
+        extra_axes = [a for a in varying if a not in _FIXED_AXES and _field(a) in results.columns]
         scenarios, rows = [], []
         for _, raw in results.iterrows():
             r = by_key.get(raw["key"], raw)
             scenarios.append(_scenario_json(r))
-            rows.append(_text_row(r, memory is not None))
+            rows.append(
+                [raw.get(_field(a), "-") for a in extra_axes] + _text_row(r, memory is not None)
+            )
         smallest = cheapest = None
         meets = target_mask(ok, options) if len(ok) else None
         if meets is not None:
@@ -505,19 +510,27 @@ class _Answers:
                 f"{_fmt(cheapest['usd_per_m_tokens'])} $/M tokens."
             )
         fit = _redundant_that_fit(ok, meta, memory)
-        headers = [
-            "gpus",
-            "nodes",
-            "redundant",
-            "solver",
-            "status",
-            "MoE layers",
-            "layer us",
-            "step ms (model)",
-            "tokens/s (model)",
-            "$/M tok",
-        ] + (["GiB/GPU", "fits"] if memory is not None else [])
+        headers = (
+            extra_axes
+            + [
+                "gpus",
+                "nodes",
+                "redundant",
+                "solver",
+                "status",
+                "MoE layers",
+                "layer us",
+                "step ms (model)",
+                "tokens/s (model)",
+                "$/M tok",
+            ]
+            + (["GiB/GPU", "fits"] if memory is not None else [])
+        )
         return cls(scenarios, smallest, cheapest, advice, fit, headers, rows)
+
+
+# scenario axes the what-if table always shows as columns of their own
+_FIXED_AXES = ("gpus", "redundant", "solver")
 
 
 def _text_row(r: pd.Series, with_memory: bool) -> list[Any]:
