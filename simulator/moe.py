@@ -240,6 +240,22 @@ def _layer_phases(ev: Any, layer: int, algo: str, scale: float) -> tuple[PhasePl
 class _Runner:
     """Plays layers on one network; keeps spans and per-layer link byte snapshots."""
 
+    @classmethod
+    def for_algo(
+        cls, cluster: ClusterSpec, algo: str, *, routing: str, pxn: bool, seed: int, chunks: int
+    ) -> _Runner:
+        """The runner for one all-to-all algorithm: low-latency kernels get NIC-to-NIC routes, and
+        the February 2025 pure-RDMA ones also between GPUs of one node."""
+        return cls(
+            cluster,
+            routing=routing,
+            pxn=pxn,
+            seed=seed,
+            chunks=chunks,
+            rdma=algo in LL_ALGOS,
+            rdma_in_node=algo == "deepep-ll-rdma",
+        )
+
     def __init__(
         self,
         cluster: ClusterSpec,
@@ -687,14 +703,8 @@ def simulate_moe(
             config={"mode": mode, "tokens_per_gpu": tokens_per_gpu},
             wall0=wall0,
         )
-    runner = _Runner(
-        cluster,
-        routing=routing,
-        pxn=pxn,
-        seed=seed,
-        chunks=relay_chunks,
-        rdma=algo in LL_ALGOS,
-        rdma_in_node=algo == "deepep-ll-rdma",
+    runner = _Runner.for_algo(
+        cluster, algo, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks
     )
     micro = {"none": 1, "two-batch": 2, "chunked": chunks}[overlap]
     slow = 1.0 / (1.0 - cluster.comm_sm_fraction) if micro > 1 else 1.0
@@ -922,14 +932,8 @@ def _exact_measures(
     relay_chunks: int,
 ) -> dict[str, Any]:
     """The phases played flow by flow on the event simulation."""
-    runner = _Runner(
-        cluster,
-        routing=routing,
-        pxn=pxn,
-        seed=seed,
-        chunks=relay_chunks,
-        rdma=algo in LL_ALGOS,
-        rdma_in_node=algo == "deepep-ll-rdma",
+    runner = _Runner.for_algo(
+        cluster, algo, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks
     )
     spans_us, snaps = _play_uniform(runner, phases)
     return _uniform_measures(runner, traffic, algo, spans_us, snaps)

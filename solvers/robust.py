@@ -38,6 +38,7 @@ from moe_placement.metrics import evaluate_many
 from moe_placement.plan import Plan, Provenance
 from moe_placement.solvers import chain
 from moe_placement.solvers.base import REGISTRY, register
+from moe_placement.solvers.common import make_plan
 from moe_placement.solvers.problem import PlacementProblem, SolverConfig
 from moe_placement.workload import Workload, home_gpus
 
@@ -364,14 +365,9 @@ def robust_solver(
     plans = _candidates(problem, config, rng, parts)
     worst = config.robust == "worst"
     times = _window_times(problem, plans, parts, worst)  # [candidates, layers]
-    if problem.mode == "standard":  # layers are independent: per layer the fastest candidate
-        pick = np.argmin(times, axis=0)
-    else:  # coherent: a layer's time depends on its neighbours, so whole plans compete
-        pick = np.full(times.shape[1], int(np.argmin(times.sum(axis=1))))
-    phy2log = np.stack([plans[c].phy2log[layer] for layer, c in enumerate(pick.tolist())])
-    share = None
-    if problem.num_redundant > 0:
-        share = np.stack([plans[c].shares()[layer] for layer, c in enumerate(pick.tolist())])
+    pick = np.argmin(times, axis=0)  # standard mode: layers are independent, per layer the fastest
+    rows = [plans[c].phy2log[layer] for layer, c in enumerate(pick.tolist())]
+    shares = [plans[c].shares()[layer] for layer, c in enumerate(pick.tolist())]
     chosen: dict[str, int] = {}
     for c in pick.tolist():
         label = plans[c].provenance.method
@@ -383,12 +379,4 @@ def robust_solver(
         "candidate_window_us": times.sum(axis=1).tolist(),
     }
     method = "robust (" + ", ".join(f"{k}: {v} layers" for k, v in chosen.items()) + ")"
-    provenance = Provenance(solver="robust", method=method, extra=extra)
-    return Plan(
-        num_gpus=problem.num_gpus,
-        gpus_per_node=problem.gpus_per_node,
-        slots_per_gpu=problem.slots_per_gpu,
-        phy2log=phy2log,
-        replica_share=share,
-        provenance=provenance,
-    )
+    return make_plan(problem, rows, shares, Provenance(solver="robust", method=method, extra=extra))
