@@ -1,0 +1,1177 @@
+"""The event loop of one all-to-all phase, compiled: the same events as the SimPy path, without Python.
+
+:func:`moe_placement.simulator.collectives.run_phase` plays a phase as SimPy processes on a
+:class:`~moe_placement.simulator.engine.FluidNetwork`: every flow start, finish and delivery passes through
+SimPy's queue, a Python callback and the network's Python bookkeeping (~0.2-0.8 ms an event, most of a
+64-GPU DeepEP run). A phase whose GPUs start at known times has nothing to wait for but its own flows, so
+the whole of it - the phase driver (direct sends, pipelined or store-and-forward relays, deliveries) and
+the fluid network's event handling around the compiled rate solver of :mod:`~moe_placement.simulator.kernels`
+- runs here as one compiled loop over arrays.
+
+It is the same model, step for step: flows start, finish and are delivered at the same instants, the
+network batches simultaneous finishes with the same tolerance, classes, lazy links and regroupings follow
+the same rules and the rates are the same max-min fair allocation (unique, so equal up to float rounding
+in the order of summation: ``tests/test_simulator_phaseloop.py`` compares both paths flow by flow).
+SimPy stays the engine of everything with outside interaction (compute streams, overlap of micro-batches,
+GPUs that start when their experts finish); :func:`play_phases` is what ``simulate_uniform`` runs.
+
+State lives in arrays sized up front from the plans (flows are bounded by the plan: every relay send
+carries at least one chunk's worth); classes, when they would outgrow their room between regroupings, are
+regrouped early, and a run that still does not fit is played again with twice the room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from moe_placement.simulator import kernels
+from moe_placement.simulator.engine import FINISH_TOL
+from moe_placement.simulator.kernels import (
+    KEEP_OPEN,
+    LAZY_BELOW,
+    NO_REGROUP,
+    REGROUP,
+    REGROUP_IF_SLACK,
+    NetArrays,
+    _njit,
+    _view,
+)
+from moe_placement.simulator.topology import Topology
+
+# the phase driver's byte tolerance (collectives._TOL)
+_TOL = 1e-9
+
+# engine counters (``ei``, int64) and floats (``ef``)
+(
+    N_FLOWS,
+    N_CLASSES,
+    CM_USED,
+    N_ACT,
+    EVENTS,
+    RECOMPUTES,
+    REGROUPS,
+    SINCE_REGROUP,
+    NEW_SINCE_REGROUP,
+    ACTIVE_COUNT,
+    INDEX_SIZE,
+    INDEX_STALE,
+    N_PEND,
+    REFILLED,
+    N_INFO,
+    N_HEAP,
+    HEAP_SEQ,
+    STATUS,
+) = range(18)
+_EI_SIZE = 18
+WORST, NEXT_FINISH, NOW, T_NET = range(4)
+_EF_SIZE = 4
+
+# flow kinds (what its sent and delivered callbacks do)
+K_DIRECT, K_STAGE1, K_STAGE2 = 0, 1, 2
+# timed actions
+A_DELIVER, A_START, A_LOCAL_SENT = 0, 1, 2
+# run status
+OK, OUT_OF_CLASSES, OUT_OF_FLOWS = 0, 1, 2
+
+# the regrouping cadence of FluidNetwork (regroup_min_events, regroup_flows_per_event)
+_REGROUP_MIN_EVENTS = 64
+_REGROUP_FLOWS_PER_EVENT = 32
+
+
+# -- small compiled helpers ---------------------------------------------------------------------------
+@_njit(cache=True)
+def _sort_members(flows: np.ndarray, groups: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Order of ``flows`` by (group, finish target, flow id): ``np.lexsort((flows, target[flows],
+    groups))`` as the SimPy path orders class members, by a hand-written merge sort (library sorts cost
+    seconds of a cold compile)."""
+    n = flows.shape[0]
+    order = np.arange(n)
+    tmp = np.empty(n, dtype=np.int64)
+    width = 1
+    while width < n:
+        lo = 0
+        while lo < n:
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            i, j, k = lo, mid, lo
+            while i < mid and j < hi:
+                a, b = order[i], order[j]
+                ga, gb = groups[a], groups[b]
+                if ga != gb:
+                    take_b = gb < ga
+                else:
+                    ta, tb = target[flows[a]], target[flows[b]]
+                    take_b = tb < ta if ta != tb else flows[b] < flows[a]
+                if take_b:
+                    tmp[k] = b
+                    j += 1
+                else:
+                    tmp[k] = a
+                    i += 1
+                k += 1
+            while i < mid:
+                tmp[k] = order[i]
+                i += 1
+                k += 1
+            while j < hi:
+                tmp[k] = order[j]
+                j += 1
+                k += 1
+            lo = hi
+        order, tmp = tmp, order
+        width *= 2
+    return order
+
+
+@_njit(cache=True)
+def _sort_ints(values: np.ndarray) -> np.ndarray:
+    """``values`` sorted ascending (a merge sort, see :func:`_sort_members`)."""
+    n = values.shape[0]
+    a = values.copy()
+    tmp = np.empty(n, dtype=np.int64)
+    width = 1
+    while width < n:
+        lo = 0
+        while lo < n:
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            i, j, k = lo, mid, lo
+            while i < mid and j < hi:
+                if a[j] < a[i]:
+                    tmp[k] = a[j]
+                    j += 1
+                else:
+                    tmp[k] = a[i]
+                    i += 1
+                k += 1
+            while i < mid:
+                tmp[k] = a[i]
+                i += 1
+                k += 1
+            while j < hi:
+                tmp[k] = a[j]
+                j += 1
+                k += 1
+            lo = hi
+        a, tmp = tmp, a
+        width *= 2
+    return a
+
+
+@_njit(cache=True)
+def _index_into(
+    act: np.ndarray, cl_ptr: np.ndarray, cl_link: np.ndarray, lk_ptr: np.ndarray, lk_flow: np.ndarray
+) -> None:
+    """:func:`~moe_placement.simulator.kernels.link_index` written into preallocated ``lk_ptr`` and
+    ``lk_flow`` (same content: classes in ``act`` order per link)."""
+    num_links = lk_ptr.shape[0] - 1
+    lk_ptr[:] = 0
+    for c in act:
+        for j in range(cl_ptr[c], cl_ptr[c + 1]):
+            lk_ptr[cl_link[j] + 1] += 1
+    for m in range(num_links):
+        lk_ptr[m + 1] += lk_ptr[m]
+    fill = lk_ptr[:-1].copy()
+    for c in act:
+        for j in range(cl_ptr[c], cl_ptr[c + 1]):
+            m = cl_link[j]
+            lk_flow[fill[m]] = c
+            fill[m] += 1
+
+
+# -- the timed actions' heap (time, then insertion order) ---------------------------------------------
+@_njit(cache=True)
+def _push_action(
+    h_time: np.ndarray,
+    h_seq: np.ndarray,
+    h_kind: np.ndarray,
+    h_arg: np.ndarray,
+    ei: np.ndarray,
+    t: float,
+    kind: int,
+    arg: int,
+) -> None:
+    i = ei[N_HEAP]
+    seq = ei[HEAP_SEQ]
+    ei[HEAP_SEQ] += 1
+    ei[N_HEAP] += 1
+    while i > 0:
+        up = (i - 1) >> 1
+        if h_time[up] < t or (h_time[up] == t and h_seq[up] < seq):
+            break
+        h_time[i], h_seq[i], h_kind[i], h_arg[i] = h_time[up], h_seq[up], h_kind[up], h_arg[up]
+        i = up
+    h_time[i], h_seq[i], h_kind[i], h_arg[i] = t, seq, kind, arg
+
+
+@_njit(cache=True)
+def _pop_action(
+    h_time: np.ndarray, h_seq: np.ndarray, h_kind: np.ndarray, h_arg: np.ndarray, ei: np.ndarray
+) -> tuple[int, int]:
+    """Remove the first action; returns its (kind, argument)."""
+    kind, arg = h_kind[0], h_arg[0]
+    n = ei[N_HEAP] - 1
+    ei[N_HEAP] = n
+    t, seq, k, a = h_time[n], h_seq[n], h_kind[n], h_arg[n]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and (
+            h_time[c + 1] < h_time[c] or (h_time[c + 1] == h_time[c] and h_seq[c + 1] < h_seq[c])
+        ):
+            c += 1
+        if t < h_time[c] or (t == h_time[c] and seq < h_seq[c]):
+            break
+        h_time[i], h_seq[i], h_kind[i], h_arg[i] = h_time[c], h_seq[c], h_kind[c], h_arg[c]
+        i = c
+    if n > 0:
+        h_time[i], h_seq[i], h_kind[i], h_arg[i] = t, seq, k, a
+    return kind, arg
+
+
+# -- the fluid network's event handling (FluidNetwork, method for method) -----------------------------
+@_njit(cache=True)
+def _new_classes(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    flows: np.ndarray,
+    groups: np.ndarray,
+    now: float,
+) -> int:
+    """One class per group of ``flows``, appended to the active set (FluidNetwork._new_classes);
+    returns the number formed, or -1 when they do not fit (nothing changed then)."""
+    s = _view(arrays)
+    act_buf = eng[0]
+    order = _sort_members(flows, groups, s.target)
+    n = flows.shape[0]
+    members = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        members[i] = flows[order[i]]
+    count = 0
+    for i in range(n):
+        if i == 0 or groups[order[i]] != groups[order[i - 1]]:
+            count += 1
+    bounds = np.empty(count + 1, dtype=np.int64)
+    k = 0
+    for i in range(n):
+        if i == 0 or groups[order[i]] != groups[order[i - 1]]:
+            bounds[k] = i
+            k += 1
+    bounds[count] = n
+    first = ei[N_CLASSES]
+    if first + count + 1 > s.rate.shape[0] or ei[N_ACT] + count > act_buf.shape[0]:
+        return -1
+    need = s.cl_ptr[first]
+    zneed = s.cz_ptr[first]
+    for i in range(count):
+        h = members[bounds[i]]
+        need += s.fl_ptr[h + 1] - s.fl_ptr[h]
+    for i in range(n):
+        f = members[i]
+        zneed += s.fl_ptr[f + 1] - s.fl_ptr[f]
+    if need > s.cl_link.shape[0] or zneed > s.cz_link.shape[0]:
+        return -1
+    if ei[CM_USED] + n > s.cm_flow.shape[0]:
+        return -1
+    kernels.build_classes(arrays, first, members, bounds, ei[CM_USED])
+    ei[CM_USED] += n
+    ei[N_CLASSES] += count
+    nact = ei[N_ACT]
+    for c in range(first, first + count):
+        s.is_active[c] = True
+        s.rate[c] = 0.0
+        s.old_rate[c] = 0.0
+        s.lazy_rate[c] = 0.0
+        s.changed[c] = 1
+        s.prog[c] = 0.0
+        s.t_upd[c] = now
+        s.bottleneck[c] = 0
+        act_buf[nact] = c
+        nact += 1
+    ei[N_ACT] = nact
+    return count
+
+
+@_njit(cache=True)
+def _active_flows(arrays: tuple[np.ndarray, ...], act: np.ndarray) -> np.ndarray:
+    """The members still in flight of the active classes, sorted by id."""
+    s = _view(arrays)
+    total = 0
+    for c in act:
+        total += s.c_end[c] - s.c_head[c]
+    out = np.empty(total, dtype=np.int64)
+    k = 0
+    for c in act:
+        for j in range(s.c_head[c], s.c_end[c]):
+            out[k] = s.cm_flow[j]
+            k += 1
+    return _sort_ints(out)
+
+
+@_njit(cache=True)
+def _solve(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    ef: np.ndarray,
+    now: float,
+    keep_below: float,
+    seeds: np.ndarray,
+    seed_links: np.ndarray,
+    verdict: int,
+) -> float:
+    """New rates after the event (FluidNetwork._solve); the next finish time, or NaN when the caller
+    must go on (regroup, then advance)."""
+    s = _view(arrays)
+    act = eng[0][: ei[N_ACT]]
+    threshold = keep_below * (1.0 - 1e-12) if np.isfinite(keep_below) else keep_below
+    if ei[INDEX_STALE] or act.shape[0] * 2 < ei[INDEX_SIZE]:
+        _index_into(act, s.cl_ptr, s.cl_link, s.lk_ptr, s.lk_flow)
+        ei[INDEX_STALE] = 0
+        ei[INDEX_SIZE] = act.shape[0]
+    refilled, rounds, worst, lazy_worst, next_finish = kernels.solve(
+        arrays, act, seeds, seed_links, threshold, True, now, verdict
+    )
+    ei[REFILLED] += refilled
+    ei[RECOMPUTES] += 1
+    ef[WORST] = max(ef[WORST], worst, lazy_worst)
+    return next_finish
+
+
+@_njit(cache=True)
+def _lazy_overloaded(
+    arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray, ef: np.ndarray
+) -> bool:
+    """A lazy link over its capacity rejoins the solver, with a doubling back-off (FluidNetwork)."""
+    s = _view(arrays)
+    strikes, barred = eng[2], eng[3]
+    over = False
+    any_lazy = False
+    worst = -1.0
+    for m in range(s.cap.shape[0]):
+        if s.lazy[m]:
+            any_lazy = True
+            if s.lazy_used[m] > s.cap[m] * (1.0 + 1e-9):
+                over = True
+            else:
+                worst = max(worst, s.lazy_used[m] / s.cap[m])
+    if not any_lazy:
+        return False
+    if not over:
+        ef[WORST] = max(ef[WORST], worst)
+        return False
+    for m in range(s.cap.shape[0]):
+        if s.lazy[m] and s.lazy_used[m] > s.cap[m] * (1.0 + 1e-9):
+            s.lazy[m] = False
+            strikes[m] += 1
+            barred[m] = ei[REGROUPS] + 2 ** min(strikes[m], 20)
+    return True
+
+
+@_njit(cache=True)
+def _regroup_verdict(ei: np.ndarray) -> int:
+    if (
+        ei[SINCE_REGROUP] < _REGROUP_MIN_EVENTS
+        or ei[SINCE_REGROUP] * _REGROUP_FLOWS_PER_EVENT < ei[ACTIVE_COUNT]
+        or ei[N_ACT] == 0
+    ):
+        return NO_REGROUP
+    if ei[NEW_SINCE_REGROUP] * 4 > ei[N_ACT]:
+        return REGROUP
+    return REGROUP_IF_SLACK
+
+
+@_njit(cache=True)
+def _regroup_due(arrays: tuple[np.ndarray, ...], ei: np.ndarray) -> bool:
+    verdict = _regroup_verdict(ei)
+    if verdict != REGROUP_IF_SLACK:
+        return verdict == REGROUP
+    s = _view(arrays)
+    for m in range(s.cap.shape[0]):
+        if not s.lazy[m] and s.used[m] > 0.0 and s.used[m] < s.cap[m] * LAZY_BELOW:
+            return True
+    return False
+
+
+@_njit(cache=True)
+def _regroup(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    ef: np.ndarray,
+    now: float,
+    extra: np.ndarray,
+) -> bool:
+    """Re-form every class from the flows in flight (and ``extra`` arrivals) under the current lazy set,
+    solved from scratch, again while a lazy link overloads (FluidNetwork._regroup). False when the
+    classes do not fit their room."""
+    s = _view(arrays)
+    while True:
+        ei[REGROUPS] += 1
+        ei[SINCE_REGROUP] = 0
+        ei[NEW_SINCE_REGROUP] = 0
+        act = eng[0][: ei[N_ACT]]
+        flows = _active_flows(arrays, act)
+        for f in flows:
+            c = s.cls[f]
+            prog_now = s.prog[c] + s.old_rate[c] * (now - s.t_upd[c])
+            s.target[f] = max(s.target[f] - prog_now, 0.0)
+        if extra.shape[0]:
+            flows = _sort_ints(np.concatenate((flows, extra)))
+            extra = extra[:0]
+        for c in range(ei[N_CLASSES]):
+            s.is_active[c] = False
+        ei[N_CLASSES] = 0
+        ei[CM_USED] = 0
+        ei[N_ACT] = 0
+        s.used[:] = 0.0
+        s.lazy_used[:] = 0.0
+        ei[INDEX_STALE] = 1
+        if not flows.shape[0]:
+            return True
+        groups = kernels.classify(arrays, flows, False, True)[1]
+        if _new_classes(arrays, eng, ei, flows, groups, now) < 0:
+            return False
+        act = eng[0][: ei[N_ACT]]
+        _solve(arrays, eng, ei, ef, now, -np.inf, act.copy(), np.zeros(0, dtype=np.int64), KEEP_OPEN)
+        if not _lazy_overloaded(arrays, eng, ei, ef):
+            return True
+
+
+@_njit(cache=True)
+def _lazify(arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray) -> None:
+    """Solver links with clear slack leave the solver; every flow keeps a solver link."""
+    s = _view(arrays)
+    barred = eng[3]
+    for m in range(s.cap.shape[0]):
+        if s.used[m] < s.cap[m] * LAZY_BELOW and barred[m] <= ei[REGROUPS]:
+            s.lazy[m] = True
+    act = eng[0][: ei[N_ACT]]
+    kernels.classify(arrays, _active_flows(arrays, act), True, False)
+
+
+@_njit(cache=True)
+def _finish_due(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    ef: np.ndarray,
+    now: float,
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Complete the flows due by ``now`` (FluidNetwork._finish_due). Returns (the lowest rate that
+    finished, the saturated links they left, the classes that shrank, the finished flow ids)."""
+    s = _view(arrays)
+    act_buf = eng[0]
+    none = np.zeros(0, dtype=np.int64)
+    if ef[NEXT_FINISH] > now + FINISH_TOL * max(now, 1.0):
+        return np.inf, none, none, none
+    act = act_buf[: ei[N_ACT]]
+    done_cls, done_ids, seed_links, empty, low = kernels.pop_finished(arrays, act, now, FINISH_TOL)
+    if not done_cls.shape[0]:
+        return np.inf, seed_links, none, none
+    ei[ACTIVE_COUNT] -= done_ids.shape[0]
+    if empty.shape[0]:
+        for c in empty:
+            s.is_active[c] = False
+        k = 0
+        for i in range(ei[N_ACT]):
+            c = act_buf[i]
+            if s.is_active[c]:
+                act_buf[k] = c
+                k += 1
+        ei[N_ACT] = k
+    nshrunk = 0
+    shrunk = np.empty(done_cls.shape[0], dtype=np.int64)
+    for c in done_cls:
+        if s.is_active[c]:
+            shrunk[nshrunk] = c
+            nshrunk += 1
+    return low, seed_links, shrunk[:nshrunk], done_ids
+
+
+@_njit(cache=True)
+def _admit(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    ef: np.ndarray,
+    now: float,
+) -> tuple[int, np.ndarray]:
+    """Put the arrived flows into classes (FluidNetwork._admit). Returns (1 and the new class ids;
+    0 when a regrouping took them in and solved everything; -1 when out of room)."""
+    s = _view(arrays)
+    pend = eng[1]
+    new = pend[: ei[N_PEND]].copy()
+    ei[N_PEND] = 0
+    for f in new:
+        s.target[f] = eng[6][f]
+    ei[ACTIVE_COUNT] += new.shape[0]
+    any_lazy = False
+    for m in range(s.lazy.shape[0]):
+        if s.lazy[m]:
+            any_lazy = True
+            break
+    rescued, groups = kernels.classify(arrays, new, any_lazy, True)
+    # out of class room between regroupings: regroup now, which compacts the classes to those in flight
+    first = ei[N_CLASSES]
+    if rescued or first + new.shape[0] + 1 > s.rate.shape[0]:
+        if not _regroup(arrays, eng, ei, ef, now, new):
+            return -1, new[:0]
+        return 0, new[:0]
+    formed = _new_classes(arrays, eng, ei, new, groups, now)
+    if formed < 0:
+        if not _regroup(arrays, eng, ei, ef, now, new):
+            return -1, new[:0]
+        return 0, new[:0]
+    ei[NEW_SINCE_REGROUP] += new.shape[0]
+    ei[INDEX_STALE] = 1
+    return 1, np.arange(first, first + formed)
+
+
+@_njit(cache=True)
+def _network_step(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    ef: np.ndarray,
+    now: float,
+) -> np.ndarray:
+    """One event of the fluid network (FluidNetwork._step): finish what is due, admit what arrived,
+    re-solve; sets the next finish time and returns the finished flow ids (STATUS set when out of
+    room)."""
+    act_buf = eng[0]
+    keep_below, seed_links, shrunk, done_ids = _finish_due(arrays, eng, ei, ef, now)
+    seeds = shrunk
+    for f in done_ids:
+        _complete(eng, f, now)
+    if ei[N_PEND]:
+        status, arrived = _admit(arrays, eng, ei, ef, now)
+        if status < 0:
+            ei[STATUS] = OUT_OF_CLASSES
+            return done_ids
+        if status == 0:
+            ef[NEXT_FINISH] = kernels.advance(arrays, act_buf[: ei[N_ACT]], now)
+            return done_ids
+        seeds = np.concatenate((shrunk, arrived))
+        keep_below = -np.inf
+    if keep_below < np.inf and ei[N_ACT]:
+        next_finish = _solve(
+            arrays, eng, ei, ef, now, keep_below, seeds, seed_links, _regroup_verdict(ei)
+        )
+        if not np.isnan(next_finish):
+            ef[NEXT_FINISH] = next_finish
+            return done_ids
+        if _lazy_overloaded(arrays, eng, ei, ef):
+            if not _regroup(arrays, eng, ei, ef, now, np.zeros(0, dtype=np.int64)):
+                ei[STATUS] = OUT_OF_CLASSES
+                return done_ids
+    if _regroup_due(arrays, ei):
+        _lazify(arrays, eng, ei)
+        if not _regroup(arrays, eng, ei, ef, now, np.zeros(0, dtype=np.int64)):
+            ei[STATUS] = OUT_OF_CLASSES
+            return done_ids
+    ef[NEXT_FINISH] = kernels.advance(arrays, act_buf[: ei[N_ACT]], now)
+    return done_ids
+
+
+@_njit(cache=True)
+def _complete(eng: tuple[np.ndarray, ...], f: int, now: float) -> None:
+    """A flow's last byte left: its bytes count on every link of its route."""
+    link_bytes, size_bytes, fend, route_of = eng[4], eng[6], eng[9], eng[10]
+    rf_ptr, rf_link, rf_coef = eng[12], eng[13], eng[14]
+    r = route_of[f]
+    for j in range(rf_ptr[r], rf_ptr[r + 1]):
+        link_bytes[rf_link[j]] += rf_coef[j] * size_bytes[f]
+    fend[f] = now
+
+
+# -- the phase driver (collectives._PhaseDriver, callback for callback) -------------------------------
+# ``plan``: (direct, stage1, stage2 [G, G] bytes; own, expected, relay_in [G]; stage-2 targets CSR
+# t_ptr [G + 1], t_dst; route ids rid_direct, rid_relay [G, G]; ready [G] us). ``drv``: (got,
+# start_us, end_us, arrived [G]; released, pend_amt, chain_piece [G, G]; inflight, chain_left [G, G];
+# i_kind, i_src, i_dst [infos]; i_bytes, i_lat [infos]; h_time, h_seq, h_kind, h_arg [actions];
+# flags [G]: done).
+@_njit(cache=True)
+def _send(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    drv: tuple[np.ndarray, ...],
+    now: float,
+    src: int,
+    dst: int,
+    bytes_: float,
+    route: int,
+    kind: int,
+    overhead_us: float,
+) -> None:
+    """One flow ``src -> dst`` over route ``route`` (collectives._PhaseDriver.send +
+    FluidNetwork.transfer)."""
+    s = _view(arrays)
+    i_kind, i_src, i_dst, i_bytes, i_lat = drv[10], drv[11], drv[12], drv[13], drv[14]
+    h_time, h_seq, h_kind, h_arg = drv[15], drv[16], drv[17], drv[18]
+    rt_lat, rf_ptr = eng[8], eng[12]
+    rb_ptr, rb_link, rb_coef = eng[15], eng[16], eng[17]
+    info = ei[N_INFO]
+    if info >= i_kind.shape[0]:
+        ei[STATUS] = OUT_OF_FLOWS
+        return
+    ei[N_INFO] += 1
+    lat = rt_lat[route] + overhead_us
+    i_kind[info], i_src[info], i_dst[info], i_bytes[info], i_lat[info] = kind, src, dst, bytes_, lat
+    if bytes_ <= 0 or rf_ptr[route + 1] == rf_ptr[route]:
+        # nothing to move over the network (a GPU-local copy): sent now, delivered after the latency
+        _push_action(h_time, h_seq, h_kind, h_arg, ei, now, A_LOCAL_SENT, info)
+        _push_action(h_time, h_seq, h_kind, h_arg, ei, now + lat, A_DELIVER, info)
+        return
+    fid = ei[N_FLOWS]
+    n = rb_ptr[route + 1] - rb_ptr[route]
+    start = s.fl_ptr[fid]
+    if fid + 1 >= s.fl_ptr.shape[0] or start + n > s.fl_link.shape[0]:
+        ei[STATUS] = OUT_OF_FLOWS
+        return
+    for j in range(n):
+        s.fl_link[start + j] = rb_link[rb_ptr[route] + j]
+        s.fl_coef[start + j] = rb_coef[rb_ptr[route] + j]
+    s.fl_ptr[fid + 1] = start + n
+    ei[N_FLOWS] += 1
+    eng[6][fid] = bytes_
+    eng[5][fid] = lat
+    eng[7][fid] = now
+    eng[10][fid] = route
+    eng[11][fid] = info
+    eng[1][ei[N_PEND]] = fid
+    ei[N_PEND] += 1
+
+
+@_njit(cache=True)
+def _deliver(drv: tuple[np.ndarray, ...], plan: tuple[np.ndarray, ...], now: float, dst: int,
+             bytes_: float) -> None:
+    """``bytes_`` reached their final destination; the GPU is done once all have."""
+    got, end_us, done = drv[0], drv[2], drv[19]
+    expected = plan[4]
+    got[dst] += bytes_
+    if not done[dst] and got[dst] >= expected[dst] * (1 - _TOL):
+        end_us[dst] = now
+        done[dst] = 1
+
+
+@_njit(cache=True)
+def _launch(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    drv: tuple[np.ndarray, ...],
+    plan: tuple[np.ndarray, ...],
+    par: np.ndarray,
+    now: float,
+    r: int,
+    d: int,
+) -> None:
+    """Relay ``r`` sends what it holds for ``d`` unless a send is under way or less than a chunk
+    waits (and more is to come)."""
+    released, pend_amt, inflight = drv[5], drv[6], drv[8]
+    stage2, rid_relay = plan[2], plan[9]
+    amount = pend_amt[r, d]
+    if amount <= 0 or inflight[r, d]:
+        return
+    chunks = par[1]
+    if amount < stage2[r, d] / chunks * (1 - _TOL) and released[r, d] < stage2[r, d] * (1 - _TOL):
+        return
+    pend_amt[r, d] = 0.0
+    inflight[r, d] = 1
+    _send(arrays, eng, ei, drv, now, r, d, amount, rid_relay[r, d], K_STAGE2, par[3])
+
+
+@_njit(cache=True)
+def _relay_arrive(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    drv: tuple[np.ndarray, ...],
+    plan: tuple[np.ndarray, ...],
+    par: np.ndarray,
+    now: float,
+    r: int,
+    bytes_: float,
+) -> None:
+    """Stage-1 bytes landed on relay ``r``: release the matching share of its stage-2 sends."""
+    arrived, released, pend_amt = drv[3], drv[5], drv[6]
+    stage2, own, relay_in, t_ptr, t_dst = plan[2], plan[3], plan[5], plan[6], plan[7]
+    arrived[r] += bytes_
+    if own[r] > 0:
+        _deliver(drv, plan, now, r, bytes_ * own[r] / relay_in[r])
+    complete = arrived[r] >= relay_in[r] * (1 - _TOL)
+    if par[2] > 0 and not complete:  # store-and-forward: all at once when everything has landed
+        return
+    for j in range(t_ptr[r], t_ptr[r + 1]):
+        d = t_dst[j]
+        full = stage2[r, d]
+        target = full if complete else full * min(arrived[r] / relay_in[r], 1.0)
+        add = target - released[r, d]
+        if add > 0:
+            released[r, d] = target
+            pend_amt[r, d] += add
+            _launch(arrays, eng, ei, drv, plan, par, now, r, d)
+
+
+@_njit(cache=True)
+def _next_piece(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    drv: tuple[np.ndarray, ...],
+    plan: tuple[np.ndarray, ...],
+    par: np.ndarray,
+    now: float,
+    src: int,
+    r: int,
+) -> None:
+    """The next stage-1 piece ``src -> r``, once the one before has left."""
+    chain_left, chain_piece = drv[9], drv[7]
+    if chain_left[src, r] == 0:
+        return
+    chain_left[src, r] -= 1
+    _send(arrays, eng, ei, drv, now, src, r, chain_piece[src, r], plan[9][src, r], K_STAGE1, par[3])
+
+
+@_njit(cache=True)
+def _start(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    drv: tuple[np.ndarray, ...],
+    plan: tuple[np.ndarray, ...],
+    par: np.ndarray,
+    now: float,
+    g: int,
+) -> None:
+    """GPU ``g`` is ready: its direct sends and its stage-1 chains go out."""
+    direct, stage1, relay_in, rid_direct = plan[0], plan[1], plan[5], plan[8]
+    chain_left, chain_piece = drv[9], drv[7]
+    G = direct.shape[0]
+    drv[1][g] = now
+    for d in range(G):
+        if direct[g, d] > 0:
+            _send(arrays, eng, ei, drv, now, g, d, direct[g, d], rid_direct[g, d], K_DIRECT, par[3])
+    if par[4] > 0:  # a plan with a first stage
+        pieces = int(par[0])
+        for r in range(G):
+            if stage1[g, r] > 0:
+                chain_left[g, r] = pieces
+                chain_piece[g, r] = stage1[g, r] / pieces
+                _next_piece(arrays, eng, ei, drv, plan, par, now, g, r)
+    if par[5] > 0 and relay_in[g] <= 0:  # a relay with nothing coming in
+        _relay_arrive(arrays, eng, ei, drv, plan, par, now, g, 0.0)
+
+
+@_njit(cache=True)
+def _on_sent(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    drv: tuple[np.ndarray, ...],
+    plan: tuple[np.ndarray, ...],
+    par: np.ndarray,
+    now: float,
+    info: int,
+) -> None:
+    kind, src, dst = drv[10][info], drv[11][info], drv[12][info]
+    if kind == K_STAGE1:
+        _next_piece(arrays, eng, ei, drv, plan, par, now, src, dst)
+    elif kind == K_STAGE2:
+        drv[8][src, dst] = 0
+        _launch(arrays, eng, ei, drv, plan, par, now, src, dst)
+
+
+@_njit(cache=True)
+def _on_delivered(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    drv: tuple[np.ndarray, ...],
+    plan: tuple[np.ndarray, ...],
+    par: np.ndarray,
+    now: float,
+    info: int,
+) -> None:
+    kind, dst, bytes_ = drv[10][info], drv[12][info], drv[13][info]
+    if kind == K_STAGE1:
+        _relay_arrive(arrays, eng, ei, drv, plan, par, now, dst, bytes_)
+    else:
+        _deliver(drv, plan, now, dst, bytes_)
+
+
+@_njit(cache=True)
+def play(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    ef: np.ndarray,
+    drv: tuple[np.ndarray, ...],
+    plan: tuple[np.ndarray, ...],
+    par: np.ndarray,
+) -> None:
+    """Play one phase to its end on the network state (``arrays``, ``eng``, ``ei``, ``ef``), from
+    ``ef[NOW]``; ``par``: (stage-1 pieces, relay chunks, store-and-forward, overhead us, has stage 1,
+    has stage 2). ``ei[STATUS]`` says whether it ran out of room."""
+    h_time, h_seq, h_kind, h_arg = drv[15], drv[16], drv[17], drv[18]
+    ready, expected = plan[10], plan[4]
+    end_us, done = drv[2], drv[19]
+    G = ready.shape[0]
+    for g in range(G):
+        if np.isfinite(ready[g]):
+            _push_action(h_time, h_seq, h_kind, h_arg, ei, ready[g], A_START, g)
+    now = ef[NOW]
+    flat, info_of = eng[5], eng[11]
+    while ei[STATUS] == OK:
+        t_net = ef[T_NET]
+        if ei[N_PEND] > 0:
+            t = now  # arrivals wake the network at once
+        else:
+            t = min(t_net, h_time[0] if ei[N_HEAP] else np.inf)
+        if t == np.inf:
+            break
+        now = t
+        # every action due now runs before the network's step (SimPy: the step waits a zero timeout)
+        while ei[N_HEAP] and h_time[0] <= now and ei[STATUS] == OK:
+            kind, arg = _pop_action(h_time, h_seq, h_kind, h_arg, ei)
+            if kind == A_START:
+                _start(arrays, eng, ei, drv, plan, par, now, arg)
+                if expected[arg] <= 0 and not done[arg]:
+                    end_us[arg] = now
+                    done[arg] = 1
+            elif kind == A_LOCAL_SENT:
+                _on_sent(arrays, eng, ei, drv, plan, par, now, arg)
+            else:
+                _on_delivered(arrays, eng, ei, drv, plan, par, now, arg)
+        if ei[STATUS] != OK or (ei[N_PEND] == 0 and t_net > now):
+            continue
+        ei[EVENTS] += 1
+        ei[SINCE_REGROUP] += 1
+        done_ids = _network_step(arrays, eng, ei, ef, now)
+        nf = ef[NEXT_FINISH]
+        ef[T_NET] = now + max(nf - now, 0.0) if np.isfinite(nf) else np.inf
+        for f in done_ids:
+            info = info_of[f]
+            _on_sent(arrays, eng, ei, drv, plan, par, now, info)
+            if flat[f] > 0:
+                _push_action(h_time, h_seq, h_kind, h_arg, ei, now + flat[f], A_DELIVER, info)
+            else:
+                _on_delivered(arrays, eng, ei, drv, plan, par, now, info)
+    ef[NOW] = now
+
+
+# -- Python side: routes, room, and the phases one after the other ------------------------------------
+@dataclass
+class PhaseOutcome:
+    """One played phase: per-GPU start and completion times (us), the bytes it put on each link, and
+    the flows it started (GPU-local copies included, as ``PhaseRun.flows`` counts them)."""
+
+    name: str
+    start_us: np.ndarray
+    end_us: np.ndarray
+    link_bytes: np.ndarray
+    flows: int
+
+    @property
+    def span_us(self) -> float:
+        """First GPU's start to last GPU's completion (``PhaseRun.span_us``)."""
+        started = self.start_us[np.isfinite(self.start_us)]
+        return float(self.end_us.max() - started.min()) if started.size else 0.0
+
+
+@dataclass
+class LoopStats:
+    """The fluid network's counters over every phase played (``FluidNetwork``'s names)."""
+
+    events: int
+    recomputes: int
+    flows: int
+    worst_utilisation: float
+    regroups: int
+
+
+class _Routes:
+    """The routes the plans use, as CSR tables (all links, and binding links only) and route ids per
+    (source, destination) for direct sends and for relay sends."""
+
+    def __init__(self, topo: Topology, plans: Sequence[object], rdma: bool, nvlink_in_node: bool):
+        self.topo = topo
+        G = topo.cluster.num_gpus
+        gpn = topo.gpn
+        self._ids: dict[tuple[int, int, int], int] = {}
+        self._routes: list[object] = []
+        self.rid_direct = np.full((G, G), -1, dtype=np.int64)
+        self.rid_relay = np.full((G, G), -1, dtype=np.int64)
+        for plan in plans:
+            p_rdma = bool(getattr(plan, "rdma", False))
+            in_node = bool(getattr(plan, "nvlink_in_node", False))
+            for s, d in zip(*np.nonzero(plan.direct), strict=True):  # type: ignore[attr-defined]
+                same = s // gpn == d // gpn
+                use_rdma = p_rdma and not (in_node and same)
+                self.rid_direct[s, d] = self._route(int(s), int(d), 2 if use_rdma else 0)
+            for stage in (plan.stage1, plan.stage2):  # type: ignore[attr-defined]
+                if stage is None:
+                    continue
+                for s, d in zip(*np.nonzero(stage), strict=True):
+                    self.rid_relay[s, d] = self._route(int(s), int(d), 1)
+        del rdma, nvlink_in_node
+
+    def _route(self, s: int, d: int, mode: int) -> int:
+        key = (s, d, mode)
+        hit = self._ids.get(key)
+        if hit is not None:
+            return hit
+        route = self.topo.route(s, d, direct_nic=mode == 1, rdma=mode == 2)
+        self._ids[key] = len(self._routes)
+        self._routes.append(route)
+        return self._ids[key]
+
+    def tables(self, binding: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(latency, all-links CSR ptr/link/coef, binding-links CSR ptr/link/coef)."""
+        lat = np.array([r.latency_us for r in self._routes], dtype=np.float64)  # type: ignore[attr-defined]
+        full_l, full_c, bind_l, bind_c = [], [], [], []
+        for r in self._routes:
+            links = np.asarray(r.links, dtype=np.int64)  # type: ignore[attr-defined]
+            coefs = np.asarray(r.coefs, dtype=np.float64)  # type: ignore[attr-defined]
+            keep = binding[links] if links.size else np.zeros(0, dtype=bool)
+            if links.size and not keep.any():
+                keep = np.ones(links.size, dtype=bool)  # an unconstrained flow still needs a limit
+            full_l.append(links)
+            full_c.append(coefs)
+            bind_l.append(links[keep])
+            bind_c.append(coefs[keep])
+
+        def csr(parts: list[np.ndarray], dtype: type) -> tuple[np.ndarray, np.ndarray]:
+            ptr = np.zeros(len(parts) + 1, dtype=np.int64)
+            ptr[1:] = np.cumsum([p.size for p in parts])
+            flat = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+            return ptr, flat
+
+        f_ptr, f_link = csr(full_l, np.int64)
+        _, f_coef = csr(full_c, np.float64)
+        b_ptr, b_link = csr(bind_l, np.int64)
+        _, b_coef = csr(bind_c, np.float64)
+        return lat, f_ptr, f_link, f_coef, b_ptr, b_link, b_coef
+
+    @property
+    def longest_binding(self) -> int:
+        return max((int(np.size(r.links)) for r in self._routes), default=1)  # type: ignore[attr-defined]
+
+
+def _flow_bound(plan: object, chunks: int) -> int:
+    """Network flows a phase can start: its direct pairs, its stage-1 pieces, and per stage-2 pair at
+    most one send per chunk's worth released (plus the rest)."""
+    n = int(np.count_nonzero(plan.direct))  # type: ignore[attr-defined]
+    pieces = chunks if getattr(plan, "relay", "pipelined") == "pipelined" else 1
+    if plan.stage1 is not None:  # type: ignore[attr-defined]
+        n += int(np.count_nonzero(plan.stage1)) * max(pieces, 1)  # type: ignore[attr-defined]
+    if plan.stage2 is not None:  # type: ignore[attr-defined]
+        n += int(np.count_nonzero(plan.stage2)) * (max(chunks, 1) + 2)  # type: ignore[attr-defined]
+    return n
+
+
+def _bundle(caps: np.ndarray, flows: int, classes: int, path: int) -> NetArrays:
+    """The kernels' bundle with room for ``flows`` flows, ``classes`` classes, paths of ``path``
+    binding links."""
+    links = caps.size
+    f = {
+        "cap": caps,
+        "used": np.zeros(links),
+        "lazy": np.zeros(links, dtype=np.bool_),
+        "lazy_used": np.zeros(links),
+        "fl_ptr": np.zeros(flows + 1, dtype=np.int64),
+        "fl_link": np.zeros(flows * path, dtype=np.int64),
+        "fl_coef": np.zeros(flows * path),
+        "target": np.zeros(flows),
+        "cls": np.zeros(flows, dtype=np.int64),
+        "cl_ptr": np.zeros(classes + 1, dtype=np.int64),
+        "cl_link": np.zeros(classes * path, dtype=np.int64),
+        "cl_unit": np.zeros(classes * path),
+        "cl_coef": np.zeros(classes * path),
+        "cz_ptr": np.zeros(classes + 1, dtype=np.int64),
+        "cz_link": np.zeros(classes * path, dtype=np.int64),
+        "cz_coef": np.zeros(classes * path),
+        "cm_flow": np.zeros(classes, dtype=np.int64),
+        "c_head": np.zeros(classes, dtype=np.int64),
+        "c_end": np.zeros(classes, dtype=np.int64),
+        "is_active": np.zeros(classes, dtype=np.bool_),
+        "bottleneck": np.zeros(classes, dtype=np.int64),
+        "rate": np.zeros(classes),
+        "old_rate": np.zeros(classes),
+        "lazy_rate": np.zeros(classes),
+        "changed": np.zeros(classes, dtype=np.int8),
+        "prog": np.zeros(classes),
+        "t_upd": np.zeros(classes),
+        "next_target": np.zeros(classes),
+        "finish": np.zeros(classes),
+        "lk_ptr": np.zeros(links + 1, dtype=np.int64),
+        "lk_flow": np.zeros(classes * path, dtype=np.int64),
+    }
+    return NetArrays(**f)
+
+
+def _plan_arrays(plan: object, rid_direct: np.ndarray, rid_relay: np.ndarray, ready: np.ndarray):
+    """The plan as the loop reads it (see the comment above :func:`_send`)."""
+    G = rid_direct.shape[0]
+    zeros = np.zeros((G, G))
+    stage1 = plan.stage1 if plan.stage1 is not None else zeros  # type: ignore[attr-defined]
+    stage2 = plan.stage2 if plan.stage2 is not None else zeros  # type: ignore[attr-defined]
+    own = plan.own if plan.own is not None else np.zeros(G)  # type: ignore[attr-defined]
+    relay_in = stage1.sum(axis=0)
+    t_ptr = np.zeros(G + 1, dtype=np.int64)
+    t_ptr[1:] = np.cumsum(np.count_nonzero(stage2, axis=1))
+    t_dst = np.nonzero(stage2)[1].astype(np.int64)  # row-major: per relay, ascending destination
+    return (
+        np.ascontiguousarray(plan.direct, dtype=np.float64),  # type: ignore[attr-defined]
+        np.ascontiguousarray(stage1, dtype=np.float64),
+        np.ascontiguousarray(stage2, dtype=np.float64),
+        np.ascontiguousarray(own, dtype=np.float64),
+        np.ascontiguousarray(plan.incoming_bytes(), dtype=np.float64),  # type: ignore[attr-defined]
+        np.ascontiguousarray(relay_in, dtype=np.float64),
+        t_ptr,
+        t_dst,
+        rid_direct,
+        rid_relay,
+        np.ascontiguousarray(ready, dtype=np.float64),
+    )
+
+
+def _driver_arrays(G: int, infos: int) -> tuple[np.ndarray, ...]:
+    actions = infos + 2 * G + 1
+    return (
+        np.zeros(G),  # got
+        np.full(G, np.inf),  # start_us
+        np.zeros(G),  # end_us
+        np.zeros(G),  # arrived
+        np.zeros(1),  # (unused)
+        np.zeros((G, G)),  # released
+        np.zeros((G, G)),  # pend_amt
+        np.zeros((G, G)),  # chain_piece
+        np.zeros((G, G), dtype=np.int8),  # inflight
+        np.zeros((G, G), dtype=np.int64),  # chain_left
+        np.zeros(infos, dtype=np.int64),  # i_kind
+        np.zeros(infos, dtype=np.int64),  # i_src
+        np.zeros(infos, dtype=np.int64),  # i_dst
+        np.zeros(infos),  # i_bytes
+        np.zeros(infos),  # i_lat
+        np.zeros(actions),  # h_time
+        np.zeros(actions, dtype=np.int64),  # h_seq
+        np.zeros(actions, dtype=np.int64),  # h_kind
+        np.zeros(actions, dtype=np.int64),  # h_arg
+        np.zeros(G, dtype=np.int8),  # done
+    )
+
+
+def play_phases(
+    topo: Topology,
+    plans: Sequence[object],
+    *,
+    chunks: int = 8,
+    ready_us: np.ndarray | None = None,
+) -> tuple[list[PhaseOutcome], LoopStats]:
+    """Play ``plans`` (``PhasePlan``) one after the other on one fluid network over ``topo``: the first
+    with every GPU starting at ``ready_us`` (default 0), each next one once the previous has landed
+    everywhere (as ``simulate_uniform`` does). Returns each phase's outcome and the network's counters.
+    """
+    kernels.announce_compile(play)
+    G = topo.cluster.num_gpus
+    routes = _Routes(topo, plans, False, False)
+    caps = topo.capacity()
+    tables = routes.tables(topo.binding())
+    flows = sum(_flow_bound(p, chunks) for p in plans) + 16
+    classes = 2 * flows + 16
+    ready0 = np.zeros(G) if ready_us is None else np.asarray(ready_us, dtype=np.float64)
+    while True:
+        done = _attempt(topo, plans, chunks, ready0, routes, caps, tables, flows, classes)
+        if done is not None:
+            return done
+        classes *= 2  # out of room (a rare cascade of arrivals between regroupings): again, larger
+
+
+def _attempt(
+    topo: Topology,
+    plans: Sequence[object],
+    chunks: int,
+    ready0: np.ndarray,
+    routes: _Routes,
+    caps: np.ndarray,
+    tables: tuple[np.ndarray, ...],
+    flows: int,
+    classes: int,
+) -> tuple[list[PhaseOutcome], LoopStats] | None:
+    G = topo.cluster.num_gpus
+    path = max(routes.longest_binding, 1)
+    s = _bundle(caps, flows, classes, path)
+    arrays = tuple(s)
+    links = caps.size
+    lat, f_ptr, f_link, f_coef, b_ptr, b_link, b_coef = tables
+    eng = (
+        np.zeros(classes, dtype=np.int64),  # 0 act_buf
+        np.zeros(flows, dtype=np.int64),  # 1 pend
+        np.zeros(links, dtype=np.int64),  # 2 strikes
+        np.zeros(links, dtype=np.int64),  # 3 barred
+        np.zeros(links),  # 4 link_bytes
+        np.zeros(flows),  # 5 latency per flow
+        np.zeros(flows),  # 6 size_bytes
+        np.zeros(flows),  # 7 start_us per flow
+        lat,  # 8 route latency
+        np.zeros(flows),  # 9 end_us per flow
+        np.zeros(flows, dtype=np.int64),  # 10 route_of
+        np.zeros(flows, dtype=np.int64),  # 11 info_of
+        f_ptr,
+        f_link,
+        f_coef,
+        b_ptr,
+        b_link,
+        b_coef,
+    )
+    ei = np.zeros(_EI_SIZE, dtype=np.int64)
+    ef = np.zeros(_EF_SIZE)
+    ef[NEXT_FINISH] = np.inf
+    ef[T_NET] = np.inf
+    outcomes: list[PhaseOutcome] = []
+    ready = ready0
+    for plan in plans:
+        before = eng[4].copy()
+        infos = _flow_bound(plan, chunks) + 2 * G + 16
+        drv = _driver_arrays(G, infos)
+        ei[N_INFO] = 0
+        pieces = chunks if plan.relay == "pipelined" else 1  # type: ignore[attr-defined]
+        par = np.array(
+            [
+                float(max(pieces, 1)),
+                float(max(chunks, 1)),
+                0.0 if plan.relay == "pipelined" else 1.0,  # type: ignore[attr-defined]
+                float(plan.overhead_us),  # type: ignore[attr-defined]
+                float(plan.stage1 is not None),  # type: ignore[attr-defined]
+                float(plan.stage2 is not None),  # type: ignore[attr-defined]
+            ]
+        )
+        parr = _plan_arrays(plan, routes.rid_direct, routes.rid_relay, ready)
+        ef[NOW] = float(np.min(ready)) if ready.size else 0.0
+        play(arrays, eng, ei, ef, drv, parr, par)
+        if ei[STATUS] != OK:
+            return None
+        end_us = drv[2].copy()
+        outcomes.append(
+            PhaseOutcome(
+                plan.name,  # type: ignore[attr-defined]
+                drv[1].copy(),
+                end_us,
+                eng[4] - before,
+                int(ei[N_INFO]),
+            )
+        )
+        ready = np.full(G, float(end_us.max()))
+    stats = LoopStats(
+        int(ei[EVENTS]), int(ei[RECOMPUTES]), int(ei[N_FLOWS]), float(ef[WORST]), int(ei[REGROUPS])
+    )
+    return outcomes, stats
