@@ -58,9 +58,16 @@ class GPUSpec:
     hbm_gbytes_per_s: float
     memory_gib: float
     nvlink_gbytes_per_s: float
+    # What one SM of a communication kernel copies (Hybrid-EP's TMA copy, `--algo hybrid-ep`): bytes per
+    # second while it streams, and a fixed cost per message (one token copy to one GPU). 0: no SM term.
+    # Set once per GPU generation from the SM-bound points of DeepEP's Hybrid-EP figures (docs/simulator.md).
+    sm_copy_gbytes_per_s: float = 0.0
+    sm_message_us: float = 0.0
 
     def __post_init__(self) -> None:
         _check_field_types(self, f"gpu {self.name!r}")
+        if self.sm_copy_gbytes_per_s < 0 or self.sm_message_us < 0:
+            raise PlacementError(f"gpu {self.name}: sm_copy_gbytes_per_s and sm_message_us must be >= 0")
         for key in ("bf16_tflops", "fp8_tflops", "hbm_gbytes_per_s", "memory_gib"):
             if not getattr(self, key) > 0:
                 raise PlacementError(
@@ -70,14 +77,22 @@ class GPUSpec:
             raise PlacementError(f"gpu {self.name}: nvlink_gbytes_per_s must be >= 0")
 
 
+# Per-SM copy of a communication kernel (GPUSpec.sm_copy_gbytes_per_s, sm_message_us), one pair per SM
+# generation. Hopper (SM90), from Hybrid-EP's 4-SM H100 points at 2 nodes (the ones that double from 4 to
+# 8 SMs): 0.30 us per FP8 token copy (7.6 KB), 0.45 us per BF16 one (14.6 KB) -> 47.6 GB/s + 0.14 us.
+# Blackwell (SM100), from its 16-SM FP8 GB200 points at 8-16 GPUs (0.22 us per 7.9 KB copy), with
+# Hopper's per-message cost: 100 GB/s + 0.14 us.
+_SM90_COPY = {"sm_copy_gbytes_per_s": 47.6, "sm_message_us": 0.14}
+_SM100_COPY = {"sm_copy_gbytes_per_s": 100.0, "sm_message_us": 0.14}
+
 # Dense (no sparsity) datasheet figures; NVLink per direction per GPU.
 GPU_TYPES: dict[str, GPUSpec] = {
-    "H100": GPUSpec("H100", 989.0, 1979.0, 3350.0, 80.0, 450.0),
-    "H800": GPUSpec("H800", 989.0, 1979.0, 3350.0, 80.0, 200.0),
-    "H200": GPUSpec("H200", 989.0, 1979.0, 4800.0, 141.0, 450.0),
-    "B200": GPUSpec("B200", 2250.0, 4500.0, 8000.0, 180.0, 900.0),
+    "H100": GPUSpec("H100", 989.0, 1979.0, 3350.0, 80.0, 450.0, **_SM90_COPY),
+    "H800": GPUSpec("H800", 989.0, 1979.0, 3350.0, 80.0, 200.0, **_SM90_COPY),
+    "H200": GPUSpec("H200", 989.0, 1979.0, 4800.0, 141.0, 450.0, **_SM90_COPY),
+    "B200": GPUSpec("B200", 2250.0, 4500.0, 8000.0, 180.0, 900.0, **_SM100_COPY),
     # GB200 NVL72: 180 / 360 PFLOPS dense BF16 / FP8 and 13.4 TB HBM3e over 72 GPUs; NVLink 5
-    "GB200": GPUSpec("GB200", 2500.0, 5000.0, 8000.0, 186.0, 900.0),
+    "GB200": GPUSpec("GB200", 2500.0, 5000.0, 8000.0, 186.0, 900.0, **_SM100_COPY),
     "A100": GPUSpec("A100", 312.0, 312.0, 2039.0, 80.0, 300.0),
 }
 
@@ -117,6 +132,9 @@ class ClusterSpec:
     switch_latency_us: float = 0.45
     compute_efficiency: float = 0.6
     comm_sm_fraction: float = 0.15
+    # SMs given to a communication kernel that copies with SMs (`--algo hybrid-ep`; `--sms`): 16, what
+    # Hybrid-EP's published B200 / GB200 runs use and the most its H100 runs use
+    comm_sms: int = 16
     gpu_hour_usd: float = 2.5
     network_cost_per_endpoint_usd: float = 4390.0
 
@@ -145,6 +163,8 @@ class ClusterSpec:
                 raise bad(f"{key} must be in (0, 1], got {value}")
         if not 0 <= self.comm_sm_fraction < 1:
             raise bad("comm_sm_fraction must be in [0, 1)")
+        if self.comm_sms < 1:
+            raise bad(f"comm_sms must be >= 1, got {self.comm_sms}")
         if self.planes < 1:
             raise bad("planes must be >= 1")
         if self.fabric == "multi-plane" and self.planes != self.nics_per_gpu * self.gpus_per_node:

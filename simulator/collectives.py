@@ -20,6 +20,11 @@ so the path latency is paid once). Two generations:
 
 Both pay :data:`LL_PHASE_OVERHEAD_US` once per phase on top of the network time (see there).
 
+``hybrid-ep`` is NVIDIA's Hybrid-EP in DeepEP: DeepEP's hierarchical data path, with its NVLink copies
+made by a fixed number of SMs (``cluster.comm_sms``, ``--sms``), each copying at the GPU type's
+``sm_copy_gbytes_per_s`` with a fixed ``sm_message_us`` per message: a per-GPU ``sm/{gpu}`` link of that
+capacity on the GPU's NVLink sends (``PhasePlan.sm_coef``; see :func:`_hybrid_ep_phase`).
+
 Byte matrices come from the evaluator (:mod:`moe_placement.metrics`): ``PairCopies`` (DeepEP deduplicated:
 ``nic[src, forwarder]``, ``nvlink`` = intra-node copies + the forwarder's fan-out) and the per-GPU-pair
 copies of a direct all-to-all; each times bytes per copy.
@@ -36,9 +41,9 @@ import simpy
 
 from moe_placement.errors import PlacementError
 from moe_placement.simulator.engine import FluidNetwork
-from moe_placement.simulator.topology import Topology
+from moe_placement.simulator.topology import Route, Topology
 
-ALGOS = ("direct", "deepep", "2dh", "deepep-ll", "deepep-ll-rdma")
+ALGOS = ("direct", "deepep", "2dh", "deepep-ll", "deepep-ll-rdma", "hybrid-ep")
 # DeepEP's low-latency kernels, current (NVLink in the node, RDMA across) and February 2025 (pure RDMA)
 LL_ALGOS = ("deepep-ll", "deepep-ll-rdma")
 # DeepEP low-latency dispatch message: an int4 (16 bytes) of source info before the FP8 data and scales
@@ -68,6 +73,9 @@ class PhasePlan:
     # with ``rdma``: same-node pairs copy over NVLink instead (current DeepEP low-latency kernels)
     nvlink_in_node: bool = False
     overhead_us: float = 0.0  # added to every flow's delivery: a fixed per-phase kernel cost
+    # > 0: every flow between two GPUs of one node (NVLink) also crosses its sender's ``sm/{src}`` link
+    # (Topology(sm_links=True)) with this coefficient - the SMs that copy it (Hybrid-EP); 0: no SM link
+    sm_coef: float = 0.0
 
     def scaled(self, factor: float) -> PhasePlan:
         return PhasePlan(
@@ -80,6 +88,7 @@ class PhasePlan:
             None if self.own is None else self.own * factor,
             self.nvlink_in_node,
             self.overhead_us,
+            self.sm_coef,
         )
 
     def incoming_bytes(self) -> np.ndarray:
@@ -138,14 +147,27 @@ def build_phase(
     bytes_per_copy: float,
     gpus_per_node: int,
     expert_pairs: np.ndarray | None = None,
+    sm_message_bytes: float = 0.0,
 ) -> PhasePlan:
     """Bytes of ``phase`` (``dispatch`` or ``combine``) under ``algo``.
 
     ``pairs[src, dst]``: per-GPU-pair copies (direct all-to-all; diagonal ignored); ``nic``/``nvlink``:
     the evaluator's DeepEP-deduplicated copies for the same phase (combine already transposed);
     ``expert_pairs[src, dst]``: (token, selected expert) copies per GPU pair, needed by ``deepep-ll``
-    and ``deepep-ll-rdma`` (``bytes_per_copy`` is then one message, header included).
+    and ``deepep-ll-rdma`` (``bytes_per_copy`` is then one message, header included);
+    ``sm_message_bytes``: for ``hybrid-ep``, an SM's fixed cost per message expressed in bytes it could
+    have copied meanwhile (:func:`sm_message_bytes`).
     """
+    if algo == "hybrid-ep":
+        return _hybrid_ep_phase(
+            phase,
+            pairs=pairs,
+            nic=nic,
+            nvlink=nvlink,
+            bytes_per_copy=bytes_per_copy,
+            gpus_per_node=gpus_per_node,
+            sm_message_bytes=sm_message_bytes,
+        )
     if algo not in ALGOS:
         raise PlacementError(f"unknown algo {algo!r}; known: {', '.join(ALGOS)}")
     G = pairs.shape[0]
@@ -184,6 +206,61 @@ def build_phase(
     s1, s2 = _two_hop(off, gpus_per_node, relay_on_dst_rail=(phase == "dispatch"))
     return PhasePlan(
         phase, intra * bytes_per_copy, s1 * bytes_per_copy, s2 * bytes_per_copy, "store-and-forward"
+    )
+
+
+def sm_message_bytes(sm_copy_gbytes_per_s: float, sm_message_us: float) -> float:
+    """An SM's fixed cost per message as the bytes it copies in that time (0 without an SM term)."""
+    return sm_message_us * sm_copy_gbytes_per_s * 1e3
+
+
+def hybrid_ep_prob_bytes(num_experts: int, num_gpus: int, gpus_per_node: int) -> float:
+    """Bytes Hybrid-EP's dispatch sends with each token copy besides the token: one float routing
+    probability per expert of the destination node (its ``prob_buffer`` row: experts per GPU x GPUs
+    per NVLink domain)."""
+    return 4.0 * (num_experts / num_gpus) * gpus_per_node
+
+
+def _hybrid_ep_phase(
+    phase: str,
+    *,
+    pairs: np.ndarray,
+    nic: np.ndarray,
+    nvlink: np.ndarray,
+    bytes_per_copy: float,
+    gpus_per_node: int,
+    sm_message_bytes: float,
+) -> PhasePlan:
+    """Hybrid-EP (DeepEP ``hybrid_ep`` branch, NVIDIA; ``docs/Hybrid-EP_Implementation.md``): DeepEP's
+    hierarchical data path - one RDMA copy per (token, destination node) to the GPU of that node on the
+    sender's local index, which fans it out over NVLink once per destination GPU; same-node
+    destinations straight over NVLink; combine the reverse, pre-reduced inside the node before the
+    RDMA hop - with every NVLink copy made by the SMs of a persistent kernel (TMA loads and stores):
+    those flows also cross their sender's SM link, ``1 + sm_message_bytes / bytes_per_copy`` bytes of
+    it per byte (the per-message cost of an SM on top of its streaming rate). RDMA bytes leave from a
+    registered buffer by the NIC's own DMA (the SMs only post them)."""
+    plan = build_phase(
+        "deepep",
+        phase,
+        pairs=pairs,
+        nic=nic,
+        nvlink=nvlink,
+        bytes_per_copy=bytes_per_copy,
+        gpus_per_node=gpus_per_node,
+    )
+    plan.sm_coef = 1.0 + sm_message_bytes / bytes_per_copy if bytes_per_copy > 0 else 1.0
+    return plan
+
+
+def _with_sm_link(topo: Topology, route: Route, src: int, coef: float) -> Route:
+    """``route`` plus GPU ``src``'s SM link with coefficient ``coef``."""
+    sm_link = topo._ids.get(f"sm/{src}")
+    if sm_link is None:  # the GPU type has no SM term (sm_copy_gbytes_per_s 0): nothing binds there
+        return route
+    return Route(
+        np.append(route.links, sm_link).astype(np.int64),
+        np.append(route.coefs, coef),
+        route.latency_us,
     )
 
 
@@ -270,6 +347,8 @@ class _PhaseDriver:
         if rdma and self.plan.nvlink_in_node and src // self.gpn == dst // self.gpn:
             rdma = False  # a peer in the NVLink domain: a warp copy over NVLink
         route = self.topo.route(src, dst, direct_nic=direct_nic, rdma=rdma)
+        if self.plan.sm_coef > 0 and src != dst and src // self.gpn == dst // self.gpn:
+            route = _with_sm_link(self.topo, route, src, self.plan.sm_coef)
         fid = self.net.num_flows
         sent, done = self.net.transfer(
             route.links,

@@ -45,10 +45,15 @@ class LinkLoads:
     nvl_cap: float
     nic_cap: float
     pcie_cap: float
+    # bytes on each GPU's SM link (hybrid-ep: sm_coef x its NVLink sends) and that link's capacity
+    sm_tx: np.ndarray | None = None
+    sm_cap: float = 0.0
 
     def busiest_us(self) -> float:
         """Time the busiest link needs at full capacity (PCIe carries a GPU's NIC bytes)."""
         times = [0.0]
+        if self.sm_cap > 0 and self.sm_tx is not None:
+            times.append(float(self.sm_tx.max()) / self.sm_cap)
         if self.nvl_cap > 0:
             times.append(float(max(self.nvl_tx.max(), self.nvl_rx.max())) / self.nvl_cap)
         nic_cap = min(self.nic_cap, self.pcie_cap) if self.pcie_cap > 0 else self.nic_cap
@@ -65,7 +70,15 @@ class LinkLoads:
             self.nvl_cap,
             self.nic_cap,
             self.pcie_cap,
+            _sum_optional(self.sm_tx, other.sm_tx),
+            max(self.sm_cap, other.sm_cap),
         )
+
+
+def _sum_optional(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    if a is None:
+        return b
+    return a if b is None else a + b
 
 
 class FastModel:
@@ -91,6 +104,8 @@ class FastModel:
         self.nvl_cap = self.topo.nvl_bw if self.gpn > 1 else 0.0
         self.nic_cap = self.topo.npg * self.topo.port_bw
         self.pcie_cap = self.topo.pcie_bw if self.topo.pcie_bw < self.nic_cap else 0.0
+        # hybrid-ep's SM link (comm_sms x the GPU type's per-SM copy rate), as Topology(sm_links=True)
+        self.sm_cap = cluster.comm_sms * cluster.gpu.sm_copy_gbytes_per_s * 1e3
 
     def _zero(self) -> LinkLoads:
         z = np.zeros(self.G)
@@ -110,6 +125,10 @@ class FastModel:
         loads = self._zero()
         m = plan.direct * (1 - np.eye(self.G))
         same = self.node[:, None] == self.node[None, :]
+        if plan.sm_coef > 0:  # hybrid-ep: direct bytes stay in the node (NVLink), copied by SMs
+            self._over_nvl(loads, np.where(same, m, 0.0))
+            self._over_nic(loads, np.where(same, 0.0, m))
+            return self._with_sm(loads, plan.sm_coef)
         if plan.rdma and not plan.nvlink_in_node:
             self._over_nic(loads, m)
             return loads
@@ -128,13 +147,21 @@ class FastModel:
         loads.nic_rx += cross.sum(axis=0)
         return loads
 
-    def stage_loads(self, m: np.ndarray) -> LinkLoads:
-        """Loads of a relay stage (``direct_nic``: NVLink in a node, rail-local NIC across)."""
+    def stage_loads(self, m: np.ndarray, sm_coef: float = 0.0) -> LinkLoads:
+        """Loads of a relay stage (``direct_nic``: NVLink in a node, rail-local NIC across);
+        ``sm_coef`` > 0: its NVLink sends also load the sender's SM link (hybrid-ep)."""
         loads = self._zero()
         same = self.node[:, None] == self.node[None, :]
         m = m * (1 - np.eye(self.G))
         self._over_nvl(loads, np.where(same, m, 0.0))
         self._over_nic(loads, np.where(same, 0.0, m))
+        return self._with_sm(loads, sm_coef) if sm_coef > 0 else loads
+
+    def _with_sm(self, loads: LinkLoads, sm_coef: float) -> LinkLoads:
+        """``loads`` whose NVLink sends (all of them intra-node here) also cross the SM link."""
+        if self.sm_cap > 0:
+            loads.sm_tx = loads.nvl_tx * sm_coef
+            loads.sm_cap = self.sm_cap
         return loads
 
     def _latency(self, m: np.ndarray, *, plan: PhasePlan | None = None) -> float:
@@ -160,7 +187,7 @@ class FastModel:
         loads = self.direct_loads(plan)
         for stage in (plan.stage1, plan.stage2):
             if stage is not None:
-                loads = loads + self.stage_loads(stage)
+                loads = loads + self.stage_loads(stage, plan.sm_coef)
         return loads
 
     def phase_us(self, plan: PhasePlan, relay_chunks: int = 8) -> tuple[float, float]:
@@ -171,7 +198,8 @@ class FastModel:
         if plan.stage1 is None or plan.stage2 is None:
             bound = direct.busiest_us()
             return bound + lat + plan.overhead_us, bound
-        s1, s2 = self.stage_loads(plan.stage1), self.stage_loads(plan.stage2)
+        s1 = self.stage_loads(plan.stage1, plan.sm_coef)
+        s2 = self.stage_loads(plan.stage2, plan.sm_coef)
         lat1, lat2 = self._latency(plan.stage1), self._latency(plan.stage2)
         if plan.relay == "store-and-forward":
             first = (direct + s1).busiest_us()

@@ -43,7 +43,9 @@ from moe_placement.simulator.collectives import (
     PhasePlan,
     PhaseRun,
     build_phase,
+    hybrid_ep_prob_bytes,
     run_phase,
+    sm_message_bytes,
     when,
 )
 from moe_placement.simulator.decompose import layer_terms, phase_shape
@@ -205,7 +207,9 @@ def _expert_pairs(pairs: np.ndarray, received: np.ndarray, axis: int) -> np.ndar
     return pairs * (factor[None, :] if axis == 0 else factor[:, None])
 
 
-def _layer_phases(ev: Any, layer: int, algo: str, scale: float) -> tuple[PhasePlan, PhasePlan]:
+def _layer_phases(
+    ev: Any, layer: int, algo: str, scale: float, sm_message_bytes: float = 0.0
+) -> tuple[PhasePlan, PhasePlan]:
     gpn = ev.gpus_per_node
     d = ev.dispatch[layer]
     c = ev.combine[layer]
@@ -223,6 +227,7 @@ def _layer_phases(ev: Any, layer: int, algo: str, scale: float) -> tuple[PhasePl
         bytes_per_copy=(ev.dispatch_bytes_per_copy + header) * scale,
         gpus_per_node=gpn,
         expert_pairs=_expert_pairs(ev.dispatch_pairs[layer], load, axis=0) if low_latency else None,
+        sm_message_bytes=sm_message_bytes,
     )
     combine = build_phase(
         algo,
@@ -233,6 +238,7 @@ def _layer_phases(ev: Any, layer: int, algo: str, scale: float) -> tuple[PhasePl
         bytes_per_copy=ev.combine_bytes_per_copy * scale,
         gpus_per_node=gpn,
         expert_pairs=_expert_pairs(ev.combine_pairs[layer], load, axis=1) if low_latency else None,
+        sm_message_bytes=sm_message_bytes,
     )
     return dispatch, combine
 
@@ -254,6 +260,7 @@ class _Runner:
             chunks=chunks,
             rdma=algo in LL_ALGOS,
             rdma_in_node=algo == "deepep-ll-rdma",
+            sm_links=algo == "hybrid-ep",
         )
 
     def __init__(
@@ -266,13 +273,20 @@ class _Runner:
         chunks: int,
         rdma: bool = False,
         rdma_in_node: bool = False,
+        sm_links: bool = False,
     ) -> None:
         """``rdma``: build the NIC-to-NIC routes of the low-latency kernels; ``rdma_in_node``: those
-        routes also join GPUs of one node (pure-RDMA kernels), so even one node needs its NICs."""
+        routes also join GPUs of one node (pure-RDMA kernels), so even one node needs its NICs;
+        ``sm_links``: a per-GPU link for the SMs that copy (Hybrid-EP)."""
         self.cluster = cluster
         self.env = simpy.Environment()
         self.topo = Topology(
-            cluster, routing=routing, pxn=pxn, seed=seed, rdma_nics=rdma and rdma_in_node
+            cluster,
+            routing=routing,
+            pxn=pxn,
+            seed=seed,
+            rdma_nics=rdma and rdma_in_node,
+            sm_links=sm_links,
         )
         # every GPU-to-GPU route up front so that every link exists before the network is built
         G, gpn = cluster.num_gpus, cluster.gpus_per_node
@@ -322,6 +336,11 @@ class _Runner:
         self.spans.append(
             Span(label, "comm", gpu, float(min(start, run.end_us[gpu])), float(run.end_us[gpu]))
         )
+
+
+def _sm_message_bytes(cluster: ClusterSpec) -> float:
+    """The cluster's GPU type's per-message SM cost in bytes (``hybrid-ep``'s SM link)."""
+    return sm_message_bytes(cluster.gpu.sm_copy_gbytes_per_s, cluster.gpu.sm_message_us)
 
 
 def _check_algo(algo: str) -> None:
@@ -512,7 +531,9 @@ def _layer_proc(run: _MoeRun, layer: int) -> Any:
     env, net, G = run.env, run.runner.net, run.num_gpus
     t0 = env.now
     bytes_before = net.link_bytes.copy()
-    phases = _layer_phases(run.ev, layer, run.algo, run.ev.scale)
+    phases = _layer_phases(
+        run.ev, layer, run.algo, run.ev.scale, _sm_message_bytes(run.runner.cluster)
+    )
     play = _LayerPlay([simpy.Resource(env, capacity=1) for _ in range(G)], _fired(env), np.zeros(G))
     attn_done = _chunked_attention(run, play) if run.overlap == "chunked" else None
     prev_dispatch: simpy.Event | None = None
@@ -599,7 +620,7 @@ def _fast_moe(
     nvl_sent, nic_sent = np.zeros(G), np.zeros(G)
     rows: list[dict[str, Any]] = []
     for layer in chosen:
-        dispatch, combine = _layer_phases(ev, layer, algo, ev.scale)
+        dispatch, combine = _layer_phases(ev, layer, algo, ev.scale, _sm_message_bytes(cluster))
         d_us, _ = model.phase_us(dispatch, relay_chunks)
         c_us, _ = model.phase_us(combine, relay_chunks)
         loads = model.plan_loads(dispatch) + model.plan_loads(combine)
@@ -752,7 +773,7 @@ def _check_uniform_args(
 
 
 def _uniform_phases(
-    algo: str, traffic: _UniformTraffic, gpus_per_node: int
+    algo: str, traffic: _UniformTraffic, gpus_per_node: int, sm_message_bytes: float = 0.0
 ) -> tuple[PhasePlan, PhasePlan]:
     """Dispatch and combine plans; combine is dispatch's traffic reversed."""
     t = traffic
@@ -765,6 +786,7 @@ def _uniform_phases(
         bytes_per_copy=t.dispatch_bytes_per_copy,
         gpus_per_node=gpus_per_node,
         expert_pairs=t.expert_pairs,
+        sm_message_bytes=sm_message_bytes,
     )
     combine = build_phase(
         algo,
@@ -775,6 +797,7 @@ def _uniform_phases(
         bytes_per_copy=t.combine_bytes_per_copy,
         gpus_per_node=gpus_per_node,
         expert_pairs=t.expert_pairs.T,
+        sm_message_bytes=sm_message_bytes,
     )
     return dispatch, combine
 
@@ -900,8 +923,10 @@ def simulate_uniform(
     )
     low_latency = algo in LL_ALGOS
     header = LL_DISPATCH_HEADER_BYTES if low_latency else 0.0
+    if algo == "hybrid-ep":  # its dispatch carries a routing-probability row with every token copy
+        header = hybrid_ep_prob_bytes(experts, G, gpn)
     traffic = _UniformTraffic(*routed, hidden * dispatch_bytes + header, hidden * combine_bytes)
-    phases = _uniform_phases(algo, traffic, gpn)
+    phases = _uniform_phases(algo, traffic, gpn, _sm_message_bytes(cluster))
     if fast:
         measures = _fast_measures(cluster, traffic, algo, phases, routing, pxn, relay_chunks)
     else:

@@ -58,6 +58,9 @@ class Topology:
     pxn: bool = True
     seed: int = 0
     rdma_nics: bool = False  # build NIC links even for one node (RDMA-only kernels)
+    # one ``sm/{gpu}`` link per GPU: what its communication kernel's SMs copy (cluster.comm_sms x the GPU
+    # type's sm_copy_gbytes_per_s; Hybrid-EP's NVLink sends take it, see collectives.PhasePlan.sm_coef)
+    sm_links: bool = False
     link_names: list[str] = field(default_factory=list)
     link_kinds: list[str] = field(default_factory=list)
     caps: list[float] = field(default_factory=list)
@@ -86,7 +89,10 @@ class Topology:
         self.nvl_bw = c.nvlink_effective_gbytes_per_s * 1e3
         self.port_bw = c.nic_gbits_per_s / 8.0 * c.nic_efficiency * 1e3
         self.pcie_bw = c.pcie_gbytes_per_s * 1e3
+        self.sm_bw = c.comm_sms * c.gpu.sm_copy_gbytes_per_s * 1e3
         for g in range(c.num_gpus):
+            if self.sm_links and self.sm_bw > 0:
+                self._add(f"sm/{g}", "sm", self.sm_bw)
             if self.gpn > 1:
                 self._add(f"nvl-tx/{g}", "nvlink", self.nvl_bw)
                 self._add(f"nvl-rx/{g}", "nvlink", self.nvl_bw)

@@ -19,6 +19,7 @@ from moe_placement.cli.commands._common import (
     resolve_step,
     table,
 )
+from moe_placement.cluster import ClusterSpec
 from moe_placement.dispatch import plan_engine
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import MODES
@@ -47,6 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_cluster_args(p)
     p.add_argument("--algo", default="deepep", choices=list(ALGOS))
+    p.add_argument(
+        "--sms",
+        type=int,
+        default=None,
+        help="hybrid-ep: SMs its kernels get per GPU (default: the cluster's comm_sms, 16)",
+    )
     p.add_argument("--overlap", default="none", choices=["none", "two-batch", "chunked"])
     p.add_argument("--mode", default="standard", choices=MODES)
     add_step_args(p)
@@ -88,6 +95,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _with_sms(cluster: ClusterSpec, args: argparse.Namespace) -> ClusterSpec:
+    """The cluster with ``--sms`` SMs for the communication kernels, when given."""
+    if args.sms is None:
+        return cluster
+    return dataclasses.replace(cluster, comm_sms=args.sms)
+
+
 def _uniform(args: argparse.Namespace) -> int:
     from moe_placement.simulator import simulate_uniform
 
@@ -95,7 +109,7 @@ def _uniform(args: argparse.Namespace) -> int:
         raise PlacementError("--traffic uniform takes no --trace/--plan")
     if args.chrome_trace or args.chakra:
         raise PlacementError("--chrome-trace and --chakra need a --trace/--plan simulation")
-    cluster = resolve_cluster(args)
+    cluster = _with_sms(resolve_cluster(args), args)
     res = simulate_uniform(
         cluster,
         tokens=args.tokens,
@@ -157,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         plan = dataclasses.replace(
             plan, provenance=dataclasses.replace(plan.provenance, engine=args.engine)
         )
-    cluster = resolve_cluster(args, plan.num_gpus, plan.gpus_per_node)
+    cluster = _with_sms(resolve_cluster(args, plan.num_gpus, plan.gpus_per_node), args)
     workload = load_workload(args.trace, cluster.num_gpus, args.home, args.model)
     step_scope = resolve_step(args, args.trace)
     layers = None
