@@ -78,12 +78,12 @@ class GPUSpec:
 
 
 # Per-SM copy of a communication kernel (GPUSpec.sm_copy_gbytes_per_s, sm_message_us), one pair per SM
-# generation. Hopper (SM90), from Hybrid-EP's 4-SM H100 points at 2 nodes (the ones that double from 4 to
-# 8 SMs): 0.30 us per FP8 token copy (7.6 KB), 0.45 us per BF16 one (14.6 KB) -> 47.6 GB/s + 0.14 us.
-# Blackwell (SM100), from its 16-SM FP8 GB200 points at 8-16 GPUs (0.22 us per 7.9 KB copy), with
-# Hopper's per-message cost: 100 GB/s + 0.14 us.
-_SM90_COPY = {"sm_copy_gbytes_per_s": 47.6, "sm_message_us": 0.14}
-_SM100_COPY = {"sm_copy_gbytes_per_s": 100.0, "sm_message_us": 0.14}
+# generation, calibrated once on DeepEP's published Hybrid-EP "kernel only" figures (docs/simulator.md,
+# "Hybrid-EP"): least squares of the log error over every point the model follows, the presets' link
+# constants unchanged. Hopper (SM90; H100 points, 4-16 SMs at 2-8 nodes): 56 GB/s + 0.21 us per token
+# copy; Blackwell (SM100; GB200 and B200 points, 16-32 SMs at 8-36 GPUs): 44 GB/s + 0.05 us.
+_SM90_COPY = {"sm_copy_gbytes_per_s": 56.0, "sm_message_us": 0.21}
+_SM100_COPY = {"sm_copy_gbytes_per_s": 44.0, "sm_message_us": 0.05}
 
 # Dense (no sparsity) datasheet figures; NVLink per direction per GPU.
 GPU_TYPES: dict[str, GPUSpec] = {
