@@ -51,6 +51,7 @@ from moe_placement.simulator.collectives import (
 from moe_placement.simulator.decompose import layer_terms, phase_shape
 from moe_placement.simulator.engine import FluidNetwork
 from moe_placement.simulator.fast import FastModel
+from moe_placement.simulator.phaseloop import play_phases
 from moe_placement.simulator.routing import uniform_routing
 from moe_placement.simulator.topology import Topology
 from moe_placement.timing import TIME_KEYS, LayerTime, StepTime
@@ -241,6 +242,23 @@ def _layer_phases(
         sm_message_bytes=sm_message_bytes,
     )
     return dispatch, combine
+
+
+# How a uniform phase is played exactly: the compiled event loop, or SimPy processes (the reference)
+EVENT_LOOPS = ("compiled", "simpy")
+
+
+def _topology_for(cluster: ClusterSpec, algo: str, *, routing: str, pxn: bool, seed: int) -> Topology:
+    """The topology one all-to-all algorithm needs: NICs on a single node for the pure-RDMA
+    low-latency kernels, a per-GPU SM link for Hybrid-EP."""
+    return Topology(
+        cluster,
+        routing=routing,
+        pxn=pxn,
+        seed=seed,
+        rdma_nics=algo == "deepep-ll-rdma",
+        sm_links=algo == "hybrid-ep",
+    )
 
 
 class _Runner:
@@ -823,9 +841,9 @@ def _play_uniform(
     return spans_us, snaps
 
 
-def _sent_bytes(runner: _Runner, link_bytes: np.ndarray) -> dict[str, list[float]]:
+def _sent_bytes(topo: Topology, link_bytes: np.ndarray) -> dict[str, list[float]]:
     """Bytes each GPU sent over NVLink and over its NIC, out of per-link ``link_bytes``."""
-    names, G = runner.topo.link_names, runner.cluster.num_gpus
+    names, G = topo.link_names, topo.cluster.num_gpus
     return {
         "nvlink_bytes_sent": _per_gpu_bytes(names, link_bytes, "nvl-tx", G).tolist(),
         "nic_bytes_sent": _per_gpu_bytes(names, link_bytes, "nic-tx", G).tolist(),
@@ -860,28 +878,28 @@ def _deepep_bandwidths(
 
 
 def _uniform_measures(
-    runner: _Runner,
+    topo: Topology,
     traffic: _UniformTraffic,
     algo: str,
     spans_us: list[float],
-    snaps: list[np.ndarray],
+    phase_bytes: list[np.ndarray],
+    stats: dict[str, Any],
 ) -> dict[str, Any]:
     """Phase times (us), per-GPU bytes sent per phase and in all, DeepEP's bandwidths, and the
-    network's counters, out of :func:`_play_uniform`'s spans and link byte snapshots."""
-    (d_us, c_us), (after_d, after_c) = spans_us, snaps
-    cap = runner.net.cap
-    d_bytes, c_bytes = after_d, after_c - after_d
+    network's counters (``stats``), out of the phases' spans and per-link bytes."""
+    (d_us, c_us), (d_bytes, c_bytes) = spans_us, phase_bytes
+    cap = topo.capacity()
     return {
         "dispatch_us": d_us,
         "combine_us": c_us,
         "dispatch": {
-            **_sent_bytes(runner, d_bytes),
+            **_sent_bytes(topo, d_bytes),
             "lower_bound_us": float((d_bytes / cap).max()),
         },
-        "combine": {**_sent_bytes(runner, c_bytes), "lower_bound_us": float((c_bytes / cap).max())},
-        **_sent_bytes(runner, d_bytes + c_bytes),
-        **_deepep_bandwidths(traffic, algo, runner.cluster.gpus_per_node, d_us, c_us),
-        **_network_stats(runner.net),
+        "combine": {**_sent_bytes(topo, c_bytes), "lower_bound_us": float((c_bytes / cap).max())},
+        **_sent_bytes(topo, d_bytes + c_bytes),
+        **_deepep_bandwidths(traffic, algo, topo.cluster.gpus_per_node, d_us, c_us),
+        **stats,
     }
 
 
@@ -901,6 +919,7 @@ def simulate_uniform(
     pxn: bool = True,
     relay_chunks: int = 8,
     fast: bool = False,
+    event_loop: str = "compiled",
 ) -> dict[str, Any]:
     """Dispatch then combine of uniformly routed tokens (``tokens`` per GPU), as DeepEP's tests do.
 
@@ -913,7 +932,11 @@ def simulate_uniform(
 
     ``fast``: the analytical path (:mod:`moe_placement.simulator.fast`, within its stated error of the
     event simulation) instead of playing the flows; ``events`` and ``flows`` are then 0.
+    ``event_loop``: ``"compiled"`` (:mod:`moe_placement.simulator.phaseloop`) or ``"simpy"``, the same
+    event simulation as SimPy processes (the reference; several times slower).
     """
+    if event_loop not in EVENT_LOOPS:
+        raise PlacementError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}")
     G, gpn = cluster.num_gpus, cluster.gpus_per_node
     experts = _check_uniform_args(algo, G, tokens, hidden, top_k, num_experts, node_limit)
     wall0 = time.perf_counter()
@@ -930,7 +953,9 @@ def simulate_uniform(
     if fast:
         measures = _fast_measures(cluster, traffic, algo, phases, routing, pxn, relay_chunks)
     else:
-        measures = _exact_measures(cluster, traffic, algo, phases, routing, pxn, seed, relay_chunks)
+        measures = _exact_measures(
+            cluster, traffic, algo, phases, routing, pxn, seed, relay_chunks, event_loop
+        )
     return {
         "num_gpus": G,
         "gpus_per_node": gpn,
@@ -955,13 +980,35 @@ def _exact_measures(
     pxn: bool,
     seed: int,
     relay_chunks: int,
+    event_loop: str = "compiled",
 ) -> dict[str, Any]:
-    """The phases played flow by flow on the event simulation."""
-    runner = _Runner.for_algo(
-        cluster, algo, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks
+    """The phases played flow by flow on the event simulation: in the compiled event loop
+    (:mod:`moe_placement.simulator.phaseloop`) or, ``event_loop="simpy"``, as SimPy processes (the
+    reference: the same events and times)."""
+    if event_loop == "simpy":
+        runner = _Runner.for_algo(
+            cluster, algo, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks
+        )
+        spans_us, (after_d, after_c) = _play_uniform(runner, phases)
+        return _uniform_measures(
+            runner.topo,
+            traffic,
+            algo,
+            spans_us,
+            [after_d, after_c - after_d],
+            _network_stats(runner.net),
+        )
+    topo = _topology_for(cluster, algo, routing=routing, pxn=pxn, seed=seed)
+    outcomes, loop = play_phases(topo, phases, chunks=relay_chunks)
+    stats = {
+        "events": loop.events,
+        "recomputes": loop.recomputes,
+        "flows": loop.flows,
+        "worst_link_utilisation": loop.worst_utilisation,
+    }
+    return _uniform_measures(
+        topo, traffic, algo, [o.span_us for o in outcomes], [o.link_bytes for o in outcomes], stats
     )
-    spans_us, snaps = _play_uniform(runner, phases)
-    return _uniform_measures(runner, traffic, algo, spans_us, snaps)
 
 
 def _fast_measures(

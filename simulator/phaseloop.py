@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moe_placement.simulator import kernels
+from moe_placement.simulator.collectives import PhasePlan, _with_sm_link
 from moe_placement.simulator.engine import FINISH_TOL
 from moe_placement.simulator.kernels import (
     KEEP_OPEN,
@@ -39,7 +40,7 @@ from moe_placement.simulator.kernels import (
     _njit,
     _view,
 )
-from moe_placement.simulator.topology import Topology
+from moe_placement.simulator.topology import Route, Topology
 
 # the phase driver's byte tolerance (collectives._TOL)
 _TOL = 1e-9
@@ -64,8 +65,9 @@ _TOL = 1e-9
     N_HEAP,
     HEAP_SEQ,
     STATUS,
-) = range(18)
-_EI_SIZE = 18
+    ACT_SUM,
+) = range(19)
+_EI_SIZE = 19
 WORST, NEXT_FINISH, NOW, T_NET = range(4)
 _EF_SIZE = 4
 
@@ -163,7 +165,11 @@ def _sort_ints(values: np.ndarray) -> np.ndarray:
 
 @_njit(cache=True)
 def _index_into(
-    act: np.ndarray, cl_ptr: np.ndarray, cl_link: np.ndarray, lk_ptr: np.ndarray, lk_flow: np.ndarray
+    act: np.ndarray,
+    cl_ptr: np.ndarray,
+    cl_link: np.ndarray,
+    lk_ptr: np.ndarray,
+    lk_flow: np.ndarray,
 ) -> None:
     """:func:`~moe_placement.simulator.kernels.link_index` written into preallocated ``lk_ptr`` and
     ``lk_flow`` (same content: classes in ``act`` order per link)."""
@@ -335,7 +341,7 @@ def _solve(
         _index_into(act, s.cl_ptr, s.cl_link, s.lk_ptr, s.lk_flow)
         ei[INDEX_STALE] = 0
         ei[INDEX_SIZE] = act.shape[0]
-    refilled, rounds, worst, lazy_worst, next_finish = kernels.solve(
+    refilled, _rounds, worst, lazy_worst, next_finish = kernels.solve(
         arrays, act, seeds, seed_links, threshold, True, now, verdict
     )
     ei[REFILLED] += refilled
@@ -439,7 +445,9 @@ def _regroup(
         if _new_classes(arrays, eng, ei, flows, groups, now) < 0:
             return False
         act = eng[0][: ei[N_ACT]]
-        _solve(arrays, eng, ei, ef, now, -np.inf, act.copy(), np.zeros(0, dtype=np.int64), KEEP_OPEN)
+        _solve(
+            arrays, eng, ei, ef, now, -np.inf, act.copy(), np.zeros(0, dtype=np.int64), KEEP_OPEN
+        )
         if not _lazy_overloaded(arrays, eng, ei, ef):
             return True
 
@@ -567,10 +575,10 @@ def _network_step(
         if not np.isnan(next_finish):
             ef[NEXT_FINISH] = next_finish
             return done_ids
-        if _lazy_overloaded(arrays, eng, ei, ef):
-            if not _regroup(arrays, eng, ei, ef, now, np.zeros(0, dtype=np.int64)):
-                ei[STATUS] = OUT_OF_CLASSES
-                return done_ids
+        overloaded = _lazy_overloaded(arrays, eng, ei, ef)
+        if overloaded and not _regroup(arrays, eng, ei, ef, now, np.zeros(0, dtype=np.int64)):
+            ei[STATUS] = OUT_OF_CLASSES
+            return done_ids
     if _regroup_due(arrays, ei):
         _lazify(arrays, eng, ei)
         if not _regroup(arrays, eng, ei, ef, now, np.zeros(0, dtype=np.int64)):
@@ -651,8 +659,9 @@ def _send(
 
 
 @_njit(cache=True)
-def _deliver(drv: tuple[np.ndarray, ...], plan: tuple[np.ndarray, ...], now: float, dst: int,
-             bytes_: float) -> None:
+def _deliver(
+    drv: tuple[np.ndarray, ...], plan: tuple[np.ndarray, ...], now: float, dst: int, bytes_: float
+) -> None:
     """``bytes_`` reached their final destination; the GPU is done once all have."""
     got, end_us, done = drv[0], drv[2], drv[19]
     expected = plan[4]
@@ -832,10 +841,8 @@ def play(
     flat, info_of = eng[5], eng[11]
     while ei[STATUS] == OK:
         t_net = ef[T_NET]
-        if ei[N_PEND] > 0:
-            t = now  # arrivals wake the network at once
-        else:
-            t = min(t_net, h_time[0] if ei[N_HEAP] else np.inf)
+        # arrivals wake the network at once; otherwise the next action or the network's own timer
+        t = now if ei[N_PEND] > 0 else min(t_net, h_time[0] if ei[N_HEAP] else np.inf)
         if t == np.inf:
             break
         now = t
@@ -855,6 +862,7 @@ def play(
             continue
         ei[EVENTS] += 1
         ei[SINCE_REGROUP] += 1
+        ei[ACT_SUM] += ei[N_ACT]
         done_ids = _network_step(arrays, eng, ei, ef, now)
         nf = ef[NEXT_FINISH]
         ef[T_NET] = now + max(nf - now, 0.0) if np.isfinite(nf) else np.inf
@@ -896,51 +904,61 @@ class LoopStats:
     flows: int
     worst_utilisation: float
     regroups: int
+    mean_active_classes: float  # active classes at an event, on average
 
 
 class _Routes:
-    """The routes the plans use, as CSR tables (all links, and binding links only) and route ids per
-    (source, destination) for direct sends and for relay sends."""
+    """The routes the plans use, as CSR tables (all links, and binding links only) and, per plan, route
+    ids per (source, destination) for direct sends and for relay sends."""
 
-    def __init__(self, topo: Topology, plans: Sequence[object], rdma: bool, nvlink_in_node: bool):
+    def __init__(self, topo: Topology, plans: Sequence[PhasePlan]) -> None:
         self.topo = topo
         G = topo.cluster.num_gpus
         gpn = topo.gpn
-        self._ids: dict[tuple[int, int, int], int] = {}
-        self._routes: list[object] = []
-        self.rid_direct = np.full((G, G), -1, dtype=np.int64)
-        self.rid_relay = np.full((G, G), -1, dtype=np.int64)
+        self._ids: dict[tuple[int, int, int, float], int] = {}
+        self._routes: list[Route] = []
+        self.rid_direct: list[np.ndarray] = []
+        self.rid_relay: list[np.ndarray] = []
         for plan in plans:
-            p_rdma = bool(getattr(plan, "rdma", False))
-            in_node = bool(getattr(plan, "nvlink_in_node", False))
-            for s, d in zip(*np.nonzero(plan.direct), strict=True):  # type: ignore[attr-defined]
+            sm_coef = float(plan.sm_coef)
+            rid_direct = np.full((G, G), -1, dtype=np.int64)
+            rid_relay = np.full((G, G), -1, dtype=np.int64)
+            for s, d in zip(*np.nonzero(plan.direct), strict=True):
                 same = s // gpn == d // gpn
-                use_rdma = p_rdma and not (in_node and same)
-                self.rid_direct[s, d] = self._route(int(s), int(d), 2 if use_rdma else 0)
-            for stage in (plan.stage1, plan.stage2):  # type: ignore[attr-defined]
+                use_rdma = plan.rdma and not (plan.nvlink_in_node and same)
+                mode = 2 if use_rdma else 0
+                rid_direct[s, d] = self._route(int(s), int(d), mode, sm_coef)
+            for stage in (plan.stage1, plan.stage2):
                 if stage is None:
                     continue
                 for s, d in zip(*np.nonzero(stage), strict=True):
-                    self.rid_relay[s, d] = self._route(int(s), int(d), 1)
-        del rdma, nvlink_in_node
+                    rid_relay[s, d] = self._route(int(s), int(d), 1, sm_coef)
+            self.rid_direct.append(rid_direct)
+            self.rid_relay.append(rid_relay)
 
-    def _route(self, s: int, d: int, mode: int) -> int:
-        key = (s, d, mode)
+    def _route(self, s: int, d: int, mode: int, sm_coef: float) -> int:
+        """Route id of ``s -> d``: mode 0 direct (PXN across rails), 1 rail-local relay hop, 2 RDMA
+        NIC to NIC; with ``sm_coef`` > 0 an NVLink copy also crosses the sender's SM link
+        (``_PhaseDriver.send``)."""
+        with_sm = sm_coef > 0 and s != d and s // self.topo.gpn == d // self.topo.gpn
+        key = (s, d, mode, sm_coef if with_sm else 0.0)
         hit = self._ids.get(key)
         if hit is not None:
             return hit
         route = self.topo.route(s, d, direct_nic=mode == 1, rdma=mode == 2)
+        if with_sm:
+            route = _with_sm_link(self.topo, route, s, sm_coef)
         self._ids[key] = len(self._routes)
         self._routes.append(route)
         return self._ids[key]
 
     def tables(self, binding: np.ndarray) -> tuple[np.ndarray, ...]:
         """(latency, all-links CSR ptr/link/coef, binding-links CSR ptr/link/coef)."""
-        lat = np.array([r.latency_us for r in self._routes], dtype=np.float64)  # type: ignore[attr-defined]
+        lat = np.array([r.latency_us for r in self._routes], dtype=np.float64)
         full_l, full_c, bind_l, bind_c = [], [], [], []
         for r in self._routes:
-            links = np.asarray(r.links, dtype=np.int64)  # type: ignore[attr-defined]
-            coefs = np.asarray(r.coefs, dtype=np.float64)  # type: ignore[attr-defined]
+            links = np.asarray(r.links, dtype=np.int64)
+            coefs = np.asarray(r.coefs, dtype=np.float64)
             keep = binding[links] if links.size else np.zeros(0, dtype=bool)
             if links.size and not keep.any():
                 keep = np.ones(links.size, dtype=bool)  # an unconstrained flow still needs a limit
@@ -963,18 +981,18 @@ class _Routes:
 
     @property
     def longest_binding(self) -> int:
-        return max((int(np.size(r.links)) for r in self._routes), default=1)  # type: ignore[attr-defined]
+        return max((int(np.size(r.links)) for r in self._routes), default=1)
 
 
-def _flow_bound(plan: object, chunks: int) -> int:
+def _flow_bound(plan: PhasePlan, chunks: int) -> int:
     """Network flows a phase can start: its direct pairs, its stage-1 pieces, and per stage-2 pair at
     most one send per chunk's worth released (plus the rest)."""
-    n = int(np.count_nonzero(plan.direct))  # type: ignore[attr-defined]
+    n = int(np.count_nonzero(plan.direct))
     pieces = chunks if getattr(plan, "relay", "pipelined") == "pipelined" else 1
-    if plan.stage1 is not None:  # type: ignore[attr-defined]
-        n += int(np.count_nonzero(plan.stage1)) * max(pieces, 1)  # type: ignore[attr-defined]
-    if plan.stage2 is not None:  # type: ignore[attr-defined]
-        n += int(np.count_nonzero(plan.stage2)) * (max(chunks, 1) + 2)  # type: ignore[attr-defined]
+    if plan.stage1 is not None:
+        n += int(np.count_nonzero(plan.stage1)) * max(pieces, 1)
+    if plan.stage2 is not None:
+        n += int(np.count_nonzero(plan.stage2)) * (max(chunks, 1) + 2)
     return n
 
 
@@ -1018,23 +1036,23 @@ def _bundle(caps: np.ndarray, flows: int, classes: int, path: int) -> NetArrays:
     return NetArrays(**f)
 
 
-def _plan_arrays(plan: object, rid_direct: np.ndarray, rid_relay: np.ndarray, ready: np.ndarray):
+def _plan_arrays(plan: PhasePlan, rid_direct: np.ndarray, rid_relay: np.ndarray, ready: np.ndarray):
     """The plan as the loop reads it (see the comment above :func:`_send`)."""
     G = rid_direct.shape[0]
     zeros = np.zeros((G, G))
-    stage1 = plan.stage1 if plan.stage1 is not None else zeros  # type: ignore[attr-defined]
-    stage2 = plan.stage2 if plan.stage2 is not None else zeros  # type: ignore[attr-defined]
-    own = plan.own if plan.own is not None else np.zeros(G)  # type: ignore[attr-defined]
+    stage1 = plan.stage1 if plan.stage1 is not None else zeros
+    stage2 = plan.stage2 if plan.stage2 is not None else zeros
+    own = plan.own if plan.own is not None else np.zeros(G)
     relay_in = stage1.sum(axis=0)
     t_ptr = np.zeros(G + 1, dtype=np.int64)
     t_ptr[1:] = np.cumsum(np.count_nonzero(stage2, axis=1))
     t_dst = np.nonzero(stage2)[1].astype(np.int64)  # row-major: per relay, ascending destination
     return (
-        np.ascontiguousarray(plan.direct, dtype=np.float64),  # type: ignore[attr-defined]
+        np.ascontiguousarray(plan.direct, dtype=np.float64),
         np.ascontiguousarray(stage1, dtype=np.float64),
         np.ascontiguousarray(stage2, dtype=np.float64),
         np.ascontiguousarray(own, dtype=np.float64),
-        np.ascontiguousarray(plan.incoming_bytes(), dtype=np.float64),  # type: ignore[attr-defined]
+        np.ascontiguousarray(plan.incoming_bytes(), dtype=np.float64),
         np.ascontiguousarray(relay_in, dtype=np.float64),
         t_ptr,
         t_dst,
@@ -1072,7 +1090,7 @@ def _driver_arrays(G: int, infos: int) -> tuple[np.ndarray, ...]:
 
 def play_phases(
     topo: Topology,
-    plans: Sequence[object],
+    plans: Sequence[PhasePlan],
     *,
     chunks: int = 8,
     ready_us: np.ndarray | None = None,
@@ -1083,7 +1101,7 @@ def play_phases(
     """
     kernels.announce_compile(play)
     G = topo.cluster.num_gpus
-    routes = _Routes(topo, plans, False, False)
+    routes = _Routes(topo, plans)
     caps = topo.capacity()
     tables = routes.tables(topo.binding())
     flows = sum(_flow_bound(p, chunks) for p in plans) + 16
@@ -1098,7 +1116,7 @@ def play_phases(
 
 def _attempt(
     topo: Topology,
-    plans: Sequence[object],
+    plans: Sequence[PhasePlan],
     chunks: int,
     ready0: np.ndarray,
     routes: _Routes,
@@ -1139,23 +1157,23 @@ def _attempt(
     ef[T_NET] = np.inf
     outcomes: list[PhaseOutcome] = []
     ready = ready0
-    for plan in plans:
+    for k, plan in enumerate(plans):
         before = eng[4].copy()
         infos = _flow_bound(plan, chunks) + 2 * G + 16
         drv = _driver_arrays(G, infos)
         ei[N_INFO] = 0
-        pieces = chunks if plan.relay == "pipelined" else 1  # type: ignore[attr-defined]
+        pieces = chunks if plan.relay == "pipelined" else 1
         par = np.array(
             [
                 float(max(pieces, 1)),
                 float(max(chunks, 1)),
-                0.0 if plan.relay == "pipelined" else 1.0,  # type: ignore[attr-defined]
-                float(plan.overhead_us),  # type: ignore[attr-defined]
-                float(plan.stage1 is not None),  # type: ignore[attr-defined]
-                float(plan.stage2 is not None),  # type: ignore[attr-defined]
+                0.0 if plan.relay == "pipelined" else 1.0,
+                float(plan.overhead_us),
+                float(plan.stage1 is not None),
+                float(plan.stage2 is not None),
             ]
         )
-        parr = _plan_arrays(plan, routes.rid_direct, routes.rid_relay, ready)
+        parr = _plan_arrays(plan, routes.rid_direct[k], routes.rid_relay[k], ready)
         ef[NOW] = float(np.min(ready)) if ready.size else 0.0
         play(arrays, eng, ei, ef, drv, parr, par)
         if ei[STATUS] != OK:
@@ -1163,7 +1181,7 @@ def _attempt(
         end_us = drv[2].copy()
         outcomes.append(
             PhaseOutcome(
-                plan.name,  # type: ignore[attr-defined]
+                plan.name,
                 drv[1].copy(),
                 end_us,
                 eng[4] - before,
@@ -1172,6 +1190,11 @@ def _attempt(
         )
         ready = np.full(G, float(end_us.max()))
     stats = LoopStats(
-        int(ei[EVENTS]), int(ei[RECOMPUTES]), int(ei[N_FLOWS]), float(ef[WORST]), int(ei[REGROUPS])
+        int(ei[EVENTS]),
+        int(ei[RECOMPUTES]),
+        int(ei[N_FLOWS]),
+        float(ef[WORST]),
+        int(ei[REGROUPS]),
+        float(ei[ACT_SUM]) / max(int(ei[EVENTS]), 1),
     )
     return outcomes, stats
