@@ -14,6 +14,7 @@ from moe_placement.cli.commands._common import (
     engine_line,
     human_bytes,
     load_workload,
+    positive_int,
     print_json,
     resolve_cluster,
     resolve_step,
@@ -50,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algo", default="deepep", choices=list(ALGOS))
     p.add_argument(
         "--sms",
-        type=int,
+        type=positive_int,
         default=None,
         help="hybrid-ep: SMs its kernels get per GPU (default: the cluster's comm_sms, 16)",
     )
