@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from moe_placement.cli.commands._common import load_workload
 from moe_placement.cli.main import main
 from moe_placement.cluster import ClusterSpec, preset
-from moe_placement.simulator import simulate_uniform
+from moe_placement.plan import Plan, Provenance
+from moe_placement.simulator import simulate_moe, simulate_uniform
 from moe_placement.simulator.collectives import build_phase, hybrid_ep_prob_bytes
 
 FP8 = 1.0 + 4.0 / 128.0
@@ -246,3 +249,23 @@ def test_cli_sms_flag(capsys: pytest.CaptureFixture[str]) -> None:
         main([*common, "--sms", "0"])
     assert refused.value.code == 2
     assert "--sms" in capsys.readouterr().err
+
+
+def test_plan_simulation_runs_hybrid_ep(tiny_trace: Path) -> None:
+    """On a plan, hybrid-ep plays in the event simulation (with overlap too) and on the fast path; one SM
+    per GPU makes every layer's dispatch slower than 64 do; the fast path stays within its stated bound
+    per layer of simulate_moe's event simulation."""
+    cluster = preset("h800-mpft").with_counts(8, 4)
+    plan = Plan(8, 4, 2, np.tile(np.arange(16), (4, 1)), provenance=Provenance("round-robin"))
+    workload = load_workload(str(tiny_trace), 8, progress=False)
+
+    def run(sms: int, **kw: object) -> list[dict]:  # type: ignore[type-arg]
+        spec = dataclasses.replace(cluster, comm_sms=sms)
+        return simulate_moe(plan, spec, workload, algo="hybrid-ep", progress=False, **kw).per_layer  # type: ignore[arg-type]
+
+    few, many = run(1), run(64)
+    for slow, quick in zip(few, many, strict=True):
+        assert slow["dispatch_us"] > quick["dispatch_us"]
+    for f_row, e_row in zip(run(1, fast=True), few, strict=True):
+        assert abs(f_row["layer_us"] / e_row["layer_us"] - 1) <= 0.20, (f_row, e_row)
+    assert all(row["layer_us"] > 0 for row in run(4, overlap="two-batch"))
