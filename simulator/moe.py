@@ -248,7 +248,9 @@ def _layer_phases(
 EVENT_LOOPS = ("compiled", "simpy")
 
 
-def _topology_for(cluster: ClusterSpec, algo: str, *, routing: str, pxn: bool, seed: int) -> Topology:
+def _topology_for(
+    cluster: ClusterSpec, algo: str, *, routing: str, pxn: bool, seed: int
+) -> Topology:
     """The topology one all-to-all algorithm needs: NICs on a single node for the pure-RDMA
     low-latency kernels, a per-GPU SM link for Hybrid-EP."""
     return Topology(
@@ -765,6 +767,9 @@ class _UniformTraffic:
     expert_pairs: np.ndarray
     dispatch_bytes_per_copy: float
     combine_bytes_per_copy: float
+    # bytes of one dispatch copy as the published tests count them, when not all it sends (hybrid-ep's
+    # test counts the token, not the probability row sent with it); 0: dispatch_bytes_per_copy
+    dispatch_counted_bytes: float = 0.0
 
 
 def _check_uniform_args(
@@ -855,7 +860,8 @@ def _deepep_bandwidths(
 ) -> dict[str, float | None]:
     """Bandwidths (GB/s) counted the way DeepEP's tests count them (see :func:`simulate_uniform`)."""
     t = traffic
-    d_bpc, c_bpc = t.dispatch_bytes_per_copy, t.combine_bytes_per_copy
+    d_bpc = t.dispatch_counted_bytes or t.dispatch_bytes_per_copy
+    c_bpc = t.combine_bytes_per_copy
     # DeepEP's counting: copies received per GPU including its own, (token, node) pairs per sender
     recv_copies = t.pairs.sum(axis=0)
     # RDMA "units" per sending GPU: (token, node) pairs for the normal kernels (internode only),
@@ -948,7 +954,12 @@ def simulate_uniform(
     header = LL_DISPATCH_HEADER_BYTES if low_latency else 0.0
     if algo == "hybrid-ep":  # its dispatch carries a routing-probability row with every token copy
         header = hybrid_ep_prob_bytes(experts, G, gpn)
-    traffic = _UniformTraffic(*routed, hidden * dispatch_bytes + header, hidden * combine_bytes)
+    traffic = _UniformTraffic(
+        *routed,
+        hidden * dispatch_bytes + header,
+        hidden * combine_bytes,
+        hidden * dispatch_bytes if algo == "hybrid-ep" else 0.0,
+    )
     phases = _uniform_phases(algo, traffic, gpn, _sm_message_bytes(cluster))
     if fast:
         measures = _fast_measures(cluster, traffic, algo, phases, routing, pxn, relay_chunks)
