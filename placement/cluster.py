@@ -67,7 +67,9 @@ class GPUSpec:
     def __post_init__(self) -> None:
         _check_field_types(self, f"gpu {self.name!r}")
         if self.sm_copy_gbytes_per_s < 0 or self.sm_message_us < 0:
-            raise PlacementError(f"gpu {self.name}: sm_copy_gbytes_per_s and sm_message_us must be >= 0")
+            raise PlacementError(
+                f"gpu {self.name}: sm_copy_gbytes_per_s and sm_message_us must be >= 0"
+            )
         for key in ("bf16_tflops", "fp8_tflops", "hbm_gbytes_per_s", "memory_gib"):
             if not getattr(self, key) > 0:
                 raise PlacementError(
