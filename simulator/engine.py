@@ -55,6 +55,7 @@ _CLASS_FIELDS: tuple[tuple[str, type], ...] = (
     ("finish", np.float64),
     ("c_head", np.int64),
     ("c_end", np.int64),
+    *kernels.SCRATCH_CLASS_FIELDS,
 )
 _NO_LINKS = np.zeros(0, dtype=np.int64)
 # Flow records kept for the caller (not read by the kernels).
@@ -199,6 +200,7 @@ class FluidNetwork:
             "cm_flow": np.zeros(flows, dtype=np.int64),
             "lk_ptr": np.zeros(links + 1, dtype=np.int64),
             "lk_flow": np.zeros(0, dtype=np.int64),
+            **kernels.scratch_fields(0, links),
         }
         for name, dtype in _FLOW_FIELDS:
             fields[name] = np.zeros(flows, dtype=dtype)

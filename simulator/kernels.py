@@ -121,12 +121,102 @@ class NetArrays(NamedTuple):
     finish: np.ndarray  # time the next member finishes
     lk_ptr: np.ndarray  # [links + 1] link -> active classes index (see link_index)
     lk_flow: np.ndarray
+    # scratch of the filling (see :func:`scratch`): zero between calls, so no call allocates per class
+    sc_in_set: np.ndarray  # [classes] bool
+    sc_frozen: np.ndarray  # [classes] bool
+    sc_members: np.ndarray  # [classes] int64
+    sc_before: np.ndarray  # [classes] float64
+    sc_lk_coef: np.ndarray  # [links] float64
+    sc_lk_count: np.ndarray  # [links] int64
+    sc_lk_version: np.ndarray  # [links] int64
+    sc_lk_seen: np.ndarray  # [links] bool
+    sc_lk_mark: np.ndarray  # [links] bool
+    sc_lk_list: np.ndarray  # [links] int64
+    sc_lk_list2: np.ndarray  # [links] int64
+    sc_lk_stamp: np.ndarray  # [links] int64
+    sc_lk_visit: np.ndarray  # [links] int64
+    sc_lk_rate: np.ndarray  # [links] float64
+    sc_epoch: np.ndarray  # [1] int64: the refill's round counter, across calls
+
+
+# Scratch fields per class (grown with the classes) and per link, with their dtypes.
+SCRATCH_CLASS_FIELDS: tuple[tuple[str, type], ...] = (
+    ("sc_in_set", np.bool_),
+    ("sc_frozen", np.bool_),
+    ("sc_members", np.int64),
+    ("sc_before", np.float64),
+)
+SCRATCH_LINK_FIELDS: tuple[tuple[str, type], ...] = (
+    ("sc_lk_coef", np.float64),
+    ("sc_lk_count", np.int64),
+    ("sc_lk_version", np.int64),
+    ("sc_lk_seen", np.bool_),
+    ("sc_lk_mark", np.bool_),
+    ("sc_lk_list", np.int64),
+    ("sc_lk_list2", np.int64),
+    ("sc_lk_stamp", np.int64),
+    ("sc_lk_visit", np.int64),
+    ("sc_lk_rate", np.float64),
+)
+
+
+def scratch_fields(num_classes: int, num_links: int) -> dict[str, np.ndarray]:
+    """The bundle's scratch arrays for ``num_classes`` classes and ``num_links`` links (all zero)."""
+    out = {name: np.zeros(num_classes, dtype=dt) for name, dt in SCRATCH_CLASS_FIELDS}
+    out.update({name: np.zeros(num_links, dtype=dt) for name, dt in SCRATCH_LINK_FIELDS})
+    out["sc_epoch"] = np.zeros(1, dtype=np.int64)
+    return out
+
+
+def scratch(num_classes: int, num_links: int) -> tuple[np.ndarray, ...]:
+    """The filling's scratch as the kernels take it (:func:`_scratch` order), standalone."""
+    f = scratch_fields(num_classes, num_links)
+    return (
+        f["sc_in_set"],
+        f["sc_frozen"],
+        f["sc_members"],
+        f["sc_before"],
+        f["sc_lk_coef"],
+        f["sc_lk_count"],
+        f["sc_lk_version"],
+        f["sc_lk_seen"],
+        f["sc_lk_mark"],
+        f["sc_lk_list"],
+        f["sc_lk_list2"],
+        f["sc_lk_stamp"],
+        f["sc_lk_visit"],
+        f["sc_lk_rate"],
+        f["sc_epoch"],
+    )
 
 
 @_njit(cache=True, inline="always")
 def _view(arrays: tuple[np.ndarray, ...]) -> NetArrays:
     """The named view of a bundle passed as a plain tuple (free once compiled)."""
     return NetArrays(*arrays)
+
+
+@_njit(cache=True, inline="always")
+def _scratch(s: NetArrays) -> tuple[Any, ...]:
+    """The filling's scratch arrays of bundle ``s``, in the order :func:`progressive_fill` and
+    :func:`refill` unpack them."""
+    return (
+        s.sc_in_set,
+        s.sc_frozen,
+        s.sc_members,
+        s.sc_before,
+        s.sc_lk_coef,
+        s.sc_lk_count,
+        s.sc_lk_version,
+        s.sc_lk_seen,
+        s.sc_lk_mark,
+        s.sc_lk_list,
+        s.sc_lk_list2,
+        s.sc_lk_stamp,
+        s.sc_lk_visit,
+        s.sc_lk_rate,
+        s.sc_epoch,
+    )
 
 
 @_njit(cache=True)
@@ -226,6 +316,7 @@ def progressive_fill(
     rate: np.ndarray,
     changed: np.ndarray,
     bottleneck: np.ndarray,
+    scr: tuple[Any, ...],
 ) -> None:
     """Max-min fair rates of the classes ``members`` (``in_set`` marks them) by progressive filling on
     the capacity the other classes leave, in place in ``rate``: ``used`` excludes the members on entry
@@ -235,13 +326,10 @@ def progressive_fill(
     Every unfrozen class rises together; the link that saturates first (lowest level, ties by link id)
     freezes the unfrozen classes on it; one heap entry per link whose level moved. The one filling:
     :func:`refill` and :func:`full_refill` both call it."""
-    num_links = cap.shape[0]
-    unfrozen_coef = np.zeros(num_links)
-    unfrozen_cnt = np.zeros(num_links, dtype=np.int64)
-    version = np.zeros(num_links, dtype=np.int64)
-    frozen = np.zeros(rate.shape[0], dtype=np.bool_)
-    links_seen = np.zeros(num_links, dtype=np.bool_)
-    seen = np.empty(num_links, dtype=np.int64)
+    # scratch (``scr``, see :func:`scratch`): zero on entry, zero again on exit (only what this call
+    # touched is reset), so a call costs what its members touch, not the size of the network
+    frozen, unfrozen_coef, unfrozen_cnt, version = scr[1], scr[4], scr[5], scr[6]
+    links_seen, mark, seen, touched = scr[7], scr[8], scr[9], scr[10]
     nseen = 0
     pushes = 0  # bound on the heap entries: one per seen link, one per member link at its freeze
     for f in members:
@@ -262,10 +350,8 @@ def progressive_fill(
     for k in range(nseen):
         m = seen[k]
         level0 = max(cap[m] - used[m], 0.0) / unfrozen_coef[m]
-        nheap = _heap_push(h_level, h_link, h_ver, nheap, level0, m, np.int64(0))
+        nheap = _heap_push(h_level, h_link, h_ver, nheap, level0, m, version[m])
     remaining = members.shape[0]
-    touched = np.zeros(num_links, dtype=np.int64)
-    mark = np.zeros(num_links, dtype=np.bool_)
     while remaining > 0 and nheap > 0:
         level, link, ver = h_level[0], h_link[0], h_ver[0]
         nheap = _heap_pop(h_level, h_link, h_ver, nheap)
@@ -300,6 +386,14 @@ def progressive_fill(
             if unfrozen_cnt[m] > 0:
                 level_m = max(cap[m] - used[m], 0.0) / max(unfrozen_coef[m], 1e-300)
                 nheap = _heap_push(h_level, h_link, h_ver, nheap, level_m, m, version[m])
+    for k in range(nseen):
+        m = seen[k]
+        unfrozen_coef[m] = 0.0
+        unfrozen_cnt[m] = 0
+        links_seen[m] = False
+        version[m] += 1  # entries of this call never match a later one's
+    for f in members:
+        frozen[f] = False
 
 
 @_njit(cache=True)
@@ -316,11 +410,12 @@ def full_refill(
     rate: np.ndarray,
     changed: np.ndarray,
     bottleneck: np.ndarray,
+    scr: tuple[Any, ...],
 ) -> int:
     """Refill every active class at or above ``keep_below`` from scratch (the others keep their rate);
     ``used`` is recomputed. The engine's reference mode. Returns the number of classes refilled."""
     used[:] = 0.0
-    in_set = np.zeros(rate.shape[0], dtype=np.bool_)
+    in_set = scr[0]
     members = np.empty(act.shape[0], dtype=np.int64)
     count = 0
     for c in act:
@@ -344,7 +439,10 @@ def full_refill(
         rate,
         changed,
         bottleneck,
+        scr,
     )
+    for c in members[:count]:
+        in_set[c] = False
     return count
 
 
@@ -364,6 +462,7 @@ def refill(
     rate: np.ndarray,
     changed: np.ndarray,
     bottleneck: np.ndarray,
+    scr: tuple[Any, ...],
 ) -> tuple[int, int]:
     """Exact local recomputation of the max-min fair rates after flows arrived or finished.
 
@@ -375,10 +474,11 @@ def refill(
     allocation (Bertsekas and Gallager, Data Networks, 6.5.2), found without touching the rest.
     ``used[link]`` (load of the active flows) is kept up to date. Returns (flows refilled, rounds).
     """
-    num_links = cap.shape[0]
-    in_set = np.zeros(rate.shape[0], dtype=np.bool_)
+    # scratch (see :func:`scratch`): ``in_set`` is all False on entry and again on exit; the round
+    # stamps compare with a round counter that runs on across calls (``epoch``), so they need no reset
+    in_set, members, before = scr[0], scr[2], scr[3]
+    stamp, visit, max_rate, epoch = scr[11], scr[12], scr[13], scr[14]
     # the set, in the order classes joined it (each once: ``in_set``); arrays, not lists, compile faster
-    members = np.empty(rate.shape[0], dtype=np.int64)
     count = 0
     for f in seed_flows:
         if not in_set[f]:
@@ -392,14 +492,12 @@ def refill(
                 in_set[f] = True
                 members[count] = f
                 count += 1
-    stamp = np.zeros(num_links, dtype=np.int64)
-    max_rate = np.zeros(num_links)
-    visit = np.zeros(num_links, dtype=np.int64)
-    it = 0
+    rounds = 0
     last_count = 0
-    before = np.empty(rate.shape[0])
     while True:
-        it += 1
+        rounds += 1
+        epoch[0] += 1
+        it = epoch[0]
         arr = members[:count]  # this round's set; classes added below land after it
         for k in range(count):
             before[k] = rate[arr[k]]
@@ -420,6 +518,7 @@ def refill(
             rate,
             changed,
             bottleneck,
+            scr,
         )
         verified = last_count  # members [0, verified) were checked in the previous round
         last_count = arr.shape[0]
@@ -478,7 +577,9 @@ def refill(
                                     count += 1
                                     added += 1
         if added == 0:
-            return count, it
+            for k in range(count):
+                in_set[members[k]] = False
+            return count, rounds
 
 
 # -- one event: refill, lazy links, advance ----------------------------------------------------------
@@ -594,6 +695,7 @@ def solve(
         s.rate,
         s.changed,
         s.bottleneck,
+        _scratch(s),
     )
     worst, lazy_worst, next_finish = _settle(s, act, aggregate, now, verdict)
     return refilled, rounds, worst, lazy_worst, next_finish
@@ -623,6 +725,7 @@ def solve_full(
         s.rate,
         s.changed,
         s.bottleneck,
+        _scratch(s),
     )
     worst, lazy_worst, next_finish = _settle(s, act, aggregate, now, verdict)
     return refilled, 1, worst, lazy_worst, next_finish

@@ -66,8 +66,10 @@ _TOL = 1e-9
     HEAP_SEQ,
     STATUS,
     ACT_SUM,
-) = range(19)
-_EI_SIZE = 19
+    REGROUP_MIN_EVENTS,
+    REGROUP_FLOWS_PER_EVENT,
+) = range(21)
+_EI_SIZE = 21
 WORST, NEXT_FINISH, NOW, T_NET = range(4)
 _EF_SIZE = 4
 
@@ -78,9 +80,9 @@ A_DELIVER, A_START, A_LOCAL_SENT = 0, 1, 2
 # run status
 OK, OUT_OF_CLASSES, OUT_OF_FLOWS = 0, 1, 2
 
-# the regrouping cadence of FluidNetwork (regroup_min_events, regroup_flows_per_event)
-_REGROUP_MIN_EVENTS = 64
-_REGROUP_FLOWS_PER_EVENT = 32
+# the regrouping cadence of FluidNetwork (regroup_min_events, regroup_flows_per_event): performance
+# only, any cadence gives the same allocation
+REGROUP_CADENCE = [64, 32]
 
 
 # -- small compiled helpers ---------------------------------------------------------------------------
@@ -383,8 +385,8 @@ def _lazy_overloaded(
 @_njit(cache=True)
 def _regroup_verdict(ei: np.ndarray) -> int:
     if (
-        ei[SINCE_REGROUP] < _REGROUP_MIN_EVENTS
-        or ei[SINCE_REGROUP] * _REGROUP_FLOWS_PER_EVENT < ei[ACTIVE_COUNT]
+        ei[SINCE_REGROUP] < ei[REGROUP_MIN_EVENTS]
+        or ei[SINCE_REGROUP] * ei[REGROUP_FLOWS_PER_EVENT] < ei[ACTIVE_COUNT]
         or ei[N_ACT] == 0
     ):
         return NO_REGROUP
@@ -1032,6 +1034,7 @@ def _bundle(caps: np.ndarray, flows: int, classes: int, path: int) -> NetArrays:
         "finish": np.zeros(classes),
         "lk_ptr": np.zeros(links + 1, dtype=np.int64),
         "lk_flow": np.zeros(classes * path, dtype=np.int64),
+        **kernels.scratch_fields(classes, links),
     }
     return NetArrays(**f)
 
@@ -1152,6 +1155,8 @@ def _attempt(
         b_coef,
     )
     ei = np.zeros(_EI_SIZE, dtype=np.int64)
+    ei[REGROUP_MIN_EVENTS] = REGROUP_CADENCE[0]
+    ei[REGROUP_FLOWS_PER_EVENT] = REGROUP_CADENCE[1]
     ef = np.zeros(_EF_SIZE)
     ef[NEXT_FINISH] = np.inf
     ef[T_NET] = np.inf

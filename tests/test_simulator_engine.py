@@ -96,7 +96,14 @@ def _kernel_fill(
     out = rate.copy()
     n = len(paths)
     args = (fl_ptr, fl_link, coef, lk_ptr, lk_flow, cap, np.zeros(cap.size), out)
-    kernels.full_refill(active, keep_below, *args, np.zeros(n, np.int8), np.zeros(n, np.int64))
+    kernels.full_refill(
+        active,
+        keep_below,
+        *args,
+        np.zeros(n, np.int8),
+        np.zeros(n, np.int64),
+        kernels.scratch(n, cap.size),
+    )
     return out
 
 
