@@ -18,6 +18,7 @@ otherwise. Deterministic: ties are broken by class id and link id.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, NamedTuple
 
@@ -34,14 +35,33 @@ def _plain(*args: Any, **kwargs: Any) -> Any:
 try:  # compiled kernels when numba is present
     from numba import njit
 
-    _njit: Any = njit
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only without numba
-    _njit = _plain
+    njit = _plain
     HAVE_NUMBA = False
 
-# Cold compile of every kernel a simulation uses, measured (docs/simulator.md, Compilation): CPU seconds.
-COLD_COMPILE_S = 20
+
+def _njit(*args: Any, **kwargs: Any) -> Any:
+    """``numba.njit`` without the cfunc wrapper (made for passing a kernel as a first-class function
+    value, which nothing here does): about 0.1-0.2 s less compile per kernel, the same machine code."""
+    kwargs.setdefault("no_cfunc_wrapper", True)
+    return njit(*args, **kwargs)
+
+
+def _njit_inner(fn: Any) -> Any:
+    """``_njit(cache=True)`` for a kernel only other kernels call: no CPython wrapper either (the
+    unboxing of every argument, up to ~0.5 s of compile for a kernel that takes a bundle), so Python
+    cannot call it."""
+    return _njit(cache=True, no_cpython_wrapper=True)(fn)
+
+
+# Cold compile of every kernel `placement simulate` uses, measured on 2 CPUs with the parallel warm-up
+# (docs/simulator.md, Compilation): wall seconds.
+COLD_COMPILE_S = 15
+
+# Set in the environment of the warm-up's worker processes (moe_placement.simulator.warmup): they compile
+# quietly and start no workers of their own.
+WARMUP_WORKER_ENV = "MOE_PLACEMENT_WARMUP_WORKER"
 
 _announced = False
 
@@ -56,12 +76,14 @@ def _cache_is_cold(dispatcher: Any) -> bool:
 
 
 def announce_compile(*dispatchers: Any) -> None:
-    """Say on stderr, once per process, that the kernels compile now when any of ``dispatchers`` (numba
-    entry kernels) has no cached machine code: the first run after installing takes a while, silently
-    otherwise. numba caches next to the sources, or in the user's cache directory when that is not
+    """Once per process, when any of ``dispatchers`` (numba entry kernels) has no cached machine code: say
+    so on stderr, then compile every registered entry kernel that needs it in parallel worker processes
+    (:func:`moe_placement.simulator.warmup.warm_up`, one per CPU), which write numba's cache; the calling
+    code then loads it. What a worker could not compile compiles here at first call, as without the
+    warm-up. numba caches next to the sources, or in the user's cache directory when that is not
     writable (``NUMBA_CACHE_DIR`` overrides both)."""
     global _announced
-    if _announced or not HAVE_NUMBA:
+    if _announced or not HAVE_NUMBA or os.environ.get(WARMUP_WORKER_ENV):
         return
     if any(_cache_is_cold(d) for d in dispatchers):
         _announced = True
@@ -70,6 +92,23 @@ def announce_compile(*dispatchers: Any) -> None:
             file=sys.stderr,
             flush=True,
         )
+        _warm_up_in_workers()
+
+
+def _warm_up_in_workers() -> None:
+    """The parallel warm-up, if it can run here; any failure leaves the compile to this process."""
+    from moe_placement.simulator import warmup  # imports this module: loaded on first use only
+
+    if warmup.usable_cpus() < 2:
+        return  # one CPU: workers would only add their start-up
+    try:
+        report = warmup.warm_up()
+    except Exception as exc:  # e.g. no process may be started here: compile in this process
+        report = None
+        print(f"(parallel compile unavailable: {exc}; compiling here)", file=sys.stderr, flush=True)
+    if report is not None and not report.ok:
+        missed = ", ".join([*report.failed, *report.left])
+        print(f"(not compiled in parallel: {missed}; compiling here)", file=sys.stderr, flush=True)
 
 
 # A link at or above this share of its capacity counts as saturated (float tolerance of the filling).
@@ -244,7 +283,7 @@ def link_index(
 # The filling's heap of link levels: entries (level, link, version) in three arrays, ordered as tuples
 # are (level, then link id, then version: a total order, so the pops are those of ``heapq`` on tuples).
 # Written by hand: ``heapq`` on a list of tuples cost about a second of every cold compile.
-@_njit(cache=True)
+@_njit_inner
 def _before(
     level_a: float, link_a: int, ver_a: int, level_b: float, link_b: int, ver_b: int
 ) -> bool:
@@ -256,7 +295,7 @@ def _before(
     return ver_a < ver_b
 
 
-@_njit(cache=True)
+@_njit_inner
 def _heap_push(
     h_level: np.ndarray,
     h_link: np.ndarray,
@@ -278,7 +317,7 @@ def _heap_push(
     return n + 1
 
 
-@_njit(cache=True)
+@_njit_inner
 def _heap_pop(h_level: np.ndarray, h_link: np.ndarray, h_ver: np.ndarray, n: int) -> int:
     """Drop the first entry (index 0, read by the caller) of the heap of ``n > 0`` entries; returns the
     new size."""
@@ -302,7 +341,7 @@ def _heap_pop(h_level: np.ndarray, h_link: np.ndarray, h_ver: np.ndarray, n: int
     return n
 
 
-@_njit(cache=True)
+@_njit_inner
 def progressive_fill(
     members: np.ndarray,
     fl_ptr: np.ndarray,
@@ -446,7 +485,7 @@ def full_refill(
     return count
 
 
-@_njit(cache=True)
+@_njit_inner
 def refill(
     seed_flows: np.ndarray,
     seed_links: np.ndarray,
@@ -583,7 +622,7 @@ def refill(
 
 
 # -- one event: refill, lazy links, advance ----------------------------------------------------------
-@_njit(cache=True)
+@_njit_inner
 def _lazy_update(
     act: np.ndarray,
     changed: np.ndarray,
@@ -608,7 +647,7 @@ def _lazy_update(
             lazy_used[cz_link[j]] += cz_coef[j] * delta
 
 
-@_njit(cache=True)
+@_njit_inner
 def _lazy_overload(cap: np.ndarray, lazy: np.ndarray, lazy_used: np.ndarray) -> tuple[bool, float]:
     """(is a lazy link loaded over its capacity, the highest lazy-link utilisation when none is; -1
     when there is no lazy link or one is over)."""
@@ -621,7 +660,7 @@ def _lazy_overload(cap: np.ndarray, lazy: np.ndarray, lazy_used: np.ndarray) -> 
     return False, worst
 
 
-@_njit(cache=True)
+@_njit_inner
 def _slack(cap: np.ndarray, lazy: np.ndarray, used: np.ndarray) -> bool:
     """Is a loaded solver link below ``LAZY_BELOW`` of its capacity (worth a regrouping)?"""
     for m in range(cap.shape[0]):
@@ -740,7 +779,7 @@ def advance(arrays: tuple[np.ndarray, ...], act: np.ndarray, now: float) -> floa
     )
 
 
-@_njit(cache=True)
+@_njit_inner
 def _advance(
     now: float,
     act: np.ndarray,
@@ -860,7 +899,7 @@ def pop_finished(
     return done_cls, out[:nout], seeds[:nseeds], empty[:nempty], low
 
 
-@_njit(cache=True)
+@_njit_inner
 def _rescue_orphans(
     flows: np.ndarray, fl_ptr: np.ndarray, fl_link: np.ndarray, lazy: np.ndarray, cap: np.ndarray
 ) -> bool:
@@ -955,7 +994,7 @@ def build_classes(
         cz_ptr[c + 1] = zpos
 
 
-@_njit(cache=True)
+@_njit_inner
 def _path_hash(
     f: int, fl_ptr: np.ndarray, fl_link: np.ndarray, fl_coef: np.ndarray, lazy: np.ndarray
 ) -> np.uint64:
@@ -970,7 +1009,7 @@ def _path_hash(
     return x
 
 
-@_njit(cache=True)
+@_njit_inner
 def _same_path(
     a: int, b: int, fl_ptr: np.ndarray, fl_link: np.ndarray, fl_coef: np.ndarray, lazy: np.ndarray
 ) -> bool:
@@ -991,7 +1030,7 @@ def _same_path(
         jb += 1
 
 
-@_njit(cache=True)
+@_njit_inner
 def _group(
     flows: np.ndarray,
     fl_ptr: np.ndarray,
