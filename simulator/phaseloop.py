@@ -172,22 +172,58 @@ def _index_into(
     cl_link: np.ndarray,
     lk_ptr: np.ndarray,
     lk_flow: np.ndarray,
+    lk_fill: np.ndarray,
+    dummy: int,
 ) -> None:
-    """:func:`~moe_placement.simulator.kernels.link_index` written into preallocated ``lk_ptr`` and
-    ``lk_flow`` (same content: classes in ``act`` order per link)."""
+    """The link -> active classes index of :func:`~moe_placement.simulator.kernels.link_index` (classes
+    in ``act`` order per link), written into preallocated arrays with room to grow: each link's
+    stretch ``lk_flow[lk_ptr[m]:lk_ptr[m + 1]]`` ends in free slots holding ``dummy`` (a class that is
+    never active, so every kernel skips it), and ``lk_fill[m]`` is the first free one."""
     num_links = lk_ptr.shape[0] - 1
-    lk_ptr[:] = 0
+    lk_fill[:] = 0
     for c in act:
         for j in range(cl_ptr[c], cl_ptr[c + 1]):
-            lk_ptr[cl_link[j] + 1] += 1
+            lk_fill[cl_link[j]] += 1
+    total = 0
     for m in range(num_links):
-        lk_ptr[m + 1] += lk_ptr[m]
-    fill = lk_ptr[:-1].copy()
+        total += lk_fill[m] + lk_fill[m] // 2 + 2
+    slack = total <= lk_flow.shape[0]
+    lk_ptr[0] = 0
+    for m in range(num_links):
+        room = lk_fill[m] + lk_fill[m] // 2 + 2 if slack else lk_fill[m]
+        lk_ptr[m + 1] = lk_ptr[m] + room
+        lk_fill[m] = lk_ptr[m]
     for c in act:
         for j in range(cl_ptr[c], cl_ptr[c + 1]):
             m = cl_link[j]
-            lk_flow[fill[m]] = c
-            fill[m] += 1
+            lk_flow[lk_fill[m]] = c
+            lk_fill[m] += 1
+    for m in range(num_links):
+        for k in range(lk_fill[m], lk_ptr[m + 1]):
+            lk_flow[k] = dummy
+
+
+@_njit(cache=True)
+def _index_add(
+    first: int,
+    count: int,
+    cl_ptr: np.ndarray,
+    cl_link: np.ndarray,
+    lk_ptr: np.ndarray,
+    lk_flow: np.ndarray,
+    lk_fill: np.ndarray,
+) -> bool:
+    """Append classes ``first .. first + count - 1`` (the newest, so the order per link stays the
+    creation order) to the index; False when a link's stretch is full (the caller then rebuilds the
+    whole index, so what was added before does not matter)."""
+    for c in range(first, first + count):
+        for j in range(cl_ptr[c], cl_ptr[c + 1]):
+            m = cl_link[j]
+            if lk_fill[m] >= lk_ptr[m + 1]:
+                return False
+            lk_flow[lk_fill[m]] = c
+            lk_fill[m] += 1
+    return True
 
 
 # -- the timed actions' heap (time, then insertion order) ---------------------------------------------
@@ -340,7 +376,8 @@ def _solve(
     act = eng[0][: ei[N_ACT]]
     threshold = keep_below * (1.0 - 1e-12) if np.isfinite(keep_below) else keep_below
     if ei[INDEX_STALE] or act.shape[0] * 2 < ei[INDEX_SIZE]:
-        _index_into(act, s.cl_ptr, s.cl_link, s.lk_ptr, s.lk_flow)
+        # rebuilt after a regrouping, when a link's stretch is full, or when mostly finished classes
+        _index_into(act, s.cl_ptr, s.cl_link, s.lk_ptr, s.lk_flow, eng[18], s.rate.shape[0] - 1)
         ei[INDEX_STALE] = 0
         ei[INDEX_SIZE] = act.shape[0]
     refilled, _rounds, worst, lazy_worst, next_finish = kernels.solve(
@@ -540,7 +577,11 @@ def _admit(
             return -1, new[:0]
         return 0, new[:0]
     ei[NEW_SINCE_REGROUP] += new.shape[0]
-    ei[INDEX_STALE] = 1
+    if not ei[INDEX_STALE]:
+        if _index_add(first, formed, s.cl_ptr, s.cl_link, s.lk_ptr, s.lk_flow, eng[18]):
+            ei[INDEX_SIZE] += formed
+        else:
+            ei[INDEX_STALE] = 1
     return 1, np.arange(first, first + formed)
 
 
@@ -1033,7 +1074,7 @@ def _bundle(caps: np.ndarray, flows: int, classes: int, path: int) -> NetArrays:
         "next_target": np.zeros(classes),
         "finish": np.zeros(classes),
         "lk_ptr": np.zeros(links + 1, dtype=np.int64),
-        "lk_flow": np.zeros(classes * path, dtype=np.int64),
+        "lk_flow": np.zeros(2 * classes * path + 4 * links, dtype=np.int64),
         **kernels.scratch_fields(classes, links),
     }
     return NetArrays(**f)
@@ -1153,6 +1194,7 @@ def _attempt(
         b_ptr,
         b_link,
         b_coef,
+        np.zeros(links, dtype=np.int64),  # 18 lk_fill: each link's first free index slot
     )
     ei = np.zeros(_EI_SIZE, dtype=np.int64)
     ei[REGROUP_MIN_EVENTS] = REGROUP_CADENCE[0]
