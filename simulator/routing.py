@@ -1,178 +1,436 @@
-"""Uniformly routed tokens of DeepEP's tests, counted per GPU pair in one compiled pass.
+"""Uniformly routed tokens of DeepEP's tests, counted per GPU pair in one compiled pass per GPU.
 
-:func:`uniform_routing` draws, per sending GPU, one random score per (token, expert) exactly as before
-(``rng.random((tokens, experts), dtype=float32)``, one call per GPU, in GPU order), keeps each token's top
-``node_limit`` node groups by their best score, then its top-k experts among them, and counts what the
-collectives need. The selection and counting run in :func:`_count_tokens` (numba), one token at a time,
-instead of numpy's ``argpartition`` / ``unique`` over the whole score matrix (most of a 64-GPU run).
+:func:`uniform_routing` draws, per sending GPU, one random score per (token, expert), the same numbers as
+``rng.random((tokens, experts), dtype=float32)`` once per GPU in GPU order (as it always did), keeps each
+token's top ``node_limit`` node groups by their best score, then its top-k experts among them, and counts
+what the collectives need. :func:`_route_gpu` (numba) does one GPU: it draws its scores in blocks of rows
+that stay in cache and selects and counts one token at a time.
 
-Exactly the same counts as the numpy formulation (:func:`_count_numpy`, kept as the reference): a top-k
-*set* does not depend on how it is found, except when two scores tie at the boundary of the set; the
-kernel flags those tokens (a few per million) and they are counted by the numpy reference, whose
-``argpartition`` then decides the tie as it always did.
+The draw. numpy fills float32 from its bit generator's 32-bit halves, low half first, as ``k / 2**24``
+with ``k`` the top 24 bits; one call per GPU or one per block of rows gives the same stream. For numpy's
+default bit generator (PCG64) the kernel computes that stream itself (:func:`_fill_pcg`): the scores stay
+integers ``k`` (same order, same ties as the floats), never go through memory as a ``[tokens, experts]``
+matrix, and each costs about 0.9 ns instead of numpy's 2.3 (no indirect call per number; the three
+64-bit multiplies of the 128-bit LCG step bound it). The generator's state goes back into ``rng`` at the end, exactly where numpy's draw would have left it. Any
+other bit generator: numpy draws each GPU's matrix and the kernel reads its float bits as int32 (non-
+negative floats order as their bit patterns).
+
+The selection. A top-k *set* does not depend on how it is found, except when two scores tie at the
+boundary of the set; the kernel flags those tokens (a few per million) and they are counted by the numpy
+reference (:func:`_select_numpy`, :func:`_count_numpy`), whose ``argpartition`` then decides the tie as it
+always did. ``compiled=False`` runs that reference for every token (tests compare the two exactly).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from moe_placement.metrics import dedup_copies, gpu_pair_copies
-from moe_placement.simulator.kernels import _njit, announce_compile
+from moe_placement.simulator.kernels import HAVE_NUMBA, _njit, announce_compile
+
+# PCG64 (numpy's default bit generator): a 128-bit LCG, output XSL-RR of the state after each step.
+PCG64_MULTIPLIER = 0x2360ED051FC65DA44385DF649FCCF645
+_MULT_HI, _MULT_LO = (
+    PCG64_MULTIPLIER >> 64,
+    PCG64_MULTIPLIER & ((1 << 64) - 1),
+)  # each fits an int64
+_MASK64 = (1 << 64) - 1
+_MASK128 = (1 << 128) - 1
+
+# numpy's float32 scores are k / SCORE_LEVELS, k a 24-bit integer; the kernels compare the k.
+SCORE_LEVELS = 1 << 24
+
+# The pre-filter of the selection keeps this many times the entries it needs, on average: fewer
+# insertions against a few more rescans (when fewer than needed pass).
+PREFILTER_SURPLUS = 2.0
+
+# Length of the sorted list the selection keeps when the top-k + 1 and node_limit + 1 fit (top-8 of
+# DeepSeek-V3 needs 9).
+SHORT_LIST = 9
+
+# Scores drawn per block of rows: small enough to stay in L2 between the fill and the selection.
+BLOCK_BYTES = 128 * 1024
+
+if HAVE_NUMBA:
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    @intrinsic  # type: ignore[misc]
+    def _pcg_next(
+        typingctx: Any, hi: Any, lo: Any, mult_hi: Any, mult_lo: Any, plus_hi: Any, plus_lo: Any
+    ) -> Any:
+        """``state * mult + plus`` (mod 2**128) on uint64 halves, and PCG64's XSL-RR output of the new
+        state: ``(new_hi, new_lo, out64)``. numba has no 128-bit integer; LLVM does."""
+        u64 = types.uint64
+        sig = types.UniTuple(u64, 3)(u64, u64, u64, u64, u64, u64)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            i64, i128 = ir.IntType(64), ir.IntType(128)
+
+            def joined(high: Any, low: Any) -> Any:
+                wide = builder.shl(builder.zext(high, i128), ir.Constant(i128, 64))
+                return builder.or_(wide, builder.zext(low, i128))
+
+            state = builder.add(
+                builder.mul(joined(args[0], args[1]), joined(args[2], args[3])),
+                joined(args[4], args[5]),
+            )
+            new_lo = builder.trunc(state, i64)
+            new_hi = builder.trunc(builder.lshr(state, ir.Constant(i128, 64)), i64)
+            mixed = builder.xor(new_hi, new_lo)
+            rot = builder.lshr(new_hi, ir.Constant(i64, 58))
+            back = builder.and_(builder.sub(ir.Constant(i64, 0), rot), ir.Constant(i64, 63))
+            out = builder.or_(builder.lshr(mixed, rot), builder.shl(mixed, back))
+            return context.make_tuple(builder, signature.return_type, [new_hi, new_lo, out])
+
+        return sig, codegen
+
+else:  # pragma: no cover - without numba the PCG64 fill is never used (numpy draws)
+
+    def _pcg_next(hi: Any, lo: Any, mult_hi: Any, mult_lo: Any, plus_hi: Any, plus_lo: Any) -> Any:
+        """Plain-Python stand-in of the intrinsic (same results)."""
+        state = ((int(hi) << 64 | int(lo)) * (int(mult_hi) << 64 | int(mult_lo))) + (
+            int(plus_hi) << 64 | int(plus_lo)
+        )
+        state &= _MASK128
+        new_hi, new_lo = state >> 64, state & _MASK64
+        mixed, rot = new_hi ^ new_lo, new_hi >> 58
+        out = ((mixed >> rot) | (mixed << ((64 - rot) & 63))) & _MASK64
+        return np.uint64(new_hi), np.uint64(new_lo), np.uint64(out)
+
+
+# The kernels' scratch vectors (int64 each, in one homogeneous tuple), by index.
+(
+    _GROUP_MAX,  # [block * nodes] best score of each node group, row by row
+    _GROUP_KEYS,  # [block * nodes] keys (value << 32 | group) of those at or above the threshold
+    _GROUP_COUNT,  # [block] how many
+    _KEEP,  # [node_limit] first expert of each kept group
+    _BEST,  # [list] best keys, descending
+    _CHOSEN,  # [experts] chosen experts
+    _KEYS,  # [experts] keys (value << 32 | expert) surviving the pre-filter
+    _EXPERTS_TO,  # [gpus] (token, expert) copies per destination GPU
+    _COPIES_TO,  # [gpus] token copies per destination GPU
+    _NIC_TO,  # [gpus] NIC copies per forwarding GPU
+    _NVLINK_TO,  # [gpus] NVLink copies per destination GPU
+    _GPU_SEEN,  # [gpus] 0/1
+    _NODE_SEEN,  # [nodes] 0/1
+    _DSTS,  # [top_k] distinct destination GPUs of a token
+    _GPU_OF_EXPERT,  # [experts]
+    _NODE_OF_GPU,  # [gpus]
+) = range(16)
 
 
 @_njit(cache=True)
-def _top_set(values: np.ndarray, count: int, chosen: np.ndarray) -> bool:
-    """The indices of the ``count`` largest ``values`` into ``chosen[:count]`` (any order); returns
-    False when the set is not unique (a tie at its boundary)."""
-    n = values.shape[0]
-    # insertion into a short descending list of count + 1 (value, index) entries
-    best_v = np.full(count + 1, -np.inf)
-    best_i = np.full(count + 1, -1, dtype=np.int64)
-    filled = 0
-    for i in range(n):
-        v = values[i]
-        if filled == count + 1 and v <= best_v[count]:
-            continue  # not among the count + 1 largest (an equal value ties only what is there)
-        pos = filled if filled < count + 1 else count
-        while pos > 0 and best_v[pos - 1] < v:
-            if pos < count + 1:
-                best_v[pos] = best_v[pos - 1]
-                best_i[pos] = best_i[pos - 1]
-            pos -= 1
-        best_v[pos] = v
-        best_i[pos] = i
-        if filled < count + 1:
-            filled += 1
-    for j in range(count):
-        chosen[j] = best_i[j]
-    # unique unless the count-th and (count+1)-th largest are equal (or there are too few values)
-    if filled < count:
+def _fill_pcg(
+    flat: np.ndarray,
+    n: int,
+    state: np.ndarray,
+    group_size: int,
+    threshold: int,
+    maxima: np.ndarray,
+    keys: np.ndarray,
+    counts: np.ndarray,
+) -> None:
+    """``flat[:n]`` (int32) <- the next ``n`` float32 scores of numpy's PCG64 as the integers ``k`` of
+    ``k / 2**24``. ``state`` (uint64): state hi, lo, increment hi, lo, has a 32-bit half left, that
+    half (numpy's ``has_uint32`` / ``uinteger``), advanced in place.
+
+    ``group_size`` > 0 (even, and no half left in ``state``, so that each 64-bit draw fills two scores
+    of one group; ``flat`` holds rows of ``nodes = maxima.size // counts.size`` groups): on the way, per
+    row ``t`` and node group ``g``, its best score into ``maxima[t * nodes + g]``, the keys ``value <<
+    32 | g`` of the groups at or above ``threshold`` into ``keys[t * nodes:]`` (in order, compacted
+    without a branch) and their count into ``counts[t]``. The multiplies of the draw bound the loop,
+    so this costs no time."""
+    hi, lo, inc_hi, inc_lo = state[0], state[1], state[2], state[3]
+    m_hi, m_lo = np.uint64(_MULT_HI), np.uint64(_MULT_LO)
+    low_half, shift, high_shift = np.uint64(0xFFFFFFFF), np.uint64(8), np.uint64(40)
+    pos = 0
+    if n > 0 and state[4] == np.uint64(1):  # the high half of the previous draw comes first
+        flat[0] = np.int32(state[5] >> shift)
+        state[4] = 0
+        pos = 1
+    groups = maxima.size // counts.size
+    draws_per_group = group_size // 2 if group_size > 0 else n
+    left = draws_per_group
+    best = np.int32(-1)
+    row, group, kept = 0, 0, 0
+    # one flat loop, its few branches predictable: nested loops over rows and groups ran half as fast
+    for i in range((n - pos) // 2):
+        hi, lo, out = _pcg_next(hi, lo, m_hi, m_lo, inc_hi, inc_lo)
+        first = np.int32((out & low_half) >> shift)
+        second = np.int32(out >> high_shift)
+        flat[pos + 2 * i] = first
+        flat[pos + 2 * i + 1] = second
+        best = max(best, max(first, second))
+        left -= 1
+        if left == 0:
+            maxima[row * groups + group] = best
+            keys[row * groups + kept] = (np.int64(best) << 32) | group
+            kept += best >= threshold
+            left = draws_per_group
+            best = np.int32(-1)
+            group += 1
+            if group == groups:
+                counts[row] = kept
+                row, group, kept = row + 1, 0, 0
+    if (n - pos) % 2:  # an odd count: the low half now, the high half kept for the next draw
+        hi, lo, out = _pcg_next(hi, lo, m_hi, m_lo, inc_hi, inc_lo)
+        flat[n - 1] = np.int32((out & low_half) >> shift)
+        state[4] = 1
+        state[5] = out >> np.uint64(32)
+    state[0], state[1] = hi, lo
+
+
+@_njit(cache=True)
+def _top_of_keys(keys: np.ndarray, m: int, best: np.ndarray, cap: int) -> bool:
+    """The ``cap`` largest of ``keys[:m]`` (``value << 32 | index``) into ``best[:cap]``, descending;
+    returns whether the top ``cap - 1`` are a unique set (enough keys, and the values of the last two
+    entries differ). Each key goes into the sorted list without a branch (entry j becomes
+    max(entry j, min(entry j - 1, key))): on random scores every branch of an insertion sort
+    mispredicts, which cost most of the selection."""
+    # a list of SHORT_LIST entries whatever cap (a longer one holds the cap largest too) unrolls
+    # into registers: about twice as fast as a list of a length known only at run time
+    size = SHORT_LIST if cap <= SHORT_LIST else cap
+    for j in range(size):
+        best[j] = -1
+    if cap <= SHORT_LIST:
+        for i in range(m):
+            key = keys[i]
+            for j in range(SHORT_LIST - 1, 0, -1):
+                best[j] = max(best[j], min(best[j - 1], key))
+            best[0] = max(best[0], key)
+    else:
+        for i in range(m):
+            key = keys[i]
+            for j in range(cap - 1, 0, -1):
+                best[j] = max(best[j], min(best[j - 1], key))
+            best[0] = max(best[0], key)
+    if m < cap - 1:
         return False
-    return not (filled == count + 1 and best_v[count] == best_v[count - 1])
+    return m == cap - 1 or best[cap - 1] >> 32 != best[cap - 2] >> 32
 
 
 @_njit(cache=True)
-def _sort_small(values: np.ndarray) -> None:
-    """Sort a short int64 array in place (insertion sort: a handful of node indices)."""
-    for i in range(1, values.shape[0]):
-        v = values[i]
-        j = i - 1
-        while j >= 0 and values[j] > v:
-            values[j + 1] = values[j]
-            j -= 1
-        values[j + 1] = v
-
-
-@_njit(cache=True)
-def _count_tokens(
-    scores: np.ndarray,
+def _route_gpu(
     src: int,
-    gpus_per_node: int,
-    per_gpu: int,
-    top_k: int,
-    node_limit: int,
-    pairs: np.ndarray,
-    nic: np.ndarray,
-    nvlink: np.ndarray,
-    expert_pairs: np.ndarray,
-    tied: np.ndarray,
+    scores_in: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    params: tuple[int, ...],
+    counts: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    tied_rows: np.ndarray,
+    scratch: tuple[np.ndarray, ...],
 ) -> tuple[int, int]:
-    """Count the tokens of GPU ``src`` (``scores[tokens, experts]``) into the ``[gpus, gpus]`` matrices
-    (row ``src`` of ``pairs`` and ``expert_pairs``; ``nic`` and ``nvlink`` as
-    :func:`moe_placement.metrics.dedup_copies` counts them). Tokens whose top set is not unique are
-    skipped and listed in ``tied``. Returns ((token, node) pairs counted, tokens tied)."""
-    tokens, experts = scores.shape
-    G = pairs.shape[0]
-    gpn = gpus_per_node
+    """Draw, select and count the tokens of GPU ``src``.
+
+    Scores are the integers ``k`` of numpy's float32 ``k / 2**24``. ``scores_in`` = (prefilled[tokens,
+    experts], buf[rows, experts], the same buffer flat, state): the prefilled ones when there are
+    rows, else drawn here in blocks of ``buf`` from the PCG64 ``state`` (:func:`_fill_pcg`). ``params`` = (gpus_per_node,
+    per_gpu, top_k, node_limit, and the pre-filter thresholds of the group maxima and of the experts'
+    scores, see :func:`_thresholds`). ``tied_rows`` gives the token count and receives the rows whose
+    top set is not unique. ``counts`` = (pairs, nic, nvlink, expert_pairs), ``[gpus, gpus]`` each, as
+    :func:`uniform_routing` returns them, added to. ``scratch``: see :func:`_scratch`. Returns
+    ((token, node) pairs counted, rows tied).
+
+    Per token: the top ``node_limit + 1`` node groups by their best score (keys of the groups above
+    the group threshold, or all when too few pass), then the top ``top_k + 1`` experts of the kept
+    groups among those above the expert threshold (or all when too few pass): the cap largest are
+    then all among them, and the thresholds keep a few times cap of uniform scores. One function,
+    its steps inline: numba compiles a call tree of small kernels several times slower."""
+    prefilled, buf, flat, state = scores_in
+    gpn, per_gpu, top_k, node_limit, group_threshold, expert_threshold = params
+    tokens, experts = tied_rows.shape
+    maxima, group_keys, group_count = (
+        scratch[_GROUP_MAX],
+        scratch[_GROUP_KEYS],
+        scratch[_GROUP_COUNT],
+    )
+    keep, best, chosen, keys = scratch[_KEEP], scratch[_BEST], scratch[_CHOSEN], scratch[_KEYS]
+    gpu_seen, node_seen, dsts = scratch[_GPU_SEEN], scratch[_NODE_SEEN], scratch[_DSTS]
+    experts_to, copies_to = scratch[_EXPERTS_TO], scratch[_COPIES_TO]
+    nic_to, nvlink_to = scratch[_NIC_TO], scratch[_NVLINK_TO]
+    gpu_of_expert, node_of_gpu = scratch[_GPU_OF_EXPERT], scratch[_NODE_OF_GPU]
+    G = counts[0].shape[0]
     nodes = G // gpn
     group_size = per_gpu * gpn
-    limit = node_limit < nodes
-    group = np.empty(nodes, dtype=np.float32)
-    keep_nodes = np.empty(node_limit, dtype=np.int64)
-    node_kept = np.zeros(nodes, dtype=np.bool_)
-    masked = np.empty(experts, dtype=np.float32)
-    candidates = np.empty(node_limit * group_size, dtype=np.float32)
-    cand_expert = np.empty(node_limit * group_size, dtype=np.int64)
-    chosen = np.empty(top_k, dtype=np.int64)
-    gpu_seen = np.zeros(G, dtype=np.bool_)
-    node_seen = np.zeros(nodes, dtype=np.bool_)
-    dsts = np.empty(top_k, dtype=np.int64)
-    node_pairs = 0
-    ntied = 0
+    limited = node_limit < nodes
+    spans, span = (node_limit, group_size) if limited else (1, experts)
     src_node = src // gpn
     src_local = src % gpn
-    for t in range(tokens):
-        row = scores[t]
-        if limit:
-            for n in range(nodes):
-                best = row[n * group_size]
-                for e in range(n * group_size + 1, (n + 1) * group_size):
-                    if row[e] > best:
-                        best = row[e]
-                group[n] = best
-            if not _top_set(group, node_limit, keep_nodes):
-                tied[ntied] = t
+    index = np.int64(0xFFFFFFFF)
+    block = max(1, tokens if prefilled.shape[0] > 0 else buf.shape[0])
+    node_pairs = 0
+    ntied = 0
+    for t0 in range(0, tokens, block):
+        rows = min(block, tokens - t0)
+        # the block's scores, and each row's node groups
+        scores = prefilled[t0 : t0 + rows] if prefilled.shape[0] > 0 else buf
+        grouped = False
+        if prefilled.shape[0] == 0:
+            grouped = limited and group_size % 2 == 0 and state[4] == np.uint64(0)
+            fused = group_size if grouped else 0
+            n = rows * experts
+            _fill_pcg(flat, n, state, fused, group_threshold, maxima, group_keys, group_count)
+        if limited and not grouped:
+            for t in range(rows):
+                kept = 0
+                for g in range(nodes):
+                    top = scores[t, g * group_size]
+                    for e in range(g * group_size + 1, (g + 1) * group_size):
+                        top = max(top, scores[t, e])
+                    maxima[t * nodes + g] = top
+                    group_keys[t * nodes + kept] = (np.int64(top) << 32) | g
+                    kept += top >= group_threshold
+                group_count[t] = kept
+        for t in range(rows):
+            row = scores[t]
+            # the kept node groups: first expert of each into keep
+            if limited:
+                tk = group_keys[t * nodes : (t + 1) * nodes]
+                m = group_count[t]
+                if m <= node_limit:  # too few above the threshold (rare): all compete
+                    for g in range(nodes):
+                        tk[g] = (maxima[t * nodes + g] << 32) | g
+                    m = nodes
+                unique = _top_of_keys(tk, m, best, node_limit + 1)
+                for j in range(node_limit):
+                    keep[j] = (best[j] & index) * group_size
+            else:
+                unique = True
+                keep[0] = 0
+            # the top-k experts among them
+            if unique and limited and node_limit * group_size <= top_k:
+                # every kept expert is chosen; the reference masks the others to -1, all tied,
+                # unless it takes every expert
+                unique = node_limit * group_size == top_k or experts == top_k
+                m = 0
+                for g in range(nodes):
+                    in_kept = experts == top_k
+                    for j in range(node_limit):
+                        in_kept |= keep[j] == g * group_size
+                    if in_kept:
+                        for e in range(g * group_size, (g + 1) * group_size):
+                            chosen[m] = e
+                            m += 1
+            elif unique:
+                for floor in (expert_threshold, -1):  # too few above it (rare): all compete
+                    m = 0
+                    for j in range(spans):
+                        for e in range(keep[j], keep[j] + span):
+                            v = row[e]
+                            keys[m] = (np.int64(v) << 32) | e  # compacted without a branch
+                            m += v >= floor
+                    if m > top_k:
+                        break
+                unique = _top_of_keys(keys, m, best, top_k + 1)
+                for j in range(top_k):
+                    chosen[j] = best[j] & index
+            if not unique:  # the numpy reference decides
+                for e in range(experts):  # (a whole-row assignment compiles numba's string code)
+                    tied_rows[ntied, e] = row[e]
                 ntied += 1
                 continue
-            if node_limit * group_size > top_k:
-                # the top-k lies among the kept groups' experts (the rest score -1, below any kept
-                # one): select among those alone, in expert order, and map back
-                _sort_small(keep_nodes)
-                m = 0
-                for j in range(node_limit):
-                    base = keep_nodes[j] * group_size
-                    for e in range(base, base + group_size):
-                        candidates[m] = row[e]
-                        cand_expert[m] = e
-                        m += 1
-                ok = _top_set(candidates[:m], top_k, chosen)
-                if ok:
-                    for j in range(top_k):
-                        chosen[j] = cand_expert[chosen[j]]
-            else:
-                for n in range(nodes):
-                    node_kept[n] = False
-                for j in range(node_limit):
-                    node_kept[keep_nodes[j]] = True
-                for e in range(experts):
-                    masked[e] = row[e] if node_kept[e // group_size] else np.float32(-1.0)
-                ok = _top_set(masked, top_k, chosen)
-        else:
-            ok = _top_set(row, top_k, chosen)
-        if not ok:
-            tied[ntied] = t
-            ntied += 1
-            continue
-        # unique destination GPUs of the token, in selection order
-        ndst = 0
-        for j in range(top_k):
-            g = chosen[j] // per_gpu
-            expert_pairs[src, g] += 1.0
-            if not gpu_seen[g]:
-                gpu_seen[g] = True
-                dsts[ndst] = g
-                ndst += 1
-        for j in range(ndst):
-            g = dsts[j]
-            gpu_seen[g] = False
-            pairs[src, g] += 1.0
-            g_node = g // gpn
-            if not node_seen[g_node]:
-                node_seen[g_node] = True
-                node_pairs += 1
-                if g_node != src_node:  # one NIC copy per (token, remote node), to the forwarder
-                    nic[src, g_node * gpn + src_local] += 1.0
-            if g == src:
-                continue
-            if g_node == src_node:
-                nvlink[src, g] += 1.0
-            else:
-                forwarder = g_node * gpn + src_local
-                if g != forwarder:
-                    nvlink[forwarder, g] += 1.0
-        for j in range(ndst):
-            node_seen[dsts[j] // gpn] = False
+            # count the token: its distinct destination GPUs, nodes, and forwarded copies
+            ndst = 0
+            for j in range(top_k):
+                g = gpu_of_expert[chosen[j]]  # (tables: a 64-bit division costs some 25 cycles)
+                experts_to[g] += 1
+                if not gpu_seen[g]:
+                    gpu_seen[g] = 1
+                    dsts[ndst] = g
+                    ndst += 1
+            for j in range(ndst):
+                g = dsts[j]
+                gpu_seen[g] = 0
+                copies_to[g] += 1
+                g_node = node_of_gpu[g]
+                forwarder = g_node * gpn + src_local  # src itself inside its own node
+                if not node_seen[g_node]:
+                    node_seen[g_node] = 1
+                    node_pairs += 1
+                    if (
+                        g_node != src_node
+                    ):  # one NIC copy per (token, remote node), to the forwarder
+                        nic_to[forwarder] += 1
+                if g != forwarder:  # NVLink from src inside its node, else from the forwarder
+                    nvlink_to[g] += 1
+            for j in range(ndst):
+                node_seen[node_of_gpu[dsts[j]]] = 0
+    # the per-GPU vectors (in cache, unlike the rows of the matrices NVLink forwarding writes to)
+    # into the matrices, and zeroed for the next GPU
+    pairs, nic, nvlink, expert_pairs = counts
+    for g in range(G):
+        expert_pairs[src, g] += experts_to[g]
+        pairs[src, g] += copies_to[g]
+        nic[src, g] += nic_to[g]
+        g_node = node_of_gpu[g]
+        sender = src if g_node == src_node else g_node * gpn + src_local
+        nvlink[sender, g] += nvlink_to[g]
+        experts_to[g] = copies_to[g] = nic_to[g] = nvlink_to[g] = 0
     return node_pairs, ntied
+
+
+def _scratch(
+    num_gpus: int, gpus_per_node: int, experts: int, top_k: int, node_limit: int, block: int
+) -> tuple[np.ndarray, ...]:
+    """The kernels' scratch vectors (see the index names above), zeroed, with the tables filled."""
+    nodes = num_gpus // gpus_per_node
+    sizes = {
+        _GROUP_MAX: block * nodes,
+        _GROUP_KEYS: block * nodes,
+        _GROUP_COUNT: block,
+        _KEEP: max(1, node_limit),
+        _BEST: max(top_k + 1, node_limit + 1, SHORT_LIST),
+        _CHOSEN: max(top_k, experts),
+        _KEYS: experts,
+        _EXPERTS_TO: num_gpus,
+        _COPIES_TO: num_gpus,
+        _NIC_TO: num_gpus,
+        _NVLINK_TO: num_gpus,
+        _GPU_SEEN: num_gpus,
+        _NODE_SEEN: nodes,
+        _DSTS: top_k,
+    }
+    scratch = [np.zeros(sizes[i], dtype=np.int64) for i in range(len(sizes))]
+    scratch.append(np.arange(experts, dtype=np.int64) // (experts // num_gpus))  # _GPU_OF_EXPERT
+    scratch.append(np.arange(num_gpus, dtype=np.int64) // gpus_per_node)  # _NODE_OF_GPU
+    return tuple(scratch)
+
+
+def _thresholds(nodes: int, group_size: int, top_k: int, node_limit: int) -> tuple[int, int]:
+    """Pre-filter thresholds of the selection (as integers k of k / 2**24) for the group maxima
+    and for the experts' scores: about ``PREFILTER_SURPLUS`` times the entries a selection needs
+    (node_limit + 1 groups, top_k + 1 experts) lie at or above them when scores are uniform, as they
+    are here (the maximum of ``group_size`` uniform scores is below x with probability
+    ``x ** group_size``). Any threshold gives the same sets; a bad one only costs time."""
+    candidates = node_limit * group_size if node_limit < nodes else nodes * group_size
+    group_share = min(1.0, PREFILTER_SURPLUS * (node_limit + 1) / nodes)
+    expert_share = min(1.0, PREFILTER_SURPLUS * (top_k + 1) / candidates)
+    group_threshold = (1.0 - group_share) ** (1.0 / group_size)
+    return int(group_threshold * SCORE_LEVELS), int((1.0 - expert_share) * SCORE_LEVELS)
+
+
+def _pcg_state(rng: np.random.Generator) -> np.ndarray | None:
+    """``rng``'s state as :func:`_fill_pcg` takes it when ``rng`` is numpy's PCG64 and the kernels are
+    compiled; None otherwise (numpy draws)."""
+    if not HAVE_NUMBA or type(rng.bit_generator) is not np.random.PCG64:
+        return None
+    st = rng.bit_generator.state
+    pcg, inc = st["state"]["state"], st["state"]["inc"]
+    return np.array(
+        [pcg >> 64, pcg & _MASK64, inc >> 64, inc & _MASK64, st["has_uint32"], st["uinteger"]],
+        dtype=np.uint64,
+    )
+
+
+def _store_state(rng: np.random.Generator, state: np.ndarray) -> None:
+    """Leave ``rng`` where numpy's own draw of the same scores would have left it."""
+    st = rng.bit_generator.state
+    st["state"]["state"] = int(state[0]) << 64 | int(state[1])
+    st["has_uint32"] = int(state[4])
+    st["uinteger"] = int(state[5])
+    rng.bit_generator.state = st
 
 
 def _select_numpy(
@@ -228,24 +486,40 @@ def uniform_routing(
     G, gpn = num_gpus, gpus_per_node
     nodes = G // gpn
     per_gpu = num_experts // G
+    experts = per_gpu * G
     out = tuple(np.zeros((G, G)) for _ in range(4))
     pairs, nic, nvlink, expert_pairs = out
     node_pairs = np.zeros(G)
-    tied = np.empty(tokens, dtype=np.int64)
-    if compiled:
-        announce_compile(_count_tokens)
-    limit = node_limit if node_limit is not None and node_limit < nodes else nodes
-    for s in range(G):
-        scores = rng.random((tokens, per_gpu * G), dtype=np.float32)
-        if not compiled:
+    if not compiled:
+        for s in range(G):
+            scores = rng.random((tokens, experts), dtype=np.float32)
             dst = _select_numpy(scores, nodes, per_gpu, top_k, node_limit)
             node_pairs[s] = _count_numpy(dst, s, G, gpn, out)
-            continue
-        counted, ntied = _count_tokens(
-            scores, s, gpn, per_gpu, top_k, limit, pairs, nic, nvlink, expert_pairs, tied
-        )
+        return pairs, nic, nvlink, node_pairs, expert_pairs
+    announce_compile(_route_gpu)
+    limit = node_limit if node_limit is not None and node_limit < nodes else nodes
+    params = (gpn, per_gpu, top_k, limit, *_thresholds(nodes, per_gpu * gpn, top_k, limit))
+    pcg = _pcg_state(rng)
+    no_rows = np.empty((0, experts), dtype=np.int32)
+    if pcg is None:  # numpy draws a GPU's scores at once
+        buf, block = no_rows, tokens
+    else:
+        buf = np.empty((max(1, BLOCK_BYTES // (4 * experts)), experts), dtype=np.int32)
+        block = buf.shape[0]
+    scratch = _scratch(G, gpn, experts, top_k, limit, max(1, block))
+    tied_rows = np.empty((tokens, experts), dtype=np.int32)  # pages touched only by tied rows
+    for s in range(G):
+        if pcg is None:  # k / 2**24 times 2**24 is exact in float32
+            drawn = rng.random((tokens, experts), dtype=np.float32) * np.float32(SCORE_LEVELS)
+            scores_in = (drawn.astype(np.int32), buf, buf.reshape(-1), np.zeros(6, np.uint64))
+        else:
+            scores_in = (no_rows, buf, buf.reshape(-1), pcg)
+        counted, ntied = _route_gpu(s, scores_in, params, out, tied_rows, scratch)
         node_pairs[s] = counted
-        if ntied:
-            dst = _select_numpy(scores[tied[:ntied]], nodes, per_gpu, top_k, node_limit)
+        if ntied:  # the reference decides, on the floats numpy drew (k / 2**24, exact)
+            scores = tied_rows[:ntied].astype(np.float32) / np.float32(SCORE_LEVELS)
+            dst = _select_numpy(scores, nodes, per_gpu, top_k, node_limit)
             node_pairs[s] += _count_numpy(dst, s, G, gpn, out)
+    if pcg is not None:
+        _store_state(rng, pcg)
     return pairs, nic, nvlink, node_pairs, expert_pairs
