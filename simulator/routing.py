@@ -3,22 +3,23 @@
 :func:`uniform_routing` draws, per sending GPU, one random score per (token, expert), the same numbers as
 ``rng.random((tokens, experts), dtype=float32)`` once per GPU in GPU order (as it always did), keeps each
 token's top ``node_limit`` node groups by their best score, then its top-k experts among them, and counts
-what the collectives need. :func:`_route_gpu` (numba) does one GPU: it draws its scores in blocks of rows
-that stay in cache and selects and counts one token at a time.
+what the collectives need. :func:`_route_gpu` (numba) does one GPU, in blocks of rows that stay in cache.
 
 The draw. numpy fills float32 from its bit generator's 32-bit halves, low half first, as ``k / 2**24``
 with ``k`` the top 24 bits; one call per GPU or one per block of rows gives the same stream. For numpy's
 default bit generator (PCG64) the kernel computes that stream itself (:func:`_fill_pcg`): the scores stay
-integers ``k`` (same order, same ties as the floats), never go through memory as a ``[tokens, experts]``
-matrix, and each costs about 0.9 ns instead of numpy's 2.3 (no indirect call per number; the three
-64-bit multiplies of the 128-bit LCG step bound it). The generator's state goes back into ``rng`` at the end, exactly where numpy's draw would have left it. Any
-other bit generator: numpy draws each GPU's matrix and the kernel reads its float bits as int32 (non-
-negative floats order as their bit patterns).
+the integers ``k`` (same order, same ties as the floats), never go through memory as a ``[tokens,
+experts]`` matrix, and each costs about 0.9 ns instead of numpy's 2.3 (no indirect call per number; the
+three 64-bit multiplies of the 128-bit LCG step bound it, and the node groups' maxima come on the way
+for free). The generator's state goes back into ``rng`` at the end, exactly where numpy's draw would
+have left it. Any other bit generator: numpy draws each GPU's matrix, and the kernel takes ``k``.
 
 The selection. A top-k *set* does not depend on how it is found, except when two scores tie at the
 boundary of the set; the kernel flags those tokens (a few per million) and they are counted by the numpy
 reference (:func:`_select_numpy`, :func:`_count_numpy`), whose ``argpartition`` then decides the tie as it
 always did. ``compiled=False`` runs that reference for every token (tests compare the two exactly).
+Scores below a pre-filter threshold (:func:`_thresholds`) cannot be among the top when enough are above
+it; the rest go into a short sorted list without a branch (:func:`_top_of_keys`).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ if HAVE_NUMBA:
     from numba.extending import intrinsic
 
     @intrinsic  # type: ignore[misc]
-    def _pcg_next(
+    def _pcg_next_llvm(
         typingctx: Any, hi: Any, lo: Any, mult_hi: Any, mult_lo: Any, plus_hi: Any, plus_lo: Any
     ) -> Any:
         """``state * mult + plus`` (mod 2**128) on uint64 halves, and PCG64's XSL-RR output of the new
@@ -88,9 +89,13 @@ if HAVE_NUMBA:
 
         return sig, codegen
 
+    _pcg_next: Any = _pcg_next_llvm
+
 else:  # pragma: no cover - without numba the PCG64 fill is never used (numpy draws)
 
-    def _pcg_next(hi: Any, lo: Any, mult_hi: Any, mult_lo: Any, plus_hi: Any, plus_lo: Any) -> Any:
+    def _pcg_next_python(
+        hi: Any, lo: Any, mult_hi: Any, mult_lo: Any, plus_hi: Any, plus_lo: Any
+    ) -> Any:
         """Plain-Python stand-in of the intrinsic (same results)."""
         state = ((int(hi) << 64 | int(lo)) * (int(mult_hi) << 64 | int(mult_lo))) + (
             int(plus_hi) << 64 | int(plus_lo)
@@ -100,6 +105,8 @@ else:  # pragma: no cover - without numba the PCG64 fill is never used (numpy dr
         mixed, rot = new_hi ^ new_lo, new_hi >> 58
         out = ((mixed >> rot) | (mixed << ((64 - rot) & 63))) & _MASK64
         return np.uint64(new_hi), np.uint64(new_lo), np.uint64(out)
+
+    _pcg_next = _pcg_next_python
 
 
 # The kernels' scratch vectors (int64 each, in one homogeneous tuple), by index.
@@ -157,6 +164,7 @@ def _fill_pcg(
     left = draws_per_group
     best = np.int32(-1)
     row, group, kept = 0, 0, 0
+    out = state[5] << np.uint64(32)  # numpy keeps the high half of its last draw, even once used
     # one flat loop, its few branches predictable: nested loops over rows and groups ran half as fast
     for i in range((n - pos) // 2):
         hi, lo, out = _pcg_next(hi, lo, m_hi, m_lo, inc_hi, inc_lo)
@@ -169,13 +177,14 @@ def _fill_pcg(
         if left == 0:
             maxima[row * groups + group] = best
             keys[row * groups + kept] = (np.int64(best) << 32) | group
-            kept += best >= threshold
+            kept += int(best >= threshold)
             left = draws_per_group
             best = np.int32(-1)
             group += 1
             if group == groups:
                 counts[row] = kept
                 row, group, kept = row + 1, 0, 0
+    state[5] = out >> np.uint64(32)
     if (n - pos) % 2:  # an odd count: the low half now, the high half kept for the next draw
         hi, lo, out = _pcg_next(hi, lo, m_hi, m_lo, inc_hi, inc_lo)
         flat[n - 1] = np.int32((out & low_half) >> shift)
@@ -426,8 +435,8 @@ def _pcg_state(rng: np.random.Generator) -> np.ndarray | None:
 
 def _store_state(rng: np.random.Generator, state: np.ndarray) -> None:
     """Leave ``rng`` where numpy's own draw of the same scores would have left it."""
-    st = rng.bit_generator.state
-    st["state"]["state"] = int(state[0]) << 64 | int(state[1])
+    st = dict(rng.bit_generator.state)
+    st["state"] = {**st["state"], "state": int(state[0]) << 64 | int(state[1])}
     st["has_uint32"] = int(state[4])
     st["uinteger"] = int(state[5])
     rng.bit_generator.state = st
