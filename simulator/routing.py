@@ -24,6 +24,8 @@ it; the rest go into a short sorted list without a branch (:func:`_top_of_keys`)
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,12 @@ PREFILTER_SURPLUS = 2.0
 # Length of the sorted list the selection keeps when the top-k + 1 and node_limit + 1 fit (top-8 of
 # DeepSeek-V3 needs 9).
 SHORT_LIST = 9
+
+# Routings of at least this many scores split the GPUs over threads (the kernel runs without the GIL,
+# each thread from its own place in the stream: the same numbers); a smaller one (64 GPUs: 2**26) is
+# over before a thread pays off.
+THREAD_MIN_SCORES = 1 << 28
+MAX_THREADS = 8
 
 # Scores drawn per block of rows: small enough to stay in L2 between the fill and the selection.
 BLOCK_BYTES = 128 * 1024
@@ -222,7 +230,7 @@ def _top_of_keys(keys: np.ndarray, m: int, best: np.ndarray, cap: int) -> bool:
     return m == cap - 1 or best[cap - 1] >> 32 != best[cap - 2] >> 32
 
 
-@_njit(cache=True)
+@_njit(cache=True, nogil=True)
 def _route_gpu(
     src: int,
     scores_in: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
@@ -433,6 +441,42 @@ def _pcg_state(rng: np.random.Generator) -> np.ndarray | None:
     )
 
 
+def _pcg_state_at(start: np.ndarray, position: int) -> np.ndarray:
+    """The state of :func:`_fill_pcg` ``position`` float32 scores after ``start`` (numpy's own LCG
+    jump-ahead, ``PCG64.advance``, over the 64-bit draws, then half a draw when the place falls in one)."""
+    if position == 0:
+        return start.copy()
+    halves = position - int(start[4])  # after the half left over, if any
+    generator = np.random.PCG64()
+    generator.state = {
+        "bit_generator": "PCG64",
+        "state": {
+            "state": int(start[0]) << 64 | int(start[1]),
+            "inc": int(start[2]) << 64 | int(start[3]),
+        },
+        "has_uint32": 0,
+        "uinteger": 0,
+    }
+    generator.advance(halves // 2)
+    has_half, half = 0, 0
+    if halves % 2:  # the low half of the next draw is used: its high half is left
+        has_half, half = 1, int(generator.random_raw()) >> 32
+    pcg = generator.state["state"]["state"]
+    return np.array([pcg >> 64, pcg & _MASK64, start[2], start[3], has_half, half], dtype=np.uint64)
+
+
+def _workers(scores: int) -> int:
+    """Threads for a routing of ``scores`` scores: one per usable CPU (at most MAX_THREADS) from
+    THREAD_MIN_SCORES on, else one."""
+    if scores < THREAD_MIN_SCORES:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_THREADS))
+
+
 def _store_state(rng: np.random.Generator, state: np.ndarray) -> None:
     """Leave ``rng`` where numpy's own draw of the same scores would have left it."""
     st = dict(rng.bit_generator.state)
@@ -508,27 +552,47 @@ def uniform_routing(
     announce_compile(_route_gpu)
     limit = node_limit if node_limit is not None and node_limit < nodes else nodes
     params = (gpn, per_gpu, top_k, limit, *_thresholds(nodes, per_gpu * gpn, top_k, limit))
-    pcg = _pcg_state(rng)
-    no_rows = np.empty((0, experts), dtype=np.int32)
-    if pcg is None:  # numpy draws a GPU's scores at once
-        buf, block = no_rows, tokens
-    else:
-        buf = np.empty((max(1, BLOCK_BYTES // (4 * experts)), experts), dtype=np.int32)
-        block = buf.shape[0]
-    scratch = _scratch(G, gpn, experts, top_k, limit, max(1, block))
-    tied_rows = np.empty((tokens, experts), dtype=np.int32)  # pages touched only by tied rows
-    for s in range(G):
-        if pcg is None:  # k / 2**24 times 2**24 is exact in float32
-            drawn = rng.random((tokens, experts), dtype=np.float32) * np.float32(SCORE_LEVELS)
-            scores_in = (drawn.astype(np.int32), buf, buf.reshape(-1), np.zeros(6, np.uint64))
+
+    def route(gpus: range, pcg: np.ndarray | None, out: tuple[np.ndarray, ...]) -> None:
+        """GPUs ``gpus`` into ``out``, drawn from ``pcg`` (advanced) or, when None, by ``rng``."""
+        no_rows = np.empty((0, experts), dtype=np.int32)
+        if pcg is None:  # numpy draws a GPU's scores at once
+            buf, block = no_rows, tokens
         else:
-            scores_in = (no_rows, buf, buf.reshape(-1), pcg)
-        counted, ntied = _route_gpu(s, scores_in, params, out, tied_rows, scratch)
-        node_pairs[s] = counted
-        if ntied:  # the reference decides, on the floats numpy drew (k / 2**24, exact)
-            scores = tied_rows[:ntied].astype(np.float32) / np.float32(SCORE_LEVELS)
-            dst = _select_numpy(scores, nodes, per_gpu, top_k, node_limit)
-            node_pairs[s] += _count_numpy(dst, s, G, gpn, out)
+            buf = np.empty((max(1, BLOCK_BYTES // (4 * experts)), experts), dtype=np.int32)
+            block = buf.shape[0]
+        scratch = _scratch(G, gpn, experts, top_k, limit, max(1, block))
+        tied_rows = np.empty((tokens, experts), dtype=np.int32)  # pages touched only by tied rows
+        for s in gpus:
+            if pcg is None:  # k / 2**24 times 2**24 is exact in float32
+                drawn = rng.random((tokens, experts), dtype=np.float32) * np.float32(SCORE_LEVELS)
+                scores_in = (drawn.astype(np.int32), buf, buf.reshape(-1), np.zeros(6, np.uint64))
+            else:
+                scores_in = (no_rows, buf, buf.reshape(-1), pcg)
+            counted, ntied = _route_gpu(s, scores_in, params, out, tied_rows, scratch)
+            node_pairs[s] = counted
+            if ntied:  # the reference decides, on the floats numpy drew (k / 2**24, exact)
+                scores = tied_rows[:ntied].astype(np.float32) / np.float32(SCORE_LEVELS)
+                dst = _select_numpy(scores, nodes, per_gpu, top_k, node_limit)
+                node_pairs[s] += _count_numpy(dst, s, G, gpn, out)
+
+    pcg = _pcg_state(rng)
+    workers = 1 if pcg is None else _workers(G * tokens * experts)
+    if pcg is None or workers == 1:
+        route(range(G), pcg, out)
+    else:
+        # each thread from its first GPU's place in the stream; its own matrices (NVLink forwarding
+        # writes into other GPUs' rows), summed after: integer counts, the same sums in any order
+        bounds = [G * w // workers for w in range(workers + 1)]
+        states = [_pcg_state_at(pcg, bounds[w] * tokens * experts) for w in range(workers)]
+        outs = [out, *(tuple(np.zeros((G, G)) for _ in range(4)) for _ in range(workers - 1))]
+        spans = [range(bounds[w], bounds[w + 1]) for w in range(workers)]
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(route, spans, states, outs))
+        for extra in outs[1:]:
+            for total, part in zip(out, extra, strict=True):
+                total += part
+        pcg = states[-1]  # where the last GPU's draw ended
     if pcg is not None:
         _store_state(rng, pcg)
     return pairs, nic, nvlink, node_pairs, expert_pairs

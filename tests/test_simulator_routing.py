@@ -145,3 +145,44 @@ def test_top_of_keys_sorts_and_flags_ties_at_the_boundary(cap: int) -> None:
             assert unique == want, (values, cap)
             flags.add(unique)
     assert flags == {True, False}
+
+
+@needs_numba
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize(
+    ("gpus", "per_node", "tokens", "experts", "node_limit", "rng_of"),
+    [
+        (16, 8, 120, 64, 2, _pcg),
+        (3, 3, 37, 9, None, _pcg_with_a_half_left),  # threads start inside a 64-bit draw
+        (6, 3, 31, 18, 1, _pcg),
+    ],
+)
+def test_threads_count_as_one(
+    monkeypatch: pytest.MonkeyPatch,
+    threads: int,
+    gpus: int,
+    per_node: int,
+    tokens: int,
+    experts: int,
+    node_limit: int | None,
+    rng_of: object,
+) -> None:
+    # each thread starts from its first GPU's place in the stream: the same scores, counts and state
+    monkeypatch.setattr(routing, "_workers", lambda scores: threads)
+    kw = {"tokens": tokens, "top_k": 2, "num_experts": experts, "node_limit": node_limit}
+    _both(gpus, per_node, rng_of, **kw)
+
+
+@needs_numba
+def test_stream_position_jump_matches_drawing() -> None:
+    start = routing._pcg_state(_pcg_with_a_half_left())
+    assert start is not None
+    for position in (0, 1, 2, 7, 64, 1001):
+        rng = _pcg_with_a_half_left()
+        rng.random(position, dtype=np.float32)
+        want = routing._pcg_state(rng)
+        assert want is not None
+        got = routing._pcg_state_at(start, position)
+        np.testing.assert_array_equal(got[:5], want[:5])
+        if got[4]:  # the half left over (a stale one otherwise, never read)
+            assert got[5] == want[5]
