@@ -80,9 +80,14 @@ A_DELIVER, A_START, A_LOCAL_SENT = 0, 1, 2
 # run status
 OK, OUT_OF_CLASSES, OUT_OF_FLOWS = 0, 1, 2
 
-# the regrouping cadence of FluidNetwork (regroup_min_events, regroup_flows_per_event): performance
-# only, any cadence gives the same allocation
-REGROUP_CADENCE = [64, 32]
+# The regrouping cadence (FluidNetwork's regroup_min_events, regroup_flows_per_event). Performance
+# only: any cadence gives the same allocation. FluidNetwork regroups to aggregate classes behind lazy
+# links because its Python cost is per class; here a regrouping costs more than it saves (64 GPUs DeepEP:
+# 0.34 s without, 0.68 s at FluidNetwork's 64/32; 256 GPUs: 9 s against 16 s), so by default the loop
+# never regroups (no link goes lazy) unless classes outgrow their room. [64, 32] replays FluidNetwork's
+# events exactly (tests).
+NEVER = 1 << 62
+REGROUP_CADENCE = [NEVER, 1]
 
 
 # -- small compiled helpers ---------------------------------------------------------------------------
@@ -948,6 +953,7 @@ class LoopStats:
     worst_utilisation: float
     regroups: int
     mean_active_classes: float  # active classes at an event, on average
+    refilled: int  # classes whose rate was recomputed, summed over recomputes
 
 
 class _Routes:
@@ -1149,13 +1155,18 @@ def play_phases(
     caps = topo.capacity()
     tables = routes.tables(topo.binding())
     flows = sum(_flow_bound(p, chunks) for p in plans) + 16
-    classes = 2 * flows + 16
+    # every arrival forms at most one class, so without regroupings the flows bound the classes; with
+    # them, classes that outgrow their room force a regrouping (which compacts them)
+    classes = flows + 16
     ready0 = np.zeros(G) if ready_us is None else np.asarray(ready_us, dtype=np.float64)
     while True:
         done = _attempt(topo, plans, chunks, ready0, routes, caps, tables, flows, classes)
-        if done is not None:
+        if isinstance(done, tuple):
             return done
-        classes *= 2  # out of room (a rare cascade of arrivals between regroupings): again, larger
+        # out of room (only if a bound above is wrong): play it again with twice the room
+        if done == OUT_OF_FLOWS:
+            flows *= 2
+        classes = 2 * classes
 
 
 def _attempt(
@@ -1168,7 +1179,9 @@ def _attempt(
     tables: tuple[np.ndarray, ...],
     flows: int,
     classes: int,
-) -> tuple[list[PhaseOutcome], LoopStats] | None:
+) -> tuple[list[PhaseOutcome], LoopStats] | int:
+    """The phases played with room for ``flows`` flows and ``classes`` classes; the status (out of
+    which room) when they did not fit."""
     G = topo.cluster.num_gpus
     path = max(routes.longest_binding, 1)
     s = _bundle(caps, flows, classes, path)
@@ -1224,7 +1237,7 @@ def _attempt(
         ef[NOW] = float(np.min(ready)) if ready.size else 0.0
         play(arrays, eng, ei, ef, drv, parr, par)
         if ei[STATUS] != OK:
-            return None
+            return int(ei[STATUS])
         end_us = drv[2].copy()
         outcomes.append(
             PhaseOutcome(
@@ -1243,5 +1256,6 @@ def _attempt(
         float(ef[WORST]),
         int(ei[REGROUPS]),
         float(ei[ACT_SUM]) / max(int(ei[EVENTS]), 1),
+        int(ei[REFILLED]),
     )
     return outcomes, stats
