@@ -4,7 +4,9 @@ Times ``placement simulate --traffic uniform --gpus G --gpus-per-node 8 --tokens
 --top-k 8 --node-limit 4 --algo deepep --json`` (``--experts G`` from 1024 GPUs on, one expert per GPU),
 each in its own process as a user starts it, with the kernels already compiled:
 
-* ``exact``: the event simulation of this checkout;
+* ``exact``: the event simulation of this checkout, in its compiled event loop (the default);
+* ``simpy``: the same event simulation as SimPy processes (``--event-loop simpy``), the engine the
+  compiled loop replaced for uniform phases;
 * ``fast``: this checkout's ``--fast`` analytical path (simulator/fast.py, stated error bound);
 * ``previous``: the same command on a recorded git revision (default: the revision before the
   simulator-speed work), extracted once into a cache folder and run with its own numba cache.
@@ -14,9 +16,9 @@ wall and CPU seconds of the whole process (CPU is the steadier figure on a share
 the fluid network, peak resident memory (MB); ``-`` where
 an engine is skipped (``--skip``) or ran past ``--timeout``.
 
-    .venv/bin/python bench/simulator_scaling.py                      # 64, 128, 256 (+1024 fast)
-    .venv/bin/python bench/simulator_scaling.py --gpus 64 --engines exact,fast
-    .venv/bin/python bench/simulator_scaling.py --gpus 1024 --engines fast,exact --timeout 600
+    .venv/bin/python bench/simulator_scaling.py          # 64, 128, 256, 1024 (SimPy, previous <= 256)
+    .venv/bin/python bench/simulator_scaling.py --gpus 64 --engines exact,simpy,fast
+    .venv/bin/python bench/simulator_scaling.py --gpus 1024 --engines exact,fast --timeout 900
     .venv/bin/python bench/simulator_scaling.py --gpus 64 --engines fast --forward-layers 58 \\
         --forward-engines fast,exact
 """
@@ -54,15 +56,21 @@ _RUNNER = (
 )
 
 
-def command(gpus: int, fast: bool) -> list[str]:
-    """The user's command line (without the program name)."""
+# the most GPUs each engine is run at by default (the SimPy paths take minutes beyond 256)
+MAX_GPUS = {"exact": 1024, "simpy": 256, "previous": 256, "fast": 1 << 30}
+
+
+def command(gpus: int, engine: str) -> list[str]:
+    """The user's command line (without the program name) for ``engine``."""
     argv = ["simulate", "--traffic", "uniform", "--gpus", str(gpus), "--gpus-per-node", "8"]
     argv += ["--tokens", "4096", "--hidden", "7168", "--top-k", "8", "--node-limit", "4"]
     argv += ["--algo", "deepep", "--json"]
     if gpus >= 1024:
         argv += ["--experts", str(gpus)]
-    if fast:
+    if engine == "fast":
         argv.append("--fast")
+    if engine == "simpy":
+        argv += ["--event-loop", "simpy"]
     return argv
 
 
@@ -122,9 +130,9 @@ def run_once(argv: list[str], pythonpath: Path | None, timeout_s: float) -> dict
     }
 
 
-def warm(pythonpath: Path | None) -> None:
+def warm(pythonpath: Path | None, engine: str) -> None:
     """Compile (or load) the kernels of one code tree once, outside the timings."""
-    run_once(command(16, fast=False), pythonpath, timeout_s=900)
+    run_once(command(16, engine), pythonpath, timeout_s=900)
 
 
 def forward_ep64(layers: int, fast: bool) -> dict[str, float]:
@@ -148,12 +156,13 @@ def forward_ep64(layers: int, fast: bool) -> dict[str, float]:
     phy2log = np.tile(np.arange(shape.num_experts), (layers, 1))
     plan = Plan(64, 8, shape.num_experts // 64, phy2log, provenance=Provenance("round-robin"))
     cluster = load_cluster("h800-mpft").with_counts(64, 8)
-    t0 = time.perf_counter()
-    res = simulate_moe(plan, cluster, workload, algo="deepep", progress=False)
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = simulate_moe(plan, cluster, workload, algo="deepep", progress=False, fast=fast)
     return {
         "sim_us": res.total_us,
-        "events": res.stats["events"],
+        "events": res.stats.get("events", 0),
         "wall_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,
     }
 
 
@@ -161,14 +170,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", default="64,128,256,1024", help="comma-separated GPU counts")
     parser.add_argument(
-        "--engines", default="exact,fast,previous", help="any of exact, fast, previous"
+        "--engines",
+        default="exact,simpy,fast,previous",
+        help="any of exact, simpy, fast, previous",
     )
     parser.add_argument("--previous", default=PREVIOUS_REVISION, help="git revision to compare")
     parser.add_argument(
-        "--exact-max-gpus",
-        type=int,
-        default=256,
-        help="run the event simulations (exact, previous) up to this many GPUs",
+        "--max-gpus",
+        default=",".join(f"{k}={v}" for k, v in MAX_GPUS.items() if k != "fast"),
+        help="the most GPUs each engine runs at, e.g. simpy=128,exact=256",
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per process")
     parser.add_argument(
@@ -177,20 +187,30 @@ def main() -> None:
         default=0,
         help="also a DeepSeek-V3 forward of this many layers",
     )
+    parser.add_argument(
+        "--forward-engines",
+        default="fast,exact",
+        help="engines of the forward: fast and/or exact (the event simulation, SimPy)",
+    )
     args = parser.parse_args()
+    limits = dict(MAX_GPUS)
+    for item in args.max_gpus.split(","):
+        name, _, value = item.partition("=")
+        if name.strip():
+            limits[name.strip()] = int(value)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    trees: dict[str, Path | None] = {"exact": None, "fast": None}
+    trees: dict[str, Path | None] = {"exact": None, "simpy": None, "fast": None}
     if "previous" in engines:
         trees["previous"] = previous_tree(args.previous)
-    for engine in {e for e in engines if e != "fast"}:
-        warm(trees[engine])
+    for engine in engines:
+        warm(trees[engine], engine)
     rows = []
     for gpus in [int(x) for x in args.gpus.split(",")]:
         for engine in engines:
-            if engine != "fast" and gpus > args.exact_max_gpus:
+            if gpus > limits.get(engine, 0):
                 rows.append([gpus, engine, "-", "-", "skipped", "-", "-", "-"])
                 continue
-            res = run_once(command(gpus, engine == "fast"), trees[engine], args.timeout)
+            res = run_once(command(gpus, engine), trees[engine], args.timeout)
             if res is None:
                 rows.append([gpus, engine, "-", "-", f">{args.timeout:.0f}", "-", "-", "-"])
                 continue

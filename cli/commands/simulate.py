@@ -85,6 +85,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(uniform traffic: within 12%% of it; a plan without overlap: within 20%%; docs/simulator.md)",
     )
     p.add_argument(
+        "--event-loop",
+        choices=("compiled", "simpy"),
+        default=None,
+        help="uniform traffic: play the phases in the compiled event loop (default) or as SimPy "
+        "processes (the reference: the same events, several times slower); plan simulations run on "
+        "SimPy",
+    )
+    p.add_argument(
         "--chrome-trace", default=None, metavar="FILE", help="write a Chrome/Perfetto trace"
     )
     p.add_argument(
@@ -125,6 +133,7 @@ def _uniform(args: argparse.Namespace) -> int:
         routing=args.routing,
         pxn=not args.no_pxn,
         fast=args.fast,
+        event_loop=args.event_loop or "compiled",
     )
     if args.json:
         print_json(res)
@@ -165,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
         raise PlacementError("give --trace and --plan, or --traffic uniform")
     if args.fast and (args.chrome_trace or args.chakra):
         raise PlacementError("--fast plays no flows: drop it for --chrome-trace or --chakra")
+    if args.event_loop == "compiled":
+        raise PlacementError(
+            "--event-loop compiled plays uniform traffic; a --trace/--plan simulation runs on SimPy"
+        )
     from moe_placement.simulator import simulate_moe
 
     plan = Plan.load(args.plan)
