@@ -13,8 +13,8 @@ The registry, :data:`ENTRIES`, lists each entry kernel with a way to compile it:
 (only their numba types matter: :func:`compile_for` compiles for exactly those types, running nothing), or
 a tiny run through the code that calls it (robust to a change of the kernel's arguments). A new entry
 kernel joins by being listed. ``after`` names entries whose kernels this one calls: it starts once they are
-in the cache, so it loads them instead of compiling them again. The last entry runs a tiny ``simulate``
-end to end and compiles whatever the others missed.
+in the cache, so it loads them instead of compiling them again. The ``simulate`` entry runs a tiny
+``simulate_uniform`` end to end: it compiles the phase loop and whatever else that path calls.
 
 Robust by construction: a worker that fails or dies leaves its entries to be compiled in the calling
 process as before (same results, only slower); an overall timeout bounds the wait; without numba, or with
@@ -117,24 +117,39 @@ def _warm_simulate() -> None:
         simulate_uniform(cluster, tokens=4, hidden=16, top_k=2, num_experts=8, algo=algo)
 
 
-_NETWORK_ENTRIES = ("solve", "classify", "pop_finished", "build_classes", "link_index", "advance")
+def _loop_kernels() -> tuple[Any, ...]:
+    from moe_placement.simulator import phaseloop
 
-# The registry, heaviest first (a worker takes the first entry whose ``after`` entries are done).
+    return (phaseloop.play,)
+
+
+# The registry, in priority order: a free worker takes the first entry whose ``after`` entries are done.
+# The phase loop (``simulate``) is the longest: it starts as soon as the kernels it shares are cached.
 ENTRIES: tuple[Entry, ...] = (
-    Entry("uniform_routing", _routing_kernels, _warm_routing),
     _network_entry("solve", lambda: (_bundle(), _IDS, _IDS, _IDS, 1.0, True, 0.0, 0)),
+    Entry("uniform_routing", _routing_kernels, _warm_routing),
     _network_entry("classify", lambda: (_bundle(), _IDS, True, True)),
+    Entry(
+        "simulate", _loop_kernels, _warm_simulate, after=("solve", "classify", "uniform_routing")
+    ),
     _network_entry("pop_finished", lambda: (_bundle(), _IDS, 0.0, 1e-9)),
     _network_entry("build_classes", lambda: (_bundle(), 0, _IDS, _IDS, 0)),
     _network_entry("link_index", lambda: (_IDS, _IDS, _IDS, 1)),
     _network_entry("advance", lambda: (_bundle(), _IDS, 0.0)),
-    Entry("simulate", lambda: (), _warm_simulate, after=("uniform_routing", *_NETWORK_ENTRIES)),
 )
 
 
 def needed(entries: Sequence[Entry] = ENTRIES) -> list[Entry]:
-    """The entries with a kernel that has no cached machine code (and those that always run)."""
-    return [e for e in entries if not e.kernels() or any(map(kernels._cache_is_cold, e.kernels()))]
+    """The entries with a kernel that has no cached machine code (or that list none: they always run)."""
+    return [e for e in entries if _is_cold(e)]
+
+
+def _is_cold(entry: Entry) -> bool:
+    try:
+        dispatchers = entry.kernels()
+    except Exception:  # a kernel renamed or gone: its warm() reports what is wrong
+        return True
+    return not dispatchers or any(map(kernels._cache_is_cold, dispatchers))
 
 
 def usable_cpus() -> int:
@@ -335,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     todo = needed()
-    if not [e for e in todo if e.kernels()]:
+    if not todo:
         print("simulator kernels already compiled (numba cache)")
         return 0
     cpu_start = time.process_time()
