@@ -12,7 +12,7 @@ the integers ``k`` (same order, same ties as the floats), never go through memor
 experts]`` matrix, and each costs about 0.9 ns instead of numpy's 2.3 (no indirect call per number; the
 three 64-bit multiplies of the 128-bit LCG step bound it, and the node groups' maxima come on the way
 for free). The generator's state goes back into ``rng`` at the end, exactly where numpy's draw would
-have left it. Any other bit generator: numpy draws each GPU's matrix, and the kernel takes ``k``.
+have left it. Any other bit generator (or no numba): the numpy reference does it all.
 
 The selection. A top-k *set* does not depend on how it is found, except when two scores tie at the
 boundary of the set; the kernel flags those tokens (a few per million) and they are counted by the numpy
@@ -153,52 +153,44 @@ def _fill_pcg(
     ``k / 2**24``. ``state`` (uint64): state hi, lo, increment hi, lo, has a 32-bit half left, that
     half (numpy's ``has_uint32`` / ``uinteger``), advanced in place.
 
-    ``group_size`` > 0 (even, and no half left in ``state``, so that each 64-bit draw fills two scores
-    of one group; ``flat`` holds rows of ``nodes = maxima.size // counts.size`` groups): on the way, per
-    row ``t`` and node group ``g``, its best score into ``maxima[t * nodes + g]``, the keys ``value <<
-    32 | g`` of the groups at or above ``threshold`` into ``keys[t * nodes:]`` (in order, compacted
-    without a branch) and their count into ``counts[t]``. The multiplies of the draw bound the loop,
-    so this costs no time."""
+    ``group_size`` > 0 (``flat`` holds rows of ``nodes = maxima.size // counts.size`` groups of
+    ``group_size`` scores): on the way, per row ``t`` and node group ``g``, its best score into
+    ``maxima[t * nodes + g]``, the keys ``value << 32 | g`` of the groups at or above ``threshold``
+    into ``keys[t * nodes:]`` (in order, compacted without a branch) and their count into
+    ``counts[t]``. The multiplies of the draw bound the loop, so this costs no time."""
     hi, lo, inc_hi, inc_lo = state[0], state[1], state[2], state[3]
     m_hi, m_lo = np.uint64(_MULT_HI), np.uint64(_MULT_LO)
-    low_half, shift, high_shift = np.uint64(0xFFFFFFFF), np.uint64(8), np.uint64(40)
-    pos = 0
-    if n > 0 and state[4] == np.uint64(1):  # the high half of the previous draw comes first
-        flat[0] = np.int32(state[5] >> shift)
-        state[4] = 0
-        pos = 1
+    low_half, shift, high = np.uint64(0xFFFFFFFF), np.uint64(8), np.uint64(32)
+    has_half, half = state[4] == np.uint64(1), state[5]
     groups = maxima.size // counts.size
-    draws_per_group = group_size // 2 if group_size > 0 else n
-    left = draws_per_group
+    per_group = group_size if group_size > 0 else n + 1
+    left = per_group
     best = np.int32(-1)
     row, group, kept = 0, 0, 0
-    out = state[5] << np.uint64(32)  # numpy keeps the high half of its last draw, even once used
-    # one flat loop, its few branches predictable: nested loops over rows and groups ran half as fast
-    for i in range((n - pos) // 2):
-        hi, lo, out = _pcg_next(hi, lo, m_hi, m_lo, inc_hi, inc_lo)
-        first = np.int32((out & low_half) >> shift)
-        second = np.int32(out >> high_shift)
-        flat[pos + 2 * i] = first
-        flat[pos + 2 * i + 1] = second
-        best = max(best, max(first, second))
+    # one flat loop over the scores, its few branches predictable (nested loops over rows and groups
+    # ran half as fast): each 64-bit draw gives a score of its low half, then one of its high half
+    for i in range(n):
+        if has_half:
+            score = np.int32(half >> shift)
+            has_half = False
+        else:
+            hi, lo, out = _pcg_next(hi, lo, m_hi, m_lo, inc_hi, inc_lo)
+            score = np.int32((out & low_half) >> shift)
+            has_half, half = True, out >> high
+        flat[i] = score
+        best = max(best, score)
         left -= 1
         if left == 0:
             maxima[row * groups + group] = best
             keys[row * groups + kept] = (np.int64(best) << 32) | group
             kept += int(best >= threshold)
-            left = draws_per_group
+            left = per_group
             best = np.int32(-1)
             group += 1
             if group == groups:
                 counts[row] = kept
                 row, group, kept = row + 1, 0, 0
-    state[5] = out >> np.uint64(32)
-    if (n - pos) % 2:  # an odd count: the low half now, the high half kept for the next draw
-        hi, lo, out = _pcg_next(hi, lo, m_hi, m_lo, inc_hi, inc_lo)
-        flat[n - 1] = np.int32((out & low_half) >> shift)
-        state[4] = 1
-        state[5] = out >> np.uint64(32)
-    state[0], state[1] = hi, lo
+    state[0], state[1], state[4], state[5] = hi, lo, has_half, half
 
 
 @_njit(cache=True)
@@ -233,7 +225,7 @@ def _top_of_keys(keys: np.ndarray, m: int, best: np.ndarray, cap: int) -> bool:
 @_njit(cache=True, nogil=True)
 def _route_gpu(
     src: int,
-    scores_in: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    scores_in: tuple[np.ndarray, np.ndarray, np.ndarray],
     params: tuple[int, ...],
     counts: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     tied_rows: np.ndarray,
@@ -241,12 +233,12 @@ def _route_gpu(
 ) -> tuple[int, int]:
     """Draw, select and count the tokens of GPU ``src``.
 
-    Scores are the integers ``k`` of numpy's float32 ``k / 2**24``. ``scores_in`` = (prefilled[tokens,
-    experts], buf[rows, experts], the same buffer flat, state): the prefilled ones when there are
-    rows, else drawn here in blocks of ``buf`` from the PCG64 ``state`` (:func:`_fill_pcg`). ``params`` = (gpus_per_node,
-    per_gpu, top_k, node_limit, and the pre-filter thresholds of the group maxima and of the experts'
-    scores, see :func:`_thresholds`). ``tied_rows`` gives the token count and receives the rows whose
-    top set is not unique. ``counts`` = (pairs, nic, nvlink, expert_pairs), ``[gpus, gpus]`` each, as
+    Scores are the integers ``k`` of numpy's float32 ``k / 2**24``, drawn in blocks of ``buf`` from
+    the PCG64 ``state`` by :func:`_fill_pcg`: ``scores_in`` = (buf[rows, experts], the same buffer
+    flat, state). ``params`` = (gpus_per_node, per_gpu, top_k, node_limit, and the pre-filter
+    thresholds of the group maxima and of the experts' scores, see :func:`_thresholds`); the kept
+    groups hold more than top-k experts. ``tied_rows`` gives the token count and receives the rows
+    whose top set is not unique. ``counts`` = (pairs, nic, nvlink, expert_pairs), ``[gpus, gpus]`` each, as
     :func:`uniform_routing` returns them, added to. ``scratch``: see :func:`_scratch`. Returns
     ((token, node) pairs counted, rows tied).
 
@@ -255,7 +247,7 @@ def _route_gpu(
     groups among those above the expert threshold (or all when too few pass): the cap largest are
     then all among them, and the thresholds keep a few times cap of uniform scores. One function,
     its steps inline: numba compiles a call tree of small kernels several times slower."""
-    prefilled, buf, flat, state = scores_in
+    buf, flat, state = scores_in
     gpn, per_gpu, top_k, node_limit, group_threshold, expert_threshold = params
     tokens, experts = tied_rows.shape
     maxima, group_keys, group_count = (
@@ -276,32 +268,18 @@ def _route_gpu(
     src_node = src // gpn
     src_local = src % gpn
     index = np.int64(0xFFFFFFFF)
-    block = max(1, tokens if prefilled.shape[0] > 0 else buf.shape[0])
+    block = buf.shape[0]
+    fused = group_size if limited else 0
     node_pairs = 0
     ntied = 0
     for t0 in range(0, tokens, block):
         rows = min(block, tokens - t0)
-        # the block's scores, and each row's node groups
-        scores = prefilled[t0 : t0 + rows] if prefilled.shape[0] > 0 else buf
-        grouped = False
-        if prefilled.shape[0] == 0:
-            grouped = limited and group_size % 2 == 0 and state[4] == np.uint64(0)
-            fused = group_size if grouped else 0
-            n = rows * experts
-            _fill_pcg(flat, n, state, fused, group_threshold, maxima, group_keys, group_count)
-        if limited and not grouped:
-            for t in range(rows):
-                kept = 0
-                for g in range(nodes):
-                    top = scores[t, g * group_size]
-                    for e in range(g * group_size + 1, (g + 1) * group_size):
-                        top = max(top, scores[t, e])
-                    maxima[t * nodes + g] = top
-                    group_keys[t * nodes + kept] = (np.int64(top) << 32) | g
-                    kept += top >= group_threshold
-                group_count[t] = kept
+        # the block's scores, and each row's node groups on the way
+        _fill_pcg(
+            flat, rows * experts, state, fused, group_threshold, maxima, group_keys, group_count
+        )
         for t in range(rows):
-            row = scores[t]
+            row = buf[t]
             # the kept node groups: first expert of each into keep
             if limited:
                 tk = group_keys[t * nodes : (t + 1) * nodes]
@@ -317,20 +295,7 @@ def _route_gpu(
                 unique = True
                 keep[0] = 0
             # the top-k experts among them
-            if unique and limited and node_limit * group_size <= top_k:
-                # every kept expert is chosen; the reference masks the others to -1, all tied,
-                # unless it takes every expert
-                unique = node_limit * group_size == top_k or experts == top_k
-                m = 0
-                for g in range(nodes):
-                    in_kept = experts == top_k
-                    for j in range(node_limit):
-                        in_kept |= keep[j] == g * group_size
-                    if in_kept:
-                        for e in range(g * group_size, (g + 1) * group_size):
-                            chosen[m] = e
-                            m += 1
-            elif unique:
+            if unique:
                 for floor in (expert_threshold, -1):  # too few above it (rare): all compete
                     m = 0
                     for j in range(spans):
@@ -430,7 +395,7 @@ def _thresholds(nodes: int, group_size: int, top_k: int, node_limit: int) -> tup
 
 def _pcg_state(rng: np.random.Generator) -> np.ndarray | None:
     """``rng``'s state as :func:`_fill_pcg` takes it when ``rng`` is numpy's PCG64 and the kernels are
-    compiled; None otherwise (numpy draws)."""
+    compiled; None otherwise (the numpy reference draws)."""
     if not HAVE_NUMBA or type(rng.bit_generator) is not np.random.PCG64:
         return None
     st = rng.bit_generator.state
@@ -543,32 +508,27 @@ def uniform_routing(
     out = tuple(np.zeros((G, G)) for _ in range(4))
     pairs, nic, nvlink, expert_pairs = out
     node_pairs = np.zeros(G)
-    if not compiled:
+    limit = node_limit if node_limit is not None and node_limit < nodes else nodes
+    pcg = _pcg_state(rng)
+    if not compiled or pcg is None or (limit < nodes and limit * per_gpu * gpn <= top_k):
+        # the reference; also for a bit generator other than PCG64, and where the kept groups hold
+        # top-k experts or fewer (every token then takes them all, tied with the masked rest unless
+        # that is exactly top-k)
         for s in range(G):
             scores = rng.random((tokens, experts), dtype=np.float32)
             dst = _select_numpy(scores, nodes, per_gpu, top_k, node_limit)
             node_pairs[s] = _count_numpy(dst, s, G, gpn, out)
         return pairs, nic, nvlink, node_pairs, expert_pairs
     announce_compile(_route_gpu)
-    limit = node_limit if node_limit is not None and node_limit < nodes else nodes
     params = (gpn, per_gpu, top_k, limit, *_thresholds(nodes, per_gpu * gpn, top_k, limit))
 
-    def route(gpus: range, pcg: np.ndarray | None, out: tuple[np.ndarray, ...]) -> None:
-        """GPUs ``gpus`` into ``out``, drawn from ``pcg`` (advanced) or, when None, by ``rng``."""
-        no_rows = np.empty((0, experts), dtype=np.int32)
-        if pcg is None:  # numpy draws a GPU's scores at once
-            buf, block = no_rows, tokens
-        else:
-            buf = np.empty((max(1, BLOCK_BYTES // (4 * experts)), experts), dtype=np.int32)
-            block = buf.shape[0]
-        scratch = _scratch(G, gpn, experts, top_k, limit, max(1, block))
+    def route(gpus: range, pcg: np.ndarray, out: tuple[np.ndarray, ...]) -> None:
+        """GPUs ``gpus`` into ``out``, drawn from ``pcg`` (advanced in place)."""
+        buf = np.empty((max(1, BLOCK_BYTES // (4 * experts)), experts), dtype=np.int32)
+        scores_in = (buf, buf.reshape(-1), pcg)
+        scratch = _scratch(G, gpn, experts, top_k, limit, buf.shape[0])
         tied_rows = np.empty((tokens, experts), dtype=np.int32)  # pages touched only by tied rows
         for s in gpus:
-            if pcg is None:  # k / 2**24 times 2**24 is exact in float32
-                drawn = rng.random((tokens, experts), dtype=np.float32) * np.float32(SCORE_LEVELS)
-                scores_in = (drawn.astype(np.int32), buf, buf.reshape(-1), np.zeros(6, np.uint64))
-            else:
-                scores_in = (no_rows, buf, buf.reshape(-1), pcg)
             counted, ntied = _route_gpu(s, scores_in, params, out, tied_rows, scratch)
             node_pairs[s] = counted
             if ntied:  # the reference decides, on the floats numpy drew (k / 2**24, exact)
@@ -576,9 +536,8 @@ def uniform_routing(
                 dst = _select_numpy(scores, nodes, per_gpu, top_k, node_limit)
                 node_pairs[s] += _count_numpy(dst, s, G, gpn, out)
 
-    pcg = _pcg_state(rng)
-    workers = 1 if pcg is None else _workers(G * tokens * experts)
-    if pcg is None or workers == 1:
+    workers = _workers(G * tokens * experts)
+    if workers == 1:
         route(range(G), pcg, out)
     else:
         # each thread from its first GPU's place in the stream; its own matrices (NVLink forwarding
@@ -593,6 +552,5 @@ def uniform_routing(
             for total, part in zip(out, extra, strict=True):
                 total += part
         pcg = states[-1]  # where the last GPU's draw ended
-    if pcg is not None:
-        _store_state(rng, pcg)
+    _store_state(rng, pcg)
     return pairs, nic, nvlink, node_pairs, expert_pairs

@@ -39,16 +39,20 @@ def test_pcg_fill_is_numpys_float32_stream(skip: int) -> None:
 
 
 @needs_numba
-def test_pcg_fill_groups_on_the_way() -> None:
-    rows, nodes, group_size, threshold = 5, 6, 4, SCORE_LEVELS // 2
-    state = routing._pcg_state(np.random.default_rng(3))
+@pytest.mark.parametrize(("group_size", "skip"), [(4, 0), (3, 1)])  # odd: groups split draws
+def test_pcg_fill_groups_on_the_way(group_size: int, skip: int) -> None:
+    rows, nodes, threshold = 5, 6, SCORE_LEVELS // 2
+    rng = np.random.default_rng(3)
+    rng.random(skip, dtype=np.float32)
+    state = routing._pcg_state(rng)
     assert state is not None
     flat = np.empty(rows * nodes * group_size, dtype=np.int32)
     maxima = np.empty(rows * nodes, dtype=np.int64)
     keys = np.empty(rows * nodes, dtype=np.int64)
     counts = np.empty(rows, dtype=np.int64)
     routing._fill_pcg(flat, flat.size, state, group_size, threshold, maxima, keys, counts)
-    scores = np.random.default_rng(3).random(flat.size, dtype=np.float32) * SCORE_LEVELS
+    numpy_rng = np.random.default_rng(3)
+    scores = numpy_rng.random(skip + flat.size, dtype=np.float32)[skip:] * SCORE_LEVELS
     np.testing.assert_array_equal(flat, scores.astype(np.int32))
     best = flat.reshape(rows, nodes, group_size).max(axis=2)
     np.testing.assert_array_equal(maxima.reshape(rows, nodes), best)
@@ -90,12 +94,12 @@ def _philox() -> np.random.Generator:
     ("gpus", "per_node", "tokens", "experts", "node_limit", "top_k", "rng_of"),
     [
         (64, 8, 40, 64, 4, 8, _pcg),  # one expert per GPU (groups of 8), as at 1024 GPUs
-        (16, 8, 300, 256, 2, 8, _pcg_with_a_half_left),  # no fused group maxima on odd halves
+        (16, 8, 300, 256, 2, 8, _pcg_with_a_half_left),  # group maxima across draws
         (3, 3, 37, 9, None, 2, _pcg),  # odd scores per GPU: halves carried across GPUs
-        (6, 3, 50, 18, 1, 4, _pcg),  # odd group size: group maxima after the draw
+        (6, 3, 50, 18, 1, 4, _pcg),  # odd group size
         (8, 4, 60, 8, 1, 4, _pcg),  # the kept groups hold exactly top-k experts
         (8, 4, 60, 8, 1, 6, _pcg),  # fewer than top-k: every token tied, numpy decides
-        (16, 8, 200, 64, 1, 8, _philox),  # another bit generator: numpy draws
+        (16, 8, 200, 64, 1, 8, _philox),  # another bit generator: the numpy reference
         (8, 8, 100, 32, None, 6, _philox),
     ],
 )
