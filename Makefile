@@ -6,7 +6,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test warmup lint typecheck bench clean
 
 demo: $(VENV)/.stamp-demo
 	$(BIN)/placement demo
@@ -27,6 +27,11 @@ typecheck: $(VENV)/.stamp-test
 	  ln -s $(CURDIR)/$$d build/typecheck/moe_placement/$$d; done
 	$(BIN)/mypy
 
+# Compile the simulator's numba kernels now, on every CPU, instead of at the first `placement simulate`
+# (the install stamps below run it once; again after a change to the kernels, or else the first run does).
+warmup: $(VENV)/.stamp-demo
+	$(BIN)/python -m moe_placement.simulator.warmup
+
 bench: $(VENV)/.stamp-test
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
@@ -37,11 +42,13 @@ $(BIN)/python:
 $(VENV)/.stamp-demo: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[capture]"
+	$(BIN)/python -m moe_placement.simulator.warmup || echo "note: kernels not compiled now: the first simulate will"
 	touch $@
 
 $(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[capture,executor,dev]"
+	$(BIN)/python -m moe_placement.simulator.warmup || echo "note: kernels not compiled now: the first simulate will"
 	@# nothing is installed outside .venv: the report rendering test needs Chromium on the PATH and
 	@# skips without it (README, Development, says how to enable it)
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
