@@ -926,6 +926,7 @@ def simulate_uniform(
     relay_chunks: int = 8,
     fast: bool = False,
     event_loop: str = "compiled",
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Dispatch then combine of uniformly routed tokens (``tokens`` per GPU), as DeepEP's tests do.
 
@@ -939,7 +940,8 @@ def simulate_uniform(
     ``fast``: the analytical path (:mod:`moe_placement.simulator.fast`, within its stated error of the
     event simulation) instead of playing the flows; ``events`` and ``flows`` are then 0.
     ``event_loop``: ``"compiled"`` (:mod:`moe_placement.simulator.phaseloop`) or ``"simpy"``, the same
-    event simulation as SimPy processes (the reference; several times slower).
+    event simulation as SimPy processes (the reference; several times slower). ``progress``: a bar
+    per phase on stderr (compiled loop, on a terminal).
     """
     if event_loop not in EVENT_LOOPS:
         raise PlacementError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}")
@@ -965,7 +967,7 @@ def simulate_uniform(
         measures = _fast_measures(cluster, traffic, algo, phases, routing, pxn, relay_chunks)
     else:
         measures = _exact_measures(
-            cluster, traffic, algo, phases, routing, pxn, seed, relay_chunks, event_loop
+            cluster, traffic, algo, phases, routing, pxn, seed, relay_chunks, event_loop, progress
         )
     return {
         "num_gpus": G,
@@ -992,6 +994,7 @@ def _exact_measures(
     seed: int,
     relay_chunks: int,
     event_loop: str = "compiled",
+    progress: bool = False,
 ) -> dict[str, Any]:
     """The phases played flow by flow on the event simulation: in the compiled event loop
     (:mod:`moe_placement.simulator.phaseloop`) or, ``event_loop="simpy"``, as SimPy processes (the
@@ -1010,7 +1013,7 @@ def _exact_measures(
             _network_stats(runner.net),
         )
     topo = _topology_for(cluster, algo, routing=routing, pxn=pxn, seed=seed)
-    outcomes, loop = play_phases(topo, phases, chunks=relay_chunks)
+    outcomes, loop = play_phases(topo, phases, chunks=relay_chunks, progress=progress)
     stats = {
         "events": loop.events,
         "recomputes": loop.recomputes,

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from moe_placement.simulator import kernels
 from moe_placement.simulator.collectives import PhasePlan, _with_sm_link
@@ -68,8 +69,10 @@ _TOL = 1e-9
     ACT_SUM,
     REGROUP_MIN_EVENTS,
     REGROUP_FLOWS_PER_EVENT,
-) = range(21)
-_EI_SIZE = 21
+    PHASE_STARTED,
+    PHASE_DONE,
+) = range(23)
+_EI_SIZE = 23
 WORST, NEXT_FINISH, NOW, T_NET = range(4)
 _EF_SIZE = 4
 
@@ -874,24 +877,34 @@ def play(
     drv: tuple[np.ndarray, ...],
     plan: tuple[np.ndarray, ...],
     par: np.ndarray,
+    budget: int,
 ) -> None:
-    """Play one phase to its end on the network state (``arrays``, ``eng``, ``ei``, ``ef``), from
-    ``ef[NOW]``; ``par``: (stage-1 pieces, relay chunks, store-and-forward, overhead us, has stage 1,
-    has stage 2). ``ei[STATUS]`` says whether it ran out of room."""
+    """Play one phase on the network state (``arrays``, ``eng``, ``ei``, ``ef``) from ``ef[NOW]``,
+    for at most ``budget`` network events: call again until ``ei[PHASE_DONE]`` (every state lives in
+    the arrays, so the phase goes on where it stopped; between calls the caller shows progress and
+    takes signals). ``par``: (stage-1 pieces, relay chunks, store-and-forward, overhead us, has stage
+    1, has stage 2). ``ei[STATUS]`` says whether it ran out of room."""
     h_time, h_seq, h_kind, h_arg = drv[15], drv[16], drv[17], drv[18]
     ready, expected = plan[10], plan[4]
     end_us, done = drv[2], drv[19]
     G = ready.shape[0]
-    for g in range(G):
-        if np.isfinite(ready[g]):
-            _push_action(h_time, h_seq, h_kind, h_arg, ei, ready[g], A_START, g)
+    if not ei[PHASE_STARTED]:
+        ei[PHASE_STARTED] = 1
+        for g in range(G):
+            if np.isfinite(ready[g]):
+                _push_action(h_time, h_seq, h_kind, h_arg, ei, ready[g], A_START, g)
     now = ef[NOW]
     flat, info_of = eng[5], eng[11]
+    stop_at = ei[EVENTS] + budget
     while ei[STATUS] == OK:
+        if ei[EVENTS] >= stop_at:
+            ef[NOW] = now
+            return
         t_net = ef[T_NET]
         # arrivals wake the network at once; otherwise the next action or the network's own timer
         t = now if ei[N_PEND] > 0 else min(t_net, h_time[0] if ei[N_HEAP] else np.inf)
         if t == np.inf:
+            ei[PHASE_DONE] = 1
             break
         now = t
         # every action due now runs before the network's step (SimPy: the step waits a zero timeout)
@@ -1144,10 +1157,12 @@ def play_phases(
     *,
     chunks: int = 8,
     ready_us: np.ndarray | None = None,
+    progress: bool = False,
 ) -> tuple[list[PhaseOutcome], LoopStats]:
     """Play ``plans`` (``PhasePlan``) one after the other on one fluid network over ``topo``: the first
     with every GPU starting at ``ready_us`` (default 0), each next one once the previous has landed
     everywhere (as ``simulate_uniform`` does). Returns each phase's outcome and the network's counters.
+    ``progress``: a bar per phase on stderr (share of its bytes delivered; shown on a terminal).
     """
     kernels.announce_compile(play)
     G = topo.cluster.num_gpus
@@ -1160,13 +1175,46 @@ def play_phases(
     classes = flows + 16
     ready0 = np.zeros(G) if ready_us is None else np.asarray(ready_us, dtype=np.float64)
     while True:
-        done = _attempt(topo, plans, chunks, ready0, routes, caps, tables, flows, classes)
+        done = _attempt(topo, plans, chunks, ready0, routes, caps, tables, flows, classes, progress)
         if isinstance(done, tuple):
             return done
         # out of room (only if a bound above is wrong): play it again with twice the room
         if done == OUT_OF_FLOWS:
             flows *= 2
         classes = 2 * classes
+
+
+# network events per call of the compiled loop: between calls Python shows progress and takes signals
+# (a call of this size lasts well under a second at 1024 GPUs)
+EVENTS_PER_CALL = 20_000
+
+
+def _play_to_end(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    ef: np.ndarray,
+    drv: tuple[np.ndarray, ...],
+    parr: tuple[np.ndarray, ...],
+    par: np.ndarray,
+    name: str,
+    progress: bool,
+) -> None:
+    """The compiled loop in slices of :data:`EVENTS_PER_CALL` events until the phase is done (or out
+    of room), with a progress bar of the bytes delivered."""
+    total = float(parr[4].sum())
+    with tqdm(
+        total=100.0,
+        desc=f"simulate {name}",
+        unit="%",
+        disable=None if progress else True,
+        leave=False,
+        bar_format="{desc}: {percentage:3.0f}% |{bar}| {elapsed}",
+    ) as bar:
+        while not ei[PHASE_DONE] and ei[STATUS] == OK:
+            play(arrays, eng, ei, ef, drv, parr, par, EVENTS_PER_CALL)
+            if total > 0:
+                bar.update(100.0 * min(float(drv[0].sum()) / total, 1.0) - bar.n)
 
 
 def _attempt(
@@ -1179,6 +1227,7 @@ def _attempt(
     tables: tuple[np.ndarray, ...],
     flows: int,
     classes: int,
+    progress: bool = False,
 ) -> tuple[list[PhaseOutcome], LoopStats] | int:
     """The phases played with room for ``flows`` flows and ``classes`` classes; the status (out of
     which room) when they did not fit."""
@@ -1235,7 +1284,9 @@ def _attempt(
         )
         parr = _plan_arrays(plan, routes.rid_direct[k], routes.rid_relay[k], ready)
         ef[NOW] = float(np.min(ready)) if ready.size else 0.0
-        play(arrays, eng, ei, ef, drv, parr, par)
+        ei[PHASE_STARTED] = 0
+        ei[PHASE_DONE] = 0
+        _play_to_end(arrays, eng, ei, ef, drv, parr, par, plan.name, progress)
         if ei[STATUS] != OK:
             return int(ei[STATUS])
         end_us = drv[2].copy()

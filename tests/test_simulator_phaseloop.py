@@ -166,3 +166,11 @@ def test_out_of_room_plays_again_with_the_same_result(mpft32: Any) -> None:
     again = phaseloop._attempt(*args, 10_000, 10_000)
     assert isinstance(again, tuple)
     np.testing.assert_allclose(again[0][0].end_us, full[0].end_us, rtol=1e-12)
+
+
+def test_a_phase_played_in_slices_is_the_same(mpft32: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = _uniform("deepep", "compiled", cluster=mpft32)
+    monkeypatch.setattr(phaseloop, "EVENTS_PER_CALL", 7)  # return to Python every 7 events
+    sliced = _uniform("deepep", "compiled", cluster=mpft32)
+    for key in (*SCALARS, "events", "recomputes", "flows"):
+        assert sliced[key] == whole[key], key

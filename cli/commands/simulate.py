@@ -134,6 +134,7 @@ def _uniform(args: argparse.Namespace) -> int:
         pxn=not args.no_pxn,
         fast=args.fast,
         event_loop=args.event_loop or "compiled",
+        progress=True,  # a bar per phase on a terminal (stderr), nothing otherwise
     )
     if args.json:
         print_json(res)
