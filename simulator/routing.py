@@ -35,11 +35,9 @@ from moe_placement.simulator.kernels import HAVE_NUMBA, _njit, announce_compile
 
 # PCG64 (numpy's default bit generator): a 128-bit LCG, output XSL-RR of the state after each step.
 PCG64_MULTIPLIER = 0x2360ED051FC65DA44385DF649FCCF645
-_MULT_HI, _MULT_LO = (
-    PCG64_MULTIPLIER >> 64,
-    PCG64_MULTIPLIER & ((1 << 64) - 1),
-)  # each fits an int64
 _MASK64 = (1 << 64) - 1
+_MULT_HI = PCG64_MULTIPLIER >> 64  # each half fits an int64: numba takes them as constants
+_MULT_LO = PCG64_MULTIPLIER & _MASK64
 _MASK128 = (1 << 128) - 1
 
 # numpy's float32 scores are k / SCORE_LEVELS, k a 24-bit integer; the kernels compare the k.
