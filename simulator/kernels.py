@@ -201,7 +201,9 @@ SCRATCH_LINK_FIELDS: tuple[tuple[str, type], ...] = (
 
 def scratch_fields(num_classes: int, num_links: int) -> dict[str, np.ndarray]:
     """The bundle's scratch arrays for ``num_classes`` classes and ``num_links`` links (all zero)."""
-    out = {name: np.zeros(num_classes, dtype=dt) for name, dt in SCRATCH_CLASS_FIELDS}
+    out: dict[str, np.ndarray] = {
+        name: np.zeros(num_classes, dtype=dt) for name, dt in SCRATCH_CLASS_FIELDS
+    }
     out.update({name: np.zeros(num_links, dtype=dt) for name, dt in SCRATCH_LINK_FIELDS})
     out["sc_epoch"] = np.zeros(1, dtype=np.int64)
     return out

@@ -1032,7 +1032,9 @@ class _Routes:
         def csr(parts: list[np.ndarray], dtype: type) -> tuple[np.ndarray, np.ndarray]:
             ptr = np.zeros(len(parts) + 1, dtype=np.int64)
             ptr[1:] = np.cumsum([p.size for p in parts])
-            flat = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+            flat: np.ndarray = (
+                np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+            )
             return ptr, flat
 
         f_ptr, f_link = csr(full_l, np.int64)

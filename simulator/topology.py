@@ -30,12 +30,15 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 
 from moe_placement.cluster import ClusterSpec
 from moe_placement.errors import PlacementError
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 ROUTINGS = ("spray", "ecmp")
 
@@ -280,9 +283,11 @@ class Topology:
 
     # -- the physical graph -------------------------------------------------------------------------
     @property
-    def graph(self) -> nx.DiGraph:
+    def graph(self) -> nx.DiGraph:  # networkx loads here: a simulation needs no graph
         """GPUs, NVSwitches, PCIe switches, NICs and switches with per-direction link attributes."""
         c = self.cluster
+        import networkx as nx
+
         g = nx.DiGraph(name=c.name, fabric=c.fabric)
         nvl = c.nvlink_effective_gbytes_per_s
         port = c.nic_gbits_per_s / 8.0 * c.nic_efficiency
