@@ -1,0 +1,102 @@
+"""The parallel compile of the simulator's kernels (moe_placement.simulator.warmup): its registry, its
+scheduler, its failure and timeout paths, and (slow) that a cold warm-up leaves nothing for any
+``simulate`` path to compile."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from moe_placement.simulator import kernels
+from moe_placement.simulator.warmup import ENTRIES, Entry, _next_ready, warm_up
+
+needs_numba = pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba absent: nothing compiles")
+
+
+def test_registry_names_are_unique_and_its_order_can_be_followed() -> None:
+    names = [e.name for e in ENTRIES]
+    assert len(set(names)) == len(names)
+    for entry in ENTRIES:
+        assert set(entry.after) <= set(names) - {entry.name}, entry
+    # the scheduler hands out every entry, each after the entries it names
+    pending, done = set(names), []
+    while pending:
+        name = _next_ready(ENTRIES, pending, set())
+        assert name is not None, f"no entry can start; left: {sorted(pending)}"
+        entry = next(e for e in ENTRIES if e.name == name)
+        assert set(entry.after) <= set(done)
+        pending.discard(name)
+        done.append(name)
+
+
+@needs_numba
+def test_an_entry_that_fails_is_reported_not_raised() -> None:
+    unknown = Entry("no-such-entry", lambda: (), lambda: None)
+    report = warm_up([unknown], workers=1, timeout_s=120)
+    assert report.workers == 1
+    assert report.failed["no-such-entry"].startswith("KeyError"), report
+    assert not report.compiled and not report.ok
+
+
+@needs_numba
+def test_a_warm_up_past_its_timeout_stops_its_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an empty cache: the worker is still compiling (or starting) when the time is up
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    start = time.perf_counter()
+    report = warm_up(ENTRIES[:1], workers=1, timeout_s=0.3)
+    assert time.perf_counter() - start < 10
+    assert report.left == [ENTRIES[0].name] and not report.ok
+
+
+_PATHS = """
+from moe_placement.simulator.warmup import needed
+print("cold:", [entry.name for entry in needed()])
+import numpy as np
+from numba.core.registry import CPUDispatcher
+from moe_placement.cli.commands._common import load_workload
+from moe_placement.cluster import load_cluster
+from moe_placement.plan import Plan, Provenance
+from moe_placement.simulator import kernels, phaseloop, routing, simulate_moe, simulate_uniform
+from moe_placement.simulator.collectives import ALGOS
+
+cluster = load_cluster("h800-mpft")
+for algo in ALGOS:
+    simulate_uniform(cluster.with_counts(16, 8), tokens=32, top_k=4, algo=algo)
+plan = Plan(8, 4, 2, np.tile(np.arange(16), (4, 1)), provenance=Provenance("round-robin"))
+workload = load_workload({trace!r}, 8, progress=False)
+simulate_moe(plan, cluster.with_counts(8, 4), workload, algo="deepep", progress=False)
+missed = sorted(
+    f"{{module.__name__}}.{{name}}"
+    for module in (kernels, routing, phaseloop)
+    for name, fn in vars(module).items()
+    if isinstance(fn, CPUDispatcher) and fn.stats.cache_misses
+)
+print("compiled here:", missed)
+"""
+
+
+@pytest.mark.slow
+@needs_numba
+def test_a_cold_warm_up_leaves_nothing_to_compile_for_any_simulate_path(
+    tmp_path: Path, tiny_trace: Path
+) -> None:
+    # minutes: a cold compile of every kernel, on every CPU
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    warm = [sys.executable, "-m", "moe_placement.simulator.warmup"]
+    cold = subprocess.run(warm, env=env, capture_output=True, text=True)
+    assert cold.returncode == 0, cold.stdout + cold.stderr
+    assert f"compiled {len(ENTRIES)} of {len(ENTRIES)} simulator entries" in cold.stdout
+    code = _PATHS.format(trace=str(tiny_trace))
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "compiled here: []" in run.stdout, run.stdout  # every kernel loaded from the cache
+    assert "cold: []" in run.stdout and "compiling simulator kernels" not in run.stderr, run.stdout
+    again = subprocess.run(warm, env=env, capture_output=True, text=True)
+    assert "already compiled" in again.stdout
