@@ -71,8 +71,9 @@ _TOL = 1e-9
     REGROUP_FLOWS_PER_EVENT,
     PHASE_STARTED,
     PHASE_DONE,
-) = range(23)
-_EI_SIZE = 23
+    ANY_LAZY,
+) = range(24)
+_EI_SIZE = 24
 WORST, NEXT_FINISH, NOW, T_NET = range(4)
 _EF_SIZE = 4
 
@@ -388,8 +389,11 @@ def _solve(
         _index_into(act, s.cl_ptr, s.cl_link, s.lk_ptr, s.lk_flow, eng[18], s.rate.shape[0] - 1)
         ei[INDEX_STALE] = 0
         ei[INDEX_SIZE] = act.shape[0]
+    # the lazy links' bookkeeping (a pass over every active class and every link) only matters once a
+    # link has gone lazy, or for a regrouping's verdict: skipped otherwise (exact: nothing lazy to load)
+    lazy_care = ei[ANY_LAZY] != 0 or verdict in (REGROUP, REGROUP_IF_SLACK)
     refilled, _rounds, worst, lazy_worst, next_finish = kernels.solve(
-        arrays, act, seeds, seed_links, threshold, True, now, verdict
+        arrays, act, seeds, seed_links, threshold, lazy_care, now, verdict
     )
     ei[REFILLED] += refilled
     ei[RECOMPUTES] += 1
@@ -507,6 +511,7 @@ def _lazify(arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.
     for m in range(s.cap.shape[0]):
         if s.used[m] < s.cap[m] * LAZY_BELOW and barred[m] <= ei[REGROUPS]:
             s.lazy[m] = True
+            ei[ANY_LAZY] = 1
     act = eng[0][: ei[N_ACT]]
     kernels.classify(arrays, _active_flows(arrays, act), True, False)
 
