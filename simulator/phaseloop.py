@@ -77,6 +77,13 @@ _EI_SIZE = 24
 WORST, NEXT_FINISH, NOW, T_NET = range(4)
 _EF_SIZE = 4
 
+# per-phase counters (``drv[20]``): its timed actions' heap size and sequence, its flow records, GPUs
+# done so far that the chain has seen
+P_HEAP, P_SEQ, P_INFO, P_SEEN, P_PHASE = range(5)
+# how the second phase of a pair starts: each GPU once its own first phase is done plus ``delay[g]``
+# (a MoE layer: the experts run between dispatch and combine), or every GPU once all are done
+CHAIN_PER_GPU, CHAIN_BARRIER = 0, 1
+
 # flow kinds (what its sent and delivered callbacks do)
 K_DIRECT, K_STAGE1, K_STAGE2 = 0, 1, 2
 # timed actions
@@ -242,15 +249,15 @@ def _push_action(
     h_seq: np.ndarray,
     h_kind: np.ndarray,
     h_arg: np.ndarray,
-    ei: np.ndarray,
+    ps: np.ndarray,
     t: float,
     kind: int,
     arg: int,
 ) -> None:
-    i = ei[N_HEAP]
-    seq = ei[HEAP_SEQ]
-    ei[HEAP_SEQ] += 1
-    ei[N_HEAP] += 1
+    i = ps[P_HEAP]
+    seq = ps[P_SEQ]
+    ps[P_SEQ] += 1
+    ps[P_HEAP] += 1
     while i > 0:
         up = (i - 1) >> 1
         if h_time[up] < t or (h_time[up] == t and h_seq[up] < seq):
@@ -262,12 +269,12 @@ def _push_action(
 
 @_njit(cache=True)
 def _pop_action(
-    h_time: np.ndarray, h_seq: np.ndarray, h_kind: np.ndarray, h_arg: np.ndarray, ei: np.ndarray
+    h_time: np.ndarray, h_seq: np.ndarray, h_kind: np.ndarray, h_arg: np.ndarray, ps: np.ndarray
 ) -> tuple[int, int]:
     """Remove the first action; returns its (kind, argument)."""
     kind, arg = h_kind[0], h_arg[0]
-    n = ei[N_HEAP] - 1
-    ei[N_HEAP] = n
+    n = ps[P_HEAP] - 1
+    ps[P_HEAP] = n
     t, seq, k, a = h_time[n], h_seq[n], h_kind[n], h_arg[n]
     i = 0
     while True:
@@ -649,9 +656,12 @@ def _complete(eng: tuple[np.ndarray, ...], f: int, now: float) -> None:
     """A flow's last byte left: its bytes count on every link of its route."""
     link_bytes, size_bytes, fend, route_of = eng[4], eng[6], eng[9], eng[10]
     rf_ptr, rf_link, rf_coef = eng[12], eng[13], eng[14]
+    by_phase = eng[20]
+    offset = eng[19][f] * link_bytes.shape[0]
     r = route_of[f]
     for j in range(rf_ptr[r], rf_ptr[r + 1]):
         link_bytes[rf_link[j]] += rf_coef[j] * size_bytes[f]
+        by_phase[offset + rf_link[j]] += rf_coef[j] * size_bytes[f]
     fend[f] = now
 
 
@@ -682,17 +692,18 @@ def _send(
     h_time, h_seq, h_kind, h_arg = drv[15], drv[16], drv[17], drv[18]
     rt_lat, rf_ptr = eng[8], eng[12]
     rb_ptr, rb_link, rb_coef = eng[15], eng[16], eng[17]
-    info = ei[N_INFO]
+    ps = drv[20]
+    info = ps[P_INFO]
     if info >= i_kind.shape[0]:
         ei[STATUS] = OUT_OF_FLOWS
         return
-    ei[N_INFO] += 1
+    ps[P_INFO] += 1
     lat = rt_lat[route] + overhead_us
     i_kind[info], i_src[info], i_dst[info], i_bytes[info], i_lat[info] = kind, src, dst, bytes_, lat
     if bytes_ <= 0 or rf_ptr[route + 1] == rf_ptr[route]:
         # nothing to move over the network (a GPU-local copy): sent now, delivered after the latency
-        _push_action(h_time, h_seq, h_kind, h_arg, ei, now, A_LOCAL_SENT, info)
-        _push_action(h_time, h_seq, h_kind, h_arg, ei, now + lat, A_DELIVER, info)
+        _push_action(h_time, h_seq, h_kind, h_arg, ps, now, A_LOCAL_SENT, info)
+        _push_action(h_time, h_seq, h_kind, h_arg, ps, now + lat, A_DELIVER, info)
         return
     fid = ei[N_FLOWS]
     n = rb_ptr[route + 1] - rb_ptr[route]
@@ -710,6 +721,7 @@ def _send(
     eng[7][fid] = now
     eng[10][fid] = route
     eng[11][fid] = info
+    eng[19][fid] = ps[P_PHASE]
     eng[1][ei[N_PEND]] = fid
     ei[N_PEND] += 1
 
@@ -719,12 +731,21 @@ def _deliver(
     drv: tuple[np.ndarray, ...], plan: tuple[np.ndarray, ...], now: float, dst: int, bytes_: float
 ) -> None:
     """``bytes_`` reached their final destination; the GPU is done once all have."""
-    got, end_us, done = drv[0], drv[2], drv[19]
+    got = drv[0]
     expected = plan[4]
     got[dst] += bytes_
-    if not done[dst] and got[dst] >= expected[dst] * (1 - _TOL):
-        end_us[dst] = now
-        done[dst] = 1
+    if not drv[19][dst] and got[dst] >= expected[dst] * (1 - _TOL):
+        _mark_done(drv, now, dst)
+
+
+@_njit(cache=True)
+def _mark_done(drv: tuple[np.ndarray, ...], now: float, g: int) -> None:
+    """GPU ``g`` has everything of the phase: its completion time, and the queue the chain reads."""
+    drv[2][g] = now
+    drv[19][g] = 1
+    queue = drv[4]
+    queue[0] += 1
+    queue[queue[0]] = g
 
 
 @_njit(cache=True)
@@ -874,56 +895,107 @@ def _on_delivered(
 
 
 @_njit(cache=True)
+def _do_action(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    drv: tuple[np.ndarray, ...],
+    plan: tuple[np.ndarray, ...],
+    par: np.ndarray,
+    now: float,
+) -> None:
+    """Run the phase's first timed action (due now)."""
+    kind, arg = _pop_action(drv[15], drv[16], drv[17], drv[18], drv[20])
+    if kind == A_START:
+        _start(arrays, eng, ei, drv, plan, par, now, arg)
+        if plan[4][arg] <= 0 and not drv[19][arg]:
+            _mark_done(drv, now, arg)  # nothing to receive: done as soon as it is ready
+    elif kind == A_LOCAL_SENT:
+        _on_sent(arrays, eng, ei, drv, plan, par, now, arg)
+    else:
+        _on_delivered(arrays, eng, ei, drv, plan, par, now, arg)
+
+
+@_njit(cache=True)
+def _chain(
+    first: tuple[np.ndarray, ...],
+    second: tuple[np.ndarray, ...],
+    mode: int,
+    delay: np.ndarray,
+    now: float,
+) -> None:
+    """Start the second phase where the first is done: per GPU after ``delay[g]``, or everywhere once
+    every GPU is (``CHAIN_BARRIER``)."""
+    queue, ps, ps2 = first[4], first[20], second[20]
+    G = delay.shape[0]
+    while ps[P_SEEN] < queue[0]:
+        ps[P_SEEN] += 1
+        g = queue[ps[P_SEEN]]
+        if mode == CHAIN_PER_GPU:
+            _push_action(
+                second[15], second[16], second[17], second[18], ps2, now + delay[g], A_START, g
+            )
+        elif ps[P_SEEN] == G:
+            for h in range(G):
+                _push_action(second[15], second[16], second[17], second[18], ps2, now, A_START, h)
+
+
+@_njit(cache=True)
 def play(
     arrays: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
     ei: np.ndarray,
     ef: np.ndarray,
-    drv: tuple[np.ndarray, ...],
-    plan: tuple[np.ndarray, ...],
-    par: np.ndarray,
+    drvs: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]],
+    plans: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]],
+    pars: np.ndarray,
+    delay: np.ndarray,
     budget: int,
 ) -> None:
-    """Play one phase on the network state (``arrays``, ``eng``, ``ei``, ``ef``) from ``ef[NOW]``,
-    for at most ``budget`` network events: call again until ``ei[PHASE_DONE]`` (every state lives in
-    the arrays, so the phase goes on where it stopped; between calls the caller shows progress and
-    takes signals). ``par``: (stage-1 pieces, relay chunks, store-and-forward, overhead us, has stage
-    1, has stage 2). ``ei[STATUS]`` says whether it ran out of room."""
-    h_time, h_seq, h_kind, h_arg = drv[15], drv[16], drv[17], drv[18]
-    ready, expected = plan[10], plan[4]
-    end_us, done = drv[2], drv[19]
+    """Play a pair of phases on the network state (``arrays``, ``eng``, ``ei``, ``ef``) from ``ef[NOW]``:
+    the first with GPU g starting at ``ready[g]`` (its plan's), the second chained to it (``pars[0, 6]``:
+    per GPU after ``delay``, or behind a barrier), for at most ``budget`` network events: call again
+    until ``ei[PHASE_DONE]`` (every state lives in the arrays, so play goes on where it stopped; between
+    calls the caller shows progress and takes signals). ``pars[p]``: (stage-1 pieces, relay chunks,
+    store-and-forward, overhead us, has stage 1, has stage 2, chain mode). ``ei[STATUS]`` says whether
+    it ran out of room."""
+    d0, d1 = drvs
+    p0, p1 = plans
+    ready = p0[10]
     G = ready.shape[0]
+    mode = int(pars[0, 6])
     if not ei[PHASE_STARTED]:
         ei[PHASE_STARTED] = 1
         for g in range(G):
             if np.isfinite(ready[g]):
-                _push_action(h_time, h_seq, h_kind, h_arg, ei, ready[g], A_START, g)
+                _push_action(d0[15], d0[16], d0[17], d0[18], d0[20], ready[g], A_START, g)
     now = ef[NOW]
-    flat, info_of = eng[5], eng[11]
+    flat, info_of, phase_of = eng[5], eng[11], eng[19]
     stop_at = ei[EVENTS] + budget
     while ei[STATUS] == OK:
         if ei[EVENTS] >= stop_at:
             ef[NOW] = now
             return
         t_net = ef[T_NET]
+        t0 = d0[15][0] if d0[20][P_HEAP] else np.inf
+        t1 = d1[15][0] if d1[20][P_HEAP] else np.inf
         # arrivals wake the network at once; otherwise the next action or the network's own timer
-        t = now if ei[N_PEND] > 0 else min(t_net, h_time[0] if ei[N_HEAP] else np.inf)
+        t = now if ei[N_PEND] > 0 else min(t_net, t0, t1)
         if t == np.inf:
             ei[PHASE_DONE] = 1
             break
         now = t
         # every action due now runs before the network's step (SimPy: the step waits a zero timeout)
-        while ei[N_HEAP] and h_time[0] <= now and ei[STATUS] == OK:
-            kind, arg = _pop_action(h_time, h_seq, h_kind, h_arg, ei)
-            if kind == A_START:
-                _start(arrays, eng, ei, drv, plan, par, now, arg)
-                if expected[arg] <= 0 and not done[arg]:
-                    end_us[arg] = now
-                    done[arg] = 1
-            elif kind == A_LOCAL_SENT:
-                _on_sent(arrays, eng, ei, drv, plan, par, now, arg)
+        while ei[STATUS] == OK:
+            t0 = d0[15][0] if d0[20][P_HEAP] else np.inf
+            t1 = d1[15][0] if d1[20][P_HEAP] else np.inf
+            if t0 <= now:
+                _do_action(arrays, eng, ei, d0, p0, pars[0], now)
+                _chain(d0, d1, mode, delay, now)
+            elif t1 <= now:
+                _do_action(arrays, eng, ei, d1, p1, pars[1], now)
             else:
-                _on_delivered(arrays, eng, ei, drv, plan, par, now, arg)
+                break
         if ei[STATUS] != OK or (ei[N_PEND] == 0 and t_net > now):
             continue
         ei[EVENTS] += 1
@@ -934,11 +1006,17 @@ def play(
         ef[T_NET] = now + max(nf - now, 0.0) if np.isfinite(nf) else np.inf
         for f in done_ids:
             info = info_of[f]
+            first = phase_of[f] == 0
+            drv, plan, par = (d0, p0, pars[0]) if first else (d1, p1, pars[1])
             _on_sent(arrays, eng, ei, drv, plan, par, now, info)
             if flat[f] > 0:
-                _push_action(h_time, h_seq, h_kind, h_arg, ei, now + flat[f], A_DELIVER, info)
+                _push_action(
+                    drv[15], drv[16], drv[17], drv[18], drv[20], now + flat[f], A_DELIVER, info
+                )
             else:
                 _on_delivered(arrays, eng, ei, drv, plan, par, now, info)
+            if first:
+                _chain(d0, d1, mode, delay, now)
     ef[NOW] = now
 
 
@@ -1132,30 +1210,222 @@ def _plan_arrays(plan: PhasePlan, rid_direct: np.ndarray, rid_relay: np.ndarray,
     )
 
 
-def _driver_arrays(G: int, infos: int) -> tuple[np.ndarray, ...]:
+def _driver_arrays(G: int, infos: int, phase: int) -> tuple[np.ndarray, ...]:
     actions = infos + 2 * G + 1
+    state = np.zeros(5, dtype=np.int64)
+    state[P_PHASE] = phase
     return (
-        np.zeros(G),  # got
-        np.full(G, np.inf),  # start_us
-        np.zeros(G),  # end_us
-        np.zeros(G),  # arrived
-        np.zeros(1),  # (unused)
-        np.zeros((G, G)),  # released
-        np.zeros((G, G)),  # pend_amt
-        np.zeros((G, G)),  # chain_piece
-        np.zeros((G, G), dtype=np.int8),  # inflight
-        np.zeros((G, G), dtype=np.int64),  # chain_left
-        np.zeros(infos, dtype=np.int64),  # i_kind
-        np.zeros(infos, dtype=np.int64),  # i_src
-        np.zeros(infos, dtype=np.int64),  # i_dst
-        np.zeros(infos),  # i_bytes
-        np.zeros(infos),  # i_lat
-        np.zeros(actions),  # h_time
-        np.zeros(actions, dtype=np.int64),  # h_seq
-        np.zeros(actions, dtype=np.int64),  # h_kind
-        np.zeros(actions, dtype=np.int64),  # h_arg
-        np.zeros(G, dtype=np.int8),  # done
+        np.zeros(G),  # 0 got
+        np.full(G, np.inf),  # 1 start_us
+        np.zeros(G),  # 2 end_us
+        np.zeros(G),  # 3 arrived
+        np.zeros(G + 1, dtype=np.int64),  # 4 queue of GPUs done: count, then GPUs
+        np.zeros((G, G)),  # 5 released
+        np.zeros((G, G)),  # 6 pend_amt
+        np.zeros((G, G)),  # 7 chain_piece
+        np.zeros((G, G), dtype=np.int8),  # 8 inflight
+        np.zeros((G, G), dtype=np.int64),  # 9 chain_left
+        np.zeros(infos, dtype=np.int64),  # 10 i_kind
+        np.zeros(infos, dtype=np.int64),  # 11 i_src
+        np.zeros(infos, dtype=np.int64),  # 12 i_dst
+        np.zeros(infos),  # 13 i_bytes
+        np.zeros(infos),  # 14 i_lat
+        np.zeros(actions),  # 15 h_time
+        np.zeros(actions, dtype=np.int64),  # 16 h_seq
+        np.zeros(actions, dtype=np.int64),  # 17 h_kind
+        np.zeros(actions, dtype=np.int64),  # 18 h_arg
+        np.zeros(G, dtype=np.int8),  # 19 done
+        state,  # 20 counters (P_*)
     )
+
+
+# network events per call of the compiled loop: between calls Python shows progress and takes signals
+# (a call of this size lasts well under a second at 1024 GPUs)
+EVENTS_PER_CALL = 20_000
+
+
+class OutOfRoomError(Exception):
+    """The loop's arrays were sized too small (a bound was wrong): play again with more room."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _Loop:
+    """One fluid network over ``topo`` in the compiled loop, playing pairs of phases one after another
+    (state carried over, as one SimPy network plays every phase of a run)."""
+
+    def __init__(
+        self,
+        topo: Topology,
+        plans: Sequence[PhasePlan],
+        chunks: int,
+        flows: int,
+        classes: int,
+        progress: bool,
+    ) -> None:
+        self.topo, self.chunks, self.progress = topo, chunks, progress
+        self.G = topo.cluster.num_gpus
+        self.routes = _Routes(topo, plans)
+        self.route_index = {id(p): k for k, p in enumerate(plans)}
+        caps = topo.capacity()
+        self.caps = caps
+        tables = self.routes.tables(topo.binding())
+        path = max(self.routes.longest_binding, 1)
+        self.arrays = tuple(_bundle(caps, flows, classes, path))
+        links = caps.size
+        lat, f_ptr, f_link, f_coef, b_ptr, b_link, b_coef = tables
+        self.eng = (
+            np.zeros(classes, dtype=np.int64),  # 0 act_buf
+            np.zeros(flows, dtype=np.int64),  # 1 pend
+            np.zeros(links, dtype=np.int64),  # 2 strikes
+            np.zeros(links, dtype=np.int64),  # 3 barred
+            np.zeros(links),  # 4 link_bytes
+            np.zeros(flows),  # 5 latency per flow
+            np.zeros(flows),  # 6 size_bytes
+            np.zeros(flows),  # 7 start_us per flow
+            lat,  # 8 route latency
+            np.zeros(flows),  # 9 end_us per flow
+            np.zeros(flows, dtype=np.int64),  # 10 route_of
+            np.zeros(flows, dtype=np.int64),  # 11 info_of
+            f_ptr,  # 12-14 routes, all links (CSR)
+            f_link,
+            f_coef,
+            b_ptr,  # 15-17 routes, binding links (CSR)
+            b_link,
+            b_coef,
+            np.zeros(links, dtype=np.int64),  # 18 lk_fill: each link's first free index slot
+            np.zeros(flows, dtype=np.int64),  # 19 phase of each flow (0 or 1 of its pair)
+            np.zeros(2 * links),  # 20 bytes per link of the pair's first and second phase
+        )
+        self.ei = np.zeros(_EI_SIZE, dtype=np.int64)
+        self.ei[REGROUP_MIN_EVENTS] = REGROUP_CADENCE[0]
+        self.ei[REGROUP_FLOWS_PER_EVENT] = REGROUP_CADENCE[1]
+        self.ef = np.zeros(_EF_SIZE)
+        self.ef[NEXT_FINISH] = np.inf
+        self.ef[T_NET] = np.inf
+
+    def _par(self, plan: PhasePlan, mode: int) -> np.ndarray:
+        pieces = self.chunks if plan.relay == "pipelined" else 1
+        return np.array(
+            [
+                float(max(pieces, 1)),
+                float(max(self.chunks, 1)),
+                0.0 if plan.relay == "pipelined" else 1.0,
+                float(plan.overhead_us),
+                float(plan.stage1 is not None),
+                float(plan.stage2 is not None),
+                float(mode),
+            ]
+        )
+
+    def play_pair(
+        self,
+        first: PhasePlan,
+        second: PhasePlan,
+        ready_us: np.ndarray,
+        *,
+        mode: int,
+        delay_us: np.ndarray | None = None,
+    ) -> tuple[PhaseOutcome, PhaseOutcome, np.ndarray]:
+        """``first`` with GPU g starting at ``ready_us[g]``, then ``second`` chained to it (``mode``);
+        returns both outcomes and the ids of the flows each started (phase 0 or 1 per flow, from the
+        first flow of this pair on). Raises :class:`OutOfRoomError`."""
+        G, eng, ei, ef = self.G, self.eng, self.ei, self.ef
+        by_phase = eng[20]
+        by_phase[:] = 0.0
+        first_flow = int(ei[N_FLOWS])
+        drvs = []
+        plans = []
+        for k, plan in enumerate((first, second)):
+            infos = _flow_bound(plan, self.chunks) + 2 * G + 16
+            drvs.append(_driver_arrays(G, infos, k))
+            r = self.route_index[id(plan)]
+            ready = ready_us if k == 0 else np.full(G, np.inf)
+            plans.append(
+                _plan_arrays(plan, self.routes.rid_direct[r], self.routes.rid_relay[r], ready)
+            )
+        pars = np.stack([self._par(first, mode), self._par(second, mode)])
+        delay = np.zeros(G) if delay_us is None else np.asarray(delay_us, dtype=np.float64)
+        finite = ready_us[np.isfinite(ready_us)]
+        ef[NOW] = max(float(ef[NOW]), float(finite.min())) if finite.size else float(ef[NOW])
+        ei[PHASE_STARTED] = 0
+        ei[PHASE_DONE] = 0
+        self._run(tuple(drvs), tuple(plans), pars, delay, f"{first.name}+{second.name}")
+        if ei[STATUS] != OK:
+            raise OutOfRoomError(int(ei[STATUS]))
+        L = self.caps.size
+        outs = []
+        for k, plan in enumerate((first, second)):
+            d = drvs[k]
+            outs.append(
+                PhaseOutcome(
+                    plan.name,
+                    d[1].copy(),
+                    d[2].copy(),
+                    by_phase[k * L : (k + 1) * L].copy(),
+                    int(d[20][P_INFO]),
+                )
+            )
+        phase_of = eng[19][first_flow : ei[N_FLOWS]].copy()
+        return outs[0], outs[1], phase_of
+
+    def _run(
+        self,
+        drvs: tuple[tuple[np.ndarray, ...], ...],
+        plans: tuple[tuple[np.ndarray, ...], ...],
+        pars: np.ndarray,
+        delay: np.ndarray,
+        name: str,
+    ) -> None:
+        """The compiled loop in slices of :data:`EVENTS_PER_CALL` events until the pair is done (or out
+        of room), with a progress bar of the bytes delivered."""
+        ei = self.ei
+        total = float(plans[0][4].sum() + plans[1][4].sum())
+        with tqdm(
+            total=100.0,
+            desc=f"simulate {name}",
+            unit="%",
+            disable=None if self.progress else True,
+            leave=False,
+            bar_format="{desc}: {percentage:3.0f}% |{bar}| {elapsed}",
+        ) as bar:
+            while not ei[PHASE_DONE] and ei[STATUS] == OK:
+                play(
+                    self.arrays,
+                    self.eng,
+                    ei,
+                    self.ef,
+                    (drvs[0], drvs[1]),
+                    (plans[0], plans[1]),
+                    pars,
+                    delay,
+                    EVENTS_PER_CALL,
+                )
+                if total > 0:
+                    got = float(drvs[0][0].sum() + drvs[1][0].sum())
+                    bar.update(100.0 * min(got / total, 1.0) - bar.n)
+
+    def stats(self) -> LoopStats:
+        ei, ef = self.ei, self.ef
+        return LoopStats(
+            int(ei[EVENTS]),
+            int(ei[RECOMPUTES]),
+            int(ei[N_FLOWS]),
+            float(ef[WORST]),
+            int(ei[REGROUPS]),
+            float(ei[ACT_SUM]) / max(int(ei[EVENTS]), 1),
+            int(ei[REFILLED]),
+        )
+
+
+def room(plans: Sequence[PhasePlan], chunks: int) -> tuple[int, int]:
+    """(flows, classes) a run of ``plans`` needs: every arrival forms at most one class, so without
+    regroupings the flows bound the classes; with them, classes that outgrow their room force a
+    regrouping (which compacts them)."""
+    flows = sum(_flow_bound(p, chunks) for p in plans) + 16
+    return flows, flows + 16
 
 
 def play_phases(
@@ -1166,154 +1436,24 @@ def play_phases(
     ready_us: np.ndarray | None = None,
     progress: bool = False,
 ) -> tuple[list[PhaseOutcome], LoopStats]:
-    """Play ``plans`` (``PhasePlan``) one after the other on one fluid network over ``topo``: the first
-    with every GPU starting at ``ready_us`` (default 0), each next one once the previous has landed
+    """Play a dispatch and a combine (``plans``, two ``PhasePlan``) on one fluid network over ``topo``:
+    the first with every GPU starting at ``ready_us`` (default 0), the second once the first has landed
     everywhere (as ``simulate_uniform`` does). Returns each phase's outcome and the network's counters.
-    ``progress``: a bar per phase on stderr (share of its bytes delivered; shown on a terminal).
+    ``progress``: a bar on stderr (share of the bytes delivered; shown on a terminal).
     """
     kernels.announce_compile(play)
+    if len(plans) != 2:
+        raise ValueError("play_phases plays a pair of phases")
     G = topo.cluster.num_gpus
-    routes = _Routes(topo, plans)
-    caps = topo.capacity()
-    tables = routes.tables(topo.binding())
-    flows = sum(_flow_bound(p, chunks) for p in plans) + 16
-    # every arrival forms at most one class, so without regroupings the flows bound the classes; with
-    # them, classes that outgrow their room force a regrouping (which compacts them)
-    classes = flows + 16
-    ready0 = np.zeros(G) if ready_us is None else np.asarray(ready_us, dtype=np.float64)
+    ready = np.zeros(G) if ready_us is None else np.asarray(ready_us, dtype=np.float64)
+    flows, classes = room(plans, chunks)
     while True:
-        done = _attempt(topo, plans, chunks, ready0, routes, caps, tables, flows, classes, progress)
-        if isinstance(done, tuple):
-            return done
-        # out of room (only if a bound above is wrong): play it again with twice the room
-        if done == OUT_OF_FLOWS:
-            flows *= 2
-        classes = 2 * classes
-
-
-# network events per call of the compiled loop: between calls Python shows progress and takes signals
-# (a call of this size lasts well under a second at 1024 GPUs)
-EVENTS_PER_CALL = 20_000
-
-
-def _play_to_end(
-    arrays: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
-    ei: np.ndarray,
-    ef: np.ndarray,
-    drv: tuple[np.ndarray, ...],
-    parr: tuple[np.ndarray, ...],
-    par: np.ndarray,
-    name: str,
-    progress: bool,
-) -> None:
-    """The compiled loop in slices of :data:`EVENTS_PER_CALL` events until the phase is done (or out
-    of room), with a progress bar of the bytes delivered."""
-    total = float(parr[4].sum())
-    with tqdm(
-        total=100.0,
-        desc=f"simulate {name}",
-        unit="%",
-        disable=None if progress else True,
-        leave=False,
-        bar_format="{desc}: {percentage:3.0f}% |{bar}| {elapsed}",
-    ) as bar:
-        while not ei[PHASE_DONE] and ei[STATUS] == OK:
-            play(arrays, eng, ei, ef, drv, parr, par, EVENTS_PER_CALL)
-            if total > 0:
-                bar.update(100.0 * min(float(drv[0].sum()) / total, 1.0) - bar.n)
-
-
-def _attempt(
-    topo: Topology,
-    plans: Sequence[PhasePlan],
-    chunks: int,
-    ready0: np.ndarray,
-    routes: _Routes,
-    caps: np.ndarray,
-    tables: tuple[np.ndarray, ...],
-    flows: int,
-    classes: int,
-    progress: bool = False,
-) -> tuple[list[PhaseOutcome], LoopStats] | int:
-    """The phases played with room for ``flows`` flows and ``classes`` classes; the status (out of
-    which room) when they did not fit."""
-    G = topo.cluster.num_gpus
-    path = max(routes.longest_binding, 1)
-    s = _bundle(caps, flows, classes, path)
-    arrays = tuple(s)
-    links = caps.size
-    lat, f_ptr, f_link, f_coef, b_ptr, b_link, b_coef = tables
-    eng = (
-        np.zeros(classes, dtype=np.int64),  # 0 act_buf
-        np.zeros(flows, dtype=np.int64),  # 1 pend
-        np.zeros(links, dtype=np.int64),  # 2 strikes
-        np.zeros(links, dtype=np.int64),  # 3 barred
-        np.zeros(links),  # 4 link_bytes
-        np.zeros(flows),  # 5 latency per flow
-        np.zeros(flows),  # 6 size_bytes
-        np.zeros(flows),  # 7 start_us per flow
-        lat,  # 8 route latency
-        np.zeros(flows),  # 9 end_us per flow
-        np.zeros(flows, dtype=np.int64),  # 10 route_of
-        np.zeros(flows, dtype=np.int64),  # 11 info_of
-        f_ptr,
-        f_link,
-        f_coef,
-        b_ptr,
-        b_link,
-        b_coef,
-        np.zeros(links, dtype=np.int64),  # 18 lk_fill: each link's first free index slot
-    )
-    ei = np.zeros(_EI_SIZE, dtype=np.int64)
-    ei[REGROUP_MIN_EVENTS] = REGROUP_CADENCE[0]
-    ei[REGROUP_FLOWS_PER_EVENT] = REGROUP_CADENCE[1]
-    ef = np.zeros(_EF_SIZE)
-    ef[NEXT_FINISH] = np.inf
-    ef[T_NET] = np.inf
-    outcomes: list[PhaseOutcome] = []
-    ready = ready0
-    for k, plan in enumerate(plans):
-        before = eng[4].copy()
-        infos = _flow_bound(plan, chunks) + 2 * G + 16
-        drv = _driver_arrays(G, infos)
-        ei[N_INFO] = 0
-        pieces = chunks if plan.relay == "pipelined" else 1
-        par = np.array(
-            [
-                float(max(pieces, 1)),
-                float(max(chunks, 1)),
-                0.0 if plan.relay == "pipelined" else 1.0,
-                float(plan.overhead_us),
-                float(plan.stage1 is not None),
-                float(plan.stage2 is not None),
-            ]
-        )
-        parr = _plan_arrays(plan, routes.rid_direct[k], routes.rid_relay[k], ready)
-        ef[NOW] = float(np.min(ready)) if ready.size else 0.0
-        ei[PHASE_STARTED] = 0
-        ei[PHASE_DONE] = 0
-        _play_to_end(arrays, eng, ei, ef, drv, parr, par, plan.name, progress)
-        if ei[STATUS] != OK:
-            return int(ei[STATUS])
-        end_us = drv[2].copy()
-        outcomes.append(
-            PhaseOutcome(
-                plan.name,
-                drv[1].copy(),
-                end_us,
-                eng[4] - before,
-                int(ei[N_INFO]),
-            )
-        )
-        ready = np.full(G, float(end_us.max()))
-    stats = LoopStats(
-        int(ei[EVENTS]),
-        int(ei[RECOMPUTES]),
-        int(ei[N_FLOWS]),
-        float(ef[WORST]),
-        int(ei[REGROUPS]),
-        float(ei[ACT_SUM]) / max(int(ei[EVENTS]), 1),
-        int(ei[REFILLED]),
-    )
-    return outcomes, stats
+        loop = _Loop(topo, plans, chunks, flows, classes, progress)
+        try:
+            first, second, _ = loop.play_pair(plans[0], plans[1], ready, mode=CHAIN_BARRIER)
+        except OutOfRoomError as exc:  # only if a bound above is wrong: again with twice the room
+            if exc.status == OUT_OF_FLOWS:
+                flows *= 2
+            classes *= 2
+            continue
+        return [first, second], loop.stats()

@@ -151,21 +151,22 @@ def test_random_plans_match_the_simpy_path(
     assert stats.worst_utilisation <= 1.0 + 1e-9
 
 
-def test_out_of_room_plays_again_with_the_same_result(mpft32: Any) -> None:
+def test_out_of_room_plays_again_with_the_same_result() -> None:
     cluster = _cluster("h800-mpft", 16)
     rng = np.random.default_rng(3)
-    plans = [_random_plan(rng, 16, 8, "dispatch", "pipelined")]
+    plans = [_random_plan(rng, 16, 8, name, "pipelined") for name in ("dispatch", "combine")]
     topo = _topology_for(cluster, "deepep", routing="spray", pxn=True, seed=0)
     full, _ = phaseloop.play_phases(topo, plans, chunks=2)
-    routes = phaseloop._Routes(topo, plans)
-    tables = routes.tables(topo.binding())
-    caps = topo.capacity()
-    args = (topo, plans, 2, np.zeros(16), routes, caps, tables)
-    assert phaseloop._attempt(*args, 8, 10_000) == OUT_OF_FLOWS
-    assert phaseloop._attempt(*args, 10_000, 4) == OUT_OF_CLASSES
-    again = phaseloop._attempt(*args, 10_000, 10_000)
-    assert isinstance(again, tuple)
-    np.testing.assert_allclose(again[0][0].end_us, full[0].end_us, rtol=1e-12)
+    for flows, classes, status in ((8, 10_000, OUT_OF_FLOWS), (10_000, 4, OUT_OF_CLASSES)):
+        loop = phaseloop._Loop(topo, plans, 2, flows, classes, progress=False)
+        with pytest.raises(phaseloop.OutOfRoomError) as err:
+            loop.play_pair(plans[0], plans[1], np.zeros(16), mode=phaseloop.CHAIN_BARRIER)
+        assert err.value.status == status
+    loop = phaseloop._Loop(topo, plans, 2, 10_000, 10_000, progress=False)
+    _, second, _ = loop.play_pair(
+        plans[0], plans[1], np.zeros(16), mode=phaseloop.CHAIN_BARRIER
+    )
+    np.testing.assert_allclose(second.end_us, full[1].end_us, rtol=1e-12)
 
 
 def test_a_phase_played_in_slices_is_the_same(mpft32: Any, monkeypatch: pytest.MonkeyPatch) -> None:
