@@ -51,6 +51,7 @@ from moe_placement.simulator.collectives import (
 from moe_placement.simulator.decompose import layer_terms, phase_shape
 from moe_placement.simulator.engine import FluidNetwork
 from moe_placement.simulator.fast import FastModel
+from moe_placement.simulator.moe_compiled import play_layers
 from moe_placement.simulator.phaseloop import play_phases
 from moe_placement.simulator.routing import uniform_routing
 from moe_placement.simulator.topology import Topology
@@ -263,6 +264,19 @@ def _topology_for(
     )
 
 
+def _route_all(topo: Topology, *, rdma: bool, rdma_in_node: bool) -> None:
+    """Every GPU-to-GPU route up front, so that every link exists before the network is built (the
+    same links, in the same order, whichever event loop plays)."""
+    G, gpn = topo.cluster.num_gpus, topo.cluster.gpus_per_node
+    for s in range(G):
+        for d in range(G):
+            topo.route(s, d)
+            if s % gpn == d % gpn:
+                topo.route(s, d, direct_nic=True)
+            if rdma and (rdma_in_node or s // gpn != d // gpn):
+                topo.route(s, d, rdma=True)
+
+
 class _Runner:
     """Plays layers on one network; keeps spans and per-layer link byte snapshots."""
 
@@ -308,15 +322,8 @@ class _Runner:
             rdma_nics=rdma and rdma_in_node,
             sm_links=sm_links,
         )
-        # every GPU-to-GPU route up front so that every link exists before the network is built
-        G, gpn = cluster.num_gpus, cluster.gpus_per_node
-        for s in range(G):
-            for d in range(G):
-                self.topo.route(s, d)
-                if s % cluster.gpus_per_node == d % cluster.gpus_per_node:
-                    self.topo.route(s, d, direct_nic=True)
-                if rdma and (rdma_in_node or s // gpn != d // gpn):
-                    self.topo.route(s, d, rdma=True)
+        _route_all(self.topo, rdma=rdma, rdma_in_node=rdma_in_node)
+        G = cluster.num_gpus
         self.net = FluidNetwork(
             self.env, self.topo.capacity(), max_flows=max(1024, G * G), binding=self.topo.binding()
         )
@@ -619,6 +626,67 @@ def _moe_config(run: _MoeRun, *, mode: str, tokens_per_gpu: int, routing: str) -
     }
 
 
+def _compiled_moe(
+    ev: Evaluation,
+    cluster: ClusterSpec,
+    chosen: list[int],
+    algo: str,
+    attention_us: float,
+    shared_expert_us: float,
+    routing: str,
+    pxn: bool,
+    seed: int,
+    relay_chunks: int,
+    progress: bool,
+    *,
+    config: dict[str, Any],
+    wall0: float,
+) -> SimResult:
+    """:func:`simulate_moe` without overlap in the compiled event loop (:mod:`.moe_compiled`)."""
+    topo = _topology_for(cluster, algo, routing=routing, pxn=pxn, seed=seed)
+    _route_all(topo, rdma=algo in LL_ALGOS, rdma_in_node=algo == "deepep-ll-rdma")
+    sm = _sm_message_bytes(cluster)
+    phases = {layer: _layer_phases(ev, layer, algo, ev.scale, sm) for layer in chosen}
+    run = play_layers(
+        ev,
+        topo,
+        cluster,
+        chosen,
+        phases,
+        attention_us=attention_us,
+        shared_expert_us=shared_expert_us,
+        relay_chunks=relay_chunks,
+        progress=progress,
+    )
+    return SimResult(
+        per_layer=run.rows,
+        total_us=float(sum(r["layer_us"] for r in run.rows)),
+        link_names=list(topo.link_names),
+        link_kinds=list(topo.link_kinds),
+        link_bytes=run.link_bytes,
+        link_cap_bytes_per_us=run.caps,
+        sim_end_us=run.sim_end_us,
+        spans=[Span(*s) for s in run.spans],
+        stats={**run.stats, "wall_s": time.perf_counter() - wall0},
+        config={
+            "cluster": cluster.name,
+            "num_gpus": cluster.num_gpus,
+            "gpus_per_node": cluster.gpus_per_node,
+            "fabric": cluster.fabric,
+            "algo": algo,
+            "overlap": "none",
+            **config,
+            "routing": routing,
+            "pxn": topo.pxn,
+            "bytes_model": ev.bytes_model,
+            "comm_sm_fraction": cluster.comm_sm_fraction,
+            "attention_us": attention_us,
+            "shared_expert_us": shared_expert_us,
+        },
+        gpus_per_node=cluster.gpus_per_node,
+    )
+
+
 def _fast_moe(
     ev: Evaluation,
     cluster: ClusterSpec,
@@ -715,6 +783,7 @@ def simulate_moe(
     relay_chunks: int = 8,
     progress: bool = True,
     fast: bool = False,
+    event_loop: str | None = None,
 ) -> SimResult:
     """Simulate every MoE layer of ``plan`` on ``cluster`` for ``workload`` (see the module docstring).
 
@@ -722,9 +791,18 @@ def simulate_moe(
     the full step's attention and shared expert; ``chunks``: pieces in ``overlap="chunked"``;
     ``relay_chunks``: pieces DeepEP's forwarder pipeline cuts the NIC stage into. ``fast``: each phase
     by the analytical path (:mod:`moe_placement.simulator.fast`) with a barrier between phases, no
-    flows played (``overlap="none"`` only; no spans, no difference terms).
+    flows played (``overlap="none"`` only; no spans, no difference terms). ``event_loop``: without
+    overlap the layers play in the compiled event loop (``"compiled"``, the default there; the same
+    events as SimPy, :mod:`moe_placement.simulator.moe_compiled`), the overlapped modes as SimPy
+    processes (``"simpy"``, also available without overlap as the reference).
     """
     _check_moe_args(algo, overlap, attention_us, shared_expert_us, chunks, relay_chunks)
+    if event_loop is None:
+        event_loop = "compiled" if overlap == "none" else "simpy"
+    if event_loop not in EVENT_LOOPS:
+        raise PlacementError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}")
+    if event_loop == "compiled" and overlap != "none":
+        raise PlacementError("the compiled event loop plays layers without overlap; use simpy")
     if fast and overlap != "none":
         raise PlacementError("the fast path times layers without overlap; drop --fast or --overlap")
     wall0 = time.perf_counter()
@@ -741,6 +819,22 @@ def simulate_moe(
             routing,
             pxn,
             relay_chunks,
+            config={"mode": mode, "tokens_per_gpu": tokens_per_gpu},
+            wall0=wall0,
+        )
+    if event_loop == "compiled" and not fast:
+        return _compiled_moe(
+            ev,
+            cluster,
+            chosen,
+            algo,
+            attention_us,
+            shared_expert_us,
+            routing,
+            pxn,
+            seed,
+            relay_chunks,
+            progress,
             config={"mode": mode, "tokens_per_gpu": tokens_per_gpu},
             wall0=wall0,
         )

@@ -163,9 +163,7 @@ def test_out_of_room_plays_again_with_the_same_result() -> None:
             loop.play_pair(plans[0], plans[1], np.zeros(16), mode=phaseloop.CHAIN_BARRIER)
         assert err.value.status == status
     loop = phaseloop._Loop(topo, plans, 2, 10_000, 10_000, progress=False)
-    _, second, _ = loop.play_pair(
-        plans[0], plans[1], np.zeros(16), mode=phaseloop.CHAIN_BARRIER
-    )
+    _, second, _ = loop.play_pair(plans[0], plans[1], np.zeros(16), mode=phaseloop.CHAIN_BARRIER)
     np.testing.assert_allclose(second.end_us, full[1].end_us, rtol=1e-12)
 
 
@@ -175,3 +173,53 @@ def test_a_phase_played_in_slices_is_the_same(mpft32: Any, monkeypatch: pytest.M
     sliced = _uniform("deepep", "compiled", cluster=mpft32)
     for key in (*SCALARS, "events", "recomputes", "flows"):
         assert sliced[key] == whole[key], key
+
+
+def _layers_workload(layers: int, gpus: int) -> tuple[Any, Any, Any]:
+    """A DeepSeek-V3-shaped load-only workload (log-normal loads) on a round-robin plan."""
+    from moe_placement.plan import Plan, Provenance
+    from moe_placement.shapes import model_shape
+    from moe_placement.workload import Workload
+
+    shape = model_shape("deepseek-v3")
+    load = np.random.default_rng(0).lognormal(0.0, 0.6, (layers, shape.num_experts)) * 1000.0
+    tokens = int(load.sum(axis=1).mean() / shape.top_k)
+    workload = Workload(
+        shape=shape.replace(num_moe_layers=layers), load=load, num_tokens=tokens, source="test"
+    )
+    phy2log = np.tile(np.arange(shape.num_experts), (layers, 1))
+    plan = Plan(gpus, 8, shape.num_experts // gpus, phy2log, provenance=Provenance("round-robin"))
+    return plan, _cluster("h800-mpft", gpus), workload
+
+
+@pytest.mark.parametrize("algo", ["deepep", "direct", "deepep-ll", "2dh", "hybrid-ep"])
+def test_layers_without_overlap_match_the_simpy_path(algo: str) -> None:
+    from moe_placement.simulator import simulate_moe
+
+    plan, cluster, workload = _layers_workload(2, 16)
+    kw: dict[str, Any] = {"algo": algo, "progress": False, "attention_us": 12.0}
+    kw["shared_expert_us"] = 4.0
+    fast = simulate_moe(plan, cluster, workload, event_loop="compiled", **kw)
+    ref = simulate_moe(plan, cluster, workload, event_loop="simpy", **kw)
+    assert fast.total_us == pytest.approx(ref.total_us, rel=1e-12)
+    for got, want in zip(fast.per_layer, ref.per_layer, strict=True):
+        assert got.keys() == want.keys()
+        for key, value in want.items():  # times, flows and every named difference term
+            assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
+    assert fast.link_names == ref.link_names
+    np.testing.assert_allclose(fast.link_bytes, ref.link_bytes, rtol=1e-9)
+    spans = sorted((s.name, s.cat, s.gpu, s.start_us, s.end_us) for s in fast.spans)
+    ref_spans = sorted((s.name, s.cat, s.gpu, s.start_us, s.end_us) for s in ref.spans)
+    assert [s[:3] for s in spans] == [s[:3] for s in ref_spans]
+    np.testing.assert_allclose([s[3:] for s in spans], [s[3:] for s in ref_spans], rtol=1e-12)
+    assert fast.stats["flows"] == ref.stats["flows"]
+    assert abs(fast.stats["events"] - ref.stats["events"]) <= 2
+
+
+def test_overlap_is_refused_by_the_compiled_loop() -> None:
+    from moe_placement.errors import PlacementError
+    from moe_placement.simulator import simulate_moe
+
+    plan, cluster, workload = _layers_workload(1, 16)
+    with pytest.raises(PlacementError, match="without overlap"):
+        simulate_moe(plan, cluster, workload, overlap="two-batch", event_loop="compiled")

@@ -88,9 +88,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--event-loop",
         choices=("compiled", "simpy"),
         default=None,
-        help="uniform traffic: play the phases in the compiled event loop (default) or as SimPy "
-        "processes (the reference: the same events, several times slower); plan simulations run on "
-        "SimPy",
+        help="play the phases in the compiled event loop (default for uniform traffic and for "
+        "layers without --overlap) or as SimPy processes (the reference: the same events, several "
+        "times slower; the overlapped modes always)",
     )
     p.add_argument(
         "--chrome-trace", default=None, metavar="FILE", help="write a Chrome/Perfetto trace"
@@ -175,10 +175,8 @@ def run(args: argparse.Namespace) -> int:
         raise PlacementError("give --trace and --plan, or --traffic uniform")
     if args.fast and (args.chrome_trace or args.chakra):
         raise PlacementError("--fast plays no flows: drop it for --chrome-trace or --chakra")
-    if args.event_loop == "compiled":
-        raise PlacementError(
-            "--event-loop compiled plays uniform traffic; a --trace/--plan simulation runs on SimPy"
-        )
+    if args.event_loop == "compiled" and args.overlap != "none":
+        raise PlacementError("--event-loop compiled plays layers without overlap; use simpy")
     from moe_placement.simulator import simulate_moe
 
     plan = Plan.load(args.plan)
@@ -214,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         routing=args.routing,
         pxn=not args.no_pxn,
         fast=args.fast,
+        event_loop=args.event_loop,
     )
     if args.chrome_trace:
         res.write_chrome_trace(args.chrome_trace)
