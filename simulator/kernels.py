@@ -64,6 +64,7 @@ COLD_COMPILE_S = 15
 WARMUP_WORKER_ENV = "MOE_PLACEMENT_WARMUP_WORKER"
 
 _announced = False
+_checked_stale = False
 
 
 def _cache_is_cold(dispatcher: Any) -> bool:
@@ -81,10 +82,16 @@ def announce_compile(*dispatchers: Any) -> None:
     (:func:`moe_placement.simulator.warmup.warm_up`, one per CPU), which write numba's cache; the calling
     code then loads it. What a worker could not compile compiles here at first call, as without the
     warm-up. numba caches next to the sources, or in the user's cache directory when that is not
-    writable (``NUMBA_CACHE_DIR`` overrides both)."""
-    global _announced
+    writable (``NUMBA_CACHE_DIR`` overrides both). Kernels of other modules compiled before the last
+    change to this file count as cold (:func:`moe_placement.simulator.warmup.drop_stale_caches`)."""
+    global _announced, _checked_stale
     if _announced or not HAVE_NUMBA or os.environ.get(WARMUP_WORKER_ENV):
         return
+    if not _checked_stale:
+        _checked_stale = True
+        from moe_placement.simulator import warmup  # imports this module: loaded on first use only
+
+        warmup.drop_stale_caches()
     if any(_cache_is_cold(d) for d in dispatchers):
         _announced = True
         print(

@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -137,6 +138,35 @@ ENTRIES: tuple[Entry, ...] = (
     _network_entry("link_index", lambda: (_IDS, _IDS, _IDS, 1)),
     _network_entry("advance", lambda: (_bundle(), _IDS, 0.0)),
 )
+
+
+# Modules whose kernels call those of kernels.py: numba checks a kernel's cache against its own source
+# file only (numba/numba#1833), so theirs would keep kernels.py's old machine code after it changes.
+CALLERS_OF_KERNELS = ("phaseloop",)
+
+
+def drop_stale_caches(
+    cache_dir: Path | None = None, kernels_source: Path | None = None
+) -> list[str]:
+    """Remove the cache index of every kernel of :data:`CALLERS_OF_KERNELS` written before the last change
+    to ``kernels.py`` (default: numba's cache directory of the simulator, and ``kernels.py`` itself): they
+    compile again, as on a cold cache, with the current kernels. Returns the names of the files removed;
+    an index that cannot be removed (a read-only cache) stays, as numba alone would leave it."""
+    try:
+        folder = cache_dir or Path(kernels.solve._cache._cache_path)
+        changed = (kernels_source or Path(kernels.__file__)).stat().st_mtime
+    except (AttributeError, OSError):  # numba internals differ, or nothing to compare
+        return []
+    removed = []
+    for module in CALLERS_OF_KERNELS:
+        for index in sorted(folder.glob(f"{module}.*.nbi")):
+            try:
+                if index.stat().st_mtime < changed:
+                    index.unlink()
+                    removed.append(index.name)
+            except OSError:
+                continue
+    return removed
 
 
 def needed(entries: Sequence[Entry] = ENTRIES) -> list[Entry]:
@@ -349,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "numba is not installed: the simulator's kernels run as plain Python (nothing to compile)"
         )
         return 0
+    drop_stale_caches()
     todo = needed()
     if not todo:
         print("simulator kernels already compiled (numba cache)")

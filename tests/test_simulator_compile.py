@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from moe_placement.simulator import kernels
-from moe_placement.simulator.warmup import ENTRIES, Entry, _next_ready, warm_up
+from moe_placement.simulator.warmup import ENTRIES, Entry, _next_ready, drop_stale_caches, warm_up
 
 needs_numba = pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba absent: nothing compiles")
 
@@ -32,6 +32,26 @@ def test_registry_names_are_unique_and_its_order_can_be_followed() -> None:
         assert set(entry.after) <= set(done)
         pending.discard(name)
         done.append(name)
+
+
+def test_caches_of_kernels_calling_kernels_py_older_than_it_are_dropped(tmp_path: Path) -> None:
+    # numba checks a cache against its own source only: the phase loop's would keep old kernels
+    source = tmp_path / "kernels.py"
+    source.write_text("")
+    os.utime(source, (2000, 2000))
+    names = {
+        "phaseloop.play-10.py311.nbi": 1000,  # compiled before kernels.py changed: stale
+        "phaseloop._send-5.py311.nbi": 3000,  # compiled after: current
+        "kernels.solve-7.py311.nbi": 1000,  # numba checks it against kernels.py itself
+        "routing._route_gpu-3.py311.nbi": 1000,  # calls no kernel of kernels.py
+    }
+    for name, mtime in names.items():
+        (tmp_path / name).write_text("")
+        os.utime(tmp_path / name, (mtime, mtime))
+    assert drop_stale_caches(tmp_path, source) == ["phaseloop.play-10.py311.nbi"]
+    assert sorted(p.name for p in tmp_path.glob("*.nbi")) == sorted(
+        set(names) - {"phaseloop.play-10.py311.nbi"}
+    )
 
 
 @needs_numba
