@@ -55,7 +55,6 @@ _CLASS_FIELDS: tuple[tuple[str, type], ...] = (
     ("finish", np.float64),
     ("c_head", np.int64),
     ("c_end", np.int64),
-    *kernels.SCRATCH_CLASS_FIELDS,
 )
 _NO_LINKS = np.zeros(0, dtype=np.int64)
 # Flow records kept for the caller (not read by the kernels).
@@ -145,6 +144,7 @@ class FluidNetwork:
         self._fsize = max(16, max_flows)
         self._csize = max(16, max_flows)
         self.s = self._new_bundle(cap)
+        self._scr = kernels.scratch(self._csize, cap.size)  # the filling's scratch (all zero)
         self._arrays = tuple(self.s)
         for name in _RECORD_FIELDS:
             setattr(self, name, np.zeros(self._fsize))
@@ -200,7 +200,6 @@ class FluidNetwork:
             "cm_flow": np.zeros(flows, dtype=np.int64),
             "lk_ptr": np.zeros(links + 1, dtype=np.int64),
             "lk_flow": np.zeros(0, dtype=np.int64),
-            **kernels.scratch_fields(0, links),
         }
         for name, dtype in _FLOW_FIELDS:
             fields[name] = np.zeros(flows, dtype=dtype)
@@ -240,6 +239,7 @@ class FluidNetwork:
         for name in ("cl_ptr", "cz_ptr"):
             grown[name] = _grown_ptr(getattr(self.s, name), old, size)
         self._store(**grown)
+        self._scr = kernels.scratch(size, self.num_links)  # zero between calls: fresh is the same
 
     def _ensure(self, **sizes: int) -> None:
         """Room for at least ``sizes[name]`` entries in each named CSR array of the bundle."""
@@ -466,11 +466,19 @@ class FluidNetwork:
         if self.incremental:
             seeds = np.concatenate(seed_cls) if seed_cls else _NO_LINKS
             solved = kernels.solve(
-                self._arrays, self.act, seeds, seed_links, threshold, self.aggregate, now, verdict
+                self._arrays,
+                self.act,
+                seeds,
+                seed_links,
+                threshold,
+                self.aggregate,
+                now,
+                verdict,
+                self._scr,
             )
         else:
             solved = kernels.solve_full(
-                self._arrays, self.act, threshold, self.aggregate, now, verdict
+                self._arrays, self.act, threshold, self.aggregate, now, verdict, self._scr
             )
         refilled, rounds, worst, lazy_worst, next_finish = solved
         if self.incremental:

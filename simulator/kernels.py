@@ -167,74 +167,32 @@ class NetArrays(NamedTuple):
     finish: np.ndarray  # time the next member finishes
     lk_ptr: np.ndarray  # [links + 1] link -> active classes index (see link_index)
     lk_flow: np.ndarray
-    # scratch of the filling (see :func:`scratch`): zero between calls, so no call allocates per class
-    sc_in_set: np.ndarray  # [classes] bool
-    sc_frozen: np.ndarray  # [classes] bool
-    sc_members: np.ndarray  # [classes] int64
-    sc_before: np.ndarray  # [classes] float64
-    sc_lk_coef: np.ndarray  # [links] float64
-    sc_lk_count: np.ndarray  # [links] int64
-    sc_lk_version: np.ndarray  # [links] int64
-    sc_lk_seen: np.ndarray  # [links] bool
-    sc_lk_mark: np.ndarray  # [links] bool
-    sc_lk_list: np.ndarray  # [links] int64
-    sc_lk_list2: np.ndarray  # [links] int64
-    sc_lk_stamp: np.ndarray  # [links] int64
-    sc_lk_visit: np.ndarray  # [links] int64
-    sc_lk_rate: np.ndarray  # [links] float64
-    sc_epoch: np.ndarray  # [1] int64: the refill's round counter, across calls
-
-
-# Scratch fields per class (grown with the classes) and per link, with their dtypes.
-SCRATCH_CLASS_FIELDS: tuple[tuple[str, type], ...] = (
-    ("sc_in_set", np.bool_),
-    ("sc_frozen", np.bool_),
-    ("sc_members", np.int64),
-    ("sc_before", np.float64),
-)
-SCRATCH_LINK_FIELDS: tuple[tuple[str, type], ...] = (
-    ("sc_lk_coef", np.float64),
-    ("sc_lk_count", np.int64),
-    ("sc_lk_version", np.int64),
-    ("sc_lk_seen", np.bool_),
-    ("sc_lk_mark", np.bool_),
-    ("sc_lk_list", np.int64),
-    ("sc_lk_list2", np.int64),
-    ("sc_lk_stamp", np.int64),
-    ("sc_lk_visit", np.int64),
-    ("sc_lk_rate", np.float64),
-)
-
-
-def scratch_fields(num_classes: int, num_links: int) -> dict[str, np.ndarray]:
-    """The bundle's scratch arrays for ``num_classes`` classes and ``num_links`` links (all zero)."""
-    out: dict[str, np.ndarray] = {
-        name: np.zeros(num_classes, dtype=dt) for name, dt in SCRATCH_CLASS_FIELDS
-    }
-    out.update({name: np.zeros(num_links, dtype=dt) for name, dt in SCRATCH_LINK_FIELDS})
-    out["sc_epoch"] = np.zeros(1, dtype=np.int64)
-    return out
 
 
 def scratch(num_classes: int, num_links: int) -> tuple[np.ndarray, ...]:
-    """The filling's scratch as the kernels take it (:func:`_scratch` order), standalone."""
-    f = scratch_fields(num_classes, num_links)
+    """The filling's scratch for ``num_classes`` classes and ``num_links`` links, all zero (zero again
+    after every call: a call resets only what it touched, so it costs what its members touch, not the
+    size of the network). Kept apart from the bundle, which every kernel unpacks (each array in it
+    costs compile time everywhere), and handed only to :func:`solve` / :func:`solve_full`. Order:
+    in_set, frozen, members, before (per class); unfrozen coefficient, unfrozen count, version, seen,
+    mark, seen list, touched list, stamp, visit, max rate (per link); the refill's round counter."""
+    c, n = num_classes, num_links
     return (
-        f["sc_in_set"],
-        f["sc_frozen"],
-        f["sc_members"],
-        f["sc_before"],
-        f["sc_lk_coef"],
-        f["sc_lk_count"],
-        f["sc_lk_version"],
-        f["sc_lk_seen"],
-        f["sc_lk_mark"],
-        f["sc_lk_list"],
-        f["sc_lk_list2"],
-        f["sc_lk_stamp"],
-        f["sc_lk_visit"],
-        f["sc_lk_rate"],
-        f["sc_epoch"],
+        np.zeros(c, dtype=np.bool_),
+        np.zeros(c, dtype=np.bool_),
+        np.zeros(c, dtype=np.int64),
+        np.zeros(c),
+        np.zeros(n),
+        np.zeros(n, dtype=np.int64),
+        np.zeros(n, dtype=np.int64),
+        np.zeros(n, dtype=np.bool_),
+        np.zeros(n, dtype=np.bool_),
+        np.zeros(n, dtype=np.int64),
+        np.zeros(n, dtype=np.int64),
+        np.zeros(n, dtype=np.int64),
+        np.zeros(n, dtype=np.int64),
+        np.zeros(n),
+        np.zeros(1, dtype=np.int64),
     )
 
 
@@ -242,29 +200,6 @@ def scratch(num_classes: int, num_links: int) -> tuple[np.ndarray, ...]:
 def _view(arrays: tuple[np.ndarray, ...]) -> NetArrays:
     """The named view of a bundle passed as a plain tuple (free once compiled)."""
     return NetArrays(*arrays)
-
-
-@_njit(cache=True, inline="always")
-def _scratch(s: NetArrays) -> tuple[Any, ...]:
-    """The filling's scratch arrays of bundle ``s``, in the order :func:`progressive_fill` and
-    :func:`refill` unpack them."""
-    return (
-        s.sc_in_set,
-        s.sc_frozen,
-        s.sc_members,
-        s.sc_before,
-        s.sc_lk_coef,
-        s.sc_lk_count,
-        s.sc_lk_version,
-        s.sc_lk_seen,
-        s.sc_lk_mark,
-        s.sc_lk_list,
-        s.sc_lk_list2,
-        s.sc_lk_stamp,
-        s.sc_lk_visit,
-        s.sc_lk_rate,
-        s.sc_epoch,
-    )
 
 
 @_njit(cache=True)
@@ -721,6 +656,7 @@ def solve(
     aggregate: bool,
     now: float,
     verdict: int,
+    scr: tuple[Any, ...],
 ) -> tuple[int, int, float, float, float]:
     """New max-min rates of the active classes ``act`` after an event (local :func:`refill`), then
     :func:`_settle`: one call on the common path of an event instead of three.
@@ -743,7 +679,7 @@ def solve(
         s.rate,
         s.changed,
         s.bottleneck,
-        _scratch(s),
+        scr,
     )
     worst, lazy_worst, next_finish = _settle(s, act, aggregate, now, verdict)
     return refilled, rounds, worst, lazy_worst, next_finish
@@ -757,6 +693,7 @@ def solve_full(
     aggregate: bool,
     now: float,
     verdict: int,
+    scr: tuple[Any, ...],
 ) -> tuple[int, int, float, float, float]:
     """:func:`solve` with :func:`full_refill` (the engine's reference mode, compiled only when used)."""
     s = _view(arrays)
@@ -773,7 +710,7 @@ def solve_full(
         s.rate,
         s.changed,
         s.bottleneck,
-        _scratch(s),
+        scr,
     )
     worst, lazy_worst, next_finish = _settle(s, act, aggregate, now, verdict)
     return refilled, 1, worst, lazy_worst, next_finish

@@ -39,6 +39,7 @@ from moe_placement.simulator.kernels import (
     REGROUP_IF_SLACK,
     NetArrays,
     _njit,
+    _njit_inner,
     _view,
 )
 from moe_placement.simulator.topology import Route, Topology
@@ -84,10 +85,12 @@ P_HEAP, P_SEQ, P_INFO, P_SEEN, P_PHASE = range(5)
 # (a MoE layer: the experts run between dispatch and combine), or every GPU once all are done
 CHAIN_PER_GPU, CHAIN_BARRIER = 0, 1
 
-# flow kinds (what its sent and delivered callbacks do)
-K_DIRECT, K_STAGE1, K_STAGE2 = 0, 1, 2
-# timed actions
-A_DELIVER, A_START, A_LOCAL_SENT = 0, 1, 2
+# Flow kinds (what its sent and delivered callbacks do) and timed actions. numpy integers, not Python
+# ints: numba types a Python int constant passed to a kernel as a literal and compiles that kernel once
+# per value (seconds of a cold compile each).
+K_DIRECT, K_STAGE1, K_STAGE2 = np.int64(0), np.int64(1), np.int64(2)
+A_DELIVER, A_START, A_LOCAL_SENT = np.int64(0), np.int64(1), np.int64(2)
+_KEEP_OPEN = np.int64(KEEP_OPEN)
 # run status
 OK, OUT_OF_CLASSES, OUT_OF_FLOWS = 0, 1, 2
 
@@ -102,7 +105,7 @@ REGROUP_CADENCE = [NEVER, 1]
 
 
 # -- small compiled helpers ---------------------------------------------------------------------------
-@_njit(cache=True)
+@_njit_inner
 def _sort_members(flows: np.ndarray, groups: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Order of ``flows`` by (group, finish target, flow id): ``np.lexsort((flows, target[flows],
     groups))`` as the SimPy path orders class members, by a hand-written merge sort (library sorts cost
@@ -146,7 +149,7 @@ def _sort_members(flows: np.ndarray, groups: np.ndarray, target: np.ndarray) -> 
     return order
 
 
-@_njit(cache=True)
+@_njit_inner
 def _sort_ints(values: np.ndarray) -> np.ndarray:
     """``values`` sorted ascending (a merge sort, see :func:`_sort_members`)."""
     n = values.shape[0]
@@ -181,7 +184,7 @@ def _sort_ints(values: np.ndarray) -> np.ndarray:
     return a
 
 
-@_njit(cache=True)
+@_njit_inner
 def _index_into(
     act: np.ndarray,
     cl_ptr: np.ndarray,
@@ -219,7 +222,7 @@ def _index_into(
             lk_flow[k] = dummy
 
 
-@_njit(cache=True)
+@_njit_inner
 def _index_add(
     first: int,
     count: int,
@@ -242,8 +245,15 @@ def _index_add(
     return True
 
 
+@_njit_inner
+def _flag(ei: np.ndarray, value: bool) -> bool:
+    """``value`` as a run-time bool: the kernels' flag arguments are passed as values, not literals
+    (numba compiles a kernel again for every literal it is called with)."""
+    return bool(ei[STATUS] >= 0) == value
+
+
 # -- the timed actions' heap (time, then insertion order) ---------------------------------------------
-@_njit(cache=True)
+@_njit_inner
 def _push_action(
     h_time: np.ndarray,
     h_seq: np.ndarray,
@@ -267,7 +277,7 @@ def _push_action(
     h_time[i], h_seq[i], h_kind[i], h_arg[i] = t, seq, kind, arg
 
 
-@_njit(cache=True)
+@_njit_inner
 def _pop_action(
     h_time: np.ndarray, h_seq: np.ndarray, h_kind: np.ndarray, h_arg: np.ndarray, ps: np.ndarray
 ) -> tuple[int, int]:
@@ -295,7 +305,7 @@ def _pop_action(
 
 
 # -- the fluid network's event handling (FluidNetwork, method for method) -----------------------------
-@_njit(cache=True)
+@_njit_inner
 def _new_classes(
     arrays: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
@@ -358,7 +368,7 @@ def _new_classes(
     return count
 
 
-@_njit(cache=True)
+@_njit_inner
 def _active_flows(arrays: tuple[np.ndarray, ...], act: np.ndarray) -> np.ndarray:
     """The members still in flight of the active classes, sorted by id."""
     s = _view(arrays)
@@ -374,12 +384,13 @@ def _active_flows(arrays: tuple[np.ndarray, ...], act: np.ndarray) -> np.ndarray
     return _sort_ints(out)
 
 
-@_njit(cache=True)
+@_njit_inner
 def _solve(
     arrays: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
     ei: np.ndarray,
     ef: np.ndarray,
+    scr: tuple[np.ndarray, ...],
     now: float,
     keep_below: float,
     seeds: np.ndarray,
@@ -400,7 +411,7 @@ def _solve(
     # link has gone lazy, or for a regrouping's verdict: skipped otherwise (exact: nothing lazy to load)
     lazy_care = ei[ANY_LAZY] != 0 or verdict in (REGROUP, REGROUP_IF_SLACK)
     refilled, _rounds, worst, lazy_worst, next_finish = kernels.solve(
-        arrays, act, seeds, seed_links, threshold, lazy_care, now, verdict
+        arrays, act, seeds, seed_links, threshold, lazy_care, now, verdict, scr
     )
     ei[REFILLED] += refilled
     ei[RECOMPUTES] += 1
@@ -408,7 +419,7 @@ def _solve(
     return next_finish
 
 
-@_njit(cache=True)
+@_njit_inner
 def _lazy_overloaded(
     arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray, ef: np.ndarray
 ) -> bool:
@@ -438,7 +449,7 @@ def _lazy_overloaded(
     return True
 
 
-@_njit(cache=True)
+@_njit_inner
 def _regroup_verdict(ei: np.ndarray) -> int:
     if (
         ei[SINCE_REGROUP] < ei[REGROUP_MIN_EVENTS]
@@ -451,7 +462,7 @@ def _regroup_verdict(ei: np.ndarray) -> int:
     return REGROUP_IF_SLACK
 
 
-@_njit(cache=True)
+@_njit_inner
 def _regroup_due(arrays: tuple[np.ndarray, ...], ei: np.ndarray) -> bool:
     verdict = _regroup_verdict(ei)
     if verdict != REGROUP_IF_SLACK:
@@ -463,12 +474,13 @@ def _regroup_due(arrays: tuple[np.ndarray, ...], ei: np.ndarray) -> bool:
     return False
 
 
-@_njit(cache=True)
+@_njit_inner
 def _regroup(
     arrays: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
     ei: np.ndarray,
     ef: np.ndarray,
+    scr: tuple[np.ndarray, ...],
     now: float,
     extra: np.ndarray,
 ) -> bool:
@@ -499,18 +511,27 @@ def _regroup(
         ei[INDEX_STALE] = 1
         if not flows.shape[0]:
             return True
-        groups = kernels.classify(arrays, flows, False, True)[1]
+        groups = kernels.classify(arrays, flows, _flag(ei, False), _flag(ei, True))[1]
         if _new_classes(arrays, eng, ei, flows, groups, now) < 0:
             return False
         act = eng[0][: ei[N_ACT]]
         _solve(
-            arrays, eng, ei, ef, now, -np.inf, act.copy(), np.zeros(0, dtype=np.int64), KEEP_OPEN
+            arrays,
+            eng,
+            ei,
+            ef,
+            scr,
+            now,
+            -np.inf,
+            act.copy(),
+            np.zeros(0, dtype=np.int64),
+            _KEEP_OPEN,
         )
         if not _lazy_overloaded(arrays, eng, ei, ef):
             return True
 
 
-@_njit(cache=True)
+@_njit_inner
 def _lazify(arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray) -> None:
     """Solver links with clear slack leave the solver; every flow keeps a solver link."""
     s = _view(arrays)
@@ -520,10 +541,10 @@ def _lazify(arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.
             s.lazy[m] = True
             ei[ANY_LAZY] = 1
     act = eng[0][: ei[N_ACT]]
-    kernels.classify(arrays, _active_flows(arrays, act), True, False)
+    kernels.classify(arrays, _active_flows(arrays, act), _flag(ei, True), _flag(ei, False))
 
 
-@_njit(cache=True)
+@_njit_inner
 def _finish_due(
     arrays: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
@@ -562,12 +583,13 @@ def _finish_due(
     return low, seed_links, shrunk[:nshrunk], done_ids
 
 
-@_njit(cache=True)
+@_njit_inner
 def _admit(
     arrays: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
     ei: np.ndarray,
     ef: np.ndarray,
+    scr: tuple[np.ndarray, ...],
     now: float,
 ) -> tuple[int, np.ndarray]:
     """Put the arrived flows into classes (FluidNetwork._admit). Returns (1 and the new class ids;
@@ -584,16 +606,16 @@ def _admit(
         if s.lazy[m]:
             any_lazy = True
             break
-    rescued, groups = kernels.classify(arrays, new, any_lazy, True)
+    rescued, groups = kernels.classify(arrays, new, any_lazy, _flag(ei, True))
     # out of class room between regroupings: regroup now, which compacts the classes to those in flight
     first = ei[N_CLASSES]
     if rescued or first + new.shape[0] + 1 > s.rate.shape[0]:
-        if not _regroup(arrays, eng, ei, ef, now, new):
+        if not _regroup(arrays, eng, ei, ef, scr, now, new):
             return -1, new[:0]
         return 0, new[:0]
     formed = _new_classes(arrays, eng, ei, new, groups, now)
     if formed < 0:
-        if not _regroup(arrays, eng, ei, ef, now, new):
+        if not _regroup(arrays, eng, ei, ef, scr, now, new):
             return -1, new[:0]
         return 0, new[:0]
     ei[NEW_SINCE_REGROUP] += new.shape[0]
@@ -605,12 +627,13 @@ def _admit(
     return 1, np.arange(first, first + formed)
 
 
-@_njit(cache=True)
+@_njit_inner
 def _network_step(
     arrays: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
     ei: np.ndarray,
     ef: np.ndarray,
+    scr: tuple[np.ndarray, ...],
     now: float,
 ) -> np.ndarray:
     """One event of the fluid network (FluidNetwork._step): finish what is due, admit what arrived,
@@ -622,7 +645,7 @@ def _network_step(
     for f in done_ids:
         _complete(eng, f, now)
     if ei[N_PEND]:
-        status, arrived = _admit(arrays, eng, ei, ef, now)
+        status, arrived = _admit(arrays, eng, ei, ef, scr, now)
         if status < 0:
             ei[STATUS] = OUT_OF_CLASSES
             return done_ids
@@ -633,25 +656,25 @@ def _network_step(
         keep_below = -np.inf
     if keep_below < np.inf and ei[N_ACT]:
         next_finish = _solve(
-            arrays, eng, ei, ef, now, keep_below, seeds, seed_links, _regroup_verdict(ei)
+            arrays, eng, ei, ef, scr, now, keep_below, seeds, seed_links, _regroup_verdict(ei)
         )
         if not np.isnan(next_finish):
             ef[NEXT_FINISH] = next_finish
             return done_ids
         overloaded = _lazy_overloaded(arrays, eng, ei, ef)
-        if overloaded and not _regroup(arrays, eng, ei, ef, now, np.zeros(0, dtype=np.int64)):
+        if overloaded and not _regroup(arrays, eng, ei, ef, scr, now, np.zeros(0, dtype=np.int64)):
             ei[STATUS] = OUT_OF_CLASSES
             return done_ids
     if _regroup_due(arrays, ei):
         _lazify(arrays, eng, ei)
-        if not _regroup(arrays, eng, ei, ef, now, np.zeros(0, dtype=np.int64)):
+        if not _regroup(arrays, eng, ei, ef, scr, now, np.zeros(0, dtype=np.int64)):
             ei[STATUS] = OUT_OF_CLASSES
             return done_ids
     ef[NEXT_FINISH] = kernels.advance(arrays, act_buf[: ei[N_ACT]], now)
     return done_ids
 
 
-@_njit(cache=True)
+@_njit_inner
 def _complete(eng: tuple[np.ndarray, ...], f: int, now: float) -> None:
     """A flow's last byte left: its bytes count on every link of its route."""
     link_bytes, size_bytes, fend, route_of = eng[4], eng[6], eng[9], eng[10]
@@ -671,9 +694,9 @@ def _complete(eng: tuple[np.ndarray, ...], f: int, now: float) -> None:
 # start_us, end_us, arrived [G]; released, pend_amt, chain_piece [G, G]; inflight, chain_left [G, G];
 # i_kind, i_src, i_dst [infos]; i_bytes, i_lat [infos]; h_time, h_seq, h_kind, h_arg [actions];
 # flags [G]: done).
-@_njit(cache=True)
+@_njit_inner
 def _send(
-    arrays: tuple[np.ndarray, ...],
+    ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
     ei: np.ndarray,
     drv: tuple[np.ndarray, ...],
@@ -687,7 +710,7 @@ def _send(
 ) -> None:
     """One flow ``src -> dst`` over route ``route`` (collectives._PhaseDriver.send +
     FluidNetwork.transfer)."""
-    s = _view(arrays)
+    fl_ptr, fl_link, fl_coef = ft
     i_kind, i_src, i_dst, i_bytes, i_lat = drv[10], drv[11], drv[12], drv[13], drv[14]
     h_time, h_seq, h_kind, h_arg = drv[15], drv[16], drv[17], drv[18]
     rt_lat, rf_ptr = eng[8], eng[12]
@@ -707,14 +730,14 @@ def _send(
         return
     fid = ei[N_FLOWS]
     n = rb_ptr[route + 1] - rb_ptr[route]
-    start = s.fl_ptr[fid]
-    if fid + 1 >= s.fl_ptr.shape[0] or start + n > s.fl_link.shape[0]:
+    start = fl_ptr[fid]
+    if fid + 1 >= fl_ptr.shape[0] or start + n > fl_link.shape[0]:
         ei[STATUS] = OUT_OF_FLOWS
         return
     for j in range(n):
-        s.fl_link[start + j] = rb_link[rb_ptr[route] + j]
-        s.fl_coef[start + j] = rb_coef[rb_ptr[route] + j]
-    s.fl_ptr[fid + 1] = start + n
+        fl_link[start + j] = rb_link[rb_ptr[route] + j]
+        fl_coef[start + j] = rb_coef[rb_ptr[route] + j]
+    fl_ptr[fid + 1] = start + n
     ei[N_FLOWS] += 1
     eng[6][fid] = bytes_
     eng[5][fid] = lat
@@ -726,7 +749,7 @@ def _send(
     ei[N_PEND] += 1
 
 
-@_njit(cache=True)
+@_njit_inner
 def _deliver(
     drv: tuple[np.ndarray, ...], plan: tuple[np.ndarray, ...], now: float, dst: int, bytes_: float
 ) -> None:
@@ -738,7 +761,7 @@ def _deliver(
         _mark_done(drv, now, dst)
 
 
-@_njit(cache=True)
+@_njit_inner
 def _mark_done(drv: tuple[np.ndarray, ...], now: float, g: int) -> None:
     """GPU ``g`` has everything of the phase: its completion time, and the queue the chain reads."""
     drv[2][g] = now
@@ -748,9 +771,9 @@ def _mark_done(drv: tuple[np.ndarray, ...], now: float, g: int) -> None:
     queue[queue[0]] = g
 
 
-@_njit(cache=True)
+@_njit_inner
 def _launch(
-    arrays: tuple[np.ndarray, ...],
+    ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
     ei: np.ndarray,
     drv: tuple[np.ndarray, ...],
@@ -772,12 +795,12 @@ def _launch(
         return
     pend_amt[r, d] = 0.0
     inflight[r, d] = 1
-    _send(arrays, eng, ei, drv, now, r, d, amount, rid_relay[r, d], K_STAGE2, par[3])
+    _send(ft, eng, ei, drv, now, r, d, amount, rid_relay[r, d], K_STAGE2, par[3])
 
 
-@_njit(cache=True)
+@_njit_inner
 def _relay_arrive(
-    arrays: tuple[np.ndarray, ...],
+    ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
     ei: np.ndarray,
     drv: tuple[np.ndarray, ...],
@@ -804,12 +827,12 @@ def _relay_arrive(
         if add > 0:
             released[r, d] = target
             pend_amt[r, d] += add
-            _launch(arrays, eng, ei, drv, plan, par, now, r, d)
+            _launch(ft, eng, ei, drv, plan, par, now, r, d)
 
 
-@_njit(cache=True)
+@_njit_inner
 def _next_piece(
-    arrays: tuple[np.ndarray, ...],
+    ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
     ei: np.ndarray,
     drv: tuple[np.ndarray, ...],
@@ -824,12 +847,12 @@ def _next_piece(
     if chain_left[src, r] == 0:
         return
     chain_left[src, r] -= 1
-    _send(arrays, eng, ei, drv, now, src, r, chain_piece[src, r], plan[9][src, r], K_STAGE1, par[3])
+    _send(ft, eng, ei, drv, now, src, r, chain_piece[src, r], plan[9][src, r], K_STAGE1, par[3])
 
 
-@_njit(cache=True)
+@_njit_inner
 def _start(
-    arrays: tuple[np.ndarray, ...],
+    ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
     ei: np.ndarray,
     drv: tuple[np.ndarray, ...],
@@ -845,21 +868,21 @@ def _start(
     drv[1][g] = now
     for d in range(G):
         if direct[g, d] > 0:
-            _send(arrays, eng, ei, drv, now, g, d, direct[g, d], rid_direct[g, d], K_DIRECT, par[3])
+            _send(ft, eng, ei, drv, now, g, d, direct[g, d], rid_direct[g, d], K_DIRECT, par[3])
     if par[4] > 0:  # a plan with a first stage
         pieces = int(par[0])
         for r in range(G):
             if stage1[g, r] > 0:
                 chain_left[g, r] = pieces
                 chain_piece[g, r] = stage1[g, r] / pieces
-                _next_piece(arrays, eng, ei, drv, plan, par, now, g, r)
+                _next_piece(ft, eng, ei, drv, plan, par, now, g, r)
     if par[5] > 0 and relay_in[g] <= 0:  # a relay with nothing coming in
-        _relay_arrive(arrays, eng, ei, drv, plan, par, now, g, 0.0)
+        _relay_arrive(ft, eng, ei, drv, plan, par, now, g, 0.0)
 
 
-@_njit(cache=True)
+@_njit_inner
 def _on_sent(
-    arrays: tuple[np.ndarray, ...],
+    ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
     ei: np.ndarray,
     drv: tuple[np.ndarray, ...],
@@ -870,15 +893,15 @@ def _on_sent(
 ) -> None:
     kind, src, dst = drv[10][info], drv[11][info], drv[12][info]
     if kind == K_STAGE1:
-        _next_piece(arrays, eng, ei, drv, plan, par, now, src, dst)
+        _next_piece(ft, eng, ei, drv, plan, par, now, src, dst)
     elif kind == K_STAGE2:
         drv[8][src, dst] = 0
-        _launch(arrays, eng, ei, drv, plan, par, now, src, dst)
+        _launch(ft, eng, ei, drv, plan, par, now, src, dst)
 
 
-@_njit(cache=True)
+@_njit_inner
 def _on_delivered(
-    arrays: tuple[np.ndarray, ...],
+    ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
     ei: np.ndarray,
     drv: tuple[np.ndarray, ...],
@@ -889,14 +912,14 @@ def _on_delivered(
 ) -> None:
     kind, dst, bytes_ = drv[10][info], drv[12][info], drv[13][info]
     if kind == K_STAGE1:
-        _relay_arrive(arrays, eng, ei, drv, plan, par, now, dst, bytes_)
+        _relay_arrive(ft, eng, ei, drv, plan, par, now, dst, bytes_)
     else:
         _deliver(drv, plan, now, dst, bytes_)
 
 
-@_njit(cache=True)
+@_njit_inner
 def _do_action(
-    arrays: tuple[np.ndarray, ...],
+    ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
     ei: np.ndarray,
     drv: tuple[np.ndarray, ...],
@@ -907,16 +930,16 @@ def _do_action(
     """Run the phase's first timed action (due now)."""
     kind, arg = _pop_action(drv[15], drv[16], drv[17], drv[18], drv[20])
     if kind == A_START:
-        _start(arrays, eng, ei, drv, plan, par, now, arg)
+        _start(ft, eng, ei, drv, plan, par, now, arg)
         if plan[4][arg] <= 0 and not drv[19][arg]:
             _mark_done(drv, now, arg)  # nothing to receive: done as soon as it is ready
     elif kind == A_LOCAL_SENT:
-        _on_sent(arrays, eng, ei, drv, plan, par, now, arg)
+        _on_sent(ft, eng, ei, drv, plan, par, now, arg)
     else:
-        _on_delivered(arrays, eng, ei, drv, plan, par, now, arg)
+        _on_delivered(ft, eng, ei, drv, plan, par, now, arg)
 
 
-@_njit(cache=True)
+@_njit_inner
 def _chain(
     first: tuple[np.ndarray, ...],
     second: tuple[np.ndarray, ...],
@@ -951,6 +974,7 @@ def play(
     pars: np.ndarray,
     delay: np.ndarray,
     budget: int,
+    scr: tuple[np.ndarray, ...],
 ) -> None:
     """Play a pair of phases on the network state (``arrays``, ``eng``, ``ei``, ``ef``) from ``ef[NOW]``:
     the first with GPU g starting at ``ready[g]`` (its plan's), the second chained to it (``pars[0, 6]``:
@@ -961,6 +985,8 @@ def play(
     it ran out of room."""
     d0, d1 = drvs
     p0, p1 = plans
+    s = _view(arrays)
+    ft = (s.fl_ptr, s.fl_link, s.fl_coef)  # all the driver needs of the bundle
     ready = p0[10]
     G = ready.shape[0]
     mode = int(pars[0, 6])
@@ -990,10 +1016,10 @@ def play(
             t0 = d0[15][0] if d0[20][P_HEAP] else np.inf
             t1 = d1[15][0] if d1[20][P_HEAP] else np.inf
             if t0 <= now:
-                _do_action(arrays, eng, ei, d0, p0, pars[0], now)
+                _do_action(ft, eng, ei, d0, p0, pars[0], now)
                 _chain(d0, d1, mode, delay, now)
             elif t1 <= now:
-                _do_action(arrays, eng, ei, d1, p1, pars[1], now)
+                _do_action(ft, eng, ei, d1, p1, pars[1], now)
             else:
                 break
         if ei[STATUS] != OK or (ei[N_PEND] == 0 and t_net > now):
@@ -1001,20 +1027,20 @@ def play(
         ei[EVENTS] += 1
         ei[SINCE_REGROUP] += 1
         ei[ACT_SUM] += ei[N_ACT]
-        done_ids = _network_step(arrays, eng, ei, ef, now)
+        done_ids = _network_step(arrays, eng, ei, ef, scr, now)
         nf = ef[NEXT_FINISH]
         ef[T_NET] = now + max(nf - now, 0.0) if np.isfinite(nf) else np.inf
         for f in done_ids:
             info = info_of[f]
             first = phase_of[f] == 0
             drv, plan, par = (d0, p0, pars[0]) if first else (d1, p1, pars[1])
-            _on_sent(arrays, eng, ei, drv, plan, par, now, info)
+            _on_sent(ft, eng, ei, drv, plan, par, now, info)
             if flat[f] > 0:
                 _push_action(
                     drv[15], drv[16], drv[17], drv[18], drv[20], now + flat[f], A_DELIVER, info
                 )
             else:
-                _on_delivered(arrays, eng, ei, drv, plan, par, now, info)
+                _on_delivered(ft, eng, ei, drv, plan, par, now, info)
             if first:
                 _chain(d0, d1, mode, delay, now)
     ef[NOW] = now
@@ -1179,7 +1205,6 @@ def _bundle(caps: np.ndarray, flows: int, classes: int, path: int) -> NetArrays:
         "finish": np.zeros(classes),
         "lk_ptr": np.zeros(links + 1, dtype=np.int64),
         "lk_flow": np.zeros(2 * classes * path + 4 * links, dtype=np.int64),
-        **kernels.scratch_fields(classes, links),
     }
     return NetArrays(**f)
 
@@ -1274,6 +1299,7 @@ class _Loop:
         tables = self.routes.tables(topo.binding())
         path = max(self.routes.longest_binding, 1)
         self.arrays = tuple(_bundle(caps, flows, classes, path))
+        self.scr = kernels.scratch(classes, caps.size)
         links = caps.size
         lat, f_ptr, f_link, f_coef, b_ptr, b_link, b_coef = tables
         self.eng = (
@@ -1402,6 +1428,7 @@ class _Loop:
                     pars,
                     delay,
                     EVENTS_PER_CALL,
+                    self.scr,
                 )
                 if total > 0:
                     got = float(drvs[0][0].sum() + drvs[1][0].sum())

@@ -127,7 +127,9 @@ def _loop_kernels() -> tuple[Any, ...]:
 # The registry, in priority order: a free worker takes the first entry whose ``after`` entries are done.
 # The phase loop (``simulate``) is the longest: it starts as soon as the kernels it shares are cached.
 ENTRIES: tuple[Entry, ...] = (
-    _network_entry("solve", lambda: (_bundle(), _IDS, _IDS, _IDS, 1.0, True, 0.0, 0)),
+    _network_entry(
+        "solve", lambda: (_bundle(), _IDS, _IDS, _IDS, 1.0, True, 0.0, 0, kernels.scratch(1, 2))
+    ),
     Entry("uniform_routing", _routing_kernels, _warm_routing),
     _network_entry("classify", lambda: (_bundle(), _IDS, True, True)),
     Entry(
