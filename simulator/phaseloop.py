@@ -63,9 +63,6 @@ _TOL = 1e-9
     INDEX_STALE,
     N_PEND,
     REFILLED,
-    N_INFO,
-    N_HEAP,
-    HEAP_SEQ,
     STATUS,
     ACT_SUM,
     REGROUP_MIN_EVENTS,
@@ -73,8 +70,8 @@ _TOL = 1e-9
     PHASE_STARTED,
     PHASE_DONE,
     ANY_LAZY,
-) = range(24)
-_EI_SIZE = 24
+) = range(21)
+_EI_SIZE = 21
 WORST, NEXT_FINISH, NOW, T_NET = range(4)
 _EF_SIZE = 4
 

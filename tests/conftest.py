@@ -1,19 +1,28 @@
 """Shared fixtures: tiny synthetic traces and clusters, and the path of the optional shared data.
 
 Skipped tests say why at the end of every run (``-rs`` in pyproject's ``addopts``), next to the
-optional pieces this machine lacks and how to add them, so a skip is never a surprise.
+optional pieces this machine lacks and how to add them, so a skip is never a surprise. Property tests
+are derandomized (profile ``ci``): the same examples on every run.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from moe_placement.cluster import load_cluster
 from moe_placement.traces.synth import SynthConfig, generate
+
+# Property tests draw the same examples on every run (CI must not fail on a draw no one can replay;
+# a test's own @settings still sets how many). HYPOTHESIS_PROFILE=explore draws fresh ones.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
