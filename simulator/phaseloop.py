@@ -22,6 +22,7 @@ regrouped early, and a run that still does not fit is played again with twice th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -1261,9 +1262,11 @@ def _driver_arrays(G: int, infos: int, phase: int) -> tuple[np.ndarray, ...]:
     )
 
 
-# network events per call of the compiled loop: between calls Python shows progress and takes signals
-# (a call of this size lasts well under a second at 1024 GPUs)
+# Network events per call of the compiled loop, at most: between calls Python shows progress and takes
+# signals (Ctrl-C, SIGTERM), so a call is also cut to about SLICE_S seconds - an event costs from ~20 us
+# (64 GPUs) to ~2 ms (1024 GPUs), and the slice adapts to what the last one measured.
 EVENTS_PER_CALL = 20_000
+SLICE_S = 0.25
 
 
 class OutOfRoomError(Exception):
@@ -1402,9 +1405,11 @@ class _Loop:
         delay: np.ndarray,
         name: str,
     ) -> None:
-        """The compiled loop in slices of :data:`EVENTS_PER_CALL` events until the pair is done (or out
-        of room), with a progress bar of the bytes delivered."""
+        """The compiled loop in slices of at most :data:`EVENTS_PER_CALL` events, sized to last about
+        :data:`SLICE_S`, until the pair is done (or out of room), with a progress bar of the bytes
+        delivered."""
         ei = self.ei
+        budget = min(1_000, EVENTS_PER_CALL)
         total = float(plans[0][4].sum() + plans[1][4].sum())
         with tqdm(
             total=100.0,
@@ -1415,6 +1420,7 @@ class _Loop:
             bar_format="{desc}: {percentage:3.0f}% |{bar}| {elapsed}",
         ) as bar:
             while not ei[PHASE_DONE] and ei[STATUS] == OK:
+                t0, events0 = time.perf_counter(), int(ei[EVENTS])
                 play(
                     self.arrays,
                     self.eng,
@@ -1424,9 +1430,12 @@ class _Loop:
                     (plans[0], plans[1]),
                     pars,
                     delay,
-                    EVENTS_PER_CALL,
+                    budget,
                     self.scr,
                 )
+                took, done = time.perf_counter() - t0, int(ei[EVENTS]) - events0
+                if done and took > 0:
+                    budget = int(min(max(done * SLICE_S / took, 1), EVENTS_PER_CALL))
                 if total > 0:
                     got = float(drvs[0][0].sum() + drvs[1][0].sum())
                     bar.update(100.0 * min(got / total, 1.0) - bar.n)
