@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -76,22 +78,59 @@ def _cache_is_cold(dispatcher: Any) -> bool:
         return False
 
 
+# The parallel compile that :func:`announce_compile` starts on a cold cache: installed by
+# :mod:`moe_placement.simulator.warmup` when the package loads (this module cannot import it: the warm-up
+# imports the kernels' callers, which import this module).
+_parallel_compile: Callable[[], None] | None = None
+
+# Modules whose cached kernels call this module's kernels: numba checks a cache only against the source
+# of its own module (numba issue 1833), so after a change here theirs would run the old kernels.
+CALLERS_OF_KERNELS = ("phaseloop",)
+
+
+def set_parallel_compile(fn: Callable[[], None] | None) -> None:
+    """Install what :func:`announce_compile` runs on a cold cache (None: compile in this process)."""
+    global _parallel_compile
+    _parallel_compile = fn
+
+
+def drop_stale_caches(
+    cache_dir: Path | None = None, kernels_source: Path | None = None
+) -> list[str]:
+    """Remove the cache index of every kernel of :data:`CALLERS_OF_KERNELS` written before the last change
+    to ``kernels.py`` (default: numba's cache directory of the simulator, and ``kernels.py`` itself): they
+    compile again, as on a cold cache, with the current kernels. Returns the names of the files removed;
+    an index that cannot be removed (a read-only cache) stays, as numba alone would leave it."""
+    try:
+        folder = cache_dir or Path(solve._cache._cache_path)
+        changed = (kernels_source or Path(__file__)).stat().st_mtime
+    except (AttributeError, OSError):  # numba internals differ, or nothing to compare
+        return []
+    removed = []
+    for module in CALLERS_OF_KERNELS:
+        for index in sorted(folder.glob(f"{module}.*.nbi")):
+            try:
+                if index.stat().st_mtime < changed:
+                    index.unlink()
+                    removed.append(index.name)
+            except OSError:
+                continue
+    return removed
+
+
 def announce_compile(*dispatchers: Any) -> None:
     """Once per process, when any of ``dispatchers`` (numba entry kernels) has no cached machine code: say
-    so on stderr, then compile every registered entry kernel that needs it in parallel worker processes
-    (:func:`moe_placement.simulator.warmup.warm_up`, one per CPU), which write numba's cache; the calling
-    code then loads it. What a worker could not compile compiles here at first call, as without the
-    warm-up. numba caches next to the sources, or in the user's cache directory when that is not
-    writable (``NUMBA_CACHE_DIR`` overrides both). Kernels of other modules compiled before the last
-    change to this file count as cold (:func:`moe_placement.simulator.warmup.drop_stale_caches`)."""
+    so on stderr, then run the parallel compile (:func:`moe_placement.simulator.warmup.warm_up`, one worker
+    per CPU, which write numba's cache; the calling code then loads it). What a worker could not compile
+    compiles here at first call, as without the warm-up. numba caches next to the sources, or in the
+    user's cache directory when that is not writable (``NUMBA_CACHE_DIR`` overrides both). Kernels of
+    other modules compiled before the last change to this file count as cold (:func:`drop_stale_caches`)."""
     global _announced, _checked_stale
     if _announced or not HAVE_NUMBA or os.environ.get(WARMUP_WORKER_ENV):
         return
     if not _checked_stale:
         _checked_stale = True
-        from moe_placement.simulator import warmup  # imports this module: loaded on first use only
-
-        warmup.drop_stale_caches()
+        drop_stale_caches()
     if any(_cache_is_cold(d) for d in dispatchers):
         _announced = True
         print(
@@ -99,23 +138,8 @@ def announce_compile(*dispatchers: Any) -> None:
             file=sys.stderr,
             flush=True,
         )
-        _warm_up_in_workers()
-
-
-def _warm_up_in_workers() -> None:
-    """The parallel warm-up, if it can run here; any failure leaves the compile to this process."""
-    from moe_placement.simulator import warmup  # imports this module: loaded on first use only
-
-    if warmup.usable_cpus() < 2:
-        return  # one CPU: workers would only add their start-up
-    try:
-        report = warmup.warm_up()
-    except Exception as exc:  # e.g. no process may be started here: compile in this process
-        report = None
-        print(f"(parallel compile unavailable: {exc}; compiling here)", file=sys.stderr, flush=True)
-    if report is not None and not report.ok:
-        missed = ", ".join([*report.failed, *report.left])
-        print(f"(not compiled in parallel: {missed}; compiling here)", file=sys.stderr, flush=True)
+        if _parallel_compile is not None:
+            _parallel_compile()
 
 
 # A link at or above this share of its capacity counts as saturated (float tolerance of the filling).

@@ -34,7 +34,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -103,7 +102,7 @@ def _warm_routing() -> None:
 
 
 def _routing_kernels() -> tuple[Any, ...]:
-    from moe_placement.simulator import routing
+    import moe_placement.simulator.routing as routing
 
     return (routing._route_gpu,)
 
@@ -111,7 +110,7 @@ def _routing_kernels() -> tuple[Any, ...]:
 def _warm_simulate() -> None:
     """A tiny ``simulate --traffic uniform`` of each algorithm family (same kernels at any size)."""
     from moe_placement.cluster import load_cluster
-    from moe_placement.simulator import simulate_uniform
+    from moe_placement.simulator.moe import simulate_uniform
 
     cluster = load_cluster(None).with_counts(4, 2)
     for algo in ("deepep", "deepep-ll"):
@@ -119,7 +118,7 @@ def _warm_simulate() -> None:
 
 
 def _loop_kernels() -> tuple[Any, ...]:
-    from moe_placement.simulator import phaseloop
+    import moe_placement.simulator.phaseloop as phaseloop
 
     return (phaseloop.play,)
 
@@ -144,31 +143,9 @@ ENTRIES: tuple[Entry, ...] = (
 
 # Modules whose kernels call those of kernels.py: numba checks a kernel's cache against its own source
 # file only (numba/numba#1833), so theirs would keep kernels.py's old machine code after it changes.
-CALLERS_OF_KERNELS = ("phaseloop",)
-
-
-def drop_stale_caches(
-    cache_dir: Path | None = None, kernels_source: Path | None = None
-) -> list[str]:
-    """Remove the cache index of every kernel of :data:`CALLERS_OF_KERNELS` written before the last change
-    to ``kernels.py`` (default: numba's cache directory of the simulator, and ``kernels.py`` itself): they
-    compile again, as on a cold cache, with the current kernels. Returns the names of the files removed;
-    an index that cannot be removed (a read-only cache) stays, as numba alone would leave it."""
-    try:
-        folder = cache_dir or Path(kernels.solve._cache._cache_path)
-        changed = (kernels_source or Path(kernels.__file__)).stat().st_mtime
-    except (AttributeError, OSError):  # numba internals differ, or nothing to compare
-        return []
-    removed = []
-    for module in CALLERS_OF_KERNELS:
-        for index in sorted(folder.glob(f"{module}.*.nbi")):
-            try:
-                if index.stat().st_mtime < changed:
-                    index.unlink()
-                    removed.append(index.name)
-            except OSError:
-                continue
-    return removed
+# kept here too for the warm-up's callers (they live in the kernels' module, which applies them)
+CALLERS_OF_KERNELS = kernels.CALLERS_OF_KERNELS
+drop_stale_caches = kernels.drop_stale_caches
 
 
 def needed(entries: Sequence[Entry] = ENTRIES) -> list[Entry]:
@@ -404,6 +381,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"wall on {where} (this process {time.process_time() - cpu_start:.1f} CPU-s)"
     )
     return 0 if report.ok else 1
+
+
+def _warm_up_in_workers() -> None:
+    """The parallel warm-up, if it can run here; any failure leaves the compile to this process."""
+    if usable_cpus() < 2:
+        return  # one CPU: workers would only add their start-up
+    try:
+        report = warm_up()
+    except Exception as exc:  # e.g. no process may be started here: compile in this process
+        report = None
+        print(f"(parallel compile unavailable: {exc}; compiling here)", file=sys.stderr, flush=True)
+    if report is not None and not report.ok:
+        missed = ", ".join([*report.failed, *report.left])
+        print(f"(not compiled in parallel: {missed}; compiling here)", file=sys.stderr, flush=True)
+
+
+kernels.set_parallel_compile(_warm_up_in_workers)
 
 
 if __name__ == "__main__":
