@@ -190,6 +190,18 @@ class _Worker:
     entry: str | None = None  # in flight
 
 
+def _die_with_parent() -> None:
+    """In a worker, before it runs: the kernel ends it when its parent dies (Linux ``PR_SET_PDEATHSIG``),
+    so a caller killed mid-compile (SIGKILL, or SIGTERM outside Python) leaves no compiler running."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker ends at EOF on its stdin instead
+        pass
+
+
 def _start_worker() -> _Worker:
     env = {**os.environ, WORKER_ENV: "1"}
     proc = subprocess.Popen(
@@ -200,6 +212,7 @@ def _start_worker() -> _Worker:
         text=True,
         bufsize=1,
         env=env,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
     return _Worker(proc)
 
