@@ -160,7 +160,9 @@ def simulate_step(
 ) -> StepTime:
     """The simulator's per-layer times of one step of ``tokens_per_gpu`` tokens on every GPU, for
     ``layers`` (default all), with each layer's attention and shared expert when given."""
-    from moe_placement.simulator import simulate_moe
+    from moe_placement.simulator import simulate_moe, warmup
+
+    warmup.install()  # a cold kernel cache compiles in parallel workers (once, with a message)
 
     res = simulate_moe(
         plan,

@@ -9,9 +9,6 @@ Public API: :func:`simulate_moe` (a plan on a trace, layer by layer, with overla
 :mod:`moe_placement.simulator.topology`, :mod:`moe_placement.simulator.engine` and :mod:`moe_placement.simulator.collectives`.
 """
 
-# the warm-up module installs the parallel compile that a cold kernel cache starts (kernels.py cannot
-# import it: it imports the kernels' callers)
-from moe_placement.simulator import warmup as warmup
 from moe_placement.simulator.moe import OVERLAPS, SimResult, simulate_moe, simulate_uniform
 
 __all__ = ["OVERLAPS", "SimResult", "simulate_moe", "simulate_uniform"]

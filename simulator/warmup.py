@@ -410,7 +410,12 @@ def _warm_up_in_workers() -> None:
         print(f"(not compiled in parallel: {missed}; compiling here)", file=sys.stderr, flush=True)
 
 
-kernels.set_parallel_compile(_warm_up_in_workers)
+def install() -> None:
+    """Make a cold kernel cache compile in parallel workers (:func:`kernels.announce_compile` then runs
+    :func:`warm_up`). Called by the commands that simulate (CLI, pipeline, executor); the library alone
+    compiles in its own process, with the same message. Not done on import of the package: this module
+    imports the kernels' callers, which the package imports."""
+    kernels.set_parallel_compile(_warm_up_in_workers)
 
 
 if __name__ == "__main__":

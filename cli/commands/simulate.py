@@ -169,6 +169,9 @@ def _uniform(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from moe_placement.simulator import warmup
+
+    warmup.install()  # a cold kernel cache compiles in parallel workers (once, with a message)
     if args.traffic == "uniform":
         return _uniform(args)
     if not args.trace or not args.plan:
