@@ -1,4 +1,4 @@
-"""The event loop of one all-to-all phase, compiled: the same events as the SimPy path, without Python.
+"""The event loop of all-to-all phases, compiled: the same events as the SimPy path, without Python.
 
 :func:`moe_placement.simulator.collectives.run_phase` plays a phase as SimPy processes on a
 :class:`~moe_placement.simulator.engine.FluidNetwork`: every flow start, finish and delivery passes through
@@ -12,8 +12,11 @@ It is the same model, step for step: flows start, finish and are delivered at th
 network batches simultaneous finishes with the same tolerance, classes, lazy links and regroupings follow
 the same rules and the rates are the same max-min fair allocation (unique, so equal up to float rounding
 in the order of summation: ``tests/test_simulator_phaseloop.py`` compares both paths flow by flow).
-SimPy stays the engine of everything with outside interaction (compute streams, overlap of micro-batches,
-GPUs that start when their experts finish); :func:`play_phases` is what ``simulate_uniform`` runs.
+A call plays a pair of phases: the second chained to the first per GPU after a fixed delay (a MoE layer
+without overlap: each GPU's combine leaves once its dispatch data has landed and its experts ran,
+:mod:`moe_placement.simulator.moe_compiled`) or behind a barrier (:func:`play_phases`, what
+``simulate_uniform`` runs). SimPy stays the engine of what shares a compute stream (the overlapped modes).
+By default the loop never regroups (see :data:`REGROUP_CADENCE`): the same allocation, faster here.
 
 State lives in arrays sized up front from the plans (flows are bounded by the plan: every relay send
 carries at least one chunk's worth); classes, when they would outgrow their room between regroupings, are
