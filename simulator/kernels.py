@@ -794,31 +794,51 @@ def pop_finished(
     the lowest rate that finished).
     """
     s = _view(arrays)
+    limit = now + tol * max(now, 1.0)
+    # arrays sized by a bound and filled to a count, not lists: lists cost seconds of a cold compile
+    due = np.empty(act.shape[0], dtype=np.int64)
+    ndone = 0
+    for i in range(act.shape[0]):
+        c = act[i]
+        if s.finish[c] <= limit:
+            due[ndone] = c
+            ndone += 1
+    done_cls = due[:ndone]
+    out, seeds, empty, low = finish_members(
+        arrays, done_cls, now, limit, np.zeros(s.cap.shape[0], dtype=np.bool_)
+    )
+    return done_cls, out, seeds, empty, low
+
+
+@_njit_inner
+def finish_members(
+    arrays: tuple[np.ndarray, ...],
+    done_cls: np.ndarray,
+    now: float,
+    limit: float,
+    seed_mark: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The work of :func:`pop_finished` on the classes due, ``done_cls`` (in the order of the active
+    set): their members due by ``limit`` finish. ``seed_mark``: per link, all False (and again on
+    exit). Returns (the finished flow ids, the saturated links they left, the classes now empty, the
+    lowest rate that finished)."""
+    s = _view(arrays)
     rate, prog, t_upd, next_target, changed = s.rate, s.prog, s.t_upd, s.next_target, s.changed
     c_head, c_end, cm_flow, target = s.c_head, s.c_end, s.cm_flow, s.target
     cl_ptr, cl_link, cl_coef, cl_unit = s.cl_ptr, s.cl_link, s.cl_coef, s.cl_unit
     fl_ptr, fl_link, fl_coef = s.fl_ptr, s.fl_link, s.fl_coef
     lazy, cap, used, lazy_used, lazy_rate = s.lazy, s.cap, s.used, s.lazy_used, s.lazy_rate
     cz_ptr, cz_link, cz_coef = s.cz_ptr, s.cz_link, s.cz_coef
-    limit = now + tol * max(now, 1.0)
-    # arrays sized by a bound and filled to a count, not lists: lists cost seconds of a cold compile
-    due = np.empty(act.shape[0], dtype=np.int64)
-    ndone = 0
     nmembers = 0  # bound on the flows finishing: all members left in the classes due
-    for i in range(act.shape[0]):
-        c = act[i]
-        if s.finish[c] <= limit:
-            due[ndone] = c
-            ndone += 1
-            nmembers += c_end[c] - c_head[c]
-    done_cls = due[:ndone]
+    nseeds = 0  # bound on the links they leave
+    for c in done_cls:
+        nmembers += c_end[c] - c_head[c]
+        nseeds += cl_ptr[c + 1] - cl_ptr[c]
     out = np.empty(nmembers, dtype=np.int64)
     nout = 0
-    empty = np.empty(ndone, dtype=np.int64)
+    empty = np.empty(done_cls.shape[0], dtype=np.int64)
     nempty = 0
-    num_links = cap.shape[0]
-    seed_mark = np.zeros(num_links, dtype=np.bool_)
-    seeds = np.empty(num_links, dtype=np.int64)
+    seeds = np.empty(nseeds, dtype=np.int64)
     nseeds = 0
     low = np.inf
     for c in done_cls:
@@ -866,7 +886,9 @@ def pop_finished(
         else:
             next_target[c] = target[cm_flow[k]]
             changed[c] = 1
-    return done_cls, out[:nout], seeds[:nseeds], empty[:nempty], low
+    for k in range(nseeds):
+        seed_mark[seeds[k]] = False
+    return out[:nout], seeds[:nseeds], empty[:nempty], low
 
 
 @_njit_inner

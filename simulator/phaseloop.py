@@ -74,8 +74,11 @@ _TOL = 1e-9
     PHASE_STARTED,
     PHASE_DONE,
     ANY_LAZY,
-) = range(21)
-_EI_SIZE = 21
+    FIN_HEAP,
+    N_DEAD,
+    HEAP_STALE,
+) = range(24)
+_EI_SIZE = 24
 WORST, NEXT_FINISH, NOW, T_NET = range(4)
 _EF_SIZE = 4
 
@@ -305,6 +308,143 @@ def _pop_action(
     return kind, arg
 
 
+# -- the classes' finish times: a heap, so an event costs what changed, not the classes in flight ------
+# FluidNetwork scans every active class at every event for the next finish and for those due; at 1024
+# GPUs that is ~10^5 classes per event. Here the finishes live in a heap of (finish, class, version)
+# entries (eng[21:24]; ``eng[24][c]``, the class's current version: an entry of another version, or of a
+# class no longer active, is stale and skipped), and the active set keeps the classes that emptied until
+# they are half of it (``N_DEAD``), then drops them in one pass. Only a regrouping, or a rate change
+# outside the local refill (lazy links), brings every class up to date at once (``HEAP_STALE``).
+@_njit_inner
+def _live(ei: np.ndarray) -> int:
+    """Classes in the active set that still have members."""
+    return ei[N_ACT] - ei[N_DEAD]
+
+
+@_njit_inner
+def _compact_act(
+    arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray
+) -> None:
+    """Drop the emptied classes from the active set (order kept)."""
+    if ei[N_DEAD] == 0:
+        return
+    s = _view(arrays)
+    act_buf = eng[0]
+    k = 0
+    for i in range(ei[N_ACT]):
+        c = act_buf[i]
+        if s.is_active[c]:
+            act_buf[k] = c
+            k += 1
+    ei[N_ACT] = k
+    ei[N_DEAD] = 0
+
+
+@_njit_inner
+def _push_finish(eng: tuple[np.ndarray, ...], ei: np.ndarray, c: int, finish: float) -> None:
+    """Class ``c``'s entry at its current version (the caller rebuilt the heap when it was full)."""
+    ei[FIN_HEAP] = kernels._heap_push(
+        eng[21], eng[22], eng[23], ei[FIN_HEAP], finish, c, eng[24][c]
+    )
+
+
+@_njit_inner
+def _rebuild_finishes(
+    arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray
+) -> None:
+    """The heap again from the active classes' current finish times (stale entries dropped)."""
+    s = _view(arrays)
+    ei[FIN_HEAP] = 0
+    for c in eng[0][: ei[N_ACT]]:
+        if s.is_active[c]:
+            _push_finish(eng, ei, c, s.finish[c])
+    ei[HEAP_STALE] = 0
+
+
+@_njit_inner
+def _heap_full(eng: tuple[np.ndarray, ...], ei: np.ndarray) -> bool:
+    return ei[FIN_HEAP] >= eng[21].shape[0]
+
+
+@_njit_inner
+def _next_finish(
+    arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray
+) -> float:
+    """The earliest finish of an active class (stale entries on top are dropped); inf when none."""
+    s = _view(arrays)
+    h_t, h_c, h_v, ver = eng[21], eng[22], eng[23], eng[24]
+    while ei[FIN_HEAP] > 0:
+        c = h_c[0]
+        if s.is_active[c] and h_v[0] == ver[c]:
+            return h_t[0]
+        ei[FIN_HEAP] = kernels._heap_pop(h_t, h_c, h_v, ei[FIN_HEAP])
+    return np.inf
+
+
+@_njit_inner
+def _advance_classes(
+    arrays: tuple[np.ndarray, ...],
+    eng: tuple[np.ndarray, ...],
+    ei: np.ndarray,
+    classes: np.ndarray,
+    now: float,
+) -> float:
+    """:func:`~moe_placement.simulator.kernels.advance` for the only classes whose rate can have
+    changed, ``classes`` (the refill's set: it holds the event's new and shrunk classes): their finish
+    times move and enter the heap. Returns the earliest finish of every active class."""
+    s = _view(arrays)
+    ver = eng[24]
+    for c in classes:
+        if not s.changed[c]:
+            continue
+        s.prog[c] += s.old_rate[c] * (now - s.t_upd[c])
+        s.t_upd[c] = now
+        s.old_rate[c] = s.rate[c]
+        left = max(s.next_target[c] - s.prog[c], 0.0)
+        s.finish[c] = now + left / s.rate[c] if s.rate[c] > 0 else np.inf
+        s.changed[c] = 0
+        if s.is_active[c]:
+            ver[c] += 1
+            if _heap_full(eng, ei):
+                _rebuild_finishes(arrays, eng, ei)  # pushes ``c`` at its new version too
+            else:
+                _push_finish(eng, ei, c, s.finish[c])
+    return _next_finish(arrays, eng, ei)
+
+
+@_njit_inner
+def _advance_all(
+    arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray, now: float
+) -> float:
+    """:func:`~moe_placement.simulator.kernels.advance` over every active class, and the heap rebuilt
+    (after a regrouping, or rates set outside the local refill)."""
+    _compact_act(arrays, eng, ei)
+    best = kernels.advance(arrays, eng[0][: ei[N_ACT]], now)
+    _rebuild_finishes(arrays, eng, ei)
+    return best
+
+
+@_njit_inner
+def _pop_due(
+    arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray, limit: float
+) -> np.ndarray:
+    """The active classes whose finish is at most ``limit``, taken off the heap, in class id order (the
+    active set's order: classes join it as they form, ids ascending)."""
+    s = _view(arrays)
+    h_t, h_c, h_v, ver, due = eng[21], eng[22], eng[23], eng[24], eng[25]
+    n = 0
+    while ei[FIN_HEAP] > 0:
+        c = h_c[0]
+        valid = s.is_active[c] and h_v[0] == ver[c]
+        if valid and h_t[0] > limit:
+            break
+        ei[FIN_HEAP] = kernels._heap_pop(h_t, h_c, h_v, ei[FIN_HEAP])
+        if valid:
+            due[n] = c
+            n += 1
+    return _sort_ints(due[:n])
+
+
 # -- the fluid network's event handling (FluidNetwork, method for method) -----------------------------
 @_njit_inner
 def _new_classes(
@@ -401,23 +541,61 @@ def _solve(
     """New rates after the event (FluidNetwork._solve); the next finish time, or NaN when the caller
     must go on (regroup, then advance)."""
     s = _view(arrays)
-    act = eng[0][: ei[N_ACT]]
     threshold = keep_below * (1.0 - 1e-12) if np.isfinite(keep_below) else keep_below
-    if ei[INDEX_STALE] or act.shape[0] * 2 < ei[INDEX_SIZE]:
+    if ei[INDEX_STALE] or _live(ei) * 2 < ei[INDEX_SIZE]:
         # rebuilt after a regrouping, when a link's stretch is full, or when mostly finished classes
+        _compact_act(arrays, eng, ei)
+        act = eng[0][: ei[N_ACT]]
         _index_into(act, s.cl_ptr, s.cl_link, s.lk_ptr, s.lk_flow, eng[18], s.rate.shape[0] - 1)
         ei[INDEX_STALE] = 0
         ei[INDEX_SIZE] = act.shape[0]
+    ei[RECOMPUTES] += 1
     # the lazy links' bookkeeping (a pass over every active class and every link) only matters once a
-    # link has gone lazy, or for a regrouping's verdict: skipped otherwise (exact: nothing lazy to load)
-    lazy_care = ei[ANY_LAZY] != 0 or verdict in (REGROUP, REGROUP_IF_SLACK)
-    refilled, _rounds, worst, lazy_worst, next_finish = kernels.solve(
-        arrays, act, seeds, seed_links, threshold, lazy_care, now, verdict, scr
+    # link has gone lazy, or for a regrouping's verdict: FluidNetwork's whole solve then
+    if ei[ANY_LAZY] != 0 or verdict in (REGROUP, REGROUP_IF_SLACK):
+        _compact_act(arrays, eng, ei)
+        act = eng[0][: ei[N_ACT]]
+        refilled, _rounds, worst, lazy_worst, next_finish = kernels.solve(
+            arrays, act, seeds, seed_links, threshold, _flag(ei, True), now, verdict, scr
+        )
+        ei[REFILLED] += refilled
+        ef[WORST] = max(ef[WORST], worst, lazy_worst)
+        if np.isnan(next_finish):
+            ei[HEAP_STALE] = 1
+        else:
+            _rebuild_finishes(arrays, eng, ei)
+        return next_finish
+    # otherwise nothing lazy to load (exact): the local refill, then only its set can have moved
+    refilled, _rounds = kernels.refill(
+        seeds,
+        seed_links,
+        threshold,
+        s.is_active,
+        s.cl_ptr,
+        s.cl_link,
+        s.cl_coef,
+        s.lk_ptr,
+        s.lk_flow,
+        s.cap,
+        s.used,
+        s.rate,
+        s.changed,
+        s.bottleneck,
+        scr,
     )
     ei[REFILLED] += refilled
-    ei[RECOMPUTES] += 1
-    ef[WORST] = max(ef[WORST], worst, lazy_worst)
-    return next_finish
+    members = scr[2][:refilled]
+    # the highest utilisation so far: a link's load rises only in a refill, on its set's links
+    worst = ef[WORST]
+    for c in members:
+        for j in range(s.cl_ptr[c], s.cl_ptr[c + 1]):
+            m = s.cl_link[j]
+            worst = max(worst, s.used[m] / s.cap[m])
+    ef[WORST] = worst
+    if verdict == KEEP_OPEN:
+        ei[HEAP_STALE] = 1
+        return np.nan
+    return _advance_classes(arrays, eng, ei, members, now)
 
 
 @_njit_inner
@@ -455,10 +633,10 @@ def _regroup_verdict(ei: np.ndarray) -> int:
     if (
         ei[SINCE_REGROUP] < ei[REGROUP_MIN_EVENTS]
         or ei[SINCE_REGROUP] * ei[REGROUP_FLOWS_PER_EVENT] < ei[ACTIVE_COUNT]
-        or ei[N_ACT] == 0
+        or _live(ei) == 0
     ):
         return NO_REGROUP
-    if ei[NEW_SINCE_REGROUP] * 4 > ei[N_ACT]:
+    if ei[NEW_SINCE_REGROUP] * 4 > _live(ei):
         return REGROUP
     return REGROUP_IF_SLACK
 
@@ -507,6 +685,9 @@ def _regroup(
         ei[N_CLASSES] = 0
         ei[CM_USED] = 0
         ei[N_ACT] = 0
+        ei[N_DEAD] = 0
+        ei[FIN_HEAP] = 0
+        ei[HEAP_STALE] = 1
         s.used[:] = 0.0
         s.lazy_used[:] = 0.0
         ei[INDEX_STALE] = 1
@@ -551,36 +732,37 @@ def _finish_due(
     eng: tuple[np.ndarray, ...],
     ei: np.ndarray,
     ef: np.ndarray,
+    scr: tuple[np.ndarray, ...],
     now: float,
 ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """Complete the flows due by ``now`` (FluidNetwork._finish_due). Returns (the lowest rate that
     finished, the saturated links they left, the classes that shrank, the finished flow ids)."""
     s = _view(arrays)
-    act_buf = eng[0]
     none = np.zeros(0, dtype=np.int64)
-    if ef[NEXT_FINISH] > now + FINISH_TOL * max(now, 1.0):
+    limit = now + FINISH_TOL * max(now, 1.0)
+    if ef[NEXT_FINISH] > limit:
         return np.inf, none, none, none
-    act = act_buf[: ei[N_ACT]]
-    done_cls, done_ids, seed_links, empty, low = kernels.pop_finished(arrays, act, now, FINISH_TOL)
+    done_cls = _pop_due(arrays, eng, ei, limit)
     if not done_cls.shape[0]:
-        return np.inf, seed_links, none, none
+        return np.inf, none, none, none
+    done_ids, seed_links, empty, low = kernels.finish_members(arrays, done_cls, now, limit, scr[8])
     ei[ACTIVE_COUNT] -= done_ids.shape[0]
-    if empty.shape[0]:
-        for c in empty:
-            s.is_active[c] = False
-        k = 0
-        for i in range(ei[N_ACT]):
-            c = act_buf[i]
-            if s.is_active[c]:
-                act_buf[k] = c
-                k += 1
-        ei[N_ACT] = k
+    for c in empty:
+        s.is_active[c] = False
+    ei[N_DEAD] += empty.shape[0]
+    if ei[N_DEAD] * 2 > ei[N_ACT]:
+        _compact_act(arrays, eng, ei)
     nshrunk = 0
     shrunk = np.empty(done_cls.shape[0], dtype=np.int64)
     for c in done_cls:
-        if s.is_active[c]:
-            shrunk[nshrunk] = c
-            nshrunk += 1
+        if not s.is_active[c]:
+            continue
+        shrunk[nshrunk] = c
+        nshrunk += 1
+        if not s.changed[
+            c
+        ]:  # due, yet no member within the tolerance: its entry goes back as it was
+            _push_finish(eng, ei, c, s.finish[c])
     return low, seed_links, shrunk[:nshrunk], done_ids
 
 
@@ -603,10 +785,11 @@ def _admit(
         s.target[f] = eng[6][f]
     ei[ACTIVE_COUNT] += new.shape[0]
     any_lazy = False
-    for m in range(s.lazy.shape[0]):
-        if s.lazy[m]:
-            any_lazy = True
-            break
+    if ei[ANY_LAZY]:
+        for m in range(s.lazy.shape[0]):
+            if s.lazy[m]:
+                any_lazy = True
+                break
     rescued, groups = kernels.classify(arrays, new, any_lazy, _flag(ei, True))
     # out of class room between regroupings: regroup now, which compacts the classes to those in flight
     first = ei[N_CLASSES]
@@ -640,8 +823,7 @@ def _network_step(
     """One event of the fluid network (FluidNetwork._step): finish what is due, admit what arrived,
     re-solve; sets the next finish time and returns the finished flow ids (STATUS set when out of
     room)."""
-    act_buf = eng[0]
-    keep_below, seed_links, shrunk, done_ids = _finish_due(arrays, eng, ei, ef, now)
+    keep_below, seed_links, shrunk, done_ids = _finish_due(arrays, eng, ei, ef, scr, now)
     seeds = shrunk
     for f in done_ids:
         _complete(eng, f, now)
@@ -651,11 +833,11 @@ def _network_step(
             ei[STATUS] = OUT_OF_CLASSES
             return done_ids
         if status == 0:
-            ef[NEXT_FINISH] = kernels.advance(arrays, act_buf[: ei[N_ACT]], now)
+            ef[NEXT_FINISH] = _advance_all(arrays, eng, ei, now)
             return done_ids
         seeds = np.concatenate((shrunk, arrived))
         keep_below = -np.inf
-    if keep_below < np.inf and ei[N_ACT]:
+    if keep_below < np.inf and _live(ei):
         next_finish = _solve(
             arrays, eng, ei, ef, scr, now, keep_below, seeds, seed_links, _regroup_verdict(ei)
         )
@@ -671,7 +853,11 @@ def _network_step(
         if not _regroup(arrays, eng, ei, ef, scr, now, np.zeros(0, dtype=np.int64)):
             ei[STATUS] = OUT_OF_CLASSES
             return done_ids
-    ef[NEXT_FINISH] = kernels.advance(arrays, act_buf[: ei[N_ACT]], now)
+    # nothing moved unless a regrouping ran (or lazy links set rates): then every class is brought up to date
+    if ei[HEAP_STALE]:
+        ef[NEXT_FINISH] = _advance_all(arrays, eng, ei, now)
+    else:
+        ef[NEXT_FINISH] = _next_finish(arrays, eng, ei)
     return done_ids
 
 
@@ -1027,7 +1213,7 @@ def play(
             continue
         ei[EVENTS] += 1
         ei[SINCE_REGROUP] += 1
-        ei[ACT_SUM] += ei[N_ACT]
+        ei[ACT_SUM] += _live(ei)
         done_ids = _network_step(arrays, eng, ei, ef, scr, now)
         nf = ef[NEXT_FINISH]
         ef[T_NET] = now + max(nf - now, 0.0) if np.isfinite(nf) else np.inf
@@ -1327,6 +1513,11 @@ class _Loop:
             np.zeros(links, dtype=np.int64),  # 18 lk_fill: each link's first free index slot
             np.zeros(flows, dtype=np.int64),  # 19 phase of each flow (0 or 1 of its pair)
             np.zeros(2 * links),  # 20 bytes per link of the pair's first and second phase
+            np.zeros(2 * classes + 64),  # 21-23 the finish heap: time, class, version
+            np.zeros(2 * classes + 64, dtype=np.int64),
+            np.zeros(2 * classes + 64, dtype=np.int64),
+            np.zeros(classes, dtype=np.int64),  # 24 each class's current version
+            np.zeros(classes, dtype=np.int64),  # 25 the classes due at an event
         )
         self.ei = np.zeros(_EI_SIZE, dtype=np.int64)
         self.ei[REGROUP_MIN_EVENTS] = REGROUP_CADENCE[0]
