@@ -199,7 +199,9 @@ def scratch(num_classes: int, num_links: int) -> tuple[np.ndarray, ...]:
     size of the network). Kept apart from the bundle, which every kernel unpacks (each array in it
     costs compile time everywhere), and handed only to :func:`solve` / :func:`solve_full`. Order:
     in_set, frozen, members, before (per class); unfrozen coefficient, unfrozen count, version, seen,
-    mark, seen list, touched list, stamp, visit, max rate (per link); the refill's round counter."""
+    mark, seen list, touched list, stamp, visit, max rate (per link); the refill's round counter; the
+    filling's slot of each link it sees and the key of its heap entry (per link, written before they are
+    read)."""
     c, n = num_classes, num_links
     return (
         np.zeros(c, dtype=np.bool_),
@@ -217,6 +219,8 @@ def scratch(num_classes: int, num_links: int) -> tuple[np.ndarray, ...]:
         np.zeros(n, dtype=np.int64),
         np.zeros(n),
         np.zeros(1, dtype=np.int64),
+        np.zeros(n, dtype=np.int64),
+        np.zeros(n),
     )
 
 
@@ -349,7 +353,28 @@ def progressive_fill(
                 links_seen[m] = True
                 seen[nseen] = m
                 nseen += 1
-    room = nseen + pushes
+    # each seen link's members, by class id (the order the link index keeps, so loads add up in the
+    # same order): a frozen link then costs its members, not every class on it
+    slot = scr[15]
+    b_lo = np.empty(nseen + 1, dtype=np.int64)
+    b_lo[0] = 0
+    for k in range(nseen):
+        m = seen[k]
+        slot[m] = k
+        b_lo[k + 1] = b_lo[k] + unfrozen_cnt[m]
+    b_fill = b_lo[:nseen].copy()
+    b_flow = np.empty(b_lo[nseen], dtype=np.int64)
+    for f in np.sort(members):
+        for j in range(fl_ptr[f], fl_ptr[f + 1]):
+            k = slot[fl_link[j]]
+            b_flow[b_fill[k]] = f
+            b_fill[k] += 1
+    # A link's level only rises as classes freeze, so its heap entry is left behind (a key at most its
+    # level) and put back at its level when it reaches the top: the pops are those of a heap updated at
+    # every change, at a fraction of the pushes. Where rounding makes a level fall, a new entry goes in
+    # at once (the old one turns stale by version): every key stays at most its link's level.
+    key = scr[16]
+    room = nseen + 2 * pushes
     h_level = np.empty(room)
     h_link = np.empty(room, dtype=np.int64)
     h_ver = np.empty(room, dtype=np.int64)
@@ -357,6 +382,7 @@ def progressive_fill(
     for k in range(nseen):
         m = seen[k]
         level0 = max(cap[m] - used[m], 0.0) / unfrozen_coef[m]
+        key[m] = level0
         nheap = _heap_push(h_level, h_link, h_ver, nheap, level0, m, version[m])
     remaining = members.shape[0]
     while remaining > 0 and nheap > 0:
@@ -364,10 +390,16 @@ def progressive_fill(
         nheap = _heap_pop(h_level, h_link, h_ver, nheap)
         if ver != version[link] or unfrozen_cnt[link] == 0:
             continue
+        now_level = max(cap[link] - used[link], 0.0) / max(unfrozen_coef[link], 1e-300)
+        if now_level != level:  # risen since it went in: back at its level
+            key[link] = now_level
+            nheap = _heap_push(h_level, h_link, h_ver, nheap, now_level, link, ver)
+            continue
         ntouched = 0
-        for j in range(lk_ptr[link], lk_ptr[link + 1]):
-            f = lk_flow[j]
-            if not in_set[f] or frozen[f]:
+        k = slot[link]
+        for j in range(b_lo[k], b_lo[k + 1]):
+            f = b_flow[j]
+            if frozen[f]:
                 continue
             frozen[f] = True
             remaining -= 1
@@ -389,10 +421,12 @@ def progressive_fill(
         for t in range(ntouched):
             m = touched[t]
             mark[m] = False
-            version[m] += 1
             if unfrozen_cnt[m] > 0:
                 level_m = max(cap[m] - used[m], 0.0) / max(unfrozen_coef[m], 1e-300)
-                nheap = _heap_push(h_level, h_link, h_ver, nheap, level_m, m, version[m])
+                if level_m < key[m]:
+                    version[m] += 1
+                    key[m] = level_m
+                    nheap = _heap_push(h_level, h_link, h_ver, nheap, level_m, m, version[m])
     for k in range(nseen):
         m = seen[k]
         unfrozen_coef[m] = 0.0
