@@ -107,6 +107,13 @@ OK, OUT_OF_CLASSES, OUT_OF_FLOWS = 0, 1, 2
 NEVER = 1 << 62
 REGROUP_CADENCE = [NEVER, 1]
 
+# The link -> classes index (what every refill scans) holds finished classes until a rebuild and ends
+# each link's stretch in free slots for the classes to come: both are skipped, yet read. It is rebuilt
+# once 1/INDEX_SLACK of it has finished and gives each link 1/INDEX_SLACK more room: a rebuild (a pass
+# over the active classes' links) costs less than the scans it saves (DeepEP, the loop's time: 256 GPUs
+# 9.0 -> 8.3 s, 512 GPUs 141 -> 132 s at 8 against 2).
+INDEX_SLACK = 8
+
 
 # -- small compiled helpers ---------------------------------------------------------------------------
 @_njit_inner
@@ -209,11 +216,11 @@ def _index_into(
             lk_fill[cl_link[j]] += 1
     total = 0
     for m in range(num_links):
-        total += lk_fill[m] + lk_fill[m] // 2 + 2
+        total += lk_fill[m] + lk_fill[m] // INDEX_SLACK + 2
     slack = total <= lk_flow.shape[0]
     lk_ptr[0] = 0
     for m in range(num_links):
-        room = lk_fill[m] + lk_fill[m] // 2 + 2 if slack else lk_fill[m]
+        room = lk_fill[m] + lk_fill[m] // INDEX_SLACK + 2 if slack else lk_fill[m]
         lk_ptr[m + 1] = lk_ptr[m] + room
         lk_fill[m] = lk_ptr[m]
     for c in act:
@@ -542,8 +549,8 @@ def _solve(
     must go on (regroup, then advance)."""
     s = _view(arrays)
     threshold = keep_below * (1.0 - 1e-12) if np.isfinite(keep_below) else keep_below
-    if ei[INDEX_STALE] or _live(ei) * 2 < ei[INDEX_SIZE]:
-        # rebuilt after a regrouping, when a link's stretch is full, or when mostly finished classes
+    if ei[INDEX_STALE] or _live(ei) * INDEX_SLACK < ei[INDEX_SIZE] * (INDEX_SLACK - 1):
+        # rebuilt after a regrouping, when a link's stretch is full, or when finished classes fill it
         _compact_act(arrays, eng, ei)
         act = eng[0][: ei[N_ACT]]
         _index_into(act, s.cl_ptr, s.cl_link, s.lk_ptr, s.lk_flow, eng[18], s.rate.shape[0] - 1)
