@@ -1,7 +1,7 @@
 """Simulator speed on the command users run, beside the previous engine.
 
 Times ``placement simulate --traffic uniform --gpus G --gpus-per-node 8 --tokens 4096 --hidden 7168
---top-k 8 --node-limit 4 --algo deepep --json`` (``--experts G`` from 1024 GPUs on, one expert per GPU),
+--top-k 8 --node-limit 4 --algo deepep --json`` (``--experts G`` past 256 GPUs, one expert per GPU),
 each in its own process as a user starts it, with the kernels already compiled:
 
 * ``exact``: the event simulation of this checkout, in its compiled event loop (the default);
@@ -57,6 +57,7 @@ _RUNNER = (
 
 
 # the most GPUs each engine is run at by default (the SimPy paths take minutes beyond 256)
+DEEPSEEK_EXPERTS = 256
 MAX_GPUS = {"exact": 1024, "simpy": 256, "previous": 256, "fast": 1 << 30}
 
 
@@ -65,7 +66,7 @@ def command(gpus: int, engine: str) -> list[str]:
     argv = ["simulate", "--traffic", "uniform", "--gpus", str(gpus), "--gpus-per-node", "8"]
     argv += ["--tokens", "4096", "--hidden", "7168", "--top-k", "8", "--node-limit", "4"]
     argv += ["--algo", "deepep", "--json"]
-    if gpus >= 1024:
+    if gpus > DEEPSEEK_EXPERTS:  # one expert per GPU once DeepSeek-V3's 256 no longer cover them
         argv += ["--experts", str(gpus)]
     if engine == "fast":
         argv.append("--fast")
@@ -99,7 +100,8 @@ def previous_tree(revision: str) -> Path:
 
 
 def run_once(argv: list[str], pythonpath: Path | None, timeout_s: float) -> dict[str, Any] | None:
-    """One process running the CLI; None when it ran past ``timeout_s`` or failed."""
+    """One process running the CLI; None when it ran past ``timeout_s``, ``{"failed": why}`` when it
+    failed."""
     env = dict(os.environ)
     if pythonpath is not None:
         # ahead of the editable install's finder (appended to sys.meta_path after the path finder)
@@ -118,8 +120,9 @@ def run_once(argv: list[str], pythonpath: Path | None, timeout_s: float) -> dict
     wall_s = time.perf_counter() - t0
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or len(lines) < 2:
-        print(f"  failed: {' '.join(argv)}: {proc.stderr.strip()[-300:]}", file=sys.stderr)
-        return None
+        why = proc.stderr.strip()[-300:]
+        print(f"  failed: {' '.join(argv)}: {why}", file=sys.stderr)
+        return {"failed": why}
     tail = json.loads(lines[-1])
     result = json.loads("\n".join(lines[:-1]))
     return {
@@ -211,8 +214,9 @@ def main() -> None:
                 rows.append([gpus, engine, "-", "-", "skipped", "-", "-", "-"])
                 continue
             res = run_once(command(gpus, engine), trees[engine], args.timeout)
-            if res is None:
-                rows.append([gpus, engine, "-", "-", f">{args.timeout:.0f}", "-", "-", "-"])
+            if res is None or "failed" in res:
+                ran = f">{args.timeout:.0f}" if res is None else "failed"
+                rows.append([gpus, engine, "-", "-", ran, "-", "-", "-"])
                 continue
             rows.append(
                 [
