@@ -319,9 +319,6 @@ def progressive_fill(
     fl_ptr: np.ndarray,
     fl_link: np.ndarray,
     fl_coef: np.ndarray,
-    lk_ptr: np.ndarray,
-    lk_flow: np.ndarray,
-    in_set: np.ndarray,
     cap: np.ndarray,
     used: np.ndarray,
     rate: np.ndarray,
@@ -329,10 +326,10 @@ def progressive_fill(
     bottleneck: np.ndarray,
     scr: tuple[Any, ...],
 ) -> None:
-    """Max-min fair rates of the classes ``members`` (``in_set`` marks them) by progressive filling on
+    """Max-min fair rates of the classes ``members`` (distinct) by progressive filling on
     the capacity the other classes leave, in place in ``rate``: ``used`` excludes the members on entry
     and includes them on exit; ``changed[c]`` is set where a rate changed and ``bottleneck[c]`` to the
-    link that froze it. ``fl_*``: the classes' solver links CSR; ``lk_*``: link -> classes index.
+    link that froze it. ``fl_*``: the classes' solver links CSR.
 
     Every unfrozen class rises together; the link that saturates first (lowest level, ties by link id)
     freezes the unfrozen classes on it; one heap entry per link whose level moved. The one filling:
@@ -444,8 +441,6 @@ def full_refill(
     fl_ptr: np.ndarray,
     fl_link: np.ndarray,
     fl_coef: np.ndarray,
-    lk_ptr: np.ndarray,
-    lk_flow: np.ndarray,
     cap: np.ndarray,
     used: np.ndarray,
     rate: np.ndarray,
@@ -456,7 +451,6 @@ def full_refill(
     """Refill every active class at or above ``keep_below`` from scratch (the others keep their rate);
     ``used`` is recomputed. The engine's reference mode. Returns the number of classes refilled."""
     used[:] = 0.0
-    in_set = scr[0]
     members = np.empty(act.shape[0], dtype=np.int64)
     count = 0
     for c in act:
@@ -464,7 +458,6 @@ def full_refill(
             for j in range(fl_ptr[c], fl_ptr[c + 1]):
                 used[fl_link[j]] += fl_coef[j] * rate[c]
         else:
-            in_set[c] = True
             members[count] = c
             count += 1
     progressive_fill(
@@ -472,9 +465,6 @@ def full_refill(
         fl_ptr,
         fl_link,
         fl_coef,
-        lk_ptr,
-        lk_flow,
-        in_set,
         cap,
         used,
         rate,
@@ -482,8 +472,6 @@ def full_refill(
         bottleneck,
         scr,
     )
-    for c in members[:count]:
-        in_set[c] = False
     return count
 
 
@@ -551,9 +539,6 @@ def refill(
             fl_ptr,
             fl_link,
             fl_coef,
-            lk_ptr,
-            lk_flow,
-            in_set,
             cap,
             used,
             rate,
@@ -761,8 +746,6 @@ def solve_full(
         s.cl_ptr,
         s.cl_link,
         s.cl_coef,
-        s.lk_ptr,
-        s.lk_flow,
         s.cap,
         s.used,
         s.rate,

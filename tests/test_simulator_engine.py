@@ -92,10 +92,9 @@ def _kernel_fill(
 ) -> np.ndarray:
     """The compiled full refill on ``active`` flows (rates below ``keep_below`` kept); returns rates."""
     fl_ptr, fl_link, coef = _csr(paths)
-    lk_ptr, lk_flow = kernels.link_index(active, fl_ptr, fl_link, cap.size)
     out = rate.copy()
     n = len(paths)
-    args = (fl_ptr, fl_link, coef, lk_ptr, lk_flow, cap, np.zeros(cap.size), out)
+    args = (fl_ptr, fl_link, coef, cap, np.zeros(cap.size), out)
     kernels.full_refill(
         active,
         keep_below,
