@@ -269,3 +269,22 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     ).exists()
     for step in info["steps"]:
         assert json.loads(Path(step["json"]).read_text())  # each step's JSON is complete
+
+
+def test_simulate_says_when_the_exact_simulation_is_long(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From SLOW_EXACT_GPUS GPUs on, a uniform exact run names the wait and --fast on stderr (stdout
+    stays the JSON); a --fast run and a smaller one say nothing."""
+    from moe_placement.cli.commands import simulate
+
+    monkeypatch.setattr(simulate, "SLOW_EXACT_GPUS", 16)  # 512 GPUs would take minutes here
+    common = ["simulate", "--traffic", "uniform", "--gpus-per-node", "8", "--tokens", "256"]
+    common += ["--algo", "deepep", "--json"]
+    assert main([*common, "--gpus", "16"]) == 0
+    out, err = capsys.readouterr()
+    assert "exact event simulation of 16 GPUs" in err and "--fast" in err
+    assert json.loads(out)["num_gpus"] == 16
+    for argv in ([*common, "--gpus", "16", "--fast"], [*common, "--gpus", "8"]):
+        assert main(argv) == 0
+        assert "exact event simulation" not in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from typing import Any
 
 from moe_placement.cli.commands._common import (
@@ -28,6 +29,10 @@ from moe_placement.plan import Plan
 from moe_placement.simulator.collectives import ALGOS
 from moe_placement.simulator.decompose import TERM_KEYS
 from moe_placement.workload import HOME_POLICIES
+
+# From this many GPUs a uniform run says up front that the exact simulation takes minutes (measured,
+# docs/simulator.md, Speed: the work per event grows with the classes sharing each NIC).
+SLOW_EXACT_GPUS = 512
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -119,6 +124,13 @@ def _uniform(args: argparse.Namespace) -> int:
     if args.chrome_trace or args.chakra:
         raise PlacementError("--chrome-trace and --chakra need a --trace/--plan simulation")
     cluster = _with_sms(resolve_cluster(args), args)
+    if not args.fast and cluster.num_gpus >= SLOW_EXACT_GPUS:
+        print(
+            f"note: the exact event simulation of {cluster.num_gpus} GPUs is long (DeepEP, 4096 "
+            "tokens: ~2-3 min at 512 GPUs, over half an hour at 1024 on 2 CPUs); --fast gives it "
+            "within 12% in seconds",
+            file=sys.stderr,
+        )
     res = simulate_uniform(
         cluster,
         tokens=args.tokens,
