@@ -866,7 +866,7 @@ class _UniformTraffic:
     dispatch_counted_bytes: float = 0.0
 
 
-def _check_uniform_args(
+def check_uniform_args(
     algo: str,
     num_gpus: int,
     tokens: int,
@@ -1040,7 +1040,7 @@ def simulate_uniform(
     if event_loop not in EVENT_LOOPS:
         raise PlacementError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}")
     G, gpn = cluster.num_gpus, cluster.gpus_per_node
-    experts = _check_uniform_args(algo, G, tokens, hidden, top_k, num_experts, node_limit)
+    experts = check_uniform_args(algo, G, tokens, hidden, top_k, num_experts, node_limit)
     wall0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     routed = uniform_routing(

@@ -288,3 +288,7 @@ def test_simulate_says_when_the_exact_simulation_is_long(
     for argv in ([*common, "--gpus", "16", "--fast"], [*common, "--gpus", "8"]):
         assert main(argv) == 0
         assert "exact event simulation" not in capsys.readouterr().err
+    # a run the arguments refuse gets its one line, not the note before it
+    assert main([*common, "--gpus", "16", "--experts", "4"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "top_k" in err

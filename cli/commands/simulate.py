@@ -118,12 +118,23 @@ def _with_sms(cluster: ClusterSpec, args: argparse.Namespace) -> ClusterSpec:
 
 def _uniform(args: argparse.Namespace) -> int:
     from moe_placement.simulator import simulate_uniform
+    from moe_placement.simulator.moe import check_uniform_args
 
     if args.trace or args.plan:
         raise PlacementError("--traffic uniform takes no --trace/--plan")
     if args.chrome_trace or args.chakra:
         raise PlacementError("--chrome-trace and --chakra need a --trace/--plan simulation")
     cluster = _with_sms(resolve_cluster(args), args)
+    # the arguments checked first: a refused run gets its one line, not this note before it
+    check_uniform_args(
+        args.algo,
+        cluster.num_gpus,
+        args.tokens,
+        args.hidden,
+        args.top_k,
+        args.experts,
+        args.node_limit,
+    )
     if not args.fast and cluster.num_gpus >= SLOW_EXACT_GPUS:
         print(
             f"note: the exact event simulation of {cluster.num_gpus} GPUs is long (DeepEP, 4096 "
