@@ -707,7 +707,21 @@ def solve(
     Returns (classes refilled, refill rounds, the highest solver-link utilisation, the highest lazy-link
     utilisation or -1, the next finish time or NaN)."""
     s = _view(arrays)
-    refilled, rounds = refill(
+    refilled, rounds = refill_view(s, seed_cls, seed_links, keep_below, scr)
+    worst, lazy_worst, next_finish = _settle(s, act, aggregate, now, verdict)
+    return refilled, rounds, worst, lazy_worst, next_finish
+
+
+@_njit(cache=True, inline="always")
+def refill_view(
+    s: NetArrays,
+    seed_cls: np.ndarray,
+    seed_links: np.ndarray,
+    keep_below: float,
+    scr: tuple[Any, ...],
+) -> tuple[int, int]:
+    """:func:`refill` on the classes of a bundle's view; the set it refilled is ``scr[2][:count]``."""
+    return refill(
         seed_cls,
         seed_links,
         keep_below,
@@ -724,8 +738,6 @@ def solve(
         s.bottleneck,
         scr,
     )
-    worst, lazy_worst, next_finish = _settle(s, act, aggregate, now, verdict)
-    return refilled, rounds, worst, lazy_worst, next_finish
 
 
 @_njit(cache=True)
@@ -785,17 +797,34 @@ def _advance(
     best = np.inf
     for c in act:
         if changed[c]:
-            prog[c] += old_rate[c] * (now - t_upd[c])
-            t_upd[c] = now
-            old_rate[c] = rate[c]
-            left = next_target[c] - prog[c]
-            if left < 0.0:
-                left = 0.0
-            finish[c] = now + left / rate[c] if rate[c] > 0 else np.inf
-            changed[c] = 0
+            advance_class(c, now, rate, changed, prog, t_upd, old_rate, next_target, finish)
         if finish[c] < best:
             best = finish[c]
     return best
+
+
+@_njit(cache=True, inline="always")
+def advance_class(
+    c: int,
+    now: float,
+    rate: np.ndarray,
+    changed: np.ndarray,
+    prog: np.ndarray,
+    t_upd: np.ndarray,
+    old_rate: np.ndarray,
+    next_target: np.ndarray,
+    finish: np.ndarray,
+) -> None:
+    """One class whose rate changed brought up to date (see :func:`_advance`): its progress at the old
+    rate, then its next finish at the new one."""
+    prog[c] += old_rate[c] * (now - t_upd[c])
+    t_upd[c] = now
+    old_rate[c] = rate[c]
+    left = next_target[c] - prog[c]
+    if left < 0.0:
+        left = 0.0
+    finish[c] = now + left / rate[c] if rate[c] > 0 else np.inf
+    changed[c] = 0
 
 
 # -- finishes, lazy links, classes ------------------------------------------------------------------

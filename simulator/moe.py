@@ -822,7 +822,7 @@ def simulate_moe(
             config={"mode": mode, "tokens_per_gpu": tokens_per_gpu},
             wall0=wall0,
         )
-    if event_loop == "compiled" and not fast:
+    if event_loop == "compiled":
         return _compiled_moe(
             ev,
             cluster,

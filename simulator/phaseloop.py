@@ -405,12 +405,9 @@ def _advance_classes(
     for c in classes:
         if not s.changed[c]:
             continue
-        s.prog[c] += s.old_rate[c] * (now - s.t_upd[c])
-        s.t_upd[c] = now
-        s.old_rate[c] = s.rate[c]
-        left = max(s.next_target[c] - s.prog[c], 0.0)
-        s.finish[c] = now + left / s.rate[c] if s.rate[c] > 0 else np.inf
-        s.changed[c] = 0
+        kernels.advance_class(
+            c, now, s.rate, s.changed, s.prog, s.t_upd, s.old_rate, s.next_target, s.finish
+        )
         if s.is_active[c]:
             ver[c] += 1
             if _heap_full(eng, ei):
@@ -574,23 +571,7 @@ def _solve(
             _rebuild_finishes(arrays, eng, ei)
         return next_finish
     # otherwise nothing lazy to load (exact): the local refill, then only its set can have moved
-    refilled, _rounds = kernels.refill(
-        seeds,
-        seed_links,
-        threshold,
-        s.is_active,
-        s.cl_ptr,
-        s.cl_link,
-        s.cl_coef,
-        s.lk_ptr,
-        s.lk_flow,
-        s.cap,
-        s.used,
-        s.rate,
-        s.changed,
-        s.bottleneck,
-        scr,
-    )
+    refilled, _rounds = kernels.refill_view(s, seeds, seed_links, threshold, scr)
     ei[REFILLED] += refilled
     members = scr[2][:refilled]
     # the highest utilisation so far: a link's load rises only in a refill, on its set's links

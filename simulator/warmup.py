@@ -27,6 +27,7 @@ cache directory (next to the sources, or the user's cache when that is not writa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import selectors
 import subprocess
@@ -193,13 +194,12 @@ class _Worker:
 def _die_with_parent() -> None:
     """In a worker, before it runs: the kernel ends it when its parent dies (Linux ``PR_SET_PDEATHSIG``),
     so a caller killed mid-compile (SIGKILL, or SIGTERM outside Python) leaves no compiler running."""
-    try:
-        import ctypes
-        import signal
+    import ctypes
+    import signal
 
+    # not Linux (no prctl): the worker ends at EOF on its stdin instead
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the worker ends at EOF on its stdin instead
-        pass
 
 
 def _start_worker() -> _Worker:
@@ -305,11 +305,9 @@ def _record(report: WarmReport, answer: str) -> None:
 
 def _stop(worker: _Worker) -> None:
     """End a worker: EOF on its stdin lets it exit; one that does not (stuck) is killed."""
-    try:
+    with contextlib.suppress(OSError):
         if worker.proc.stdin is not None:
             worker.proc.stdin.close()
-    except OSError:
-        pass
     try:
         worker.proc.wait(timeout=0.5 if worker.entry is None else 0.0)
     except subprocess.TimeoutExpired:
