@@ -1042,21 +1042,18 @@ def simulate_uniform(
     G, gpn = cluster.num_gpus, cluster.gpus_per_node
     experts = check_uniform_args(algo, G, tokens, hidden, top_k, num_experts, node_limit)
     wall0 = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    routed = uniform_routing(
-        G, gpn, tokens=tokens, top_k=top_k, num_experts=experts, node_limit=node_limit, rng=rng
+    traffic, phases = _uniform_traffic_phases(
+        cluster,
+        algo,
+        tokens,
+        hidden,
+        top_k,
+        experts,
+        node_limit,
+        dispatch_bytes,
+        combine_bytes,
+        seed,
     )
-    low_latency = algo in LL_ALGOS
-    header = LL_DISPATCH_HEADER_BYTES if low_latency else 0.0
-    if algo == "hybrid-ep":  # its dispatch carries a routing-probability row with every token copy
-        header = hybrid_ep_prob_bytes(experts, G, gpn)
-    traffic = _UniformTraffic(
-        *routed,
-        hidden * dispatch_bytes + header,
-        hidden * combine_bytes,
-        hidden * dispatch_bytes if algo == "hybrid-ep" else 0.0,
-    )
-    phases = _uniform_phases(algo, traffic, gpn, _sm_message_bytes(cluster))
     if fast:
         measures = _fast_measures(cluster, traffic, algo, phases, routing, pxn, relay_chunks)
     else:
@@ -1076,6 +1073,54 @@ def simulate_uniform(
         **measures,
         "wall_s": time.perf_counter() - wall0,
     }
+
+
+def _uniform_traffic_phases(
+    cluster: ClusterSpec,
+    algo: str,
+    tokens: int,
+    hidden: int,
+    top_k: int,
+    experts: int,
+    node_limit: int | None,
+    dispatch_bytes: float,
+    combine_bytes: float,
+    seed: int,
+) -> tuple[_UniformTraffic, tuple[PhasePlan, PhasePlan]]:
+    """The routed traffic and the (dispatch, combine) plans of :func:`simulate_uniform`."""
+    G, gpn = cluster.num_gpus, cluster.gpus_per_node
+    routed = uniform_routing(
+        G,
+        gpn,
+        tokens=tokens,
+        top_k=top_k,
+        num_experts=experts,
+        node_limit=node_limit,
+        rng=np.random.default_rng(seed),
+    )
+    header = LL_DISPATCH_HEADER_BYTES if algo in LL_ALGOS else 0.0
+    if algo == "hybrid-ep":  # its dispatch carries a routing-probability row with every token copy
+        header = hybrid_ep_prob_bytes(experts, G, gpn)
+    traffic = _UniformTraffic(
+        *routed,
+        hidden * dispatch_bytes + header,
+        hidden * combine_bytes,
+        hidden * dispatch_bytes if algo == "hybrid-ep" else 0.0,
+    )
+    return traffic, _uniform_phases(algo, traffic, gpn, _sm_message_bytes(cluster))
+
+
+def uniform_phase_pair(
+    cluster: ClusterSpec, *, tokens: int, hidden: int, top_k: int, num_experts: int, algo: str
+) -> tuple[Topology, tuple[PhasePlan, PhasePlan]]:
+    """The network and the (dispatch, combine) plans that :func:`simulate_uniform`'s event simulation
+    plays (default routing, seed 0, no node limit): what the warm-up needs to compile the compiled
+    loop's kernels for the types they get."""
+    experts = check_uniform_args(algo, cluster.num_gpus, tokens, hidden, top_k, num_experts, None)
+    _, phases = _uniform_traffic_phases(
+        cluster, algo, tokens, hidden, top_k, experts, None, 1.0 + 4.0 / 128.0, 2.0, 0
+    )
+    return _topology_for(cluster, algo, routing="spray", pxn=True, seed=0), phases
 
 
 def _exact_measures(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -1540,27 +1541,16 @@ class _Loop:
         """``first`` with GPU g starting at ``ready_us[g]``, then ``second`` chained to it (``mode``);
         returns both outcomes and the ids of the flows each started (phase 0 or 1 per flow, from the
         first flow of this pair on). Raises :class:`OutOfRoomError`."""
-        G, eng, ei, ef = self.G, self.eng, self.ei, self.ef
+        eng, ei, ef = self.eng, self.ei, self.ef
         by_phase = eng[20]
         by_phase[:] = 0.0
         first_flow = int(ei[N_FLOWS])
-        drvs = []
-        plans = []
-        for k, plan in enumerate((first, second)):
-            infos = _flow_bound(plan, self.chunks) + 2 * G + 16
-            drvs.append(_driver_arrays(G, infos, k))
-            r = self.route_index[id(plan)]
-            ready = ready_us if k == 0 else np.full(G, np.inf)
-            plans.append(
-                _plan_arrays(plan, self.routes.rid_direct[r], self.routes.rid_relay[r], ready)
-            )
-        pars = np.stack([self._par(first, mode), self._par(second, mode)])
-        delay = np.zeros(G) if delay_us is None else np.asarray(delay_us, dtype=np.float64)
+        drvs, plans, pars, delay = self.pair_arguments(first, second, ready_us, mode, delay_us)
         finite = ready_us[np.isfinite(ready_us)]
         ef[NOW] = max(float(ef[NOW]), float(finite.min())) if finite.size else float(ef[NOW])
         ei[PHASE_STARTED] = 0
         ei[PHASE_DONE] = 0
-        self._run(tuple(drvs), tuple(plans), pars, delay, f"{first.name}+{second.name}")
+        self._run(drvs, plans, pars, delay, f"{first.name}+{second.name}")
         if ei[STATUS] != OK:
             raise OutOfRoomError(int(ei[STATUS]))
         L = self.caps.size
@@ -1578,6 +1568,36 @@ class _Loop:
             )
         phase_of = eng[19][first_flow : ei[N_FLOWS]].copy()
         return outs[0], outs[1], phase_of
+
+    def pair_arguments(
+        self,
+        first: PhasePlan,
+        second: PhasePlan,
+        ready_us: np.ndarray,
+        mode: int,
+        delay_us: np.ndarray | None,
+    ) -> tuple[
+        tuple[tuple[np.ndarray, ...], ...],
+        tuple[tuple[np.ndarray, ...], ...],
+        np.ndarray,
+        np.ndarray,
+    ]:
+        """:func:`play`'s per-pair arguments: each phase's driver and plan arrays, its parameters, the
+        chained delay per GPU."""
+        G = self.G
+        drvs = []
+        plans = []
+        for k, plan in enumerate((first, second)):
+            infos = _flow_bound(plan, self.chunks) + 2 * G + 16
+            drvs.append(_driver_arrays(G, infos, k))
+            r = self.route_index[id(plan)]
+            ready = ready_us if k == 0 else np.full(G, np.inf)
+            plans.append(
+                _plan_arrays(plan, self.routes.rid_direct[r], self.routes.rid_relay[r], ready)
+            )
+        pars = np.stack([self._par(first, mode), self._par(second, mode)])
+        delay = np.zeros(G) if delay_us is None else np.asarray(delay_us, dtype=np.float64)
+        return tuple(drvs), tuple(plans), pars, delay
 
     def _run(
         self,
@@ -1633,6 +1653,34 @@ class _Loop:
             float(ei[ACT_SUM]) / max(int(ei[EVENTS]), 1),
             int(ei[REFILLED]),
         )
+
+
+def callee_arguments(
+    topo: Topology, plans: Sequence[PhasePlan], chunks: int = 8
+) -> dict[str, tuple[Any, tuple[Any, ...]]]:
+    """:func:`play` and its largest callees, each with arguments of the types play passes (a loop over
+    ``topo`` for ``plans``, not run): the warm-up compiles these callees side by side into numba's
+    cache, and play's own compile then loads them. A callee whose arguments here drift from play's
+    call is compiled again inside play's compile (correct, only slower); a test checks that they agree."""
+    loop = _Loop(topo, plans, chunks, *room(plans, chunks), False)
+    ready = np.zeros(loop.G)
+    drvs, pls, pars, delay = loop.pair_arguments(plans[0], plans[1], ready, CHAIN_BARRIER, None)
+    arrays, eng, ei, ef, scr = loop.arrays, loop.eng, loop.ei, loop.ef, loop.scr
+    s = _view(arrays)
+    ft = (s.fl_ptr, s.fl_link, s.fl_coef)
+    now, ids, info = 0.0, np.zeros(0, dtype=np.int64), np.int64(0)
+    state = (arrays, eng, ei, ef, scr, now)
+    event = (ft, eng, ei, drvs[0], pls[0], pars[0], now)
+    return {
+        "_regroup": (_regroup, (*state, ids)),
+        "_finish_due": (_finish_due, state),
+        "_admit": (_admit, state),
+        "_network_step": (_network_step, state),
+        "_do_action": (_do_action, event),
+        "_on_sent": (_on_sent, (*event, info)),
+        "_on_delivered": (_on_delivered, (*event, info)),
+        "play": (play, (arrays, eng, ei, ef, drvs, pls, pars, delay, 1, scr)),
+    }
 
 
 def room(plans: Sequence[PhasePlan], chunks: int) -> tuple[int, int]:

@@ -124,16 +124,62 @@ def _loop_kernels() -> tuple[Any, ...]:
     return (phaseloop.play,)
 
 
+def _loop_callees() -> dict[str, tuple[Any, tuple[Any, ...]]]:
+    """The phase loop's largest callees with arguments typed as :func:`phaseloop.play` passes them."""
+    from moe_placement.cluster import load_cluster
+    from moe_placement.simulator.moe import uniform_phase_pair
+    from moe_placement.simulator.phaseloop import callee_arguments
+
+    cluster = load_cluster(None).with_counts(4, 2)
+    topo, phases = uniform_phase_pair(
+        cluster, tokens=4, hidden=16, top_k=2, num_experts=8, algo="deepep"
+    )
+    return callee_arguments(topo, phases)
+
+
+def _loop_entry(name: str, *callees: str, after: tuple[str, ...] = ()) -> Entry:
+    """Callees of the phase loop (names in :mod:`~moe_placement.simulator.phaseloop`), compiled in
+    turn for play's argument types."""
+
+    def kernels_() -> tuple[Any, ...]:
+        import moe_placement.simulator.phaseloop as phaseloop
+
+        return tuple(getattr(phaseloop, callee) for callee in callees)
+
+    def warm() -> None:
+        examples = _loop_callees()
+        for callee in callees:
+            dispatcher, example = examples[callee]
+            compile_for(dispatcher, *example)
+
+    return Entry(name, kernels_, warm, after)
+
+
 # The registry, in priority order: a free worker takes the first entry whose ``after`` entries are done.
-# The phase loop (``simulate``) is the longest: it starts as soon as the kernels it shares are cached.
+# The phase loop (``simulate``) is the longest chain: its largest callees compile side by side first
+# (each level of play's call tree is compiled once, then loaded by its caller), the deepest first.
 ENTRIES: tuple[Entry, ...] = (
+    Entry("uniform_routing", _routing_kernels, _warm_routing),
     _network_entry(
         "solve", lambda: (_bundle(), _IDS, _IDS, _IDS, 1.0, True, 0.0, 0, kernels.scratch(1, 2))
     ),
-    Entry("uniform_routing", _routing_kernels, _warm_routing),
+    _loop_entry("loop_regroup", "_regroup", after=("uniform_routing",)),
+    _loop_entry("loop_admit", "_admit", after=("loop_regroup",)),
+    _loop_entry("loop_finish_due", "_finish_due"),
+    _loop_entry("loop_network_step", "_network_step", after=("loop_admit", "loop_finish_due")),
+    _loop_entry("loop_events", "_do_action", "_on_sent", "_on_delivered"),
     _network_entry("classify", lambda: (_bundle(), _IDS, True, True)),
     Entry(
-        "simulate", _loop_kernels, _warm_simulate, after=("solve", "classify", "uniform_routing")
+        "simulate",
+        _loop_kernels,
+        _warm_simulate,
+        after=(
+            "solve",
+            "classify",
+            "uniform_routing",
+            "loop_network_step",
+            "loop_events",
+        ),
     ),
     _network_entry("pop_finished", lambda: (_bundle(), _IDS, 0.0, 1e-9)),
     _network_entry("build_classes", lambda: (_bundle(), 0, _IDS, _IDS, 0)),

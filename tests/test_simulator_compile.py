@@ -120,3 +120,34 @@ def test_a_cold_warm_up_leaves_nothing_to_compile_for_any_simulate_path(
     assert "cold: []" in run.stdout and "compiling simulator kernels" not in run.stderr, run.stdout
     again = subprocess.run(warm, env=env, capture_output=True, text=True)
     assert "already compiled" in again.stdout
+
+
+@needs_numba
+def test_the_loop_callees_compile_for_the_types_play_passes() -> None:
+    # the warm-up compiles play's largest callees side by side for the example arguments of
+    # callee_arguments; play's compile loads them only if its calls have exactly those types. Typing
+    # play and the callers in between (a cache load of each callee, no lowering) records the types
+    # they pass in each callee's signatures.
+    import numba
+    from numba.core import compiler, typed_passes
+    from numba.core.registry import cpu_target
+
+    from moe_placement.simulator.warmup import _loop_callees
+
+    examples = _loop_callees()
+
+    def types_of(args: tuple[object, ...]) -> tuple[object, ...]:
+        return tuple(numba.typeof(arg) for arg in args)
+
+    for caller in ("play", "_network_step", "_admit"):
+        dispatcher, args = examples[caller]
+        typed_passes.type_inference_stage(
+            cpu_target.typing_context,
+            cpu_target.target_context,
+            compiler.run_frontend(dispatcher.py_func),
+            types_of(args),
+            None,
+        )
+    for name, (dispatcher, args) in examples.items():
+        if name != "play":
+            assert types_of(args) in dispatcher.signatures, (name, dispatcher.signatures)
