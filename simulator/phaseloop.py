@@ -350,11 +350,19 @@ def _compact_act(
 
 
 @_njit_inner
-def _push_finish(eng: tuple[np.ndarray, ...], ei: np.ndarray, c: int, finish: float) -> None:
-    """Class ``c``'s entry at its current version (the caller rebuilt the heap when it was full)."""
-    ei[FIN_HEAP] = kernels._heap_push(
-        eng[21], eng[22], eng[23], ei[FIN_HEAP], finish, c, eng[24][c]
-    )
+def _push_finish(
+    h_t: np.ndarray,
+    h_c: np.ndarray,
+    h_v: np.ndarray,
+    ver: np.ndarray,
+    ei: np.ndarray,
+    c: int,
+    finish: float,
+) -> None:
+    """Class ``c``'s entry at its current version (the caller rebuilt the heap when it was full). The
+    heap's arrays (``eng[21:25]``) come one by one: a helper called per class takes no bundle, whose
+    every array numba would reference-count on each call."""
+    ei[FIN_HEAP] = kernels._heap_push(h_t, h_c, h_v, ei[FIN_HEAP], finish, c, ver[c])
 
 
 @_njit_inner
@@ -366,25 +374,28 @@ def _rebuild_finishes(
     ei[FIN_HEAP] = 0
     for c in eng[0][: ei[N_ACT]]:
         if s.is_active[c]:
-            _push_finish(eng, ei, c, s.finish[c])
+            _push_finish(eng[21], eng[22], eng[23], eng[24], ei, c, s.finish[c])
     ei[HEAP_STALE] = 0
 
 
 @_njit_inner
-def _heap_full(eng: tuple[np.ndarray, ...], ei: np.ndarray) -> bool:
-    return ei[FIN_HEAP] >= eng[21].shape[0]
+def _heap_full(h_t: np.ndarray, ei: np.ndarray) -> bool:
+    return ei[FIN_HEAP] >= h_t.shape[0]
 
 
 @_njit_inner
 def _next_finish(
-    arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray
+    is_active: np.ndarray,
+    h_t: np.ndarray,
+    h_c: np.ndarray,
+    h_v: np.ndarray,
+    ver: np.ndarray,
+    ei: np.ndarray,
 ) -> float:
     """The earliest finish of an active class (stale entries on top are dropped); inf when none."""
-    s = _view(arrays)
-    h_t, h_c, h_v, ver = eng[21], eng[22], eng[23], eng[24]
     while ei[FIN_HEAP] > 0:
         c = h_c[0]
-        if s.is_active[c] and h_v[0] == ver[c]:
+        if is_active[c] and h_v[0] == ver[c]:
             return h_t[0]
         ei[FIN_HEAP] = kernels._heap_pop(h_t, h_c, h_v, ei[FIN_HEAP])
     return np.inf
@@ -402,7 +413,7 @@ def _advance_classes(
     changed, ``classes`` (the refill's set: it holds the event's new and shrunk classes): their finish
     times move and enter the heap. Returns the earliest finish of every active class."""
     s = _view(arrays)
-    ver = eng[24]
+    h_t, h_c, h_v, ver = eng[21], eng[22], eng[23], eng[24]
     for c in classes:
         if not s.changed[c]:
             continue
@@ -411,11 +422,11 @@ def _advance_classes(
         )
         if s.is_active[c]:
             ver[c] += 1
-            if _heap_full(eng, ei):
+            if _heap_full(h_t, ei):
                 _rebuild_finishes(arrays, eng, ei)  # pushes ``c`` at its new version too
             else:
-                _push_finish(eng, ei, c, s.finish[c])
-    return _next_finish(arrays, eng, ei)
+                _push_finish(h_t, h_c, h_v, ver, ei, c, s.finish[c])
+    return _next_finish(s.is_active, h_t, h_c, h_v, ver, ei)
 
 
 @_njit_inner
@@ -751,7 +762,7 @@ def _finish_due(
         nshrunk += 1
         if not s.changed[c]:
             # due, yet no member within the tolerance: its entry goes back as it was
-            _push_finish(eng, ei, c, s.finish[c])
+            _push_finish(eng[21], eng[22], eng[23], eng[24], ei, c, s.finish[c])
     return low, seed_links, shrunk[:nshrunk], done_ids
 
 
@@ -846,7 +857,8 @@ def _network_step(
     if ei[HEAP_STALE]:
         ef[NEXT_FINISH] = _advance_all(arrays, eng, ei, now)
     else:
-        ef[NEXT_FINISH] = _next_finish(arrays, eng, ei)
+        is_active = _view(arrays).is_active
+        ef[NEXT_FINISH] = _next_finish(is_active, eng[21], eng[22], eng[23], eng[24], ei)
     return done_ids
 
 
@@ -948,6 +960,26 @@ def _mark_done(drv: tuple[np.ndarray, ...], now: float, g: int) -> None:
 
 
 @_njit_inner
+def _launchable(
+    released: np.ndarray,
+    pend_amt: np.ndarray,
+    inflight: np.ndarray,
+    stage2: np.ndarray,
+    chunks: float,
+    r: int,
+    d: int,
+) -> bool:
+    """Would :func:`_launch` send ``r -> d`` now? (Asked first by its callers that loop over targets:
+    a call with the bundles costs a reference count per array, most calls would send nothing.)"""
+    amount = pend_amt[r, d]
+    if amount <= 0 or inflight[r, d]:
+        return False
+    return not (
+        amount < stage2[r, d] / chunks * (1 - _TOL) and released[r, d] < stage2[r, d] * (1 - _TOL)
+    )
+
+
+@_njit_inner
 def _launch(
     ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
@@ -963,12 +995,9 @@ def _launch(
     waits (and more is to come)."""
     released, pend_amt, inflight = drv[5], drv[6], drv[8]
     stage2, rid_relay = plan[2], plan[9]
+    if not _launchable(released, pend_amt, inflight, stage2, par[1], r, d):
+        return
     amount = pend_amt[r, d]
-    if amount <= 0 or inflight[r, d]:
-        return
-    chunks = par[1]
-    if amount < stage2[r, d] / chunks * (1 - _TOL) and released[r, d] < stage2[r, d] * (1 - _TOL):
-        return
     pend_amt[r, d] = 0.0
     inflight[r, d] = 1
     _send(ft, eng, ei, drv, now, r, d, amount, rid_relay[r, d], K_STAGE2, par[3])
@@ -1003,7 +1032,8 @@ def _relay_arrive(
         if add > 0:
             released[r, d] = target
             pend_amt[r, d] += add
-            _launch(ft, eng, ei, drv, plan, par, now, r, d)
+            if _launchable(released, pend_amt, drv[8], stage2, par[1], r, d):
+                _launch(ft, eng, ei, drv, plan, par, now, r, d)
 
 
 @_njit_inner
