@@ -876,6 +876,13 @@ def _complete(eng: tuple[np.ndarray, ...], f: int, now: float) -> None:
     fend[f] = now
 
 
+def _inlined(fn: Any) -> Any:
+    """A phase-driver step that numba inlines where it is called (its IR, not a call). A call
+    reference-counts every array of the bundles it takes (some 60 per call), once or more per flow: the
+    58-layer forward at EP64 ran 15-25% faster with the thin steps inlined (bench, alternating runs)."""
+    return _njit(cache=True, inline="always")(fn)
+
+
 # -- the phase driver (collectives._PhaseDriver, callback for callback) -------------------------------
 # ``plan``: (direct, stage1, stage2 [G, G] bytes; own, expected, relay_in [G]; stage-2 targets CSR
 # t_ptr [G + 1], t_dst; route ids rid_direct, rid_relay [G, G]; ready [G] us). ``drv``: (got,
@@ -979,7 +986,7 @@ def _launchable(
     )
 
 
-@_njit_inner
+@_inlined
 def _launch(
     ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
@@ -1036,7 +1043,7 @@ def _relay_arrive(
                 _launch(ft, eng, ei, drv, plan, par, now, r, d)
 
 
-@_njit_inner
+@_inlined
 def _next_piece(
     ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
@@ -1086,7 +1093,7 @@ def _start(
         _relay_arrive(ft, eng, ei, drv, plan, par, now, g, 0.0)
 
 
-@_njit_inner
+@_inlined
 def _on_sent(
     ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
@@ -1105,7 +1112,7 @@ def _on_sent(
         _launch(ft, eng, ei, drv, plan, par, now, src, dst)
 
 
-@_njit_inner
+@_inlined
 def _on_delivered(
     ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
@@ -1123,7 +1130,7 @@ def _on_delivered(
         _deliver(drv, plan, now, dst, bytes_)
 
 
-@_njit_inner
+@_inlined
 def _do_action(
     ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
@@ -1698,17 +1705,16 @@ def callee_arguments(
     arrays, eng, ei, ef, scr = loop.arrays, loop.eng, loop.ei, loop.ef, loop.scr
     s = _view(arrays)
     ft = (s.fl_ptr, s.fl_link, s.fl_coef)
-    now, ids, info = 0.0, np.zeros(0, dtype=np.int64), np.int64(0)
+    now, ids, gpu = 0.0, np.zeros(0, dtype=np.int64), np.int64(0)
     state = (arrays, eng, ei, ef, scr, now)
-    event = (ft, eng, ei, drvs[0], pls[0], pars[0], now)
+    event = (ft, eng, ei, drvs[0], pls[0], pars[0], now, gpu)
     return {
         "_regroup": (_regroup, (*state, ids)),
         "_finish_due": (_finish_due, state),
         "_admit": (_admit, state),
         "_network_step": (_network_step, state),
-        "_do_action": (_do_action, event),
-        "_on_sent": (_on_sent, (*event, info)),
-        "_on_delivered": (_on_delivered, (*event, info)),
+        "_start": (_start, event),
+        "_relay_arrive": (_relay_arrive, (*event, now)),
         "play": (play, (arrays, eng, ei, ef, drvs, pls, pars, delay, 1, scr)),
     }
 

@@ -167,7 +167,7 @@ ENTRIES: tuple[Entry, ...] = (
     _loop_entry("loop_admit", "_admit", after=("loop_regroup",)),
     _loop_entry("loop_finish_due", "_finish_due"),
     _loop_entry("loop_network_step", "_network_step", after=("loop_admit", "loop_finish_due")),
-    _loop_entry("loop_events", "_do_action", "_on_sent", "_on_delivered"),
+    _loop_entry("loop_events", "_start", "_relay_arrive"),
     _network_entry("classify", lambda: (_bundle(), _IDS, True, True)),
     Entry(
         "simulate",
