@@ -976,8 +976,9 @@ def _launchable(
     r: int,
     d: int,
 ) -> bool:
-    """Would :func:`_launch` send ``r -> d`` now? (Asked first by its callers that loop over targets:
-    a call with the bundles costs a reference count per array, most calls would send nothing.)"""
+    """Should relay ``r`` send what it holds for ``d`` now? Not while a send is under way, nor while less
+    than a chunk waits and more is to come. Asked before :func:`_launch` is called: a call takes the
+    bundles, whose every array is reference-counted, and most would send nothing."""
     amount = pend_amt[r, d]
     if amount <= 0 or inflight[r, d]:
         return False
@@ -998,12 +999,8 @@ def _launch(
     r: int,
     d: int,
 ) -> None:
-    """Relay ``r`` sends what it holds for ``d`` unless a send is under way or less than a chunk
-    waits (and more is to come)."""
-    released, pend_amt, inflight = drv[5], drv[6], drv[8]
-    stage2, rid_relay = plan[2], plan[9]
-    if not _launchable(released, pend_amt, inflight, stage2, par[1], r, d):
-        return
+    """Relay ``r`` sends what it holds for ``d`` (the caller asked :func:`_launchable`)."""
+    pend_amt, inflight, rid_relay = drv[6], drv[8], plan[9]
     amount = pend_amt[r, d]
     pend_amt[r, d] = 0.0
     inflight[r, d] = 1
@@ -1109,7 +1106,8 @@ def _on_sent(
         _next_piece(ft, eng, ei, drv, plan, par, now, src, dst)
     elif kind == K_STAGE2:
         drv[8][src, dst] = 0
-        _launch(ft, eng, ei, drv, plan, par, now, src, dst)
+        if _launchable(drv[5], drv[6], drv[8], plan[2], par[1], src, dst):
+            _launch(ft, eng, ei, drv, plan, par, now, src, dst)
 
 
 @_inlined
