@@ -145,7 +145,7 @@ class FluidNetwork:
         self._csize = max(16, max_flows)
         self.s = self._new_bundle(cap)
         self._scr = kernels.scratch(self._csize, cap.size)  # the filling's scratch (all zero)
-        self._arrays = tuple(self.s)
+        self._arrays = kernels.pack_net(tuple(self.s))
         for name in _RECORD_FIELDS:
             setattr(self, name, np.zeros(self._fsize))
         self._strikes = np.zeros(self.num_links, dtype=np.int64)  # times a lazy link overloaded
@@ -210,7 +210,7 @@ class FluidNetwork:
     def _store(self, **fields: np.ndarray) -> None:
         """Replace arrays of the bundle (and its plain-tuple form the kernels take)."""
         self.s = self.s._replace(**fields)
-        self._arrays = tuple(self.s)
+        self._arrays = kernels.pack_net(tuple(self.s))
 
     @property
     def cap(self) -> np.ndarray:

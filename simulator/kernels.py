@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from moe_placement.simulator import bundles
+
 
 def _plain(*args: Any, **kwargs: Any) -> Any:
     """Stand-in for ``numba.njit`` when numba is absent: the kernels run as plain Python (slow)."""
@@ -36,6 +38,7 @@ def _plain(*args: Any, **kwargs: Any) -> Any:
 
 try:  # compiled kernels when numba is present
     from numba import njit
+    from numba.extending import overload
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only without numba
@@ -83,9 +86,14 @@ def _cache_is_cold(dispatcher: Any) -> bool:
 # imports the kernels' callers, which import this module).
 _parallel_compile: Callable[[], None] | None = None
 
-# Modules whose cached kernels call this module's kernels: numba checks a cache only against the source
-# of its own module (numba issue 1833), so after a change here theirs would run the old kernels.
+# Modules whose cached kernels compile in code of another module (numba checks a cache only against the
+# source of its own module, numba issue 1833): after a change to the key's source, their caches would run
+# the old code. The phase loop calls this module's kernels; both compile in the bundles' overloads.
 CALLERS_OF_KERNELS = ("phaseloop",)
+DEPENDENT_CACHES: dict[str, tuple[str, ...]] = {
+    "kernels": CALLERS_OF_KERNELS,
+    "bundles": ("kernels", *CALLERS_OF_KERNELS),
+}
 
 
 def set_parallel_compile(fn: Callable[[], None] | None) -> None:
@@ -95,26 +103,32 @@ def set_parallel_compile(fn: Callable[[], None] | None) -> None:
 
 
 def drop_stale_caches(
-    cache_dir: Path | None = None, kernels_source: Path | None = None
+    cache_dir: Path | None = None, sources: dict[str, Path] | None = None
 ) -> list[str]:
-    """Remove the cache index of every kernel of :data:`CALLERS_OF_KERNELS` written before the last change
-    to ``kernels.py`` (default: numba's cache directory of the simulator, and ``kernels.py`` itself): they
-    compile again, as on a cold cache, with the current kernels. Returns the names of the files removed;
-    an index that cannot be removed (a read-only cache) stays, as numba alone would leave it."""
+    """Remove the cache index of every kernel of a module in :data:`DEPENDENT_CACHES` written before the
+    last change to a source it depends on (default: numba's cache directory of the simulator, and the
+    sources ``kernels.py`` and ``bundles.py`` themselves): they compile again, as on a cold cache, with
+    the current code. Returns the names of the files removed; an index that cannot be removed (a
+    read-only cache) stays, as numba alone would leave it."""
+    here = Path(__file__).parent
+    sources = sources or {name: here / f"{name}.py" for name in DEPENDENT_CACHES}
     try:
         folder = cache_dir or Path(solve._cache._cache_path)
-        changed = (kernels_source or Path(__file__)).stat().st_mtime
+        changed = {name: path.stat().st_mtime for name, path in sources.items()}
     except (AttributeError, OSError):  # numba internals differ, or nothing to compare
         return []
     removed = []
-    for module in CALLERS_OF_KERNELS:
-        for index in sorted(folder.glob(f"{module}.*.nbi")):
-            try:
-                if index.stat().st_mtime < changed:
-                    index.unlink()
-                    removed.append(index.name)
-            except OSError:
-                continue
+    for source, modules in DEPENDENT_CACHES.items():
+        if source not in changed:
+            continue
+        for module in modules:
+            for index in sorted(folder.glob(f"{module}.*.nbi")):
+                try:
+                    if index.stat().st_mtime < changed[source]:
+                        index.unlink()
+                        removed.append(index.name)
+                except OSError:
+                    continue
     return removed
 
 
@@ -124,7 +138,7 @@ def announce_compile(*dispatchers: Any) -> None:
     per CPU, which write numba's cache; the calling code then loads it). What a worker could not compile
     compiles here at first call, as without the warm-up. numba caches next to the sources, or in the
     user's cache directory when that is not writable (``NUMBA_CACHE_DIR`` overrides both). Kernels of
-    other modules compiled before the last change to this file count as cold (:func:`drop_stale_caches`)."""
+    other modules compiled before the last change to code they compile in count as cold (:func:`drop_stale_caches`)."""
     global _announced, _checked_stale
     if _announced or not HAVE_NUMBA or os.environ.get(WARMUP_WORKER_ENV):
         return
@@ -193,7 +207,7 @@ class NetArrays(NamedTuple):
     lk_flow: np.ndarray
 
 
-def scratch(num_classes: int, num_links: int) -> tuple[np.ndarray, ...]:
+def scratch(num_classes: int, num_links: int) -> Any:
     """The filling's scratch for ``num_classes`` classes and ``num_links`` links, all zero (zero again
     after every call: a call resets only what it touched, so it costs what its members touch, not the
     size of the network). Kept apart from the bundle, which every kernel unpacks (each array in it
@@ -203,31 +217,53 @@ def scratch(num_classes: int, num_links: int) -> tuple[np.ndarray, ...]:
     filling's slot of each link it sees and the key of its heap entry (per link, written before they are
     read)."""
     c, n = num_classes, num_links
-    return (
-        np.zeros(c, dtype=np.bool_),
-        np.zeros(c, dtype=np.bool_),
-        np.zeros(c, dtype=np.int64),
-        np.zeros(c),
-        np.zeros(n),
-        np.zeros(n, dtype=np.int64),
-        np.zeros(n, dtype=np.int64),
-        np.zeros(n, dtype=np.bool_),
-        np.zeros(n, dtype=np.bool_),
-        np.zeros(n, dtype=np.int64),
-        np.zeros(n, dtype=np.int64),
-        np.zeros(n, dtype=np.int64),
-        np.zeros(n, dtype=np.int64),
-        np.zeros(n),
-        np.zeros(1, dtype=np.int64),
-        np.zeros(n, dtype=np.int64),
-        np.zeros(n),
+    return bundles.packed(
+        (
+            np.zeros(c, dtype=np.bool_),
+            np.zeros(c, dtype=np.bool_),
+            np.zeros(c, dtype=np.int64),
+            np.zeros(c),
+            np.zeros(n),
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n, dtype=np.bool_),
+            np.zeros(n, dtype=np.bool_),
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n),
+            np.zeros(1, dtype=np.int64),
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n),
+        )
     )
 
 
-@_njit(cache=True, inline="always")
-def _view(arrays: tuple[np.ndarray, ...]) -> NetArrays:
-    """The named view of a bundle passed as a plain tuple (free once compiled)."""
-    return NetArrays(*arrays)
+# the field names of the bundle as kernels receive it (a structref, see pack_net)
+NET_FIELDS = " ".join(NetArrays._fields)
+
+
+@_njit(cache=True)
+def pack_net(arrays: tuple[np.ndarray, ...]) -> Any:
+    """The bundle as kernels take it: its arrays (shared, not copied) in one structref, passed as a
+    pointer (:mod:`~moe_placement.simulator.bundles`); without numba, the named tuple."""
+    return bundles.pack(arrays, NET_FIELDS)
+
+
+def _view(arrays: Any) -> NetArrays:
+    """The bundle by name: the structref itself, or the named view of a plain tuple (free once
+    compiled)."""
+    return arrays if isinstance(arrays, NetArrays) else NetArrays(*arrays)
+
+
+if HAVE_NUMBA:
+
+    @overload(_view)
+    def _view_compiled(arrays):  # type: ignore[no-untyped-def]  # numba matches the names
+        if isinstance(arrays, bundles.ArrayBundle):
+            return lambda arrays: arrays
+        return lambda arrays: NetArrays(*arrays)
 
 
 @_njit(cache=True)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from moe_placement.simulator import kernels
+from moe_placement.simulator import bundles, kernels
 from moe_placement.simulator.collectives import PhasePlan, _with_sm_link
 from moe_placement.simulator.engine import FINISH_TOL
 from moe_placement.simulator.kernels import (
@@ -1511,7 +1511,8 @@ class _Loop:
         self.caps = caps
         tables = self.routes.tables(topo.binding())
         path = max(self.routes.longest_binding, 1)
-        self.arrays = tuple(_bundle(caps, flows, classes, path))
+        self.net = _bundle(caps, flows, classes, path)
+        self.arrays = kernels.pack_net(tuple(self.net))  # what kernels take: a pointer
         self.scr = kernels.scratch(classes, caps.size)
         links = caps.size
         lat, f_ptr, f_link, f_coef, b_ptr, b_link, b_coef = tables
@@ -1543,6 +1544,7 @@ class _Loop:
             np.zeros(classes, dtype=np.int64),  # 24 each class's current version
             np.zeros(classes, dtype=np.int64),  # 25 the classes due at an event
         )
+        self.eng_bundle = bundles.packed(self.eng)  # what kernels take: a pointer
         self.ei = np.zeros(_EI_SIZE, dtype=np.int64)
         self.ei[REGROUP_MIN_EVENTS] = REGROUP_CADENCE[0]
         self.ei[REGROUP_FLOWS_PER_EVENT] = REGROUP_CADENCE[1]
@@ -1646,6 +1648,8 @@ class _Loop:
         :data:`SLICE_S`, until the pair is done (or out of room), with a progress bar of the bytes
         delivered."""
         ei = self.ei
+        drv_bundles = (bundles.packed(drvs[0]), bundles.packed(drvs[1]))
+        plan_bundles = (bundles.packed(plans[0]), bundles.packed(plans[1]))
         budget = min(1_000, EVENTS_PER_CALL)
         total = float(plans[0][4].sum() + plans[1][4].sum())
         with tqdm(
@@ -1660,11 +1664,11 @@ class _Loop:
                 t0, events0 = time.perf_counter(), int(ei[EVENTS])
                 play(
                     self.arrays,
-                    self.eng,
+                    self.eng_bundle,
                     ei,
                     self.ef,
-                    (drvs[0], drvs[1]),
-                    (plans[0], plans[1]),
+                    drv_bundles,
+                    plan_bundles,
                     pars,
                     delay,
                     budget,
@@ -1700,8 +1704,10 @@ def callee_arguments(
     loop = _Loop(topo, plans, chunks, *room(plans, chunks), False)
     ready = np.zeros(loop.G)
     drvs, pls, pars, delay = loop.pair_arguments(plans[0], plans[1], ready, CHAIN_BARRIER, None)
-    arrays, eng, ei, ef, scr = loop.arrays, loop.eng, loop.ei, loop.ef, loop.scr
-    s = _view(arrays)
+    arrays, eng, ei, ef, scr = loop.arrays, loop.eng_bundle, loop.ei, loop.ef, loop.scr
+    drvs = (bundles.packed(drvs[0]), bundles.packed(drvs[1]))
+    pls = (bundles.packed(pls[0]), bundles.packed(pls[1]))
+    s = loop.net
     ft = (s.fl_ptr, s.fl_link, s.fl_coef)
     now, ids, gpu = 0.0, np.zeros(0, dtype=np.int64), np.int64(0)
     state = (arrays, eng, ei, ef, scr, now)

@@ -72,13 +72,13 @@ def compile_for(dispatcher: Any, *example: Any) -> None:
     dispatcher.compile(tuple(numba.typeof(arg) for arg in example))
 
 
-def _bundle() -> tuple[np.ndarray, ...]:
+def _bundle() -> Any:
     """A fluid network's kernel bundle as the engine builds it (its dtypes are what matters)."""
     import simpy
 
     from moe_placement.simulator.engine import FluidNetwork
 
-    return tuple(FluidNetwork(simpy.Environment(), [1.0, 1.0]).s)
+    return FluidNetwork(simpy.Environment(), [1.0, 1.0])._arrays
 
 
 _IDS = np.zeros(1, dtype=np.int64)  # any int64 vector argument

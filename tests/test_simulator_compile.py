@@ -48,10 +48,31 @@ def test_caches_of_kernels_calling_kernels_py_older_than_it_are_dropped(tmp_path
     for name, mtime in names.items():
         (tmp_path / name).write_text("")
         os.utime(tmp_path / name, (mtime, mtime))
-    assert drop_stale_caches(tmp_path, source) == ["phaseloop.play-10.py311.nbi"]
+    assert drop_stale_caches(tmp_path, {"kernels": source}) == ["phaseloop.play-10.py311.nbi"]
     assert sorted(p.name for p in tmp_path.glob("*.nbi")) == sorted(
         set(names) - {"phaseloop.play-10.py311.nbi"}
     )
+
+
+def test_caches_compiled_before_a_change_to_the_bundles_are_dropped(tmp_path: Path) -> None:
+    # the bundles' overloads compile into the kernels of kernels.py and of the phase loop
+    source = tmp_path / "bundles.py"
+    source.write_text("")
+    os.utime(source, (2000, 2000))
+    names = {
+        "phaseloop.play-10.py311.nbi": 1000,
+        "kernels.solve-7.py311.nbi": 1000,
+        "kernels.advance-3.py311.nbi": 3000,  # compiled after the change: current
+        "bundles.packed-2.py311.nbi": 1000,  # numba checks it against bundles.py itself
+        "routing._route_gpu-3.py311.nbi": 1000,
+    }
+    for name, mtime in names.items():
+        (tmp_path / name).write_text("")
+        os.utime(tmp_path / name, (mtime, mtime))
+    assert sorted(drop_stale_caches(tmp_path, {"bundles": source})) == [
+        "kernels.solve-7.py311.nbi",
+        "phaseloop.play-10.py311.nbi",
+    ]
 
 
 @needs_numba

@@ -1,0 +1,48 @@
+"""Bundles of arrays as numba structrefs: shared with the tuple they came from, read by name or position."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moe_placement.simulator import bundles, kernels
+
+pytestmark = pytest.mark.skipif(not bundles.HAVE_NUMBA, reason="bundles are numba structrefs")
+
+
+@kernels._njit(cache=False)
+def _write_through(bundle) -> float:  # type: ignore[no-untyped-def]
+    bundle[2][0] = bundle[0][1] + bundle[1][0]
+    return bundle.a2[0]
+
+
+@kernels._njit(cache=False)
+def _named(arrays) -> float:  # type: ignore[no-untyped-def]
+    b = bundles.pack(arrays, "left right")
+    b.right[0] += 1.0
+    return b.left[0] + b.right[0]
+
+
+def test_a_bundle_shares_its_arrays_with_the_tuple() -> None:
+    arrays = (np.arange(3.0), np.full(2, 5.0), np.zeros(4), np.zeros(1, dtype=np.int64))
+    bundle = bundles.packed(arrays)
+    assert _write_through(bundle) == 6.0
+    assert arrays[2][0] == 6.0  # written by the kernel, seen in Python's tuple: not a copy
+
+
+def test_fields_by_name() -> None:
+    arrays = (np.array([2.0]), np.array([3.0]))
+    assert _named(arrays) == 6.0
+    assert arrays[1][0] == 4.0
+
+
+def test_the_network_bundle_reads_as_its_named_view() -> None:
+    import simpy
+
+    from moe_placement.simulator.engine import FluidNetwork
+
+    net = FluidNetwork(simpy.Environment(), [1.0, 2.0])
+    assert isinstance(net._arrays, bundles.Bundle)
+    # a kernel given the bundle reads the same capacities the engine holds
+    assert kernels.advance(net._arrays, np.zeros(0, dtype=np.int64), 0.0) == np.inf
+    assert list(net.s.cap) == [1.0, 2.0]
