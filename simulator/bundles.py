@@ -12,7 +12,9 @@ passes and counts one pointer, a field is read where it is used.
 compile-time constant), in compiled code or from Python through the packers below (compiled once, cached).
 The arrays are shared, not copied: what a kernel writes into a field is what Python sees in its tuple.
 A bundle is indexed like the tuple it came from (``eng[21]``, a constant index) as well as by name, so
-kernels written for tuples read it unchanged.
+kernels written for tuples read it unchanged. Packing and indexing are lowered in place (numba intrinsics
+and a lowering of ``getitem``), not compiled as functions: numba compiles a function for every overload,
+bundle type and position (~0.06-0.2 s each, a hundred of them).
 """
 
 from __future__ import annotations
@@ -22,37 +24,27 @@ from typing import Any
 
 try:
     from numba import njit, types
+    from numba.core import cgutils
+    from numba.core.imputils import impl_ret_borrowed, lower_builtin
+    from numba.core.typing.templates import AbstractTemplate, infer_global, signature
     from numba.experimental import structref
-    from numba.extending import overload
+    from numba.experimental.jitclass.base import imp_dtor
+    from numba.extending import intrinsic
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only without numba
     HAVE_NUMBA = False
 
 
-def pack(arrays: tuple[Any, ...], names: str) -> Any:
-    """A bundle of ``arrays`` with fields named by ``names`` (space-separated, a constant), in compiled
-    code. Without numba (kernels run as plain Python) the tuple itself, which kernels index alike."""
-    return arrays
-
-
-def pack_tuple(arrays: tuple[Any, ...]) -> Any:
-    """A bundle of ``arrays`` read by position (fields ``a0``, ``a1``, ...), in compiled code; without
-    numba the tuple itself."""
-    return arrays
+# compiled code's entry points (numba intrinsics and a cached packer; plain functions without numba)
+pack: Any
+pack_tuple: Any
+packed: Any
 
 
 def positional(count: int) -> list[str]:
     """Field names of a bundle read by position."""
     return [f"a{i}" for i in range(count)]
-
-
-def _compiled(source: str, name: str, **scope: Any) -> Any:
-    """The function ``name`` defined by ``source``: generated per bundle type, from field names and
-    indices only, as numba's own overloads of tuples are."""
-    namespace: dict[str, Any] = {}
-    exec(source, scope, namespace)
-    return namespace[name]
 
 
 if HAVE_NUMBA:
@@ -69,47 +61,94 @@ if HAVE_NUMBA:
 
     structref.define_boxing(ArrayBundle, Bundle)
 
-    def _packer(arrays: Any, fields: list[str], params: str) -> Any:
-        """The compiled body of a packer for a tuple type and field names (``params``: the overloaded
-        function's parameters, which numba matches)."""
+    def _fill(context: Any, builder: Any, bundle_type: Any, arrays_type: Any, arrays: Any) -> Any:
+        """A new record (as ``structref.new``) holding the tuple's arrays, each counted once more."""
+        data_type = bundle_type.get_data_type()
+        alloc_type = context.data_model_manager[data_type].get_value_type()
+        meminfo = context.nrt.meminfo_alloc_dtor(
+            builder,
+            context.get_constant(types.uintp, context.get_abi_sizeof(alloc_type)),
+            imp_dtor(context, builder.module, bundle_type),
+        )
+        pointer = builder.bitcast(
+            context.nrt.meminfo_data(builder, meminfo), alloc_type.as_pointer()
+        )
+        builder.store(cgutils.get_null_value(alloc_type), pointer)
+        record = cgutils.create_struct_proxy(data_type)(context, builder, ref=pointer)
+        for i, (field, typ) in enumerate(
+            zip(bundle_type.field_dict, arrays_type.types, strict=True)
+        ):
+            value = builder.extract_value(arrays, i)
+            context.nrt.incref(builder, typ, value)
+            setattr(record, field, value)
+        bundle = context.make_helper(builder, bundle_type)
+        bundle.meminfo = meminfo
+        return bundle._getvalue()
+
+    def _bundle_type(arrays: Any, fields: list[str]) -> Any:
         if len(fields) != len(arrays.types):
             raise TypeError(f"pack: {len(fields)} names for {len(arrays.types)} arrays")
-        bundle_type = ArrayBundle(list(zip(fields, arrays.types, strict=True)))
-        fill = "".join(f"    b.{field} = arrays[{i}]\n" for i, field in enumerate(fields))
-        source = f"def impl({params}):\n    b = new(bundle_type)\n{fill}    return b\n"
-        return _compiled(source, "impl", new=structref.new, bundle_type=bundle_type)
+        return ArrayBundle(list(zip(fields, arrays.types, strict=True)))
 
-    @overload(pack, prefer_literal=True)
-    def _pack(arrays, names):  # type: ignore[no-untyped-def]  # numba matches the names, unannotated
-        if isinstance(arrays, types.BaseTuple) and isinstance(names, types.StringLiteral):
-            return _packer(arrays, names.literal_value.split(), "arrays, names")
-        return None
-
-    @overload(pack_tuple)
-    def _pack_tuple(arrays):  # type: ignore[no-untyped-def]  # numba matches the names, unannotated
-        if isinstance(arrays, types.BaseTuple):
-            count = len(arrays)  # its element types
-            return _packer(arrays, positional(count), "arrays")
-        return None
-
-    @overload(operator.getitem, prefer_literal=True)
-    def _getitem(bundle, index):  # type: ignore[no-untyped-def]  # numba matches the names, unannotated
-        """``bundle[i]`` for a constant ``i``: its ``i``-th field, as the tuple it was packed from."""
-        if not isinstance(bundle, ArrayBundle) or not isinstance(index, types.IntegerLiteral):
+    @intrinsic(prefer_literal=True)
+    def _pack(typingctx: Any, arrays: Any, names: Any) -> Any:
+        """A bundle of ``arrays`` with fields named by ``names`` (space-separated, a constant)."""
+        if not isinstance(arrays, types.BaseTuple) or not isinstance(names, types.StringLiteral):
             return None
+        bundle_type = _bundle_type(arrays, names.literal_value.split())
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return _fill(context, builder, bundle_type, sig.args[0], args[0])
+
+        return bundle_type(arrays, names), codegen
+
+    @intrinsic
+    def _pack_tuple(typingctx: Any, arrays: Any) -> Any:
+        """A bundle of ``arrays`` read by position (fields ``a0``, ``a1``, ...)."""
+        if not isinstance(arrays, types.BaseTuple):
+            return None
+        bundle_type = _bundle_type(arrays, positional(len(arrays)))
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return _fill(context, builder, bundle_type, sig.args[0], args[0])
+
+        return bundle_type(arrays), codegen
+
+    @infer_global(operator.getitem)
+    class _Position(AbstractTemplate):
+        """``bundle[i]`` for a constant ``i``: the type of its ``i``-th field."""
+
+        def generic(self, args: Any, kws: Any) -> Any:
+            bundle, index = args
+            if isinstance(bundle, ArrayBundle) and isinstance(index, types.IntegerLiteral):
+                fields = list(bundle.field_dict.values())
+                return signature(fields[index.literal_value], bundle, index)
+            return None
+
+    @lower_builtin(operator.getitem, ArrayBundle, types.IntegerLiteral)
+    def _field_at(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        """A load from the record, in place."""
+        bundle, index = sig.args
         field = list(bundle.field_dict)[index.literal_value]
-        return _compiled(f"def impl(bundle, index):\n    return bundle.{field}\n", "impl")
+        record = structref._Utils(context, builder, bundle).get_data_struct(args[0])
+        return impl_ret_borrowed(context, builder, sig.return_type, getattr(record, field))
 
     # cached machine code; no cfunc wrapper (nothing takes a packer's address), as the kernels
     _OPTIONS: dict[str, Any] = {"cache": True, "no_cfunc_wrapper": True}
 
+    pack, pack_tuple = _pack, _pack_tuple
+
     @njit(**_OPTIONS)
-    def packed(arrays: tuple[Any, ...]) -> Any:
+    def _packed(arrays: tuple[Any, ...]) -> Any:
         """:func:`pack_tuple` from Python: a bundle (shared arrays) to hand to kernels."""
         return pack_tuple(arrays)
 
+    packed = _packed
+
 else:  # pragma: no cover - exercised only without numba
 
-    def packed(arrays: tuple[Any, ...]) -> Any:
-        """Without numba the tuple itself."""
+    def _same(arrays: tuple[Any, ...], *names: str) -> Any:
+        """Without numba (kernels run as plain Python) the tuple itself, which kernels index alike."""
         return arrays
+
+    pack = pack_tuple = packed = _same

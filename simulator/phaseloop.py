@@ -117,6 +117,13 @@ REGROUP_CADENCE = [NEVER, 1]
 INDEX_SLACK = 8
 
 
+def _inlined(fn: Any) -> Any:
+    """A phase-driver step that numba inlines where it is called (its IR, not a call). A call
+    reference-counts every array of the bundles it takes (some 60 per call), once or more per flow: the
+    58-layer forward at EP64 ran 15-25% faster with the thin steps inlined (bench, alternating runs)."""
+    return _njit(cache=True, inline="always")(fn)
+
+
 # -- small compiled helpers ---------------------------------------------------------------------------
 @_njit_inner
 def _sort_members(flows: np.ndarray, groups: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -766,7 +773,7 @@ def _finish_due(
     return low, seed_links, shrunk[:nshrunk], done_ids
 
 
-@_njit_inner
+@_inlined
 def _admit(
     arrays: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
@@ -811,7 +818,7 @@ def _admit(
     return 1, np.arange(first, first + formed)
 
 
-@_njit_inner
+@_inlined
 def _network_step(
     arrays: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
@@ -874,13 +881,6 @@ def _complete(eng: tuple[np.ndarray, ...], f: int, now: float) -> None:
         link_bytes[rf_link[j]] += rf_coef[j] * size_bytes[f]
         by_phase[offset + rf_link[j]] += rf_coef[j] * size_bytes[f]
     fend[f] = now
-
-
-def _inlined(fn: Any) -> Any:
-    """A phase-driver step that numba inlines where it is called (its IR, not a call). A call
-    reference-counts every array of the bundles it takes (some 60 per call), once or more per flow: the
-    58-layer forward at EP64 ran 15-25% faster with the thin steps inlined (bench, alternating runs)."""
-    return _njit(cache=True, inline="always")(fn)
 
 
 # -- the phase driver (collectives._PhaseDriver, callback for callback) -------------------------------
@@ -1090,7 +1090,7 @@ def _start(
         _relay_arrive(ft, eng, ei, drv, plan, par, now, g, 0.0)
 
 
-@_inlined
+@_njit_inner
 def _on_sent(
     ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
@@ -1110,7 +1110,7 @@ def _on_sent(
             _launch(ft, eng, ei, drv, plan, par, now, src, dst)
 
 
-@_inlined
+@_njit_inner
 def _on_delivered(
     ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
@@ -1128,7 +1128,7 @@ def _on_delivered(
         _deliver(drv, plan, now, dst, bytes_)
 
 
-@_inlined
+@_njit_inner
 def _do_action(
     ft: tuple[np.ndarray, ...],
     eng: tuple[np.ndarray, ...],
@@ -1719,6 +1719,9 @@ def callee_arguments(
         "_network_step": (_network_step, state),
         "_start": (_start, event),
         "_relay_arrive": (_relay_arrive, (*event, now)),
+        "_on_sent": (_on_sent, event),
+        "_on_delivered": (_on_delivered, event),
+        "_do_action": (_do_action, event[:-1]),
         "play": (play, (arrays, eng, ei, ef, drvs, pls, pars, delay, 1, scr)),
     }
 

@@ -163,11 +163,9 @@ ENTRIES: tuple[Entry, ...] = (
     _network_entry(
         "solve", lambda: (_bundle(), _IDS, _IDS, _IDS, 1.0, True, 0.0, 0, kernels.scratch(1, 2))
     ),
-    _loop_entry("loop_regroup", "_regroup", after=("uniform_routing",)),
-    _loop_entry("loop_admit", "_admit", after=("loop_regroup",)),
+    _loop_entry("loop_regroup", "_regroup", after=("solve",)),
     _loop_entry("loop_finish_due", "_finish_due"),
-    _loop_entry("loop_network_step", "_network_step", after=("loop_admit", "loop_finish_due")),
-    _loop_entry("loop_events", "_start", "_relay_arrive"),
+    _loop_entry("loop_events", "_start", "_relay_arrive", "_do_action", "_on_sent", "_on_delivered"),
     _network_entry("classify", lambda: (_bundle(), _IDS, True, True)),
     Entry(
         "simulate",
@@ -177,7 +175,8 @@ ENTRIES: tuple[Entry, ...] = (
             "solve",
             "classify",
             "uniform_routing",
-            "loop_network_step",
+            "loop_regroup",
+            "loop_finish_due",
             "loop_events",
         ),
     ),

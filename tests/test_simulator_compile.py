@@ -160,8 +160,7 @@ def test_the_loop_callees_compile_for_the_types_play_passes() -> None:
     def types_of(args: tuple[object, ...]) -> tuple[object, ...]:
         return tuple(numba.typeof(arg) for arg in args)
 
-    for caller in ("play", "_network_step", "_admit"):
-        dispatcher, args = examples[caller]
+    for dispatcher, args in examples.values():  # each caller records its callees' signatures
         typed_passes.type_inference_stage(
             cpu_target.typing_context,
             cpu_target.target_context,
