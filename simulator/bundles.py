@@ -10,7 +10,8 @@ passes and counts one pointer, a field is read where it is used.
 
 :func:`pack` turns a tuple of arrays into a bundle whose fields carry the given names (the names are a
 compile-time constant), in compiled code or from Python through the packers below (compiled once, cached).
-The arrays are shared, not copied: what a kernel writes into a field is what Python sees in its tuple.
+The arrays are shared, not copied: what a kernel writes into a field is what Python sees in its tuple
+(an array replaced in the tuple needs a new bundle).
 A bundle is indexed like the tuple it came from (``eng[21]``, a constant index) as well as by name, so
 kernels written for tuples read it unchanged. Packing and indexing are lowered in place (numba intrinsics
 and a lowering of ``getitem``), not compiled as functions: numba compiles a function for every overload,
@@ -25,7 +26,7 @@ from typing import Any
 try:
     from numba import njit, types
     from numba.core import cgutils
-    from numba.core.imputils import impl_ret_borrowed, lower_builtin
+    from numba.core.imputils import lower_builtin
     from numba.core.typing.templates import AbstractTemplate, infer_global, signature
     from numba.experimental import structref
     from numba.experimental.jitclass.base import imp_dtor
@@ -130,8 +131,8 @@ if HAVE_NUMBA:
         """A load from the record, in place."""
         bundle, index = sig.args
         field = list(bundle.field_dict)[index.literal_value]
-        record = structref._Utils(context, builder, bundle).get_data_struct(args[0])
-        return impl_ret_borrowed(context, builder, sig.return_type, getattr(record, field))
+        read = context.get_getattr(bundle, field)  # structref's own lowering of ``bundle.field``
+        return read(context, builder, bundle, args[0], field)
 
     # cached machine code; no cfunc wrapper (nothing takes a packer's address), as the kernels
     _OPTIONS: dict[str, Any] = {"cache": True, "no_cfunc_wrapper": True}

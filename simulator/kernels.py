@@ -2,11 +2,11 @@
 
 Every array the kernels read or write lives in one :class:`NetArrays` bundle: links, flows (each with its
 *binding* links in a CSR), classes of flows that share a max-min rate (their solver links, lazy links and
-members), and the link -> active classes index. Entry kernels (called from Python) take the bundle as a
-plain tuple (``tuple(bundle)``) and view it by name with :func:`_view`: numba types a plain tuple in its C
-dispatcher but a NamedTuple field by field in Python, which measured twice the call overhead per field on
-the hot path (about 0.2 us per field per call, some 20k calls per simulated step). Inner helpers take the
-named view itself.
+members), and the link -> active classes index. Kernels take the bundle as one numba structref
+(:func:`pack_net`, :mod:`~moe_placement.simulator.bundles`): a call passes one pointer, where a tuple
+passed, unpacked and reference-counted each of its 31 arrays (most of the cold compile and a third of the
+phase loop's time). They read it by name through :func:`_view` (which also names a plain tuple); inline
+helpers take the view itself.
 
 The rate computation is progressive filling (max-min fairness) with a heap of link levels, written once
 (:func:`progressive_fill`) and used by the local refill after events (:func:`refill`) and by the full
@@ -61,8 +61,8 @@ def _njit_inner(fn: Any) -> Any:
 
 
 # Cold compile of every kernel `placement simulate` uses, measured on the shared 2-CPU machine with the
-# parallel warm-up (docs/simulator.md, Compilation: 43-51 s): wall seconds.
-COLD_COMPILE_S = 45
+# parallel warm-up (docs/simulator.md, Compilation: 19-30 s, as loaded as the machine was): wall seconds.
+COLD_COMPILE_S = 25
 
 # Set in the environment of the warm-up's worker processes (moe_placement.simulator.warmup): they compile
 # quietly and start no workers of their own.
@@ -210,8 +210,8 @@ class NetArrays(NamedTuple):
 def scratch(num_classes: int, num_links: int) -> Any:
     """The filling's scratch for ``num_classes`` classes and ``num_links`` links, all zero (zero again
     after every call: a call resets only what it touched, so it costs what its members touch, not the
-    size of the network). Kept apart from the bundle, which every kernel unpacks (each array in it
-    costs compile time everywhere), and handed only to :func:`solve` / :func:`solve_full`. Order:
+    size of the network). A bundle of its own (read by position), handed only to what fills: :func:`solve`,
+    :func:`solve_full`, the phase loop's solver. Order:
     in_set, frozen, members, before (per class); unfrozen coefficient, unfrozen count, version, seen,
     mark, seen list, touched list, stamp, visit, max rate (per link); the refill's round counter; the
     filling's slot of each link it sees and the key of its heap entry (per link, written before they are
@@ -1157,8 +1157,7 @@ def classify(
     With ``rescue``, flows whose links are all lazy first get one back (:func:`_rescue_orphans`); when
     any did, returns ``(True, [])`` and the caller regroups. Otherwise ``(False, class index of each
     flow)``: shared by identical solver paths (:func:`_group`) when ``aggregate``, else one class each.
-    One entry kernel instead of two: each entry unpacks the whole bundle, a fixed cost of every cold
-    compile."""
+    One entry kernel instead of two: each entry is a fixed cost of every cold compile."""
     s = _view(arrays)
     if rescue and _rescue_orphans(flows, s.fl_ptr, s.fl_link, s.lazy, s.cap):
         return True, np.zeros(0, dtype=np.int64)

@@ -118,9 +118,11 @@ INDEX_SLACK = 8
 
 
 def _inlined(fn: Any) -> Any:
-    """A phase-driver step that numba inlines where it is called (its IR, not a call). A call
-    reference-counts every array of the bundles it takes (some 60 per call), once or more per flow: the
-    58-layer forward at EP64 ran 15-25% faster with the thin steps inlined (bench, alternating runs)."""
+    """A step that numba inlines where it is called (its IR, not a call). The thin driver steps, called
+    once or more per flow: the 58-layer forward at EP64 ran 15-25% faster with them inlined when bundles
+    were tuples (every array counted per call). ``_admit`` and ``_network_step``, called once each: their
+    own compile re-generated the code of everything they call, which play's compile does again (a cold
+    warm-up 19-22 s against 30-32 s with them inlined, alternating)."""
     return _njit(cache=True, inline="always")(fn)
 
 
@@ -367,8 +369,7 @@ def _push_finish(
     finish: float,
 ) -> None:
     """Class ``c``'s entry at its current version (the caller rebuilt the heap when it was full). The
-    heap's arrays (``eng[21:25]``) come one by one: a helper called per class takes no bundle, whose
-    every array numba would reference-count on each call."""
+    heap's arrays (``eng[21:25]``) come one by one: a helper called per class takes only what it reads."""
     ei[FIN_HEAP] = kernels._heap_push(h_t, h_c, h_v, ei[FIN_HEAP], finish, c, ver[c])
 
 
@@ -977,8 +978,8 @@ def _launchable(
     d: int,
 ) -> bool:
     """Should relay ``r`` send what it holds for ``d`` now? Not while a send is under way, nor while less
-    than a chunk waits and more is to come. Asked before :func:`_launch` is called: a call takes the
-    bundles, whose every array is reference-counted, and most would send nothing."""
+    than a chunk waits and more is to come. Asked before :func:`_launch` is called: most calls would
+    send nothing."""
     amount = pend_amt[r, d]
     if amount <= 0 or inflight[r, d]:
         return False

@@ -1,8 +1,8 @@
 """Compile the simulator's numba kernels ahead of use, in parallel worker processes.
 
-A cold compile of every kernel ``placement simulate`` runs costs about 20-25 CPU-s (docs/simulator.md,
-Compilation), nearly all of it numba's typing and lowering in Python: one process compiles one function
-at a time. The *entry kernels* (those called from Python) are independent of each other, so they compile
+A cold compile of every kernel ``placement simulate`` runs costs about 33 CPU-s (docs/simulator.md,
+Compilation): numba's typing and lowering in Python, and LLVM generating the code of each compiled
+function's whole call tree; one process compiles one function at a time. The *entry kernels* (those called from Python) are independent of each other, so they compile
 in worker processes side by side, one per CPU, each writing numba's on-disk cache (``cache=True``); the
 process that needs them then loads the cache (a few tens of ms a kernel). It happens once: at first use
 (:func:`moe_placement.simulator.kernels.announce_compile` calls :func:`warm_up` when a kernel it is
@@ -165,7 +165,9 @@ ENTRIES: tuple[Entry, ...] = (
     ),
     _loop_entry("loop_regroup", "_regroup", after=("solve",)),
     _loop_entry("loop_finish_due", "_finish_due"),
-    _loop_entry("loop_events", "_start", "_relay_arrive", "_do_action", "_on_sent", "_on_delivered"),
+    _loop_entry(
+        "loop_events", "_start", "_relay_arrive", "_do_action", "_on_sent", "_on_delivered"
+    ),
     _network_entry("classify", lambda: (_bundle(), _IDS, True, True)),
     Entry(
         "simulate",

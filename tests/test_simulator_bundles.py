@@ -46,3 +46,13 @@ def test_the_network_bundle_reads_as_its_named_view() -> None:
     # a kernel given the bundle reads the same capacities the engine holds
     assert kernels.advance(net._arrays, np.zeros(0, dtype=np.int64), 0.0) == np.inf
     assert list(net.s.cap) == [1.0, 2.0]
+
+
+@kernels._njit(cache=False)
+def _one_name_short(arrays) -> float:  # type: ignore[no-untyped-def]
+    return bundles.pack(arrays, "only").only[0]
+
+
+def test_a_bundle_needs_a_name_per_array() -> None:
+    with pytest.raises(TypeError, match="1 names for 2 arrays"):
+        _one_name_short((np.zeros(1), np.zeros(1)))
