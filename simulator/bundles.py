@@ -37,6 +37,9 @@ except ImportError:  # pragma: no cover - exercised only without numba
     HAVE_NUMBA = False
 
 
+# A bundle as kernels take it (their annotations): a structref, or the tuple itself without numba.
+Packed = Any
+
 # compiled code's entry points (numba intrinsics and a cached packer; plain functions without numba)
 pack: Any
 pack_tuple: Any

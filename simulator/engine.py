@@ -208,7 +208,7 @@ class FluidNetwork:
         return NetArrays(**fields)
 
     def _store(self, **fields: np.ndarray) -> None:
-        """Replace arrays of the bundle (and its plain-tuple form the kernels take)."""
+        """Replace arrays of the bundle (and the structref the kernels take: a new one)."""
         self.s = self.s._replace(**fields)
         self._arrays = kernels.pack_net(tuple(self.s))
 

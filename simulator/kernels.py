@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from moe_placement.simulator import bundles
+from moe_placement.simulator.bundles import Packed
 
 
 def _plain(*args: Any, **kwargs: Any) -> Any:
@@ -245,7 +246,7 @@ NET_FIELDS = " ".join(NetArrays._fields)
 
 
 @_njit(cache=True)
-def pack_net(arrays: tuple[np.ndarray, ...]) -> Any:
+def pack_net(arrays: Packed) -> Any:
     """The bundle as kernels take it: its arrays (shared, not copied) in one structref, passed as a
     pointer (:mod:`~moe_placement.simulator.bundles`); without numba, the named tuple."""
     return bundles.pack(arrays, NET_FIELDS)
@@ -727,7 +728,7 @@ def _settle(
 
 @_njit(cache=True)
 def solve(
-    arrays: tuple[np.ndarray, ...],
+    arrays: Packed,
     act: np.ndarray,
     seed_cls: np.ndarray,
     seed_links: np.ndarray,
@@ -778,7 +779,7 @@ def refill_view(
 
 @_njit(cache=True)
 def solve_full(
-    arrays: tuple[np.ndarray, ...],
+    arrays: Packed,
     act: np.ndarray,
     keep_below: float,
     aggregate: bool,
@@ -806,7 +807,7 @@ def solve_full(
 
 
 @_njit(cache=True)
-def advance(arrays: tuple[np.ndarray, ...], act: np.ndarray, now: float) -> float:
+def advance(arrays: Packed, act: np.ndarray, now: float) -> float:
     """Bring classes whose rate changed up to date (lazily); return the earliest finish time."""
     s = _view(arrays)
     return _advance(
@@ -866,7 +867,7 @@ def advance_class(
 # -- finishes, lazy links, classes ------------------------------------------------------------------
 @_njit(cache=True)
 def pop_finished(
-    arrays: tuple[np.ndarray, ...], act: np.ndarray, now: float, tol: float
+    arrays: Packed, act: np.ndarray, now: float, tol: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
     """Finish the members of the active classes whose finish time is within ``tol`` (relative) of ``now``.
 
@@ -894,7 +895,7 @@ def pop_finished(
 
 @_njit_inner
 def finish_members(
-    arrays: tuple[np.ndarray, ...],
+    arrays: Packed,
     done_cls: np.ndarray,
     now: float,
     limit: float,
@@ -998,7 +999,7 @@ def _rescue_orphans(
 
 @_njit(cache=True)
 def build_classes(
-    arrays: tuple[np.ndarray, ...],
+    arrays: Packed,
     first_class: int,
     members: np.ndarray,
     bounds: np.ndarray,
@@ -1150,7 +1151,7 @@ def _group(
 
 @_njit(cache=True)
 def classify(
-    arrays: tuple[np.ndarray, ...], flows: np.ndarray, rescue: bool, aggregate: bool
+    arrays: Packed, flows: np.ndarray, rescue: bool, aggregate: bool
 ) -> tuple[bool, np.ndarray]:
     """Classes for ``flows`` (arrivals, or the active flows at a regrouping), in one call.
 

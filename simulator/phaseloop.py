@@ -36,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from moe_placement.simulator import bundles, kernels
+from moe_placement.simulator.bundles import Packed
 from moe_placement.simulator.collectives import PhasePlan, _with_sm_link
 from moe_placement.simulator.engine import FINISH_TOL
 from moe_placement.simulator.kernels import (
@@ -340,9 +341,7 @@ def _live(ei: np.ndarray) -> int:
 
 
 @_njit_inner
-def _compact_act(
-    arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray
-) -> None:
+def _compact_act(arrays: Packed, eng: Packed, ei: np.ndarray) -> None:
     """Drop the emptied classes from the active set (order kept)."""
     if ei[N_DEAD] == 0:
         return
@@ -374,9 +373,7 @@ def _push_finish(
 
 
 @_njit_inner
-def _rebuild_finishes(
-    arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray
-) -> None:
+def _rebuild_finishes(arrays: Packed, eng: Packed, ei: np.ndarray) -> None:
     """The heap again from the active classes' current finish times (stale entries dropped)."""
     s = _view(arrays)
     ei[FIN_HEAP] = 0
@@ -411,8 +408,8 @@ def _next_finish(
 
 @_njit_inner
 def _advance_classes(
-    arrays: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    arrays: Packed,
+    eng: Packed,
     ei: np.ndarray,
     classes: np.ndarray,
     now: float,
@@ -438,9 +435,7 @@ def _advance_classes(
 
 
 @_njit_inner
-def _advance_all(
-    arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray, now: float
-) -> float:
+def _advance_all(arrays: Packed, eng: Packed, ei: np.ndarray, now: float) -> float:
     """:func:`~moe_placement.simulator.kernels.advance` over every active class, and the heap rebuilt
     (after a regrouping, or rates set outside the local refill)."""
     _compact_act(arrays, eng, ei)
@@ -450,9 +445,7 @@ def _advance_all(
 
 
 @_njit_inner
-def _pop_due(
-    arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray, limit: float
-) -> np.ndarray:
+def _pop_due(arrays: Packed, eng: Packed, ei: np.ndarray, limit: float) -> np.ndarray:
     """The active classes whose finish is at most ``limit``, taken off the heap, in class id order (the
     active set's order: classes join it as they form, ids ascending)."""
     s = _view(arrays)
@@ -473,8 +466,8 @@ def _pop_due(
 # -- the fluid network's event handling (FluidNetwork, method for method) -----------------------------
 @_njit_inner
 def _new_classes(
-    arrays: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    arrays: Packed,
+    eng: Packed,
     ei: np.ndarray,
     flows: np.ndarray,
     groups: np.ndarray,
@@ -535,7 +528,7 @@ def _new_classes(
 
 
 @_njit_inner
-def _active_flows(arrays: tuple[np.ndarray, ...], act: np.ndarray) -> np.ndarray:
+def _active_flows(arrays: Packed, act: np.ndarray) -> np.ndarray:
     """The members still in flight of the active classes, sorted by id."""
     s = _view(arrays)
     total = 0
@@ -552,11 +545,11 @@ def _active_flows(arrays: tuple[np.ndarray, ...], act: np.ndarray) -> np.ndarray
 
 @_njit_inner
 def _solve(
-    arrays: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    arrays: Packed,
+    eng: Packed,
     ei: np.ndarray,
     ef: np.ndarray,
-    scr: tuple[np.ndarray, ...],
+    scr: Packed,
     now: float,
     keep_below: float,
     seeds: np.ndarray,
@@ -608,9 +601,7 @@ def _solve(
 
 
 @_njit_inner
-def _lazy_overloaded(
-    arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray, ef: np.ndarray
-) -> bool:
+def _lazy_overloaded(arrays: Packed, eng: Packed, ei: np.ndarray, ef: np.ndarray) -> bool:
     """A lazy link over its capacity rejoins the solver, with a doubling back-off (FluidNetwork)."""
     s = _view(arrays)
     strikes, barred = eng[2], eng[3]
@@ -651,7 +642,7 @@ def _regroup_verdict(ei: np.ndarray) -> int:
 
 
 @_njit_inner
-def _regroup_due(arrays: tuple[np.ndarray, ...], ei: np.ndarray) -> bool:
+def _regroup_due(arrays: Packed, ei: np.ndarray) -> bool:
     verdict = _regroup_verdict(ei)
     if verdict != REGROUP_IF_SLACK:
         return verdict == REGROUP
@@ -664,11 +655,11 @@ def _regroup_due(arrays: tuple[np.ndarray, ...], ei: np.ndarray) -> bool:
 
 @_njit_inner
 def _regroup(
-    arrays: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    arrays: Packed,
+    eng: Packed,
     ei: np.ndarray,
     ef: np.ndarray,
-    scr: tuple[np.ndarray, ...],
+    scr: Packed,
     now: float,
     extra: np.ndarray,
 ) -> bool:
@@ -723,7 +714,7 @@ def _regroup(
 
 
 @_njit_inner
-def _lazify(arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.ndarray) -> None:
+def _lazify(arrays: Packed, eng: Packed, ei: np.ndarray) -> None:
     """Solver links with clear slack leave the solver; every flow keeps a solver link."""
     s = _view(arrays)
     barred = eng[3]
@@ -737,11 +728,11 @@ def _lazify(arrays: tuple[np.ndarray, ...], eng: tuple[np.ndarray, ...], ei: np.
 
 @_njit_inner
 def _finish_due(
-    arrays: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    arrays: Packed,
+    eng: Packed,
     ei: np.ndarray,
     ef: np.ndarray,
-    scr: tuple[np.ndarray, ...],
+    scr: Packed,
     now: float,
 ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """Complete the flows due by ``now`` (FluidNetwork._finish_due). Returns (the lowest rate that
@@ -776,11 +767,11 @@ def _finish_due(
 
 @_inlined
 def _admit(
-    arrays: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    arrays: Packed,
+    eng: Packed,
     ei: np.ndarray,
     ef: np.ndarray,
-    scr: tuple[np.ndarray, ...],
+    scr: Packed,
     now: float,
 ) -> tuple[int, np.ndarray]:
     """Put the arrived flows into classes (FluidNetwork._admit). Returns (1 and the new class ids;
@@ -821,11 +812,11 @@ def _admit(
 
 @_inlined
 def _network_step(
-    arrays: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    arrays: Packed,
+    eng: Packed,
     ei: np.ndarray,
     ef: np.ndarray,
-    scr: tuple[np.ndarray, ...],
+    scr: Packed,
     now: float,
 ) -> np.ndarray:
     """One event of the fluid network (FluidNetwork._step): finish what is due, admit what arrived,
@@ -871,7 +862,7 @@ def _network_step(
 
 
 @_njit_inner
-def _complete(eng: tuple[np.ndarray, ...], f: int, now: float) -> None:
+def _complete(eng: Packed, f: int, now: float) -> None:
     """A flow's last byte left: its bytes count on every link of its route."""
     link_bytes, size_bytes, fend, route_of = eng[4], eng[6], eng[9], eng[10]
     rf_ptr, rf_link, rf_coef = eng[12], eng[13], eng[14]
@@ -893,9 +884,9 @@ def _complete(eng: tuple[np.ndarray, ...], f: int, now: float) -> None:
 @_njit_inner
 def _send(
     ft: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    eng: Packed,
     ei: np.ndarray,
-    drv: tuple[np.ndarray, ...],
+    drv: Packed,
     now: float,
     src: int,
     dst: int,
@@ -946,9 +937,7 @@ def _send(
 
 
 @_njit_inner
-def _deliver(
-    drv: tuple[np.ndarray, ...], plan: tuple[np.ndarray, ...], now: float, dst: int, bytes_: float
-) -> None:
+def _deliver(drv: Packed, plan: Packed, now: float, dst: int, bytes_: float) -> None:
     """``bytes_`` reached their final destination; the GPU is done once all have."""
     got = drv[0]
     expected = plan[4]
@@ -958,7 +947,7 @@ def _deliver(
 
 
 @_njit_inner
-def _mark_done(drv: tuple[np.ndarray, ...], now: float, g: int) -> None:
+def _mark_done(drv: Packed, now: float, g: int) -> None:
     """GPU ``g`` has everything of the phase: its completion time, and the queue the chain reads."""
     drv[2][g] = now
     drv[19][g] = 1
@@ -991,10 +980,10 @@ def _launchable(
 @_inlined
 def _launch(
     ft: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    eng: Packed,
     ei: np.ndarray,
-    drv: tuple[np.ndarray, ...],
-    plan: tuple[np.ndarray, ...],
+    drv: Packed,
+    plan: Packed,
     par: np.ndarray,
     now: float,
     r: int,
@@ -1011,10 +1000,10 @@ def _launch(
 @_njit_inner
 def _relay_arrive(
     ft: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    eng: Packed,
     ei: np.ndarray,
-    drv: tuple[np.ndarray, ...],
-    plan: tuple[np.ndarray, ...],
+    drv: Packed,
+    plan: Packed,
     par: np.ndarray,
     now: float,
     r: int,
@@ -1044,10 +1033,10 @@ def _relay_arrive(
 @_inlined
 def _next_piece(
     ft: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    eng: Packed,
     ei: np.ndarray,
-    drv: tuple[np.ndarray, ...],
-    plan: tuple[np.ndarray, ...],
+    drv: Packed,
+    plan: Packed,
     par: np.ndarray,
     now: float,
     src: int,
@@ -1064,10 +1053,10 @@ def _next_piece(
 @_njit_inner
 def _start(
     ft: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    eng: Packed,
     ei: np.ndarray,
-    drv: tuple[np.ndarray, ...],
-    plan: tuple[np.ndarray, ...],
+    drv: Packed,
+    plan: Packed,
     par: np.ndarray,
     now: float,
     g: int,
@@ -1094,10 +1083,10 @@ def _start(
 @_njit_inner
 def _on_sent(
     ft: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    eng: Packed,
     ei: np.ndarray,
-    drv: tuple[np.ndarray, ...],
-    plan: tuple[np.ndarray, ...],
+    drv: Packed,
+    plan: Packed,
     par: np.ndarray,
     now: float,
     info: int,
@@ -1114,10 +1103,10 @@ def _on_sent(
 @_njit_inner
 def _on_delivered(
     ft: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    eng: Packed,
     ei: np.ndarray,
-    drv: tuple[np.ndarray, ...],
-    plan: tuple[np.ndarray, ...],
+    drv: Packed,
+    plan: Packed,
     par: np.ndarray,
     now: float,
     info: int,
@@ -1132,10 +1121,10 @@ def _on_delivered(
 @_njit_inner
 def _do_action(
     ft: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    eng: Packed,
     ei: np.ndarray,
-    drv: tuple[np.ndarray, ...],
-    plan: tuple[np.ndarray, ...],
+    drv: Packed,
+    plan: Packed,
     par: np.ndarray,
     now: float,
 ) -> None:
@@ -1153,8 +1142,8 @@ def _do_action(
 
 @_njit_inner
 def _chain(
-    first: tuple[np.ndarray, ...],
-    second: tuple[np.ndarray, ...],
+    first: Packed,
+    second: Packed,
     mode: int,
     delay: np.ndarray,
     now: float,
@@ -1177,16 +1166,16 @@ def _chain(
 
 @_njit(cache=True)
 def play(
-    arrays: tuple[np.ndarray, ...],
-    eng: tuple[np.ndarray, ...],
+    arrays: Packed,
+    eng: Packed,
     ei: np.ndarray,
     ef: np.ndarray,
-    drvs: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]],
-    plans: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]],
+    drvs: tuple[Packed, Packed],
+    plans: tuple[Packed, Packed],
     pars: np.ndarray,
     delay: np.ndarray,
     budget: int,
-    scr: tuple[np.ndarray, ...],
+    scr: Packed,
 ) -> None:
     """Play a pair of phases on the network state (``arrays``, ``eng``, ``ei``, ``ef``) from ``ef[NOW]``:
     the first with GPU g starting at ``ready[g]`` (its plan's), the second chained to it (``pars[0, 6]``:
