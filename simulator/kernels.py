@@ -361,7 +361,7 @@ def progressive_fill(
     rate: np.ndarray,
     changed: np.ndarray,
     bottleneck: np.ndarray,
-    scr: tuple[Any, ...],
+    scr: Packed,
 ) -> None:
     """Max-min fair rates of the classes ``members`` (distinct) by progressive filling on
     the capacity the other classes leave, in place in ``rate``: ``used`` excludes the members on entry
@@ -483,7 +483,7 @@ def full_refill(
     rate: np.ndarray,
     changed: np.ndarray,
     bottleneck: np.ndarray,
-    scr: tuple[Any, ...],
+    scr: Packed,
 ) -> int:
     """Refill every active class at or above ``keep_below`` from scratch (the others keep their rate);
     ``used`` is recomputed. The engine's reference mode. Returns the number of classes refilled."""
@@ -528,7 +528,7 @@ def refill(
     rate: np.ndarray,
     changed: np.ndarray,
     bottleneck: np.ndarray,
-    scr: tuple[Any, ...],
+    scr: Packed,
 ) -> tuple[int, int]:
     """Exact local recomputation of the max-min fair rates after flows arrived or finished.
 
@@ -736,7 +736,7 @@ def solve(
     aggregate: bool,
     now: float,
     verdict: int,
-    scr: tuple[Any, ...],
+    scr: Packed,
 ) -> tuple[int, int, float, float, float]:
     """New max-min rates of the active classes ``act`` after an event (local :func:`refill`), then
     :func:`_settle`: one call on the common path of an event instead of three.
@@ -755,7 +755,7 @@ def refill_view(
     seed_cls: np.ndarray,
     seed_links: np.ndarray,
     keep_below: float,
-    scr: tuple[Any, ...],
+    scr: Packed,
 ) -> tuple[int, int]:
     """:func:`refill` on the classes of a bundle's view; the set it refilled is ``scr[2][:count]``."""
     return refill(
@@ -785,7 +785,7 @@ def solve_full(
     aggregate: bool,
     now: float,
     verdict: int,
-    scr: tuple[Any, ...],
+    scr: Packed,
 ) -> tuple[int, int, float, float, float]:
     """:func:`solve` with :func:`full_refill` (the engine's reference mode, compiled only when used)."""
     s = _view(arrays)

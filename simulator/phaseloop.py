@@ -1703,7 +1703,13 @@ def callee_arguments(
     state = (arrays, eng, ei, ef, scr, now)
     event = (ft, eng, ei, drvs[0], pls[0], pars[0], now, gpu)
     return {
+        "_solve": (_solve, (*state, 0.0, ids, ids, _KEEP_OPEN)),
         "_regroup": (_regroup, (*state, ids)),
+        "_new_classes": (_new_classes, (arrays, eng, ei, ids, ids, now)),
+        "_advance_classes": (_advance_classes, (arrays, eng, ei, ids, now)),
+        "_lazy_overloaded": (_lazy_overloaded, (arrays, eng, ei, ef)),
+        "_compact_act": (_compact_act, (arrays, eng, ei)),
+        "_rebuild_finishes": (_rebuild_finishes, (arrays, eng, ei)),
         "_finish_due": (_finish_due, state),
         "_admit": (_admit, state),
         "_network_step": (_network_step, state),

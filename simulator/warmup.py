@@ -163,7 +163,15 @@ ENTRIES: tuple[Entry, ...] = (
     _network_entry(
         "solve", lambda: (_bundle(), _IDS, _IDS, _IDS, 1.0, True, 0.0, 0, kernels.scratch(1, 2))
     ),
-    _loop_entry("loop_regroup", "_regroup", after=("solve",)),
+    _loop_entry(
+        "loop_classes",
+        "_new_classes",
+        "_advance_classes",
+        "_lazy_overloaded",
+        "_compact_act",
+        "_rebuild_finishes",
+    ),
+    _loop_entry("loop_regroup", "_solve", "_regroup", after=("solve", "loop_classes")),
     _loop_entry("loop_finish_due", "_finish_due"),
     _loop_entry(
         "loop_events", "_start", "_relay_arrive", "_do_action", "_on_sent", "_on_delivered"
