@@ -24,6 +24,7 @@ import operator
 from typing import Any
 
 try:
+    from numba import config as numba_config
     from numba import njit, types
     from numba.core import cgutils
     from numba.core.imputils import lower_builtin
@@ -32,7 +33,7 @@ try:
     from numba.experimental.jitclass.base import imp_dtor
     from numba.extending import intrinsic
 
-    HAVE_NUMBA = True
+    HAVE_NUMBA = not getattr(numba_config, "DISABLE_JIT", False)  # NUMBA_DISABLE_JIT=1: Python
 except ImportError:  # pragma: no cover - exercised only without numba
     HAVE_NUMBA = False
 

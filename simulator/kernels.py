@@ -38,10 +38,12 @@ def _plain(*args: Any, **kwargs: Any) -> Any:
 
 
 try:  # compiled kernels when numba is present
+    from numba import config as numba_config
     from numba import njit
     from numba.extending import overload
 
-    HAVE_NUMBA = True
+    # NUMBA_DISABLE_JIT=1: numba is there but runs every kernel as Python, which its intrinsics cannot
+    HAVE_NUMBA = not getattr(numba_config, "DISABLE_JIT", False)
 except ImportError:  # pragma: no cover - exercised only without numba
     njit = _plain
     HAVE_NUMBA = False

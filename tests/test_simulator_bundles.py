@@ -56,3 +56,45 @@ def _one_name_short(arrays) -> float:  # type: ignore[no-untyped-def]
 def test_a_bundle_needs_a_name_per_array() -> None:
     with pytest.raises(TypeError, match="1 names for 2 arrays"):
         _one_name_short((np.zeros(1), np.zeros(1)))
+
+
+def _simulate_json(env: dict[str, str]) -> dict[str, float]:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "moe_placement.cli.main",
+        "simulate",
+        "--traffic",
+        "uniform",
+        "--gpus",
+        "16",
+        "--gpus-per-node",
+        "8",
+        "--tokens",
+        "64",
+        "--hidden",
+        "128",
+        "--top-k",
+        "2",
+        "--algo",
+        "deepep",
+        "--json",
+    ]
+    done = subprocess.run(
+        command, env={**os.environ, **env}, capture_output=True, text=True, timeout=600, check=True
+    )
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_kernels_run_as_python_with_jit_disabled_give_the_same_times() -> None:
+    # NUMBA_DISABLE_JIT=1: bundles stay tuples and numba's intrinsics are not used
+    compiled = _simulate_json({})
+    plain = _simulate_json({"NUMBA_DISABLE_JIT": "1"})
+    for key in ("dispatch_us", "combine_us"):
+        assert plain[key] == pytest.approx(compiled[key], rel=1e-9)
+    assert plain["events"] == compiled["events"]
