@@ -91,6 +91,7 @@ if HAVE_NUMBA:
         return bundle._getvalue()
 
     def _bundle_type(arrays: Any, fields: list[str]) -> Any:
+        """The bundle type of a tuple type, one named field per element."""
         if len(fields) != len(arrays.types):
             raise TypeError(f"pack: {len(fields)} names for {len(arrays.types)} arrays")
         return ArrayBundle(list(zip(fields, arrays.types, strict=True)))
