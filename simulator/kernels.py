@@ -91,7 +91,7 @@ _parallel_compile: Callable[[], None] | None = None
 
 # Modules whose cached kernels compile in code of another module (numba checks a cache only against the
 # source of its own module, numba issue 1833): after a change to the key's source, their caches would run
-# the old code. The phase loop calls this module's kernels; both compile in the bundles' overloads.
+# the old code. The phase loop calls this module's kernels; both compile in the bundles' intrinsics.
 CALLERS_OF_KERNELS = ("phaseloop",)
 DEPENDENT_CACHES: dict[str, tuple[str, ...]] = {
     "kernels": CALLERS_OF_KERNELS,
@@ -248,9 +248,10 @@ NET_FIELDS = " ".join(NetArrays._fields)
 
 
 @_njit(cache=True)
-def pack_net(arrays: Packed) -> Any:
+def pack_net(arrays: tuple[np.ndarray, ...]) -> Packed:
     """The bundle as kernels take it: its arrays (shared, not copied) in one structref, passed as a
-    pointer (:mod:`~moe_placement.simulator.bundles`); without numba, the named tuple."""
+    pointer (:mod:`~moe_placement.simulator.bundles`); without numba the tuple itself (:func:`_view`
+    names it)."""
     return bundles.pack(arrays, NET_FIELDS)
 
 

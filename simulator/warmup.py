@@ -2,9 +2,10 @@
 
 A cold compile of every kernel ``placement simulate`` runs costs about 33 CPU-s (docs/simulator.md,
 Compilation): numba's typing and lowering in Python, and LLVM generating the code of each compiled
-function's whole call tree; one process compiles one function at a time. The *entry kernels* (those called from Python) are independent of each other, so they compile
-in worker processes side by side, one per CPU, each writing numba's on-disk cache (``cache=True``); the
-process that needs them then loads the cache (a few tens of ms a kernel). It happens once: at first use
+function's whole call tree; one process compiles one function at a time. The *entry kernels* (those
+called from Python) are independent of each other, so they compile in worker processes side by side,
+one per CPU, each writing numba's on-disk cache (``cache=True``); the process that needs them then loads
+the cache (a few tens of ms a kernel). It happens once: at first use
 (:func:`moe_placement.simulator.kernels.announce_compile` calls :func:`warm_up` when a kernel it is
 handed has no cached machine code) or at set-up time (``python -m moe_placement.simulator.warmup``,
 ``make warmup``).

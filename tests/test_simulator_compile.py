@@ -55,7 +55,7 @@ def test_caches_of_kernels_calling_kernels_py_older_than_it_are_dropped(tmp_path
 
 
 def test_caches_compiled_before_a_change_to_the_bundles_are_dropped(tmp_path: Path) -> None:
-    # the bundles' overloads compile into the kernels of kernels.py and of the phase loop
+    # the bundles' intrinsics compile into the kernels of kernels.py and of the phase loop
     source = tmp_path / "bundles.py"
     source.write_text("")
     os.utime(source, (2000, 2000))
@@ -63,7 +63,7 @@ def test_caches_compiled_before_a_change_to_the_bundles_are_dropped(tmp_path: Pa
         "phaseloop.play-10.py311.nbi": 1000,
         "kernels.solve-7.py311.nbi": 1000,
         "kernels.advance-3.py311.nbi": 3000,  # compiled after the change: current
-        "bundles.packed-2.py311.nbi": 1000,  # numba checks it against bundles.py itself
+        "bundles._packed-2.py311.nbi": 1000,  # numba checks it against bundles.py itself
         "routing._route_gpu-3.py311.nbi": 1000,
     }
     for name, mtime in names.items():
