@@ -354,6 +354,43 @@ def _heap_pop(h_level: np.ndarray, h_link: np.ndarray, h_ver: np.ndarray, n: int
 
 
 @_njit_inner
+def sort_ints(values: np.ndarray) -> np.ndarray:
+    """``values`` sorted ascending, by a merge sort: numba's ``np.sort`` costs more than a second of a
+    cold compile, again in every caller it is linked into (the phase loop's :func:`_sort_members` is the
+    same sort on a composite key)."""
+    n = values.shape[0]
+    a = values.copy()
+    tmp = np.empty(n, dtype=np.int64)
+    width = 1
+    while width < n:
+        lo = 0
+        while lo < n:
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            i, j, k = lo, mid, lo
+            while i < mid and j < hi:
+                if a[j] < a[i]:
+                    tmp[k] = a[j]
+                    j += 1
+                else:
+                    tmp[k] = a[i]
+                    i += 1
+                k += 1
+            while i < mid:
+                tmp[k] = a[i]
+                i += 1
+                k += 1
+            while j < hi:
+                tmp[k] = a[j]
+                j += 1
+                k += 1
+            lo = hi
+        a, tmp = tmp, a
+        width *= 2
+    return a
+
+
+@_njit_inner
 def progressive_fill(
     members: np.ndarray,
     fl_ptr: np.ndarray,
@@ -401,7 +438,7 @@ def progressive_fill(
         b_lo[k + 1] = b_lo[k] + unfrozen_cnt[m]
     b_fill = b_lo[:nseen].copy()
     b_flow = np.empty(b_lo[nseen], dtype=np.int64)
-    for f in np.sort(members):
+    for f in sort_ints(members):
         for j in range(fl_ptr[f], fl_ptr[f + 1]):
             k = slot[fl_link[j]]
             b_flow[b_fill[k]] = f
@@ -746,7 +783,26 @@ def solve(
 
     Returns (classes refilled, refill rounds, the highest solver-link utilisation, the highest lazy-link
     utilisation or -1, the next finish time or NaN)."""
-    s = _view(arrays)
+    return solve_view(
+        _view(arrays), act, seed_cls, seed_links, keep_below, aggregate, now, verdict, scr
+    )
+
+
+@_njit(cache=True, inline="always")
+def solve_view(
+    s: NetArrays,
+    act: np.ndarray,
+    seed_cls: np.ndarray,
+    seed_links: np.ndarray,
+    keep_below: float,
+    aggregate: bool,
+    now: float,
+    verdict: int,
+    scr: Packed,
+) -> tuple[int, int, float, float, float]:
+    """:func:`solve` on a bundle's view, inlined into its callers: the phase loop's solver then needs
+    only :func:`refill` compiled before it, not :func:`solve` (one level less on the cold compile's
+    longest chain)."""
     refilled, rounds = refill_view(s, seed_cls, seed_links, keep_below, scr)
     worst, lazy_worst, next_finish = _settle(s, act, aggregate, now, verdict)
     return refilled, rounds, worst, lazy_worst, next_finish

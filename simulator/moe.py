@@ -1086,8 +1086,10 @@ def _uniform_traffic_phases(
     dispatch_bytes: float,
     combine_bytes: float,
     seed: int,
+    compiled_routing: bool = True,
 ) -> tuple[_UniformTraffic, tuple[PhasePlan, PhasePlan]]:
-    """The routed traffic and the (dispatch, combine) plans of :func:`simulate_uniform`."""
+    """The routed traffic and the (dispatch, combine) plans of :func:`simulate_uniform`
+    (``compiled_routing=False``: drawn by the routing's numpy reference, the same counts)."""
     G, gpn = cluster.num_gpus, cluster.gpus_per_node
     routed = uniform_routing(
         G,
@@ -1097,6 +1099,7 @@ def _uniform_traffic_phases(
         num_experts=experts,
         node_limit=node_limit,
         rng=np.random.default_rng(seed),
+        compiled=compiled_routing,
     )
     header = LL_DISPATCH_HEADER_BYTES if algo in LL_ALGOS else 0.0
     if algo == "hybrid-ep":  # its dispatch carries a routing-probability row with every token copy
@@ -1115,10 +1118,11 @@ def uniform_phase_pair(
 ) -> tuple[Topology, tuple[PhasePlan, PhasePlan]]:
     """The network and the (dispatch, combine) plans that :func:`simulate_uniform`'s event simulation
     plays (default routing, seed 0, no node limit): what the warm-up needs to compile the compiled
-    loop's kernels for the types they get."""
+    loop's kernels for the types they get. The routing is drawn by its numpy reference: the warm-up's
+    workers each call this, and none should wait for the routing kernel's compile."""
     experts = check_uniform_args(algo, cluster.num_gpus, tokens, hidden, top_k, num_experts, None)
     _, phases = _uniform_traffic_phases(
-        cluster, algo, tokens, hidden, top_k, experts, None, 1.0 + 4.0 / 128.0, 2.0, 0
+        cluster, algo, tokens, hidden, top_k, experts, None, 1.0 + 4.0 / 128.0, 2.0, 0, False
     )
     return _topology_for(cluster, algo, routing="spray", pxn=True, seed=0), phases
 

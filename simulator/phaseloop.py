@@ -173,41 +173,6 @@ def _sort_members(flows: np.ndarray, groups: np.ndarray, target: np.ndarray) -> 
 
 
 @_njit_inner
-def _sort_ints(values: np.ndarray) -> np.ndarray:
-    """``values`` sorted ascending (a merge sort, see :func:`_sort_members`)."""
-    n = values.shape[0]
-    a = values.copy()
-    tmp = np.empty(n, dtype=np.int64)
-    width = 1
-    while width < n:
-        lo = 0
-        while lo < n:
-            mid = min(lo + width, n)
-            hi = min(lo + 2 * width, n)
-            i, j, k = lo, mid, lo
-            while i < mid and j < hi:
-                if a[j] < a[i]:
-                    tmp[k] = a[j]
-                    j += 1
-                else:
-                    tmp[k] = a[i]
-                    i += 1
-                k += 1
-            while i < mid:
-                tmp[k] = a[i]
-                i += 1
-                k += 1
-            while j < hi:
-                tmp[k] = a[j]
-                j += 1
-                k += 1
-            lo = hi
-        a, tmp = tmp, a
-        width *= 2
-    return a
-
-
-@_njit_inner
 def _index_into(
     act: np.ndarray,
     cl_ptr: np.ndarray,
@@ -460,7 +425,7 @@ def _pop_due(arrays: Packed, eng: Packed, ei: np.ndarray, limit: float) -> np.nd
         if valid:
             due[n] = c
             n += 1
-    return _sort_ints(due[:n])
+    return kernels.sort_ints(due[:n])
 
 
 # -- the fluid network's event handling (FluidNetwork, method for method) -----------------------------
@@ -540,7 +505,7 @@ def _active_flows(arrays: Packed, act: np.ndarray) -> np.ndarray:
         for j in range(s.c_head[c], s.c_end[c]):
             out[k] = s.cm_flow[j]
             k += 1
-    return _sort_ints(out)
+    return kernels.sort_ints(out)
 
 
 @_njit_inner
@@ -573,8 +538,8 @@ def _solve(
     if ei[ANY_LAZY] != 0 or verdict in (REGROUP, REGROUP_IF_SLACK):
         _compact_act(arrays, eng, ei)
         act = eng[0][: ei[N_ACT]]
-        refilled, _rounds, worst, lazy_worst, next_finish = kernels.solve(
-            arrays, act, seeds, seed_links, threshold, _flag(ei, True), now, verdict, scr
+        refilled, _rounds, worst, lazy_worst, next_finish = kernels.solve_view(
+            s, act, seeds, seed_links, threshold, _flag(ei, True), now, verdict, scr
         )
         ei[REFILLED] += refilled
         ef[WORST] = max(ef[WORST], worst, lazy_worst)
@@ -678,7 +643,7 @@ def _regroup(
             prog_now = s.prog[c] + s.old_rate[c] * (now - s.t_upd[c])
             s.target[f] = max(s.target[f] - prog_now, 0.0)
         if extra.shape[0]:
-            flows = _sort_ints(np.concatenate((flows, extra)))
+            flows = kernels.sort_ints(np.concatenate((flows, extra)))
             extra = extra[:0]
         for c in range(ei[N_CLASSES]):
             s.is_active[c] = False
@@ -1702,7 +1667,12 @@ def callee_arguments(
     now, ids, gpu = 0.0, np.zeros(0, dtype=np.int64), np.int64(0)
     state = (arrays, eng, ei, ef, scr, now)
     event = (ft, eng, ei, drvs[0], pls[0], pars[0], now, gpu)
+    net = (s.cap, s.used, s.rate, s.changed, s.bottleneck, scr)  # refill's last arguments
     return {
+        "refill": (
+            kernels.refill,
+            (ids, ids, 0.0, s.is_active, s.cl_ptr, s.cl_link, s.cl_coef, s.lk_ptr, s.lk_flow, *net),
+        ),
         "_solve": (_solve, (*state, 0.0, ids, ids, _KEEP_OPEN)),
         "_regroup": (_regroup, (*state, ids)),
         "_new_classes": (_new_classes, (arrays, eng, ei, ids, ids, now)),

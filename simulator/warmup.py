@@ -85,14 +85,16 @@ def _bundle() -> Any:
 _IDS = np.zeros(1, dtype=np.int64)  # any int64 vector argument
 
 
-def _network_entry(name: str, example: Callable[[], tuple[Any, ...]]) -> Entry:
+def _network_entry(
+    name: str, example: Callable[[], tuple[Any, ...]], after: tuple[str, ...] = ()
+) -> Entry:
     """An entry kernel of :mod:`~moe_placement.simulator.kernels` compiled for ``example()``'s types, which
     mirror how :class:`~moe_placement.simulator.engine.FluidNetwork` calls it."""
 
     def warm() -> None:
         compile_for(getattr(kernels, name), *example())
 
-    return Entry(name, lambda: (getattr(kernels, name),), warm)
+    return Entry(name, lambda: (getattr(kernels, name),), warm, after)
 
 
 def _warm_routing() -> None:
@@ -139,13 +141,17 @@ def _loop_callees() -> dict[str, tuple[Any, tuple[Any, ...]]]:
 
 
 def _loop_entry(name: str, *callees: str, after: tuple[str, ...] = ()) -> Entry:
-    """Callees of the phase loop (names in :mod:`~moe_placement.simulator.phaseloop`), compiled in
-    turn for play's argument types."""
+    """The phase loop and its callees (names in :mod:`~moe_placement.simulator.phaseloop`, or in
+    :mod:`~moe_placement.simulator.kernels` for the filling's), compiled in turn for the argument types
+    play passes (:func:`~moe_placement.simulator.phaseloop.callee_arguments`)."""
 
     def kernels_() -> tuple[Any, ...]:
         import moe_placement.simulator.phaseloop as phaseloop
 
-        return tuple(getattr(phaseloop, callee) for callee in callees)
+        # play's callees live in the phase loop's module, the filling's in the kernels' module
+        return tuple(
+            getattr(phaseloop, callee, None) or getattr(kernels, callee) for callee in callees
+        )
 
     def warm() -> None:
         examples = _loop_callees()
@@ -157,13 +163,13 @@ def _loop_entry(name: str, *callees: str, after: tuple[str, ...] = ()) -> Entry:
 
 
 # The registry, in priority order: a free worker takes the first entry whose ``after`` entries are done.
-# The phase loop (``simulate``) is the longest chain: its largest callees compile side by side first
-# (each level of play's call tree is compiled once, then loaded by its caller), the deepest first.
+# The phase loop is the longest chain (each level of play's call tree compiles once, then loads in its
+# caller): refill -> the loop's solver and regrouping -> play. Its callees come first, the deepest
+# first; the kernels only the SimPy engine and the routing draw need compile beside play; the tiny
+# ``simulate`` run comes last and then only compiles what no entry named.
 ENTRIES: tuple[Entry, ...] = (
-    Entry("uniform_routing", _routing_kernels, _warm_routing),
-    _network_entry(
-        "solve", lambda: (_bundle(), _IDS, _IDS, _IDS, 1.0, True, 0.0, 0, kernels.scratch(1, 2))
-    ),
+    _loop_entry("refill", "refill"),
+    _network_entry("classify", lambda: (_bundle(), _IDS, True, True)),
     _loop_entry(
         "loop_classes",
         "_new_classes",
@@ -172,29 +178,28 @@ ENTRIES: tuple[Entry, ...] = (
         "_compact_act",
         "_rebuild_finishes",
     ),
-    _loop_entry("loop_regroup", "_solve", "_regroup", after=("solve", "loop_classes")),
+    _loop_entry("loop_regroup", "_solve", "_regroup", after=("refill", "loop_classes", "classify")),
     _loop_entry("loop_finish_due", "_finish_due"),
     _loop_entry(
         "loop_events", "_start", "_relay_arrive", "_do_action", "_on_sent", "_on_delivered"
     ),
-    _network_entry("classify", lambda: (_bundle(), _IDS, True, True)),
-    Entry(
-        "simulate",
-        _loop_kernels,
-        _warm_simulate,
-        after=(
-            "solve",
-            "classify",
-            "uniform_routing",
-            "loop_regroup",
-            "loop_finish_due",
-            "loop_events",
-        ),
+    _loop_entry("loop_play", "play", after=("loop_regroup", "loop_finish_due", "loop_events")),
+    Entry("uniform_routing", _routing_kernels, _warm_routing),
+    _network_entry(
+        "solve",
+        lambda: (_bundle(), _IDS, _IDS, _IDS, 1.0, True, 0.0, 0, kernels.scratch(1, 2)),
+        after=("refill",),
     ),
     _network_entry("pop_finished", lambda: (_bundle(), _IDS, 0.0, 1e-9)),
     _network_entry("build_classes", lambda: (_bundle(), 0, _IDS, _IDS, 0)),
     _network_entry("link_index", lambda: (_IDS, _IDS, _IDS, 1)),
     _network_entry("advance", lambda: (_bundle(), _IDS, 0.0)),
+    Entry(
+        "simulate",
+        _loop_kernels,
+        _warm_simulate,
+        after=("loop_play", "uniform_routing", "solve", "classify"),
+    ),
 )
 
 
