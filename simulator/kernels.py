@@ -353,15 +353,28 @@ def _heap_pop(h_level: np.ndarray, h_link: np.ndarray, h_ver: np.ndarray, n: int
     return n
 
 
+SORT_RUN = 16  # sort_ints: length of the runs sorted by insertion before merging
+
+
 @_njit_inner
 def sort_ints(values: np.ndarray) -> np.ndarray:
     """``values`` sorted ascending, by a merge sort: numba's ``np.sort`` costs more than a second of a
     cold compile, again in every caller it is linked into (the phase loop's :func:`_sort_members` is the
-    same sort on a composite key)."""
+    same sort on a composite key). Runs of ``SORT_RUN`` are sorted by insertion first: the sets sorted
+    per event are a few hundred classes, where merging from single elements would cost more than numpy's
+    quicksort."""
     n = values.shape[0]
     a = values.copy()
+    for lo in range(0, n, SORT_RUN):
+        for i in range(lo + 1, min(lo + SORT_RUN, n)):
+            v = a[i]
+            j = i - 1
+            while j >= lo and a[j] > v:
+                a[j + 1] = a[j]
+                j -= 1
+            a[j + 1] = v
     tmp = np.empty(n, dtype=np.int64)
-    width = 1
+    width = SORT_RUN
     while width < n:
         lo = 0
         while lo < n:

@@ -223,3 +223,29 @@ def test_overlap_is_refused_by_the_compiled_loop() -> None:
     plan, cluster, workload = _layers_workload(1, 16)
     with pytest.raises(PlacementError, match="without overlap"):
         simulate_moe(plan, cluster, workload, overlap="two-batch", event_loop="compiled")
+
+
+def _sort_ints() -> Any:
+    """kernels.sort_ints callable from Python: it has no CPython wrapper, so a compiled caller calls it."""
+    from moe_placement.simulator import kernels
+
+    if not kernels.HAVE_NUMBA:
+        return kernels.sort_ints
+    from numba import njit
+
+    return njit(lambda v: kernels.sort_ints(v))
+
+
+_SORT_INTS: list[Any] = []
+
+
+@given(st.lists(st.integers(min_value=-(2**40), max_value=2**40), max_size=200))
+@settings(max_examples=60, deadline=None)
+def test_the_kernels_merge_sort_sorts_like_numpy(values: list[int]) -> None:
+    # sort_ints stands in for np.sort in the filling (whose member order fixes the order of float
+    # sums): it must give numpy's order for any length, across the insertion runs' edges, duplicates too
+    if not _SORT_INTS:
+        _SORT_INTS.append(_sort_ints())
+    array = np.array(values, dtype=np.int64)
+    assert np.array_equal(_SORT_INTS[0](array), np.sort(array))
+    assert np.array_equal(array, np.array(values, dtype=np.int64))  # the input is left as it was
