@@ -353,6 +353,19 @@ def _heap_pop(h_level: np.ndarray, h_link: np.ndarray, h_ver: np.ndarray, n: int
     return n
 
 
+@_njit_inner
+def concat_ints(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.concatenate((a, b))`` of two int64 vectors: numba's own costs ~2 s of a cold compile in
+    every process whose first compile uses it."""
+    n = a.shape[0]
+    out = np.empty(n + b.shape[0], dtype=np.int64)
+    for i in range(n):  # loops: numba's slice assignment compiles a generic broadcast of its own
+        out[i] = a[i]
+    for i in range(b.shape[0]):
+        out[n + i] = b[i]
+    return out
+
+
 SORT_RUN = 16  # sort_ints: length of the runs sorted by insertion before merging
 
 

@@ -81,8 +81,12 @@ _TOL = 1e-9
     FIN_HEAP,
     N_DEAD,
     HEAP_STALE,
-) = range(24)
-_EI_SIZE = 24
+    REGROUP_REQ,
+    REGROUP_NEW,
+    STASHED,
+    N_STASH,
+) = range(28)
+_EI_SIZE = 28
 WORST, NEXT_FINISH, NOW, T_NET = range(4)
 _EF_SIZE = 4
 
@@ -101,6 +105,11 @@ A_DELIVER, A_START, A_LOCAL_SENT = np.int64(0), np.int64(1), np.int64(2)
 _KEEP_OPEN = np.int64(KEEP_OPEN)
 # run status
 OK, OUT_OF_CLASSES, OUT_OF_FLOWS = 0, 1, 2
+# A regrouping play leaves to :func:`regroup_step` (``ei[REGROUP_REQ]``), so that play's compile does
+# not hold the regrouping's code: the arrivals did not fit their room (``ei[REGROUP_NEW]`` of them wait
+# in the pending list), a lazy link overloaded, or a regrouping is due.
+# (numpy integers: ``code`` in regroup_step is reassigned, and a literal would not unify with int64)
+R_NONE, R_ADMIT, R_OVERLOAD, R_DUE = np.int64(0), np.int64(1), np.int64(2), np.int64(3)
 
 # The regrouping cadence (FluidNetwork's regroup_min_events, regroup_flows_per_event). Performance
 # only: any cadence gives the same allocation. FluidNetwork regroups to aggregate classes behind lazy
@@ -618,7 +627,7 @@ def _regroup_due(arrays: Packed, ei: np.ndarray) -> bool:
     return False
 
 
-@_njit_inner
+@_inlined
 def _regroup(
     arrays: Packed,
     eng: Packed,
@@ -643,7 +652,7 @@ def _regroup(
             prog_now = s.prog[c] + s.old_rate[c] * (now - s.t_upd[c])
             s.target[f] = max(s.target[f] - prog_now, 0.0)
         if extra.shape[0]:
-            flows = kernels.sort_ints(np.concatenate((flows, extra)))
+            flows = kernels.sort_ints(kernels.concat_ints(flows, extra))
             extra = extra[:0]
         for c in range(ei[N_CLASSES]):
             s.is_active[c] = False
@@ -740,7 +749,8 @@ def _admit(
     now: float,
 ) -> tuple[int, np.ndarray]:
     """Put the arrived flows into classes (FluidNetwork._admit). Returns (1 and the new class ids;
-    0 when a regrouping took them in and solved everything; -1 when out of room)."""
+    0 when they do not fit and a regrouping must take them in: ``ei[REGROUP_NEW]`` of them, still at
+    the head of the pending list)."""
     s = _view(arrays)
     pend = eng[1]
     new = pend[: ei[N_PEND]].copy()
@@ -758,13 +768,11 @@ def _admit(
     # out of class room between regroupings: regroup now, which compacts the classes to those in flight
     first = ei[N_CLASSES]
     if rescued or first + new.shape[0] + 1 > s.rate.shape[0]:
-        if not _regroup(arrays, eng, ei, ef, scr, now, new):
-            return -1, new[:0]
+        ei[REGROUP_NEW] = new.shape[0]
         return 0, new[:0]
     formed = _new_classes(arrays, eng, ei, new, groups, now)
     if formed < 0:
-        if not _regroup(arrays, eng, ei, ef, scr, now, new):
-            return -1, new[:0]
+        ei[REGROUP_NEW] = new.shape[0]
         return 0, new[:0]
     ei[NEW_SINCE_REGROUP] += new.shape[0]
     if not ei[INDEX_STALE]:
@@ -785,21 +793,18 @@ def _network_step(
     now: float,
 ) -> np.ndarray:
     """One event of the fluid network (FluidNetwork._step): finish what is due, admit what arrived,
-    re-solve; sets the next finish time and returns the finished flow ids (STATUS set when out of
-    room)."""
+    re-solve; sets the next finish time and returns the finished flow ids. Where a regrouping is
+    needed it sets ``ei[REGROUP_REQ]`` instead and returns: :func:`regroup_step` ends the event."""
     keep_below, seed_links, shrunk, done_ids = _finish_due(arrays, eng, ei, ef, scr, now)
     seeds = shrunk
     for f in done_ids:
         _complete(eng, f, now)
     if ei[N_PEND]:
         status, arrived = _admit(arrays, eng, ei, ef, scr, now)
-        if status < 0:
-            ei[STATUS] = OUT_OF_CLASSES
-            return done_ids
         if status == 0:
-            ef[NEXT_FINISH] = _advance_all(arrays, eng, ei, now)
+            ei[REGROUP_REQ] = R_ADMIT
             return done_ids
-        seeds = np.concatenate((shrunk, arrived))
+        seeds = kernels.concat_ints(shrunk, arrived)
         keep_below = -np.inf
     if keep_below < np.inf and _live(ei):
         next_finish = _solve(
@@ -808,22 +813,54 @@ def _network_step(
         if not np.isnan(next_finish):
             ef[NEXT_FINISH] = next_finish
             return done_ids
-        overloaded = _lazy_overloaded(arrays, eng, ei, ef)
-        if overloaded and not _regroup(arrays, eng, ei, ef, scr, now, np.zeros(0, dtype=np.int64)):
-            ei[STATUS] = OUT_OF_CLASSES
+        if _lazy_overloaded(arrays, eng, ei, ef):
+            ei[REGROUP_REQ] = R_OVERLOAD
             return done_ids
     if _regroup_due(arrays, ei):
-        _lazify(arrays, eng, ei)
-        if not _regroup(arrays, eng, ei, ef, scr, now, np.zeros(0, dtype=np.int64)):
-            ei[STATUS] = OUT_OF_CLASSES
-            return done_ids
-    # nothing moved unless a regrouping ran (or lazy links set rates): then every class is brought up to date
+        ei[REGROUP_REQ] = R_DUE
+        return done_ids
+    _set_next_finish(arrays, eng, ei, ef, now)
+    return done_ids
+
+
+@_inlined
+def _set_next_finish(
+    arrays: Packed, eng: Packed, ei: np.ndarray, ef: np.ndarray, now: float
+) -> None:
+    """The end of an event: the next finish time. Nothing moved unless a regrouping ran (or lazy links
+    set rates): then every class is brought up to date."""
     if ei[HEAP_STALE]:
         ef[NEXT_FINISH] = _advance_all(arrays, eng, ei, now)
     else:
         is_active = _view(arrays).is_active
         ef[NEXT_FINISH] = _next_finish(is_active, eng[21], eng[22], eng[23], eng[24], ei)
-    return done_ids
+
+
+@_njit(cache=True)
+def regroup_step(arrays: Packed, eng: Packed, ei: np.ndarray, ef: np.ndarray, scr: Packed) -> None:
+    """End the event play left at a regrouping (``ei[REGROUP_REQ]``) as :func:`_network_step` did
+    before play handed regroupings to Python: regroup (with the waiting arrivals, or after a lazy link
+    overloaded and, if one is due, again with the lazy set widened), then the next finish time. play,
+    called again, goes on from there. Rare: the loop regroups only when classes outgrow their room."""
+    now = ef[NOW]
+    code = ei[REGROUP_REQ]
+    ei[REGROUP_REQ] = R_NONE
+    new = eng[1][: ei[REGROUP_NEW]].copy() if code == R_ADMIT else np.zeros(0, dtype=np.int64)
+    ei[REGROUP_NEW] = 0
+    while True:  # one call site: _regroup is inlined here
+        if code == R_DUE:
+            _lazify(arrays, eng, ei)
+        if not _regroup(arrays, eng, ei, ef, scr, now, new):
+            ei[STATUS] = OUT_OF_CLASSES
+            return
+        if code == R_ADMIT:
+            ef[NEXT_FINISH] = _advance_all(arrays, eng, ei, now)
+            return
+        if code != R_OVERLOAD or not _regroup_due(arrays, ei):
+            break
+        code = R_DUE  # after an overload, a regrouping that is due runs too (widening the lazy set)
+        new = new[:0]
+    _set_next_finish(arrays, eng, ei, ef, now)
 
 
 @_njit_inner
@@ -1162,9 +1199,14 @@ def play(
             if np.isfinite(ready[g]):
                 _push_action(d0[15], d0[16], d0[17], d0[18], d0[20], ready[g], A_START, g)
     now = ef[NOW]
-    flat, info_of, phase_of = eng[5], eng[11], eng[19]
+    stash = eng[26]
     stop_at = ei[EVENTS] + budget
     while ei[STATUS] == OK:
+        if ei[STASHED]:  # the end of an event a regrouping interrupted (regroup_step has run)
+            ei[STASHED] = 0
+            done_ids = stash[: ei[N_STASH]].copy()
+            _after_step(ft, eng, ei, ef, d0, d1, p0, p1, pars, delay, done_ids, now)
+            continue
         if ei[EVENTS] >= stop_at:
             ef[NOW] = now
             return
@@ -1194,22 +1236,53 @@ def play(
         ei[SINCE_REGROUP] += 1
         ei[ACT_SUM] += _live(ei)
         done_ids = _network_step(arrays, eng, ei, ef, scr, now)
-        nf = ef[NEXT_FINISH]
-        ef[T_NET] = now + max(nf - now, 0.0) if np.isfinite(nf) else np.inf
-        for f in done_ids:
-            info = info_of[f]
-            first = phase_of[f] == 0
-            drv, plan, par = (d0, p0, pars[0]) if first else (d1, p1, pars[1])
-            _on_sent(ft, eng, ei, drv, plan, par, now, info)
-            if flat[f] > 0:
-                _push_action(
-                    drv[15], drv[16], drv[17], drv[18], drv[20], now + flat[f], A_DELIVER, info
-                )
-            else:
-                _on_delivered(ft, eng, ei, drv, plan, par, now, info)
-            if first:
-                _chain(d0, d1, mode, delay, now)
+        if ei[REGROUP_REQ]:  # Python runs regroup_step, then this event's end on the next call
+            for k in range(
+                done_ids.shape[0]
+            ):  # a loop: an array slice assignment compiles ~2 s more
+                stash[k] = done_ids[k]
+            ei[N_STASH] = done_ids.shape[0]
+            ei[STASHED] = 1
+            ef[NOW] = now
+            return
+        _after_step(ft, eng, ei, ef, d0, d1, p0, p1, pars, delay, done_ids, now)
     ef[NOW] = now
+
+
+@_inlined
+def _after_step(
+    ft: tuple[np.ndarray, np.ndarray, np.ndarray],
+    eng: Packed,
+    ei: np.ndarray,
+    ef: np.ndarray,
+    d0: Packed,
+    d1: Packed,
+    p0: Packed,
+    p1: Packed,
+    pars: np.ndarray,
+    delay: np.ndarray,
+    done_ids: np.ndarray,
+    now: float,
+) -> None:
+    """After a network event: the network's next wake-up, and each finished flow's sent and delivered
+    steps (a delivery after the flow's latency is a timed action)."""
+    flat, info_of, phase_of = eng[5], eng[11], eng[19]
+    mode = int(pars[0, 6])
+    nf = ef[NEXT_FINISH]
+    ef[T_NET] = now + max(nf - now, 0.0) if np.isfinite(nf) else np.inf
+    for f in done_ids:
+        info = info_of[f]
+        first = phase_of[f] == 0
+        drv, plan, par = (d0, p0, pars[0]) if first else (d1, p1, pars[1])
+        _on_sent(ft, eng, ei, drv, plan, par, now, info)
+        if flat[f] > 0:
+            _push_action(
+                drv[15], drv[16], drv[17], drv[18], drv[20], now + flat[f], A_DELIVER, info
+            )
+        else:
+            _on_delivered(ft, eng, ei, drv, plan, par, now, info)
+        if first:
+            _chain(d0, d1, mode, delay, now)
 
 
 # -- Python side: routes, room, and the phases one after the other ------------------------------------
@@ -1498,6 +1571,7 @@ class _Loop:
             np.zeros(2 * classes + 64, dtype=np.int64),
             np.zeros(classes, dtype=np.int64),  # 24 each class's current version
             np.zeros(classes, dtype=np.int64),  # 25 the classes due at an event
+            np.zeros(flows, dtype=np.int64),  # 26 the finished flows of an event a regrouping split
         )
         self.eng_bundle = bundles.packed(self.eng)  # what kernels take: a pointer
         self.ei = np.zeros(_EI_SIZE, dtype=np.int64)
@@ -1629,6 +1703,8 @@ class _Loop:
                     budget,
                     self.scr,
                 )
+                if ei[REGROUP_REQ]:
+                    regroup_step(self.arrays, self.eng_bundle, ei, self.ef, self.scr)
                 took, done = time.perf_counter() - t0, int(ei[EVENTS]) - events0
                 if done and took > 0:
                     budget = int(min(max(done * SLICE_S / took, 1), EVENTS_PER_CALL))
@@ -1674,7 +1750,6 @@ def callee_arguments(
             (ids, ids, 0.0, s.is_active, s.cl_ptr, s.cl_link, s.cl_coef, s.lk_ptr, s.lk_flow, *net),
         ),
         "_solve": (_solve, (*state, 0.0, ids, ids, _KEEP_OPEN)),
-        "_regroup": (_regroup, (*state, ids)),
         "_new_classes": (_new_classes, (arrays, eng, ei, ids, ids, now)),
         "_advance_classes": (_advance_classes, (arrays, eng, ei, ids, now)),
         "_lazy_overloaded": (_lazy_overloaded, (arrays, eng, ei, ef)),
@@ -1689,6 +1764,7 @@ def callee_arguments(
         "_on_delivered": (_on_delivered, event),
         "_do_action": (_do_action, event[:-1]),
         "play": (play, (arrays, eng, ei, ef, drvs, pls, pars, delay, 1, scr)),
+        "regroup_step": (regroup_step, (arrays, eng, ei, ef, scr)),
     }
 
 
@@ -1713,7 +1789,7 @@ def play_phases(
     everywhere (as ``simulate_uniform`` does). Returns each phase's outcome and the network's counters.
     ``progress``: a bar on stderr (share of the bytes delivered; shown on a terminal).
     """
-    kernels.announce_compile(play)
+    kernels.announce_compile(play, regroup_step)
     if len(plans) != 2:
         raise ValueError("play_phases plays a pair of phases")
     G = topo.cluster.num_gpus
