@@ -159,6 +159,13 @@ def announce_compile(*dispatchers: Any) -> None:
             _parallel_compile()
 
 
+def announce_rare_compile(dispatcher: Any, what: str, seconds: float) -> None:
+    """Before the first call of a kernel of a rare path, which no warm-up compiles (the phase loop's
+    regrouping): say on stderr that it compiles now, when it has no cached machine code."""
+    if HAVE_NUMBA and not os.environ.get(WARMUP_WORKER_ENV) and _cache_is_cold(dispatcher):
+        print(f"compiling {what} (once, ~{seconds:.0f} s)...", file=sys.stderr, flush=True)
+
+
 # A link at or above this share of its capacity counts as saturated (float tolerance of the filling).
 SATURATED = 1.0 - 1e-9
 

@@ -110,6 +110,9 @@ OK, OUT_OF_CLASSES, OUT_OF_FLOWS = 0, 1, 2
 # in the pending list), a lazy link overloaded, or a regrouping is due.
 # (numpy integers: ``code`` in regroup_step is reassigned, and a literal would not unify with int64)
 R_NONE, R_ADMIT, R_OVERLOAD, R_DUE = np.int64(0), np.int64(1), np.int64(2), np.int64(3)
+REGROUP_COMPILE_S = (
+    4  # regroup_step's cold compile, once kernels.refill and play's callees are cached
+)
 
 # The regrouping cadence (FluidNetwork's regroup_min_events, regroup_flows_per_event). Performance
 # only: any cadence gives the same allocation. FluidNetwork regroups to aggregate classes behind lazy
@@ -1704,13 +1707,22 @@ class _Loop:
                     self.scr,
                 )
                 if ei[REGROUP_REQ]:
-                    regroup_step(self.arrays, self.eng_bundle, ei, self.ef, self.scr)
+                    self._regroup()
                 took, done = time.perf_counter() - t0, int(ei[EVENTS]) - events0
                 if done and took > 0:
                     budget = int(min(max(done * SLICE_S / took, 1), EVENTS_PER_CALL))
                 if total > 0:
                     got = float(drvs[0][0].sum() + drvs[1][0].sum())
                     bar.update(100.0 * min(got / total, 1.0) - bar.n)
+
+    def _regroup(self) -> None:
+        """End the event play left at a regrouping (:func:`regroup_step`). A rare path (the loop
+        regroups only when classes outgrow their room, or at a cadence a test sets): no warm-up
+        compiles it, so its first use compiles it here, with a message."""
+        kernels.announce_rare_compile(
+            regroup_step, "the phase loop's regrouping", REGROUP_COMPILE_S
+        )
+        regroup_step(self.arrays, self.eng_bundle, self.ei, self.ef, self.scr)
 
     def stats(self) -> LoopStats:
         ei, ef = self.ei, self.ef
@@ -1764,7 +1776,6 @@ def callee_arguments(
         "_on_delivered": (_on_delivered, event),
         "_do_action": (_do_action, event[:-1]),
         "play": (play, (arrays, eng, ei, ef, drvs, pls, pars, delay, 1, scr)),
-        "regroup_step": (regroup_step, (arrays, eng, ei, ef, scr)),
     }
 
 
@@ -1789,7 +1800,7 @@ def play_phases(
     everywhere (as ``simulate_uniform`` does). Returns each phase's outcome and the network's counters.
     ``progress``: a bar on stderr (share of the bytes delivered; shown on a terminal).
     """
-    kernels.announce_compile(play, regroup_step)
+    kernels.announce_compile(play)
     if len(plans) != 2:
         raise ValueError("play_phases plays a pair of phases")
     G = topo.cluster.num_gpus

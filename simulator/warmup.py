@@ -124,7 +124,7 @@ def _warm_simulate() -> None:
 def _loop_kernels() -> tuple[Any, ...]:
     import moe_placement.simulator.phaseloop as phaseloop
 
-    return (phaseloop.play, phaseloop.regroup_step)
+    return (phaseloop.play,)
 
 
 def _loop_callees() -> dict[str, tuple[Any, tuple[Any, ...]]]:
@@ -165,9 +165,10 @@ def _loop_entry(name: str, *callees: str, after: tuple[str, ...] = ()) -> Entry:
 # The registry, in priority order: a free worker takes the first entry whose ``after`` entries are done.
 # The phase loop is the longest chain (each level of play's call tree compiles once, then loads in its
 # caller): refill -> the loop's solver -> play. Its callees come first, the deepest first; the
-# regrouping (which play leaves to Python, phaseloop.regroup_step), the kernels only the SimPy engine
-# and the routing draw need compile beside play; the tiny ``simulate`` run comes last and then only
-# compiles what no entry named.
+# kernels only the SimPy engine and the routing draw need compile beside play; the tiny ``simulate``
+# run comes last and then only compiles what no entry named. The loop's regrouping
+# (phaseloop.regroup_step) is left out: play leaves it to Python, and the loop regroups only when its
+# classes outgrow their room (never on the simulate paths), so it compiles at its first use.
 ENTRIES: tuple[Entry, ...] = (
     _loop_entry("refill", "refill"),
     _network_entry("classify", lambda: (_bundle(), _IDS, True, True)),
@@ -189,7 +190,6 @@ ENTRIES: tuple[Entry, ...] = (
         "play",
         after=("loop_solve", "classify", "loop_finish_due", "loop_events"),
     ),
-    _loop_entry("loop_regroup", "regroup_step", after=("loop_solve", "classify")),
     Entry("uniform_routing", _routing_kernels, _warm_routing),
     _network_entry(
         "solve",
@@ -204,7 +204,7 @@ ENTRIES: tuple[Entry, ...] = (
         "simulate",
         _loop_kernels,
         _warm_simulate,
-        after=("loop_play", "loop_regroup", "uniform_routing", "solve", "classify"),
+        after=("loop_play", "uniform_routing", "solve", "classify"),
     ),
 )
 
