@@ -1,6 +1,6 @@
 """Compile the simulator's numba kernels ahead of use, in parallel worker processes.
 
-A cold compile of every kernel ``placement simulate`` runs costs about 33 CPU-s (docs/simulator.md,
+A cold compile of every kernel ``placement simulate`` runs costs about 25 CPU-s (docs/simulator.md,
 Compilation): numba's typing and lowering in Python, and LLVM generating the code of each compiled
 function's whole call tree; one process compiles one function at a time. The *entry kernels* (those
 called from Python) are independent of each other, so they compile in worker processes side by side,
