@@ -65,7 +65,7 @@ def _njit_inner(fn: Any) -> Any:
 
 # Cold compile of every kernel `placement simulate` uses, measured on the shared 2-CPU machine with the
 # parallel warm-up (docs/simulator.md, Compilation, session 9: 15-18 s, as loaded as the machine was;
-# about 13 s with three CPUs or more): wall seconds.
+# computed from its entries, about 13 s with three CPUs or more): wall seconds.
 COLD_COMPILE_S = 18
 
 # Set in the environment of the warm-up's worker processes (moe_placement.simulator.warmup): they compile
@@ -162,9 +162,16 @@ def announce_compile(*dispatchers: Any) -> None:
 
 def announce_rare_compile(dispatcher: Any, what: str, seconds: float) -> None:
     """Before the first call of a kernel of a rare path, which no warm-up compiles (the phase loop's
-    regrouping): say on stderr that it compiles now, when it has no cached machine code."""
+    regrouping): say on stderr that it compiles now, when it has no cached machine code. Asked once
+    per kernel and process (its first call compiles or loads it)."""
+    if dispatcher in _rare_seen:
+        return
+    _rare_seen.append(dispatcher)
     if HAVE_NUMBA and not os.environ.get(WARMUP_WORKER_ENV) and _cache_is_cold(dispatcher):
         print(f"compiling {what} (once, ~{seconds:.0f} s)...", file=sys.stderr, flush=True)
+
+
+_rare_seen: list[Any] = []  # the kernels announce_rare_compile was asked about in this process
 
 
 # A link at or above this share of its capacity counts as saturated (float tolerance of the filling).

@@ -110,9 +110,8 @@ OK, OUT_OF_CLASSES, OUT_OF_FLOWS = 0, 1, 2
 # in the pending list), a lazy link overloaded, or a regrouping is due.
 # (numpy integers: ``code`` in regroup_step is reassigned, and a literal would not unify with int64)
 R_NONE, R_ADMIT, R_OVERLOAD, R_DUE = np.int64(0), np.int64(1), np.int64(2), np.int64(3)
-REGROUP_COMPILE_S = (
-    4  # regroup_step's cold compile, once kernels.refill and play's callees are cached
-)
+# regroup_step's cold compile in seconds, once kernels.refill and play's callees are cached
+REGROUP_COMPILE_S = 4
 
 # The regrouping cadence (FluidNetwork's regroup_min_events, regroup_flows_per_event). Performance
 # only: any cadence gives the same allocation. FluidNetwork regroups to aggregate classes behind lazy
@@ -1240,9 +1239,8 @@ def play(
         ei[ACT_SUM] += _live(ei)
         done_ids = _network_step(arrays, eng, ei, ef, scr, now)
         if ei[REGROUP_REQ]:  # Python runs regroup_step, then this event's end on the next call
-            for k in range(
-                done_ids.shape[0]
-            ):  # a loop: an array slice assignment compiles ~2 s more
+            # a loop: an array slice assignment compiles ~2 s more (its shape-mismatch error message)
+            for k in range(done_ids.shape[0]):
                 stash[k] = done_ids[k]
             ei[N_STASH] = done_ids.shape[0]
             ei[STASHED] = 1
