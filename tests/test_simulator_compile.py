@@ -181,3 +181,17 @@ def test_the_loop_callees_compile_for_the_types_play_passes() -> None:
     for name, (dispatcher, args) in examples.items():
         if name != "play":  # called from Python: nothing compiled types it
             assert types_of(args) in dispatcher.signatures, (name, dispatcher.signatures)
+
+
+def test_a_rare_kernel_announces_its_compile_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the phase loop's regrouping is not in the warm-up: its first use says it compiles, once
+    monkeypatch.setattr(kernels, "HAVE_NUMBA", True)
+    monkeypatch.setattr(kernels, "_cache_is_cold", lambda dispatcher: True)
+    monkeypatch.setattr(kernels, "_rare_seen", [])
+    monkeypatch.delenv(kernels.WARMUP_WORKER_ENV, raising=False)
+    rare = object()
+    kernels.announce_rare_compile(rare, "a rare path", 4)
+    kernels.announce_rare_compile(rare, "a rare path", 4)
+    assert capsys.readouterr().err == "compiling a rare path (once, ~4 s)...\n"
