@@ -1206,8 +1206,8 @@ def play(
     while ei[STATUS] == OK:
         if ei[STASHED]:  # the end of an event a regrouping interrupted (regroup_step has run)
             ei[STASHED] = 0
-            done_ids = stash[: ei[N_STASH]].copy()
-            _after_step(ft, eng, ei, ef, d0, d1, p0, p1, pars, delay, done_ids, now)
+            done_ids = stash[: ei[N_STASH]]  # read before play next writes the stash
+            _after_step(ft, eng, ei, ef, d0, d1, p0, p1, pars, mode, delay, done_ids, now)
             continue
         if ei[EVENTS] >= stop_at:
             ef[NOW] = now
@@ -1246,7 +1246,7 @@ def play(
             ei[STASHED] = 1
             ef[NOW] = now
             return
-        _after_step(ft, eng, ei, ef, d0, d1, p0, p1, pars, delay, done_ids, now)
+        _after_step(ft, eng, ei, ef, d0, d1, p0, p1, pars, mode, delay, done_ids, now)
     ef[NOW] = now
 
 
@@ -1261,6 +1261,7 @@ def _after_step(
     p0: Packed,
     p1: Packed,
     pars: np.ndarray,
+    mode: int,
     delay: np.ndarray,
     done_ids: np.ndarray,
     now: float,
@@ -1268,7 +1269,6 @@ def _after_step(
     """After a network event: the network's next wake-up, and each finished flow's sent and delivered
     steps (a delivery after the flow's latency is a timed action)."""
     flat, info_of, phase_of = eng[5], eng[11], eng[19]
-    mode = int(pars[0, 6])
     nf = ef[NEXT_FINISH]
     ef[T_NET] = now + max(nf - now, 0.0) if np.isfinite(nf) else np.inf
     for f in done_ids:
