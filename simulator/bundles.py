@@ -20,7 +20,9 @@ bundle type and position (~0.06-0.2 s each, a hundred of them).
 
 from __future__ import annotations
 
+import contextlib
 import operator
+from collections.abc import Iterator
 from typing import Any
 
 try:
@@ -45,6 +47,7 @@ Packed = Any
 pack: Any
 pack_tuple: Any
 packed: Any
+type_of: Any
 
 
 def positional(count: int) -> list[str]:
@@ -149,7 +152,29 @@ if HAVE_NUMBA:
         """:func:`pack_tuple` from Python: a bundle (shared arrays) to hand to kernels."""
         return pack_tuple(arrays)
 
-    packed = _packed
+    class TypeOnly:
+        """Stands for a bundle where only its numba type matters (``numba.typeof`` reads
+        ``_numba_type_``): what the warm-up compiles kernels for, with no packer compiled first."""
+
+        def __init__(self, numba_type: Any) -> None:
+            self._numba_type_ = numba_type
+
+    def _type_of(arrays: tuple[Any, ...], names: str | None = None) -> TypeOnly:
+        """The bundle :func:`pack` (``names``) or :func:`packed` (None) would make of ``arrays``, as its
+        type alone."""
+        from numba import typeof
+
+        arrays_type = typeof(arrays)
+        fields = names.split() if names is not None else positional(len(arrays_type.types))
+        return TypeOnly(_bundle_type(arrays_type, fields))
+
+    def _packed_or_type(arrays: tuple[Any, ...]) -> Any:
+        """A bundle (shared arrays) to hand to kernels; within :func:`types_only`, its type alone."""
+        if _types_only:
+            return _type_of(arrays)
+        return _packed(arrays)
+
+    packed, type_of = _packed_or_type, _type_of
 
 else:  # pragma: no cover - exercised only without numba
 
@@ -157,4 +182,27 @@ else:  # pragma: no cover - exercised only without numba
         """Without numba (kernels run as plain Python) the tuple itself, which kernels index alike."""
         return arrays
 
-    pack = pack_tuple = packed = _same
+    pack = pack_tuple = packed = type_of = _same
+
+
+# Set within types_only(): packing makes stand-ins of the bundles' types (TypeOnly), not bundles.
+_types_only = False
+
+
+@contextlib.contextmanager
+def types_only() -> Iterator[None]:
+    """Within: :func:`packed` (and :func:`~moe_placement.simulator.kernels.pack_net`) return the type of
+    the bundle they would make. Building a packer is itself a compile (~0.15-0.45 s a bundle type, all
+    argument unboxing): the warm-up's workers compile kernels for these types first, off the packers'
+    way, and one entry compiles the packers once."""
+    global _types_only
+    before, _types_only = _types_only, True
+    try:
+        yield
+    finally:
+        _types_only = before
+
+
+def types_only_active() -> bool:
+    """Is a :func:`types_only` block running?"""
+    return _types_only

@@ -263,11 +263,18 @@ NET_FIELDS = " ".join(NetArrays._fields)
 
 
 @_njit(cache=True)
+def _pack_net(arrays: tuple[np.ndarray, ...]) -> Packed:
+    """:func:`pack_net`, compiled."""
+    return bundles.pack(arrays, NET_FIELDS)
+
+
 def pack_net(arrays: tuple[np.ndarray, ...]) -> Packed:
     """The bundle as kernels take it: its arrays (shared, not copied) in one structref, passed as a
     pointer (:mod:`~moe_placement.simulator.bundles`); without numba the tuple itself (:func:`_view`
-    names it)."""
-    return bundles.pack(arrays, NET_FIELDS)
+    names it); within :func:`bundles.types_only`, the bundle's type alone."""
+    if bundles.types_only_active():
+        return bundles.type_of(arrays, NET_FIELDS)
+    return _pack_net(arrays)
 
 
 def _view(arrays: Any) -> NetArrays:
@@ -291,11 +298,14 @@ def link_index(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Link -> entries CSR ``(lk_ptr[links + 1], lk_flow[nnz])`` of the entries ``act`` of the CSR
     ``(fl_ptr, fl_link)``, in ``act`` order per link."""
-    counts = np.zeros(num_links + 1, dtype=np.int64)
+    counts = filled(np.empty(num_links + 1, dtype=np.int64), 0)
     for f in act:
         for j in range(fl_ptr[f], fl_ptr[f + 1]):
             counts[fl_link[j] + 1] += 1
-    lk_ptr = np.cumsum(counts)
+    # a running sum in place (numba's np.cumsum is a compile of its own)
+    for i in range(1, num_links + 1):
+        counts[i] += counts[i - 1]
+    lk_ptr = counts
     fill = lk_ptr[:-1].copy()
     lk_flow = np.empty(lk_ptr[-1], dtype=np.int64)
     for f in act:
@@ -366,6 +376,25 @@ def _heap_pop(h_level: np.ndarray, h_link: np.ndarray, h_ver: np.ndarray, n: int
     if n > 0:
         h_level[i], h_link[i], h_ver[i] = level, link, ver
     return n
+
+
+@_njit(cache=True, inline="always")
+def ints_from(first: int, count: int) -> np.ndarray:
+    """``np.arange(first, first + count)``: numba's own costs 0.25-0.45 s of a cold compile in every
+    process that compiles it (this one is inlined where it is called)."""
+    out = np.empty(count, dtype=np.int64)
+    for i in range(count):
+        out[i] = first + i
+    return out
+
+
+@_njit(cache=True, inline="always")
+def filled(values: np.ndarray, value: Any) -> np.ndarray:
+    """``values`` with every element set to ``value``, as ``np.zeros`` (np.empty + this) without
+    compiling numba's ``np.zeros`` and its fill for each dtype (0.2-0.3 s each of a cold compile)."""
+    for i in range(values.shape[0]):
+        values[i] = value
+    return values
 
 
 @_njit_inner
@@ -988,7 +1017,7 @@ def pop_finished(
             ndone += 1
     done_cls = due[:ndone]
     out, seeds, empty, low = finish_members(
-        arrays, done_cls, now, limit, np.zeros(s.cap.shape[0], dtype=np.bool_)
+        arrays, done_cls, now, limit, filled(np.empty(s.cap.shape[0], dtype=np.bool_), False)
     )
     return done_cls, out, seeds, empty, low
 
@@ -1224,8 +1253,8 @@ def _group(
     while size < 2 * n:
         size *= 2
     mask = np.uint64(size - 1)
-    slot_hash = np.zeros(size, dtype=np.uint64)
-    slot_group = np.zeros(size, dtype=np.int64)  # class + 1; 0: free
+    slot_hash = filled(np.empty(size, dtype=np.uint64), np.uint64(0))
+    slot_group = filled(np.empty(size, dtype=np.int64), 0)  # class + 1; 0: free
     first = np.empty(n, dtype=np.int64)  # each class's first flow
     group = np.empty(n, dtype=np.int64)
     ngroups = 0
@@ -1261,7 +1290,7 @@ def classify(
     One entry kernel instead of two: each entry is a fixed cost of every cold compile."""
     s = _view(arrays)
     if rescue and _rescue_orphans(flows, s.fl_ptr, s.fl_link, s.lazy, s.cap):
-        return True, np.zeros(0, dtype=np.int64)
+        return True, np.empty(0, dtype=np.int64)
     if not aggregate:
-        return False, np.arange(flows.shape[0])
+        return False, ints_from(0, flows.shape[0])
     return False, _group(flows, s.fl_ptr, s.fl_link, s.fl_coef, s.lazy)

@@ -145,7 +145,7 @@ def _sort_members(flows: np.ndarray, groups: np.ndarray, target: np.ndarray) -> 
     groups))`` as the SimPy path orders class members, by a hand-written merge sort (library sorts cost
     seconds of a cold compile)."""
     n = flows.shape[0]
-    order = np.arange(n)
+    order = kernels.ints_from(0, n)
     tmp = np.empty(n, dtype=np.int64)
     width = 1
     while width < n:
@@ -682,7 +682,7 @@ def _regroup(
             now,
             -np.inf,
             act.copy(),
-            np.zeros(0, dtype=np.int64),
+            np.empty(0, dtype=np.int64),
             _KEEP_OPEN,
         )
         if not _lazy_overloaded(arrays, eng, ei, ef):
@@ -714,7 +714,7 @@ def _finish_due(
     """Complete the flows due by ``now`` (FluidNetwork._finish_due). Returns (the lowest rate that
     finished, the saturated links they left, the classes that shrank, the finished flow ids)."""
     s = _view(arrays)
-    none = np.zeros(0, dtype=np.int64)
+    none = np.empty(0, dtype=np.int64)
     limit = now + FINISH_TOL * max(now, 1.0)
     if ef[NEXT_FINISH] > limit:
         return np.inf, none, none, none
@@ -782,7 +782,7 @@ def _admit(
             ei[INDEX_SIZE] += formed
         else:
             ei[INDEX_STALE] = 1
-    return 1, np.arange(first, first + formed)
+    return 1, kernels.ints_from(first, formed)
 
 
 @_inlined
@@ -847,7 +847,7 @@ def regroup_step(arrays: Packed, eng: Packed, ei: np.ndarray, ef: np.ndarray, sc
     now = ef[NOW]
     code = ei[REGROUP_REQ]
     ei[REGROUP_REQ] = R_NONE
-    new = eng[1][: ei[REGROUP_NEW]].copy() if code == R_ADMIT else np.zeros(0, dtype=np.int64)
+    new = eng[1][: ei[REGROUP_NEW]].copy() if code == R_ADMIT else np.empty(0, dtype=np.int64)
     ei[REGROUP_NEW] = 0
     while True:  # one call site: _regroup is inlined here
         if code == R_DUE:

@@ -40,7 +40,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from moe_placement.simulator import kernels
+from moe_placement.simulator import bundles, kernels
 
 # Set in the workers' environment: announce_compile stays silent there and starts no workers of its own.
 WORKER_ENV = kernels.WARMUP_WORKER_ENV
@@ -92,7 +92,9 @@ def _network_entry(
     mirror how :class:`~moe_placement.simulator.engine.FluidNetwork` calls it."""
 
     def warm() -> None:
-        compile_for(getattr(kernels, name), *example())
+        with bundles.types_only():
+            arguments = example()
+        compile_for(getattr(kernels, name), *arguments)
 
     return Entry(name, lambda: (getattr(kernels, name),), warm, after)
 
@@ -127,8 +129,10 @@ def _loop_kernels() -> tuple[Any, ...]:
     return (phaseloop.play,)
 
 
-def _loop_callees() -> dict[str, tuple[Any, tuple[Any, ...]]]:
-    """The phase loop's largest callees with arguments typed as :func:`phaseloop.play` passes them."""
+def _loop_callees(types_only: bool = True) -> dict[str, tuple[Any, tuple[Any, ...]]]:
+    """The phase loop's largest callees with arguments typed as :func:`phaseloop.play` passes them: its
+    bundles as their types alone (:func:`bundles.types_only`), or packed (``types_only=False``, which
+    compiles the packers)."""
     from moe_placement.cluster import load_cluster
     from moe_placement.simulator.moe import uniform_phase_pair
     from moe_placement.simulator.phaseloop import callee_arguments
@@ -137,7 +141,20 @@ def _loop_callees() -> dict[str, tuple[Any, tuple[Any, ...]]]:
     topo, phases = uniform_phase_pair(
         cluster, tokens=4, hidden=16, top_k=2, num_experts=8, algo="deepep"
     )
-    return callee_arguments(topo, phases)
+    if not types_only:
+        return callee_arguments(topo, phases)
+    with bundles.types_only():
+        return callee_arguments(topo, phases)
+
+
+def _packer_kernels() -> tuple[Any, ...]:
+    return (kernels._pack_net, bundles._packed)
+
+
+def _warm_packers() -> None:
+    """Every bundle type the phase loop and the SimPy engine pack from Python, packed once for real."""
+    _loop_callees(types_only=False)
+    _bundle()
 
 
 def _loop_entry(name: str, *callees: str, after: tuple[str, ...] = ()) -> Entry:
@@ -190,6 +207,7 @@ ENTRIES: tuple[Entry, ...] = (
         "play",
         after=("loop_solve", "classify", "loop_finish_due", "loop_events"),
     ),
+    Entry("packers", _packer_kernels, _warm_packers),
     Entry("uniform_routing", _routing_kernels, _warm_routing),
     _network_entry(
         "solve",
@@ -204,7 +222,7 @@ ENTRIES: tuple[Entry, ...] = (
         "simulate",
         _loop_kernels,
         _warm_simulate,
-        after=("loop_play", "uniform_routing", "solve", "classify"),
+        after=("loop_play", "packers", "uniform_routing", "solve", "classify"),
     ),
 )
 

@@ -98,3 +98,27 @@ def test_kernels_run_as_python_with_jit_disabled_give_the_same_times() -> None:
     for key in ("dispatch_us", "combine_us"):
         assert plain[key] == pytest.approx(compiled[key], rel=1e-9)
     assert plain["events"] == compiled["events"]
+
+
+def test_types_only_stands_for_the_bundle_it_would_pack() -> None:
+    # the warm-up compiles kernels for these stand-ins: their types must be those of the real bundles
+    import numba
+    import simpy
+
+    from moe_placement.simulator.engine import FluidNetwork
+
+    arrays = (np.zeros(2), np.zeros(3, dtype=np.int64), np.zeros(1, dtype=np.bool_))
+    net = FluidNetwork(simpy.Environment(), [1.0, 2.0])
+    with bundles.types_only():
+        assert bundles.types_only_active()
+        stand_in = bundles.packed(arrays)
+        net_stand_in = kernels.pack_net(tuple(net.s))
+        scratch_stand_in = kernels.scratch(4, 2)
+    assert not bundles.types_only_active()
+    assert not isinstance(stand_in, bundles.Bundle)
+    assert numba.typeof(stand_in) == numba.typeof(bundles.packed(arrays))
+    assert numba.typeof(net_stand_in) == numba.typeof(net._arrays)
+    assert numba.typeof(scratch_stand_in) == numba.typeof(kernels.scratch(4, 2))
+    with pytest.raises(RuntimeError), bundles.types_only():
+        raise RuntimeError
+    assert not bundles.types_only_active()  # left as it was, whatever ends the block

@@ -156,7 +156,10 @@ def test_the_loop_callees_compile_for_the_types_play_passes() -> None:
 
     from moe_placement.simulator.warmup import _loop_callees
 
-    examples = _loop_callees()
+    examples = _loop_callees()  # the bundles as their types: nothing compiled yet in this process
+    # what a compile does first: the typing context learns numba's builtins (bool, len, ...)
+    cpu_target.typing_context.refresh()
+    cpu_target.target_context.refresh()
 
     def types_of(args: tuple[object, ...]) -> tuple[object, ...]:
         return tuple(numba.typeof(arg) for arg in args)
