@@ -14,8 +14,9 @@ The registry, :data:`ENTRIES`, lists each entry kernel with a way to compile it:
 (only their numba types matter: :func:`compile_for` compiles for exactly those types, running nothing), or
 a tiny run through the code that calls it (robust to a change of the kernel's arguments). A new entry
 kernel joins by being listed. ``after`` names entries whose kernels this one calls: it starts once they are
-in the cache, so it loads them instead of compiling them again. The ``simulate`` entry runs a tiny
-``simulate_uniform`` end to end: it compiles the phase loop and whatever else that path calls.
+in the cache, so it loads them instead of compiling them again. That the registry leaves nothing for a
+``simulate`` path to compile is a test (``tests/test_simulator_compile.py``, slow): a kernel left out
+would compile in the calling process at its first call, correct but slower.
 
 Robust by construction: a worker that fails or dies leaves its entries to be compiled in the calling
 process as before (same results, only slower); an overall timeout bounds the wait; without numba, or with
@@ -113,22 +114,6 @@ def _routing_kernels() -> tuple[Any, ...]:
     return (routing._route_gpu,)
 
 
-def _warm_simulate() -> None:
-    """A tiny ``simulate --traffic uniform`` of each algorithm family (same kernels at any size)."""
-    from moe_placement.cluster import load_cluster
-    from moe_placement.simulator.moe import simulate_uniform
-
-    cluster = load_cluster(None).with_counts(4, 2)
-    for algo in ("deepep", "deepep-ll"):
-        simulate_uniform(cluster, tokens=4, hidden=16, top_k=2, num_experts=8, algo=algo)
-
-
-def _loop_kernels() -> tuple[Any, ...]:
-    import moe_placement.simulator.phaseloop as phaseloop
-
-    return (phaseloop.play,)
-
-
 def _loop_callees(types_only: bool = True) -> dict[str, tuple[Any, tuple[Any, ...]]]:
     """The phase loop's largest callees with arguments typed as :func:`phaseloop.play` passes them: its
     bundles as their types alone (:func:`bundles.types_only`), or packed (``types_only=False``, which
@@ -181,9 +166,10 @@ def _loop_entry(name: str, *callees: str, after: tuple[str, ...] = ()) -> Entry:
 
 # The registry, in priority order: a free worker takes the first entry whose ``after`` entries are done.
 # The phase loop is the longest chain (each level of play's call tree compiles once, then loads in its
-# caller): refill -> the loop's solver -> play. Its callees come first, the deepest first; the
-# kernels only the SimPy engine and the routing draw need compile beside play; the tiny ``simulate``
-# run comes last and then only compiles what no entry named. The loop's regrouping
+# caller): refill -> the loop's solver -> play. Its callees come first, the deepest first, ordered so
+# that two workers finish them at about the same time (the worker free after refill takes the driver's
+# steps while the other compiles the solver); the packers and the kernels only the SimPy engine and the
+# routing draw need compile beside play. The loop's regrouping
 # (phaseloop.regroup_step) is left out: play leaves it to Python, and the loop regroups only when its
 # classes outgrow their room (never on the simulate paths), so it compiles at its first use.
 ENTRIES: tuple[Entry, ...] = (
@@ -198,10 +184,10 @@ ENTRIES: tuple[Entry, ...] = (
         "_rebuild_finishes",
     ),
     _loop_entry("loop_solve", "_solve", after=("refill", "loop_classes")),
-    _loop_entry("loop_finish_due", "_finish_due"),
     _loop_entry(
         "loop_events", "_start", "_relay_arrive", "_do_action", "_on_sent", "_on_delivered"
     ),
+    _loop_entry("loop_finish_due", "_finish_due"),
     _loop_entry(
         "loop_play",
         "play",
@@ -218,12 +204,6 @@ ENTRIES: tuple[Entry, ...] = (
     _network_entry("build_classes", lambda: (_bundle(), 0, _IDS, _IDS, 0)),
     _network_entry("link_index", lambda: (_IDS, _IDS, _IDS, 1)),
     _network_entry("advance", lambda: (_bundle(), _IDS, 0.0)),
-    Entry(
-        "simulate",
-        _loop_kernels,
-        _warm_simulate,
-        after=("loop_play", "packers", "uniform_routing", "solve", "classify"),
-    ),
 )
 
 
