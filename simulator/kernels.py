@@ -64,9 +64,9 @@ def _njit_inner(fn: Any) -> Any:
 
 
 # Cold compile of every kernel `placement simulate` uses, measured on the shared 2-CPU machine with the
-# parallel warm-up (docs/simulator.md, Compilation, session 9: 15-18 s, as loaded as the machine was;
+# parallel warm-up (docs/simulator.md, Compilation, session 10: 14-17 s, as loaded as the machine was;
 # computed from its entries, about 13 s with three CPUs or more): wall seconds.
-COLD_COMPILE_S = 18
+COLD_COMPILE_S = 16
 
 # Set in the environment of the warm-up's worker processes (moe_placement.simulator.warmup): they compile
 # quietly and start no workers of their own.
