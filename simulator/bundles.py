@@ -16,6 +16,8 @@ A bundle is indexed like the tuple it came from (``eng[21]``, a constant index) 
 kernels written for tuples read it unchanged. Packing and indexing are lowered in place (numba intrinsics
 and a lowering of ``getitem``), not compiled as functions: numba compiles a function for every overload,
 bundle type and position (~0.06-0.2 s each, a hundred of them).
+Compiling a kernel needs only a bundle's numba type: within :func:`types_only` packing returns that type
+alone (:class:`TypeOnly`), so the warm-up compiles kernels without compiling a packer first.
 """
 
 from __future__ import annotations
@@ -194,7 +196,8 @@ def types_only() -> Iterator[None]:
     """Within: :func:`packed` (and :func:`~moe_placement.simulator.kernels.pack_net`) return the type of
     the bundle they would make. Building a packer is itself a compile (~0.15-0.45 s a bundle type, all
     argument unboxing): the warm-up's workers compile kernels for these types first, off the packers'
-    way, and one entry compiles the packers once."""
+    way, and one entry compiles the packers once. A switch of the whole process (not per thread): for
+    the warm-up's single-threaded workers and tests."""
     global _types_only
     before, _types_only = _types_only, True
     try:
