@@ -216,6 +216,11 @@ class Deadline:
         global _reason
         if self._timer is not None:
             self._timer.cancel()
+            # a timer that fired as the block ended may still be asking for the stop: wait for it, or
+            # its request would land after the clearing below and stop the next solve of the process
+            # at once (a deterministic run then gave another plan than the same run again)
+            if self._timer is not threading.current_thread():
+                self._timer.join()
             self._timer = None
         with _lock:
             if _reason == TIME_LIMIT_REACHED:

@@ -4,6 +4,7 @@ same what-if results serial or on Ray."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -64,6 +65,29 @@ def test_a_deadline_stops_work_and_ends_with_its_block() -> None:
             time.sleep(0.01)
     assert limit.reached and time.perf_counter() - start < 5
     assert interrupt.requested() is None  # the next solve in this process starts afresh
+
+
+def test_a_deadline_that_fires_as_its_block_ends_leaves_no_stop_behind() -> None:
+    # the race CI met once: the timer fired, the block ended (finish cleared the request), then the
+    # timer's request landed and stopped the next solve of the process at once; finish now waits
+    firing, release = threading.Event(), threading.Event()
+    edge = interrupt.Deadline(0.0)
+    expire = edge._expire
+
+    def late_expire() -> None:
+        firing.set()
+        release.wait(5)
+        expire()
+
+    edge._expire = late_expire  # type: ignore[method-assign]
+    edge.start()
+    assert firing.wait(5)  # the timer is inside its request
+    threading.Timer(0.1, release.set).start()
+    try:
+        assert edge.finish()  # waited for the request, then ended it
+        assert interrupt.requested() is None
+    finally:
+        interrupt.reset()
 
 
 def test_a_users_stop_outlives_a_deadline() -> None:

@@ -105,7 +105,7 @@ from numba.core.registry import CPUDispatcher
 from moe_placement.cli.commands._common import load_workload
 from moe_placement.cluster import load_cluster
 from moe_placement.plan import Plan, Provenance
-from moe_placement.simulator import kernels, phaseloop, routing, simulate_moe, simulate_uniform
+from moe_placement.simulator import bundles, kernels, phaseloop, routing, simulate_moe, simulate_uniform
 from moe_placement.simulator.collectives import ALGOS
 
 cluster = load_cluster("h800-mpft")
@@ -116,7 +116,7 @@ workload = load_workload({trace!r}, 8, progress=False)
 simulate_moe(plan, cluster.with_counts(8, 4), workload, algo="deepep", progress=False)
 missed = sorted(
     f"{{module.__name__}}.{{name}}"
-    for module in (kernels, routing, phaseloop)
+    for module in (bundles, kernels, routing, phaseloop)
     for name, fn in vars(module).items()
     if isinstance(fn, CPUDispatcher) and fn.stats.cache_misses
 )
