@@ -49,7 +49,7 @@ from moe_placement.simulator.collectives import (
     when,
 )
 from moe_placement.simulator.decompose import layer_terms, phase_shape
-from moe_placement.simulator.engine import FluidNetwork
+from moe_placement.simulator.engine import FINISH_TOL, FluidNetwork
 from moe_placement.simulator.fast import FastModel
 from moe_placement.simulator.moe_compiled import play_layers
 from moe_placement.simulator.phaseloop import play_phases
@@ -247,6 +247,14 @@ def _layer_phases(
 
 # How a uniform phase is played exactly: the compiled event loop, or SimPy processes (the reference)
 EVENT_LOOPS = ("compiled", "simpy")
+# ``finish_window`` (``--finish-window``): finishes due within this share of the simulated time end in
+# one event. The exact simulation batches only float ties (engine.FINISH_TOL); a wider window plays
+# fewer events and ends each flow up to that much early, its last bytes counted as sent. Measured on
+# the uniform DeepEP command (64-512 GPUs, docs/simulator.md) and tested (tests/test_simulator_window.py):
+# at COARSE_FINISH_WINDOW every phase within FINISH_WINDOW_ERROR_BOUND of the exact simulation.
+COARSE_FINISH_WINDOW = 3e-3
+FINISH_WINDOW_ERROR_BOUND = 0.02
+MAX_FINISH_WINDOW = 0.01
 
 
 def _topology_for(
@@ -1021,6 +1029,7 @@ def simulate_uniform(
     fast: bool = False,
     event_loop: str = "compiled",
     progress: bool = False,
+    finish_window: float | None = None,
 ) -> dict[str, Any]:
     """Dispatch then combine of uniformly routed tokens (``tokens`` per GPU), as DeepEP's tests do.
 
@@ -1035,10 +1044,14 @@ def simulate_uniform(
     event simulation) instead of playing the flows; ``events`` and ``flows`` are then 0.
     ``event_loop``: ``"compiled"`` (:mod:`moe_placement.simulator.phaseloop`) or ``"simpy"``, the same
     event simulation as SimPy processes (the reference; several times slower). ``progress``: a bar
-    per phase on stderr (compiled loop, on a terminal).
+    per phase on stderr (compiled loop, on a terminal). ``finish_window``: flows that finish within this
+    share of the simulated time end in one event (compiled loop only; at most
+    :data:`MAX_FINISH_WINDOW`): fewer events, within :data:`FINISH_WINDOW_ERROR_BOUND` of the exact
+    simulation at the window :data:`COARSE_FINISH_WINDOW`; ``None``, the exact simulation.
     """
     if event_loop not in EVENT_LOOPS:
         raise PlacementError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}")
+    check_finish_window(finish_window, fast, event_loop)
     G, gpn = cluster.num_gpus, cluster.gpus_per_node
     experts = check_uniform_args(algo, G, tokens, hidden, top_k, num_experts, node_limit)
     wall0 = time.perf_counter()
@@ -1058,7 +1071,17 @@ def simulate_uniform(
         measures = _fast_measures(cluster, traffic, algo, phases, routing, pxn, relay_chunks)
     else:
         measures = _exact_measures(
-            cluster, traffic, algo, phases, routing, pxn, seed, relay_chunks, event_loop, progress
+            cluster,
+            traffic,
+            algo,
+            phases,
+            routing,
+            pxn,
+            seed,
+            relay_chunks,
+            event_loop,
+            progress,
+            finish_window,
         )
     return {
         "num_gpus": G,
@@ -1070,9 +1093,24 @@ def simulate_uniform(
         "num_experts": experts,
         "node_limit": node_limit,
         "fast": fast,
+        "finish_window": finish_window,
         **measures,
         "wall_s": time.perf_counter() - wall0,
     }
+
+
+def check_finish_window(finish_window: float | None, fast: bool, event_loop: str) -> None:
+    if finish_window is None:
+        return
+    if not (0.0 < finish_window <= MAX_FINISH_WINDOW):
+        raise PlacementError(
+            f"the finish window must be above 0 and at most {MAX_FINISH_WINDOW:g} (a share of the "
+            f"simulated time), got {finish_window:g}"
+        )
+    if fast:
+        raise PlacementError("the fast path plays no flows: drop --fast or --finish-window")
+    if event_loop != "compiled":
+        raise PlacementError("the finish window is a setting of the compiled event loop, not simpy")
 
 
 def _uniform_traffic_phases(
@@ -1138,6 +1176,7 @@ def _exact_measures(
     relay_chunks: int,
     event_loop: str = "compiled",
     progress: bool = False,
+    finish_window: float | None = None,
 ) -> dict[str, Any]:
     """The phases played flow by flow on the event simulation: in the compiled event loop
     (:mod:`moe_placement.simulator.phaseloop`) or, ``event_loop="simpy"``, as SimPy processes (the
@@ -1156,7 +1195,11 @@ def _exact_measures(
             _network_stats(runner.net),
         )
     topo = _topology_for(cluster, algo, routing=routing, pxn=pxn, seed=seed)
-    outcomes, loop = play_phases(topo, phases, chunks=relay_chunks, progress=progress)
+    # the loop ends the finishes due within half the window on either side of its wake-up
+    window = FINISH_TOL if finish_window is None else finish_window / 2
+    outcomes, loop = play_phases(
+        topo, phases, chunks=relay_chunks, progress=progress, finish_window=window
+    )
     stats = {
         "events": loop.events,
         "recomputes": loop.recomputes,
