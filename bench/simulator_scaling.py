@@ -8,6 +8,8 @@ each in its own process as a user starts it, with the kernels already compiled:
 * ``simpy``: the same event simulation as SimPy processes (``--event-loop simpy``), the engine the
   compiled loop replaced for uniform phases;
 * ``fast``: this checkout's ``--fast`` analytical path (simulator/fast.py, stated error bound);
+* ``window``: the event simulation with ``--finish-window 3e-3`` (finishes within 0.3% of the
+  simulated time end in one event; stated error bound, simulator/moe.py);
 * ``previous``: the same command on a recorded git revision (default: the revision before the
   simulator-speed work), extracted once into a cache folder and run with its own numba cache.
 
@@ -18,7 +20,7 @@ an engine is skipped (``--skip``) or ran past ``--timeout``.
 
     .venv/bin/python bench/simulator_scaling.py          # 64, 128, 256, 1024 (SimPy, previous <= 256)
     .venv/bin/python bench/simulator_scaling.py --gpus 64 --engines exact,simpy,fast
-    .venv/bin/python bench/simulator_scaling.py --gpus 1024 --engines exact,fast --timeout 900
+    .venv/bin/python bench/simulator_scaling.py --gpus 1024 --engines exact,window,fast --timeout 900
     .venv/bin/python bench/simulator_scaling.py --gpus 64 --engines fast --forward-layers 58 \\
         --forward-engines fast,exact
 """
@@ -58,7 +60,9 @@ _RUNNER = (
 
 # the most GPUs each engine is run at by default (the SimPy paths take minutes beyond 256)
 DEEPSEEK_EXPERTS = 256
-MAX_GPUS = {"exact": 1024, "simpy": 256, "previous": 256, "fast": 1 << 30}
+MAX_GPUS = {"exact": 1024, "simpy": 256, "previous": 256, "window": 1 << 30, "fast": 1 << 30}
+# the window of the ``window`` engine: simulator.moe.COARSE_FINISH_WINDOW
+WINDOW = "3e-3"
 
 
 def command(gpus: int, engine: str) -> list[str]:
@@ -70,6 +74,8 @@ def command(gpus: int, engine: str) -> list[str]:
         argv += ["--experts", str(gpus)]
     if engine == "fast":
         argv.append("--fast")
+    if engine == "window":
+        argv += ["--finish-window", WINDOW]
     if engine == "simpy":
         argv += ["--event-loop", "simpy"]
     return argv
@@ -174,13 +180,13 @@ def main() -> None:
     parser.add_argument("--gpus", default="64,128,256,1024", help="comma-separated GPU counts")
     parser.add_argument(
         "--engines",
-        default="exact,simpy,fast,previous",
-        help="any of exact, simpy, fast, previous",
+        default="exact,window,simpy,fast,previous",
+        help="any of exact, window, simpy, fast, previous",
     )
     parser.add_argument("--previous", default=PREVIOUS_REVISION, help="git revision to compare")
     parser.add_argument(
         "--max-gpus",
-        default=",".join(f"{k}={v}" for k, v in MAX_GPUS.items() if k != "fast"),
+        default=",".join(f"{k}={v}" for k, v in MAX_GPUS.items() if v < 1 << 30),
         help="the most GPUs each engine runs at, e.g. simpy=128,exact=256",
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per process")
@@ -202,7 +208,10 @@ def main() -> None:
         if name.strip():
             limits[name.strip()] = int(value)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    trees: dict[str, Path | None] = {"exact": None, "simpy": None, "fast": None}
+    trees: dict[str, Path | None] = {"exact": None, "window": None, "simpy": None, "fast": None}
+    unknown = sorted(set(engines) - set(trees) - {"previous"})
+    if unknown:
+        parser.error(f"unknown engine(s): {', '.join(unknown)}")
     if "previous" in engines:
         trees["previous"] = previous_tree(args.previous)
     for engine in engines:

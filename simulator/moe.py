@@ -253,7 +253,7 @@ EVENT_LOOPS = ("compiled", "simpy")
 # the uniform DeepEP command (64-512 GPUs, docs/simulator.md) and tested (tests/test_simulator_window.py):
 # at COARSE_FINISH_WINDOW every phase within FINISH_WINDOW_ERROR_BOUND of the exact simulation.
 COARSE_FINISH_WINDOW = 3e-3
-FINISH_WINDOW_ERROR_BOUND = 0.02
+FINISH_WINDOW_ERROR_BOUND = 0.015
 MAX_FINISH_WINDOW = 0.01
 
 

@@ -95,7 +95,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SHARE",
         help="uniform traffic: flows that finish within this share of the simulated time end in one "
-        "event (fewer events; 3e-3: within 2%% of the exact simulation, about 7x faster at 512 GPUs; "
+        "event (fewer events; 3e-3: within 1.5%% of the exact simulation, about 7x faster at 512 GPUs; "
         "at most 0.01; docs/simulator.md). Default: the exact simulation",
     )
     p.add_argument(
@@ -149,7 +149,7 @@ def _uniform(args: argparse.Namespace) -> int:
         print(
             f"note: the exact event simulation of {cluster.num_gpus} GPUs is long (DeepEP, 4096 "
             "tokens: ~2-3 min at 512 GPUs, over half an hour at 1024 on 2 CPUs); "
-            "--finish-window 3e-3 gives it within 2% in about a minute, --fast within 12% in seconds",
+            "--finish-window 3e-3 gives it within 1.5% in about a minute, --fast within 12% in seconds",
             file=sys.stderr,
         )
     res = simulate_uniform(
