@@ -274,8 +274,8 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_simulate_says_when_the_exact_simulation_is_long(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """From SLOW_EXACT_GPUS GPUs on, a uniform exact run names the wait and --fast on stderr (stdout
-    stays the JSON); a --fast run and a smaller one say nothing."""
+    """From SLOW_EXACT_GPUS GPUs on, a uniform exact run names the wait, --finish-window and --fast on
+    stderr (stdout stays the JSON); a --fast run, a windowed one and a smaller one say nothing."""
     from moe_placement.cli.commands import simulate
 
     monkeypatch.setattr(simulate, "SLOW_EXACT_GPUS", 16)  # 512 GPUs would take minutes here
@@ -284,8 +284,10 @@ def test_simulate_says_when_the_exact_simulation_is_long(
     assert main([*common, "--gpus", "16"]) == 0
     out, err = capsys.readouterr()
     assert "exact event simulation of 16 GPUs" in err and "--fast" in err
+    assert "--finish-window 3e-3" in err
     assert json.loads(out)["num_gpus"] == 16
-    for argv in ([*common, "--gpus", "16", "--fast"], [*common, "--gpus", "8"]):
+    windowed = [*common, "--gpus", "16", "--finish-window", "3e-3"]
+    for argv in ([*common, "--gpus", "16", "--fast"], [*common, "--gpus", "8"], windowed):
         assert main(argv) == 0
         assert "exact event simulation" not in capsys.readouterr().err
     # a run the arguments refuse gets its one line, not the note before it
