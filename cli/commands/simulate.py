@@ -95,7 +95,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SHARE",
         help="uniform traffic: flows that finish within this share of the simulated time end in one "
-        "event (fewer events; 3e-3: within 1.5%% of the exact simulation, about 7x faster at 512 GPUs; "
+        "event (fewer events; 3e-3: within 1.5%% of the exact simulation, 5.7x faster at 512 GPUs; "
         "at most 0.01; docs/simulator.md). Default: the exact simulation",
     )
     p.add_argument(
