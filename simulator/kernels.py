@@ -918,7 +918,15 @@ def solve_full(
 ) -> tuple[int, int, float, float, float]:
     """:func:`solve` with :func:`full_refill` (the engine's reference mode, compiled only when used)."""
     s = _view(arrays)
-    refilled = full_refill(
+    refilled = full_refill_view(s, act, keep_below, scr)
+    worst, lazy_worst, next_finish = _settle(s, act, aggregate, now, verdict)
+    return refilled, 1, worst, lazy_worst, next_finish
+
+
+@_njit(cache=True, inline="always")
+def full_refill_view(s: NetArrays, act: np.ndarray, keep_below: float, scr: Packed) -> int:
+    """:func:`full_refill` on the classes of a bundle's view."""
+    return full_refill(
         act,
         keep_below,
         s.cl_ptr,
@@ -931,8 +939,6 @@ def solve_full(
         s.bottleneck,
         scr,
     )
-    worst, lazy_worst, next_finish = _settle(s, act, aggregate, now, verdict)
-    return refilled, 1, worst, lazy_worst, next_finish
 
 
 @_njit(cache=True)

@@ -611,22 +611,9 @@ def _refill_all(
 ) -> np.ndarray:
     """Every active class at or above ``keep_below`` filled again from scratch (the same max-min
     allocation as the local refill, its sums in another order). Returns the active set."""
-    s = _view(arrays)
     _compact_act(arrays, eng, ei)
     act = eng[0][: ei[N_ACT]]
-    kernels.full_refill(
-        act,
-        keep_below,
-        s.cl_ptr,
-        s.cl_link,
-        s.cl_coef,
-        s.cap,
-        s.used,
-        s.rate,
-        s.changed,
-        s.bottleneck,
-        scr,
-    )
+    kernels.full_refill_view(_view(arrays), act, keep_below, scr)
     return act
 
 

@@ -73,10 +73,13 @@ def test_the_exact_tolerance_as_a_window_is_the_exact_simulation() -> None:
         assert same[key] == exact[key], key
 
 
-def test_a_wider_window_plays_fewer_events() -> None:
+def test_a_wider_window_plays_fewer_events_and_the_same_ones_twice() -> None:
     runs = [_uniform("h800-mpft", 32, "deepep", finish_window=w) for w in (1e-4, 1e-3, 1e-2)]
     events = [r["events"] for r in runs]
     assert events[0] > events[1] > events[2] > 0
+    again = _uniform("h800-mpft", 32, "deepep", finish_window=1e-3)
+    for key in ("dispatch_us", "combine_us", "events", "recomputes", "flows"):
+        assert again[key] == runs[1][key], key
 
 
 @pytest.mark.parametrize("window", [0.0, -1e-3, MAX_FINISH_WINDOW * 2, float("nan")])
@@ -134,3 +137,22 @@ def test_cli_refuses_a_window_on_a_plan() -> None:
     out = _cli("--trace", "t.parquet", "--plan", "p.json", "--finish-window", "1e-3")
     assert out.returncode == 2
     assert "--finish-window applies to --traffic uniform" in out.stderr
+
+
+def test_only_a_window_fills_every_class_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole refill (an event that moves many classes) is the windowed path's alone: the exact
+    simulation always refills locally, so its results stay the same bit for bit."""
+    from moe_placement.simulator import moe
+
+    seen: list[int] = []
+    play = moe.play_phases
+
+    def counting(*args: object, **kwargs: object) -> tuple[object, object]:
+        outcomes, stats = play(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(stats.whole_refills)
+        return outcomes, stats
+
+    monkeypatch.setattr(moe, "play_phases", counting)
+    _uniform("h800-mpft", 32, "deepep")
+    _uniform("h800-mpft", 32, "deepep", finish_window=COARSE_FINISH_WINDOW)
+    assert seen[0] == 0 and seen[1] > 0
