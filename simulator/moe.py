@@ -255,6 +255,10 @@ EVENT_LOOPS = ("compiled", "simpy")
 COARSE_FINISH_WINDOW = 3e-3
 FINISH_WINDOW_ERROR_BOUND = 0.015
 MAX_FINISH_WINDOW = 0.01
+# A plan's layers (simulate_moe, no overlap) at COARSE_FINISH_WINDOW: each layer's time within
+# PLAN_WINDOW_LAYER_BOUND, the whole step within FINISH_WINDOW_ERROR_BOUND. A layer's combine alone
+# can move more (up to 5% measured): its GPUs start it apart, as their experts finish.
+PLAN_WINDOW_LAYER_BOUND = 0.03
 
 
 def _topology_for(
@@ -649,6 +653,7 @@ def _compiled_moe(
     *,
     config: dict[str, Any],
     wall0: float,
+    finish_window: float | None = None,
 ) -> SimResult:
     """:func:`simulate_moe` without overlap in the compiled event loop (:mod:`.moe_compiled`)."""
     topo = _topology_for(cluster, algo, routing=routing, pxn=pxn, seed=seed)
@@ -665,6 +670,7 @@ def _compiled_moe(
         shared_expert_us=shared_expert_us,
         relay_chunks=relay_chunks,
         progress=progress,
+        finish_window=loop_window(finish_window),
     )
     return SimResult(
         per_layer=run.rows,
@@ -792,6 +798,7 @@ def simulate_moe(
     progress: bool = True,
     fast: bool = False,
     event_loop: str | None = None,
+    finish_window: float | None = None,
 ) -> SimResult:
     """Simulate every MoE layer of ``plan`` on ``cluster`` for ``workload`` (see the module docstring).
 
@@ -802,7 +809,8 @@ def simulate_moe(
     flows played (``overlap="none"`` only; no spans, no difference terms). ``event_loop``: without
     overlap the layers play in the compiled event loop (``"compiled"``, the default there; the same
     events as SimPy, :mod:`moe_placement.simulator.moe_compiled`), the overlapped modes as SimPy
-    processes (``"simpy"``, also available without overlap as the reference).
+    processes (``"simpy"``, also available without overlap as the reference). ``finish_window``: as in
+    :func:`simulate_uniform` (the compiled loop, layers without overlap).
     """
     _check_moe_args(algo, overlap, attention_us, shared_expert_us, chunks, relay_chunks)
     if event_loop is None:
@@ -813,6 +821,7 @@ def simulate_moe(
         raise PlacementError("the compiled event loop plays layers without overlap; use simpy")
     if fast and overlap != "none":
         raise PlacementError("the fast path times layers without overlap; drop --fast or --overlap")
+    check_finish_window(finish_window, fast, event_loop)
     wall0 = time.perf_counter()
     ev = evaluate(plan, cluster, workload, mode=mode, tokens_per_gpu=tokens_per_gpu, gpu_pairs=True)
     chosen = _chosen_layers(ev.num_layers, layers)
@@ -843,8 +852,9 @@ def simulate_moe(
             seed,
             relay_chunks,
             progress,
-            config={"mode": mode, "tokens_per_gpu": tokens_per_gpu},
+            config={"mode": mode, "tokens_per_gpu": tokens_per_gpu, "finish_window": finish_window},
             wall0=wall0,
+            finish_window=finish_window,
         )
     runner = _Runner.for_algo(
         cluster, algo, routing=routing, pxn=pxn, seed=seed, chunks=relay_chunks
@@ -1099,6 +1109,12 @@ def simulate_uniform(
     }
 
 
+def loop_window(finish_window: float | None) -> float:
+    """What the compiled loop takes for ``finish_window``: it ends the finishes due within half the
+    window on either side of its wake-up; without one, the exact simulation's float tolerance."""
+    return FINISH_TOL if finish_window is None else finish_window / 2
+
+
 def check_finish_window(finish_window: float | None, fast: bool, event_loop: str) -> None:
     if finish_window is None:
         return
@@ -1110,7 +1126,9 @@ def check_finish_window(finish_window: float | None, fast: bool, event_loop: str
     if fast:
         raise PlacementError("the fast path plays no flows: drop --fast or --finish-window")
     if event_loop != "compiled":
-        raise PlacementError("the finish window is a setting of the compiled event loop, not simpy")
+        raise PlacementError(
+            "the finish window is a setting of the compiled event loop (no --overlap), not simpy"
+        )
 
 
 def _uniform_traffic_phases(
@@ -1195,10 +1213,8 @@ def _exact_measures(
             _network_stats(runner.net),
         )
     topo = _topology_for(cluster, algo, routing=routing, pxn=pxn, seed=seed)
-    # the loop ends the finishes due within half the window on either side of its wake-up
-    window = FINISH_TOL if finish_window is None else finish_window / 2
     outcomes, loop = play_phases(
-        topo, phases, chunks=relay_chunks, progress=progress, finish_window=window
+        topo, phases, chunks=relay_chunks, progress=progress, finish_window=loop_window(finish_window)
     )
     stats = {
         "events": loop.events,

@@ -23,6 +23,7 @@ from moe_placement.cluster import ClusterSpec
 from moe_placement.metrics import Evaluation
 from moe_placement.simulator.collectives import PhasePlan
 from moe_placement.simulator.decompose import PhaseShape, layer_terms
+from moe_placement.simulator.engine import FINISH_TOL
 from moe_placement.simulator.phaseloop import (
     CHAIN_PER_GPU,
     N_FLOWS,
@@ -103,13 +104,14 @@ def play_layers(
     shared_expert_us: float,
     relay_chunks: int,
     progress: bool,
+    finish_window: float = FINISH_TOL,
 ) -> CompiledRun:
     """Every layer of ``layers`` (``phases[layer]``: its dispatch and combine) one after another on one
     network in the compiled loop; plays again with more room if a bound was too small."""
     plans = [p for layer in layers for p in phases[layer]]
     flows, classes = room(plans, relay_chunks)
     while True:
-        loop = _Loop(topo, plans, relay_chunks, flows, classes, progress=False)
+        loop = _Loop(topo, plans, relay_chunks, flows, classes, False, finish_window)
         try:
             return _play(
                 loop, ev, cluster, layers, phases, attention_us, shared_expert_us, progress

@@ -87,13 +87,16 @@ _TOL = 1e-9
     N_STASH,
     LAST_MOVED,
     WHOLE_REFILLS,
-) = range(30)
-_EI_SIZE = 30
+    SECOND_STARTED,
+) = range(31)
+_EI_SIZE = 31
 # ``ef``: the loop's floats. FINISH_WINDOW: finishes due within this share of the simulated time
 # (relative, as FluidNetwork's FINISH_TOL) end in one event: FINISH_TOL for the exact simulation, wider
-# for ``--finish-window``, which trades a stated error for fewer events
-WORST, NEXT_FINISH, NOW, T_NET, FINISH_WINDOW = range(5)
-_EF_SIZE = 5
+# for ``--finish-window``, which trades a stated error for fewer events. WINDOW_ORIGIN: where that
+# time is counted from: 0 for the exact simulation; with a window, the start of the latest phase (so
+# a window is a share of the phase's own time, not of the phases and layers before it)
+WORST, NEXT_FINISH, NOW, T_NET, FINISH_WINDOW, WINDOW_ORIGIN = range(6)
+_EF_SIZE = 6
 
 # per-phase counters (``drv[20]``): its timed actions' heap size and sequence, its flow records, GPUs
 # done so far that the chain has seen
@@ -605,6 +608,13 @@ def _solve(
     return _advance_classes(arrays, eng, ei, members, now)
 
 
+@_njit(cache=True, inline="always")
+def _window_from(ef: np.ndarray, start: float) -> None:
+    """A phase starts at ``start``: with a finish window, its share is counted from there."""
+    if ef[FINISH_WINDOW] > FINISH_TOL:
+        ef[WINDOW_ORIGIN] = start
+
+
 @_njit_inner
 def _refill_all(
     arrays: Packed, eng: Packed, ei: np.ndarray, scr: Packed, keep_below: float
@@ -756,7 +766,7 @@ def _finish_due(
     finished, the saturated links they left, the classes that shrank, the finished flow ids)."""
     s = _view(arrays)
     none = np.empty(0, dtype=np.int64)
-    limit = now + ef[FINISH_WINDOW] * max(now, 1.0)
+    limit = now + ef[FINISH_WINDOW] * max(now - ef[WINDOW_ORIGIN], 1.0)
     if ef[NEXT_FINISH] > limit:
         return np.inf, none, none, none
     done_cls = _pop_due(arrays, eng, ei, limit)
@@ -1270,6 +1280,9 @@ def play(
                 _do_action(ft, eng, ei, d0, p0, pars[0], now)
                 _chain(d0, d1, mode, delay, now)
             elif t1 <= now:
+                if not ei[SECOND_STARTED]:
+                    ei[SECOND_STARTED] = 1
+                    _window_from(ef, now)
                 _do_action(ft, eng, ei, d1, p1, pars[1], now)
             else:
                 break
@@ -1315,7 +1328,7 @@ def _after_step(
     if ef[FINISH_WINDOW] > FINISH_TOL:
         # a window ends the finishes due within it on either side of the wake-up: as many end late
         # as end early, so the phase times carry no bias of the window's sign
-        ef[T_NET] += ef[FINISH_WINDOW] * max(nf, 1.0)
+        ef[T_NET] += ef[FINISH_WINDOW] * max(nf - ef[WINDOW_ORIGIN], 1.0)
     for f in done_ids:
         info = info_of[f]
         first = phase_of[f] == 0
@@ -1663,8 +1676,11 @@ class _Loop:
         drvs, plans, pars, delay = self.pair_arguments(first, second, ready_us, mode, delay_us)
         finite = ready_us[np.isfinite(ready_us)]
         ef[NOW] = max(float(ef[NOW]), float(finite.min())) if finite.size else float(ef[NOW])
+        if ef[FINISH_WINDOW] > FINISH_TOL:  # the first phase's share counts from its start
+            ef[WINDOW_ORIGIN] = ef[NOW]
         ei[PHASE_STARTED] = 0
         ei[PHASE_DONE] = 0
+        ei[SECOND_STARTED] = 0
         self._run(drvs, plans, pars, delay, f"{first.name}+{second.name}")
         if ei[STATUS] != OK:
             raise OutOfRoomError(int(ei[STATUS]))

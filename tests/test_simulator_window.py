@@ -10,17 +10,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from moe_placement.cli.commands._common import load_workload
 from moe_placement.cluster import load_cluster
 from moe_placement.errors import PlacementError
-from moe_placement.simulator import simulate_uniform
+from moe_placement.plan import Plan, Provenance
+from moe_placement.simulator import simulate_moe, simulate_uniform
 from moe_placement.simulator.collectives import ALGOS
 from moe_placement.simulator.engine import FINISH_TOL
 from moe_placement.simulator.moe import (
     COARSE_FINISH_WINDOW,
     FINISH_WINDOW_ERROR_BOUND,
     MAX_FINISH_WINDOW,
+    PLAN_WINDOW_LAYER_BOUND,
 )
 
 
@@ -133,10 +137,43 @@ def test_cli_refuses_a_bad_window_with_one_line(extra: tuple[str, ...]) -> None:
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
 
 
-def test_cli_refuses_a_window_on_a_plan() -> None:
-    out = _cli("--trace", "t.parquet", "--plan", "p.json", "--finish-window", "1e-3")
+@pytest.mark.parametrize("algo", ["deepep", "direct", "deepep-ll", "2dh"])
+def test_a_plan_windowed_within_its_stated_bounds(tiny_trace: Path, algo: str) -> None:
+    cluster = load_cluster("h800-mpft").with_counts(16, 8)
+    plan = Plan(16, 8, 1, np.tile(np.arange(16), (4, 1)), provenance=Provenance("round-robin"))
+    workload = load_workload(str(tiny_trace), 16, progress=False)
+    exact = simulate_moe(plan, cluster, workload, algo=algo, progress=False)
+    windowed = simulate_moe(
+        plan, cluster, workload, algo=algo, progress=False, finish_window=COARSE_FINISH_WINDOW
+    )
+    assert abs(windowed.total_us / exact.total_us - 1) <= FINISH_WINDOW_ERROR_BOUND
+    for w_row, e_row in zip(windowed.per_layer, exact.per_layer, strict=True):
+        assert abs(w_row["layer_us"] / e_row["layer_us"] - 1) <= PLAN_WINDOW_LAYER_BOUND
+    assert windowed.config["finish_window"] == COARSE_FINISH_WINDOW
+    assert 0 < windowed.stats["events"] < exact.stats["events"]
+
+
+def test_a_window_plays_layers_without_overlap(tiny_trace: Path) -> None:
+    cluster = load_cluster("h800-mpft").with_counts(8, 4)
+    plan = Plan(8, 4, 2, np.tile(np.arange(16), (4, 1)), provenance=Provenance("round-robin"))
+    workload = load_workload(str(tiny_trace), 8, progress=False)
+    with pytest.raises(PlacementError, match="compiled event loop"):
+        simulate_moe(plan, cluster, workload, overlap="two-batch", finish_window=1e-3)
+
+
+def test_cli_refuses_a_window_with_overlap() -> None:
+    out = _cli(
+        "--trace",
+        "t.parquet",
+        "--plan",
+        "p.json",
+        "--overlap",
+        "two-batch",
+        "--finish-window",
+        "1e-3",
+    )
     assert out.returncode == 2
-    assert "--finish-window applies to --traffic uniform" in out.stderr
+    assert "--finish-window plays layers without overlap" in out.stderr
 
 
 def test_only_a_window_fills_every_class_again(monkeypatch: pytest.MonkeyPatch) -> None:
