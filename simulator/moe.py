@@ -1214,7 +1214,11 @@ def _exact_measures(
         )
     topo = _topology_for(cluster, algo, routing=routing, pxn=pxn, seed=seed)
     outcomes, loop = play_phases(
-        topo, phases, chunks=relay_chunks, progress=progress, finish_window=loop_window(finish_window)
+        topo,
+        phases,
+        chunks=relay_chunks,
+        progress=progress,
+        finish_window=loop_window(finish_window),
     )
     stats = {
         "events": loop.events,
