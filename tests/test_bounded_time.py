@@ -181,3 +181,21 @@ def test_the_same_seed_gives_the_same_whatif_serial_or_on_ray(
         serial[keep].sort_values(order).reset_index(drop=True),
         ray[keep].sort_values(order).reset_index(drop=True),
     )
+
+
+def test_a_solve_that_fails_leaves_no_deadline_armed(tiny_trace: Path, tmp_path: Path) -> None:
+    """``placement solve --deterministic`` arms a wall-clock edge around the solve. An error inside it
+    must disarm the edge: one left armed fired later in the same process and stopped another solve
+    there at once (a deterministic-plan test then got two different plans from the same run)."""
+    before = set(threading.enumerate())
+    out = tmp_path / "plan.json"
+    argv = ["solve", "--trace", str(tiny_trace), "--gpus", "8", "--gpus-per-node", "4"]
+    argv += ["--deterministic", "--redundant-total", "5", "--out", str(out)]
+    assert main(argv) == 2  # refused inside the edge's block: not a multiple of the GPUs
+    armed = [
+        t
+        for t in threading.enumerate()
+        if isinstance(t, threading.Timer) and t not in before and t.is_alive()
+    ]
+    assert armed == []
+    assert interrupt.requested() is None and not out.exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moe_placement import interrupt, progress
 from moe_placement.cli.commands._common import (
@@ -27,6 +27,9 @@ from moe_placement.cli.commands.evaluate import evaluation_report, print_evaluat
 from moe_placement.errors import PlacementError
 from moe_placement.metrics import DEFAULT_TOKENS_PER_GPU, MODES, evaluate, evaluate_many
 from moe_placement.plan import Plan
+
+if TYPE_CHECKING:
+    from moe_placement.solvers import PlacementProblem, SolverConfig
 
 
 def default_solver() -> str:
@@ -250,6 +253,29 @@ def solver_config(args: argparse.Namespace) -> Any:
 DETERMINISTIC_WALL_FACTOR = 10.0
 
 
+def _solve_one(
+    args: argparse.Namespace, problem: PlacementProblem, config: SolverConfig, name: str
+) -> tuple[Plan, str, dict[str, Any] | None]:
+    """One solver's plan, within a replica budget when one is asked for (then its note and report)."""
+    from moe_placement.solvers import run_solver
+
+    if args.redundant_total is None and args.memory_gib is None:
+        # stopped by SIGINT or by its time limit: the best plan so far, marked in provenance
+        with progress.step(f"solving with {name}"):
+            return run_solver(name, problem, config), "", None
+    from moe_placement.solvers.budget import (
+        budget_report,
+        describe,
+        solve_with_budget,
+        total_from_args,
+    )
+
+    total = total_from_args(problem, args.redundant_total, args.memory_gib)
+    with progress.step(f"solving a budget of {total} redundant slots with {name}"):
+        result = solve_with_budget(problem, config, name, total)
+    return result.plan, describe(result), budget_report(result)
+
+
 def wall_edge_s(time_limit_s: float, deterministic: bool) -> float | None:
     """The solve command's wall-clock edge for a deterministic run (a wall-clock run has its own,
     :func:`moe_placement.solvers.base.hard_limit_s`)."""
@@ -273,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from moe_placement.solvers import REGISTRY, run_solver
+    from moe_placement.solvers import REGISTRY
 
     problem = build_problem(args)
     if interrupt.requested():  # stopped while reading the trace: nothing to write
@@ -288,25 +314,11 @@ def _run(args: argparse.Namespace) -> int:
                 "--solver all compares with --redundant; a budget needs one solver"
             )
         return compare_solvers(args, problem, config, sorted(REGISTRY))
-    edge = interrupt.Deadline(wall_edge_s(config.time_limit_s, args.deterministic)).start()
-    budget_note, budget_json = "", None
-    if args.redundant_total is not None or args.memory_gib is not None:
-        from moe_placement.solvers.budget import (
-            budget_report,
-            describe,
-            solve_with_budget,
-            total_from_args,
-        )
-
-        total = total_from_args(problem, args.redundant_total, args.memory_gib)
-        with progress.step(f"solving a budget of {total} redundant slots with {name}"):
-            result = solve_with_budget(problem, config, name, total)
-        plan, budget_note, budget_json = result.plan, describe(result), budget_report(result)
-    else:
-        # stopped by SIGINT or by its time limit: the best plan so far, marked in provenance
-        with progress.step(f"solving with {name}"):
-            plan = run_solver(name, problem, config)
-    if edge.finish() and "stopped" not in plan.provenance.extra:  # the wall edge stopped the search
+    # the edge ends with its block whatever happens in it: one left armed after an error would stop
+    # a later solve of the same process (in-process runs: what-if, tests) when it fired
+    with interrupt.deadline(wall_edge_s(config.time_limit_s, args.deterministic)) as edge:
+        plan, budget_note, budget_json = _solve_one(args, problem, config, name)
+    if edge.reached and "stopped" not in plan.provenance.extra:  # the wall edge stopped the search
         plan = marked_stopped(plan, interrupt.TIME_LIMIT_REACHED)
     stopped = interrupt.requested()
     stored_plan(plan, args.deterministic).save(args.out)
