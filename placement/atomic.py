@@ -10,19 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from moe_placement.errors import PlacementError
-
-
-def set_default_mode(path: Path) -> None:
-    """mkstemp makes 0600 files; results should get the usual umask-based mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def os_cause(exc: OSError) -> str:
@@ -59,23 +52,43 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
     if target.is_dir():
         raise PlacementError(f"cannot write {target}: it is a folder")
     ensure_folder(target.parent)
+    # The name is chosen before the file exists, and the clean-up below covers its creation: a signal
+    # (SIGTERM raises in the main thread between any two bytecodes) that lands just after the file
+    # appears still has it removed. With mkstemp the name was only known once the file existed.
+    tmp: Path | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    except OSError as exc:
-        raise PlacementError(f"cannot write {target}: {os_cause(exc)}") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        set_default_mode(tmp)
+        for tmp in temporary_names(target, suffix):
+            if create_new(tmp):
+                break
+        else:
+            tmp = None  # every name taken: none of those files is ours
+            raise PlacementError(f"cannot write {target}: no free temporary name next to it")
         yield tmp
         os.replace(tmp, target)
     except OSError as exc:
-        if exc.filename not in (None, tmp_name, str(target)):
+        if exc.filename not in (None, str(tmp), str(target)):
             raise  # about some other file: the caller names it
         raise PlacementError(f"cannot write {target}: {os_cause(exc)}") from None
     finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def temporary_names(target: Path, suffix: str, tries: int = 100) -> Iterator[Path]:
+    """Random hidden names next to ``target`` for its temporary file (not created)."""
+    for _ in range(tries):
+        yield target.parent / f".{target.name}.{secrets.token_hex(6)}{suffix}"
+
+
+def create_new(path: Path) -> bool:
+    """Create ``path`` empty (mode from the umask, as any result); False if it already exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
 
 
 @contextlib.contextmanager

@@ -170,3 +170,37 @@ def test_solve_without_a_signal_is_not_stopped_by_the_user(
     stopped = json.loads(out.read_text())["provenance"]["extra"].get("stopped")
     assert stopped in (None, "time limit reached")
     assert "stopping" not in stderr
+
+
+def _signal_right_after_creation(monkeypatch: pytest.MonkeyPatch, module: object) -> None:
+    """``module.create_new`` creates its file, then a SIGTERM lands at once (before any caller could
+    learn the file's name from a return value: where mkstemp left a temporary file behind)."""
+    from moe_placement import atomic
+    from moe_placement.interrupt import Terminated
+
+    create = atomic.create_new  # the real one, whichever module is patched
+
+    def create_then_terminated(path: Path) -> bool:
+        create(path)
+        raise Terminated
+
+    monkeypatch.setattr(module, "create_new", create_then_terminated)
+
+
+def test_a_signal_as_the_temporary_file_appears_leaves_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from moe_placement import atomic
+    from moe_placement.interrupt import Terminated
+    from moe_placement.traces import writer
+    from moe_placement.traces.schema import TraceMeta
+
+    _signal_right_after_creation(monkeypatch, atomic)
+    with pytest.raises(Terminated):
+        atomic.write_json(tmp_path / "plan.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+    _signal_right_after_creation(monkeypatch, writer)
+    meta = TraceMeta("m", 1, 4, 1, hidden_size=8, expert_intermediate_size=8)
+    with pytest.raises(Terminated):
+        writer.TraceWriter(tmp_path / "run.parquet", meta)
+    assert list(tmp_path.iterdir()) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from types import TracebackType
 
@@ -11,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from moe_placement.atomic import ensure_folder, os_cause, set_default_mode
+from moe_placement.atomic import create_new, ensure_folder, os_cause, temporary_names
 from moe_placement.errors import PlacementError
 from moe_placement.traces.schema import TraceMeta, arrow_schema
 
@@ -39,24 +38,25 @@ class TraceWriter:
         if self.path.is_dir():
             raise PlacementError(f"cannot write {self.path}: it is a folder")
         ensure_folder(self.path.parent)
+        # the name is known before the file exists (atomic.temporary_names), so a signal that lands
+        # just after its creation still has it removed below
+        self._tmp: Path | None = None
+        names = temporary_names(self.path, ".tmp")
         try:
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-            )
-        except OSError as exc:
-            raise PlacementError(f"cannot write {self.path}: {os_cause(exc)}") from None
-        os.close(fd)
-        self._tmp = Path(tmp)
-        try:
-            set_default_mode(self._tmp)
+            for self._tmp in names:
+                if create_new(self._tmp):
+                    break
+            else:
+                self._tmp = None  # every name taken: none of those files is ours
+                raise PlacementError(f"cannot write {self.path}: no free temporary name next to it")
             self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
                 self._tmp, self.schema, compression="zstd"
             )
         except OSError as exc:
-            self._tmp.unlink(missing_ok=True)
+            self._remove_temporary()
             raise PlacementError(f"cannot write {self.path}: {os_cause(exc)}") from None
         except BaseException:  # SIGTERM (moe_placement.interrupt.Terminated) or Ctrl-C right here
-            self._tmp.unlink(missing_ok=True)
+            self._remove_temporary()
             raise
         self._buffer: list[tuple[np.ndarray, ...]] = []
         self._buffered = 0
@@ -156,6 +156,7 @@ class TraceWriter:
             self._writer = None
             if self.tokens_written == 0:
                 raise PlacementError("trace writer: no tokens were written")
+            assert self._tmp is not None  # the writer was open
             os.replace(self._tmp, self.path)
         except OSError as exc:  # a full disk shows here, at the last flush or the rename
             self.abort()
@@ -174,6 +175,10 @@ class TraceWriter:
         except OSError:
             pass  # the file is being dropped: a failed flush does not matter
         finally:
+            self._remove_temporary()
+
+    def _remove_temporary(self) -> None:
+        if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> TraceWriter:
