@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_placement import interrupt
-from moe_placement.atomic import os_cause
+from moe_placement.atomic import os_cause, remove_leftovers
 from moe_placement.cli import commands
 from moe_placement.cli.commands._common import (
     CheckFailed,
@@ -219,9 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
+        remove_leftovers()
         sys.stderr.write("placement: interrupted\n")
         return 130
     except interrupt.Terminated:  # SIGTERM: clean-ups ran while unwinding
+        remove_leftovers()  # and a file the signal caught as it was made
         sys.stderr.write(f"placement {args.command}: terminated\n")
         return 143
     except MemoryError:

@@ -65,6 +65,7 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
             raise PlacementError(f"cannot write {target}: no free temporary name next to it")
         yield tmp
         os.replace(tmp, target)
+        done_with(tmp)
     except OSError as exc:
         if exc.filename not in (None, str(tmp), str(target)):
             raise  # about some other file: the caller names it
@@ -73,6 +74,7 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            done_with(tmp)
 
 
 def temporary_names(target: Path, suffix: str, tries: int = 100) -> Iterator[Path]:
@@ -81,14 +83,40 @@ def temporary_names(target: Path, suffix: str, tries: int = 100) -> Iterator[Pat
         yield target.parent / f".{target.name}.{secrets.token_hex(6)}{suffix}"
 
 
+# The temporary files this process created and has not renamed or removed yet. A signal can land
+# between any two bytecodes, even between a file's creation and the statement that remembers it in a
+# ``finally``'s reach; the command line removes what is left here when it ends on a signal
+# (:func:`remove_leftovers`). A name joins before its file exists, so no file escapes the set.
+_live: set[Path] = set()
+
+
 def create_new(path: Path) -> bool:
-    """Create ``path`` empty (mode from the umask, as any result); False if it already exists."""
+    """Create ``path`` empty (mode from the umask, as any result) and remember it as a temporary file
+    until :func:`done_with`; False if it already exists."""
+    _live.add(path)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
+        _live.discard(path)  # another file's name: not ours to remove
         return False
+    except OSError:
+        _live.discard(path)  # never made
+        raise
     os.close(fd)
     return True
+
+
+def done_with(path: Path) -> None:
+    """``path`` was renamed into place or removed: no longer a temporary file of this process."""
+    _live.discard(path)
+
+
+def remove_leftovers() -> None:
+    """Remove every temporary file this process still holds (at exit on a signal)."""
+    for path in list(_live):
+        with contextlib.suppress(OSError):
+            path.unlink()
+        _live.discard(path)
 
 
 @contextlib.contextmanager

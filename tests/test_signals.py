@@ -204,3 +204,16 @@ def test_a_signal_as_the_temporary_file_appears_leaves_nothing(
     with pytest.raises(Terminated):
         writer.TraceWriter(tmp_path / "run.parquet", meta)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_line_removes_what_a_signal_left(tmp_path: Path) -> None:
+    """A temporary file whose maker a signal stopped before anything could remove it (between its
+    creation and the caller's ``finally``) is removed as the command ends on that signal; a result
+    renamed into place is not touched."""
+    from moe_placement import atomic
+
+    path = next(atomic.temporary_names(tmp_path / "plan.json", ".tmp"))
+    assert atomic.create_new(path) and path.exists()
+    atomic.write_json(tmp_path / "kept.json", {"a": 1})
+    atomic.remove_leftovers()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json"]

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from moe_placement.atomic import create_new, ensure_folder, os_cause, temporary_names
+from moe_placement.atomic import create_new, done_with, ensure_folder, os_cause, temporary_names
 from moe_placement.errors import PlacementError
 from moe_placement.traces.schema import TraceMeta, arrow_schema
 
@@ -158,6 +158,7 @@ class TraceWriter:
                 raise PlacementError("trace writer: no tokens were written")
             assert self._tmp is not None  # the writer was open
             os.replace(self._tmp, self.path)
+            done_with(self._tmp)
         except OSError as exc:  # a full disk shows here, at the last flush or the rename
             self.abort()
             raise PlacementError(f"cannot write {self.path}: {os_cause(exc)}") from None
@@ -180,6 +181,7 @@ class TraceWriter:
     def _remove_temporary(self) -> None:
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
+            done_with(self._tmp)
 
     def __enter__(self) -> TraceWriter:
         return self
