@@ -419,9 +419,16 @@ def sort_ints(values: np.ndarray) -> np.ndarray:
     cold compile, again in every caller it is linked into (the phase loop's :func:`_sort_members` is the
     same sort on a composite key). Runs of ``SORT_RUN`` are sorted by insertion first: the sets sorted
     per event are a few hundred classes, where merging from single elements would cost more than numpy's
-    quicksort."""
+    quicksort. Already in order (a whole refill's active set, ids ascending): one pass."""
     n = values.shape[0]
     a = values.copy()
+    ordered = True
+    for i in range(1, n):
+        if a[i] < a[i - 1]:
+            ordered = False
+            break
+    if ordered:
+        return a
     for lo in range(0, n, SORT_RUN):
         for i in range(lo + 1, min(lo + SORT_RUN, n)):
             v = a[i]
