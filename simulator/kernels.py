@@ -359,8 +359,24 @@ def _heap_pop(h_level: np.ndarray, h_link: np.ndarray, h_ver: np.ndarray, n: int
     """Drop the first entry (index 0, read by the caller) of the heap of ``n > 0`` entries; returns the
     new size."""
     n -= 1
-    level, link, ver = h_level[n], h_link[n], h_ver[n]
-    i = 0
+    if n > 0:
+        _sift_down(h_level, h_link, h_ver, n, 0, h_level[n], h_link[n], h_ver[n])
+    return n
+
+
+@_njit_inner
+def _sift_down(
+    h_level: np.ndarray,
+    h_link: np.ndarray,
+    h_ver: np.ndarray,
+    n: int,
+    i: int,
+    level: float,
+    link: int,
+    ver: int,
+) -> None:
+    """Put the entry ``(level, link, ver)`` into the hole at ``i`` of the heap of ``n`` entries, moving
+    it down past every child that comes before it."""
     while True:
         c = 2 * i + 1
         if c >= n:
@@ -373,9 +389,16 @@ def _heap_pop(h_level: np.ndarray, h_link: np.ndarray, h_ver: np.ndarray, n: int
             break
         h_level[i], h_link[i], h_ver[i] = h_level[c], h_link[c], h_ver[c]
         i = c
-    if n > 0:
-        h_level[i], h_link[i], h_ver[i] = level, link, ver
-    return n
+    h_level[i], h_link[i], h_ver[i] = level, link, ver
+
+
+@_njit_inner
+def heapify(h_level: np.ndarray, h_link: np.ndarray, h_ver: np.ndarray, n: int) -> None:
+    """Make the first ``n`` entries a heap in place, bottom up: O(n), where ``n`` pushes cost
+    O(n log n). The entries' order (a total order: level, then link, then version) decides every pop,
+    so a heap built either way pops the same entries in the same order."""
+    for i in range(n // 2 - 1, -1, -1):
+        _sift_down(h_level, h_link, h_ver, n, i, h_level[i], h_link[i], h_ver[i])
 
 
 @_njit(cache=True, inline="always")

@@ -374,12 +374,17 @@ def _push_finish(
 
 @_njit_inner
 def _rebuild_finishes(arrays: Packed, eng: Packed, ei: np.ndarray) -> None:
-    """The heap again from the active classes' current finish times (stale entries dropped)."""
+    """The heap again from the active classes' current finish times (stale entries dropped), built
+    in place bottom up (:func:`kernels.heapify`)."""
     s = _view(arrays)
-    ei[FIN_HEAP] = 0
+    h_t, h_c, h_v, ver = eng[21], eng[22], eng[23], eng[24]
+    n = 0
     for c in eng[0][: ei[N_ACT]]:
         if s.is_active[c]:
-            _push_finish(eng[21], eng[22], eng[23], eng[24], ei, c, s.finish[c])
+            h_t[n], h_c[n], h_v[n] = s.finish[c], c, ver[c]
+            n += 1
+    kernels.heapify(h_t, h_c, h_v, n)
+    ei[FIN_HEAP] = n
     ei[HEAP_STALE] = 0
 
 
@@ -587,7 +592,8 @@ def _solve(
             _rebuild_finishes(arrays, eng, ei)
         return next_finish
     # otherwise nothing lazy to load: the local refill, then only its set can have moved
-    if ef[FINISH_WINDOW] > FINISH_TOL and ei[LAST_MOVED] * WHOLE_REFILL_SHARE >= _live(ei):
+    whole = ef[FINISH_WINDOW] > FINISH_TOL and ei[LAST_MOVED] * WHOLE_REFILL_SHARE >= _live(ei)
+    if whole:
         members = _refill_all(arrays, eng, ei, scr, threshold)
         ei[WHOLE_REFILLS] += 1
     else:
@@ -607,6 +613,8 @@ def _solve(
     if verdict == KEEP_OPEN:
         ei[HEAP_STALE] = 1
         return np.nan
+    if whole:  # most classes moved: the heap built anew costs less than a push for each
+        return _advance_all(arrays, eng, ei, now)
     return _advance_classes(arrays, eng, ei, members, now)
 
 
