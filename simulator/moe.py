@@ -49,7 +49,7 @@ from moe_placement.simulator.collectives import (
     when,
 )
 from moe_placement.simulator.decompose import layer_terms, phase_shape
-from moe_placement.simulator.engine import FINISH_TOL, FluidNetwork
+from moe_placement.simulator.engine import FluidNetwork
 from moe_placement.simulator.fast import FastModel
 from moe_placement.simulator.moe_compiled import play_layers
 from moe_placement.simulator.phaseloop import play_phases
@@ -249,7 +249,8 @@ def _layer_phases(
 EVENT_LOOPS = ("compiled", "simpy")
 # ``finish_window`` (``--finish-window``): finishes due within this share of the simulated time end in
 # one event. The exact simulation batches only float ties (engine.FINISH_TOL); a wider window plays
-# fewer events and ends each flow up to that much early, its last bytes counted as sent. Measured on
+# fewer events and ends each flow up to half of it early or late (early: its last bytes counted as
+# sent; see phaseloop.FINISH_WINDOW). Measured on
 # the uniform DeepEP command (64-512 GPUs, docs/simulator.md) and tested (tests/test_simulator_window.py):
 # at COARSE_FINISH_WINDOW every phase within FINISH_WINDOW_ERROR_BOUND of the exact simulation.
 COARSE_FINISH_WINDOW = 3e-3
@@ -670,7 +671,7 @@ def _compiled_moe(
         shared_expert_us=shared_expert_us,
         relay_chunks=relay_chunks,
         progress=progress,
-        finish_window=loop_window(finish_window),
+        finish_window=finish_window,
     )
     return SimResult(
         per_layer=run.rows,
@@ -1109,13 +1110,8 @@ def simulate_uniform(
     }
 
 
-def loop_window(finish_window: float | None) -> float:
-    """What the compiled loop takes for ``finish_window``: it ends the finishes due within half the
-    window on either side of its wake-up; without one, the exact simulation's float tolerance."""
-    return FINISH_TOL if finish_window is None else finish_window / 2
-
-
 def check_finish_window(finish_window: float | None, fast: bool, event_loop: str) -> None:
+    """Refuse a finish window out of range, or one given to a path that plays no window."""
     if finish_window is None:
         return
     if not (0.0 < finish_window <= MAX_FINISH_WINDOW):
@@ -1218,7 +1214,7 @@ def _exact_measures(
         phases,
         chunks=relay_chunks,
         progress=progress,
-        finish_window=loop_window(finish_window),
+        finish_window=finish_window,
     )
     stats = {
         "events": loop.events,

@@ -23,7 +23,6 @@ from moe_placement.cluster import ClusterSpec
 from moe_placement.metrics import Evaluation
 from moe_placement.simulator.collectives import PhasePlan
 from moe_placement.simulator.decompose import PhaseShape, layer_terms
-from moe_placement.simulator.engine import FINISH_TOL
 from moe_placement.simulator.phaseloop import (
     CHAIN_PER_GPU,
     N_FLOWS,
@@ -104,7 +103,7 @@ def play_layers(
     shared_expert_us: float,
     relay_chunks: int,
     progress: bool,
-    finish_window: float = FINISH_TOL,
+    finish_window: float | None = None,
 ) -> CompiledRun:
     """Every layer of ``layers`` (``phases[layer]``: its dispatch and combine) one after another on one
     network in the compiled loop; plays again with more room if a bound was too small."""

@@ -90,8 +90,9 @@ _TOL = 1e-9
 ) = range(30)
 _EI_SIZE = 30
 # ``ef``: the loop's floats. FINISH_WINDOW: finishes due within this share of the simulated time
-# (relative, as FluidNetwork's FINISH_TOL) end in one event: FINISH_TOL for the exact simulation, wider
-# for ``--finish-window``, which trades a stated error for fewer events. WINDOW_ORIGIN: where that
+# (relative, as FluidNetwork's FINISH_TOL) end in one event: FINISH_TOL for the exact simulation, half
+# of ``--finish-window`` W (the loop then wakes W/2 late, so finishes up to W/2 either side of the due
+# one end together), which trades a stated error for fewer events. WINDOW_ORIGIN: where that
 # time is counted from: 0 for the exact simulation; with a window, the start of the pair of phases
 # playing (a layer's dispatch and combine), so a window is a share of the pair's time, not of every
 # layer before it. (Counted from the combine's own start, the window gained a plan nothing measurable
@@ -1590,7 +1591,7 @@ class _Loop:
         flows: int,
         classes: int,
         progress: bool,
-        finish_window: float = FINISH_TOL,
+        finish_window: float | None = None,
     ) -> None:
         self.topo, self.chunks, self.progress = topo, chunks, progress
         self.G = topo.cluster.num_gpus
@@ -1641,7 +1642,9 @@ class _Loop:
         self.ef = np.zeros(_EF_SIZE)
         self.ef[NEXT_FINISH] = np.inf
         self.ef[T_NET] = np.inf
-        self.ef[FINISH_WINDOW] = finish_window
+        # a window W ends the finishes due within W/2 on either side of the wake-up (see _after_step);
+        # without one, the exact simulation's float tolerance
+        self.ef[FINISH_WINDOW] = FINISH_TOL if finish_window is None else finish_window / 2
 
     def _par(self, plan: PhasePlan, mode: int) -> np.ndarray:
         pieces = self.chunks if plan.relay == "pipelined" else 1
@@ -1856,14 +1859,14 @@ def play_phases(
     chunks: int = 8,
     ready_us: np.ndarray | None = None,
     progress: bool = False,
-    finish_window: float = FINISH_TOL,
+    finish_window: float | None = None,
 ) -> tuple[list[PhaseOutcome], LoopStats]:
     """Play a dispatch and a combine (``plans``, two ``PhasePlan``) on one fluid network over ``topo``:
     the first with every GPU starting at ``ready_us`` (default 0), the second once the first has landed
     everywhere (as ``simulate_uniform`` does). Returns each phase's outcome and the network's counters.
     ``progress``: a bar on stderr (share of the bytes delivered; shown on a terminal).
     ``finish_window``: finishes within this share of the simulated time batch into one event (see
-    :data:`FINISH_WINDOW`); the default is the exact simulation's float tolerance.
+    :data:`FINISH_WINDOW`); None (the default) is the exact simulation.
     """
     kernels.announce_compile(play)
     if len(plans) != 2:
